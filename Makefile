@@ -1,0 +1,114 @@
+# sluice: a durable webhook and job pipeline. `make run` and `make test` are
+# the two commands a newcomer needs; see README.md.
+
+CC      ?= cc
+PKGS    := rdkafka libpq hiredis libcjson libevent openssl
+CFLAGS  ?= -O2 -g
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP
+CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+
+BUILD   ?= build
+ifeq ($(SANITIZE),1)
+BUILD   := build/asan
+CFLAGS  += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS += -fsanitize=address,undefined
+endif
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
+              common/sdnotify.c common/schema.c
+INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
+              ingest/verify.c ingest/extract.c
+WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
+              worker/pgsink.c worker/cache.c worker/dlq.c \
+              worker/handlers/transcript.c
+
+INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
+WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
+
+UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache
+UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
+
+.PHONY: all asan deps run stop test test-unit test-system test-asan format \
+        lint bench clean
+
+all: $(BUILD)/sluice-ingest $(BUILD)/sluice-worker
+
+$(BUILD)/sluice-ingest: $(INGEST_OBJ)
+	@echo "  LD  $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/sluice-worker: $(WORKER_OBJ)
+	@echo "  LD  $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC  $<"
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+# Unit tests link only the modules under test.
+$(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o
+$(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
+	$(BUILD)/worker/handlers/transcript.o $(BUILD)/common/util.o $(BUILD)/common/log.o
+$(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(BUILD)/ingest/extract.o
+$(BUILD)/tests/test_verify: $(BUILD)/tests/unit/test_verify.o $(BUILD)/ingest/verify.o
+$(BUILD)/tests/test_schema: $(BUILD)/tests/unit/test_schema.o $(BUILD)/common/schema.o \
+	$(BUILD)/common/util.o
+$(BUILD)/tests/test_cache: $(BUILD)/tests/unit/test_cache.o $(BUILD)/worker/cache.o \
+	$(BUILD)/common/log.o $(BUILD)/common/util.o
+$(UNIT_BINS):
+	@mkdir -p $(dir $@)
+	@echo "  LD  $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+asan:
+	$(Q)$(MAKE) --no-print-directory SANITIZE=1 all $(addprefix build/asan/tests/,$(UNIT_TESTS))
+
+deps:
+	$(Q)deploy/install-deps.sh
+
+# Installs what is missing, builds, starts the local stack under .run/ and
+# shows the pipeline working.
+run: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)deploy/run.sh
+
+stop:
+	$(Q)deploy/run.sh stop
+
+test-unit: $(UNIT_BINS)
+	$(Q)for t in $(UNIT_BINS); do $$t || exit 1; done
+
+# The whole suite: unit tests, the config/docs check, then the system tests
+# twice: against the normal build and against the sanitized one.
+test: deps
+	$(Q)$(MAKE) --no-print-directory all test-unit
+	$(Q)$(MAKE) --no-print-directory asan
+	$(Q)for t in $(addprefix build/asan/tests/,$(UNIT_TESTS)); do $$t || exit 1; done
+	$(Q)tests/check_config_docs.sh $(BUILD)
+	$(Q)SLUICE_BUILD_DIR=$(CURDIR)/build .venv/bin/python -m pytest -q tests/system
+	$(Q)SLUICE_BUILD_DIR=$(CURDIR)/build/asan .venv/bin/python -m pytest -q tests/system
+
+format:
+	$(Q)clang-format -i $(COMMON_SRC) $(INGEST_SRC) $(WORKER_SRC) \
+		$(wildcard common/*.h ingest/*.h worker/*.h worker/handlers/*.h tests/unit/*.c tests/unit/*.h)
+
+lint:
+	$(Q)cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability \
+		--std=c11 --inline-suppr --suppress=missingIncludeSystem \
+		-I common common ingest worker
+
+bench: all
+	$(Q)bench/run.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

@@ -1,0 +1,104 @@
+/* What both daemons agree on about Kafka: record header names, config
+ * passthrough, creating the topic at start-up. */
+#include "kafka.h"
+
+#include <stdio.h>
+#include <string.h>
+
+bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
+		    char *errstr, size_t errstr_size)
+{
+	char err[256];
+
+	if (rd_kafka_conf_set(conf, key, value, err, sizeof(err)) !=
+	    RD_KAFKA_CONF_OK) {
+		snprintf(errstr, errstr_size, "kafka.%s: %s", key, err);
+		return false;
+	}
+	return true;
+}
+
+bool kafka_conf_apply(rd_kafka_conf_t *conf, const struct cfg_kv *kv,
+		      char *errstr, size_t errstr_size)
+{
+	for (; kv; kv = kv->next)
+		if (!kafka_conf_set(conf, kv->key + strlen("kafka."), kv->value,
+				    errstr, errstr_size))
+			return false;
+	return true;
+}
+
+bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
+			int timeout_ms, char *errstr, size_t errstr_size)
+{
+	rd_kafka_NewTopic_t *nt;
+	rd_kafka_queue_t *q;
+	rd_kafka_AdminOptions_t *opts;
+	rd_kafka_event_t *ev;
+	char err[256];
+	bool ok = false;
+
+	if (partitions <= 0)
+		return true;
+	nt = rd_kafka_NewTopic_new(topic, partitions, -1, err, sizeof(err));
+	if (!nt) {
+		snprintf(errstr, errstr_size, "topic %s: %s", topic, err);
+		return false;
+	}
+	q = rd_kafka_queue_new(rk);
+	opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+	rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, err,
+						  sizeof(err));
+	rd_kafka_CreateTopics(rk, &nt, 1, opts, q);
+	ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+	if (!ev) {
+		snprintf(errstr, errstr_size, "topic %s: no answer in %d ms",
+			 topic, timeout_ms);
+	} else if (rd_kafka_event_error(ev)) {
+		snprintf(errstr, errstr_size, "topic %s: %s", topic,
+			 rd_kafka_event_error_string(ev));
+	} else {
+		const rd_kafka_CreateTopics_result_t *res =
+			rd_kafka_event_CreateTopics_result(ev);
+		size_t n = 0;
+		const rd_kafka_topic_result_t **tr =
+			rd_kafka_CreateTopics_result_topics(res, &n);
+		rd_kafka_resp_err_t e =
+			n ? rd_kafka_topic_result_error(tr[0])
+			  : RD_KAFKA_RESP_ERR_NO_ERROR;
+
+		if (e == RD_KAFKA_RESP_ERR_NO_ERROR ||
+		    e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+			ok = true;
+		else
+			snprintf(errstr, errstr_size, "topic %s: %s", topic,
+				 rd_kafka_topic_result_error_string(tr[0]));
+	}
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	rd_kafka_AdminOptions_destroy(opts);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_NewTopic_destroy(nt);
+	return ok;
+}
+
+bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
+		  size_t outsz)
+{
+	rd_kafka_headers_t *hdrs = NULL;
+	const void *val = NULL;
+	size_t len = 0;
+
+	out[0] = '\0';
+	if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		return false;
+	if (rd_kafka_header_get_last(hdrs, name, &val, &len) !=
+		    RD_KAFKA_RESP_ERR_NO_ERROR ||
+	    !val)
+		return false;
+	if (len >= outsz)
+		len = outsz - 1;
+	memcpy(out, val, len);
+	out[len] = '\0';
+	return true;
+}

@@ -1,0 +1,41 @@
+/* What both daemons agree on about Kafka: record header names, config
+ * passthrough, creating the topic at start-up. */
+#ifndef SLUICE_KAFKA_H
+#define SLUICE_KAFKA_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+
+/* Record headers written by sluice-ingest and read by sluice-worker. */
+#define HDR_SOURCE "source"
+#define HDR_KIND "kind"
+#define HDR_EVENT_TYPE "event-type"
+#define HDR_WEBHOOK_ID "webhook-id"
+#define HDR_RECEIVED_AT "received-at" /* ms since the epoch, decimal */
+#define HDR_REQUEST_ID "request-id"
+/* Added to records sent to the dead-letter topic. */
+#define HDR_DLQ_REASON "dlq-reason"
+#define HDR_DLQ_ORIGIN "dlq-origin" /* topic/partition@offset */
+
+/* Applies every kafka.* pair (prefix stripped) to conf. */
+bool kafka_conf_apply(rd_kafka_conf_t *conf, const struct cfg_kv *kv,
+		      char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
+		    char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+
+/* Creates topic with `partitions` partitions unless it exists already. */
+bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
+			int timeout_ms, char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+
+/* The value of header name as a NUL-terminated copy in out ("" if absent). */
+bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
+		  size_t outsz);
+
+#endif

@@ -1,0 +1,40 @@
+/* Small helpers both daemons share: clocks, ids, UTF-8, growable buffers. */
+#ifndef SLUICE_UTIL_H
+#define SLUICE_UTIL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define SLUICE_VERSION "0.1.0"
+
+int64_t util_now_ms(void);  /* wall clock, ms since the epoch */
+int64_t util_mono_ms(void); /* monotonic, for durations */
+double util_mono_s(void);
+
+/* Random id: prefix then 32 hex digits; out must hold prefix + 33 bytes. */
+void util_random_id(char *out, size_t outsz, const char *prefix);
+
+/* Strict UTF-8 (no overlongs, no surrogates, nothing past U+10FFFF). */
+bool util_utf8_valid(const char *s, size_t len);
+
+/* Reads a whole small file; NUL-terminated, caller frees. */
+char *util_read_file(const char *path, size_t *len, char *errstr,
+		     size_t errstr_size);
+
+/* A growable byte buffer (used to build COPY data and replies). */
+struct buf {
+	char *data;
+	size_t len;
+	size_t cap;
+};
+
+void buf_init(struct buf *b);
+void buf_reset(struct buf *b);
+void buf_free(struct buf *b);
+void buf_append(struct buf *b, const void *data, size_t len);
+void buf_puts(struct buf *b, const char *s);
+void buf_printf(struct buf *b, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,495 @@
+/* The HTTP side of sluice-ingest: routing, validation, answers. */
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "../common/log.h"
+#include "../common/schema.h"
+#include "../common/util.h"
+#include "extract.h"
+#include "ingest.h"
+#include "verify.h"
+
+#define WEBHOOK_PREFIX "/v1/webhooks/"
+#define MAX_ID_LEN 256
+
+static enum status_slot status_slot(int code)
+{
+	switch (code) {
+	case 202: return ST_202;
+	case 400: return ST_400;
+	case 401: return ST_401;
+	case 404: return ST_404;
+	case 405: return ST_405;
+	case 411: return ST_411;
+	case 413: return ST_413;
+	case 415: return ST_415;
+	case 422: return ST_422;
+	case 429: return ST_429;
+	case 500: return ST_500;
+	case 503: return ST_503;
+	default: return ST_OTHER;
+	}
+}
+
+static const char *reason_phrase(int code)
+{
+	switch (code) {
+	case 200: return "OK";
+	case 202: return "Accepted";
+	case 400: return "Bad Request";
+	case 401: return "Unauthorized";
+	case 404: return "Not Found";
+	case 405: return "Method Not Allowed";
+	case 411: return "Length Required";
+	case 413: return "Payload Too Large";
+	case 415: return "Unsupported Media Type";
+	case 422: return "Unprocessable Entity";
+	case 500: return "Internal Server Error";
+	case 503: return "Service Unavailable";
+	default: return "Error";
+	}
+}
+
+static void reply_json(struct ingest *ing, struct evhttp_request *req,
+		       int code, cJSON *body)
+{
+	struct evbuffer *out = evbuffer_new();
+	char *text = cJSON_PrintUnformatted(body);
+
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+			  "Content-Type", "application/json");
+	if (text) {
+		evbuffer_add(out, text, strlen(text));
+		evbuffer_add(out, "\n", 1);
+	}
+	evhttp_send_reply(req, code, reason_phrase(code), out);
+	evbuffer_free(out);
+	cJSON_free(text);
+	cJSON_Delete(body);
+	ing->m.responses[status_slot(code)]++;
+}
+
+/* {"error": code, "message": ..., "path": ...} */
+static void reply_error(struct ingest *ing, struct evhttp_request *req,
+			int status, const char *code, const char *message,
+			const char *path)
+{
+	cJSON *o = cJSON_CreateObject();
+
+	cJSON_AddStringToObject(o, "error", code);
+	cJSON_AddStringToObject(o, "message", message);
+	if (path)
+		cJSON_AddStringToObject(o, "path", path);
+	if (status == 503 || status == 429) {
+		char ra[16];
+
+		snprintf(ra, sizeof(ra), "%d", ing->cfg.retry_after_s);
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Retry-After", ra);
+	}
+	log_debug("%d %s: %s%s%s", status, code, message, path ? " at " : "",
+		  path ? path : "");
+	reply_json(ing, req, status, o);
+}
+
+static void pending_destroy(struct pending *p)
+{
+	struct ingest *ing = p->ing;
+
+	if (p->prev)
+		p->prev->next = p->next;
+	else
+		ing->pending = p->next;
+	if (p->next)
+		p->next->prev = p->prev;
+	ing->inflight--;
+	free(p->id);
+	free(p->key);
+	free(p->event_type);
+	free(p);
+}
+
+static void observe_delivery(struct ingest *ing, int64_t ms)
+{
+	static const int64_t bounds[] = { 1, 2, 5, 10, 25, 50, 100 };
+	int i = 0;
+
+	while (i < 7 && ms > bounds[i])
+		i++;
+	ing->m.delivery_ms_buckets[i]++;
+	ing->m.delivery_ms_sum += (uint64_t)ms;
+}
+
+void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
+{
+	struct ingest *ing = p->ing;
+
+	if (p->req) {
+		if (err) {
+			char msg[256];
+
+			snprintf(msg, sizeof(msg),
+				 "the event could not be stored durably: %s; "
+				 "retry later",
+				 rd_kafka_err2str(err));
+			reply_error(ing, p->req, 503, "unavailable", msg, NULL);
+		} else {
+			cJSON *o = cJSON_CreateObject();
+
+			cJSON_AddStringToObject(o, "status", "accepted");
+			cJSON_AddStringToObject(o, "id", p->id);
+			cJSON_AddStringToObject(o, "conversationId", p->key);
+			cJSON_AddStringToObject(o, "eventType", p->event_type);
+			observe_delivery(ing, util_mono_ms() - p->started_ms);
+			reply_json(ing, p->req, 202, o);
+		}
+	}
+	pending_destroy(p);
+}
+
+static bool content_type_json(const char *ct)
+{
+	size_t n;
+	const char *semi;
+
+	if (!ct)
+		return false;
+	while (*ct == ' ')
+		ct++;
+	semi = strchr(ct, ';');
+	n = semi ? (size_t)(semi - ct) : strlen(ct);
+	while (n > 0 && ct[n - 1] == ' ')
+		n--;
+	if (n == 16 && strncasecmp(ct, "application/json", 16) == 0)
+		return true;
+	/* application/something+json */
+	return n > 17 && strncasecmp(ct, "application/", 12) == 0 &&
+	       strncasecmp(ct + n - 5, "+json", 5) == 0;
+}
+
+static bool id_acceptable(const char *id)
+{
+	size_t n = strlen(id);
+
+	if (n == 0 || n > MAX_ID_LEN)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)id[i] < 0x21 || (unsigned char)id[i] > 0x7e)
+			return false;
+	return true;
+}
+
+static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
+			   const char *name)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	struct evbuffer *body = evhttp_request_get_input_buffer(req);
+	const struct source *src = ingest_source_find(&ing->cfg, name,
+						      strlen(name));
+	size_t len = evbuffer_get_length(body);
+	const char *whid = evhttp_find_header(in, "webhook-id");
+	char path[256], msg[256], request_id[40], gen_id[40];
+	const char *data, *end;
+	struct extracted ex;
+	struct pending *p;
+	rd_kafka_resp_err_t err;
+	cJSON *doc;
+
+	if (!src) {
+		reply_error(ing, req, 404, "unknown_source",
+			    "no such webhook source", NULL);
+		return;
+	}
+	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Allow", "POST");
+		reply_error(ing, req, 405, "method_not_allowed",
+			    "use POST", NULL);
+		return;
+	}
+	if (len == 0) {
+		if (!evhttp_find_header(in, "Content-Length") &&
+		    !evhttp_find_header(in, "Transfer-Encoding"))
+			reply_error(ing, req, 411, "length_required",
+				    "a JSON body with Content-Length is required",
+				    NULL);
+		else
+			reply_error(ing, req, 400, "empty_body",
+				    "the body is empty", NULL);
+		return;
+	}
+	if (!content_type_json(evhttp_find_header(in, "Content-Type"))) {
+		reply_error(ing, req, 415, "unsupported_media_type",
+			    "Content-Type must be application/json", NULL);
+		return;
+	}
+	if (ing->draining || ing->inflight >= ing->cfg.max_inflight) {
+		reply_error(ing, req, 503, "unavailable",
+			    ing->draining ? "shutting down; retry later"
+					  : "too many requests in flight; retry later",
+			    NULL);
+		return;
+	}
+	data = (const char *)evbuffer_pullup(body, -1);
+	if (src->signature == SIG_STANDARD_WEBHOOKS) {
+		enum verify_result vr = verify_signature(
+			src->key, src->key_len, whid,
+			evhttp_find_header(in, "webhook-timestamp"),
+			evhttp_find_header(in, "webhook-signature"), data, len,
+			util_now_ms() / 1000);
+
+		if (vr != VERIFY_OK) {
+			reply_error(ing, req, 401, "bad_signature",
+				    verify_result_str(vr), NULL);
+			return;
+		}
+	}
+	if (!util_utf8_valid(data, len)) {
+		reply_error(ing, req, 400, "malformed_json",
+			    "the body is not valid UTF-8", NULL);
+		return;
+	}
+	doc = cJSON_ParseWithLengthOpts(data, len, &end, 0);
+	if (doc) {
+		while (end < data + len &&
+		       (*end == ' ' || *end == '\n' || *end == '\r' ||
+			*end == '\t'))
+			end++;
+	}
+	if (!doc || end != data + len) {
+		snprintf(msg, sizeof(msg), "malformed JSON at byte %ld",
+			 doc ? (long)(end - data)
+			     : (long)(cJSON_GetErrorPtr()
+					      ? cJSON_GetErrorPtr() - data
+					      : 0));
+		cJSON_Delete(doc);
+		reply_error(ing, req, 400, "malformed_json", msg, NULL);
+		return;
+	}
+	if (!schema_validate(src->schema, doc, path, sizeof(path), msg,
+			     sizeof(msg)) ||
+	    !extract_fields(src->kind, doc, &ex, path, sizeof(path), msg,
+			    sizeof(msg))) {
+		char full[600];
+
+		snprintf(full, sizeof(full), "%s %s", path, msg);
+		cJSON_Delete(doc);
+		reply_error(ing, req, 422, "schema_violation", full, path);
+		return;
+	}
+	if (whid && !id_acceptable(whid)) {
+		cJSON_Delete(doc);
+		reply_error(ing, req, 400, "bad_webhook_id",
+			    "webhook-id must be 1-256 printable characters",
+			    NULL);
+		return;
+	}
+	if (!whid) {
+		util_random_id(gen_id, sizeof(gen_id), "wh_");
+		whid = gen_id;
+	}
+	util_random_id(request_id, sizeof(request_id), "req_");
+
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		abort();
+	p->req = req;
+	p->ing = ing;
+	p->id = strdup(whid);
+	p->key = strdup(ex.key);
+	p->event_type = strdup(ex.event_type);
+	p->started_ms = util_mono_ms();
+	cJSON_Delete(doc); /* ex's strings are copied above */
+	p->next = ing->pending;
+	if (p->next)
+		p->next->prev = p;
+	ing->pending = p;
+	ing->inflight++;
+
+	err = publish_record(ing, p, src, data, len, request_id,
+			     util_now_ms());
+	if (err) {
+		snprintf(msg, sizeof(msg), "cannot queue the event: %s",
+			 rd_kafka_err2str(err));
+		reply_error(ing, req, 503, "unavailable", msg, NULL);
+		pending_destroy(p);
+		return;
+	}
+	log_ctx_debug(request_id, "queued %s for %s (%zu bytes)", p->id,
+		      p->key, len);
+}
+
+static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
+{
+	static const char *const codes[ST_COUNT] = {
+		"202", "400", "401", "404", "405", "411", "413",
+		"415", "422", "429", "500", "503", "other"
+	};
+	static const char *const le[8] = { "1", "2", "5", "10", "25", "50",
+					   "100", "+Inf" };
+	struct evbuffer *out = evbuffer_new();
+	uint64_t cum = 0;
+
+	evbuffer_add_printf(out, "# TYPE sluice_ingest_responses_total counter\n");
+	for (int i = 0; i < ST_COUNT; i++)
+		evbuffer_add_printf(out,
+				    "sluice_ingest_responses_total{code=\"%s\"} %llu\n",
+				    codes[i],
+				    (unsigned long long)ing->m.responses[i]);
+	evbuffer_add_printf(out,
+			    "# TYPE sluice_ingest_delivered_total counter\n"
+			    "sluice_ingest_delivered_total %llu\n"
+			    "# TYPE sluice_ingest_delivery_failed_total counter\n"
+			    "sluice_ingest_delivery_failed_total %llu\n"
+			    "# TYPE sluice_ingest_inflight gauge\n"
+			    "sluice_ingest_inflight %d\n"
+			    "# TYPE sluice_ingest_kafka_up gauge\n"
+			    "sluice_ingest_kafka_up %d\n"
+			    "# TYPE sluice_ingest_delivery_ms histogram\n",
+			    (unsigned long long)ing->m.delivered,
+			    (unsigned long long)ing->m.delivery_failed,
+			    ing->inflight, ing->kafka_up ? 1 : 0);
+	for (int i = 0; i < 8; i++) {
+		cum += ing->m.delivery_ms_buckets[i];
+		evbuffer_add_printf(out,
+				    "sluice_ingest_delivery_ms_bucket{le=\"%s\"} %llu\n",
+				    le[i], (unsigned long long)cum);
+	}
+	evbuffer_add_printf(out,
+			    "sluice_ingest_delivery_ms_sum %llu\n"
+			    "sluice_ingest_delivery_ms_count %llu\n",
+			    (unsigned long long)ing->m.delivery_ms_sum,
+			    (unsigned long long)cum);
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+			  "Content-Type", "text/plain; version=0.0.4");
+	evhttp_send_reply(req, 200, "OK", out);
+	evbuffer_free(out);
+}
+
+static void handle_probe(struct ingest *ing, struct evhttp_request *req,
+			 bool ready_check)
+{
+	cJSON *o = cJSON_CreateObject();
+	bool ok = true;
+
+	if (ready_check) {
+		ok = ing->kafka_up && !ing->draining &&
+		     ing->inflight < ing->cfg.max_inflight;
+		cJSON_AddBoolToObject(o, "kafka", ing->kafka_up);
+		cJSON_AddBoolToObject(o, "draining", ing->draining);
+		cJSON_AddNumberToObject(o, "inflight", ing->inflight);
+	}
+	cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
+	reply_json(ing, req, ok ? 200 : 503, o);
+}
+
+/* Every request, on the event loop thread. */
+static void handle_request(struct evhttp_request *req, void *arg)
+{
+	struct ingest *ing = arg;
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+
+	if (!path) {
+		/* evhttp calls back without a URI when it gave up on the
+		 * request itself, e.g. a body over max_body_bytes. */
+		if (evhttp_request_get_response_code(req) == 413)
+			reply_error(ing, req, 413, "payload_too_large",
+				    "the body exceeds max_body_bytes", NULL);
+		else
+			reply_error(ing, req, 400, "bad_request",
+				    "unparsable request", NULL);
+		return;
+	}
+	if (strncmp(path, WEBHOOK_PREFIX, strlen(WEBHOOK_PREFIX)) == 0 &&
+	    path[strlen(WEBHOOK_PREFIX)] &&
+	    !strchr(path + strlen(WEBHOOK_PREFIX), '/')) {
+		handle_webhook(ing, req, path + strlen(WEBHOOK_PREFIX));
+		return;
+	}
+	if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+	    strcmp(path, "/metrics") == 0) {
+		if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+			evhttp_add_header(evhttp_request_get_output_headers(req),
+					  "Allow", "GET");
+			reply_error(ing, req, 405, "method_not_allowed",
+				    "use GET", NULL);
+		} else if (path[1] == 'm') {
+			handle_metrics(ing, req);
+		} else {
+			handle_probe(ing, req, path[1] == 'r');
+		}
+		return;
+	}
+	reply_error(ing, req, 404, "not_found", "no such path", NULL);
+}
+
+bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+{
+	char host[256];
+	const char *colon = strrchr(ing->cfg.listen, ':');
+	size_t hlen = (size_t)(colon - ing->cfg.listen);
+	int port = atoi(colon + 1);
+
+	if (hlen >= sizeof(host) || port <= 0 || port > 65535) {
+		snprintf(errstr, errstr_size, "listen: bad address \"%s\"",
+			 ing->cfg.listen);
+		return false;
+	}
+	memcpy(host, ing->cfg.listen, hlen);
+	host[hlen] = '\0';
+	ing->http = evhttp_new(ing->base);
+	if (!ing->http) {
+		snprintf(errstr, errstr_size, "evhttp_new failed");
+		return false;
+	}
+	evhttp_set_max_body_size(ing->http, ing->cfg.max_body_bytes);
+	evhttp_set_max_headers_size(ing->http, 64 * 1024);
+	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
+	evhttp_set_allowed_methods(ing->http,
+				   EVHTTP_REQ_GET | EVHTTP_REQ_POST |
+					   EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+					   EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+					   EVHTTP_REQ_OPTIONS);
+	evhttp_set_gencb(ing->http, handle_request, ing);
+	ing->bound = evhttp_bind_socket_with_handle(ing->http, host,
+						    (ev_uint16_t)port);
+	if (!ing->bound) {
+		snprintf(errstr, errstr_size, "cannot listen on %s",
+			 ing->cfg.listen);
+		return false;
+	}
+	return true;
+}
+
+void http_stop_accepting(struct ingest *ing)
+{
+	if (ing->bound) {
+		evhttp_del_accept_socket(ing->http, ing->bound);
+		ing->bound = NULL;
+	}
+}
+
+void http_cleanup(struct ingest *ing)
+{
+	/* Requests still waiting lose their connection with evhttp_free;
+	 * their delivery reports must not touch them afterwards. */
+	for (struct pending *p = ing->pending; p; p = p->next) {
+		if (p->req)
+			reply_error(ing, p->req, 503, "unavailable",
+				    "shutting down before Kafka confirmed the "
+				    "event; retry",
+				    NULL);
+		p->req = NULL;
+	}
+	if (ing->http)
+		evhttp_free(ing->http);
+	ing->http = NULL;
+}

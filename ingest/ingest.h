@@ -1,0 +1,71 @@
+/* sluice-ingest's process state, shared by its modules. */
+#ifndef SLUICE_INGEST_H
+#define SLUICE_INGEST_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "settings.h"
+
+/* A request waiting for its record's delivery report. Owned by the
+ * pending list; freed in pending_destroy() once answered. */
+struct pending {
+	struct evhttp_request *req; /* NULL once the connection is gone */
+	struct ingest *ing;
+	char *id;
+	char *key;
+	char *event_type;
+	int64_t started_ms;
+	struct pending *prev, *next;
+};
+
+enum status_slot {
+	ST_202, ST_400, ST_401, ST_404, ST_405, ST_411, ST_413, ST_415,
+	ST_422, ST_429, ST_500, ST_503, ST_OTHER, ST_COUNT
+};
+
+struct ingest_metrics {
+	uint64_t responses[ST_COUNT];
+	uint64_t delivered;
+	uint64_t delivery_failed;
+	uint64_t delivery_ms_sum;
+	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
+};
+
+struct ingest {
+	struct ingest_config cfg;
+	struct event_base *base;
+	struct evhttp *http;
+	struct evhttp_bound_socket *bound;
+	rd_kafka_t *rk;
+	int wake_fds[2];
+	struct event *wake_ev;
+	struct event *poll_ev;
+	struct pending *pending; /* list of requests awaiting delivery */
+	int inflight;
+	bool draining;
+	bool kafka_up;
+	struct ingest_metrics m;
+};
+
+/* publish.c */
+bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
+				   const struct source *src, const void *body,
+				   size_t len, const char *request_id,
+				   int64_t received_ms);
+void publish_cleanup(struct ingest *ing, int flush_ms);
+
+/* http.c */
+bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+void http_stop_accepting(struct ingest *ing);
+void http_cleanup(struct ingest *ing);
+/* Answers the request behind p after its delivery report (loop thread). */
+void http_delivered(struct pending *p, rd_kafka_resp_err_t err);
+
+#endif

@@ -1,0 +1,186 @@
+/* sluice-ingest: receives webhooks over HTTP and publishes them to Kafka,
+ * answering 202 only once Kafka holds the record. */
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/sdnotify.h"
+#include "../common/util.h"
+#include "ingest.h"
+#include "verify.h"
+
+static struct ingest ing;
+static struct event *drain_ev;
+static int64_t drain_deadline_ms;
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: sluice-ingest -c FILE [--check-config]\n"
+		"       sluice-ingest --help | --version | --list-keys\n"
+		"\n"
+		"Receives webhooks on POST /v1/webhooks/{source} and publishes\n"
+		"each to Kafka, answering 202 once the record is durable.\n"
+		"\n"
+		"  -c, --config FILE   configuration file (see docs/configuration.md)\n"
+		"      --check-config  validate the configuration, print it, exit\n"
+		"      --list-keys     print every configuration key\n"
+		"  -h, --help          this text\n"
+		"  -V, --version       print the version\n"
+		"\n"
+		"Environment: SLUICE_INGEST_LISTEN, SLUICE_KAFKA_BROKERS, SLUICE_TOPIC\n"
+		"override the file.\n");
+}
+
+/* Loop thread: every 10 ms while draining. */
+static void handle_drain(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	rd_kafka_poll(ing.rk, 0);
+	if (ing.inflight == 0 || util_mono_ms() >= drain_deadline_ms)
+		event_base_loopexit(ing.base, NULL);
+}
+
+/* Loop thread (libevent signal event, not a raw handler). */
+static void handle_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct timeval tv = { 0, 10 * 1000 };
+
+	(void)what;
+	(void)arg;
+	if (ing.draining)
+		return;
+	log_info("received %s: draining %d in-flight requests",
+		 strsignal((int)sig), ing.inflight);
+	sdnotify("STOPPING=1");
+	ing.draining = true;
+	http_stop_accepting(&ing);
+	drain_deadline_ms = util_mono_ms() + ing.cfg.delivery_timeout_ms + 1000;
+	drain_ev = event_new(ing.base, -1, EV_PERSIST, handle_drain, NULL);
+	event_add(drain_ev, &tv);
+}
+
+static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+	sdnotify("WATCHDOG=1");
+	sdnotify_status("inflight=%d delivered=%llu failed=%llu", ing.inflight,
+			(unsigned long long)ing.m.delivered,
+			(unsigned long long)ing.m.delivery_failed);
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'k' },
+		{ "list-keys", no_argument, NULL, 'l' },
+		{ "help", no_argument, NULL, 'h' },
+		{ "version", no_argument, NULL, 'V' },
+		{ NULL, 0, NULL, 0 }
+	};
+	const char *config_path = NULL;
+	bool check_only = false;
+	char err[1024];
+	struct event *sigterm, *sigint, *wd = NULL;
+	int64_t wd_ms;
+	int c;
+
+	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
+		switch (c) {
+		case 'c':
+			config_path = optarg;
+			break;
+		case 'k':
+			check_only = true;
+			break;
+		case 'l':
+			cfg_list_keys(ingest_settings, stdout);
+			return 0;
+		case 'h':
+			usage(stdout);
+			return 0;
+		case 'V':
+			printf("sluice-ingest %s (librdkafka %s, libevent %s)\n",
+			       SLUICE_VERSION, rd_kafka_version_str(),
+			       event_get_version());
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (optind < argc || !config_path) {
+		usage(stderr);
+		return 2;
+	}
+	if (!ingest_config_load(&ing.cfg, config_path, err, sizeof(err))) {
+		fprintf(stderr, "sluice-ingest: %s\n", err);
+		ingest_config_free(&ing.cfg);
+		return 1;
+	}
+	if (check_only) {
+		ingest_config_dump(&ing.cfg);
+		printf("configuration ok\n");
+		ingest_config_free(&ing.cfg);
+		return 0;
+	}
+	log_setup("sluice-ingest", ing.cfg.log_level, ing.cfg.log_format == 1);
+	signal(SIGPIPE, SIG_IGN);
+	if (!verify_setup()) {
+		log_error("OpenSSL has no HMAC");
+		return 1;
+	}
+	ing.base = event_base_new();
+	if (!ing.base) {
+		log_error("event_base_new failed");
+		return 1;
+	}
+	if (!publish_setup(&ing, err, sizeof(err)) ||
+	    !http_setup(&ing, err, sizeof(err))) {
+		log_error("%s", err);
+		return 1;
+	}
+	sigterm = evsignal_new(ing.base, SIGTERM, handle_signal, NULL);
+	sigint = evsignal_new(ing.base, SIGINT, handle_signal, NULL);
+	event_add(sigterm, NULL);
+	event_add(sigint, NULL);
+	wd_ms = sdnotify_watchdog_interval_ms();
+	if (wd_ms > 0) {
+		struct timeval tv = { wd_ms / 1000, (wd_ms % 1000) * 1000 };
+
+		wd = event_new(ing.base, -1, EV_PERSIST, handle_watchdog, NULL);
+		event_add(wd, &tv);
+	}
+	log_info("listening on %s, publishing to %s on %s (delivery deadline "
+		 "%d ms)",
+		 ing.cfg.listen, ing.cfg.topic, ing.cfg.brokers,
+		 ing.cfg.delivery_timeout_ms);
+	sdnotify("READY=1");
+
+	event_base_dispatch(ing.base);
+
+	http_cleanup(&ing);
+	publish_cleanup(&ing, 5000);
+	log_info("stopped: %llu delivered, %llu failed",
+		 (unsigned long long)ing.m.delivered,
+		 (unsigned long long)ing.m.delivery_failed);
+	if (drain_ev)
+		event_free(drain_ev);
+	if (wd)
+		event_free(wd);
+	event_free(sigterm);
+	event_free(sigint);
+	event_base_free(ing.base);
+	verify_cleanup();
+	ingest_config_free(&ing.cfg);
+	return 0;
+}

@@ -1,0 +1,194 @@
+/* Publishing accepted requests to Kafka and turning delivery reports into
+ * HTTP answers. */
+#include <event2/event.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/kafka.h"
+#include "../common/log.h"
+#include "ingest.h"
+
+/* Runs on the event loop thread, from rd_kafka_poll(). */
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
+		      void *opaque)
+{
+	struct pending *p = m->_private;
+	struct ingest *ing = opaque;
+
+	(void)rk;
+	if (m->err) {
+		ing->m.delivery_failed++;
+		log_ctx_warn(p ? p->id : NULL, "delivery failed: %s",
+			     rd_kafka_err2str(m->err));
+	} else {
+		ing->m.delivered++;
+		ing->kafka_up = true;
+	}
+	if (p)
+		http_delivered(p, m->err);
+}
+
+/* Runs on the event loop thread, from rd_kafka_poll(). */
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	struct ingest *ing = opaque;
+
+	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+		ing->kafka_up = false;
+	if (rd_kafka_fatal_error(rk, NULL, 0))
+		log_error("kafka fatal error: %s", reason);
+	else
+		log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
+		   const char *buf)
+{
+	(void)rk;
+	log_at(level <= 3 ? LOG_ERROR : level <= 5 ? LOG_WARN : LOG_DEBUG,
+	       NULL, "rdkafka %s: %s", fac, buf);
+}
+
+/* librdkafka writes a byte to the pipe when the main queue gets an event;
+ * serving it right away keeps the 202 latency at the broker's ack time. */
+static void handle_wake(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ing = arg;
+	char drain[256];
+
+	(void)what;
+	while (read(fd, drain, sizeof(drain)) > 0)
+		;
+	rd_kafka_poll(ing->rk, 0);
+}
+
+static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	handle_wake(((struct ingest *)arg)->wake_fds[0], 0, arg);
+}
+
+bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char tmo[32];
+	char err[512];
+	struct timeval tv = { 0, 100 * 1000 };
+
+	snprintf(tmo, sizeof(tmo), "%d", ing->cfg.delivery_timeout_ms);
+	if (!kafka_conf_set(conf, "bootstrap.servers", ing->cfg.brokers, errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "enable.idempotence", "true", errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "acks", "all", errstr, errstr_size) ||
+	    !kafka_conf_set(conf, "message.timeout.ms", tmo, errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "linger.ms", "1", errstr, errstr_size) ||
+	    !kafka_conf_set(conf, "client.id", "sluice-ingest", errstr,
+			    errstr_size) ||
+	    !kafka_conf_apply(conf, ing->cfg.kafka, errstr, errstr_size)) {
+		rd_kafka_conf_destroy(conf);
+		return false;
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+	rd_kafka_conf_set_log_cb(conf, log_cb);
+	rd_kafka_conf_set_opaque(conf, ing);
+	ing->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (!ing->rk) {
+		rd_kafka_conf_destroy(conf);
+		snprintf(errstr, errstr_size, "kafka producer: %s", err);
+		return false;
+	}
+	conf = NULL; /* owned by rk now */
+
+	if (pipe(ing->wake_fds) != 0) {
+		snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+		return false;
+	}
+	for (int i = 0; i < 2; i++)
+		fcntl(ing->wake_fds[i], F_SETFL,
+		      fcntl(ing->wake_fds[i], F_GETFL) | O_NONBLOCK);
+	rd_kafka_queue_t *mainq = rd_kafka_queue_get_main(ing->rk);
+	rd_kafka_queue_io_event_enable(mainq, ing->wake_fds[1], "1", 1);
+	rd_kafka_queue_destroy(mainq);
+	ing->wake_ev = event_new(ing->base, ing->wake_fds[0],
+				 EV_READ | EV_PERSIST, handle_wake, ing);
+	event_add(ing->wake_ev, NULL);
+	/* Backstop in case a wake-up byte is ever missed. */
+	ing->poll_ev = event_new(ing->base, -1, EV_PERSIST, handle_poll_timer,
+				 ing);
+	event_add(ing->poll_ev, &tv);
+
+	if (!kafka_ensure_topic(ing->rk, ing->cfg.topic,
+				ing->cfg.topic_partitions, 5000, err,
+				sizeof(err))) {
+		/* Not fatal: requests get 503 until the broker is back. */
+		log_warn("could not ensure topic: %s", err);
+	} else {
+		ing->kafka_up = true;
+	}
+	return true;
+}
+
+static void add_header(rd_kafka_headers_t *h, const char *name,
+		       const char *value)
+{
+	rd_kafka_header_add(h, name, -1, value, -1);
+}
+
+rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
+				   const struct source *src, const void *body,
+				   size_t len, const char *request_id,
+				   int64_t received_ms)
+{
+	rd_kafka_headers_t *h = rd_kafka_headers_new(6);
+	char received[24];
+	rd_kafka_resp_err_t err;
+
+	snprintf(received, sizeof(received), "%lld", (long long)received_ms);
+	add_header(h, HDR_SOURCE, src->name);
+	add_header(h, HDR_KIND, source_kind_names[src->kind]);
+	add_header(h, HDR_EVENT_TYPE, p->event_type);
+	add_header(h, HDR_WEBHOOK_ID, p->id);
+	add_header(h, HDR_RECEIVED_AT, received);
+	add_header(h, HDR_REQUEST_ID, request_id);
+
+	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(ing->cfg.topic),
+				RD_KAFKA_V_KEY(p->key, strlen(p->key)),
+				RD_KAFKA_V_VALUE((void *)body, len),
+				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+				RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(p),
+				RD_KAFKA_V_END);
+	if (err)
+		rd_kafka_headers_destroy(h); /* not taken on failure */
+	return err;
+}
+
+void publish_cleanup(struct ingest *ing, int flush_ms)
+{
+	if (ing->rk) {
+		rd_kafka_resp_err_t err = rd_kafka_flush(ing->rk, flush_ms);
+		int left = rd_kafka_outq_len(ing->rk);
+
+		if (err || left > 0)
+			log_warn("shutdown: %d records not confirmed by Kafka "
+				 "within %d ms (their requests got no 202)",
+				 left, flush_ms);
+		rd_kafka_destroy(ing->rk);
+		ing->rk = NULL;
+	}
+	if (ing->wake_ev)
+		event_free(ing->wake_ev);
+	if (ing->poll_ev)
+		event_free(ing->poll_ev);
+	ing->wake_ev = ing->poll_ev = NULL;
+	if (ing->wake_fds[0] > 0) {
+		close(ing->wake_fds[0]);
+		close(ing->wake_fds[1]);
+	}
+}

@@ -1,0 +1,310 @@
+/* sluice-ingest's settings: the table of every key, and the sources. */
+#include "settings.h"
+
+#include <openssl/evp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+#include "../common/schema.h"
+#include "../common/util.h"
+
+static const char *const level_values[] = { "debug", "info", "warn", "error",
+					    NULL };
+static const char *const format_values[] = { "text", "json", NULL };
+const char *const source_kind_names[] = { "transcript", NULL };
+static const char *const signature_values[] = { "none", "standard-webhooks",
+						NULL };
+
+#define F(x) offsetof(struct ingest_config, x)
+const struct cfg_setting ingest_settings[] = {
+	{ "listen", CFG_STR, F(listen), "127.0.0.1:8080", 0, 0, NULL,
+	  "SLUICE_INGEST_LISTEN", "HTTP listen address" },
+	{ "brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
+	  "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers" },
+	{ "topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL,
+	  "SLUICE_TOPIC", "topic accepted requests go to" },
+	{ "topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL,
+	  NULL, "partitions when the topic is created at start-up" },
+	{ "delivery_timeout_ms", CFG_INT, F(delivery_timeout_ms), "5000", 100,
+	  300000, NULL, NULL, "deadline for Kafka to acknowledge a record" },
+	{ "retry_after_s", CFG_INT, F(retry_after_s), "5", 1, 3600, NULL, NULL,
+	  "Retry-After on 503" },
+	{ "max_body_bytes", CFG_INT, F(max_body_bytes), "1048576", 1, 67108864,
+	  NULL, NULL, "largest accepted body" },
+	{ "request_timeout_s", CFG_INT, F(request_timeout_s), "30", 1, 3600,
+	  NULL, NULL, "slow or idle connections are closed after this" },
+	{ "max_inflight", CFG_INT, F(max_inflight), "10000", 1, 1000000, NULL,
+	  NULL, "requests waiting for Kafka at once" },
+	{ "schema_dir", CFG_STR, F(schema_dir), "schemas", 0, 0, NULL,
+	  "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from" },
+	{ "log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values,
+	  NULL, "debug, info, warn or error" },
+	{ "log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values,
+	  NULL, "text or json" },
+	CFG_END
+};
+#undef F
+
+static struct source *source_get(struct ingest_config *cfg, const char *name,
+				 size_t len)
+{
+	struct source **p = &cfg->sources;
+
+	for (; *p; p = &(*p)->next)
+		if (strlen((*p)->name) == len &&
+		    memcmp((*p)->name, name, len) == 0)
+			return *p;
+	*p = calloc(1, sizeof(**p));
+	if (!*p)
+		abort();
+	(*p)->name = strndup(name, len);
+	(*p)->kind = -1;
+	(*p)->signature = SIG_UNSET;
+	return *p;
+}
+
+static bool source_name_ok(const char *name, size_t len)
+{
+	if (len == 0 || len > 64)
+		return false;
+	for (size_t i = 0; i < len; i++) {
+		char c = name[i];
+
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '-' || c == '_'))
+			return false;
+	}
+	return true;
+}
+
+static bool enum_index(const char *const *values, const char *v, int *out)
+{
+	for (int i = 0; values[i]; i++)
+		if (strcmp(values[i], v) == 0) {
+			*out = i;
+			return true;
+		}
+	return false;
+}
+
+static bool ingest_extra(void *target, const char *key, const char *value,
+			 char *errstr, size_t errstr_size)
+{
+	struct ingest_config *cfg = target;
+	const char *name, *dot;
+	struct source *src;
+
+	if (strncmp(key, "kafka.", 6) == 0 && key[6]) {
+		cfg_kv_append(&cfg->kafka, key, value);
+		return true;
+	}
+	if (strncmp(key, "source.", 7) != 0) {
+		snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
+		return false;
+	}
+	name = key + 7;
+	dot = strchr(name, '.');
+	if (!dot || !source_name_ok(name, (size_t)(dot - name))) {
+		snprintf(errstr, errstr_size,
+			 "\"%s\": expected source.NAME.FIELD with NAME made of "
+			 "letters, digits, - and _",
+			 key);
+		return false;
+	}
+	src = source_get(cfg, name, (size_t)(dot - name));
+	if (strcmp(dot + 1, "kind") == 0) {
+		if (!enum_index(source_kind_names, value, &src->kind)) {
+			snprintf(errstr, errstr_size,
+				 "%s: unknown kind \"%s\" (known: transcript)",
+				 key, value);
+			return false;
+		}
+	} else if (strcmp(dot + 1, "signature") == 0) {
+		if (!enum_index(signature_values, value, &src->signature)) {
+			snprintf(errstr, errstr_size,
+				 "%s: \"%s\" is not none or standard-webhooks",
+				 key, value);
+			return false;
+		}
+	} else if (strcmp(dot + 1, "secret") == 0) {
+		free(src->secret);
+		src->secret = strdup(value);
+	} else if (strcmp(dot + 1, "secret_file") == 0) {
+		free(src->secret_file);
+		src->secret_file = strdup(value);
+	} else {
+		snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
+		return false;
+	}
+	return true;
+}
+
+/* "whsec_<base64>" → raw key bytes. */
+static bool source_decode_secret(struct source *src, const char *secret,
+				 char *errstr, size_t errstr_size)
+{
+	const char *b64 = secret;
+	size_t len, outlen;
+	int n;
+
+	if (strncmp(b64, "whsec_", 6) == 0)
+		b64 += 6;
+	len = strlen(b64);
+	if (len == 0 || len % 4 != 0) {
+		snprintf(errstr, errstr_size,
+			 "source %s: secret is not whsec_<base64>", src->name);
+		return false;
+	}
+	src->key = malloc(len);
+	if (!src->key)
+		abort();
+	n = EVP_DecodeBlock(src->key, (const unsigned char *)b64, (int)len);
+	if (n < 0) {
+		snprintf(errstr, errstr_size,
+			 "source %s: secret is not valid base64", src->name);
+		return false;
+	}
+	outlen = (size_t)n;
+	/* EVP_DecodeBlock counts padding bytes as output. */
+	if (b64[len - 1] == '=')
+		outlen--;
+	if (b64[len - 2] == '=')
+		outlen--;
+	src->key_len = outlen;
+	return true;
+}
+
+static bool source_finish(struct ingest_config *cfg, struct source *src,
+			  char *errstr, size_t errstr_size)
+{
+	char path[4096];
+	char err[512];
+
+	if (src->kind < 0) {
+		snprintf(errstr, errstr_size, "source %s: kind is not set",
+			 src->name);
+		return false;
+	}
+	if (src->signature == SIG_UNSET) {
+		snprintf(errstr, errstr_size,
+			 "source %s: signature must be set (standard-webhooks, "
+			 "or none to accept unsigned requests)",
+			 src->name);
+		return false;
+	}
+	if (src->signature == SIG_STANDARD_WEBHOOKS) {
+		char *secret = src->secret;
+		char *from_file = NULL;
+
+		if (!secret && src->secret_file) {
+			from_file = util_read_file(src->secret_file, NULL, err,
+						   sizeof(err));
+			if (!from_file) {
+				snprintf(errstr, errstr_size, "source %s: %s",
+					 src->name, err);
+				return false;
+			}
+			from_file[strcspn(from_file, "\r\n")] = '\0';
+			secret = from_file;
+		}
+		if (!secret) {
+			snprintf(errstr, errstr_size,
+				 "source %s: signature standard-webhooks needs "
+				 "secret or secret_file",
+				 src->name);
+			return false;
+		}
+		if (!source_decode_secret(src, secret, errstr, errstr_size)) {
+			free(from_file);
+			return false;
+		}
+		free(from_file);
+	}
+	snprintf(path, sizeof(path), "%s/%s.schema.json", cfg->schema_dir,
+		 source_kind_names[src->kind]);
+	src->schema = schema_load(path, err, sizeof(err));
+	if (!src->schema) {
+		snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
+		return false;
+	}
+	return true;
+}
+
+bool ingest_config_load(struct ingest_config *cfg, const char *path,
+			char *errstr, size_t errstr_size)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	if (!cfg_load(ingest_settings, cfg, path, ingest_extra, errstr,
+		      errstr_size))
+		return false;
+	if (!cfg->sources) {
+		snprintf(errstr, errstr_size,
+			 "no source configured (source.NAME.kind = ...)");
+		return false;
+	}
+	if (!strchr(cfg->listen, ':')) {
+		snprintf(errstr, errstr_size, "listen: \"%s\" is not host:port",
+			 cfg->listen);
+		return false;
+	}
+	for (struct source *s = cfg->sources; s; s = s->next)
+		if (!source_finish(cfg, s, errstr, errstr_size))
+			return false;
+	return true;
+}
+
+void ingest_config_free(struct ingest_config *cfg)
+{
+	struct source *s = cfg->sources;
+
+	while (s) {
+		struct source *next = s->next;
+
+		free(s->name);
+		if (s->secret)
+			OPENSSL_cleanse(s->secret, strlen(s->secret));
+		free(s->secret);
+		free(s->secret_file);
+		if (s->key)
+			OPENSSL_cleanse(s->key, s->key_len);
+		free(s->key);
+		schema_destroy(s->schema);
+		free(s);
+		s = next;
+	}
+	cfg_kv_free(cfg->kafka);
+	cfg_free(ingest_settings, cfg);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+void ingest_config_dump(const struct ingest_config *cfg)
+{
+	cfg_dump(ingest_settings, cfg, stdout);
+	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
+		bool secret = strstr(kv->key, "password") ||
+			      strstr(kv->key, "secret");
+
+		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
+	}
+	for (const struct source *s = cfg->sources; s; s = s->next) {
+		printf("source.%s.kind = %s\n", s->name,
+		       source_kind_names[s->kind]);
+		printf("source.%s.signature = %s\n", s->name,
+		       signature_values[s->signature]);
+		if (s->key)
+			printf("source.%s.secret = (hidden, %zu bytes)\n",
+			       s->name, s->key_len);
+	}
+}
+
+struct source *ingest_source_find(const struct ingest_config *cfg,
+				  const char *name, size_t len)
+{
+	for (struct source *s = cfg->sources; s; s = s->next)
+		if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+			return s;
+	return NULL;
+}

@@ -1,0 +1,53 @@
+/* sluice-ingest's settings: the table of every key, and the sources. */
+#ifndef SLUICE_INGEST_SETTINGS_H
+#define SLUICE_INGEST_SETTINGS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../common/config.h"
+
+enum source_kind { KIND_TRANSCRIPT = 0 };
+enum signature_mode { SIG_UNSET = -1, SIG_NONE = 0, SIG_STANDARD_WEBHOOKS };
+
+struct source {
+	char *name;
+	int kind;      /* enum source_kind, -1 until set */
+	int signature; /* enum signature_mode */
+	char *secret;  /* whsec_... as configured; never logged */
+	char *secret_file;
+	unsigned char *key; /* decoded HMAC key */
+	size_t key_len;
+	struct schema *schema;
+	struct source *next;
+};
+
+struct ingest_config {
+	char *listen;
+	char *brokers;
+	char *topic;
+	int topic_partitions;
+	int delivery_timeout_ms;
+	int retry_after_s;
+	int max_body_bytes;
+	int request_timeout_s;
+	int max_inflight;
+	char *schema_dir;
+	int log_level;
+	int log_format;
+	struct cfg_kv *kafka;
+	struct source *sources;
+};
+
+extern const struct cfg_setting ingest_settings[];
+extern const char *const source_kind_names[];
+
+bool ingest_config_load(struct ingest_config *cfg, const char *path,
+			char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+void ingest_config_free(struct ingest_config *cfg);
+void ingest_config_dump(const struct ingest_config *cfg);
+struct source *ingest_source_find(const struct ingest_config *cfg,
+				  const char *name, size_t len);
+
+#endif

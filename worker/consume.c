@@ -1,0 +1,288 @@
+/* The Kafka consumer: group membership, cooperative rebalancing, seeking to
+ * the offsets PostgreSQL holds, and forming batches. */
+#include "consume.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../common/kafka.h"
+#include "../common/log.h"
+#include "../common/util.h"
+
+struct consumer {
+	rd_kafka_t *rk;
+	const struct worker_config *cfg;
+	struct pgsink *ps;
+	volatile const int *stop;
+	consume_flush_fn flush;
+	void *flush_arg;
+	rd_kafka_message_t **msgs; /* the batch being collected */
+	size_t n;
+	int assigned;
+};
+
+static void sleep_ms(int ms)
+{
+	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+
+	nanosleep(&ts, NULL);
+}
+
+/* Hands the records collected so far to the flush callback. */
+static void consume_flush_pending(struct consumer *c)
+{
+	size_t n = c->n;
+
+	if (n == 0)
+		return;
+	c->flush(c->flush_arg, c->msgs, n);
+	for (size_t i = 0; i < n; i++)
+		rd_kafka_message_destroy(c->msgs[i]);
+	c->n = 0;
+}
+
+/* Sets each partition's start to what PostgreSQL says was applied. Without
+ * a stored offset the group's committed offset (or earliest) is used. */
+static void seek_to_stored(struct consumer *c,
+			   rd_kafka_topic_partition_list_t *parts)
+{
+	int n = parts->cnt, backoff = c->cfg->retry_backoff_min_ms;
+	int32_t *ids = calloc((size_t)n + 1, sizeof(*ids));
+	int64_t *offs = calloc((size_t)n + 1, sizeof(*offs));
+	char err[512];
+
+	if (!ids || !offs)
+		abort();
+	for (int i = 0; i < n; i++)
+		ids[i] = parts->elems[i].partition;
+	while (!pgsink_load_offsets(c->ps, ids, n, offs, err, sizeof(err))) {
+		if (*c->stop) {
+			log_warn("stopping before stored offsets could be read");
+			goto done;
+		}
+		log_warn("reading stored offsets: %s; retrying in %d ms", err,
+			 backoff);
+		sleep_ms(backoff);
+		backoff = backoff * 2 > c->cfg->retry_backoff_max_ms
+				  ? c->cfg->retry_backoff_max_ms
+				  : backoff * 2;
+	}
+	for (int i = 0; i < n; i++) {
+		parts->elems[i].offset = offs[i] >= 0 ? offs[i]
+						      : RD_KAFKA_OFFSET_INVALID;
+		log_info("assigned %s [%d] from %s %lld", parts->elems[i].topic,
+			 (int)parts->elems[i].partition,
+			 offs[i] >= 0 ? "stored offset" : "group offset",
+			 (long long)offs[i]);
+	}
+done:
+	free(ids);
+	free(offs);
+}
+
+/* Runs on the worker thread inside rd_kafka_consumer_poll(). */
+static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
+			 rd_kafka_topic_partition_list_t *parts, void *opaque)
+{
+	struct consumer *c = opaque;
+	bool cooperative =
+		strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+	rd_kafka_error_t *error = NULL;
+	rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
+
+	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+		seek_to_stored(c, parts);
+		if (cooperative)
+			error = rd_kafka_incremental_assign(rk, parts);
+		else
+			ret = rd_kafka_assign(rk, parts);
+		c->assigned += parts->cnt;
+	} else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+		/* Finish what was fetched before the partitions go: its
+		 * effects and offsets commit together, so the next owner
+		 * starts exactly after it. */
+		consume_flush_pending(c);
+		log_info("revoked %d partitions%s", parts->cnt,
+			 rd_kafka_assignment_lost(rk) ? " (lost)" : "");
+		if (cooperative)
+			error = rd_kafka_incremental_unassign(rk, parts);
+		else
+			ret = rd_kafka_assign(rk, NULL);
+		c->assigned -= parts->cnt;
+		if (c->assigned < 0)
+			c->assigned = 0;
+	} else {
+		log_error("rebalance failed: %s", rd_kafka_err2str(err));
+		ret = rd_kafka_assign(rk, NULL);
+	}
+	if (error) {
+		log_error("incremental rebalance: %s",
+			  rd_kafka_error_string(error));
+		rd_kafka_error_destroy(error);
+	} else if (ret) {
+		log_error("rebalance: %s", rd_kafka_err2str(ret));
+	}
+}
+
+static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
+		   const char *buf)
+{
+	(void)rk;
+	log_at(level <= 3 ? LOG_ERROR : level <= 5 ? LOG_WARN : LOG_DEBUG,
+	       NULL, "rdkafka %s: %s", fac, buf);
+}
+
+static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+}
+
+struct consumer *consume_new(const struct worker_config *cfg,
+			     struct pgsink *ps, volatile const int *stop,
+			     consume_flush_fn flush, void *flush_arg,
+			     char *errstr, size_t errstr_size)
+{
+	struct consumer *c = calloc(1, sizeof(*c));
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_topic_partition_list_t *topics;
+	rd_kafka_resp_err_t err;
+	char e[512];
+
+	if (!c)
+		abort();
+	c->cfg = cfg;
+	c->ps = ps;
+	c->stop = stop;
+	c->flush = flush;
+	c->flush_arg = flush_arg;
+	c->msgs = calloc((size_t)cfg->batch_max, sizeof(*c->msgs));
+	if (!c->msgs)
+		abort();
+	if (!kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "group.id", cfg->group_id, errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "partition.assignment.strategy",
+			    "cooperative-sticky", errstr, errstr_size) ||
+	    !kafka_conf_set(conf, "client.id", "sluice-worker", errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "fetch.wait.max.ms", "100", errstr,
+			    errstr_size) ||
+	    !kafka_conf_apply(conf, cfg->kafka, errstr, errstr_size))
+		goto fail;
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+	rd_kafka_conf_set_log_cb(conf, log_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+	rd_kafka_conf_set_opaque(conf, c);
+	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof(e));
+	if (!c->rk) {
+		snprintf(errstr, errstr_size, "kafka consumer: %s", e);
+		goto fail;
+	}
+	conf = NULL; /* owned by rk now */
+	rd_kafka_poll_set_consumer(c->rk);
+	if (!kafka_ensure_topic(c->rk, cfg->topic, cfg->topic_partitions, 5000,
+				e, sizeof(e)))
+		log_warn("could not ensure topic: %s", e);
+	topics = rd_kafka_topic_partition_list_new(1);
+	rd_kafka_topic_partition_list_add(topics, cfg->topic,
+					  RD_KAFKA_PARTITION_UA);
+	err = rd_kafka_subscribe(c->rk, topics);
+	rd_kafka_topic_partition_list_destroy(topics);
+	if (err) {
+		snprintf(errstr, errstr_size, "subscribe %s: %s", cfg->topic,
+			 rd_kafka_err2str(err));
+		goto fail;
+	}
+	return c;
+fail:
+	if (conf)
+		rd_kafka_conf_destroy(conf);
+	if (c->rk)
+		rd_kafka_destroy(c->rk);
+	free(c->msgs);
+	free(c);
+	return NULL;
+}
+
+/* Takes one polled message into the batch, or logs a consumer event. */
+static bool take(struct consumer *c, rd_kafka_message_t *m)
+{
+	if (m->err) {
+		if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
+			log_warn("consumer: %s", rd_kafka_message_errstr(m));
+		rd_kafka_message_destroy(m);
+		return false;
+	}
+	c->msgs[c->n++] = m;
+	return true;
+}
+
+size_t consume_batch(struct consumer *c, int timeout_ms)
+{
+	rd_kafka_message_t *m;
+	int64_t deadline;
+	size_t n;
+
+	m = rd_kafka_consumer_poll(c->rk, timeout_ms);
+	if (!m || !take(c, m))
+		return 0;
+	/* Whatever is already fetched joins the batch: batches form by
+	 * themselves under load and cost nothing when idle. */
+	deadline = util_mono_ms() + c->cfg->batch_wait_ms;
+	while (c->n > 0 && c->n < (size_t)c->cfg->batch_max) {
+		int64_t left = deadline - util_mono_ms();
+
+		m = rd_kafka_consumer_poll(c->rk, left > 0 ? (int)left : 0);
+		if (!m)
+			break;
+		take(c, m);
+	}
+	n = c->n;
+	consume_flush_pending(c);
+	return n;
+}
+
+void consume_commit_async(struct consumer *c, const int32_t *parts,
+			  const int64_t *next_offsets, int n)
+{
+	rd_kafka_topic_partition_list_t *l =
+		rd_kafka_topic_partition_list_new(n);
+
+	for (int i = 0; i < n; i++)
+		rd_kafka_topic_partition_list_add(l, c->cfg->topic, parts[i])
+			->offset = next_offsets[i];
+	rd_kafka_commit(c->rk, l, 1);
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+int consume_assigned(const struct consumer *c)
+{
+	return c->assigned;
+}
+
+void consume_close(struct consumer *c)
+{
+	rd_kafka_resp_err_t err;
+
+	if (!c)
+		return;
+	/* Leaves the group; the revoke callback flushes what is pending. */
+	err = rd_kafka_consumer_close(c->rk);
+	if (err)
+		log_warn("consumer close: %s", rd_kafka_err2str(err));
+	consume_flush_pending(c);
+	rd_kafka_destroy(c->rk);
+	free(c->msgs);
+	free(c);
+}

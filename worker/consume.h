@@ -1,0 +1,34 @@
+/* The Kafka consumer: group membership, cooperative rebalancing, seeking to
+ * the offsets PostgreSQL holds, and forming batches. */
+#ifndef SLUICE_CONSUME_H
+#define SLUICE_CONSUME_H
+
+#include <librdkafka/rdkafka.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "pgsink.h"
+#include "settings.h"
+
+struct consumer;
+
+/* Processes msgs[0..n) completely (retrying transient failures) before it
+ * returns; the consumer destroys the messages afterwards. */
+typedef void (*consume_flush_fn)(void *arg, rd_kafka_message_t **msgs,
+				 size_t n);
+
+struct consumer *consume_new(const struct worker_config *cfg,
+			     struct pgsink *ps, volatile const int *stop,
+			     consume_flush_fn flush, void *flush_arg,
+			     char *errstr, size_t errstr_size);
+/* Polls up to max records: blocks up to timeout_ms for the first, then
+ * takes what is already fetched (plus batch_wait_ms). Processes the batch
+ * through the flush callback; returns how many records it had. */
+size_t consume_batch(struct consumer *c, int timeout_ms);
+/* Tells Kafka the committed positions too, for lag monitoring. */
+void consume_commit_async(struct consumer *c, const int32_t *parts,
+			  const int64_t *next_offsets, int n);
+int consume_assigned(const struct consumer *c);
+void consume_close(struct consumer *c);
+
+#endif

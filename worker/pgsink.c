@@ -1,0 +1,333 @@
+/* PostgreSQL side of the worker: one transaction per batch holding the rows
+ * and the consumed offsets. */
+#include "pgsink.h"
+
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/log.h"
+
+struct pgsink {
+	PGconn *conn;
+	char *dsn;
+	char *group_id;
+	char *topic;
+	bool prepared;
+};
+
+static const char SQL_STAGING[] =
+	"CREATE TEMP TABLE IF NOT EXISTS sluice_stage_conv ("
+	" seq bigint, id text, source text, event_type text, status text,"
+	" transcript boolean, received_ms bigint) ON COMMIT DELETE ROWS;"
+	"CREATE TEMP TABLE IF NOT EXISTS sluice_stage_msg ("
+	" conversation_id text, external_event_id text, position integer,"
+	" role text, content text, created_ms bigint) ON COMMIT DELETE ROWS;";
+
+static const char SQL_LOAD_OFFSETS[] =
+	"SELECT partition, next_offset FROM sluice_offsets"
+	" WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])";
+
+static const char SQL_FENCE[] =
+	"SELECT partition, next_offset FROM sluice_offsets"
+	" WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])"
+	" FOR UPDATE";
+
+/* One row per conversation of the batch: the last event wins, a status is
+ * taken from the last event that sets one, the transcript flag sticks. */
+static const char SQL_UPSERT_CONV[] =
+	"WITH s AS ("
+	"  SELECT id,"
+	"   (array_agg(source ORDER BY seq DESC))[1] AS source,"
+	"   (array_agg(status ORDER BY seq DESC)"
+	"      FILTER (WHERE status IS NOT NULL))[1] AS status,"
+	"   (array_agg(event_type ORDER BY seq DESC))[1] AS event_type,"
+	"   bool_or(transcript) AS transcript,"
+	"   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
+	"     AS transcript_at,"
+	"   to_timestamp(min(received_ms) / 1000.0) AS first_at"
+	"  FROM sluice_stage_conv GROUP BY id)"
+	" INSERT INTO conversations AS c (id, source, status, last_event_type,"
+	"   transcript_received, transcript_received_at, created_at, updated_at)"
+	" SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
+	"   transcript_at, first_at, now() FROM s"
+	" ON CONFLICT (id) DO UPDATE SET"
+	"   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
+	"                     c.status),"
+	"   last_event_type = EXCLUDED.last_event_type,"
+	"   transcript_received = c.transcript_received"
+	"                         OR EXCLUDED.transcript_received,"
+	"   transcript_received_at = COALESCE(c.transcript_received_at,"
+	"                                     EXCLUDED.transcript_received_at),"
+	"   updated_at = now()";
+
+static const char SQL_INSERT_MSG[] =
+	"INSERT INTO messages (conversation_id, external_event_id, position,"
+	"   role, content, created_at)"
+	" SELECT conversation_id, external_event_id, position, role, content,"
+	"   to_timestamp(created_ms / 1000.0) FROM sluice_stage_msg"
+	" ON CONFLICT (conversation_id, external_event_id) DO NOTHING";
+
+static const char SQL_OFFSETS[] =
+	"INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
+	" SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS u(p, o)"
+	" ON CONFLICT (group_id, topic, partition) DO UPDATE"
+	" SET next_offset = EXCLUDED.next_offset, updated_at = now()";
+
+struct pgsink *pgsink_new(const char *dsn, const char *group_id,
+			  const char *topic)
+{
+	struct pgsink *ps = calloc(1, sizeof(*ps));
+
+	if (!ps)
+		abort();
+	ps->dsn = strdup(dsn);
+	ps->group_id = strdup(group_id);
+	ps->topic = strdup(topic);
+	return ps;
+}
+
+void pgsink_destroy(struct pgsink *ps)
+{
+	if (!ps)
+		return;
+	if (ps->conn)
+		PQfinish(ps->conn);
+	free(ps->dsn);
+	free(ps->group_id);
+	free(ps->topic);
+	free(ps);
+}
+
+static void set_err(struct pgsink *ps, const char *what, char *errstr,
+		    size_t errstr_size)
+{
+	const char *msg = ps->conn ? PQerrorMessage(ps->conn) : "no connection";
+
+	snprintf(errstr, errstr_size, "%s: %.*s", what,
+		 (int)strcspn(msg, "\n"), msg);
+}
+
+static void drop_conn(struct pgsink *ps)
+{
+	if (ps->conn)
+		PQfinish(ps->conn);
+	ps->conn = NULL;
+	ps->prepared = false;
+}
+
+bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size)
+{
+	PGresult *res;
+
+	if (ps->conn && PQstatus(ps->conn) == CONNECTION_OK && ps->prepared)
+		return true;
+	drop_conn(ps);
+	ps->conn = PQconnectdb(ps->dsn);
+	if (PQstatus(ps->conn) != CONNECTION_OK) {
+		set_err(ps, "connect", errstr, errstr_size);
+		drop_conn(ps);
+		return false;
+	}
+	res = PQexec(ps->conn, SQL_STAGING);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+		PQclear(res);
+		set_err(ps, "staging tables", errstr, errstr_size);
+		drop_conn(ps);
+		return false;
+	}
+	PQclear(res);
+	ps->prepared = true;
+	return true;
+}
+
+/* "{1,2,3}" */
+static char *int_array(const int32_t *v, int n)
+{
+	struct buf b;
+
+	buf_init(&b);
+	buf_puts(&b, "{");
+	for (int i = 0; i < n; i++)
+		buf_printf(&b, "%s%d", i ? "," : "", v[i]);
+	buf_puts(&b, "}");
+	return b.data;
+}
+
+static char *bigint_array(const int64_t *v, int n)
+{
+	struct buf b;
+
+	buf_init(&b);
+	buf_puts(&b, "{");
+	for (int i = 0; i < n; i++)
+		buf_printf(&b, "%s%lld", i ? "," : "", (long long)v[i]);
+	buf_puts(&b, "}");
+	return b.data;
+}
+
+static bool query_offsets(struct pgsink *ps, const char *sql,
+			  const int32_t *parts, int n, int64_t *out,
+			  char *errstr, size_t errstr_size)
+{
+	char *arr = int_array(parts, n);
+	const char *params[3] = { ps->group_id, ps->topic, arr };
+	PGresult *res;
+	bool ok;
+
+	for (int i = 0; i < n; i++)
+		out[i] = -1;
+	res = PQexecParams(ps->conn, sql, 3, NULL, params, NULL, NULL, 0);
+	free(arr);
+	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+	if (!ok) {
+		set_err(ps, "offsets", errstr, errstr_size);
+	} else {
+		for (int r = 0; r < PQntuples(res); r++) {
+			int32_t p = (int32_t)atoi(PQgetvalue(res, r, 0));
+			int64_t o = atoll(PQgetvalue(res, r, 1));
+
+			for (int i = 0; i < n; i++)
+				if (parts[i] == p)
+					out[i] = o;
+		}
+	}
+	PQclear(res);
+	return ok;
+}
+
+bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
+			 int64_t *out, char *errstr, size_t errstr_size)
+{
+	if (!pgsink_connect(ps, errstr, errstr_size))
+		return false;
+	if (query_offsets(ps, SQL_LOAD_OFFSETS, parts, n, out, errstr,
+			  errstr_size))
+		return true;
+	drop_conn(ps);
+	return false;
+}
+
+static bool exec_ok(struct pgsink *ps, const char *sql, const char *what,
+		    char *errstr, size_t errstr_size)
+{
+	PGresult *res = PQexec(ps->conn, sql);
+	bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+	if (!ok)
+		set_err(ps, what, errstr, errstr_size);
+	PQclear(res);
+	return ok;
+}
+
+bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
+		  int64_t *fence, char *errstr, size_t errstr_size)
+{
+	if (!pgsink_connect(ps, errstr, errstr_size))
+		return false;
+	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size) ||
+	    !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
+			   errstr_size)) {
+		pgsink_rollback(ps);
+		return false;
+	}
+	return true;
+}
+
+static bool copy_in(struct pgsink *ps, const char *sql, const struct buf *b,
+		    char *errstr, size_t errstr_size)
+{
+	PGresult *res;
+	bool ok;
+
+	if (b->len == 0)
+		return true;
+	res = PQexec(ps->conn, sql);
+	if (PQresultStatus(res) != PGRES_COPY_IN) {
+		PQclear(res);
+		set_err(ps, "copy", errstr, errstr_size);
+		return false;
+	}
+	PQclear(res);
+	ok = PQputCopyData(ps->conn, b->data, (int)b->len) == 1 &&
+	     PQputCopyEnd(ps->conn, NULL) == 1;
+	res = PQgetResult(ps->conn);
+	ok = ok && PQresultStatus(res) == PGRES_COMMAND_OK;
+	if (!ok)
+		set_err(ps, "copy", errstr, errstr_size);
+	PQclear(res);
+	/* Drain anything left so the connection is ready for the next
+	 * command. */
+	while ((res = PQgetResult(ps->conn)) != NULL)
+		PQclear(res);
+	return ok;
+}
+
+static long long exec_count(struct pgsink *ps, const char *sql, int nparams,
+			    const char *const *params, const char *what,
+			    char *errstr, size_t errstr_size)
+{
+	PGresult *res = PQexecParams(ps->conn, sql, nparams, NULL, params,
+				     NULL, NULL, 0);
+	long long n = -1;
+
+	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+		n = atoll(PQcmdTuples(res));
+	else
+		set_err(ps, what, errstr, errstr_size);
+	PQclear(res);
+	return n;
+}
+
+bool pgsink_write(struct pgsink *ps, const struct transcript_rows *rows,
+		  const int32_t *parts, const int64_t *next_offsets, int n,
+		  struct pgsink_result *out, char *errstr, size_t errstr_size)
+{
+	char *pa = int_array(parts, n);
+	char *oa = bigint_array(next_offsets, n);
+	const char *params[4] = { ps->group_id, ps->topic, pa, oa };
+	bool ok = false;
+
+	out->conversations = out->inserted = 0;
+	if (!copy_in(ps, "COPY sluice_stage_conv FROM STDIN",
+		     &rows->conversations, errstr, errstr_size) ||
+	    !copy_in(ps, "COPY sluice_stage_msg FROM STDIN", &rows->messages,
+		     errstr, errstr_size))
+		goto done;
+	if (rows->n_conversations > 0 &&
+	    (out->conversations = exec_count(ps, SQL_UPSERT_CONV, 0, NULL,
+					     "conversations", errstr,
+					     errstr_size)) < 0)
+		goto done;
+	if (rows->n_messages > 0 &&
+	    (out->inserted = exec_count(ps, SQL_INSERT_MSG, 0, NULL,
+					"messages", errstr, errstr_size)) < 0)
+		goto done;
+	if (exec_count(ps, SQL_OFFSETS, 4, params, "offsets", errstr,
+		       errstr_size) < 0)
+		goto done;
+	ok = exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
+done:
+	free(pa);
+	free(oa);
+	if (!ok)
+		pgsink_rollback(ps);
+	return ok;
+}
+
+void pgsink_rollback(struct pgsink *ps)
+{
+	PGresult *res;
+
+	if (!ps->conn)
+		return;
+	if (PQstatus(ps->conn) != CONNECTION_OK) {
+		drop_conn(ps);
+		return;
+	}
+	res = PQexec(ps->conn, "ROLLBACK");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		drop_conn(ps);
+	PQclear(res);
+}

@@ -1,0 +1,131 @@
+/* sluice-worker's settings: the table of every key. */
+#include "settings.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const level_values[] = { "debug", "info", "warn", "error",
+					    NULL };
+static const char *const format_values[] = { "text", "json", NULL };
+
+#define F(x) offsetof(struct worker_config, x)
+const struct cfg_setting worker_settings[] = {
+	{ "brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
+	  "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers" },
+	{ "topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL,
+	  "SLUICE_TOPIC", "topic consumed" },
+	{ "topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL,
+	  NULL, "partitions when the topic is created at start-up" },
+	{ "group_id", CFG_STR, F(group_id), "sluice-worker", 0, 0, NULL, NULL,
+	  "consumer group, also the key of the offsets in PostgreSQL" },
+	{ "dlq_topic", CFG_STR, F(dlq_topic), "", 0, 0, NULL, NULL,
+	  "dead-letter topic (default <topic>.dlq)" },
+	{ "postgres_dsn", CFG_STR, F(postgres_dsn), "postgresql:///sluice", 0,
+	  0, NULL, "SLUICE_POSTGRES_DSN", "libpq connection string" },
+	{ "redis_url", CFG_STR, F(redis_url), "redis://127.0.0.1:6379/0", 0, 0,
+	  NULL, "SLUICE_REDIS_URL", "Redis to invalidate keys in" },
+	{ "redis_timeout_ms", CFG_INT, F(redis_timeout_ms), "500", 10, 60000,
+	  NULL, NULL, "Redis connect and command timeout" },
+	{ "invalidate_keys", CFG_STR, F(invalidate_keys),
+	  "messages:{conversation_id}:*,conversation:{conversation_id}", 0, 0,
+	  NULL, NULL, "keys removed after each commit" },
+	{ "batch_max", CFG_INT, F(batch_max), "1000", 1, 100000, NULL, NULL,
+	  "most records in one batch" },
+	{ "batch_wait_ms", CFG_INT, F(batch_wait_ms), "0", 0, 10000, NULL, NULL,
+	  "extra time to let a batch fill" },
+	{ "retry_backoff_min_ms", CFG_INT, F(retry_backoff_min_ms), "100", 1,
+	  60000, NULL, NULL, "first wait after a transient failure" },
+	{ "retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
+	  600000, NULL, NULL, "longest wait between retries" },
+	{ "log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values,
+	  NULL, "debug, info, warn or error" },
+	{ "log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values,
+	  NULL, "text or json" },
+	CFG_END
+};
+#undef F
+
+static bool worker_extra(void *target, const char *key, const char *value,
+			 char *errstr, size_t errstr_size)
+{
+	struct worker_config *cfg = target;
+
+	if (strncmp(key, "kafka.", 6) == 0 && key[6]) {
+		cfg_kv_append(&cfg->kafka, key, value);
+		return true;
+	}
+	snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
+	return false;
+}
+
+bool worker_config_load(struct worker_config *cfg, const char *path,
+			char *errstr, size_t errstr_size)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	if (!cfg_load(worker_settings, cfg, path, worker_extra, errstr,
+		      errstr_size))
+		return false;
+	if (!cfg->dlq_topic[0]) {
+		size_t n = strlen(cfg->topic) + 5;
+
+		free(cfg->dlq_topic);
+		cfg->dlq_topic = malloc(n);
+		if (!cfg->dlq_topic)
+			abort();
+		snprintf(cfg->dlq_topic, n, "%s.dlq", cfg->topic);
+	}
+	if (strcmp(cfg->dlq_topic, cfg->topic) == 0) {
+		snprintf(errstr, errstr_size,
+			 "dlq_topic must differ from topic");
+		return false;
+	}
+	if (cfg->retry_backoff_min_ms > cfg->retry_backoff_max_ms) {
+		snprintf(errstr, errstr_size,
+			 "retry_backoff_min_ms is above retry_backoff_max_ms");
+		return false;
+	}
+	if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
+		snprintf(errstr, errstr_size,
+			 "redis_url must look like redis://host:port[/db]");
+		return false;
+	}
+	return true;
+}
+
+void worker_config_free(struct worker_config *cfg)
+{
+	cfg_kv_free(cfg->kafka);
+	cfg_free(worker_settings, cfg);
+	memset(cfg, 0, sizeof(*cfg));
+}
+
+void worker_config_dump(const struct worker_config *cfg)
+{
+	for (const struct cfg_setting *s = worker_settings; s->key; s++) {
+		/* The DSN may carry a password. */
+		if (strcmp(s->key, "postgres_dsn") == 0 &&
+		    strstr(cfg->postgres_dsn, "password")) {
+			printf("postgres_dsn = (hidden: holds a password)\n");
+			continue;
+		}
+		if (s->type == CFG_STR)
+			printf("%s = %s\n", s->key,
+			       *(char *const *)(const void *)((const char *)cfg +
+							      s->offset));
+		else if (s->type == CFG_INT)
+			printf("%s = %d\n", s->key,
+			       *(const int *)(const void *)((const char *)cfg +
+							    s->offset));
+		else
+			printf("%s = %s\n", s->key,
+			       s->values[*(const int *)(const void *)((const char *)cfg +
+								      s->offset)]);
+	}
+	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
+		bool secret = strstr(kv->key, "password") ||
+			      strstr(kv->key, "secret");
+
+		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
+	}
+}

@@ -1,0 +1,37 @@
+/* sluice-worker's settings: the table of every key. */
+#ifndef SLUICE_WORKER_SETTINGS_H
+#define SLUICE_WORKER_SETTINGS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "../common/config.h"
+
+struct worker_config {
+	char *brokers;
+	char *topic;
+	int topic_partitions;
+	char *group_id;
+	char *dlq_topic;
+	char *postgres_dsn;
+	char *redis_url;
+	int redis_timeout_ms;
+	char *invalidate_keys;
+	int batch_max;
+	int batch_wait_ms;
+	int retry_backoff_min_ms;
+	int retry_backoff_max_ms;
+	int log_level;
+	int log_format;
+	struct cfg_kv *kafka;
+};
+
+extern const struct cfg_setting worker_settings[];
+
+bool worker_config_load(struct worker_config *cfg, const char *path,
+			char *errstr, size_t errstr_size)
+	__attribute__((warn_unused_result));
+void worker_config_free(struct worker_config *cfg);
+void worker_config_dump(const struct worker_config *cfg);
+
+#endif
