@@ -4,6 +4,7 @@
 CC      ?= cc
 PKGS    := rdkafka libpq hiredis libcjson libevent openssl
 CFLAGS  ?= -O2 -g
+CFLAGS  += -DSCHEMA_DIR=\"$(CURDIR)/schemas\"
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP
 CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "log.h"
+
 bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
 		    char *errstr, size_t errstr_size)
 {
@@ -101,4 +103,13 @@ bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
 	memcpy(out, val, len);
 	out[len] = '\0';
 	return true;
+}
+
+void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+		  const char *buf)
+{
+	(void)rk;
+	/* syslog levels: 0-3 errors, 4-5 warnings, the rest is debug. */
+	log_at(level <= 3 ? LOG_ERROR : level <= 5 ? LOG_WARN : LOG_DEBUG,
+	       NULL, "rdkafka %s: %s", fac, buf);
 }

@@ -29,6 +29,10 @@ bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
 		    char *errstr, size_t errstr_size)
 	__attribute__((warn_unused_result));
 
+/* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
+void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+		  const char *buf);
+
 /* Creates topic with `partitions` partitions unless it exists already. */
 bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
 			int timeout_ms, char *errstr, size_t errstr_size)

@@ -224,6 +224,11 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 				    "the body is empty", NULL);
 		return;
 	}
+	if (len > (size_t)ing->cfg.max_body_bytes) {
+		reply_error(ing, req, 413, "payload_too_large",
+			    "the body exceeds max_body_bytes", NULL);
+		return;
+	}
 	if (!content_type_json(evhttp_find_header(in, "Content-Type"))) {
 		reply_error(ing, req, 415, "unsupported_media_type",
 			    "Content-Type must be application/json", NULL);
@@ -450,7 +455,11 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		snprintf(errstr, errstr_size, "evhttp_new failed");
 		return false;
 	}
-	evhttp_set_max_body_size(ing->http, ing->cfg.max_body_bytes);
+	/* Bodies a little over the limit get our JSON 413 from
+	 * handle_webhook; evhttp's own (HTML) 413 only guards memory against
+	 * far larger ones. */
+	evhttp_set_max_body_size(ing->http,
+				 (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
 	evhttp_set_max_headers_size(ing->http, 64 * 1024);
 	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
 	evhttp_set_allowed_methods(ing->http,

@@ -44,14 +44,6 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
 }
 
-static void log_cb(const rd_kafka_t *rk, int level, const char *fac,
-		   const char *buf)
-{
-	(void)rk;
-	log_at(level <= 3 ? LOG_ERROR : level <= 5 ? LOG_WARN : LOG_DEBUG,
-	       NULL, "rdkafka %s: %s", fac, buf);
-}
-
 /* librdkafka writes a byte to the pipe when the main queue gets an event;
  * serving it right away keeps the 202 latency at the broker's ack time. */
 static void handle_wake(evutil_socket_t fd, short what, void *arg)
@@ -96,7 +88,7 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	}
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
-	rd_kafka_conf_set_log_cb(conf, log_cb);
+	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_opaque(conf, ing);
 	ing->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
 	if (!ing->rk) {

@@ -58,6 +58,7 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 			    errstr_size))
 		goto fail;
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_opaque(conf, d);
 	d->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
 	if (!d->rk) {
