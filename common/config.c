@@ -56,8 +56,8 @@ static bool cfg_apply(const struct cfg_setting *s, void *target,
 				return true;
 			}
 		}
-		snprintf(errstr, errstr_size, "%s: \"%s\" is not one of", s->key,
-			 value);
+		snprintf(errstr, errstr_size, "%s: \"%s\" is not one of",
+			 s->key, value);
 		for (int i = 0; s->values[i]; i++) {
 			size_t n = strlen(errstr);
 
@@ -147,10 +147,11 @@ bool cfg_load(const struct cfg_setting *table, void *target, const char *path,
 	      cfg_extra_fn extra, char *errstr, size_t errstr_size)
 {
 	for (const struct cfg_setting *s = table; s->key; s++)
-		if (s->def && !cfg_apply(s, target, s->def, errstr, errstr_size))
+		if (s->def &&
+		    !cfg_apply(s, target, s->def, errstr, errstr_size))
 			return false;
-	if (path && !cfg_parse_file(table, target, path, extra, errstr,
-				    errstr_size))
+	if (path &&
+	    !cfg_parse_file(table, target, path, extra, errstr, errstr_size))
 		return false;
 	for (const struct cfg_setting *s = table; s->key; s++) {
 		const char *v = s->env ? getenv(s->env) : NULL;
@@ -169,7 +170,8 @@ void cfg_free(const struct cfg_setting *table, void *target)
 {
 	for (const struct cfg_setting *s = table; s->key; s++) {
 		if (s->type == CFG_STR) {
-			char **p = (char **)(void *)((char *)target + s->offset);
+			char **p =
+			    (char **)(void *)((char *)target + s->offset);
 
 			free(*p);
 			*p = NULL;

@@ -31,13 +31,16 @@ struct cfg_kv {
 typedef bool (*cfg_extra_fn)(void *target, const char *key, const char *value,
 			     char *errstr, size_t errstr_size);
 
-#define CFG_END { NULL, CFG_STR, 0, NULL, 0, 0, NULL, NULL, NULL }
+#define CFG_END                                                                \
+	{                                                                      \
+		NULL, CFG_STR, 0, NULL, 0, 0, NULL, NULL, NULL                 \
+	}
 
 /* Applies defaults, then the file (path may be NULL), then the environment.
  * CFG_ENUM fields store the index of the value. */
 bool cfg_load(const struct cfg_setting *table, void *target, const char *path,
 	      cfg_extra_fn extra, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 /* Parses one line's worth; used by cfg_load and the tests. */
 bool cfg_set(const struct cfg_setting *table, void *target, const char *key,
 	     const char *value, cfg_extra_fn extra, char *errstr,

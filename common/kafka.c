@@ -61,13 +61,12 @@ bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
 			 rd_kafka_event_error_string(ev));
 	} else {
 		const rd_kafka_CreateTopics_result_t *res =
-			rd_kafka_event_CreateTopics_result(ev);
+		    rd_kafka_event_CreateTopics_result(ev);
 		size_t n = 0;
 		const rd_kafka_topic_result_t **tr =
-			rd_kafka_CreateTopics_result_topics(res, &n);
-		rd_kafka_resp_err_t e =
-			n ? rd_kafka_topic_result_error(tr[0])
-			  : RD_KAFKA_RESP_ERR_NO_ERROR;
+		    rd_kafka_CreateTopics_result_topics(res, &n);
+		rd_kafka_resp_err_t e = n ? rd_kafka_topic_result_error(tr[0])
+					  : RD_KAFKA_RESP_ERR_NO_ERROR;
 
 		if (e == RD_KAFKA_RESP_ERR_NO_ERROR ||
 		    e == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
@@ -95,7 +94,7 @@ bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
 	if (rd_kafka_message_headers(m, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR)
 		return false;
 	if (rd_kafka_header_get_last(hdrs, name, &val, &len) !=
-		    RD_KAFKA_RESP_ERR_NO_ERROR ||
+		RD_KAFKA_RESP_ERR_NO_ERROR ||
 	    !val)
 		return false;
 	if (len >= outsz)
@@ -110,6 +109,8 @@ void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 {
 	(void)rk;
 	/* syslog levels: 0-3 errors, 4-5 warnings, the rest is debug. */
-	log_at(level <= 3 ? LOG_ERROR : level <= 5 ? LOG_WARN : LOG_DEBUG,
+	log_at(level <= 3   ? LOG_ERROR
+	       : level <= 5 ? LOG_WARN
+			    : LOG_DEBUG,
 	       NULL, "rdkafka %s: %s", fac, buf);
 }

@@ -24,10 +24,10 @@
 /* Applies every kafka.* pair (prefix stripped) to conf. */
 bool kafka_conf_apply(rd_kafka_conf_t *conf, const struct cfg_kv *kv,
 		      char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
 		    char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 /* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
@@ -36,7 +36,7 @@ void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 /* Creates topic with `partitions` partitions unless it exists already. */
 bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
 			int timeout_ms, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 /* The value of header name as a NUL-terminated copy in out ("" if absent). */
 bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,

@@ -12,7 +12,7 @@ int log_level_current = LOG_INFO;
 static const char *log_prog = "sluice";
 static bool log_json;
 
-static const char *const level_names[] = { "debug", "info", "warn", "error" };
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 void log_setup(const char *prog, int level, bool json)
 {

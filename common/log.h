@@ -11,13 +11,13 @@ extern int log_level_current;
 void log_setup(const char *prog, int level, bool json);
 /* ctx may be NULL; otherwise it prefixes the line ("req=..." or "t/p@o"). */
 void log_write(int level, const char *ctx, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 int log_level_parse(const char *name);
 
-#define log_at(lvl, ctx, ...)                                   \
-	do {                                                    \
-		if ((lvl) >= log_level_current)                 \
-			log_write((lvl), (ctx), __VA_ARGS__);   \
+#define log_at(lvl, ctx, ...)                                                  \
+	do {                                                                   \
+		if ((lvl) >= log_level_current)                                \
+			log_write((lvl), (ctx), __VA_ARGS__);                  \
 	} while (0)
 
 #define log_debug(...) log_at(LOG_DEBUG, NULL, __VA_ARGS__)

@@ -13,11 +13,10 @@ struct schema {
 };
 
 static const char *const known_keywords[] = {
-	"$schema", "$id",      "title",	    "description", "type",
-	"required", "properties", "items",  "anyOf",	   "enum",
-	"minLength", "maxLength", "minItems", "maxItems",  "examples",
-	NULL
-};
+    "$schema",	"$id",	    "title",	  "description",
+    "type",	"required", "properties", "items",
+    "anyOf",	"enum",	    "minLength",  "maxLength",
+    "minItems", "maxItems", "examples",	  NULL};
 
 /* A schema using a keyword this validator does not enforce would silently
  * accept too much: refuse it at load time instead. */
@@ -28,7 +27,8 @@ static bool schema_check_keywords(const cJSON *node, char *errstr,
 
 	if (!cJSON_IsObject(node))
 		return true;
-	cJSON_ArrayForEach(child, node) {
+	cJSON_ArrayForEach(child, node)
+	{
 		bool known = false;
 
 		for (int i = 0; known_keywords[i]; i++)
@@ -43,20 +43,18 @@ static bool schema_check_keywords(const cJSON *node, char *errstr,
 		if (strcmp(child->string, "properties") == 0) {
 			const cJSON *p;
 
-			cJSON_ArrayForEach(p, child)
-				if (!schema_check_keywords(p, errstr,
-							   errstr_size))
-					return false;
+			cJSON_ArrayForEach(p, child) if (
+			    !schema_check_keywords(p, errstr,
+						   errstr_size)) return false;
 		} else if (strcmp(child->string, "items") == 0) {
 			if (!schema_check_keywords(child, errstr, errstr_size))
 				return false;
 		} else if (strcmp(child->string, "anyOf") == 0) {
 			const cJSON *p;
 
-			cJSON_ArrayForEach(p, child)
-				if (!schema_check_keywords(p, errstr,
-							   errstr_size))
-					return false;
+			cJSON_ArrayForEach(p, child) if (
+			    !schema_check_keywords(p, errstr,
+						   errstr_size)) return false;
 		}
 	}
 	return true;
@@ -178,9 +176,9 @@ static bool validate_type(const cJSON *type, const cJSON *v, struct vctx *c,
 		return fail(c, pathlen, "must be of type %s",
 			    type->valuestring);
 	}
-	cJSON_ArrayForEach(t, type)
-		if (cJSON_IsString(t) && type_matches(t->valuestring, v))
-			return true;
+	cJSON_ArrayForEach(
+	    t, type) if (cJSON_IsString(t) &&
+			 type_matches(t->valuestring, v)) return true;
 	return fail(c, pathlen, "has the wrong type%s", "");
 }
 
@@ -199,11 +197,11 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 		const cJSON *e;
 		bool found = false;
 
-		cJSON_ArrayForEach(e, kw)
-			if (cJSON_Compare(e, v, true))
-				found = true;
+		cJSON_ArrayForEach(e, kw) if (cJSON_Compare(e, v, true)) found =
+		    true;
 		if (!found)
-			return fail(c, pathlen, "is not one of the allowed values%s", "");
+			return fail(c, pathlen,
+				    "is not one of the allowed values%s", "");
 	}
 
 	if (cJSON_IsString(v)) {
@@ -211,7 +209,9 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 
 		kw = cJSON_GetObjectItemCaseSensitive(schema, "minLength");
 		if (kw && (double)len < kw->valuedouble)
-			return fail(c, pathlen, len ? "is too short%s" : "must not be empty%s", "");
+			return fail(
+			    c, pathlen,
+			    len ? "is too short%s" : "must not be empty%s", "");
 		kw = cJSON_GetObjectItemCaseSensitive(schema, "maxLength");
 		if (kw && (double)len > kw->valuedouble)
 			return fail(c, pathlen, "is too long%s", "");
@@ -221,19 +221,23 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 		const cJSON *props, *p;
 
 		kw = cJSON_GetObjectItemCaseSensitive(schema, "required");
-		cJSON_ArrayForEach(p, kw) {
+		cJSON_ArrayForEach(p, kw)
+		{
 			if (!cJSON_IsString(p))
 				continue;
-			if (!cJSON_GetObjectItemCaseSensitive(v, p->valuestring)) {
-				size_t l = path_push(c, pathlen, p->valuestring, 0);
+			if (!cJSON_GetObjectItemCaseSensitive(v,
+							      p->valuestring)) {
+				size_t l =
+				    path_push(c, pathlen, p->valuestring, 0);
 
 				return fail(c, l, "is required%s", "");
 			}
 		}
 		props = cJSON_GetObjectItemCaseSensitive(schema, "properties");
-		cJSON_ArrayForEach(p, props) {
+		cJSON_ArrayForEach(p, props)
+		{
 			const cJSON *child =
-				cJSON_GetObjectItemCaseSensitive(v, p->string);
+			    cJSON_GetObjectItemCaseSensitive(v, p->string);
 
 			if (child &&
 			    !validate_node(p, child, c,
@@ -254,9 +258,11 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 			return fail(c, pathlen, "has too many items%s", "");
 		kw = cJSON_GetObjectItemCaseSensitive(schema, "items");
 		if (kw) {
-			cJSON_ArrayForEach(item, v) {
-				if (!validate_node(kw, item, c,
-						   path_push(c, pathlen, NULL, i)))
+			cJSON_ArrayForEach(item, v)
+			{
+				if (!validate_node(
+					kw, item, c,
+					path_push(c, pathlen, NULL, i)))
 					return false;
 				i++;
 			}
@@ -270,14 +276,17 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 		char first_msg[256] = "";
 		bool any = false;
 
-		cJSON_ArrayForEach(alt, kw) {
+		cJSON_ArrayForEach(alt, kw)
+		{
 			if (validate_node(alt, v, c, pathlen)) {
 				any = true;
 				break;
 			}
 			if (!first_msg[0]) {
-				snprintf(first_path, sizeof(first_path), "%s", c->path);
-				snprintf(first_msg, sizeof(first_msg), "%s", c->msg);
+				snprintf(first_path, sizeof(first_path), "%s",
+					 c->path);
+				snprintf(first_msg, sizeof(first_msg), "%s",
+					 c->msg);
 			}
 		}
 		if (!any) {
@@ -293,7 +302,7 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 bool schema_validate(const struct schema *s, const cJSON *doc, char *path,
 		     size_t pathsz, char *msg, size_t msgsz)
 {
-	struct vctx c = { path, pathsz, msg, msgsz };
+	struct vctx c = {path, pathsz, msg, msgsz};
 
 	snprintf(path, pathsz, "$");
 	msg[0] = '\0';

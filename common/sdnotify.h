@@ -7,7 +7,7 @@
 /* No-op when NOTIFY_SOCKET is unset. */
 void sdnotify(const char *state);
 void sdnotify_status(const char *fmt, ...)
-	__attribute__((format(printf, 1, 2)));
+    __attribute__((format(printf, 1, 2)));
 /* Half of WATCHDOG_USEC in ms, or 0 when no watchdog is asked for. */
 int64_t sdnotify_watchdog_interval_ms(void);
 

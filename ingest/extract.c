@@ -36,8 +36,9 @@ bool extract_fields(int kind, const cJSON *doc, struct extracted *out,
 			out->event_type = string_field(doc, "type");
 		if (!out->event_type) {
 			snprintf(path, pathsz, "$.event_type");
-			snprintf(msg, msgsz,
-				 "event_type (or type) must be a non-empty string");
+			snprintf(
+			    msg, msgsz,
+			    "event_type (or type) must be a non-empty string");
 			return false;
 		}
 		return true;

@@ -7,7 +7,7 @@
 #include <stddef.h>
 
 struct extracted {
-	const char *key;	/* Kafka key: conversation id; points into doc */
+	const char *key; /* Kafka key: conversation id; points into doc */
 	const char *event_type; /* points into doc */
 };
 

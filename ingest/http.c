@@ -56,8 +56,8 @@ static const char *reason_phrase(int code)
 	}
 }
 
-static void reply_json(struct ingest *ing, struct evhttp_request *req,
-		       int code, cJSON *body)
+static void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
+		       cJSON *body)
 {
 	struct evbuffer *out = evbuffer_new();
 	char *text = cJSON_PrintUnformatted(body);
@@ -117,7 +117,7 @@ static void pending_destroy(struct pending *p)
 
 static void observe_delivery(struct ingest *ing, int64_t ms)
 {
-	static const int64_t bounds[] = { 1, 2, 5, 10, 25, 50, 100 };
+	static const int64_t bounds[] = {1, 2, 5, 10, 25, 50, 100};
 	int i = 0;
 
 	while (i < 7 && ms > bounds[i])
@@ -190,8 +190,8 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 {
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	struct evbuffer *body = evhttp_request_get_input_buffer(req);
-	const struct source *src = ingest_source_find(&ing->cfg, name,
-						      strlen(name));
+	const struct source *src =
+	    ingest_source_find(&ing->cfg, name, strlen(name));
 	size_t len = evbuffer_get_length(body);
 	const char *whid = evhttp_find_header(in, "webhook-id");
 	char path[256], msg[256], request_id[40], gen_id[40];
@@ -209,16 +209,17 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Allow", "POST");
-		reply_error(ing, req, 405, "method_not_allowed",
-			    "use POST", NULL);
+		reply_error(ing, req, 405, "method_not_allowed", "use POST",
+			    NULL);
 		return;
 	}
 	if (len == 0) {
 		if (!evhttp_find_header(in, "Content-Length") &&
 		    !evhttp_find_header(in, "Transfer-Encoding"))
-			reply_error(ing, req, 411, "length_required",
-				    "a JSON body with Content-Length is required",
-				    NULL);
+			reply_error(
+			    ing, req, 411, "length_required",
+			    "a JSON body with Content-Length is required",
+			    NULL);
 		else
 			reply_error(ing, req, 400, "empty_body",
 				    "the body is empty", NULL);
@@ -236,18 +237,19 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	}
 	if (ing->draining || ing->inflight >= ing->cfg.max_inflight) {
 		reply_error(ing, req, 503, "unavailable",
-			    ing->draining ? "shutting down; retry later"
-					  : "too many requests in flight; retry later",
+			    ing->draining
+				? "shutting down; retry later"
+				: "too many requests in flight; retry later",
 			    NULL);
 		return;
 	}
 	data = (const char *)evbuffer_pullup(body, -1);
 	if (src->signature == SIG_STANDARD_WEBHOOKS) {
 		enum verify_result vr = verify_signature(
-			src->key, src->key_len, whid,
-			evhttp_find_header(in, "webhook-timestamp"),
-			evhttp_find_header(in, "webhook-signature"), data, len,
-			util_now_ms() / 1000);
+		    src->key, src->key_len, whid,
+		    evhttp_find_header(in, "webhook-timestamp"),
+		    evhttp_find_header(in, "webhook-signature"), data, len,
+		    util_now_ms() / 1000);
 
 		if (vr != VERIFY_OK) {
 			reply_error(ing, req, 401, "bad_signature",
@@ -262,17 +264,16 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	}
 	doc = cJSON_ParseWithLengthOpts(data, len, &end, 0);
 	if (doc) {
-		while (end < data + len &&
-		       (*end == ' ' || *end == '\n' || *end == '\r' ||
-			*end == '\t'))
+		while (end < data + len && (*end == ' ' || *end == '\n' ||
+					    *end == '\r' || *end == '\t'))
 			end++;
 	}
 	if (!doc || end != data + len) {
 		snprintf(msg, sizeof(msg), "malformed JSON at byte %ld",
 			 doc ? (long)(end - data)
 			     : (long)(cJSON_GetErrorPtr()
-					      ? cJSON_GetErrorPtr() - data
-					      : 0));
+					  ? cJSON_GetErrorPtr() - data
+					  : 0));
 		cJSON_Delete(doc);
 		reply_error(ing, req, 400, "malformed_json", msg, NULL);
 		return;
@@ -317,8 +318,7 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	ing->pending = p;
 	ing->inflight++;
 
-	err = publish_record(ing, p, src, data, len, request_id,
-			     util_now_ms());
+	err = publish_record(ing, p, src, data, len, request_id, util_now_ms());
 	if (err) {
 		snprintf(msg, sizeof(msg), "cannot queue the event: %s",
 			 rd_kafka_err2str(err));
@@ -326,45 +326,45 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 		pending_destroy(p);
 		return;
 	}
-	log_ctx_debug(request_id, "queued %s for %s (%zu bytes)", p->id,
-		      p->key, len);
+	log_ctx_debug(request_id, "queued %s for %s (%zu bytes)", p->id, p->key,
+		      len);
 }
 
 static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 {
 	static const char *const codes[ST_COUNT] = {
-		"202", "400", "401", "404", "405", "411", "413",
-		"415", "422", "429", "500", "503", "other"
-	};
-	static const char *const le[8] = { "1", "2", "5", "10", "25", "50",
-					   "100", "+Inf" };
+	    "202", "400", "401", "404", "405", "411",  "413",
+	    "415", "422", "429", "500", "503", "other"};
+	static const char *const le[8] = {"1",	"2",  "5",   "10",
+					  "25", "50", "100", "+Inf"};
 	struct evbuffer *out = evbuffer_new();
 	uint64_t cum = 0;
 
-	evbuffer_add_printf(out, "# TYPE sluice_ingest_responses_total counter\n");
-	for (int i = 0; i < ST_COUNT; i++)
-		evbuffer_add_printf(out,
-				    "sluice_ingest_responses_total{code=\"%s\"} %llu\n",
-				    codes[i],
-				    (unsigned long long)ing->m.responses[i]);
 	evbuffer_add_printf(out,
-			    "# TYPE sluice_ingest_delivered_total counter\n"
-			    "sluice_ingest_delivered_total %llu\n"
-			    "# TYPE sluice_ingest_delivery_failed_total counter\n"
-			    "sluice_ingest_delivery_failed_total %llu\n"
-			    "# TYPE sluice_ingest_inflight gauge\n"
-			    "sluice_ingest_inflight %d\n"
-			    "# TYPE sluice_ingest_kafka_up gauge\n"
-			    "sluice_ingest_kafka_up %d\n"
-			    "# TYPE sluice_ingest_delivery_ms histogram\n",
-			    (unsigned long long)ing->m.delivered,
-			    (unsigned long long)ing->m.delivery_failed,
-			    ing->inflight, ing->kafka_up ? 1 : 0);
+			    "# TYPE sluice_ingest_responses_total counter\n");
+	for (int i = 0; i < ST_COUNT; i++)
+		evbuffer_add_printf(
+		    out, "sluice_ingest_responses_total{code=\"%s\"} %llu\n",
+		    codes[i], (unsigned long long)ing->m.responses[i]);
+	evbuffer_add_printf(
+	    out,
+	    "# TYPE sluice_ingest_delivered_total counter\n"
+	    "sluice_ingest_delivered_total %llu\n"
+	    "# TYPE sluice_ingest_delivery_failed_total counter\n"
+	    "sluice_ingest_delivery_failed_total %llu\n"
+	    "# TYPE sluice_ingest_inflight gauge\n"
+	    "sluice_ingest_inflight %d\n"
+	    "# TYPE sluice_ingest_kafka_up gauge\n"
+	    "sluice_ingest_kafka_up %d\n"
+	    "# TYPE sluice_ingest_delivery_ms histogram\n",
+	    (unsigned long long)ing->m.delivered,
+	    (unsigned long long)ing->m.delivery_failed, ing->inflight,
+	    ing->kafka_up ? 1 : 0);
 	for (int i = 0; i < 8; i++) {
 		cum += ing->m.delivery_ms_buckets[i];
-		evbuffer_add_printf(out,
-				    "sluice_ingest_delivery_ms_bucket{le=\"%s\"} %llu\n",
-				    le[i], (unsigned long long)cum);
+		evbuffer_add_printf(
+		    out, "sluice_ingest_delivery_ms_bucket{le=\"%s\"} %llu\n",
+		    le[i], (unsigned long long)cum);
 	}
 	evbuffer_add_printf(out,
 			    "sluice_ingest_delivery_ms_sum %llu\n"
@@ -422,8 +422,9 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
 	    strcmp(path, "/metrics") == 0) {
 		if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-			evhttp_add_header(evhttp_request_get_output_headers(req),
-					  "Allow", "GET");
+			evhttp_add_header(
+			    evhttp_request_get_output_headers(req), "Allow",
+			    "GET");
 			reply_error(ing, req, 405, "method_not_allowed",
 				    "use GET", NULL);
 		} else if (path[1] == 'm') {
@@ -458,18 +459,17 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	/* Bodies a little over the limit get our JSON 413 from
 	 * handle_webhook; evhttp's own (HTML) 413 only guards memory against
 	 * far larger ones. */
-	evhttp_set_max_body_size(ing->http,
-				 (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
+	evhttp_set_max_body_size(
+	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
 	evhttp_set_max_headers_size(ing->http, 64 * 1024);
 	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
-	evhttp_set_allowed_methods(ing->http,
-				   EVHTTP_REQ_GET | EVHTTP_REQ_POST |
-					   EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-					   EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
-					   EVHTTP_REQ_OPTIONS);
+	evhttp_set_allowed_methods(
+	    ing->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+			   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
+			   EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
 	evhttp_set_gencb(ing->http, handle_request, ing);
-	ing->bound = evhttp_bind_socket_with_handle(ing->http, host,
-						    (ev_uint16_t)port);
+	ing->bound =
+	    evhttp_bind_socket_with_handle(ing->http, host, (ev_uint16_t)port);
 	if (!ing->bound) {
 		snprintf(errstr, errstr_size, "cannot listen on %s",
 			 ing->cfg.listen);

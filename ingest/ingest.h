@@ -23,8 +23,20 @@ struct pending {
 };
 
 enum status_slot {
-	ST_202, ST_400, ST_401, ST_404, ST_405, ST_411, ST_413, ST_415,
-	ST_422, ST_429, ST_500, ST_503, ST_OTHER, ST_COUNT
+	ST_202,
+	ST_400,
+	ST_401,
+	ST_404,
+	ST_405,
+	ST_411,
+	ST_413,
+	ST_415,
+	ST_422,
+	ST_429,
+	ST_500,
+	ST_503,
+	ST_OTHER,
+	ST_COUNT
 };
 
 struct ingest_metrics {
@@ -53,7 +65,7 @@ struct ingest {
 
 /* publish.c */
 bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 				   const struct source *src, const void *body,
 				   size_t len, const char *request_id,
@@ -62,7 +74,7 @@ void publish_cleanup(struct ingest *ing, int flush_ms);
 
 /* http.c */
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 void http_stop_accepting(struct ingest *ing);
 void http_cleanup(struct ingest *ing);
 /* Answers the request behind p after its delivery report (loop thread). */

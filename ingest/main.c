@@ -19,21 +19,24 @@ static int64_t drain_deadline_ms;
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: sluice-ingest -c FILE [--check-config]\n"
-		"       sluice-ingest --help | --version | --list-keys\n"
-		"\n"
-		"Receives webhooks on POST /v1/webhooks/{source} and publishes\n"
-		"each to Kafka, answering 202 once the record is durable.\n"
-		"\n"
-		"  -c, --config FILE   configuration file (see docs/configuration.md)\n"
-		"      --check-config  validate the configuration, print it, exit\n"
-		"      --list-keys     print every configuration key\n"
-		"  -h, --help          this text\n"
-		"  -V, --version       print the version\n"
-		"\n"
-		"Environment: SLUICE_INGEST_LISTEN, SLUICE_KAFKA_BROKERS, SLUICE_TOPIC\n"
-		"override the file.\n");
+	fprintf(
+	    out,
+	    "usage: sluice-ingest -c FILE [--check-config]\n"
+	    "       sluice-ingest --help | --version | --list-keys\n"
+	    "\n"
+	    "Receives webhooks on POST /v1/webhooks/{source} and publishes\n"
+	    "each to Kafka, answering 202 once the record is durable.\n"
+	    "\n"
+	    "  -c, --config FILE   configuration file (see "
+	    "docs/configuration.md)\n"
+	    "      --check-config  validate the configuration, print it, exit\n"
+	    "      --list-keys     print every configuration key\n"
+	    "  -h, --help          this text\n"
+	    "  -V, --version       print the version\n"
+	    "\n"
+	    "Environment: SLUICE_INGEST_LISTEN, SLUICE_KAFKA_BROKERS, "
+	    "SLUICE_TOPIC\n"
+	    "override the file.\n");
 }
 
 /* Loop thread: every 10 ms while draining. */
@@ -50,7 +53,7 @@ static void handle_drain(evutil_socket_t fd, short what, void *arg)
 /* Loop thread (libevent signal event, not a raw handler). */
 static void handle_signal(evutil_socket_t sig, short what, void *arg)
 {
-	struct timeval tv = { 0, 10 * 1000 };
+	struct timeval tv = {0, 10 * 1000};
 
 	(void)what;
 	(void)arg;
@@ -80,13 +83,12 @@ static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "check-config", no_argument, NULL, 'k' },
-		{ "list-keys", no_argument, NULL, 'l' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 }
-	};
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'k'},
+	    {"list-keys", no_argument, NULL, 'l'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {NULL, 0, NULL, 0}};
 	const char *config_path = NULL;
 	bool check_only = false;
 	char err[1024];
@@ -96,26 +98,17 @@ int main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c':
-			config_path = optarg;
-			break;
-		case 'k':
-			check_only = true;
-			break;
-		case 'l':
-			cfg_list_keys(ingest_settings, stdout);
-			return 0;
-		case 'h':
-			usage(stdout);
-			return 0;
+		case 'c': config_path = optarg; break;
+		case 'k': check_only = true; break;
+		case 'l': cfg_list_keys(ingest_settings, stdout); return 0;
+		case 'h': usage(stdout); return 0;
 		case 'V':
-			printf("sluice-ingest %s (librdkafka %s, libevent %s)\n",
-			       SLUICE_VERSION, rd_kafka_version_str(),
-			       event_get_version());
+			printf(
+			    "sluice-ingest %s (librdkafka %s, libevent %s)\n",
+			    SLUICE_VERSION, rd_kafka_version_str(),
+			    event_get_version());
 			return 0;
-		default:
-			usage(stderr);
-			return 2;
+		default: usage(stderr); return 2;
 		}
 	}
 	if (optind < argc || !config_path) {
@@ -155,7 +148,7 @@ int main(int argc, char **argv)
 	event_add(sigint, NULL);
 	wd_ms = sdnotify_watchdog_interval_ms();
 	if (wd_ms > 0) {
-		struct timeval tv = { wd_ms / 1000, (wd_ms % 1000) * 1000 };
+		struct timeval tv = {wd_ms / 1000, (wd_ms % 1000) * 1000};
 
 		wd = event_new(ing.base, -1, EV_PERSIST, handle_watchdog, NULL);
 		event_add(wd, &tv);

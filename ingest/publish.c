@@ -12,8 +12,7 @@
 #include "ingest.h"
 
 /* Runs on the event loop thread, from rd_kafka_poll(). */
-static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
-		      void *opaque)
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	struct pending *p = m->_private;
 	struct ingest *ing = opaque;
@@ -69,7 +68,7 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char tmo[32];
 	char err[512];
-	struct timeval tv = { 0, 100 * 1000 };
+	struct timeval tv = {0, 100 * 1000};
 
 	snprintf(tmo, sizeof(tmo), "%d", ing->cfg.delivery_timeout_ms);
 	if (!kafka_conf_set(conf, "bootstrap.servers", ing->cfg.brokers, errstr,
@@ -112,8 +111,8 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 				 EV_READ | EV_PERSIST, handle_wake, ing);
 	event_add(ing->wake_ev, NULL);
 	/* Backstop in case a wake-up byte is ever missed. */
-	ing->poll_ev = event_new(ing->base, -1, EV_PERSIST, handle_poll_timer,
-				 ing);
+	ing->poll_ev =
+	    event_new(ing->base, -1, EV_PERSIST, handle_poll_timer, ing);
 	event_add(ing->poll_ev, &tv);
 
 	if (!kafka_ensure_topic(ing->rk, ing->cfg.topic,

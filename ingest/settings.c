@@ -11,41 +11,40 @@
 #include "../common/schema.h"
 #include "../common/util.h"
 
-static const char *const level_values[] = { "debug", "info", "warn", "error",
-					    NULL };
-static const char *const format_values[] = { "text", "json", NULL };
-const char *const source_kind_names[] = { "transcript", NULL };
-static const char *const signature_values[] = { "none", "standard-webhooks",
-						NULL };
+static const char *const level_values[] = {"debug", "info", "warn", "error",
+					   NULL};
+static const char *const format_values[] = {"text", "json", NULL};
+const char *const source_kind_names[] = {"transcript", NULL};
+static const char *const signature_values[] = {"none", "standard-webhooks",
+					       NULL};
 
 #define F(x) offsetof(struct ingest_config, x)
 const struct cfg_setting ingest_settings[] = {
-	{ "listen", CFG_STR, F(listen), "127.0.0.1:8080", 0, 0, NULL,
-	  "SLUICE_INGEST_LISTEN", "HTTP listen address" },
-	{ "brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
-	  "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers" },
-	{ "topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL,
-	  "SLUICE_TOPIC", "topic accepted requests go to" },
-	{ "topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL,
-	  NULL, "partitions when the topic is created at start-up" },
-	{ "delivery_timeout_ms", CFG_INT, F(delivery_timeout_ms), "5000", 100,
-	  300000, NULL, NULL, "deadline for Kafka to acknowledge a record" },
-	{ "retry_after_s", CFG_INT, F(retry_after_s), "5", 1, 3600, NULL, NULL,
-	  "Retry-After on 503" },
-	{ "max_body_bytes", CFG_INT, F(max_body_bytes), "1048576", 1, 67108864,
-	  NULL, NULL, "largest accepted body" },
-	{ "request_timeout_s", CFG_INT, F(request_timeout_s), "30", 1, 3600,
-	  NULL, NULL, "slow or idle connections are closed after this" },
-	{ "max_inflight", CFG_INT, F(max_inflight), "10000", 1, 1000000, NULL,
-	  NULL, "requests waiting for Kafka at once" },
-	{ "schema_dir", CFG_STR, F(schema_dir), "schemas", 0, 0, NULL,
-	  "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from" },
-	{ "log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values,
-	  NULL, "debug, info, warn or error" },
-	{ "log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values,
-	  NULL, "text or json" },
-	CFG_END
-};
+    {"listen", CFG_STR, F(listen), "127.0.0.1:8080", 0, 0, NULL,
+     "SLUICE_INGEST_LISTEN", "HTTP listen address"},
+    {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
+     "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers"},
+    {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
+     "topic accepted requests go to"},
+    {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
+     "partitions when the topic is created at start-up"},
+    {"delivery_timeout_ms", CFG_INT, F(delivery_timeout_ms), "5000", 100,
+     300000, NULL, NULL, "deadline for Kafka to acknowledge a record"},
+    {"retry_after_s", CFG_INT, F(retry_after_s), "5", 1, 3600, NULL, NULL,
+     "Retry-After on 503"},
+    {"max_body_bytes", CFG_INT, F(max_body_bytes), "1048576", 1, 67108864, NULL,
+     NULL, "largest accepted body"},
+    {"request_timeout_s", CFG_INT, F(request_timeout_s), "30", 1, 3600, NULL,
+     NULL, "slow or idle connections are closed after this"},
+    {"max_inflight", CFG_INT, F(max_inflight), "10000", 1, 1000000, NULL, NULL,
+     "requests waiting for Kafka at once"},
+    {"schema_dir", CFG_STR, F(schema_dir), "schemas", 0, 0, NULL,
+     "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from"},
+    {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values, NULL,
+     "debug, info, warn or error"},
+    {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values, NULL,
+     "text or json"},
+    CFG_END};
 #undef F
 
 static struct source *source_get(struct ingest_config *cfg, const char *name,
@@ -284,8 +283,8 @@ void ingest_config_dump(const struct ingest_config *cfg)
 {
 	cfg_dump(ingest_settings, cfg, stdout);
 	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
-		bool secret = strstr(kv->key, "password") ||
-			      strstr(kv->key, "secret");
+		bool secret =
+		    strstr(kv->key, "password") || strstr(kv->key, "secret");
 
 		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
 	}

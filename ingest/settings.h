@@ -44,7 +44,7 @@ extern const char *const source_kind_names[];
 
 bool ingest_config_load(struct ingest_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 void ingest_config_free(struct ingest_config *cfg);
 void ingest_config_dump(const struct ingest_config *cfg);
 struct source *ingest_source_find(const struct ingest_config *cfg,

@@ -25,14 +25,14 @@ void verify_cleanup(void)
 const char *verify_result_str(enum verify_result r)
 {
 	switch (r) {
-	case VERIFY_OK:
-		return "ok";
+	case VERIFY_OK: return "ok";
 	case VERIFY_MISSING:
-		return "webhook-id, webhook-timestamp and webhook-signature headers are required";
+		return "webhook-id, webhook-timestamp and webhook-signature "
+		       "headers are required";
 	case VERIFY_BAD_TIME:
-		return "webhook-timestamp is invalid or outside the 5 minute tolerance";
-	case VERIFY_MISMATCH:
-		return "no webhook-signature matches";
+		return "webhook-timestamp is invalid or outside the 5 minute "
+		       "tolerance";
+	case VERIFY_MISMATCH: return "no webhook-signature matches";
 	}
 	return "?";
 }

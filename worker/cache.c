@@ -98,7 +98,10 @@ struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
 	colon = strchr(hp, ':');
 	if (colon && slash && colon > slash)
 		colon = NULL;
-	c->host = strndup(hp, (size_t)((colon ? colon : slash ? slash : hp + strlen(hp)) - hp));
+	c->host = strndup(hp, (size_t)((colon	? colon
+					: slash ? slash
+						: hp + strlen(hp)) -
+				       hp));
 	c->port = colon ? atoi(colon + 1) : 6379;
 	c->db = slash ? atoi(slash + 1) : 0;
 	c->timeout_ms = timeout_ms;
@@ -159,8 +162,8 @@ static void cache_fail(struct cache *c, const char *why)
 
 static bool cache_connect(struct cache *c)
 {
-	struct timeval tv = { c->timeout_ms / 1000,
-			      (c->timeout_ms % 1000) * 1000 };
+	struct timeval tv = {c->timeout_ms / 1000,
+			     (c->timeout_ms % 1000) * 1000};
 
 	if (c->ctx)
 		return true;
@@ -198,8 +201,8 @@ static void append_unlinks(redisContext *ctx, struct strvec *keys,
 	const char *argv[UNLINK_CHUNK + 1];
 
 	for (size_t i = 0; i < keys->n; i += UNLINK_CHUNK) {
-		size_t n = keys->n - i < UNLINK_CHUNK ? keys->n - i
-						      : UNLINK_CHUNK;
+		size_t n =
+		    keys->n - i < UNLINK_CHUNK ? keys->n - i : UNLINK_CHUNK;
 
 		argv[0] = "UNLINK";
 		for (size_t k = 0; k < n; k++)
@@ -216,15 +219,15 @@ static long long cache_run(struct cache *c, char *const *ids, size_t n)
 {
 	struct scan_job *jobs = NULL;
 	size_t n_jobs = 0, active;
-	struct strvec keys = { 0 };
+	struct strvec keys = {0};
 	long long removed = 0;
 	bool ok = true;
 
 	for (size_t i = 0; i < n; i++) {
 		for (size_t t = 0; t < c->n_templates; t++) {
 			bool pattern;
-			char *k = cache_expand(c->templates[t], ids[i],
-					       &pattern);
+			char *k =
+			    cache_expand(c->templates[t], ids[i], &pattern);
 
 			if (!pattern) {
 				strvec_push(&keys, k);
@@ -241,16 +244,16 @@ static long long cache_run(struct cache *c, char *const *ids, size_t n)
 	active = n_jobs;
 	while (ok && (active > 0 || keys.n > 0)) {
 		size_t replies = 0, unlink_replies;
-		struct strvec found = { 0 };
+		struct strvec found = {0};
 
 		append_unlinks(c->ctx, &keys, &replies);
 		unlink_replies = replies;
 		for (size_t j = 0; j < n_jobs; j++) {
 			if (!jobs[j].cursor[0])
 				continue;
-			redisAppendCommand(c->ctx, "SCAN %s MATCH %s COUNT "
-					   SCAN_COUNT, jobs[j].cursor,
-					   jobs[j].pattern);
+			redisAppendCommand(c->ctx,
+					   "SCAN %s MATCH %s COUNT " SCAN_COUNT,
+					   jobs[j].cursor, jobs[j].pattern);
 			replies++;
 		}
 		for (size_t r = 0, j = 0; r < replies; r++) {
@@ -278,10 +281,13 @@ static long long cache_run(struct cache *c, char *const *ids, size_t n)
 					snprintf(jobs[j].cursor,
 						 sizeof(jobs[j].cursor), "%s",
 						 cur->str ? cur->str : "0");
-					for (size_t k = 0; k < arr->elements; k++)
-						strvec_push(&found,
-							    strndup(arr->element[k]->str,
-								    arr->element[k]->len));
+					for (size_t k = 0; k < arr->elements;
+					     k++)
+						strvec_push(
+						    &found,
+						    strndup(
+							arr->element[k]->str,
+							arr->element[k]->len));
 				}
 				if (strcmp(jobs[j].cursor, "0") == 0) {
 					jobs[j].cursor[0] = '\0';
@@ -318,8 +324,8 @@ static void cache_defer(struct cache *c, char *const *ids, size_t n)
 			c->pending_overflow_logged = true;
 			return;
 		}
-		c->pending = realloc(c->pending,
-				     (c->n_pending + 1) * sizeof(char *));
+		c->pending =
+		    realloc(c->pending, (c->n_pending + 1) * sizeof(char *));
 		if (!c->pending)
 			abort();
 		c->pending[c->n_pending++] = strdup(ids[i]);

@@ -25,7 +25,7 @@ struct consumer {
 
 static void sleep_ms(int ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
 
 	nanosleep(&ts, NULL);
 }
@@ -59,19 +59,20 @@ static void seek_to_stored(struct consumer *c,
 		ids[i] = parts->elems[i].partition;
 	while (!pgsink_load_offsets(c->ps, ids, n, offs, err, sizeof(err))) {
 		if (*c->stop) {
-			log_warn("stopping before stored offsets could be read");
+			log_warn(
+			    "stopping before stored offsets could be read");
 			goto done;
 		}
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
 			 backoff);
 		sleep_ms(backoff);
 		backoff = backoff * 2 > c->cfg->retry_backoff_max_ms
-				  ? c->cfg->retry_backoff_max_ms
-				  : backoff * 2;
+			      ? c->cfg->retry_backoff_max_ms
+			      : backoff * 2;
 	}
 	for (int i = 0; i < n; i++) {
-		parts->elems[i].offset = offs[i] >= 0 ? offs[i]
-						      : RD_KAFKA_OFFSET_INVALID;
+		parts->elems[i].offset =
+		    offs[i] >= 0 ? offs[i] : RD_KAFKA_OFFSET_INVALID;
 		log_info("assigned %s [%d] from %s %lld", parts->elems[i].topic,
 			 (int)parts->elems[i].partition,
 			 offs[i] >= 0 ? "stored offset" : "group offset",
@@ -88,7 +89,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
 	struct consumer *c = opaque;
 	bool cooperative =
-		strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
+	    strcmp(rd_kafka_rebalance_protocol(rk), "COOPERATIVE") == 0;
 	rd_kafka_error_t *error = NULL;
 	rd_kafka_resp_err_t ret = RD_KAFKA_RESP_ERR_NO_ERROR;
 
@@ -133,10 +134,9 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
 }
 
-struct consumer *consume_new(const struct worker_config *cfg,
-			     struct pgsink *ps, volatile const int *stop,
-			     consume_flush_fn flush, void *flush_arg,
-			     char *errstr, size_t errstr_size)
+struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
+			     volatile const int *stop, consume_flush_fn flush,
+			     void *flush_arg, char *errstr, size_t errstr_size)
 {
 	struct consumer *c = calloc(1, sizeof(*c));
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -249,11 +249,11 @@ void consume_commit_async(struct consumer *c, const int32_t *parts,
 			  const int64_t *next_offsets, int n)
 {
 	rd_kafka_topic_partition_list_t *l =
-		rd_kafka_topic_partition_list_new(n);
+	    rd_kafka_topic_partition_list_new(n);
 
 	for (int i = 0; i < n; i++)
 		rd_kafka_topic_partition_list_add(l, c->cfg->topic, parts[i])
-			->offset = next_offsets[i];
+		    ->offset = next_offsets[i];
 	rd_kafka_commit(c->rk, l, 1);
 	rd_kafka_topic_partition_list_destroy(l);
 }

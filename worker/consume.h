@@ -17,10 +17,9 @@ struct consumer;
 typedef void (*consume_flush_fn)(void *arg, rd_kafka_message_t **msgs,
 				 size_t n);
 
-struct consumer *consume_new(const struct worker_config *cfg,
-			     struct pgsink *ps, volatile const int *stop,
-			     consume_flush_fn flush, void *flush_arg,
-			     char *errstr, size_t errstr_size);
+struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
+			     volatile const int *stop, consume_flush_fn flush,
+			     void *flush_arg, char *errstr, size_t errstr_size);
 /* Polls up to max records: blocks up to timeout_ms for the first, then
  * takes what is already fetched (plus batch_wait_ms). Processes the batch
  * through the flush callback; returns how many records it had. */

@@ -16,8 +16,7 @@ struct dlq {
 };
 
 /* Runs on the worker thread, from rd_kafka_flush()/rd_kafka_poll(). */
-static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
-		      void *opaque)
+static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 {
 	struct dlq *d = opaque;
 

@@ -17,6 +17,7 @@ void dlq_destroy(struct dlq *d);
 /* Queues a copy of m with the reason; dlq_flush() waits for them all. */
 bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason);
 /* true when everything queued since the last flush is durable. */
-bool dlq_flush(struct dlq *d, int timeout_ms) __attribute__((warn_unused_result));
+bool dlq_flush(struct dlq *d, int timeout_ms)
+    __attribute__((warn_unused_result));
 
 #endif

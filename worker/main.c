@@ -45,27 +45,30 @@ static void on_signal(int sig)
 
 static void usage(FILE *out)
 {
-	fprintf(out,
-		"usage: sluice-worker -c FILE [--check-config]\n"
-		"       sluice-worker --help | --version | --list-keys\n"
-		"\n"
-		"Consumes sluice events from Kafka in a consumer group and writes\n"
-		"them to PostgreSQL, one transaction per batch with the offsets,\n"
-		"then invalidates the affected Redis keys.\n"
-		"\n"
-		"  -c, --config FILE   configuration file (see docs/configuration.md)\n"
-		"      --check-config  validate the configuration, print it, exit\n"
-		"      --list-keys     print every configuration key\n"
-		"  -h, --help          this text\n"
-		"  -V, --version       print the version\n"
-		"\n"
-		"Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, SLUICE_POSTGRES_DSN,\n"
-		"SLUICE_REDIS_URL override the file.\n");
+	fprintf(
+	    out,
+	    "usage: sluice-worker -c FILE [--check-config]\n"
+	    "       sluice-worker --help | --version | --list-keys\n"
+	    "\n"
+	    "Consumes sluice events from Kafka in a consumer group and writes\n"
+	    "them to PostgreSQL, one transaction per batch with the offsets,\n"
+	    "then invalidates the affected Redis keys.\n"
+	    "\n"
+	    "  -c, --config FILE   configuration file (see "
+	    "docs/configuration.md)\n"
+	    "      --check-config  validate the configuration, print it, exit\n"
+	    "      --list-keys     print every configuration key\n"
+	    "  -h, --help          this text\n"
+	    "  -V, --version       print the version\n"
+	    "\n"
+	    "Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, "
+	    "SLUICE_POSTGRES_DSN,\n"
+	    "SLUICE_REDIS_URL override the file.\n");
 }
 
 static void sleep_ms(int ms)
 {
-	struct timespec ts = { ms / 1000, (long)(ms % 1000) * 1000000L };
+	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
 
 	nanosleep(&ts, NULL);
 }
@@ -140,7 +143,8 @@ static bool batch_attempt(rd_kafka_message_t **msgs, size_t n,
 			continue;
 		}
 		if (!dlq_send(w.dlq, m, reason)) {
-			snprintf(err, errsz, "dead-letter topic refused a record");
+			snprintf(err, errsz,
+				 "dead-letter topic refused a record");
 			pgsink_rollback(w.ps);
 			return false;
 		}
@@ -159,11 +163,11 @@ static bool batch_attempt(rd_kafka_message_t **msgs, size_t n,
 /* The consumer's flush callback: runs on the worker thread. */
 static void process_batch(void *arg, rd_kafka_message_t **msgs, size_t n)
 {
-	struct partmap pm = { .n = 0 };
+	struct partmap pm = {.n = 0};
 	int32_t *parts = calloc(n, sizeof(*parts));
 	int64_t *next = calloc(n, sizeof(*next));
 	int64_t *fence = calloc(n, sizeof(*fence));
-	struct pgsink_result res = { 0, 0 };
+	struct pgsink_result res = {0, 0};
 	int backoff = w.cfg.retry_backoff_min_ms;
 	size_t dead = 0, fenced = 0, uniq = 0;
 	int64_t t0 = util_mono_ms();
@@ -199,15 +203,16 @@ static void process_batch(void *arg, rd_kafka_message_t **msgs, size_t n)
 		}
 		sleep_ms(backoff);
 		backoff = backoff * 2 > w.cfg.retry_backoff_max_ms
-				  ? w.cfg.retry_backoff_max_ms
-				  : backoff * 2;
+			      ? w.cfg.retry_backoff_max_ms
+			      : backoff * 2;
 	}
 	consume_commit_async(w.consumer, pm.parts, pm.next, pm.n);
 
 	/* After the commit: invalidate each affected conversation once. */
 	qsort(w.conv_ids, w.n_conv_ids, sizeof(char *), cmp_str);
 	for (size_t i = 0; i < w.n_conv_ids; i++)
-		if (uniq == 0 || strcmp(w.conv_ids[uniq - 1], w.conv_ids[i]) != 0)
+		if (uniq == 0 ||
+		    strcmp(w.conv_ids[uniq - 1], w.conv_ids[i]) != 0)
 			w.conv_ids[uniq++] = w.conv_ids[i];
 		else
 			free(w.conv_ids[i]);
@@ -219,13 +224,13 @@ static void process_batch(void *arg, rd_kafka_message_t **msgs, size_t n)
 	w.saved += (unsigned long long)res.inserted;
 	w.skipped += w.rows.n_messages - (size_t)res.inserted;
 	w.dead += dead;
-	log_info("batch of %zu records: saved %lld messages in %lld ms, skipped "
-		 "%lld duplicates, %zu conversations, %zu dead-lettered, %zu "
-		 "already applied, %s%lld cache keys removed",
-		 n, res.inserted, (long long)(util_mono_ms() - t0),
-		 (long long)w.rows.n_messages - res.inserted, uniq, dead,
-		 fenced, removed < 0 ? "redis down: " : "",
-		 removed < 0 ? 0 : removed);
+	log_info(
+	    "batch of %zu records: saved %lld messages in %lld ms, skipped "
+	    "%lld duplicates, %zu conversations, %zu dead-lettered, %zu "
+	    "already applied, %s%lld cache keys removed",
+	    n, res.inserted, (long long)(util_mono_ms() - t0),
+	    (long long)w.rows.n_messages - res.inserted, uniq, dead, fenced,
+	    removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
 done:
 	free(parts);
 	free(next);
@@ -235,13 +240,12 @@ done:
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "check-config", no_argument, NULL, 'k' },
-		{ "list-keys", no_argument, NULL, 'l' },
-		{ "help", no_argument, NULL, 'h' },
-		{ "version", no_argument, NULL, 'V' },
-		{ NULL, 0, NULL, 0 }
-	};
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'k'},
+	    {"list-keys", no_argument, NULL, 'l'},
+	    {"help", no_argument, NULL, 'h'},
+	    {"version", no_argument, NULL, 'V'},
+	    {NULL, 0, NULL, 0}};
 	const char *config_path = NULL;
 	bool check_only = false;
 	char err[1024];
@@ -251,25 +255,15 @@ int main(int argc, char **argv)
 
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c':
-			config_path = optarg;
-			break;
-		case 'k':
-			check_only = true;
-			break;
-		case 'l':
-			cfg_list_keys(worker_settings, stdout);
-			return 0;
-		case 'h':
-			usage(stdout);
-			return 0;
+		case 'c': config_path = optarg; break;
+		case 'k': check_only = true; break;
+		case 'l': cfg_list_keys(worker_settings, stdout); return 0;
+		case 'h': usage(stdout); return 0;
 		case 'V':
 			printf("sluice-worker %s (librdkafka %s)\n",
 			       SLUICE_VERSION, rd_kafka_version_str());
 			return 0;
-		default:
-			usage(stderr);
-			return 2;
+		default: usage(stderr); return 2;
 		}
 	}
 	if (optind < argc || !config_path) {

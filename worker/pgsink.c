@@ -18,62 +18,62 @@ struct pgsink {
 };
 
 static const char SQL_STAGING[] =
-	"CREATE TEMP TABLE IF NOT EXISTS sluice_stage_conv ("
-	" seq bigint, id text, source text, event_type text, status text,"
-	" transcript boolean, received_ms bigint) ON COMMIT DELETE ROWS;"
-	"CREATE TEMP TABLE IF NOT EXISTS sluice_stage_msg ("
-	" conversation_id text, external_event_id text, position integer,"
-	" role text, content text, created_ms bigint) ON COMMIT DELETE ROWS;";
+    "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_conv ("
+    " seq bigint, id text, source text, event_type text, status text,"
+    " transcript boolean, received_ms bigint) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_msg ("
+    " conversation_id text, external_event_id text, position integer,"
+    " role text, content text, created_ms bigint) ON COMMIT DELETE ROWS;";
 
 static const char SQL_LOAD_OFFSETS[] =
-	"SELECT partition, next_offset FROM sluice_offsets"
-	" WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])";
+    "SELECT partition, next_offset FROM sluice_offsets"
+    " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])";
 
 static const char SQL_FENCE[] =
-	"SELECT partition, next_offset FROM sluice_offsets"
-	" WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])"
-	" FOR UPDATE";
+    "SELECT partition, next_offset FROM sluice_offsets"
+    " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])"
+    " FOR UPDATE";
 
 /* One row per conversation of the batch: the last event wins, a status is
  * taken from the last event that sets one, the transcript flag sticks. */
 static const char SQL_UPSERT_CONV[] =
-	"WITH s AS ("
-	"  SELECT id,"
-	"   (array_agg(source ORDER BY seq DESC))[1] AS source,"
-	"   (array_agg(status ORDER BY seq DESC)"
-	"      FILTER (WHERE status IS NOT NULL))[1] AS status,"
-	"   (array_agg(event_type ORDER BY seq DESC))[1] AS event_type,"
-	"   bool_or(transcript) AS transcript,"
-	"   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
-	"     AS transcript_at,"
-	"   to_timestamp(min(received_ms) / 1000.0) AS first_at"
-	"  FROM sluice_stage_conv GROUP BY id)"
-	" INSERT INTO conversations AS c (id, source, status, last_event_type,"
-	"   transcript_received, transcript_received_at, created_at, updated_at)"
-	" SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
-	"   transcript_at, first_at, now() FROM s"
-	" ON CONFLICT (id) DO UPDATE SET"
-	"   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
-	"                     c.status),"
-	"   last_event_type = EXCLUDED.last_event_type,"
-	"   transcript_received = c.transcript_received"
-	"                         OR EXCLUDED.transcript_received,"
-	"   transcript_received_at = COALESCE(c.transcript_received_at,"
-	"                                     EXCLUDED.transcript_received_at),"
-	"   updated_at = now()";
+    "WITH s AS ("
+    "  SELECT id,"
+    "   (array_agg(source ORDER BY seq DESC))[1] AS source,"
+    "   (array_agg(status ORDER BY seq DESC)"
+    "      FILTER (WHERE status IS NOT NULL))[1] AS status,"
+    "   (array_agg(event_type ORDER BY seq DESC))[1] AS event_type,"
+    "   bool_or(transcript) AS transcript,"
+    "   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
+    "     AS transcript_at,"
+    "   to_timestamp(min(received_ms) / 1000.0) AS first_at"
+    "  FROM sluice_stage_conv GROUP BY id)"
+    " INSERT INTO conversations AS c (id, source, status, last_event_type,"
+    "   transcript_received, transcript_received_at, created_at, updated_at)"
+    " SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
+    "   transcript_at, first_at, now() FROM s"
+    " ON CONFLICT (id) DO UPDATE SET"
+    "   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
+    "                     c.status),"
+    "   last_event_type = EXCLUDED.last_event_type,"
+    "   transcript_received = c.transcript_received"
+    "                         OR EXCLUDED.transcript_received,"
+    "   transcript_received_at = COALESCE(c.transcript_received_at,"
+    "                                     EXCLUDED.transcript_received_at),"
+    "   updated_at = now()";
 
 static const char SQL_INSERT_MSG[] =
-	"INSERT INTO messages (conversation_id, external_event_id, position,"
-	"   role, content, created_at)"
-	" SELECT conversation_id, external_event_id, position, role, content,"
-	"   to_timestamp(created_ms / 1000.0) FROM sluice_stage_msg"
-	" ON CONFLICT (conversation_id, external_event_id) DO NOTHING";
+    "INSERT INTO messages (conversation_id, external_event_id, position,"
+    "   role, content, created_at)"
+    " SELECT conversation_id, external_event_id, position, role, content,"
+    "   to_timestamp(created_ms / 1000.0) FROM sluice_stage_msg"
+    " ON CONFLICT (conversation_id, external_event_id) DO NOTHING";
 
 static const char SQL_OFFSETS[] =
-	"INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
-	" SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS u(p, o)"
-	" ON CONFLICT (group_id, topic, partition) DO UPDATE"
-	" SET next_offset = EXCLUDED.next_offset, updated_at = now()";
+    "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
+    " SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS u(p, o)"
+    " ON CONFLICT (group_id, topic, partition) DO UPDATE"
+    " SET next_offset = EXCLUDED.next_offset, updated_at = now()";
 
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
 			  const char *topic)
@@ -105,8 +105,8 @@ static void set_err(struct pgsink *ps, const char *what, char *errstr,
 {
 	const char *msg = ps->conn ? PQerrorMessage(ps->conn) : "no connection";
 
-	snprintf(errstr, errstr_size, "%s: %.*s", what,
-		 (int)strcspn(msg, "\n"), msg);
+	snprintf(errstr, errstr_size, "%s: %.*s", what, (int)strcspn(msg, "\n"),
+		 msg);
 }
 
 static void drop_conn(struct pgsink *ps)
@@ -172,7 +172,7 @@ static bool query_offsets(struct pgsink *ps, const char *sql,
 			  char *errstr, size_t errstr_size)
 {
 	char *arr = int_array(parts, n);
-	const char *params[3] = { ps->group_id, ps->topic, arr };
+	const char *params[3] = {ps->group_id, ps->topic, arr};
 	PGresult *res;
 	bool ok;
 
@@ -268,8 +268,8 @@ static long long exec_count(struct pgsink *ps, const char *sql, int nparams,
 			    const char *const *params, const char *what,
 			    char *errstr, size_t errstr_size)
 {
-	PGresult *res = PQexecParams(ps->conn, sql, nparams, NULL, params,
-				     NULL, NULL, 0);
+	PGresult *res =
+	    PQexecParams(ps->conn, sql, nparams, NULL, params, NULL, NULL, 0);
 	long long n = -1;
 
 	if (PQresultStatus(res) == PGRES_COMMAND_OK)
@@ -286,7 +286,7 @@ bool pgsink_write(struct pgsink *ps, const struct transcript_rows *rows,
 {
 	char *pa = int_array(parts, n);
 	char *oa = bigint_array(next_offsets, n);
-	const char *params[4] = { ps->group_id, ps->topic, pa, oa };
+	const char *params[4] = {ps->group_id, ps->topic, pa, oa};
 	bool ok = false;
 
 	out->conversations = out->inserted = 0;
@@ -296,13 +296,13 @@ bool pgsink_write(struct pgsink *ps, const struct transcript_rows *rows,
 		     errstr, errstr_size))
 		goto done;
 	if (rows->n_conversations > 0 &&
-	    (out->conversations = exec_count(ps, SQL_UPSERT_CONV, 0, NULL,
-					     "conversations", errstr,
-					     errstr_size)) < 0)
+	    (out->conversations =
+		 exec_count(ps, SQL_UPSERT_CONV, 0, NULL, "conversations",
+			    errstr, errstr_size)) < 0)
 		goto done;
 	if (rows->n_messages > 0 &&
-	    (out->inserted = exec_count(ps, SQL_INSERT_MSG, 0, NULL,
-					"messages", errstr, errstr_size)) < 0)
+	    (out->inserted = exec_count(ps, SQL_INSERT_MSG, 0, NULL, "messages",
+					errstr, errstr_size)) < 0)
 		goto done;
 	if (exec_count(ps, SQL_OFFSETS, 4, params, "offsets", errstr,
 		       errstr_size) < 0)

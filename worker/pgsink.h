@@ -20,13 +20,13 @@ bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size);
 /* next_offset of each partition, -1 where none is stored. */
 bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
 			 int64_t *out, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 /* BEGIN, then lock the offsets rows of the batch's partitions and return
  * what is stored (-1 for none): records below it were applied already. */
 bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 		  int64_t *fence, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 struct pgsink_result {
 	long long conversations;
@@ -37,7 +37,7 @@ struct pgsink_result {
 bool pgsink_write(struct pgsink *ps, const struct transcript_rows *rows,
 		  const int32_t *parts, const int64_t *next_offsets, int n,
 		  struct pgsink_result *res, char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 void pgsink_rollback(struct pgsink *ps);
 
 #endif

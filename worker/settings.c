@@ -5,45 +5,44 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const level_values[] = { "debug", "info", "warn", "error",
-					    NULL };
-static const char *const format_values[] = { "text", "json", NULL };
+static const char *const level_values[] = {"debug", "info", "warn", "error",
+					   NULL};
+static const char *const format_values[] = {"text", "json", NULL};
 
 #define F(x) offsetof(struct worker_config, x)
 const struct cfg_setting worker_settings[] = {
-	{ "brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
-	  "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers" },
-	{ "topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL,
-	  "SLUICE_TOPIC", "topic consumed" },
-	{ "topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL,
-	  NULL, "partitions when the topic is created at start-up" },
-	{ "group_id", CFG_STR, F(group_id), "sluice-worker", 0, 0, NULL, NULL,
-	  "consumer group, also the key of the offsets in PostgreSQL" },
-	{ "dlq_topic", CFG_STR, F(dlq_topic), "", 0, 0, NULL, NULL,
-	  "dead-letter topic (default <topic>.dlq)" },
-	{ "postgres_dsn", CFG_STR, F(postgres_dsn), "postgresql:///sluice", 0,
-	  0, NULL, "SLUICE_POSTGRES_DSN", "libpq connection string" },
-	{ "redis_url", CFG_STR, F(redis_url), "redis://127.0.0.1:6379/0", 0, 0,
-	  NULL, "SLUICE_REDIS_URL", "Redis to invalidate keys in" },
-	{ "redis_timeout_ms", CFG_INT, F(redis_timeout_ms), "500", 10, 60000,
-	  NULL, NULL, "Redis connect and command timeout" },
-	{ "invalidate_keys", CFG_STR, F(invalidate_keys),
-	  "messages:{conversation_id}:*,conversation:{conversation_id}", 0, 0,
-	  NULL, NULL, "keys removed after each commit" },
-	{ "batch_max", CFG_INT, F(batch_max), "1000", 1, 100000, NULL, NULL,
-	  "most records in one batch" },
-	{ "batch_wait_ms", CFG_INT, F(batch_wait_ms), "0", 0, 10000, NULL, NULL,
-	  "extra time to let a batch fill" },
-	{ "retry_backoff_min_ms", CFG_INT, F(retry_backoff_min_ms), "100", 1,
-	  60000, NULL, NULL, "first wait after a transient failure" },
-	{ "retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
-	  600000, NULL, NULL, "longest wait between retries" },
-	{ "log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values,
-	  NULL, "debug, info, warn or error" },
-	{ "log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values,
-	  NULL, "text or json" },
-	CFG_END
-};
+    {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
+     "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers"},
+    {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
+     "topic consumed"},
+    {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
+     "partitions when the topic is created at start-up"},
+    {"group_id", CFG_STR, F(group_id), "sluice-worker", 0, 0, NULL, NULL,
+     "consumer group, also the key of the offsets in PostgreSQL"},
+    {"dlq_topic", CFG_STR, F(dlq_topic), "", 0, 0, NULL, NULL,
+     "dead-letter topic (default <topic>.dlq)"},
+    {"postgres_dsn", CFG_STR, F(postgres_dsn), "postgresql:///sluice", 0, 0,
+     NULL, "SLUICE_POSTGRES_DSN", "libpq connection string"},
+    {"redis_url", CFG_STR, F(redis_url), "redis://127.0.0.1:6379/0", 0, 0, NULL,
+     "SLUICE_REDIS_URL", "Redis to invalidate keys in"},
+    {"redis_timeout_ms", CFG_INT, F(redis_timeout_ms), "500", 10, 60000, NULL,
+     NULL, "Redis connect and command timeout"},
+    {"invalidate_keys", CFG_STR, F(invalidate_keys),
+     "messages:{conversation_id}:*,conversation:{conversation_id}", 0, 0, NULL,
+     NULL, "keys removed after each commit"},
+    {"batch_max", CFG_INT, F(batch_max), "1000", 1, 100000, NULL, NULL,
+     "most records in one batch"},
+    {"batch_wait_ms", CFG_INT, F(batch_wait_ms), "0", 0, 10000, NULL, NULL,
+     "extra time to let a batch fill"},
+    {"retry_backoff_min_ms", CFG_INT, F(retry_backoff_min_ms), "100", 1, 60000,
+     NULL, NULL, "first wait after a transient failure"},
+    {"retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
+     600000, NULL, NULL, "longest wait between retries"},
+    {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values, NULL,
+     "debug, info, warn or error"},
+    {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values, NULL,
+     "text or json"},
+    CFG_END};
 #undef F
 
 static bool worker_extra(void *target, const char *key, const char *value,
@@ -110,21 +109,24 @@ void worker_config_dump(const struct worker_config *cfg)
 			continue;
 		}
 		if (s->type == CFG_STR)
-			printf("%s = %s\n", s->key,
-			       *(char *const *)(const void *)((const char *)cfg +
-							      s->offset));
+			printf(
+			    "%s = %s\n", s->key,
+			    *(char *const *)(const void *)((const char *)cfg +
+							   s->offset));
 		else if (s->type == CFG_INT)
 			printf("%s = %d\n", s->key,
 			       *(const int *)(const void *)((const char *)cfg +
 							    s->offset));
 		else
-			printf("%s = %s\n", s->key,
-			       s->values[*(const int *)(const void *)((const char *)cfg +
-								      s->offset)]);
+			printf(
+			    "%s = %s\n", s->key,
+			    s->values[*(
+				const int *)(const void *)((const char *)cfg +
+							   s->offset)]);
 	}
 	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
-		bool secret = strstr(kv->key, "password") ||
-			      strstr(kv->key, "secret");
+		bool secret =
+		    strstr(kv->key, "password") || strstr(kv->key, "secret");
 
 		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
 	}

@@ -30,7 +30,7 @@ extern const struct cfg_setting worker_settings[];
 
 bool worker_config_load(struct worker_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 void worker_config_free(struct worker_config *cfg);
 void worker_config_dump(const struct worker_config *cfg);
 

@@ -9,17 +9,17 @@
 
 static int check_passed, check_failed;
 
-#define CHECK(cond, ...)                                                  \
-	do {                                                              \
-		if (cond) {                                               \
-			check_passed++;                                   \
-		} else {                                                  \
-			check_failed++;                                   \
-			fprintf(stderr, "%s:%d: FAILED: %s: ", __FILE__,  \
-				__LINE__, #cond);                         \
-			fprintf(stderr, __VA_ARGS__);                     \
-			fputc('\n', stderr);                              \
-		}                                                         \
+#define CHECK(cond, ...)                                                       \
+	do {                                                                   \
+		if (cond) {                                                    \
+			check_passed++;                                        \
+		} else {                                                       \
+			check_failed++;                                        \
+			fprintf(stderr, "%s:%d: FAILED: %s: ", __FILE__,       \
+				__LINE__, #cond);                              \
+			fprintf(stderr, __VA_ARGS__);                          \
+			fputc('\n', stderr);                                   \
+		}                                                              \
 	} while (0)
 
 static inline bool check_streq(const char *got, const char *want)
@@ -27,8 +27,8 @@ static inline bool check_streq(const char *got, const char *want)
 	return got && strcmp(got, want) == 0;
 }
 
-#define CHECK_STR(got, want, name)                                        \
-	CHECK(check_streq((got), (want)), "%s: got \"%s\" want \"%s\"", \
+#define CHECK_STR(got, want, name)                                             \
+	CHECK(check_streq((got), (want)), "%s: got \"%s\" want \"%s\"",        \
 	      (name), check_streq((got), (got)) ? (got) : "(null)", (want))
 
 static inline int check_done(const char *suite)

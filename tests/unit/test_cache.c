@@ -8,12 +8,13 @@ static const struct {
 	const char *tmpl, *id, *want;
 	bool pattern;
 } cases[] = {
-	{ "messages:{conversation_id}:*", "c1", "messages:c1:*", true },
-	{ "conversation:{conversation_id}", "c1", "conversation:c1", false },
-	{ "conversation:{conversation_id}", "a*b", "conversation:a*b", false },
-	{ "messages:{conversation_id}:*", "a*b?[c]\\", "messages:a\\*b\\?\\[c\\]\\\\:*", true },
-	{ "x:{conversation_id}:{conversation_id}", "q", "x:q:q", false },
-	{ "static-key", "q", "static-key", false },
+    {"messages:{conversation_id}:*", "c1", "messages:c1:*", true},
+    {"conversation:{conversation_id}", "c1", "conversation:c1", false},
+    {"conversation:{conversation_id}", "a*b", "conversation:a*b", false},
+    {"messages:{conversation_id}:*", "a*b?[c]\\",
+     "messages:a\\*b\\?\\[c\\]\\\\:*", true},
+    {"x:{conversation_id}:{conversation_id}", "q", "x:q:q", false},
+    {"static-key", "q", "static-key", false},
 };
 
 int main(void)
@@ -36,9 +37,10 @@ int main(void)
 	      "non-redis url accepted");
 	/* Nothing listens on port 1: the ids are kept for later. */
 	{
-		char *ids[] = { (char *)"c1", (char *)"c2" };
+		char *ids[] = {(char *)"c1", (char *)"c2"};
 
-		CHECK(cache_invalidate(c, ids, 2) == -1, "invalidate succeeded");
+		CHECK(cache_invalidate(c, ids, 2) == -1,
+		      "invalidate succeeded");
 		CHECK(cache_pending(c) == 2, "pending %zu", cache_pending(c));
 	}
 	cache_destroy(c);

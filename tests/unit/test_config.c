@@ -12,17 +12,16 @@ struct conf {
 	char *extra_seen;
 };
 
-static const char *const modes[] = { "off", "on", NULL };
+static const char *const modes[] = {"off", "on", NULL};
 
 static const struct cfg_setting table[] = {
-	{ "name", CFG_STR, offsetof(struct conf, name), "dflt", 0, 0, NULL,
-	  "TEST_SLUICE_NAME", "" },
-	{ "count", CFG_INT, offsetof(struct conf, count), "5", 1, 10, NULL,
-	  NULL, "" },
-	{ "mode", CFG_ENUM, offsetof(struct conf, mode), "off", 0, 0, modes,
-	  NULL, "" },
-	CFG_END
-};
+    {"name", CFG_STR, offsetof(struct conf, name), "dflt", 0, 0, NULL,
+     "TEST_SLUICE_NAME", ""},
+    {"count", CFG_INT, offsetof(struct conf, count), "5", 1, 10, NULL, NULL,
+     ""},
+    {"mode", CFG_ENUM, offsetof(struct conf, mode), "off", 0, 0, modes, NULL,
+     ""},
+    CFG_END};
 
 static bool extra(void *target, const char *key, const char *value,
 		  char *errstr, size_t errstr_size)
@@ -43,16 +42,16 @@ static const struct {
 	bool ok;
 	const char *err_has;
 } set_cases[] = {
-	{ "name", "hello", true, NULL },
-	{ "count", "10", true, NULL },
-	{ "count", "11", false, "outside 1..10" },
-	{ "count", "0", false, "outside" },
-	{ "count", "3x", false, "not an integer" },
-	{ "count", "", false, "not an integer" },
-	{ "mode", "on", true, NULL },
-	{ "mode", "maybe", false, "not one of off on" },
-	{ "kafka.linger.ms", "3", true, NULL },
-	{ "nosuch", "1", false, "unknown setting \"nosuch\"" },
+    {"name", "hello", true, NULL},
+    {"count", "10", true, NULL},
+    {"count", "11", false, "outside 1..10"},
+    {"count", "0", false, "outside"},
+    {"count", "3x", false, "not an integer"},
+    {"count", "", false, "not an integer"},
+    {"mode", "on", true, NULL},
+    {"mode", "maybe", false, "not one of off on"},
+    {"kafka.linger.ms", "3", true, NULL},
+    {"nosuch", "1", false, "unknown setting \"nosuch\""},
 };
 
 static const char *write_file(const char *text)
@@ -71,7 +70,7 @@ static const char *write_file(const char *text)
 
 int main(void)
 {
-	struct conf c = { 0 };
+	struct conf c = {0};
 	char err[256];
 
 	CHECK(cfg_load(table, &c, NULL, extra, err, sizeof(err)), "%s", err);
@@ -99,15 +98,15 @@ int main(void)
 	/* A file: comments, blanks, quotes, spaces; then env wins. */
 	{
 		const char *path = write_file(
-			"# comment\n\n  name = \"from file\"  \ncount=7\n"
-			"; also a comment\nmode = on\n");
+		    "# comment\n\n  name = \"from file\"  \ncount=7\n"
+		    "; also a comment\nmode = on\n");
 
 		setenv("TEST_SLUICE_NAME", "from env", 1);
 		CHECK(cfg_load(table, &c, path, extra, err, sizeof(err)), "%s",
 		      err);
 		CHECK_STR(c.name, "from env", "env override");
-		CHECK(c.count == 7 && c.mode == 1, "file values %d %d",
-		      c.count, c.mode);
+		CHECK(c.count == 7 && c.mode == 1, "file values %d %d", c.count,
+		      c.mode);
 		unsetenv("TEST_SLUICE_NAME");
 		cfg_free(table, &c);
 		remove(path);

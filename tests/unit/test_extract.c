@@ -8,14 +8,20 @@ static const struct {
 	bool ok;
 	const char *key, *event, *path;
 } cases[] = {
-	{ "{\"conversation_id\":\"c1\",\"event_type\":\"system.shutdown\"}", true, "c1", "system.shutdown", NULL },
-	{ "{\"conversation_id\":\"c1\",\"type\":\"application.transcription_ready\"}", true, "c1", "application.transcription_ready", NULL },
-	{ "{\"conversation_id\":\"c1\",\"event_type\":\"a\",\"type\":\"b\"}", true, "c1", "a", NULL },
-	{ "{\"conversation_id\":\"\",\"event_type\":\"a\"}", false, NULL, NULL, "$.conversation_id" },
-	{ "{\"conversation_id\":5,\"event_type\":\"a\"}", false, NULL, NULL, "$.conversation_id" },
-	{ "{\"event_type\":\"a\"}", false, NULL, NULL, "$.conversation_id" },
-	{ "{\"conversation_id\":\"c\"}", false, NULL, NULL, "$.event_type" },
-	{ "[]", false, NULL, NULL, "$" },
+    {"{\"conversation_id\":\"c1\",\"event_type\":\"system.shutdown\"}", true,
+     "c1", "system.shutdown", NULL},
+    {"{\"conversation_id\":\"c1\",\"type\":\"application.transcription_"
+     "ready\"}",
+     true, "c1", "application.transcription_ready", NULL},
+    {"{\"conversation_id\":\"c1\",\"event_type\":\"a\",\"type\":\"b\"}", true,
+     "c1", "a", NULL},
+    {"{\"conversation_id\":\"\",\"event_type\":\"a\"}", false, NULL, NULL,
+     "$.conversation_id"},
+    {"{\"conversation_id\":5,\"event_type\":\"a\"}", false, NULL, NULL,
+     "$.conversation_id"},
+    {"{\"event_type\":\"a\"}", false, NULL, NULL, "$.conversation_id"},
+    {"{\"conversation_id\":\"c\"}", false, NULL, NULL, "$.event_type"},
+    {"[]", false, NULL, NULL, "$"},
 };
 
 int main(void)

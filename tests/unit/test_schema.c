@@ -7,27 +7,39 @@ static const struct {
 	bool ok;
 	const char *path;
 } cases[] = {
-	{ "{\"conversation_id\":\"c\",\"event_type\":\"system.shutdown\"}", true, NULL },
-	{ "{\"conversation_id\":\"c\",\"type\":\"x\"}", true, NULL },
-	{ "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_ready\",\"message_type\":\"application\","
-	  "\"timestamp\":\"2025-01-01T00:00:00Z\",\"properties\":{\"replica_id\":\"r\",\"transcript\":["
-	  "{\"role\":\"system\",\"content\":\"s\"},{\"id\":\"1\",\"role\":\"user\",\"content\":\"u\"},{\"id\":7,\"role\":\"assistant\",\"content\":\"\"}]}}",
-	  true, NULL },
-	{ "{\"event_type\":\"x\"}", false, "$.conversation_id" },
-	{ "{\"conversation_id\":\"\",\"event_type\":\"x\"}", false, "$.conversation_id" },
-	{ "{\"conversation_id\":3,\"event_type\":\"x\"}", false, "$.conversation_id" },
-	{ "{\"conversation_id\":\"c\"}", false, "$.event_type" },
-	{ "{\"conversation_id\":\"c\",\"event_type\":\"x\",\"properties\":{\"transcript\":\"no\"}}", false, "$.properties.transcript" },
-	{ "{\"conversation_id\":\"c\",\"event_type\":\"x\",\"properties\":{\"transcript\":[{\"role\":\"user\"}]}}", false, "$.properties.transcript[0].content" },
-	{ "{\"conversation_id\":\"c\",\"event_type\":\"x\",\"properties\":{\"transcript\":[{\"role\":\"user\",\"content\":\"x\",\"id\":1.5}]}}", false, "$.properties.transcript[0].id" },
-	{ "[]", false, "$" },
+    {"{\"conversation_id\":\"c\",\"event_type\":\"system.shutdown\"}", true,
+     NULL},
+    {"{\"conversation_id\":\"c\",\"type\":\"x\"}", true, NULL},
+    {"{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_"
+     "ready\",\"message_type\":\"application\","
+     "\"timestamp\":\"2025-01-01T00:00:00Z\",\"properties\":{\"replica_id\":"
+     "\"r\",\"transcript\":["
+     "{\"role\":\"system\",\"content\":\"s\"},{\"id\":\"1\",\"role\":\"user\","
+     "\"content\":\"u\"},{\"id\":7,\"role\":\"assistant\",\"content\":\"\"}]}}",
+     true, NULL},
+    {"{\"event_type\":\"x\"}", false, "$.conversation_id"},
+    {"{\"conversation_id\":\"\",\"event_type\":\"x\"}", false,
+     "$.conversation_id"},
+    {"{\"conversation_id\":3,\"event_type\":\"x\"}", false,
+     "$.conversation_id"},
+    {"{\"conversation_id\":\"c\"}", false, "$.event_type"},
+    {"{\"conversation_id\":\"c\",\"event_type\":\"x\",\"properties\":{"
+     "\"transcript\":\"no\"}}",
+     false, "$.properties.transcript"},
+    {"{\"conversation_id\":\"c\",\"event_type\":\"x\",\"properties\":{"
+     "\"transcript\":[{\"role\":\"user\"}]}}",
+     false, "$.properties.transcript[0].content"},
+    {"{\"conversation_id\":\"c\",\"event_type\":\"x\",\"properties\":{"
+     "\"transcript\":[{\"role\":\"user\",\"content\":\"x\",\"id\":1.5}]}}",
+     false, "$.properties.transcript[0].id"},
+    {"[]", false, "$"},
 };
 
 int main(void)
 {
 	char err[256], path[128], msg[128];
-	struct schema *s = schema_load(SCHEMA_DIR "/transcript.schema.json",
-				       err, sizeof(err));
+	struct schema *s =
+	    schema_load(SCHEMA_DIR "/transcript.schema.json", err, sizeof(err));
 
 	CHECK(s != NULL, "load: %s", err);
 	if (!s)

@@ -9,36 +9,57 @@ static const struct {
 	const char *json;
 	bool ok;
 	size_t messages;
-	const char *rows_have; /* substring of the message rows */
+	const char *rows_have;	/* substring of the message rows */
 	const char *status_col; /* substring of the conversation row */
 } cases[] = {
-	{ "seed shape with ids",
-	  "{\"conversation_id\":\"c1\",\"event_type\":\"application.transcription_ready\","
-	  "\"properties\":{\"transcript\":[{\"id\":\"m1\",\"role\":\"user\",\"content\":\"hi\"},"
-	  "{\"id\":\"m2\",\"role\":\"assistant\",\"content\":\"hello\"}]}}",
-	  true, 2, "c1\tm2\t1\tassistant\thello\t", "\tapplication.transcription_ready\t\\N\tt\t" },
-	{ "vendor shape, no ids, type spelling",
-	  "{\"conversation_id\":\"c2\",\"type\":\"application.transcription_ready\","
-	  "\"properties\":{\"transcript\":[{\"role\":\"system\",\"content\":\"be brief\"},"
-	  "{\"role\":\"user\",\"content\":\"a\\tb\\nc\\\\d\"}]}}",
-	  true, 2, "\t1\tuser\ta\\tb\\nc\\\\d\t", NULL },
-	{ "numeric ids", "{\"conversation_id\":\"c3\",\"event_type\":\"application.transcription_ready\","
-	  "\"properties\":{\"transcript\":[{\"id\":42,\"role\":\"user\",\"content\":\"x\"}]}}",
-	  true, 1, "c3\t42\t0\tuser\tx\t", NULL },
-	{ "lifecycle event sets status", "{\"conversation_id\":\"c4\",\"event_type\":\"system.shutdown\"}",
-	  true, 0, NULL, "\tsystem.shutdown\tended\tf\t" },
-	{ "ready without transcript", "{\"conversation_id\":\"c5\",\"event_type\":\"application.transcription_ready\"}",
-	  true, 0, NULL, "\tt\t" },
-	{ "not json", "{\"conversation_id\":", false, 0, NULL, NULL },
-	{ "array", "[1,2]", false, 0, NULL, NULL },
-	{ "no conversation", "{\"event_type\":\"system.shutdown\"}", false, 0, NULL, NULL },
-	{ "no event type", "{\"conversation_id\":\"c\"}", false, 0, NULL, NULL },
-	{ "entry without content", "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_ready\","
-	  "\"properties\":{\"transcript\":[{\"role\":\"user\"}]}}", false, 0, NULL, NULL },
-	{ "transcript not array", "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_ready\","
-	  "\"properties\":{\"transcript\":{}}}", false, 0, NULL, NULL },
-	{ "object id", "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_ready\","
-	  "\"properties\":{\"transcript\":[{\"id\":{},\"role\":\"user\",\"content\":\"x\"}]}}", false, 0, NULL, NULL },
+    {"seed shape with ids",
+     "{\"conversation_id\":\"c1\",\"event_type\":\"application.transcription_"
+     "ready\","
+     "\"properties\":{\"transcript\":[{\"id\":\"m1\",\"role\":\"user\","
+     "\"content\":\"hi\"},"
+     "{\"id\":\"m2\",\"role\":\"assistant\",\"content\":\"hello\"}]}}",
+     true, 2, "c1\tm2\t1\tassistant\thello\t",
+     "\tapplication.transcription_ready\t\\N\tt\t"},
+    {"vendor shape, no ids, type spelling",
+     "{\"conversation_id\":\"c2\",\"type\":\"application.transcription_ready\","
+     "\"properties\":{\"transcript\":[{\"role\":\"system\",\"content\":\"be "
+     "brief\"},"
+     "{\"role\":\"user\",\"content\":\"a\\tb\\nc\\\\d\"}]}}",
+     true, 2, "\t1\tuser\ta\\tb\\nc\\\\d\t", NULL},
+    {"numeric ids",
+     "{\"conversation_id\":\"c3\",\"event_type\":\"application.transcription_"
+     "ready\","
+     "\"properties\":{\"transcript\":[{\"id\":42,\"role\":\"user\",\"content\":"
+     "\"x\"}]}}",
+     true, 1, "c3\t42\t0\tuser\tx\t", NULL},
+    {"lifecycle event sets status",
+     "{\"conversation_id\":\"c4\",\"event_type\":\"system.shutdown\"}", true, 0,
+     NULL, "\tsystem.shutdown\tended\tf\t"},
+    {"ready without transcript",
+     "{\"conversation_id\":\"c5\",\"event_type\":\"application.transcription_"
+     "ready\"}",
+     true, 0, NULL, "\tt\t"},
+    {"not json", "{\"conversation_id\":", false, 0, NULL, NULL},
+    {"array", "[1,2]", false, 0, NULL, NULL},
+    {"no conversation", "{\"event_type\":\"system.shutdown\"}", false, 0, NULL,
+     NULL},
+    {"no event type", "{\"conversation_id\":\"c\"}", false, 0, NULL, NULL},
+    {"entry without content",
+     "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_"
+     "ready\","
+     "\"properties\":{\"transcript\":[{\"role\":\"user\"}]}}",
+     false, 0, NULL, NULL},
+    {"transcript not array",
+     "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_"
+     "ready\","
+     "\"properties\":{\"transcript\":{}}}",
+     false, 0, NULL, NULL},
+    {"object id",
+     "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_"
+     "ready\","
+     "\"properties\":{\"transcript\":[{\"id\":{},\"role\":\"user\",\"content\":"
+     "\"x\"}]}}",
+     false, 0, NULL, NULL},
 };
 
 int main(void)
@@ -64,24 +85,26 @@ int main(void)
 
 	transcript_rows_init(&rows);
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		size_t before = rows.messages.len, cbefore = rows.conversations.len;
+		size_t before = rows.messages.len,
+		       cbefore = rows.conversations.len;
 		size_t nbefore = rows.n_messages;
 		char *cid = NULL;
-		bool ok = transcript_handle(cases[i].json, strlen(cases[i].json),
-					    "tavus", 1700000000000LL, (int64_t)i,
-					    &rows, &cid, err, sizeof(err));
+		bool ok = transcript_handle(
+		    cases[i].json, strlen(cases[i].json), "tavus",
+		    1700000000000LL, (int64_t)i, &rows, &cid, err, sizeof(err));
 
 		CHECK(ok == cases[i].ok, "%s: %s", cases[i].name, err);
 		if (!ok) {
 			CHECK(rows.messages.len == before &&
-				      rows.conversations.len == cbefore,
+				  rows.conversations.len == cbefore,
 			      "%s: a rejected record left rows behind",
 			      cases[i].name);
 			CHECK(cid == NULL, "%s: cid set", cases[i].name);
 			continue;
 		}
 		CHECK(rows.n_messages - nbefore == cases[i].messages,
-		      "%s: %zu messages", cases[i].name, rows.n_messages - nbefore);
+		      "%s: %zu messages", cases[i].name,
+		      rows.n_messages - nbefore);
 		if (cases[i].rows_have)
 			CHECK(strstr(rows.messages.data + before,
 				     cases[i].rows_have) != NULL,
@@ -103,11 +126,13 @@ int main(void)
 
 		transcript_rows_reset(&rows);
 		CHECK(transcript_handle(j, strlen(j), "s", 1, 0, &rows, &c1,
-					err, sizeof(err)), "%s", err);
+					err, sizeof(err)),
+		      "%s", err);
 		first = strdup(rows.messages.data);
 		transcript_rows_reset(&rows);
 		CHECK(transcript_handle(j, strlen(j), "s", 1, 0, &rows, &c2,
-					err, sizeof(err)), "%s", err);
+					err, sizeof(err)),
+		      "%s", err);
 		CHECK_STR(rows.messages.data, first, "replayed rows");
 		free(first);
 		free(c1);

@@ -40,21 +40,22 @@ int main(void)
 		const char *id, *ts, *sig, *body;
 		enum verify_result want;
 	} cases[] = {
-		{ "msg_1", ts, good, body, VERIFY_OK },
-		{ "msg_1", ts, both, body, VERIFY_OK },
-		{ "msg_1", ts, other, body, VERIFY_MISMATCH },
-		{ "msg_2", ts, good, body, VERIFY_MISMATCH },
-		{ "msg_1", ts, good, "{\"conversation_id\":\"c2\"}", VERIFY_MISMATCH },
-		{ "msg_1", old, good, body, VERIFY_BAD_TIME },
-		{ "msg_1", "soon", good, body, VERIFY_BAD_TIME },
-		{ "msg_1", ts, "v2,abc", body, VERIFY_MISMATCH },
-		{ NULL, ts, good, body, VERIFY_MISSING },
-		{ "msg_1", ts, "", body, VERIFY_MISSING },
+	    {"msg_1", ts, good, body, VERIFY_OK},
+	    {"msg_1", ts, both, body, VERIFY_OK},
+	    {"msg_1", ts, other, body, VERIFY_MISMATCH},
+	    {"msg_2", ts, good, body, VERIFY_MISMATCH},
+	    {"msg_1", ts, good, "{\"conversation_id\":\"c2\"}",
+	     VERIFY_MISMATCH},
+	    {"msg_1", old, good, body, VERIFY_BAD_TIME},
+	    {"msg_1", "soon", good, body, VERIFY_BAD_TIME},
+	    {"msg_1", ts, "v2,abc", body, VERIFY_MISMATCH},
+	    {NULL, ts, good, body, VERIFY_MISSING},
+	    {"msg_1", ts, "", body, VERIFY_MISSING},
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		enum verify_result r = verify_signature(
-			key, klen, cases[i].id, cases[i].ts, cases[i].sig,
-			cases[i].body, strlen(cases[i].body), now);
+		    key, klen, cases[i].id, cases[i].ts, cases[i].sig,
+		    cases[i].body, strlen(cases[i].body), now);
 
 		CHECK(r == cases[i].want, "case %zu: got %d want %d", i, r,
 		      cases[i].want);

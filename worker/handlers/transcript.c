@@ -61,7 +61,8 @@ void transcript_entry_id(const char *conversation_id, int position,
 	snprintf(pos, sizeof(pos), "%d", position);
 	/* The unit separator keeps ("a1", 2) and ("a", 12) apart. */
 	if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
-	    EVP_DigestUpdate(ctx, conversation_id, strlen(conversation_id)) != 1 ||
+	    EVP_DigestUpdate(ctx, conversation_id, strlen(conversation_id)) !=
+		1 ||
 	    EVP_DigestUpdate(ctx, "\x1f", 1) != 1 ||
 	    EVP_DigestUpdate(ctx, pos, strlen(pos)) != 1 ||
 	    EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen < 16)
@@ -139,16 +140,17 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 
 	if (is_ready) {
 		props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
-		transcript = cJSON_GetObjectItemCaseSensitive(props,
-							      "transcript");
+		transcript =
+		    cJSON_GetObjectItemCaseSensitive(props, "transcript");
 		if (transcript && !cJSON_IsArray(transcript)) {
 			snprintf(errstr, errstr_size,
 				 "$.properties.transcript is not an array");
 			goto fail;
 		}
-		cJSON_ArrayForEach(entry, transcript) {
-			const cJSON *idv = cJSON_GetObjectItemCaseSensitive(
-				entry, "id");
+		cJSON_ArrayForEach(entry, transcript)
+		{
+			const cJSON *idv =
+			    cJSON_GetObjectItemCaseSensitive(entry, "id");
 			const char *role = str_field(entry, "role");
 			const char *content = str_field(entry, "content");
 			char idbuf[64];
@@ -172,7 +174,8 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 					 idv->valuedouble);
 				ext_id = idbuf;
 			} else if (!idv || cJSON_IsNull(idv) ||
-				   (cJSON_IsString(idv) && !idv->valuestring[0])) {
+				   (cJSON_IsString(idv) &&
+				    !idv->valuestring[0])) {
 				transcript_entry_id(cid, position, idbuf);
 				ext_id = idbuf;
 			} else {
@@ -200,7 +203,8 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	buf_printf(&rows->conversations, "%lld\t", (long long)seq);
 	copy_escape(&rows->conversations, cid);
 	buf_puts(&rows->conversations, "\t");
-	copy_escape(&rows->conversations, source && *source ? source : "unknown");
+	copy_escape(&rows->conversations,
+		    source && *source ? source : "unknown");
 	buf_puts(&rows->conversations, "\t");
 	copy_escape(&rows->conversations, event_type);
 	buf_puts(&rows->conversations, "\t");

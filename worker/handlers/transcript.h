@@ -32,7 +32,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 		       int64_t received_ms, int64_t seq,
 		       struct transcript_rows *rows, char **conversation_id,
 		       char *errstr, size_t errstr_size)
-	__attribute__((warn_unused_result));
+    __attribute__((warn_unused_result));
 
 /* The id of a transcript entry that came without one: the same conversation
  * and position always give the same id, so a replay never duplicates. */
