@@ -18,11 +18,11 @@ die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 stop_daemon() { # name
-	local pidf="$run/$1.pid" pid i
+	local pidf="$run/$1.pid" pid
 	alive "$pidf" || { rm -f "$pidf"; return 0; }
 	pid=$(cat "$pidf")
 	kill -TERM "$pid"
-	for i in $(seq 1 150); do
+	for _ in $(seq 1 150); do
 		kill -0 "$pid" 2>/dev/null || break
 		sleep 0.1
 	done
@@ -49,15 +49,16 @@ status)
 	for d in sluice-ingest sluice-worker; do
 		if alive "$run/$d.pid"; then say "$d: running"; else say "$d: stopped"; fi
 	done
-	[ -d "$run/services" ] && "$repo/deploy/services.sh" status "$run/services" || true
+	if [ -d "$run/services" ]; then "$repo/deploy/services.sh" status "$run/services" || true; fi
 	exit 0
 	;;
 start) ;;
 *) die "unknown command $cmd (start, stop or status)" ;;
 esac
 
-[ -x "$bin/sluice-ingest" ] && [ -x "$bin/sluice-worker" ] ||
+if [ ! -x "$bin/sluice-ingest" ] || [ ! -x "$bin/sluice-worker" ]; then
 	die "binaries missing in $bin: run make first"
+fi
 mkdir -p "$run"
 say "starting Kafka, PostgreSQL and Redis under .run/services ..."
 "$repo/deploy/services.sh" start "$run/services"

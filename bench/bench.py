@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""sluice benchmarks: each figure is measured next to its baseline in the
+same run, on the same machine, and printed as a ratio.
+
+  ingest: accepted webhooks/s of sluice-ingest vs nginx answering a static
+          202 to the same requests (wrk), p99 latency, peak RSS.
+  worker: transcript rows/s into PostgreSQL by sluice-worker vs a raw COPY
+          of the same rows and vs a naive one-INSERT-per-row loop.
+
+Usage: bench/bench.py [--seconds N] [--rows N] [--only ingest|worker]
+"""
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("SLUICE_BUILD_DIR", os.path.join(REPO, "build"))
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_http(url, timeout=30):
+    import urllib.request
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"not ready: {url}")
+
+
+def wrk(url, seconds, conns, threads=2):
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--latency",
+         "-s", os.path.join(REPO, "bench", "post.lua"), url],
+        check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return rps, float(p99.group(1)) * scale, int(non2xx.group(1)) if non2xx else 0
+
+
+def vm_hwm_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def bench_ingest(env, tmp, seconds):
+    # Baseline: nginx returning a static 202 for the same requests.
+    nport = free_port()
+    nconf = os.path.join(tmp, "nginx.conf")
+    with open(nconf, "w") as f:
+        f.write(f"""
+worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log {tmp}/nginx.err;
+events {{ worker_connections 1024; }}
+http {{ access_log off; client_body_temp_path {tmp};
+  server {{ listen 127.0.0.1:{nport};
+    location / {{ default_type application/json; return 202 '{{"status":"accepted"}}'; }} }} }}
+""")
+    nginx = subprocess.Popen(["nginx", "-c", nconf, "-p", tmp],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    iport = free_port()
+    iconf = os.path.join(tmp, "ingest.conf")
+    with open(iconf, "w") as f:
+        f.write(f"listen = 127.0.0.1:{iport}\ntopic = bench-{uuid.uuid4().hex[:8]}\n"
+                f"schema_dir = {REPO}/schemas\nlog_level = warn\n"
+                "source.tavus.kind = transcript\nsource.tavus.signature = none\n")
+    ingest = subprocess.Popen([os.path.join(BUILD, "sluice-ingest"), "-c", iconf],
+                              env=env, stderr=open(os.path.join(tmp, "ingest.log"), "w"))
+    try:
+        wait_http(f"http://127.0.0.1:{iport}/readyz")
+        time.sleep(0.5)
+        path = "/v1/webhooks/tavus"
+        n_rps, n_p99, _ = wrk(f"http://127.0.0.1:{nport}{path}", seconds, 32)
+        i_rps, i_p99, i_bad = wrk(f"http://127.0.0.1:{iport}{path}", seconds, 32)
+        # Latency at a lighter load: fewer connections in flight.
+        l_rps, l_p99, _ = wrk(f"http://127.0.0.1:{iport}{path}", seconds, 4, threads=1)
+        rss = vm_hwm_mb(ingest.pid)
+    finally:
+        nginx.terminate()
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(timeout=30)
+        nginx.wait(timeout=10)
+    print(f"ingest: nginx static 202   {n_rps:10.0f} req/s  p99 {n_p99:6.2f} ms")
+    print(f"ingest: sluice-ingest 202  {i_rps:10.0f} req/s  p99 {i_p99:6.2f} ms"
+          f"  (non-2xx: {i_bad})")
+    print(f"ingest: ratio sluice/nginx {i_rps / n_rps:10.2f}   (target >= 0.5)")
+    print(f"ingest: at 4 connections   {l_rps:10.0f} req/s  p99 {l_p99:6.2f} ms"
+          f"  ({l_rps / n_rps:.2f} of nginx's rate; target p99 < 5 ms at 0.5)")
+    print(f"ingest: peak RSS           {rss:10.1f} MB      (target < 64 MB)")
+
+
+def transcript(cid, n_msgs):
+    import json
+    return json.dumps({
+        "conversation_id": cid, "event_type": "application.transcription_ready",
+        "message_type": "application", "timestamp": "2025-05-01T12:00:00Z",
+        "properties": {"transcript": [
+            {"role": "user" if i % 2 else "assistant",
+             "content": f"message {i} of conversation {cid}, some typical length text here"}
+            for i in range(n_msgs)]}}).encode()
+
+
+def bench_worker(env, tmp, rows):
+    import psycopg
+    from confluent_kafka import Producer
+    dsn = env["SLUICE_POSTGRES_DSN"]
+    per = 20
+    convs = rows // per
+    run = uuid.uuid4().hex[:8]
+    data = [(f"b{run}-{c}", f"e{i}", i, "user", f"message {i} of conversation {c}, some typical length text here")
+            for c in range(convs) for i in range(per)]
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS bench_messages")
+        db.execute("CREATE TABLE bench_messages (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
+        db.execute("ALTER TABLE bench_messages ALTER COLUMN id SET DEFAULT nextval('messages_id_seq')")
+        # Raw COPY of the same rows.
+        t = time.perf_counter()
+        with db.cursor() as cur:
+            with cur.copy("COPY bench_messages (conversation_id, external_event_id, position, role, content, created_at) FROM STDIN") as cp:
+                for r in data:
+                    cp.write_row(r + ("2025-05-01T12:00:00Z",))
+        copy_s = time.perf_counter() - t
+        db.execute("TRUNCATE bench_messages")
+        # Naive loop: one INSERT (one round trip, autocommit) per row, on a
+        # sample since it is slow; rate is what counts.
+        sample = data[: min(len(data), 3000)]
+        t = time.perf_counter()
+        with db.cursor() as cur:
+            for r in sample:
+                cur.execute("INSERT INTO bench_messages (conversation_id, external_event_id, position, role, content, created_at)"
+                            " VALUES (%s, %s, %s, %s, %s, now()) ON CONFLICT DO NOTHING", r)
+        naive_rate = len(sample) / (time.perf_counter() - t)
+        db.execute("DROP TABLE bench_messages")
+
+    topic = f"bench-w-{run}"
+    p = Producer({"bootstrap.servers": env["SLUICE_KAFKA_BROKERS"], "linger.ms": 20})
+    now_ms = str(int(time.time() * 1000))
+    for c in range(convs):
+        cid = f"w{run}-{c}"
+        p.produce(topic, key=cid, value=transcript(cid, per),
+                  headers=[("source", "tavus"), ("kind", "transcript"),
+                           ("event-type", "application.transcription_ready"),
+                           ("webhook-id", cid), ("received-at", now_ms), ("request-id", cid)])
+        if c % 1000 == 0:
+            p.poll(0)
+    p.flush(60)
+
+    wconf = os.path.join(tmp, "worker.conf")
+    with open(wconf, "w") as f:
+        f.write(f"topic = {topic}\ngroup_id = bench-{run}\nlog_level = warn\n")
+    t = time.perf_counter()
+    worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c", wconf], env=env,
+                              stderr=open(os.path.join(tmp, "worker.log"), "w"))
+    try:
+        with psycopg.connect(dsn, autocommit=True) as db:
+            # Time from the first row to the last, so group join and
+            # assignment do not count against the worker.
+            first = None
+            while True:
+                n = db.execute("SELECT count(*) FROM messages WHERE conversation_id LIKE %s",
+                               (f"w{run}-%",)).fetchone()[0]
+                if n > 0 and first is None:
+                    first = (time.perf_counter(), n)
+                if n >= convs * per:
+                    break
+                if time.perf_counter() - t > 300:
+                    raise SystemExit(f"worker stalled at {n} rows")
+                time.sleep(0.02)
+            worker_rate = (n - first[1]) / (time.perf_counter() - first[0])
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=60)
+    copy_rate = len(data) / copy_s
+    print(f"worker: raw COPY           {copy_rate:10.0f} rows/s")
+    print(f"worker: naive INSERT loop  {naive_rate:10.0f} rows/s")
+    print(f"worker: sluice-worker      {worker_rate:10.0f} rows/s  ({convs} records x {per} messages)")
+    print(f"worker: ratio vs COPY      {worker_rate / copy_rate:10.2f}   (target >= 0.6)")
+    print(f"worker: ratio vs naive     {worker_rate / naive_rate:10.1f}   (target >= 30)")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--rows", type=int, default=100000)
+    ap.add_argument("--only", choices=["ingest", "worker"])
+    a = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if a.only != "worker" and not shutil.which(tool):
+            raise SystemExit(f"{tool} missing: run deploy/install-deps.sh")
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-")
+    svc = os.path.join(tmp, "svc")
+    subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "start", svc], check=True)
+    env = dict(os.environ)
+    with open(os.path.join(svc, "services.env")) as f:
+        for line in f:
+            m = re.match(r"export (\w+)=(.*)", line.strip())
+            if m:
+                env[m.group(1)] = m.group(2)
+    try:
+        if a.only in (None, "ingest"):
+            bench_ingest(env, tmp, a.seconds)
+        if a.only in (None, "worker"):
+            bench_worker(env, tmp, a.rows)
+    finally:
+        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "stop", svc])
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, REPO)
+    main()
