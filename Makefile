@@ -106,7 +106,11 @@ lint:
 		--std=c11 --inline-suppr --suppress=missingIncludeSystem \
 		-I common common ingest worker
 
-bench: all
+$(BUILD)/loadgen: bench/loadgen.c
+	@echo "  LD  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+bench: all $(BUILD)/loadgen
 	$(Q)bench/run.sh
 
 clean:

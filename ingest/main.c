@@ -93,6 +93,7 @@ int main(int argc, char **argv)
 	bool check_only = false;
 	char err[1024];
 	struct event *sigterm, *sigint, *wd = NULL;
+	struct event_config *evcfg;
 	int64_t wd_ms;
 	int c;
 
@@ -132,7 +133,12 @@ int main(int argc, char **argv)
 		log_error("OpenSSL has no HMAC");
 		return 1;
 	}
-	ing.base = event_base_new();
+	/* The changelist folds the add/del pairs evhttp makes on a socket
+	 * within one loop iteration into one epoll_ctl (or none). */
+	evcfg = event_config_new();
+	event_config_set_flag(evcfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	ing.base = event_base_new_with_config(evcfg);
+	event_config_free(evcfg);
 	if (!ing.base) {
 		log_error("event_base_new failed");
 		return 1;
