@@ -199,7 +199,7 @@ def bench_worker(env, tmp, rows):
 
     wconf = os.path.join(tmp, "worker.conf")
     with open(wconf, "w") as f:
-        f.write(f"topic = {topic}\ngroup_id = bench-{run}\nlog_level = warn\n")
+        f.write(f"topic = {topic}\ngroup_id = bench-{run}\nlog_level = info\n")
     t = time.perf_counter()
     worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c", wconf], env=env,
                               stderr=open(os.path.join(tmp, "worker.log"), "w"))
@@ -254,8 +254,11 @@ def main():
         if a.only in (None, "worker"):
             bench_worker(env, tmp, a.rows)
     finally:
-        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "stop", svc])
-        shutil.rmtree(tmp, ignore_errors=True)
+        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "destroy", svc])
+        if os.environ.get("SLUICE_BENCH_KEEP"):
+            print(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

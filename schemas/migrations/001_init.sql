@@ -14,7 +14,10 @@ CREATE TABLE IF NOT EXISTS conversations (
 
 CREATE TABLE IF NOT EXISTS messages (
     id                  bigserial PRIMARY KEY,
-    conversation_id     text NOT NULL REFERENCES conversations (id),
+    -- No foreign key to conversations: the worker upserts the conversation
+    -- in the same transaction, and a per-row RI trigger would cost more
+    -- than the insert itself.
+    conversation_id     text NOT NULL,
     external_event_id   text NOT NULL,
     position            integer NOT NULL,
     role                text NOT NULL,
