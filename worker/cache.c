@@ -20,6 +20,8 @@ struct cache {
 	char *host;
 	int port;
 	int db;
+	char *user;	/* from redis://user:password@host, optional */
+	char *password; /* never logged */
 	int timeout_ms;
 	char **templates;
 	size_t n_templates;
@@ -92,8 +94,19 @@ struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
 		free(c);
 		return NULL;
 	}
-	if (strchr(hp, '@'))
-		hp = strchr(hp, '@') + 1; /* credentials: not supported here */
+	if (strchr(hp, '@') && (!strchr(hp, '/') || strchr(hp, '@') < strchr(hp, '/'))) {
+		const char *at = strchr(hp, '@');
+		const char *sep = memchr(hp, ':', (size_t)(at - hp));
+
+		if (sep) {
+			if (sep > hp)
+				c->user = strndup(hp, (size_t)(sep - hp));
+			c->password = strndup(sep + 1, (size_t)(at - sep - 1));
+		} else {
+			c->password = strndup(hp, (size_t)(at - hp));
+		}
+		hp = at + 1;
+	}
 	slash = strchr(hp, '/');
 	colon = strchr(hp, ':');
 	if (colon && slash && colon > slash)
@@ -141,6 +154,8 @@ void cache_destroy(struct cache *c)
 		free(c->pending[i]);
 	free(c->pending);
 	free(c->host);
+	free(c->user);
+	free(c->password);
 	free(c);
 }
 
@@ -175,6 +190,20 @@ static bool cache_connect(struct cache *c)
 		return false;
 	}
 	redisSetTimeout(c->ctx, tv);
+	if (c->password) {
+		redisReply *r =
+			c->user ? redisCommand(c->ctx, "AUTH %s %s", c->user,
+					       c->password)
+				: redisCommand(c->ctx, "AUTH %s", c->password);
+		bool ok = r && r->type != REDIS_REPLY_ERROR;
+
+		if (r)
+			freeReplyObject(r);
+		if (!ok) {
+			cache_fail(c, "AUTH failed");
+			return false;
+		}
+	}
 	if (c->db != 0) {
 		redisReply *r = redisCommand(c->ctx, "SELECT %d", c->db);
 		bool ok = r && r->type != REDIS_REPLY_ERROR;

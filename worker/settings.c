@@ -99,34 +99,42 @@ void worker_config_free(struct worker_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
+/* "scheme://user:secret@host" → "scheme://user:***@host"; a libpq
+ * keyword string with password= is hidden whole. */
+static void print_masked(const char *key, const char *v)
+{
+	const char *scheme = strstr(v, "://");
+	const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+	const char *colon = NULL;
+
+	if (strstr(v, "password=")) {
+		printf("%s = (hidden: holds a password)\n", key);
+		return;
+	}
+	if (at)
+		colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
+	if (colon)
+		printf("%s = %.*s:***%s\n", key, (int)(colon - v), v, at);
+	else
+		printf("%s = %s\n", key, v);
+}
+
 void worker_config_dump(const struct worker_config *cfg)
 {
 	for (const struct cfg_setting *s = worker_settings; s->key; s++) {
-		/* The DSN may carry a password. */
-		if (strcmp(s->key, "postgres_dsn") == 0 &&
-		    strstr(cfg->postgres_dsn, "password")) {
-			printf("postgres_dsn = (hidden: holds a password)\n");
-			continue;
-		}
+		const void *field = (const char *)cfg + s->offset;
+
 		if (s->type == CFG_STR)
-			printf(
-			    "%s = %s\n", s->key,
-			    *(char *const *)(const void *)((const char *)cfg +
-							   s->offset));
+			print_masked(s->key, *(char *const *)field);
 		else if (s->type == CFG_INT)
-			printf("%s = %d\n", s->key,
-			       *(const int *)(const void *)((const char *)cfg +
-							    s->offset));
+			printf("%s = %d\n", s->key, *(const int *)field);
 		else
-			printf(
-			    "%s = %s\n", s->key,
-			    s->values[*(
-				const int *)(const void *)((const char *)cfg +
-							   s->offset)]);
+			printf("%s = %s\n", s->key,
+			       s->values[*(const int *)field]);
 	}
 	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
-		bool secret =
-		    strstr(kv->key, "password") || strstr(kv->key, "secret");
+		bool secret = strstr(kv->key, "password") ||
+			      strstr(kv->key, "secret");
 
 		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
 	}
