@@ -1,0 +1,169 @@
+# Cache invalidation after commit: the conversation's keys go, nobody
+# else's; Redis being down delays invalidation, never the data.
+
+import socket
+
+from conftest import transcript, wait_until
+
+
+def _populate(r, cid, pages=10, extra=0):
+    keys = [f"messages:{cid}:{page}:50" for page in range(1, pages + 1)]
+    keys += [f"messages:{cid}:x{n}:50" for n in range(extra)]
+    keys.append(f"conversation:{cid}")
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.set(k, b'{"cached":true}')
+        p.execute()
+    return keys
+
+
+def _existing(r, keys):
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.exists(k)
+        return [k for k, e in zip(keys, p.execute()) if e]
+
+
+def _check_invalidation(pipeline, services, cid, other, extra=0):
+    r = services.redis()
+    mine = _populate(r, cid, extra=extra)
+    theirs = _populate(r, other, extra=extra)
+    # Not a conversation key, and not the other conversation's either.
+    bystanders = [f"messages:{cid}", f"conversations:{cid}",
+                  f"messages:{cid}x:1:50", f"xmessages:{cid}:1:50"]
+    for k in bystanders:
+        r.set(k, b"keep")
+
+    r202 = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
+                                                 ("assistant", "Hello!")]))
+    assert r202.status == 202, r202
+    wait_until(lambda: pipeline.message_count(cid) == 2, 30,
+               message=f"2 messages of {cid} in PostgreSQL",
+               describe=lambda: f"{pipeline.message_count(cid)} messages")
+    wait_until(lambda: not _existing(r, mine), 10,
+               message=f"the {len(mine)} cached keys of {cid} to be deleted",
+               describe=lambda: f"still there: {_existing(r, mine)[:8]}")
+    gone = sorted(set(theirs) - set(_existing(r, theirs)))
+    assert not gone, f"keys of another conversation were deleted: {gone[:10]}"
+    gone = sorted(set(bystanders) - set(_existing(r, bystanders)))
+    assert not gone, f"keys outside the patterns were deleted: {gone}"
+
+
+def test_invalidation_after_commit(pipeline, services):
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    _check_invalidation(pipeline, services, pipeline.cid("a"),
+                        pipeline.cid("b"))
+
+
+def test_invalidation_scans_whole_keyspace(pipeline, services):
+    """Thousands of keys: the SCAN has to follow its cursor to the end."""
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    _check_invalidation(pipeline, services, pipeline.cid("many"),
+                        pipeline.cid("many-other"), extra=3000)
+
+
+def test_glob_characters_in_conversation_id(pipeline, services):
+    """A conversation id holding glob characters must not widen the SCAN
+    pattern to other conversations' keys."""
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    base = pipeline.cid("g")
+    # Unescaped, "messages:<base>*:*" would also match <base>-other's keys,
+    # and "messages:<base>[ab]:*" would match <base>a's.
+    _check_invalidation(pipeline, services, base + "*", base + "-other")
+    _check_invalidation(pipeline, services, base + "[ab]", base + "a")
+    _check_invalidation(pipeline, services, base + "?", base + "Z")
+
+
+def test_redis_down_data_still_lands(pipeline):
+    with socket.socket() as s:      # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    pipeline.start_worker(redis_url=f"redis://127.0.0.1:{closed}/0",
+                          redis_timeout_ms=200)
+    pipeline.start_ingest()
+    cids = [pipeline.cid(f"r{i}") for i in range(5)]
+    for c in cids:
+        r = pipeline.ingest.post(transcript(c, [("user", "Hi"),
+                                                ("assistant", "Hello!")]))
+        assert r.status == 202, r
+    wait_until(lambda: pipeline.message_count() == 10, 60,
+               message="10 messages in PostgreSQL with Redis unreachable",
+               describe=lambda: f"{pipeline.message_count()} messages")
+    pipeline.wait_caught_up()
+    for c in cids:
+        conv = pipeline.conversation(c)
+        assert conv and conv["transcript_received"], conv
+
+
+def test_redis_unresponsive_data_still_lands(pipeline):
+    """A Redis that accepts connections and never answers: each attempt is
+    bounded by redis_timeout_ms, so batches keep committing."""
+    with socket.socket() as hole:
+        hole.bind(("127.0.0.1", 0))
+        hole.listen(64)             # handshakes complete; nothing is read
+        port = hole.getsockname()[1]
+        pipeline.start_worker(redis_url=f"redis://127.0.0.1:{port}/0",
+                              redis_timeout_ms=200)
+        pipeline.start_ingest()
+        cids = [pipeline.cid(f"h{i}") for i in range(5)]
+        for c in cids:
+            r = pipeline.ingest.post(transcript(c, [("user", "Hi")]))
+            assert r.status == 202, r
+            # One at a time: five batches, five invalidations to time out.
+            wait_until(lambda: pipeline.message_count(c) == 1, 30,
+                       message=f"{c} to land with Redis unresponsive")
+        pipeline.wait_caught_up()
+
+
+def test_redis_restart(pipeline, services):
+    """Redis goes away and comes back: data lands meanwhile, and the
+    worker reconnects and invalidates again."""
+    pipeline.start_worker(redis_timeout_ms=200)
+    pipeline.start_ingest()
+
+    def post_and_land(cid):
+        r = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
+                                                  ("assistant", "Hello!")]))
+        assert r.status == 202, r
+        wait_until(lambda: pipeline.message_count(cid) == 2, 30,
+                   message=f"2 messages of {cid} in PostgreSQL",
+                   describe=lambda: f"{pipeline.message_count(cid)} rows; "
+                   f"worker log tail:\n{pipeline.worker.log_tail(10)}")
+
+    def check_gone(cid):
+        r = services.redis()
+        keys = _populate(r, cid)
+        post_and_land(cid)
+        wait_until(lambda: not _existing(r, keys), 10,
+                   message=f"the cached keys of {cid} to be deleted",
+                   describe=lambda: f"still there: {_existing(r, keys)[:5]}")
+
+    check_gone(pipeline.cid("before"))
+
+    # Keys cached for two conversations survive the Redis restart (SAVE,
+    # then reloaded from the dump); their invalidation is due while Redis is
+    # down and has to happen once it is back.
+    during = [pipeline.cid("during"), pipeline.cid("during2")]
+    r = services.redis()
+    stale = [k for c in during for k in _populate(r, c)]
+    sentinel = f"sentinel:{pipeline.prefix}"
+    r.set(sentinel, b"1")
+    r.save()
+    try:
+        services.stop_redis()
+        for c in during:
+            post_and_land(c)
+    finally:
+        services.start_redis()
+    r = services.redis()
+    assert r.exists(sentinel), "the Redis dump was not reloaded"
+    wait_until(lambda: not _existing(r, stale), 15,
+               message="the invalidations deferred while Redis was down",
+               describe=lambda: f"still there: {_existing(r, stale)[:5]}")
+    r.delete(sentinel)
+
+    # And it goes on invalidating as usual.
+    check_gone(pipeline.cid("after"))
