@@ -94,7 +94,8 @@ struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
 		free(c);
 		return NULL;
 	}
-	if (strchr(hp, '@') && (!strchr(hp, '/') || strchr(hp, '@') < strchr(hp, '/'))) {
+	if (strchr(hp, '@') &&
+	    (!strchr(hp, '/') || strchr(hp, '@') < strchr(hp, '/'))) {
 		const char *at = strchr(hp, '@');
 		const char *sep = memchr(hp, ':', (size_t)(at - hp));
 
@@ -192,9 +193,9 @@ static bool cache_connect(struct cache *c)
 	redisSetTimeout(c->ctx, tv);
 	if (c->password) {
 		redisReply *r =
-			c->user ? redisCommand(c->ctx, "AUTH %s %s", c->user,
-					       c->password)
-				: redisCommand(c->ctx, "AUTH %s", c->password);
+		    c->user ? redisCommand(c->ctx, "AUTH %s %s", c->user,
+					   c->password)
+			    : redisCommand(c->ctx, "AUTH %s", c->password);
 		bool ok = r && r->type != REDIS_REPLY_ERROR;
 
 		if (r)

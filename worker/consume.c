@@ -21,7 +21,22 @@ struct consumer {
 	rd_kafka_message_t **msgs; /* the batch being collected */
 	size_t n;
 	int assigned;
+	/* Next offsets committed to PostgreSQL but not yet told to Kafka:
+	 * Kafka's copy only serves lag monitoring, so it is sent at most
+	 * once a second instead of once a batch. */
+	rd_kafka_topic_partition_list_t *to_commit;
+	int64_t last_commit_ms;
 };
+
+static void consume_commit_flush(struct consumer *c)
+{
+	if (!c->to_commit || c->to_commit->cnt == 0)
+		return;
+	rd_kafka_commit(c->rk, c->to_commit, 1);
+	rd_kafka_topic_partition_list_destroy(c->to_commit);
+	c->to_commit = NULL;
+	c->last_commit_ms = util_mono_ms();
+}
 
 static void sleep_ms(int ms)
 {
@@ -105,6 +120,8 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		 * effects and offsets commit together, so the next owner
 		 * starts exactly after it. */
 		consume_flush_pending(c);
+		if (!rd_kafka_assignment_lost(rk))
+			consume_commit_flush(c);
 		log_info("revoked %d partitions%s", parts->cnt,
 			 rd_kafka_assignment_lost(rk) ? " (lost)" : "");
 		if (cooperative)
@@ -227,8 +244,11 @@ size_t consume_batch(struct consumer *c, int timeout_ms)
 	size_t n;
 
 	m = rd_kafka_consumer_poll(c->rk, timeout_ms);
-	if (!m || !take(c, m))
+	if (!m || !take(c, m)) {
+		if (util_mono_ms() - c->last_commit_ms >= 1000)
+			consume_commit_flush(c);
 		return 0;
+	}
 	/* Whatever is already fetched joins the batch: batches form by
 	 * themselves under load and cost nothing when idle. */
 	deadline = util_mono_ms() + c->cfg->batch_wait_ms;
@@ -248,14 +268,20 @@ size_t consume_batch(struct consumer *c, int timeout_ms)
 void consume_commit_async(struct consumer *c, const int32_t *parts,
 			  const int64_t *next_offsets, int n)
 {
-	rd_kafka_topic_partition_list_t *l =
-	    rd_kafka_topic_partition_list_new(n);
+	if (!c->to_commit)
+		c->to_commit = rd_kafka_topic_partition_list_new(n);
+	for (int i = 0; i < n; i++) {
+		rd_kafka_topic_partition_t *tp =
+		    rd_kafka_topic_partition_list_find(c->to_commit,
+						       c->cfg->topic, parts[i]);
 
-	for (int i = 0; i < n; i++)
-		rd_kafka_topic_partition_list_add(l, c->cfg->topic, parts[i])
-		    ->offset = next_offsets[i];
-	rd_kafka_commit(c->rk, l, 1);
-	rd_kafka_topic_partition_list_destroy(l);
+		if (!tp)
+			tp = rd_kafka_topic_partition_list_add(
+			    c->to_commit, c->cfg->topic, parts[i]);
+		tp->offset = next_offsets[i];
+	}
+	if (util_mono_ms() - c->last_commit_ms >= 1000)
+		consume_commit_flush(c);
 }
 
 int consume_assigned(const struct consumer *c)
@@ -269,11 +295,15 @@ void consume_close(struct consumer *c)
 
 	if (!c)
 		return;
+	consume_flush_pending(c);
+	consume_commit_flush(c);
 	/* Leaves the group; the revoke callback flushes what is pending. */
 	err = rd_kafka_consumer_close(c->rk);
 	if (err)
 		log_warn("consumer close: %s", rd_kafka_err2str(err));
 	consume_flush_pending(c);
+	if (c->to_commit)
+		rd_kafka_topic_partition_list_destroy(c->to_commit);
 	rd_kafka_destroy(c->rk);
 	free(c->msgs);
 	free(c);

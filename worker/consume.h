@@ -24,7 +24,9 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
  * takes what is already fetched (plus batch_wait_ms). Processes the batch
  * through the flush callback; returns how many records it had. */
 size_t consume_batch(struct consumer *c, int timeout_ms);
-/* Tells Kafka the committed positions too, for lag monitoring. */
+/* Tells Kafka the committed positions too, for lag monitoring only (the
+ * worker trusts PostgreSQL's copy); sent at most once a second, and on
+ * revocation and close. */
 void consume_commit_async(struct consumer *c, const int32_t *parts,
 			  const int64_t *next_offsets, int n);
 int consume_assigned(const struct consumer *c);

@@ -133,8 +133,8 @@ void worker_config_dump(const struct worker_config *cfg)
 			       s->values[*(const int *)field]);
 	}
 	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
-		bool secret = strstr(kv->key, "password") ||
-			      strstr(kv->key, "secret");
+		bool secret =
+		    strstr(kv->key, "password") || strstr(kv->key, "secret");
 
 		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
 	}
