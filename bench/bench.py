@@ -105,7 +105,7 @@ def bench_ingest(env, tmp, seconds):
     try:
         wait_http(f"http://127.0.0.1:{iport}/readyz")
         # Warm-up: the producer's first records wait for partition leaders.
-        wrk(f"http://127.0.0.1:{iport}{path}", 2, 64)
+        wrk(f"http://127.0.0.1:{iport}{path}", 8, 256)
         for workers in ("1", "auto"):
             proc, port = start_nginx(tmp, workers)
             try:
