@@ -179,6 +179,26 @@ void cfg_free(const struct cfg_setting *table, void *target)
 	}
 }
 
+/* "scheme://user:secret@host" → "scheme://user:***@host"; a libpq
+ * keyword string with password= is hidden whole. */
+static void print_masked(FILE *out, const char *key, const char *v)
+{
+	const char *scheme = strstr(v, "://");
+	const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
+	const char *colon = NULL;
+
+	if (strstr(v, "password=")) {
+		fprintf(out, "%s = (hidden: holds a password)\n", key);
+		return;
+	}
+	if (at)
+		colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
+	if (colon)
+		fprintf(out, "%s = %.*s:***%s\n", key, (int)(colon - v), v, at);
+	else
+		fprintf(out, "%s = %s\n", key, v);
+}
+
 void cfg_dump(const struct cfg_setting *table, const void *target, FILE *out)
 {
 	for (const struct cfg_setting *s = table; s->key; s++) {
@@ -188,7 +208,7 @@ void cfg_dump(const struct cfg_setting *table, const void *target, FILE *out)
 		case CFG_STR: {
 			const char *v = *(char *const *)(const void *)field;
 
-			fprintf(out, "%s = %s\n", s->key, v ? v : "");
+			print_masked(out, s->key, v ? v : "");
 			break;
 		}
 		case CFG_INT:
@@ -231,5 +251,18 @@ void cfg_kv_free(struct cfg_kv *list)
 		free(list->value);
 		free(list);
 		list = next;
+	}
+}
+
+void cfg_kv_dump(const struct cfg_kv *kv, FILE *out)
+{
+	for (; kv; kv = kv->next) {
+		bool secret =
+		    strstr(kv->key, "password") || strstr(kv->key, "secret");
+
+		if (secret)
+			fprintf(out, "%s = (hidden)\n", kv->key);
+		else
+			print_masked(out, kv->key, kv->value);
 	}
 }

@@ -46,7 +46,11 @@ bool cfg_set(const struct cfg_setting *table, void *target, const char *key,
 	     const char *value, cfg_extra_fn extra, char *errstr,
 	     size_t errstr_size) __attribute__((warn_unused_result));
 void cfg_free(const struct cfg_setting *table, void *target);
+/* Prints key = value for every setting, secrets in URLs masked. */
 void cfg_dump(const struct cfg_setting *table, const void *target, FILE *out);
+/* Values that hold a password (URL user:password@, libpq password=) are
+ * masked. */
+void cfg_kv_dump(const struct cfg_kv *kv, FILE *out);
 void cfg_list_keys(const struct cfg_setting *table, FILE *out);
 
 void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value);

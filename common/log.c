@@ -12,21 +12,14 @@ int log_level_current = LOG_INFO;
 static const char *log_prog = "sluice";
 static bool log_json;
 
-static const char *const level_names[] = {"debug", "info", "warn", "error"};
+const char *const log_level_names[] = {"debug", "info", "warn", "error", NULL};
+const char *const log_format_names[] = {"text", "json", NULL};
 
 void log_setup(const char *prog, int level, bool json)
 {
 	log_prog = prog;
 	log_level_current = level;
 	log_json = json;
-}
-
-int log_level_parse(const char *name)
-{
-	for (int i = 0; i < 4; i++)
-		if (strcmp(name, level_names[i]) == 0)
-			return i;
-	return -1;
 }
 
 void log_write(int level, const char *ctx, const char *fmt, ...)
@@ -54,7 +47,7 @@ void log_write(int level, const char *ctx, const char *fmt, ...)
 		char *line;
 
 		cJSON_AddStringToObject(o, "ts", ts);
-		cJSON_AddStringToObject(o, "level", level_names[level]);
+		cJSON_AddStringToObject(o, "level", log_level_names[level]);
 		cJSON_AddStringToObject(o, "prog", log_prog);
 		if (ctx)
 			cJSON_AddStringToObject(o, "ctx", ctx);
@@ -72,8 +65,8 @@ void log_write(int level, const char *ctx, const char *fmt, ...)
 			*p = ' ';
 	if (ctx)
 		fprintf(stderr, "%s %s %s: [%s] %s\n", ts, log_prog,
-			level_names[level], ctx, msg);
+			log_level_names[level], ctx, msg);
 	else
 		fprintf(stderr, "%s %s %s: %s\n", ts, log_prog,
-			level_names[level], msg);
+			log_level_names[level], msg);
 }

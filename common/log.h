@@ -12,7 +12,10 @@ void log_setup(const char *prog, int level, bool json);
 /* ctx may be NULL; otherwise it prefixes the line ("req=..." or "t/p@o"). */
 void log_write(int level, const char *ctx, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-int log_level_parse(const char *name);
+/* NULL-terminated, indexed by enum log_level / by json-ness: the values
+ * the log_level and log_format settings accept. */
+extern const char *const log_level_names[];
+extern const char *const log_format_names[];
 
 #define log_at(lvl, ctx, ...)                                                  \
 	do {                                                                   \

@@ -11,9 +11,6 @@
 #include "../common/schema.h"
 #include "../common/util.h"
 
-static const char *const level_values[] = {"debug", "info", "warn", "error",
-					   NULL};
-static const char *const format_values[] = {"text", "json", NULL};
 const char *const source_kind_names[] = {"transcript", NULL};
 static const char *const signature_values[] = {"none", "standard-webhooks",
 					       NULL};
@@ -40,10 +37,10 @@ const struct cfg_setting ingest_settings[] = {
      "requests waiting for Kafka at once"},
     {"schema_dir", CFG_STR, F(schema_dir), "schemas", 0, 0, NULL,
      "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from"},
-    {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values, NULL,
+    {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
      "debug, info, warn or error"},
-    {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values, NULL,
-     "text or json"},
+    {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
+     NULL, "text or json"},
     CFG_END};
 #undef F
 
@@ -282,12 +279,7 @@ void ingest_config_free(struct ingest_config *cfg)
 void ingest_config_dump(const struct ingest_config *cfg)
 {
 	cfg_dump(ingest_settings, cfg, stdout);
-	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
-		bool secret =
-		    strstr(kv->key, "password") || strstr(kv->key, "secret");
-
-		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
-	}
+	cfg_kv_dump(cfg->kafka, stdout);
 	for (const struct source *s = cfg->sources; s; s = s->next) {
 		printf("source.%s.kind = %s\n", s->name,
 		       source_kind_names[s->kind]);

@@ -1,13 +1,11 @@
 /* sluice-worker's settings: the table of every key. */
 #include "settings.h"
 
+#include "../common/log.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *const level_values[] = {"debug", "info", "warn", "error",
-					   NULL};
-static const char *const format_values[] = {"text", "json", NULL};
 
 #define F(x) offsetof(struct worker_config, x)
 const struct cfg_setting worker_settings[] = {
@@ -38,10 +36,10 @@ const struct cfg_setting worker_settings[] = {
      NULL, NULL, "first wait after a transient failure"},
     {"retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
      600000, NULL, NULL, "longest wait between retries"},
-    {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, level_values, NULL,
+    {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
      "debug, info, warn or error"},
-    {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, format_values, NULL,
-     "text or json"},
+    {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
+     NULL, "text or json"},
     CFG_END};
 #undef F
 
@@ -99,43 +97,8 @@ void worker_config_free(struct worker_config *cfg)
 	memset(cfg, 0, sizeof(*cfg));
 }
 
-/* "scheme://user:secret@host" → "scheme://user:***@host"; a libpq
- * keyword string with password= is hidden whole. */
-static void print_masked(const char *key, const char *v)
-{
-	const char *scheme = strstr(v, "://");
-	const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
-	const char *colon = NULL;
-
-	if (strstr(v, "password=")) {
-		printf("%s = (hidden: holds a password)\n", key);
-		return;
-	}
-	if (at)
-		colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
-	if (colon)
-		printf("%s = %.*s:***%s\n", key, (int)(colon - v), v, at);
-	else
-		printf("%s = %s\n", key, v);
-}
-
 void worker_config_dump(const struct worker_config *cfg)
 {
-	for (const struct cfg_setting *s = worker_settings; s->key; s++) {
-		const void *field = (const char *)cfg + s->offset;
-
-		if (s->type == CFG_STR)
-			print_masked(s->key, *(char *const *)field);
-		else if (s->type == CFG_INT)
-			printf("%s = %d\n", s->key, *(const int *)field);
-		else
-			printf("%s = %s\n", s->key,
-			       s->values[*(const int *)field]);
-	}
-	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
-		bool secret =
-		    strstr(kv->key, "password") || strstr(kv->key, "secret");
-
-		printf("%s = %s\n", kv->key, secret ? "(hidden)" : kv->value);
-	}
+	cfg_dump(worker_settings, cfg, stdout);
+	cfg_kv_dump(cfg->kafka, stdout);
 }

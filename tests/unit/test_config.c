@@ -126,5 +126,34 @@ int main(void)
 			sizeof(err)),
 	      "missing file accepted");
 	cfg_free(table, &c);
+	/* --check-config output never shows a password. */
+	{
+		static const struct {
+			const char *value, *want;
+		} masks[] = {
+		    {"redis://bob:s3cret@h:1/0",
+		     "name = redis://bob:***@h:1/0\n"},
+		    {"postgresql://u:pw@h/db",
+		     "name = postgresql://u:***@h/db\n"},
+		    {"host=h password=pw",
+		     "name = (hidden: holds a password)\n"},
+		    {"redis://h:6379/0", "name = redis://h:6379/0\n"},
+		};
+		for (size_t i = 0; i < sizeof(masks) / sizeof(masks[0]); i++) {
+			char *text = NULL;
+			size_t len = 0;
+			FILE *out = open_memstream(&text, &len);
+
+			memset(&c, 0, sizeof(c));
+			c.name = strdup(masks[i].value);
+			cfg_dump(table, &c, out);
+			fclose(out);
+			CHECK(strncmp(text, masks[i].want,
+				      strlen(masks[i].want)) == 0,
+			      "dump of %s: %s", masks[i].value, text);
+			free(text);
+			free(c.name);
+		}
+	}
 	return check_done("test_config");
 }
