@@ -23,17 +23,20 @@ Q := @
 endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
-              common/sdnotify.c common/schema.c
+              common/sdnotify.c common/schema.c common/campaign.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
-              worker/pgsink.c worker/cache.c worker/dlq.c \
-              worker/handlers/transcript.c
+              worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
+              worker/contexts.c worker/handlers/handler.c \
+              worker/handlers/transcript.c worker/handlers/campaign.c \
+              worker/handlers/campaign_rules.c
 
 INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
-UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache
+UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
+              test_campaign
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -57,13 +60,18 @@ $(BUILD)/%.o: %.c
 # Unit tests link only the modules under test.
 $(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o
 $(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
-	$(BUILD)/worker/handlers/transcript.o $(BUILD)/common/util.o $(BUILD)/common/log.o
-$(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(BUILD)/ingest/extract.o
+	$(BUILD)/worker/handlers/transcript.o $(BUILD)/worker/pgsink.o \
+	$(BUILD)/worker/cache.o $(BUILD)/common/util.o $(BUILD)/common/log.o
+$(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(BUILD)/ingest/extract.o \
+	$(BUILD)/common/campaign.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_verify: $(BUILD)/tests/unit/test_verify.o $(BUILD)/ingest/verify.o
 $(BUILD)/tests/test_schema: $(BUILD)/tests/unit/test_schema.o $(BUILD)/common/schema.o \
 	$(BUILD)/common/util.o
 $(BUILD)/tests/test_cache: $(BUILD)/tests/unit/test_cache.o $(BUILD)/worker/cache.o \
 	$(BUILD)/common/log.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_campaign: $(BUILD)/tests/unit/test_campaign.o \
+	$(BUILD)/common/campaign.o $(BUILD)/worker/handlers/campaign_rules.o \
+	$(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"

@@ -189,3 +189,24 @@ void buf_printf(struct buf *b, const char *fmt, ...)
 	va_end(ap);
 	b->len += (size_t)n;
 }
+
+void buf_copy_escape(struct buf *b, const char *s)
+{
+	const char *run = s;
+
+	for (; *s; s++) {
+		const char *esc = NULL;
+
+		switch (*s) {
+		case '\\': esc = "\\\\"; break;
+		case '\n': esc = "\\n"; break;
+		case '\r': esc = "\\r"; break;
+		case '\t': esc = "\\t"; break;
+		default: continue;
+		}
+		buf_append(b, run, (size_t)(s - run));
+		buf_append(b, esc, 2);
+		run = s + 1;
+	}
+	buf_append(b, run, (size_t)(s - run));
+}

@@ -36,5 +36,7 @@ void buf_append(struct buf *b, const void *data, size_t len);
 void buf_puts(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Appends s escaped for PostgreSQL COPY's text format. */
+void buf_copy_escape(struct buf *b, const char *s);
 
 #endif

@@ -3,6 +3,8 @@
 
 #include <stdio.h>
 
+#include "../common/campaign.h"
+
 #include "settings.h"
 
 static const char *string_field(const cJSON *doc, const char *name)
@@ -42,6 +44,32 @@ bool extract_fields(int kind, const cJSON *doc, struct extracted *out,
 			return false;
 		}
 		return true;
+	case KIND_LEAD_UPDATED:
+		if (!lead_update_parse(doc, &out->key, out->key_text, path,
+				       pathsz, msg, msgsz))
+			return false;
+		out->event_type = string_field(doc, "event_type");
+		if (!out->event_type)
+			out->event_type = string_field(doc, "type");
+		if (!out->event_type)
+			out->event_type = LEAD_UPDATED_EVENT_TYPE;
+		return true;
+	case KIND_CAMPAIGN: {
+		struct campaign_batch b;
+		struct campaign_error err;
+		size_t n = 0;
+		bool ok = campaign_parse(doc, 0, &b, &err, 1, &n);
+
+		campaign_batch_free(&b);
+		if (!ok) {
+			snprintf(path, pathsz, "%s", err.path);
+			snprintf(msg, msgsz, "%s", err.message);
+			return false;
+		}
+		out->key = b.run_id;
+		out->event_type = CAMPAIGN_EVENT_TYPE;
+		return true;
+	}
 	}
 	snprintf(path, pathsz, "$");
 	snprintf(msg, msgsz, "unknown source kind");

@@ -6,9 +6,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#define LEAD_UPDATED_EVENT_TYPE "lead.updated"
+
 struct extracted {
-	const char *key; /* Kafka key: conversation id; points into doc */
-	const char *event_type; /* points into doc */
+	const char *key; /* Kafka key: conversation or run or lead id; points
+			    into doc or key_text */
+	const char *event_type; /* points into doc, or a constant */
+	char key_text[24];	/* an integer key as text */
 };
 
 /* false with path/msg when the field the record is keyed by is missing. */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "../common/campaign.h"
 #include "../common/log.h"
 #include "../common/schema.h"
 #include "../common/util.h"
@@ -16,6 +17,9 @@
 #include "verify.h"
 
 #define WEBHOOK_PREFIX "/v1/webhooks/"
+#define CAMPAIGN_PREFIX "/v1/campaigns/"
+#define CAMPAIGN_SUFFIX "/batches"
+#define MAX_REPORTED_ERRORS 100
 #define MAX_ID_LEN 256
 
 static enum status_slot status_slot(int code)
@@ -112,6 +116,7 @@ static void pending_destroy(struct pending *p)
 	free(p->id);
 	free(p->key);
 	free(p->event_type);
+	free(p->campaign_id);
 	free(p);
 }
 
@@ -144,7 +149,7 @@ void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
 
 			cJSON_AddStringToObject(o, "status", "accepted");
 			cJSON_AddStringToObject(o, "id", p->id);
-			cJSON_AddStringToObject(o, "conversationId", p->key);
+			cJSON_AddStringToObject(o, p->key_name, p->key);
 			cJSON_AddStringToObject(o, "eventType", p->event_type);
 			observe_delivery(ing, util_mono_ms() - p->started_ms);
 			reply_json(ing, p->req, 202, o);
@@ -185,13 +190,72 @@ static bool id_acceptable(const char *id)
 	return true;
 }
 
-static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
-			   const char *name)
+/* The campaign kind's own check: every bad item in one 422. */
+static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
+			   const cJSON *doc, const char *campaign_id,
+			   struct extracted *ex)
+{
+	struct campaign_error *errs =
+	    calloc(MAX_REPORTED_ERRORS, sizeof(*errs));
+	struct campaign_batch b;
+	size_t n = 0;
+	bool ok;
+
+	if (!errs)
+		abort();
+	ok = campaign_parse(doc, (size_t)ing->cfg.campaign_max_messages, &b,
+			    errs, MAX_REPORTED_ERRORS, &n);
+	if (ok && b.campaign_id && strcmp(b.campaign_id, campaign_id) != 0) {
+		ok = false;
+		n = 1;
+		errs[0].index = -1;
+		snprintf(errs[0].path, sizeof(errs[0].path), "$.campaign_id");
+		snprintf(errs[0].message, sizeof(errs[0].message),
+			 "differs from the campaign id in the path");
+	}
+	if (ok) {
+		ex->key = b.run_id;
+		ex->event_type = CAMPAIGN_EVENT_TYPE;
+	} else {
+		cJSON *o = cJSON_CreateObject();
+		cJSON *list = cJSON_AddArrayToObject(o, "errors");
+		char full[300];
+
+		snprintf(full, sizeof(full), "%s %s%s", errs[0].path,
+			 errs[0].message,
+			 n > 1 ? " (and more: see errors)" : "");
+		cJSON_AddStringToObject(o, "error", "schema_violation");
+		cJSON_AddStringToObject(o, "message", full);
+		cJSON_AddStringToObject(o, "path", errs[0].path);
+		for (size_t i = 0; i < n && i < MAX_REPORTED_ERRORS; i++) {
+			cJSON *e = cJSON_CreateObject();
+
+			if (errs[i].index >= 0)
+				cJSON_AddNumberToObject(e, "index",
+							errs[i].index);
+			cJSON_AddStringToObject(e, "path", errs[i].path);
+			cJSON_AddStringToObject(e, "message",
+						errs[i].message);
+			cJSON_AddItemToArray(list, e);
+		}
+		if (n > MAX_REPORTED_ERRORS)
+			cJSON_AddNumberToObject(o, "more_errors",
+						(double)(n - MAX_REPORTED_ERRORS));
+		reply_json(ing, req, 422, o);
+	}
+	campaign_batch_free(&b);
+	free(errs);
+	return ok;
+}
+
+/* Every POST that becomes a Kafka record: the checks all kinds share,
+ * cheapest first, then the kind's own, then the record. campaign_id is the
+ * path's for campaign batches, NULL otherwise. */
+static void handle_publish(struct ingest *ing, struct evhttp_request *req,
+			   const struct source *src, const char *campaign_id)
 {
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	struct evbuffer *body = evhttp_request_get_input_buffer(req);
-	const struct source *src =
-	    ingest_source_find(&ing->cfg, name, strlen(name));
 	size_t len = evbuffer_get_length(body);
 	const char *whid = evhttp_find_header(in, "webhook-id");
 	char path[256], msg[256], request_id[40], gen_id[40];
@@ -201,11 +265,6 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	rd_kafka_resp_err_t err;
 	cJSON *doc;
 
-	if (!src) {
-		reply_error(ing, req, 404, "unknown_source",
-			    "no such webhook source", NULL);
-		return;
-	}
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Allow", "POST");
@@ -278,10 +337,16 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 		reply_error(ing, req, 400, "malformed_json", msg, NULL);
 		return;
 	}
-	if (!schema_validate(src->schema, doc, path, sizeof(path), msg,
-			     sizeof(msg)) ||
-	    !extract_fields(src->kind, doc, &ex, path, sizeof(path), msg,
-			    sizeof(msg))) {
+	if (src->kind == KIND_CAMPAIGN) {
+		if (!check_campaign(ing, req, doc, campaign_id, &ex)) {
+			cJSON_Delete(doc);
+			return;
+		}
+	} else if ((src->schema &&
+		    !schema_validate(src->schema, doc, path, sizeof(path), msg,
+				     sizeof(msg))) ||
+		   !extract_fields(src->kind, doc, &ex, path, sizeof(path),
+				   msg, sizeof(msg))) {
 		char full[600];
 
 		snprintf(full, sizeof(full), "%s %s", path, msg);
@@ -309,7 +374,11 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	p->ing = ing;
 	p->id = strdup(whid);
 	p->key = strdup(ex.key);
+	p->key_name = src->kind == KIND_CAMPAIGN	  ? "runId"
+		      : src->kind == KIND_LEAD_UPDATED ? "leadId"
+						       : "conversationId";
 	p->event_type = strdup(ex.event_type);
+	p->campaign_id = campaign_id ? strdup(campaign_id) : NULL;
 	p->started_ms = util_mono_ms();
 	cJSON_Delete(doc); /* ex's strings are copied above */
 	p->next = ing->pending;
@@ -328,6 +397,47 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	}
 	log_ctx_debug(request_id, "queued %s for %s (%zu bytes)", p->id, p->key,
 		      len);
+}
+
+static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
+			   const char *name)
+{
+	const struct source *src =
+	    ingest_source_find(&ing->cfg, name, strlen(name));
+
+	/* Campaign batches have their own path. */
+	if (!src || src->kind == KIND_CAMPAIGN) {
+		reply_error(ing, req, 404, "unknown_source",
+			    "no such webhook source", NULL);
+		return;
+	}
+	handle_publish(ing, req, src, NULL);
+}
+
+/* POST /v1/campaigns/{campaign_id}/batches; id is the raw path segment. */
+static void handle_campaign(struct ingest *ing, struct evhttp_request *req,
+			    const char *id, size_t id_len)
+{
+	const struct source *src =
+	    ingest_source_of_kind(&ing->cfg, KIND_CAMPAIGN);
+	char *raw = strndup(id, id_len);
+	char *decoded = evhttp_uridecode(raw, 0, NULL);
+	size_t n = decoded ? strlen(decoded) : 0;
+
+	if (!src) {
+		reply_error(ing, req, 404, "not_found",
+			    "no campaign source is configured", NULL);
+	} else if (!decoded || n == 0 || n > CAMPAIGN_ID_MAX ||
+		   !util_utf8_valid(decoded, n)) {
+		reply_error(ing, req, 404, "not_found",
+			    "the campaign id in the path is empty, too long "
+			    "or not UTF-8",
+			    NULL);
+	} else {
+		handle_publish(ing, req, src, decoded);
+	}
+	free(raw);
+	free(decoded);
 }
 
 static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
@@ -418,6 +528,15 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	    !strchr(path + strlen(WEBHOOK_PREFIX), '/')) {
 		handle_webhook(ing, req, path + strlen(WEBHOOK_PREFIX));
 		return;
+	}
+	if (strncmp(path, CAMPAIGN_PREFIX, strlen(CAMPAIGN_PREFIX)) == 0) {
+		const char *id = path + strlen(CAMPAIGN_PREFIX);
+		const char *slash = strchr(id, '/');
+
+		if (slash && slash > id && strcmp(slash, CAMPAIGN_SUFFIX) == 0) {
+			handle_campaign(ing, req, id, (size_t)(slash - id));
+			return;
+		}
 	}
 	if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
 	    strcmp(path, "/metrics") == 0) {

@@ -17,7 +17,10 @@ struct pending {
 	struct ingest *ing;
 	char *id;
 	char *key;
+	const char *key_name; /* what the 202 calls the key: conversationId,
+				 runId, leadId */
 	char *event_type;
+	char *campaign_id; /* campaign batches: the path's id */
 	int64_t started_ms;
 	struct pending *prev, *next;
 };

@@ -137,7 +137,7 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 				   size_t len, const char *request_id,
 				   int64_t received_ms)
 {
-	rd_kafka_headers_t *h = rd_kafka_headers_new(6);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(7);
 	char received[24];
 	rd_kafka_resp_err_t err;
 
@@ -148,6 +148,8 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 	add_header(h, HDR_WEBHOOK_ID, p->id);
 	add_header(h, HDR_RECEIVED_AT, received);
 	add_header(h, HDR_REQUEST_ID, request_id);
+	if (p->campaign_id)
+		add_header(h, HDR_CAMPAIGN_ID, p->campaign_id);
 
 	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(ing->cfg.topic),
 				RD_KAFKA_V_KEY(p->key, strlen(p->key)),

@@ -11,7 +11,8 @@
 #include "../common/schema.h"
 #include "../common/util.h"
 
-const char *const source_kind_names[] = {"transcript", NULL};
+const char *const source_kind_names[] = {"transcript", "campaign",
+					 "lead_updated", NULL};
 static const char *const signature_values[] = {"none", "standard-webhooks",
 					       NULL};
 
@@ -35,6 +36,8 @@ const struct cfg_setting ingest_settings[] = {
      NULL, "slow or idle connections are closed after this"},
     {"max_inflight", CFG_INT, F(max_inflight), "10000", 1, 1000000, NULL, NULL,
      "requests waiting for Kafka at once"},
+    {"campaign_max_messages", CFG_INT, F(campaign_max_messages), "1000", 1,
+     100000, NULL, NULL, "most messages in one campaign batch"},
     {"schema_dir", CFG_STR, F(schema_dir), "schemas", 0, 0, NULL,
      "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from"},
     {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
@@ -114,7 +117,8 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 	if (strcmp(dot + 1, "kind") == 0) {
 		if (!enum_index(source_kind_names, value, &src->kind)) {
 			snprintf(errstr, errstr_size,
-				 "%s: unknown kind \"%s\" (known: transcript)",
+				 "%s: unknown kind \"%s\" (known: transcript, "
+				 "campaign, lead_updated)",
 				 key, value);
 			return false;
 		}
@@ -219,6 +223,11 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 		}
 		free(from_file);
 	}
+	/* Campaign batches and lead updates are checked in full by
+	 * common/campaign.c (every bad item at once); the others by their
+	 * JSON Schema. */
+	if (src->kind != KIND_TRANSCRIPT)
+		return true;
 	snprintf(path, sizeof(path), "%s/%s.schema.json", cfg->schema_dir,
 		 source_kind_names[src->kind]);
 	src->schema = schema_load(path, err, sizeof(err));
@@ -296,6 +305,14 @@ struct source *ingest_source_find(const struct ingest_config *cfg,
 {
 	for (struct source *s = cfg->sources; s; s = s->next)
 		if (strlen(s->name) == len && memcmp(s->name, name, len) == 0)
+			return s;
+	return NULL;
+}
+
+struct source *ingest_source_of_kind(const struct ingest_config *cfg, int kind)
+{
+	for (struct source *s = cfg->sources; s; s = s->next)
+		if (s->kind == kind)
 			return s;
 	return NULL;
 }

@@ -7,7 +7,11 @@
 
 #include "../common/config.h"
 
-enum source_kind { KIND_TRANSCRIPT = 0 };
+enum source_kind {
+	KIND_TRANSCRIPT = 0, /* POST /v1/webhooks/{source}: a video-call vendor */
+	KIND_CAMPAIGN,	     /* POST /v1/campaigns/{id}/batches */
+	KIND_LEAD_UPDATED,   /* POST /v1/webhooks/{source}: {"lead_id"} */
+};
 enum signature_mode { SIG_UNSET = -1, SIG_NONE = 0, SIG_STANDARD_WEBHOOKS };
 
 struct source {
@@ -32,6 +36,7 @@ struct ingest_config {
 	int max_body_bytes;
 	int request_timeout_s;
 	int max_inflight;
+	int campaign_max_messages;
 	char *schema_dir;
 	int log_level;
 	int log_format;
@@ -49,5 +54,8 @@ void ingest_config_free(struct ingest_config *cfg);
 void ingest_config_dump(const struct ingest_config *cfg);
 struct source *ingest_source_find(const struct ingest_config *cfg,
 				  const char *name, size_t len);
+/* The first source of a kind, or NULL. */
+struct source *ingest_source_of_kind(const struct ingest_config *cfg,
+				     int kind);
 
 #endif

@@ -11,25 +11,18 @@
 #include "../common/log.h"
 #include "../common/util.h"
 
-#define PLACEHOLDER "{conversation_id}"
 #define SCAN_COUNT "1000"
 #define UNLINK_CHUNK 512
 #define PENDING_MAX 100000
+#define BUMP_TTL_S "86400"
 
 struct cache {
-	char *host;
-	int port;
-	int db;
-	char *user;	/* from redis://user:password@host, optional */
-	char *password; /* never logged */
+	struct redis_addr addr;
 	int timeout_ms;
-	char **templates;
-	size_t n_templates;
 	redisContext *ctx;
 	int64_t retry_at_ms; /* no connection attempt before this */
 	int backoff_ms;
-	char **pending; /* conversation ids whose invalidation was deferred */
-	size_t n_pending;
+	struct cache_keys pending; /* deferred while Redis was down */
 	bool pending_overflow_logged;
 };
 
@@ -58,41 +51,16 @@ static void strvec_free(struct strvec *s)
 	s->n = s->cap = 0;
 }
 
-char *cache_expand(const char *tmpl, const char *id, bool *is_pattern)
+bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
+		      size_t errstr_size)
 {
-	struct buf b;
-	const char *p = tmpl;
-	const char *hit;
-
-	*is_pattern = strpbrk(tmpl, "*?[") != NULL;
-	buf_init(&b);
-	while ((hit = strstr(p, PLACEHOLDER)) != NULL) {
-		buf_append(&b, p, (size_t)(hit - p));
-		for (const char *s = id; *s; s++) {
-			if (*is_pattern && strchr("*?[]\\", *s))
-				buf_append(&b, "\\", 1);
-			buf_append(&b, s, 1);
-		}
-		p = hit + strlen(PLACEHOLDER);
-	}
-	buf_puts(&b, p);
-	return b.data;
-}
-
-struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
-			char *errstr, size_t errstr_size)
-{
-	struct cache *c = calloc(1, sizeof(*c));
 	const char *hp = url + strlen("redis://");
 	const char *colon, *slash;
-	char *list, *tok, *save = NULL;
 
-	if (!c)
-		abort();
+	memset(a, 0, sizeof(*a));
 	if (strncmp(url, "redis://", 8) != 0) {
 		snprintf(errstr, errstr_size, "redis_url: expected redis://");
-		free(c);
-		return NULL;
+		return false;
 	}
 	if (strchr(hp, '@') &&
 	    (!strchr(hp, '/') || strchr(hp, '@') < strchr(hp, '/'))) {
@@ -101,10 +69,10 @@ struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
 
 		if (sep) {
 			if (sep > hp)
-				c->user = strndup(hp, (size_t)(sep - hp));
-			c->password = strndup(sep + 1, (size_t)(at - sep - 1));
+				a->user = strndup(hp, (size_t)(sep - hp));
+			a->password = strndup(sep + 1, (size_t)(at - sep - 1));
 		} else {
-			c->password = strndup(hp, (size_t)(at - hp));
+			a->password = strndup(hp, (size_t)(at - hp));
 		}
 		hp = at + 1;
 	}
@@ -112,33 +80,164 @@ struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
 	colon = strchr(hp, ':');
 	if (colon && slash && colon > slash)
 		colon = NULL;
-	c->host = strndup(hp, (size_t)((colon	? colon
+	a->host = strndup(hp, (size_t)((colon	? colon
 					: slash ? slash
 						: hp + strlen(hp)) -
 				       hp));
-	c->port = colon ? atoi(colon + 1) : 6379;
-	c->db = slash ? atoi(slash + 1) : 0;
-	c->timeout_ms = timeout_ms;
-	c->backoff_ms = 100;
-	if (!c->host[0] || c->port <= 0 || c->port > 65535) {
+	a->port = colon ? atoi(colon + 1) : 6379;
+	a->db = slash ? atoi(slash + 1) : 0;
+	if (!a->host[0] || a->port <= 0 || a->port > 65535) {
 		snprintf(errstr, errstr_size, "redis_url: bad host or port");
-		cache_destroy(c);
-		return NULL;
+		redis_addr_free(a);
+		return false;
 	}
-	list = strdup(templates);
-	for (tok = strtok_r(list, ",", &save); tok;
+	return true;
+}
+
+void redis_addr_free(struct redis_addr *a)
+{
+	free(a->host);
+	free(a->user);
+	free(a->password);
+	memset(a, 0, sizeof(*a));
+}
+
+char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
+		   bool *is_pattern)
+{
+	struct buf b;
+	const char *p = tmpl;
+	const char *hit;
+
+	*is_pattern = strpbrk(tmpl, "*?[") != NULL;
+	buf_init(&b);
+	while ((hit = strstr(p, placeholder)) != NULL) {
+		buf_append(&b, p, (size_t)(hit - p));
+		for (const char *s = id; *s; s++) {
+			if (*is_pattern && strchr("*?[]\\", *s))
+				buf_append(&b, "\\", 1);
+			buf_append(&b, s, 1);
+		}
+		p = hit + strlen(placeholder);
+	}
+	buf_puts(&b, p);
+	return b.data;
+}
+
+size_t cache_templates_parse(const char *list, char ***out)
+{
+	char *copy = strdup(list), *tok, *save = NULL;
+	size_t n = 0;
+
+	*out = NULL;
+	for (tok = strtok_r(copy, ",", &save); tok;
 	     tok = strtok_r(NULL, ",", &save)) {
+		size_t len;
+
 		while (*tok == ' ')
 			tok++;
+		len = strlen(tok);
+		while (len > 0 && tok[len - 1] == ' ')
+			tok[--len] = '\0';
 		if (!*tok)
 			continue;
-		c->templates = realloc(c->templates,
-				       (c->n_templates + 1) * sizeof(char *));
-		if (!c->templates)
+		*out = realloc(*out, (n + 1) * sizeof(char *));
+		if (!*out)
 			abort();
-		c->templates[c->n_templates++] = strdup(tok);
+		(*out)[n++] = strdup(tok);
 	}
-	free(list);
+	free(copy);
+	return n;
+}
+
+void cache_templates_free(char **t, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(t[i]);
+	free(t);
+}
+
+static void keys_push(struct cache_keys *k, char *key, enum cache_op op)
+{
+	if (k->n == k->cap) {
+		k->cap = k->cap ? k->cap * 2 : 16;
+		k->v = realloc(k->v, k->cap * sizeof(*k->v));
+		if (!k->v)
+			abort();
+	}
+	k->v[k->n].key = key;
+	k->v[k->n].op = op;
+	k->n++;
+}
+
+void cache_keys_add(struct cache_keys *k, char *const *templates,
+		    size_t n_templates, const char *placeholder, const char *id)
+{
+	for (size_t t = 0; t < n_templates; t++) {
+		bool pattern;
+		char *key = cache_expand(templates[t], placeholder, id, &pattern);
+
+		keys_push(k, key, pattern ? CACHE_PATTERN : CACHE_KEY);
+	}
+}
+
+void cache_keys_bump(struct cache_keys *k, const char *key)
+{
+	keys_push(k, strdup(key), CACHE_BUMP);
+}
+
+void cache_keys_clear(struct cache_keys *k)
+{
+	for (size_t i = 0; i < k->n; i++)
+		free(k->v[i].key);
+	k->n = 0;
+}
+
+void cache_keys_free(struct cache_keys *k)
+{
+	cache_keys_clear(k);
+	free(k->v);
+	memset(k, 0, sizeof(*k));
+}
+
+static int cmp_key(const void *a, const void *b)
+{
+	const struct cache_key *x = a, *y = b;
+	int r = strcmp(x->key, y->key);
+
+	return r ? r : (int)x->op - (int)y->op;
+}
+
+/* Sorts and drops repeats: a conversation in 500 records of a batch is
+ * invalidated once. */
+static void keys_unique(struct cache_keys *k)
+{
+	size_t out = 0;
+
+	qsort(k->v, k->n, sizeof(*k->v), cmp_key);
+	for (size_t i = 0; i < k->n; i++) {
+		if (out > 0 && cmp_key(&k->v[out - 1], &k->v[i]) == 0) {
+			free(k->v[i].key);
+			continue;
+		}
+		k->v[out++] = k->v[i];
+	}
+	k->n = out;
+}
+
+struct cache *cache_new(const char *url, int timeout_ms, char *errstr,
+			size_t errstr_size)
+{
+	struct cache *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		abort();
+	if (!redis_addr_parse(url, &c->addr, errstr, errstr_size)) {
+		free(c);
+		return NULL;
+	}
+	c->timeout_ms = timeout_ms;
+	c->backoff_ms = 100;
 	return c;
 }
 
@@ -148,27 +247,20 @@ void cache_destroy(struct cache *c)
 		return;
 	if (c->ctx)
 		redisFree(c->ctx);
-	for (size_t i = 0; i < c->n_templates; i++)
-		free(c->templates[i]);
-	free(c->templates);
-	for (size_t i = 0; i < c->n_pending; i++)
-		free(c->pending[i]);
-	free(c->pending);
-	free(c->host);
-	free(c->user);
-	free(c->password);
+	cache_keys_free(&c->pending);
+	redis_addr_free(&c->addr);
 	free(c);
 }
 
 size_t cache_pending(const struct cache *c)
 {
-	return c->n_pending;
+	return c->pending.n;
 }
 
 static void cache_fail(struct cache *c, const char *why)
 {
 	log_warn("redis %s:%d: %s; invalidation deferred, retrying in %d ms",
-		 c->host, c->port, why, c->backoff_ms);
+		 c->addr.host, c->addr.port, why, c->backoff_ms);
 	if (c->ctx)
 		redisFree(c->ctx);
 	c->ctx = NULL;
@@ -185,17 +277,18 @@ static bool cache_connect(struct cache *c)
 		return true;
 	if (util_mono_ms() < c->retry_at_ms)
 		return false;
-	c->ctx = redisConnectWithTimeout(c->host, c->port, tv);
+	c->ctx = redisConnectWithTimeout(c->addr.host, c->addr.port, tv);
 	if (!c->ctx || c->ctx->err) {
 		cache_fail(c, c->ctx ? c->ctx->errstr : "cannot allocate");
 		return false;
 	}
 	redisSetTimeout(c->ctx, tv);
-	if (c->password) {
+	if (c->addr.password) {
 		redisReply *r =
-		    c->user ? redisCommand(c->ctx, "AUTH %s %s", c->user,
-					   c->password)
-			    : redisCommand(c->ctx, "AUTH %s", c->password);
+		    c->addr.user
+			? redisCommand(c->ctx, "AUTH %s %s", c->addr.user,
+				       c->addr.password)
+			: redisCommand(c->ctx, "AUTH %s", c->addr.password);
 		bool ok = r && r->type != REDIS_REPLY_ERROR;
 
 		if (r)
@@ -205,8 +298,8 @@ static bool cache_connect(struct cache *c)
 			return false;
 		}
 	}
-	if (c->db != 0) {
-		redisReply *r = redisCommand(c->ctx, "SELECT %d", c->db);
+	if (c->addr.db != 0) {
+		redisReply *r = redisCommand(c->ctx, "SELECT %d", c->addr.db);
 		bool ok = r && r->type != REDIS_REPLY_ERROR;
 
 		if (r)
@@ -243,41 +336,47 @@ static void append_unlinks(redisContext *ctx, struct strvec *keys,
 }
 
 /* One pipelined round trip per SCAN step: the first carries the exact keys'
- * UNLINK and every pattern's first SCAN; later ones carry the UNLINK of
- * what the previous SCANs found and their next steps. */
-static long long cache_run(struct cache *c, char *const *ids, size_t n)
+ * UNLINK, the version bumps and every pattern's first SCAN; later ones carry
+ * the UNLINK of what the previous SCANs found and their next steps. */
+static long long cache_run(struct cache *c, const struct cache_keys *in)
 {
 	struct scan_job *jobs = NULL;
 	size_t n_jobs = 0, active;
 	struct strvec keys = {0};
 	long long removed = 0;
-	bool ok = true;
+	bool ok = true, first = true;
 
-	for (size_t i = 0; i < n; i++) {
-		for (size_t t = 0; t < c->n_templates; t++) {
-			bool pattern;
-			char *k =
-			    cache_expand(c->templates[t], ids[i], &pattern);
-
-			if (!pattern) {
-				strvec_push(&keys, k);
-				continue;
-			}
+	for (size_t i = 0; i < in->n; i++) {
+		if (in->v[i].op == CACHE_KEY) {
+			strvec_push(&keys, strdup(in->v[i].key));
+		} else if (in->v[i].op == CACHE_PATTERN) {
 			jobs = realloc(jobs, (n_jobs + 1) * sizeof(*jobs));
 			if (!jobs)
 				abort();
-			jobs[n_jobs].pattern = k;
+			jobs[n_jobs].pattern = strdup(in->v[i].key);
 			strcpy(jobs[n_jobs].cursor, "0");
 			n_jobs++;
 		}
 	}
 	active = n_jobs;
-	while (ok && (active > 0 || keys.n > 0)) {
-		size_t replies = 0, unlink_replies;
+	while (ok && (active > 0 || keys.n > 0 || first)) {
+		size_t replies = 0, unlink_replies, bump_replies = 0;
 		struct strvec found = {0};
 
 		append_unlinks(c->ctx, &keys, &replies);
 		unlink_replies = replies;
+		/* A version bump (INCR + EXPIRE) tells a fill that started
+		 * before this invalidation not to land. */
+		for (size_t i = 0; first && i < in->n; i++) {
+			if (in->v[i].op != CACHE_BUMP)
+				continue;
+			redisAppendCommand(c->ctx, "INCR %s", in->v[i].key);
+			redisAppendCommand(c->ctx, "EXPIRE %s " BUMP_TTL_S,
+					   in->v[i].key);
+			bump_replies += 2;
+		}
+		replies += bump_replies;
+		first = false;
 		for (size_t j = 0; j < n_jobs; j++) {
 			if (!jobs[j].cursor[0])
 				continue;
@@ -300,6 +399,8 @@ static long long cache_run(struct cache *c, char *const *ids, size_t n)
 			} else if (r < unlink_replies) {
 				if (rep->type == REDIS_REPLY_INTEGER)
 					removed += rep->integer;
+			} else if (r < unlink_replies + bump_replies) {
+				/* INCR / EXPIRE */
 			} else {
 				while (!jobs[j].cursor[0])
 					j++;
@@ -342,10 +443,10 @@ static long long cache_run(struct cache *c, char *const *ids, size_t n)
 	return removed;
 }
 
-static void cache_defer(struct cache *c, char *const *ids, size_t n)
+static void cache_defer(struct cache *c, const struct cache_keys *k)
 {
-	for (size_t i = 0; i < n; i++) {
-		if (c->n_pending >= PENDING_MAX) {
+	for (size_t i = 0; i < k->n; i++) {
+		if (c->pending.n >= PENDING_MAX) {
 			if (!c->pending_overflow_logged)
 				log_error("redis down: more than %d deferred "
 					  "invalidations, dropping the rest "
@@ -354,51 +455,45 @@ static void cache_defer(struct cache *c, char *const *ids, size_t n)
 			c->pending_overflow_logged = true;
 			return;
 		}
-		c->pending =
-		    realloc(c->pending, (c->n_pending + 1) * sizeof(char *));
-		if (!c->pending)
-			abort();
-		c->pending[c->n_pending++] = strdup(ids[i]);
+		keys_push(&c->pending, strdup(k->v[i].key), k->v[i].op);
 	}
 }
 
 void cache_retry(struct cache *c)
 {
-	char **ids = c->pending;
-	size_t n = c->n_pending;
+	struct cache_keys k = c->pending;
 	long long removed;
 
-	if (n == 0 || !cache_connect(c))
+	if (k.n == 0 || !cache_connect(c))
 		return;
-	c->pending = NULL;
-	c->n_pending = 0;
-	removed = cache_run(c, ids, n);
+	memset(&c->pending, 0, sizeof(c->pending));
+	keys_unique(&k);
+	removed = cache_run(c, &k);
 	if (removed < 0) {
-		cache_defer(c, ids, n);
+		cache_defer(c, &k);
 	} else {
 		log_info("redis back: ran %zu deferred invalidations, removed "
 			 "%lld keys",
-			 n, removed);
+			 k.n, removed);
 		c->pending_overflow_logged = false;
 	}
-	for (size_t i = 0; i < n; i++)
-		free(ids[i]);
-	free(ids);
+	cache_keys_free(&k);
 }
 
-long long cache_invalidate(struct cache *c, char *const *ids, size_t n)
+long long cache_invalidate(struct cache *c, struct cache_keys *k)
 {
 	long long removed;
 
-	if (n == 0 || c->n_templates == 0)
+	if (k->n == 0)
 		return 0;
+	keys_unique(k);
 	cache_retry(c);
 	if (!cache_connect(c)) {
-		cache_defer(c, ids, n);
+		cache_defer(c, k);
 		return -1;
 	}
-	removed = cache_run(c, ids, n);
+	removed = cache_run(c, k);
 	if (removed < 0)
-		cache_defer(c, ids, n);
+		cache_defer(c, k);
 	return removed;
 }

@@ -1,28 +1,73 @@
-/* Redis invalidation after commit: every key of the affected
- * conversations, in pipelined round trips (SCAN + UNLINK, never KEYS). */
+/* Redis invalidation after commit: every key the batch's handlers name, in
+ * pipelined round trips (SCAN + UNLINK, never KEYS). */
 #ifndef SLUICE_CACHE_H
 #define SLUICE_CACHE_H
 
 #include <stdbool.h>
 #include <stddef.h>
 
+/* redis://[[user]:password@]host[:port][/db] */
+struct redis_addr {
+	char *host;
+	int port;
+	int db;
+	char *user;	/* optional */
+	char *password; /* never logged */
+};
+
+bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
+		      size_t errstr_size) __attribute__((warn_unused_result));
+void redis_addr_free(struct redis_addr *a);
+
+enum cache_op {
+	CACHE_KEY,     /* UNLINK the key */
+	CACHE_PATTERN, /* SCAN MATCH it, UNLINK what matches */
+	CACHE_BUMP,    /* INCR a version key (fills that began earlier lose) */
+};
+
+struct cache_key {
+	char *key;
+	enum cache_op op;
+};
+
+/* The keys a batch removes after its commit. */
+struct cache_keys {
+	struct cache_key *v;
+	size_t n, cap;
+};
+
+/* Adds each template expanded for id (see cache_expand). */
+void cache_keys_add(struct cache_keys *k, char *const *templates,
+		    size_t n_templates, const char *placeholder,
+		    const char *id);
+void cache_keys_bump(struct cache_keys *k, const char *key);
+void cache_keys_clear(struct cache_keys *k);
+void cache_keys_free(struct cache_keys *k);
+
+/* "a:{x}:*, b:{x}" → templates; returns how many. */
+size_t cache_templates_parse(const char *list, char ***out);
+void cache_templates_free(char **t, size_t n);
+
 struct cache;
 
-struct cache *cache_new(const char *url, int timeout_ms, const char *templates,
-			char *errstr, size_t errstr_size);
+struct cache *cache_new(const char *url, int timeout_ms, char *errstr,
+			size_t errstr_size);
 void cache_destroy(struct cache *c);
 
-/* Removes the keys of these conversations. When Redis is unreachable the
- * ids are kept and retried by later calls; the data is already committed.
- * Returns the number of keys removed, or -1 when it had to defer. */
-long long cache_invalidate(struct cache *c, char *const *ids, size_t n);
+/* Removes the keys (sorted and made unique first). When Redis is
+ * unreachable they are kept and retried by later calls; the data is
+ * already committed. Returns the number of keys removed, or -1 when it had
+ * to defer. */
+long long cache_invalidate(struct cache *c, struct cache_keys *k);
 /* Retries deferred invalidations (call when idle). */
 void cache_retry(struct cache *c);
 size_t cache_pending(const struct cache *c);
 
-/* Expands one key template for a conversation id. A template holding a
- * glob character is a SCAN pattern, and the id is escaped inside it so an
- * id such as "*" matches only itself. Returns a malloc'd string. */
-char *cache_expand(const char *tmpl, const char *id, bool *is_pattern);
+/* Expands a template: each placeholder ("{conversation_id}") becomes id. A
+ * template holding a glob character is a SCAN pattern, and the id is
+ * escaped inside it so an id such as "*" matches only itself. Returns a
+ * malloc'd string. */
+char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
+		   bool *is_pattern);
 
 #endif

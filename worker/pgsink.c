@@ -14,16 +14,9 @@ struct pgsink {
 	char *dsn;
 	char *group_id;
 	char *topic;
+	char *staging_sql; /* every handler's temp tables */
 	bool prepared;
 };
-
-static const char SQL_STAGING[] =
-    "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_conv ("
-    " seq bigint, id text, source text, event_type text, status text,"
-    " transcript boolean, received_ms bigint) ON COMMIT DELETE ROWS;"
-    "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_msg ("
-    " conversation_id text, external_event_id text, position integer,"
-    " role text, content text, created_ms bigint) ON COMMIT DELETE ROWS;";
 
 static const char SQL_LOAD_OFFSETS[] =
     "SELECT partition, next_offset FROM sluice_offsets"
@@ -34,41 +27,6 @@ static const char SQL_FENCE[] =
     " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])"
     " FOR UPDATE";
 
-/* One row per conversation of the batch: the last event wins, a status is
- * taken from the last event that sets one, the transcript flag sticks. */
-static const char SQL_UPSERT_CONV[] =
-    "WITH s AS ("
-    "  SELECT id,"
-    "   (array_agg(source ORDER BY seq DESC))[1] AS source,"
-    "   (array_agg(status ORDER BY seq DESC)"
-    "      FILTER (WHERE status IS NOT NULL))[1] AS status,"
-    "   (array_agg(event_type ORDER BY seq DESC))[1] AS event_type,"
-    "   bool_or(transcript) AS transcript,"
-    "   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
-    "     AS transcript_at,"
-    "   to_timestamp(min(received_ms) / 1000.0) AS first_at"
-    "  FROM sluice_stage_conv GROUP BY id)"
-    " INSERT INTO conversations AS c (id, source, status, last_event_type,"
-    "   transcript_received, transcript_received_at, created_at, updated_at)"
-    " SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
-    "   transcript_at, first_at, now() FROM s"
-    " ON CONFLICT (id) DO UPDATE SET"
-    "   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
-    "                     c.status),"
-    "   last_event_type = EXCLUDED.last_event_type,"
-    "   transcript_received = c.transcript_received"
-    "                         OR EXCLUDED.transcript_received,"
-    "   transcript_received_at = COALESCE(c.transcript_received_at,"
-    "                                     EXCLUDED.transcript_received_at),"
-    "   updated_at = now()";
-
-static const char SQL_INSERT_MSG[] =
-    "INSERT INTO messages (conversation_id, external_event_id, position,"
-    "   role, content, created_at)"
-    " SELECT conversation_id, external_event_id, position, role, content,"
-    "   to_timestamp(created_ms / 1000.0) FROM sluice_stage_msg"
-    " ON CONFLICT (conversation_id, external_event_id) DO NOTHING";
-
 static const char SQL_OFFSETS[] =
     "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
     " SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS u(p, o)"
@@ -76,12 +34,13 @@ static const char SQL_OFFSETS[] =
     " SET next_offset = EXCLUDED.next_offset, updated_at = now()";
 
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
-			  const char *topic)
+			  const char *topic, const char *staging_sql)
 {
 	struct pgsink *ps = calloc(1, sizeof(*ps));
 
 	if (!ps)
 		abort();
+	ps->staging_sql = strdup(staging_sql);
 	ps->dsn = strdup(dsn);
 	ps->group_id = strdup(group_id);
 	ps->topic = strdup(topic);
@@ -97,6 +56,7 @@ void pgsink_destroy(struct pgsink *ps)
 	free(ps->dsn);
 	free(ps->group_id);
 	free(ps->topic);
+	free(ps->staging_sql);
 	free(ps);
 }
 
@@ -130,8 +90,8 @@ bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size)
 		drop_conn(ps);
 		return false;
 	}
-	res = PQexec(ps->conn, SQL_STAGING);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK) {
+	res = PQexec(ps->conn, ps->staging_sql);
+	if (ps->staging_sql[0] && PQresultStatus(res) != PGRES_COMMAND_OK) {
 		PQclear(res);
 		set_err(ps, "staging tables", errstr, errstr_size);
 		drop_conn(ps);
@@ -235,7 +195,7 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 	return true;
 }
 
-static bool copy_in(struct pgsink *ps, const char *sql, const struct buf *b,
+bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 		    char *errstr, size_t errstr_size)
 {
 	PGresult *res;
@@ -264,7 +224,7 @@ static bool copy_in(struct pgsink *ps, const char *sql, const struct buf *b,
 	return ok;
 }
 
-static long long exec_count(struct pgsink *ps, const char *sql, int nparams,
+long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
 			    const char *const *params, const char *what,
 			    char *errstr, size_t errstr_size)
 {
@@ -280,35 +240,32 @@ static long long exec_count(struct pgsink *ps, const char *sql, int nparams,
 	return n;
 }
 
-bool pgsink_write(struct pgsink *ps, const struct transcript_rows *rows,
-		  const int32_t *parts, const int64_t *next_offsets, int n,
-		  struct pgsink_result *out, char *errstr, size_t errstr_size)
+PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
+			const char *const *params, const char *what,
+			char *errstr, size_t errstr_size)
+{
+	PGresult *res =
+	    PQexecParams(ps->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+
+	if (PQresultStatus(res) == PGRES_TUPLES_OK)
+		return res;
+	set_err(ps, what, errstr, errstr_size);
+	PQclear(res);
+	return NULL;
+}
+
+bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
+		   const int64_t *next_offsets, int n, char *errstr,
+		   size_t errstr_size)
 {
 	char *pa = int_array(parts, n);
 	char *oa = bigint_array(next_offsets, n);
 	const char *params[4] = {ps->group_id, ps->topic, pa, oa};
-	bool ok = false;
+	bool ok;
 
-	out->conversations = out->inserted = 0;
-	if (!copy_in(ps, "COPY sluice_stage_conv FROM STDIN",
-		     &rows->conversations, errstr, errstr_size) ||
-	    !copy_in(ps, "COPY sluice_stage_msg FROM STDIN", &rows->messages,
-		     errstr, errstr_size))
-		goto done;
-	if (rows->n_conversations > 0 &&
-	    (out->conversations =
-		 exec_count(ps, SQL_UPSERT_CONV, 0, NULL, "conversations",
-			    errstr, errstr_size)) < 0)
-		goto done;
-	if (rows->n_messages > 0 &&
-	    (out->inserted = exec_count(ps, SQL_INSERT_MSG, 0, NULL, "messages",
-					errstr, errstr_size)) < 0)
-		goto done;
-	if (exec_count(ps, SQL_OFFSETS, 4, params, "offsets", errstr,
-		       errstr_size) < 0)
-		goto done;
-	ok = exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
-done:
+	ok = pgsink_exec(ps, SQL_OFFSETS, 4, params, "offsets", errstr,
+			 errstr_size) >= 0 &&
+	     exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
 	free(pa);
 	free(oa);
 	if (!ok)

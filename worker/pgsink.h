@@ -1,18 +1,21 @@
 /* PostgreSQL side of the worker: one transaction per batch holding the rows
- * and the consumed offsets. */
+ * and the consumed offsets, and the COPY / statement helpers the handlers
+ * write their rows with. */
 #ifndef SLUICE_PGSINK_H
 #define SLUICE_PGSINK_H
 
+#include <libpq-fe.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#include "handlers/transcript.h"
+#include "../common/util.h"
 
 struct pgsink;
 
+/* staging_sql runs on every new connection (the handlers' temp tables). */
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
-			  const char *topic);
+			  const char *topic, const char *staging_sql);
 void pgsink_destroy(struct pgsink *ps);
 /* (Re)connects when needed; false while the database is unreachable. */
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size);
@@ -28,16 +31,25 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 		  int64_t *fence, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
-struct pgsink_result {
-	long long conversations;
-	long long inserted;
-};
-
-/* Writes the rows and the offsets, then COMMITs. */
-bool pgsink_write(struct pgsink *ps, const struct transcript_rows *rows,
-		  const int32_t *parts, const int64_t *next_offsets, int n,
-		  struct pgsink_result *res, char *errstr, size_t errstr_size)
+/* Inside the transaction. COPY text-format rows into a table. */
+bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
+		 char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
+/* A statement's affected rows, or -1 (errstr). */
+long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
+		      const char *const *params, const char *what,
+		      char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+/* A query's rows (PQclear it), or NULL (errstr). */
+PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
+		       const char *const *params, const char *what,
+		       char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
+/* Stores the offsets, then COMMITs; rolls back on failure. */
+bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
+		   const int64_t *next_offsets, int n, char *errstr,
+		   size_t errstr_size) __attribute__((warn_unused_result));
 void pgsink_rollback(struct pgsink *ps);
 
 #endif

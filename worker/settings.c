@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+static const char *const lc_source_names[] = {"postgres", "http", NULL};
+
 #define F(x) offsetof(struct worker_config, x)
 const struct cfg_setting worker_settings[] = {
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
@@ -36,6 +38,29 @@ const struct cfg_setting worker_settings[] = {
      NULL, NULL, "first wait after a transient failure"},
     {"retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
      600000, NULL, NULL, "longest wait between retries"},
+    {"campaign_invalidate_keys", CFG_STR, F(campaign_invalidate_keys),
+     "campaign_run:{run_id}", 0, 0, NULL, NULL,
+     "keys removed after a campaign batch commits"},
+    {"lead_context.source", CFG_ENUM, F(lc_source), "postgres", 0, 0,
+     lc_source_names, NULL,
+     "postgres (get_lead_full_context) or http (lead_context.url)"},
+    {"lead_context.url", CFG_STR, F(lc_url), "", 0, 0, NULL, NULL,
+     "HTTP context source, {lead_id} is replaced"},
+    {"lead_context.postgres_dsn", CFG_STR, F(lc_postgres_dsn), "", 0, 0, NULL,
+     NULL, "database of get_lead_full_context (default postgres_dsn)"},
+    {"lead_context.concurrency", CFG_INT, F(lc_concurrency), "5", 1, 1000,
+     NULL, NULL, "most lookups in flight (K)"},
+    {"lead_context.timeout_ms", CFG_INT, F(lc_timeout_ms), "5000", 10, 600000,
+     NULL, NULL, "deadline of one lookup"},
+    {"lead_context.retries", CFG_INT, F(lc_retries), "2", 0, 100, NULL, NULL,
+     "further attempts after a failed lookup"},
+    {"lead_context.cache_ttl_s", CFG_INT, F(lc_cache_ttl_s), "300", 1, 86400,
+     NULL, NULL, "TTL of lead_ctx:{lead_id} in Redis"},
+    {"lead_context.lease_ms", CFG_INT, F(lc_lease_ms), "5000", 10, 600000,
+     NULL, NULL, "lifetime of the lease a miss takes before fetching"},
+    {"lead_context.lease_wait_ms", CFG_INT, F(lc_lease_wait_ms), "10000", 0,
+     600000, NULL, NULL,
+     "how long to wait for another worker's fill before fetching"},
     {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
      "debug, info, warn or error"},
     {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
@@ -80,6 +105,11 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 	if (cfg->retry_backoff_min_ms > cfg->retry_backoff_max_ms) {
 		snprintf(errstr, errstr_size,
 			 "retry_backoff_min_ms is above retry_backoff_max_ms");
+		return false;
+	}
+	if (cfg->lc_source == LC_SOURCE_HTTP && !cfg->lc_url[0]) {
+		snprintf(errstr, errstr_size,
+			 "lead_context.source = http needs lead_context.url");
 		return false;
 	}
 	if (strncmp(cfg->redis_url, "redis://", 8) != 0) {

@@ -7,6 +7,8 @@
 
 #include "../common/config.h"
 
+enum lc_source { LC_SOURCE_POSTGRES = 0, LC_SOURCE_HTTP };
+
 struct worker_config {
 	char *brokers;
 	char *topic;
@@ -23,6 +25,17 @@ struct worker_config {
 	int retry_backoff_max_ms;
 	int log_level;
 	int log_format;
+	/* campaigns and lead contexts */
+	char *campaign_invalidate_keys;
+	int lc_source; /* enum lc_source */
+	char *lc_url;
+	char *lc_postgres_dsn;
+	int lc_concurrency;
+	int lc_timeout_ms;
+	int lc_retries;
+	int lc_cache_ttl_s;
+	int lc_lease_ms;
+	int lc_lease_wait_ms;
 	struct cfg_kv *kafka;
 };
 

@@ -24,24 +24,52 @@ int main(void)
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		bool pattern = !cases[i].pattern;
-		char *got = cache_expand(cases[i].tmpl, cases[i].id, &pattern);
+		char *got = cache_expand(cases[i].tmpl, "{conversation_id}",
+				 cases[i].id, &pattern);
 
 		CHECK_STR(got, cases[i].want, cases[i].tmpl);
 		CHECK(pattern == cases[i].pattern, "case %zu pattern flag", i);
 		free(got);
 	}
-	c = cache_new("redis://127.0.0.1:1/0", 50, "a:{conversation_id}", err,
-		      sizeof(err));
+	c = cache_new("redis://127.0.0.1:1/0", 50, err, sizeof(err));
 	CHECK(c != NULL, "%s", err);
-	CHECK(cache_new("http://x", 50, "a", err, sizeof(err)) == NULL,
+	CHECK(cache_new("http://x", 50, err, sizeof(err)) == NULL,
 	      "non-redis url accepted");
-	/* Nothing listens on port 1: the ids are kept for later. */
+	/* Nothing listens on port 1: the keys are kept for later, each
+	 * once however often a batch names it. */
 	{
-		char *ids[] = {(char *)"c1", (char *)"c2"};
+		char *tmpl[] = {(char *)"a:{conversation_id}",
+				(char *)"m:{conversation_id}:*"};
+		struct cache_keys k = {0};
 
-		CHECK(cache_invalidate(c, ids, 2) == -1,
-		      "invalidate succeeded");
-		CHECK(cache_pending(c) == 2, "pending %zu", cache_pending(c));
+		cache_keys_add(&k, tmpl, 2, "{conversation_id}", "c1");
+		cache_keys_add(&k, tmpl, 2, "{conversation_id}", "c2");
+		cache_keys_add(&k, tmpl, 2, "{conversation_id}", "c1");
+		cache_keys_bump(&k, "v:c1");
+		CHECK(k.n == 7, "keys %zu", k.n);
+		CHECK(cache_invalidate(c, &k) == -1, "invalidate succeeded");
+		CHECK(cache_pending(c) == 5, "pending %zu", cache_pending(c));
+		cache_keys_free(&k);
+	}
+	/* URLs: credentials, database, defaults. */
+	{
+		struct redis_addr a;
+
+		CHECK(redis_addr_parse("redis://u:p%40@h:1234/3", &a, err,
+				       sizeof(err)),
+		      "%s", err);
+		CHECK_STR(a.user, "u", "user");
+		CHECK_STR(a.password, "p%40", "password");
+		CHECK_STR(a.host, "h", "host");
+		CHECK(a.port == 1234 && a.db == 3, "port %d db %d", a.port,
+		      a.db);
+		redis_addr_free(&a);
+		CHECK(redis_addr_parse("redis://h", &a, err, sizeof(err)),
+		      "%s", err);
+		CHECK(a.port == 6379 && a.db == 0 && !a.password, "defaults");
+		redis_addr_free(&a);
+		CHECK(!redis_addr_parse("redis://:0", &a, err, sizeof(err)),
+		      "empty host accepted");
 	}
 	cache_destroy(c);
 	return check_done("test_cache");

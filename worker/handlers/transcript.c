@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../pgsink.h"
+
 void transcript_rows_init(struct transcript_rows *r)
 {
 	buf_init(&r->conversations);
@@ -26,27 +28,6 @@ void transcript_rows_free(struct transcript_rows *r)
 {
 	buf_free(&r->conversations);
 	buf_free(&r->messages);
-}
-
-void copy_escape(struct buf *b, const char *s)
-{
-	const char *run = s;
-
-	for (; *s; s++) {
-		const char *esc = NULL;
-
-		switch (*s) {
-		case '\\': esc = "\\\\"; break;
-		case '\n': esc = "\\n"; break;
-		case '\r': esc = "\\r"; break;
-		case '\t': esc = "\\t"; break;
-		default: continue;
-		}
-		buf_append(b, run, (size_t)(s - run));
-		buf_append(b, esc, 2);
-		run = s + 1;
-	}
-	buf_append(b, run, (size_t)(s - run));
 }
 
 void transcript_entry_id(const char *conversation_id, int position,
@@ -185,13 +166,13 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 					 position);
 				goto fail;
 			}
-			copy_escape(&rows->messages, cid);
+			buf_copy_escape(&rows->messages, cid);
 			buf_puts(&rows->messages, "\t");
-			copy_escape(&rows->messages, ext_id);
+			buf_copy_escape(&rows->messages, ext_id);
 			buf_printf(&rows->messages, "\t%d\t", position);
-			copy_escape(&rows->messages, role);
+			buf_copy_escape(&rows->messages, role);
 			buf_puts(&rows->messages, "\t");
-			copy_escape(&rows->messages, content);
+			buf_copy_escape(&rows->messages, content);
 			buf_printf(&rows->messages, "\t%lld\n",
 				   (long long)received_ms);
 			n_msgs++;
@@ -201,15 +182,15 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 
 	status = transcript_status_for(event_type);
 	buf_printf(&rows->conversations, "%lld\t", (long long)seq);
-	copy_escape(&rows->conversations, cid);
+	buf_copy_escape(&rows->conversations, cid);
 	buf_puts(&rows->conversations, "\t");
-	copy_escape(&rows->conversations,
+	buf_copy_escape(&rows->conversations,
 		    source && *source ? source : "unknown");
 	buf_puts(&rows->conversations, "\t");
-	copy_escape(&rows->conversations, event_type);
+	buf_copy_escape(&rows->conversations, event_type);
 	buf_puts(&rows->conversations, "\t");
 	if (status)
-		copy_escape(&rows->conversations, status);
+		buf_copy_escape(&rows->conversations, status);
 	else
 		buf_puts(&rows->conversations, "\\N");
 	buf_printf(&rows->conversations, "\t%s\t%lld\n", is_ready ? "t" : "f",
@@ -230,3 +211,200 @@ fail:
 	cJSON_Delete(doc);
 	return false;
 }
+
+/* ------------------------------------------------------------ handler */
+
+static const char SQL_STAGING[] =
+    "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_conv ("
+    " seq bigint, id text, source text, event_type text, status text,"
+    " transcript boolean, received_ms bigint) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_msg ("
+    " conversation_id text, external_event_id text, position integer,"
+    " role text, content text, created_ms bigint) ON COMMIT DELETE ROWS;";
+
+/* One row per conversation of the batch: the last event wins, a status is
+ * taken from the last event that sets one, the transcript flag sticks. */
+static const char SQL_UPSERT_CONV[] =
+    "WITH s AS ("
+    "  SELECT id,"
+    "   (array_agg(source ORDER BY seq DESC))[1] AS source,"
+    "   (array_agg(status ORDER BY seq DESC)"
+    "      FILTER (WHERE status IS NOT NULL))[1] AS status,"
+    "   (array_agg(event_type ORDER BY seq DESC))[1] AS event_type,"
+    "   bool_or(transcript) AS transcript,"
+    "   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
+    "     AS transcript_at,"
+    "   to_timestamp(min(received_ms) / 1000.0) AS first_at"
+    "  FROM sluice_stage_conv GROUP BY id)"
+    " INSERT INTO conversations AS c (id, source, status, last_event_type,"
+    "   transcript_received, transcript_received_at, created_at, updated_at)"
+    " SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
+    "   transcript_at, first_at, now() FROM s"
+    " ON CONFLICT (id) DO UPDATE SET"
+    "   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
+    "                     c.status),"
+    "   last_event_type = EXCLUDED.last_event_type,"
+    "   transcript_received = c.transcript_received"
+    "                         OR EXCLUDED.transcript_received,"
+    "   transcript_received_at = COALESCE(c.transcript_received_at,"
+    "                                     EXCLUDED.transcript_received_at),"
+    "   updated_at = now()";
+
+static const char SQL_INSERT_MSG[] =
+    "INSERT INTO messages (conversation_id, external_event_id, position,"
+    "   role, content, created_at)"
+    " SELECT conversation_id, external_event_id, position, role, content,"
+    "   to_timestamp(created_ms / 1000.0) FROM sluice_stage_msg"
+    " ON CONFLICT (conversation_id, external_event_id) DO NOTHING";
+
+struct transcript_state {
+	struct transcript_rows rows;
+	char **templates; /* invalidate_keys */
+	size_t n_templates;
+	struct strlist {
+		char **v;
+		size_t n, cap;
+	} conv_ids;
+	long long inserted;
+	size_t records;
+	unsigned long long saved, skipped; /* totals */
+};
+
+static void *transcript_create(const struct handler_env *env)
+{
+	struct transcript_state *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		abort();
+	transcript_rows_init(&t->rows);
+	t->n_templates =
+	    cache_templates_parse(env->cfg->invalidate_keys, &t->templates);
+	return t;
+}
+
+static void transcript_reset(void *st)
+{
+	struct transcript_state *t = st;
+
+	transcript_rows_reset(&t->rows);
+	for (size_t i = 0; i < t->conv_ids.n; i++)
+		free(t->conv_ids.v[i]);
+	t->conv_ids.n = 0;
+	t->inserted = 0;
+	t->records = 0;
+}
+
+static void transcript_destroy(void *st)
+{
+	struct transcript_state *t = st;
+
+	transcript_reset(t);
+	free(t->conv_ids.v);
+	transcript_rows_free(&t->rows);
+	cache_templates_free(t->templates, t->n_templates);
+	free(t);
+}
+
+static bool transcript_add(void *st, const struct record *r, char *reason,
+			   size_t reason_size)
+{
+	struct transcript_state *t = st;
+	char *cid = NULL;
+
+	if (!transcript_handle(r->value, r->len, r->source, r->received_ms,
+			       r->seq, &t->rows, &cid, reason, reason_size))
+		return false;
+	if (t->conv_ids.n == t->conv_ids.cap) {
+		t->conv_ids.cap = t->conv_ids.cap ? t->conv_ids.cap * 2 : 64;
+		t->conv_ids.v = realloc(t->conv_ids.v,
+					t->conv_ids.cap * sizeof(char *));
+		if (!t->conv_ids.v)
+			abort();
+	}
+	t->conv_ids.v[t->conv_ids.n++] = cid;
+	t->records++;
+	return true;
+}
+
+static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
+			     size_t errstr_size)
+{
+	struct transcript_state *t = st;
+
+	if (t->rows.n_conversations == 0)
+		return true;
+	if (!pgsink_copy(ps, "COPY sluice_stage_conv FROM STDIN",
+			 &t->rows.conversations, errstr, errstr_size) ||
+	    !pgsink_copy(ps, "COPY sluice_stage_msg FROM STDIN",
+			 &t->rows.messages, errstr, errstr_size) ||
+	    pgsink_exec(ps, SQL_UPSERT_CONV, 0, NULL, "conversations", errstr,
+			errstr_size) < 0)
+		return false;
+	if (t->rows.n_messages > 0 &&
+	    (t->inserted = pgsink_exec(ps, SQL_INSERT_MSG, 0, NULL, "messages",
+				       errstr, errstr_size)) < 0)
+		return false;
+	return true;
+}
+
+static void transcript_keys(void *st, struct cache_keys *out)
+{
+	struct transcript_state *t = st;
+
+	for (size_t i = 0; i < t->conv_ids.n; i++)
+		cache_keys_add(out, t->templates, t->n_templates,
+			       "{conversation_id}", t->conv_ids.v[i]);
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Sorts v and counts its distinct strings. */
+static size_t distinct(char **v, size_t n)
+{
+	size_t d = 0;
+
+	qsort(v, n, sizeof(*v), cmp_str);
+	for (size_t i = 0; i < n; i++)
+		d += i == 0 || strcmp(v[i - 1], v[i]) != 0;
+	return d;
+}
+
+static void transcript_summary(void *st, struct buf *line)
+{
+	struct transcript_state *t = st;
+	long long skipped = (long long)t->rows.n_messages - t->inserted;
+
+	t->saved += (unsigned long long)t->inserted;
+	t->skipped += (unsigned long long)skipped;
+	if (t->records == 0)
+		return;
+	buf_printf(line,
+		   "saved %lld messages, skipped %lld duplicates, %zu "
+		   "conversations",
+		   t->inserted, skipped, distinct(t->conv_ids.v, t->conv_ids.n));
+}
+
+static void transcript_totals(void *st, unsigned long long *saved,
+			      unsigned long long *skipped)
+{
+	struct transcript_state *t = st;
+
+	*saved += t->saved;
+	*skipped += t->skipped;
+}
+
+const struct handler transcript_handler = {
+    .kind = "transcript",
+    .staging_sql = SQL_STAGING,
+    .create = transcript_create,
+    .destroy = transcript_destroy,
+    .reset = transcript_reset,
+    .add = transcript_add,
+    .write = transcript_write,
+    .keys = transcript_keys,
+    .summary = transcript_summary,
+    .totals = transcript_totals,
+};

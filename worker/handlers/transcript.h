@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "../../common/util.h"
+#include "handler.h"
 
 #define TRANSCRIPT_EVENT_READY "application.transcription_ready"
 #define TRANSCRIPT_ID_LEN 37 /* "gen-" + 32 hex + NUL */
@@ -42,7 +43,7 @@ void transcript_entry_id(const char *conversation_id, int position,
 /* The conversation status an event type sets, or NULL to keep it. */
 const char *transcript_status_for(const char *event_type);
 
-/* Appends s to b escaped for COPY's text format. */
-void copy_escape(struct buf *b, const char *s);
+
+extern const struct handler transcript_handler;
 
 #endif

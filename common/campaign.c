@@ -1,0 +1,328 @@
+/* Campaign batches: the one validation both daemons run, so a batch that
+ * got a 202 from sluice-ingest is never refused by sluice-worker. */
+#include "campaign.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+struct checker {
+	struct campaign_error *errs;
+	size_t max, n;
+};
+
+static void problem(struct checker *ck, int index, const char *path,
+		    const char *msg)
+{
+	if (ck->n < ck->max) {
+		struct campaign_error *e = &ck->errs[ck->n];
+
+		e->index = index;
+		snprintf(e->path, sizeof(e->path), "%s", path);
+		snprintf(e->message, sizeof(e->message), "%s", msg);
+	}
+	ck->n++;
+}
+
+/* Days since 1970-01-01 of a proleptic Gregorian date. */
+static int64_t days_from_civil(int64_t y, int m, int d)
+{
+	int64_t era, yoe, doy, doe;
+
+	y -= m <= 2;
+	era = (y >= 0 ? y : y - 399) / 400;
+	yoe = y - era * 400;
+	doy = (153 * (m + (m > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+	doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+	return era * 146097 + doe - 719468;
+}
+
+static bool digits(const char *s, int n, int *out)
+{
+	int v = 0;
+
+	for (int i = 0; i < n; i++) {
+		if (s[i] < '0' || s[i] > '9')
+			return false;
+		v = v * 10 + (s[i] - '0');
+	}
+	*out = v;
+	return true;
+}
+
+bool campaign_time_parse(const char *s, int64_t *ms)
+{
+	static const int mdays[] = {31, 28, 31, 30, 31, 30,
+				    31, 31, 30, 31, 30, 31};
+	int y, mo, d, h, mi, sec, frac_ms = 0, oh = 0, om = 0, sign = 0;
+	const char *p;
+	bool leap;
+
+	if (strlen(s) < 20 || !digits(s, 4, &y) || s[4] != '-' ||
+	    !digits(s + 5, 2, &mo) || s[7] != '-' || !digits(s + 8, 2, &d) ||
+	    (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
+	    !digits(s + 11, 2, &h) || s[13] != ':' ||
+	    !digits(s + 14, 2, &mi) || s[16] != ':' ||
+	    !digits(s + 17, 2, &sec))
+		return false;
+	p = s + 19;
+	if (*p == '.') {
+		int n = 0;
+
+		for (p++; *p >= '0' && *p <= '9'; p++, n++)
+			if (n < 3)
+				frac_ms = frac_ms * 10 + (*p - '0');
+		if (n == 0)
+			return false;
+		for (; n < 3; n++)
+			frac_ms *= 10;
+	}
+	if (*p == 'Z' || *p == 'z') {
+		p++;
+	} else if (*p == '+' || *p == '-') {
+		sign = *p == '-' ? -1 : 1;
+		if (!digits(p + 1, 2, &oh) || p[3] != ':' ||
+		    !digits(p + 4, 2, &om) || oh > 23 || om > 59)
+			return false;
+		p += 6;
+	} else {
+		return false; /* no offset: the instant is unknown */
+	}
+	if (*p)
+		return false;
+	leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+	if (mo < 1 || mo > 12 || d < 1 ||
+	    d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 || mi > 59 ||
+	    sec > 60)
+		return false;
+	if (sec == 60)
+		sec = 59; /* a leap second is the end of its minute */
+	*ms = ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) -
+	       sign * (oh * 3600 + om * 60)) *
+		  1000 +
+	      frac_ms;
+	return true;
+}
+
+/* A text field: a non-empty valid UTF-8 string of at most max bytes. */
+static const char *text_field(struct checker *ck, const cJSON *o,
+			      const char *name, size_t max, bool required,
+			      int index, const char *prefix)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	char path[96], msg[160];
+	size_t n;
+
+	snprintf(path, sizeof(path), "%s.%s", prefix, name);
+	if (!v) {
+		if (required)
+			problem(ck, index, path, "is required");
+		return NULL;
+	}
+	if (!cJSON_IsString(v)) {
+		problem(ck, index, path, "must be a string");
+		return NULL;
+	}
+	n = strlen(v->valuestring);
+	if (n == 0) {
+		problem(ck, index, path, "must not be empty");
+		return NULL;
+	}
+	if (n > max || !util_utf8_valid(v->valuestring, n)) {
+		snprintf(msg, sizeof(msg),
+			 "must be valid UTF-8 of at most %zu bytes", max);
+		problem(ck, index, path, msg);
+		return NULL;
+	}
+	return v->valuestring;
+}
+
+/* An integer field within [lo, hi]; def when absent and not required. */
+static bool int_field(struct checker *ck, const cJSON *o, const char *name,
+		      long long lo, long long hi, bool required,
+		      long long def, long long *out)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	char path[96], msg[160];
+
+	snprintf(path, sizeof(path), "$.%s", name);
+	*out = def;
+	if (!v) {
+		if (required)
+			problem(ck, -1, path, "is required");
+		return !required;
+	}
+	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
+	    floor(v->valuedouble) != v->valuedouble ||
+	    v->valuedouble < (double)lo || v->valuedouble > (double)hi) {
+		snprintf(msg, sizeof(msg), "must be an integer from %lld to %lld",
+			 lo, hi);
+		problem(ck, -1, path, msg);
+		return false;
+	}
+	*out = (long long)v->valuedouble;
+	return true;
+}
+
+/* An id: a non-empty string, or an integer kept as its decimal text. */
+static const char *id_field(struct checker *ck, const cJSON *o,
+			    const char *name, int index, char text[24])
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	char path[96];
+
+	snprintf(path, sizeof(path), "$.messages[%d].%s", index, name);
+	if (cJSON_IsNumber(v)) {
+		if (!isfinite(v->valuedouble) ||
+		    floor(v->valuedouble) != v->valuedouble ||
+		    fabs(v->valuedouble) >= 9007199254740992.0) {
+			problem(ck, index, path,
+				"must be a string or an integer below 2^53");
+			return NULL;
+		}
+		snprintf(text, 24, "%lld", (long long)v->valuedouble);
+		return text;
+	}
+	snprintf(path, sizeof(path), "$.messages[%d]", index);
+	return text_field(ck, o, name, CAMPAIGN_ID_MAX, true, index, path);
+}
+
+static void check_messages(struct checker *ck, const cJSON *doc,
+			   size_t max_messages, struct campaign_batch *out)
+{
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(doc, "messages");
+	const cJSON *item;
+	char msg[160];
+	int n, i = 0;
+
+	if (!arr) {
+		problem(ck, -1, "$.messages", "is required");
+		return;
+	}
+	if (!cJSON_IsArray(arr)) {
+		problem(ck, -1, "$.messages", "must be an array");
+		return;
+	}
+	n = cJSON_GetArraySize(arr);
+	if (n == 0 || (max_messages > 0 && (size_t)n > max_messages)) {
+		if (max_messages > 0)
+			snprintf(msg, sizeof(msg),
+				 "must hold 1 to %zu messages (has %d)",
+				 max_messages, n);
+		else
+			snprintf(msg, sizeof(msg), "must not be empty");
+		problem(ck, -1, "$.messages", msg);
+		return;
+	}
+	out->messages = calloc((size_t)n, sizeof(*out->messages));
+	if (!out->messages)
+		abort();
+	cJSON_ArrayForEach(item, arr)
+	{
+		struct campaign_message *m = &out->messages[i];
+		const cJSON *vars;
+		char path[96];
+
+		if (!cJSON_IsObject(item)) {
+			snprintf(path, sizeof(path), "$.messages[%d]", i);
+			problem(ck, i, path, "must be an object");
+			i++;
+			continue;
+		}
+		m->message_id =
+		    id_field(ck, item, "message_id", i, m->message_id_text);
+		m->lead_id = id_field(ck, item, "lead_id", i, m->lead_id_text);
+		vars = cJSON_GetObjectItemCaseSensitive(item, "vars");
+		if (vars && !cJSON_IsNull(vars) && !cJSON_IsObject(vars)) {
+			snprintf(path, sizeof(path), "$.messages[%d].vars", i);
+			problem(ck, i, path, "must be an object");
+		}
+		m->vars = cJSON_IsObject(vars) ? vars : NULL;
+		i++;
+	}
+	out->n_messages = (size_t)n;
+}
+
+bool campaign_parse(const cJSON *doc, size_t max_messages,
+		    struct campaign_batch *out, struct campaign_error *errs,
+		    size_t max_errs, size_t *n_errs)
+{
+	struct checker ck = {errs, max_errs, 0};
+	long long v;
+
+	memset(out, 0, sizeof(*out));
+	if (!cJSON_IsObject(doc)) {
+		problem(&ck, -1, "$", "must be an object");
+		*n_errs = ck.n;
+		return false;
+	}
+	out->run_id =
+	    text_field(&ck, doc, "run_id", CAMPAIGN_ID_MAX, true, -1, "$");
+	out->workspace_id = text_field(&ck, doc, "workspace_id",
+				       CAMPAIGN_ID_MAX, true, -1, "$");
+	out->inbox_id =
+	    text_field(&ck, doc, "inbox_id", CAMPAIGN_ID_MAX, true, -1, "$");
+	out->campaign_id = text_field(&ck, doc, "campaign_id",
+				      CAMPAIGN_ID_MAX, false, -1, "$");
+	out->end_time = text_field(&ck, doc, "end_time", 64, true, -1, "$");
+	if (out->end_time &&
+	    !campaign_time_parse(out->end_time, &out->end_time_ms))
+		problem(&ck, -1, "$.end_time",
+			"must be an RFC 3339 date-time with an offset, e.g. "
+			"2026-11-23T20:00:00+01:00");
+	out->template_text = text_field(&ck, doc, "template",
+					CAMPAIGN_TEMPLATE_MAX, true, -1, "$");
+	if (int_field(&ck, doc, "run_total", 1, 1000000000, true, 0, &v))
+		out->run_total = v;
+	if (int_field(&ck, doc, "max_split_parts", 1, 1000, false,
+		      CAMPAIGN_DEFAULT_MAX_PARTS, &v))
+		out->max_split_parts = (int)v;
+	if (int_field(&ck, doc, "split_max_chars", 1, 100000, false,
+		      CAMPAIGN_DEFAULT_SPLIT_CHARS, &v))
+		out->split_max_chars = (int)v;
+	check_messages(&ck, doc, max_messages, out);
+	*n_errs = ck.n;
+	return ck.n == 0;
+}
+
+void campaign_batch_free(struct campaign_batch *b)
+{
+	free(b->messages);
+	b->messages = NULL;
+	b->n_messages = 0;
+}
+
+bool lead_update_parse(const cJSON *doc, const char **lead_id, char text[24],
+		       char *path, size_t pathsz, char *msg, size_t msgsz)
+{
+	struct campaign_error err;
+	struct checker ck = {&err, 1, 0};
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "lead_id");
+
+	*lead_id = NULL;
+	if (!cJSON_IsObject(doc)) {
+		problem(&ck, -1, "$", "must be an object");
+	} else if (cJSON_IsNumber(v)) {
+		if (!isfinite(v->valuedouble) ||
+		    floor(v->valuedouble) != v->valuedouble ||
+		    fabs(v->valuedouble) >= 9007199254740992.0) {
+			problem(&ck, -1, "$.lead_id",
+				"must be a string or an integer below 2^53");
+		} else {
+			snprintf(text, 24, "%lld", (long long)v->valuedouble);
+			*lead_id = text;
+		}
+	} else {
+		*lead_id = text_field(&ck, doc, "lead_id", CAMPAIGN_ID_MAX,
+				      true, -1, "$");
+	}
+	if (ck.n > 0) {
+		snprintf(path, pathsz, "%s", err.path);
+		snprintf(msg, msgsz, "%s", err.message);
+		return false;
+	}
+	return true;
+}

@@ -1,0 +1,67 @@
+/* Campaign batches: the one validation both daemons run, so a batch that
+ * got a 202 from sluice-ingest is never refused by sluice-worker. */
+#ifndef SLUICE_CAMPAIGN_H
+#define SLUICE_CAMPAIGN_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CAMPAIGN_EVENT_TYPE "campaign.batch"
+#define CAMPAIGN_ID_MAX 256 /* bytes, for every id */
+#define CAMPAIGN_TEMPLATE_MAX 65536
+#define CAMPAIGN_DEFAULT_MAX_PARTS 10
+#define CAMPAIGN_DEFAULT_SPLIT_CHARS 1600
+
+struct campaign_message {
+	const char *message_id; /* points into the doc or into the text below */
+	const char *lead_id;
+	const cJSON *vars; /* an object, or NULL */
+	char message_id_text[24]; /* an integer id as decimal text */
+	char lead_id_text[24];
+};
+
+/* A parsed batch; its strings point into the cJSON document it came from,
+ * which must outlive it. */
+struct campaign_batch {
+	const char *run_id;
+	const char *workspace_id;
+	const char *inbox_id;
+	const char *end_time;	 /* as sent */
+	int64_t end_time_ms;	 /* the instant, ms since the epoch */
+	const char *campaign_id; /* from the body, NULL when absent */
+	const char *template_text;
+	long long run_total;
+	int max_split_parts;
+	int split_max_chars;
+	size_t n_messages;
+	struct campaign_message *messages; /* malloc'd */
+};
+
+/* One problem with a batch: index is the message's, -1 at the top level. */
+struct campaign_error {
+	int index;
+	char path[96];
+	char message[160];
+};
+
+/* Parses and checks doc. max_messages 0 = no limit (the worker: the front
+ * door's limit may have been higher when the batch was accepted). Fills up
+ * to max_errs problems; true when there is none. */
+bool campaign_parse(const cJSON *doc, size_t max_messages,
+		    struct campaign_batch *out, struct campaign_error *errs,
+		    size_t max_errs, size_t *n_errs)
+    __attribute__((warn_unused_result));
+void campaign_batch_free(struct campaign_batch *b);
+
+/* RFC 3339 date-time with a mandatory offset ("Z" or "+hh:mm"). */
+bool campaign_time_parse(const char *s, int64_t *ms)
+    __attribute__((warn_unused_result));
+
+/* A lead_updated event: {"lead_id": "..."} (a string or an integer). */
+bool lead_update_parse(const cJSON *doc, const char **lead_id, char text[24],
+		       char *path, size_t pathsz, char *msg, size_t msgsz)
+    __attribute__((warn_unused_result));
+
+#endif

@@ -1,0 +1,318 @@
+/* Campaign batches: RFC 3339 instants, the shared validation, the rules
+ * (end time, inbox, lead, template, split) and the parts' COPY text. */
+#include <stdlib.h>
+
+#include "../../common/campaign.h"
+#include "../../worker/handlers/campaign_rules.h"
+#include "check.h"
+
+static const struct {
+	const char *text;
+	bool ok;
+	long long ms;
+} times[] = {
+    {"2026-11-23T20:00:00Z", true, 1795464000000LL},
+    {"2026-11-23T21:00:00+01:00", true, 1795464000000LL},
+    {"2026-11-23T14:30:00-05:30", true, 1795464000000LL},
+    {"2026-11-23t20:00:00.250z", true, 1795464000250LL},
+    {"2026-11-23 20:00:00.5+00:00", true, 1795464000500LL},
+    {"1970-01-01T00:00:00Z", true, 0},
+    {"2024-02-29T00:00:00Z", true, 1709164800000LL},
+    {"2026-11-23T20:00:00", false, 0},	/* no offset */
+    {"2026-11-23T20:00:00+0100", false, 0}, /* offset without colon */
+    {"2025-02-29T00:00:00Z", false, 0},	/* not a leap year */
+    {"2026-13-01T00:00:00Z", false, 0},
+    {"2026-11-23T24:00:00Z", false, 0},
+    {"2026-11-23", false, 0},
+    {"2026-11-23T20:00:00Zjunk", false, 0},
+    {"2026-11-23T20:00:00.Z", false, 0},
+};
+
+static const char *const bad_batches[][2] = {
+    /* body, the path of the first problem */
+    {"[]", "$"},
+    {"{\"workspace_id\":\"w\",\"inbox_id\":\"i\",\"end_time\":"
+     "\"2026-01-01T00:00:00Z\",\"run_total\":1,\"template\":\"t\","
+     "\"messages\":[{\"message_id\":\"m\",\"lead_id\":\"l\"}]}",
+     "$.run_id"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"2026-01-01T00:00:00\",\"run_total\":1,"
+     "\"template\":\"t\",\"messages\":[{\"message_id\":\"m\","
+     "\"lead_id\":\"l\"}]}",
+     "$.end_time"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"2026-01-01T00:00:00Z\",\"run_total\":\"1\","
+     "\"template\":\"t\",\"messages\":[{\"message_id\":\"m\","
+     "\"lead_id\":\"l\"}]}",
+     "$.run_total"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"2026-01-01T00:00:00Z\",\"run_total\":1,"
+     "\"template\":\"t\",\"messages\":[]}",
+     "$.messages"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"2026-01-01T00:00:00Z\",\"run_total\":1,"
+     "\"template\":\"t\",\"max_split_parts\":0,\"messages\":[{"
+     "\"message_id\":\"m\",\"lead_id\":\"l\"}]}",
+     "$.max_split_parts"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"2026-01-01T00:00:00Z\",\"run_total\":1,"
+     "\"template\":\"t\",\"messages\":[{\"message_id\":\"m\","
+     "\"lead_id\":\"\"}]}",
+     "$.messages[0].lead_id"},
+};
+
+static void test_parse(void)
+{
+	const char *good =
+	    "{\"run_id\":\"r1\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+	    "\"end_time\":\"2026-11-23T21:00:00+01:00\",\"run_total\":3,"
+	    "\"template\":\"Hi {{lead.name}}\",\"split_max_chars\":20,"
+	    "\"messages\":[{\"message_id\":\"m1\",\"lead_id\":\"l1\","
+	    "\"vars\":{\"a\":1}},{\"message_id\":42,\"lead_id\":7}]}";
+	const char *many_bad =
+	    "{\"run_id\":\"r1\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+	    "\"end_time\":\"2026-11-23T21:00:00+01:00\",\"run_total\":3,"
+	    "\"template\":\"t\",\"messages\":[{\"message_id\":\"m1\","
+	    "\"lead_id\":\"l1\"},{\"lead_id\":\"l2\"},{\"message_id\":\"m3\","
+	    "\"lead_id\":1.5},\"x\"]}";
+	struct campaign_error errs[8];
+	struct campaign_batch b;
+	size_t n = 0;
+	cJSON *doc = cJSON_Parse(good);
+
+	CHECK(campaign_parse(doc, 1000, &b, errs, 8, &n), "good batch: %s",
+	      n ? errs[0].path : "");
+	CHECK(b.n_messages == 2 && b.run_total == 3, "fields");
+	CHECK(b.end_time_ms == 1795464000000LL, "end time %lld",
+	      (long long)b.end_time_ms);
+	CHECK(b.max_split_parts == CAMPAIGN_DEFAULT_MAX_PARTS &&
+		  b.split_max_chars == 20,
+	      "defaults");
+	CHECK_STR(b.messages[1].message_id, "42", "integer message id");
+	CHECK_STR(b.messages[1].lead_id, "7", "integer lead id");
+	campaign_batch_free(&b);
+	CHECK(!campaign_parse(doc, 1, &b, errs, 8, &n) && n == 1,
+	      "over the message limit accepted (%zu)", n);
+	CHECK_STR(errs[0].path, "$.messages", "limit path");
+	campaign_batch_free(&b);
+	CHECK(campaign_parse(doc, 0, &b, errs, 8, &n), "no limit");
+	campaign_batch_free(&b);
+	cJSON_Delete(doc);
+
+	doc = cJSON_Parse(many_bad);
+	CHECK(!campaign_parse(doc, 1000, &b, errs, 8, &n) && n == 3,
+	      "every bad item reported: %zu", n);
+	CHECK(errs[0].index == 1, "index %d", errs[0].index);
+	CHECK_STR(errs[0].path, "$.messages[1].message_id", "missing id");
+	CHECK_STR(errs[1].path, "$.messages[2].lead_id", "fractional id");
+	CHECK_STR(errs[2].path, "$.messages[3]", "not an object");
+	campaign_batch_free(&b);
+	cJSON_Delete(doc);
+
+	for (size_t i = 0; i < sizeof(bad_batches) / sizeof(bad_batches[0]);
+	     i++) {
+		doc = cJSON_Parse(bad_batches[i][0]);
+		CHECK(!campaign_parse(doc, 1000, &b, errs, 8, &n) && n >= 1,
+		      "bad batch %zu accepted", i);
+		if (n >= 1)
+			CHECK_STR(errs[0].path, bad_batches[i][1], "path");
+		campaign_batch_free(&b);
+		cJSON_Delete(doc);
+	}
+}
+
+static const char CTX[] =
+    "{\"lead\":{\"id\":\"l1\",\"name\":\"Ana\",\"deleted_at\":null,"
+    "\"score\":7},\"last_conversation\":{\"status\":\"ended\"},"
+    "\"tags\":[\"a\",\"b\"]}";
+
+static const struct {
+	const char *tmpl;
+	const char *want; /* NULL: fails with missing = want_missing */
+	const char *want_missing;
+} renders[] = {
+    {"Hi {{lead.name}}!", "Hi Ana!", NULL},
+    {"{{ lead.name }} / {{last_conversation.status}}", "Ana / ended", NULL},
+    {"score {{lead.score}} {{vars.offer}}", "score 7 20% off", NULL},
+    {"{{offer}}", "20% off", NULL}, /* vars reached without the prefix */
+    {"{{tags.1}}", "b", NULL},
+    {"no placeholders", "no placeholders", NULL},
+    {"open {{ never closed", "open {{ never closed", NULL},
+    {"{{lead.phone}}", NULL, "lead.phone"},
+    {"{{lead.deleted_at}}", NULL, "lead.deleted_at"}, /* null */
+    {"{{lead}}", NULL, "lead"},			       /* an object */
+    {"{{vars.name}}", NULL, "vars.name"},
+};
+
+static void test_render(void)
+{
+	cJSON *ctx = cJSON_Parse(CTX);
+	cJSON *vars = cJSON_Parse("{\"offer\":\"20% off\"}");
+	struct buf out;
+	char missing[64];
+
+	buf_init(&out);
+	for (size_t i = 0; i < sizeof(renders) / sizeof(renders[0]); i++) {
+		bool ok = campaign_render(renders[i].tmpl, ctx, vars, &out,
+					  missing, sizeof(missing));
+
+		if (renders[i].want) {
+			CHECK(ok, "render %zu failed at %s", i, missing);
+			CHECK_STR(out.data, renders[i].want, renders[i].tmpl);
+		} else {
+			CHECK(!ok, "render %zu succeeded", i);
+			CHECK_STR(missing, renders[i].want_missing,
+				  renders[i].tmpl);
+		}
+	}
+	buf_free(&out);
+	cJSON_Delete(ctx);
+	cJSON_Delete(vars);
+}
+
+static const struct {
+	const char *text;
+	int max;
+	size_t n;
+	const char *parts[5];
+} splits[] = {
+    {"one two three", 7, 2, {"one two", "three"}},
+    {"one two three", 13, 1, {"one two three"}},
+    {"  lead  and trail  ", 9, 2, {"lead  and", "trail"}},
+    {"abcdefghij", 4, 3, {"abcd", "efgh", "ij"}},
+    {"ab abcdefg c", 3, 4, {"ab", "abc", "def", "g c"}},
+    {"été à Noël", 5, 2, {"été à", "Noël"}}, /* code points, not bytes */
+    {"line\none", 20, 1, {"line\none"}},
+    {"   ", 5, 0, {NULL}},
+};
+
+static void test_split(void)
+{
+	for (size_t i = 0; i < sizeof(splits) / sizeof(splits[0]); i++) {
+		struct rule_result r;
+
+		rule_result_init(&r);
+		buf_puts(&r.text, splits[i].text);
+		campaign_split(&r, splits[i].max);
+		CHECK(r.n_parts == splits[i].n, "split %zu: %zu parts", i,
+		      r.n_parts);
+		for (size_t k = 0; k < r.n_parts && k < splits[i].n; k++) {
+			char got[64];
+
+			snprintf(got, sizeof(got), "%.*s", (int)r.part_len[k],
+				 r.text.data + r.part_off[k]);
+			CHECK_STR(got, splits[i].parts[k], splits[i].text);
+		}
+		rule_result_free(&r);
+	}
+}
+
+static void test_evaluate(void)
+{
+	cJSON *ctx = cJSON_Parse(CTX);
+	cJSON *deleted = cJSON_Parse("{\"lead\":{\"name\":\"X\",\"deleted_at\":"
+				     "\"2026-01-01T00:00:00Z\"}}");
+	struct rule_input base = {
+	    .now_ms = 1000,
+	    .end_time_ms = 2000,
+	    .inbox = INBOX_CONNECTED,
+	    .lead = LEAD_FOUND,
+	    .ctx = ctx,
+	    .template_text = "Hello {{lead.name}}, this is a long message",
+	    .max_split_parts = 3,
+	    .split_max_chars = 20,
+	};
+	const struct {
+		const char *name;
+		struct rule_input in;
+		enum msg_status status;
+		const char *error;
+		size_t parts;
+	} cases[] = {
+	    {"ready", base, MSG_READY, "", 2},
+	    {"expired first", {.now_ms = 2001, .end_time_ms = 2000,
+			       .inbox = INBOX_MISSING, .lead = LEAD_NOT_FOUND},
+	     MSG_EXPIRED, "", 0},
+	    {"inbox missing", {.now_ms = 1, .end_time_ms = 2, .inbox =
+			       INBOX_MISSING, .lead = LEAD_NOT_FOUND},
+	     MSG_PAUSED, "inbox_missing", 0},
+	    {"inbox disconnected", {.now_ms = 1, .end_time_ms = 2, .inbox =
+				    INBOX_DISCONNECTED, .lead = LEAD_FOUND},
+	     MSG_PAUSED, "inbox_disconnected", 0},
+	    {"unavailable", {.now_ms = 1, .end_time_ms = 2, .inbox =
+			     INBOX_CONNECTED, .lead = LEAD_UNAVAILABLE},
+	     MSG_FAILED, "context_unavailable", 0},
+	    {"not found", {.now_ms = 1, .end_time_ms = 2, .inbox =
+			   INBOX_CONNECTED, .lead = LEAD_NOT_FOUND},
+	     MSG_FAILED, "lead_not_found", 0},
+	    {"deleted", {.now_ms = 1, .end_time_ms = 2, .inbox =
+			 INBOX_CONNECTED, .lead = LEAD_FOUND, .ctx = deleted,
+			 .template_text = "x", .max_split_parts = 1,
+			 .split_max_chars = 5},
+	     MSG_FAILED, "lead_deleted", 0},
+	    {"missing var", {.now_ms = 1, .end_time_ms = 2, .inbox =
+			     INBOX_CONNECTED, .lead = LEAD_FOUND, .ctx = ctx,
+			     .template_text = "{{vars.offer}}",
+			     .max_split_parts = 1, .split_max_chars = 5},
+	     MSG_FAILED, "missing_var:vars.offer", 0},
+	    {"too many parts", {.now_ms = 1, .end_time_ms = 2, .inbox =
+				INBOX_CONNECTED, .lead = LEAD_FOUND,
+				.ctx = ctx,
+				.template_text = "aa bb cc dd",
+				.max_split_parts = 3, .split_max_chars = 2},
+	     MSG_FAILED, "too_many_parts", 4},
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct rule_result r;
+
+		rule_result_init(&r);
+		campaign_evaluate(&cases[i].in, &r);
+		CHECK(r.status == cases[i].status, "%s: status %s",
+		      cases[i].name, msg_status_names[r.status]);
+		CHECK_STR(r.error, cases[i].error, cases[i].name);
+		if (cases[i].parts)
+			CHECK(r.n_parts == cases[i].parts, "%s: %zu parts",
+			      cases[i].name, r.n_parts);
+		rule_result_free(&r);
+	}
+	cJSON_Delete(ctx);
+	cJSON_Delete(deleted);
+}
+
+static void test_parts_copy(void)
+{
+	struct rule_result r;
+	struct buf b;
+
+	rule_result_init(&r);
+	buf_init(&b);
+	buf_puts(&r.text, "say \"hi\" back\\slash\ttab");
+	campaign_split(&r, 8);
+	campaign_parts_copy(&r, &b);
+	/* "say \"hi\"" | "back\sla" | "sh<tab>tab", array- then COPY-escaped */
+	CHECK_STR(b.data,
+		  "{\"say \\\\\"hi\\\\\"\",\"back\\\\\\\\sla\",\"sh\\ttab\"}",
+		  "parts literal");
+	buf_free(&b);
+	rule_result_free(&r);
+}
+
+int main(void)
+{
+	for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+		int64_t ms = -1;
+		bool ok = campaign_time_parse(times[i].text, &ms);
+
+		CHECK(ok == times[i].ok, "%s: parsed %d", times[i].text, ok);
+		if (ok && times[i].ok)
+			CHECK(ms == times[i].ms, "%s: %lld", times[i].text,
+			      (long long)ms);
+	}
+	test_parse();
+	test_render();
+	test_split();
+	test_evaluate();
+	test_parts_copy();
+	return check_done("test_campaign");
+}

@@ -1,0 +1,309 @@
+/* One batch of records, start to end: dispatch each record to its kind's
+ * handler, let the handlers look up what they need on the event_base, write
+ * everything and the offsets in one transaction, then invalidate Redis. */
+#include "batch.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/kafka.h"
+#include "../common/log.h"
+#include "../common/util.h"
+#include "handlers/handler.h"
+
+#define MAX_HANDLERS 16
+
+struct batch {
+	struct batch_env *env;
+	size_t n_handlers;
+	void *state[MAX_HANDLERS]; /* per handler, in handlers[] order */
+	bool used[MAX_HANDLERS];   /* had a record in this attempt */
+	struct cache_keys keys;
+	struct buf line;
+	struct batch_totals t;
+};
+
+/* The batch's partitions and the next offset of each. */
+struct partmap {
+	int32_t *parts;
+	int64_t *next;
+	int64_t *fence;
+	int n;
+};
+
+static int partmap_index(const struct partmap *pm, int32_t p)
+{
+	for (int i = 0; i < pm->n; i++)
+		if (pm->parts[i] == p)
+			return i;
+	return -1;
+}
+
+char *batch_staging_sql(void)
+{
+	struct buf b;
+
+	buf_init(&b);
+	buf_puts(&b, "");
+	for (int i = 0; handlers[i]; i++)
+		if (handlers[i]->staging_sql)
+			buf_puts(&b, handlers[i]->staging_sql);
+	return b.data;
+}
+
+struct batch *batch_new(struct batch_env *env)
+{
+	struct batch *b = calloc(1, sizeof(*b));
+	struct handler_env henv = {env->cfg, env->base, env->contexts};
+
+	if (!b)
+		abort();
+	b->env = env;
+	for (int i = 0; handlers[i] && i < MAX_HANDLERS; i++) {
+		b->state[i] = handlers[i]->create(&henv);
+		b->n_handlers++;
+	}
+	buf_init(&b->line);
+	return b;
+}
+
+void batch_destroy(struct batch *b)
+{
+	if (!b)
+		return;
+	for (size_t i = 0; i < b->n_handlers; i++)
+		handlers[i]->destroy(b->state[i]);
+	cache_keys_free(&b->keys);
+	buf_free(&b->line);
+	free(b);
+}
+
+void batch_totals(const struct batch *b, struct batch_totals *out)
+{
+	*out = b->t;
+	out->saved = out->skipped = 0;
+	for (size_t i = 0; i < b->n_handlers; i++)
+		if (handlers[i]->totals)
+			handlers[i]->totals(b->state[i], &out->saved,
+					    &out->skipped);
+}
+
+static size_t handler_index(const char *kind)
+{
+	for (size_t i = 0; handlers[i]; i++)
+		if (strcmp(handlers[i]->kind, kind) == 0)
+			return i;
+	return (size_t)-1;
+}
+
+/* Runs the event_base until every handler's lookups are in. */
+static void batch_prepare(struct batch *b)
+{
+	bool waiting = false;
+
+	for (size_t i = 0; i < b->n_handlers; i++)
+		if (b->used[i] && handlers[i]->prepare) {
+			handlers[i]->prepare(b->state[i]);
+			waiting = true;
+		}
+	while (waiting) {
+		waiting = false;
+		for (size_t i = 0; i < b->n_handlers && !waiting; i++)
+			if (b->used[i] && handlers[i]->prepared &&
+			    !handlers[i]->prepared(b->state[i]))
+				waiting = true;
+		if (waiting)
+			event_base_loop(b->env->base, EVLOOP_ONCE);
+	}
+}
+
+/* Builds and writes one attempt at the batch. false = transient failure
+ * (nothing committed); the caller retries. */
+static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs,
+			  size_t n, struct partmap *pm, size_t *dead,
+			  size_t *fenced, int64_t *prepare_ms, char *err,
+			  size_t errsz)
+{
+	struct batch_env *env = b->env;
+	size_t dlq_count = 0;
+	int64_t t;
+
+	*dead = *fenced = 0;
+	for (size_t i = 0; i < b->n_handlers; i++) {
+		handlers[i]->reset(b->state[i]);
+		b->used[i] = false;
+	}
+	if (!pgsink_begin(env->ps, pm->parts, pm->n, pm->fence, err, errsz))
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		rd_kafka_message_t *m = msgs[i];
+		int pi = partmap_index(pm, m->partition);
+		char kind[32], source[128], received[32], campaign[300];
+		char reason[300];
+		size_t h;
+		struct record rec;
+
+		if (pm->fence[pi] >= 0 && m->offset < pm->fence[pi]) {
+			(*fenced)++; /* applied by an earlier owner */
+			continue;
+		}
+		kafka_header(m, HDR_KIND, kind, sizeof(kind));
+		kafka_header(m, HDR_SOURCE, source, sizeof(source));
+		kafka_header(m, HDR_RECEIVED_AT, received, sizeof(received));
+		kafka_header(m, HDR_CAMPAIGN_ID, campaign, sizeof(campaign));
+		rec.value = m->payload;
+		rec.len = m->len;
+		rec.source = source[0] ? source : "unknown";
+		rec.campaign_id = campaign;
+		rec.received_ms = received[0] ? atoll(received) : 0;
+		if (rec.received_ms <= 0)
+			rec.received_ms = rd_kafka_message_timestamp(m, NULL);
+		rec.seq = (int64_t)i;
+		h = handler_index(kind);
+		if (h == (size_t)-1) {
+			snprintf(reason, sizeof(reason),
+				 "unknown kind \"%s\" (header %s)", kind,
+				 HDR_KIND);
+		} else if (!m->payload || m->len == 0) {
+			snprintf(reason, sizeof(reason), "empty record");
+		} else if (handlers[h]->add(b->state[h], &rec, reason,
+					    sizeof(reason))) {
+			b->used[h] = true;
+			continue;
+		}
+		if (!dlq_send(env->dlq, m, reason)) {
+			snprintf(err, errsz,
+				 "dead-letter topic refused a record");
+			pgsink_rollback(env->ps);
+			return false;
+		}
+		dlq_count++;
+	}
+	if (dlq_count > 0 && !dlq_flush(env->dlq, 10000)) {
+		snprintf(err, errsz, "dead-letter topic did not confirm");
+		pgsink_rollback(env->ps);
+		return false;
+	}
+	*dead = dlq_count;
+	t = util_mono_ms();
+	batch_prepare(b);
+	*prepare_ms += util_mono_ms() - t;
+	for (size_t i = 0; i < b->n_handlers; i++)
+		if (b->used[i] && handlers[i]->write &&
+		    !handlers[i]->write(b->state[i], env->ps, err, errsz)) {
+			pgsink_rollback(env->ps);
+			return false;
+		}
+	return pgsink_commit(env->ps, pm->parts, pm->next, pm->n, err, errsz);
+}
+
+/* Waits on the event_base (lookups and Redis keep being served), in
+ * slices so a stop request is seen within 100 ms. */
+static void batch_wait(struct batch *b, int ms)
+{
+	int64_t until = util_mono_ms() + ms;
+
+	while (!*b->env->stopping) {
+		int64_t left = until - util_mono_ms();
+		struct timeval tv;
+
+		if (left <= 0)
+			break;
+		if (left > 100)
+			left = 100;
+		tv.tv_sec = 0;
+		tv.tv_usec = (suseconds_t)left * 1000;
+		event_base_loopexit(b->env->base, &tv);
+		event_base_dispatch(b->env->base);
+	}
+}
+
+void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
+{
+	struct batch *b = arg;
+	struct batch_env *env = b->env;
+	struct partmap pm = {.n = 0};
+	int backoff = env->cfg->retry_backoff_min_ms;
+	size_t dead = 0, fenced = 0;
+	int64_t t0 = util_mono_ms(), prepare_ms = 0, t_commit, t_end;
+	long long removed;
+	char err[1024];
+
+	pm.parts = calloc(n, sizeof(*pm.parts));
+	pm.next = calloc(n, sizeof(*pm.next));
+	pm.fence = calloc(n, sizeof(*pm.fence));
+	if (!pm.parts || !pm.next || !pm.fence)
+		abort();
+	for (size_t i = 0; i < n; i++) {
+		int pi = partmap_index(&pm, msgs[i]->partition);
+
+		if (pi < 0) {
+			pi = pm.n++;
+			pm.parts[pi] = msgs[i]->partition;
+			pm.next[pi] = 0;
+		}
+		if (msgs[i]->offset + 1 > pm.next[pi])
+			pm.next[pi] = msgs[i]->offset + 1;
+	}
+	contexts_reset(env->contexts);
+	while (!batch_attempt(b, msgs, n, &pm, &dead, &fenced, &prepare_ms,
+			      err, sizeof(err))) {
+		log_warn("batch of %zu records not committed: %s; retrying in "
+			 "%d ms",
+			 n, err, backoff);
+		if (*env->stopping) {
+			log_warn("stopping: the batch stays uncommitted and "
+				 "will be consumed again");
+			goto done;
+		}
+		batch_wait(b, backoff);
+		backoff = backoff * 2 > env->cfg->retry_backoff_max_ms
+			      ? env->cfg->retry_backoff_max_ms
+			      : backoff * 2;
+	}
+	t_commit = util_mono_ms();
+	if (env->consumer)
+		consume_commit_async(env->consumer, pm.parts, pm.next, pm.n);
+
+	/* After the commit: every key the handlers name, in one pipeline. */
+	cache_keys_clear(&b->keys);
+	for (size_t i = 0; i < b->n_handlers; i++)
+		if (b->used[i] && handlers[i]->keys)
+			handlers[i]->keys(b->state[i], &b->keys);
+	removed = cache_invalidate(env->cache, &b->keys);
+	t_end = util_mono_ms();
+
+	buf_reset(&b->line);
+	buf_puts(&b->line, "");
+	for (size_t i = 0; i < b->n_handlers; i++) {
+		size_t before = b->line.len;
+
+		if (!handlers[i]->summary)
+			continue;
+		if (before > 0)
+			buf_puts(&b->line, "; ");
+		handlers[i]->summary(b->state[i], &b->line);
+		if (b->line.len == before + 2 && before > 0) {
+			b->line.len = before; /* it had nothing to say */
+			b->line.data[before] = '\0';
+		}
+	}
+	b->t.batches++;
+	b->t.records += n;
+	b->t.dead += dead;
+	log_info("batch of %zu records in %lld ms (lookups %lld ms, database "
+		 "%lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already "
+		 "applied, %s%lld cache keys removed",
+		 n, (long long)(t_end - t0), (long long)prepare_ms,
+		 (long long)(t_commit - t0 - prepare_ms),
+		 (long long)(t_end - t_commit), b->line.data,
+		 b->line.len ? "; " : "", dead, fenced,
+		 removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
+	/* Let what the batch queued on the loop (cache fills) go out. */
+	event_base_loop(env->base, EVLOOP_NONBLOCK);
+done:
+	free(pm.parts);
+	free(pm.next);
+	free(pm.fence);
+}

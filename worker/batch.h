@@ -1,0 +1,47 @@
+/* One batch of records, start to end: dispatch each record to its kind's
+ * handler, let the handlers look up what they need on the event_base, write
+ * everything and the offsets in one transaction, then invalidate Redis. */
+#ifndef SLUICE_BATCH_H
+#define SLUICE_BATCH_H
+
+#include <event2/event.h>
+#include <librdkafka/rdkafka.h>
+#include <signal.h>
+#include <stddef.h>
+
+#include "cache.h"
+#include "consume.h"
+#include "contexts.h"
+#include "dlq.h"
+#include "pgsink.h"
+#include "settings.h"
+
+/* What a batch works with; owned by the caller, outliving the batches. */
+struct batch_env {
+	const struct worker_config *cfg;
+	struct event_base *base;
+	struct pgsink *ps;
+	struct cache *cache;
+	struct dlq *dlq;
+	struct contexts *contexts;
+	struct consumer *consumer; /* set once the consumer exists */
+	volatile const int *stopping;
+};
+
+struct batch_totals {
+	unsigned long long batches, records, saved, skipped, dead;
+};
+
+struct batch;
+
+struct batch *batch_new(struct batch_env *env);
+void batch_destroy(struct batch *b);
+/* The consumer's flush callback (consume_flush_fn): runs on the worker
+ * thread and processes msgs[0..n) completely, retrying transient failures
+ * with back-off on the event_base, before it returns. */
+void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n);
+void batch_totals(const struct batch *b, struct batch_totals *out);
+/* The staging tables of every handler, for pgsink_new(). */
+char *batch_staging_sql(void);
+
+#endif

@@ -1,0 +1,55 @@
+/* Lead contexts, the shared service: a batch's distinct leads read through
+ * Redis (cache-aside with a lease against stampedes and a version against
+ * stale fills), misses fetched from the context source with at most K
+ * lookups in flight, as a sliding window, all on the worker's event_base. */
+#ifndef SLUICE_CONTEXTS_H
+#define SLUICE_CONTEXTS_H
+
+#include <cjson/cJSON.h>
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "settings.h"
+
+struct contexts;
+
+enum ctx_state {
+	CTX_PENDING = 0,
+	CTX_FOUND,	 /* *ctx is the context object */
+	CTX_NOT_FOUND,	 /* the source says the lead does not exist */
+	CTX_UNAVAILABLE, /* the source failed, retries exhausted */
+};
+
+struct contexts_stats {
+	size_t leads;	     /* distinct leads asked for */
+	size_t hits;	     /* served by Redis */
+	size_t misses;	     /* not in Redis (or Redis down) */
+	size_t lease_waits;  /* waited for another worker's fill */
+	size_t redis_errors; /* Redis replies that never came */
+	size_t lookups;	     /* calls to the source, retries included */
+	size_t failures;     /* calls that failed or timed out */
+	int peak_inflight;
+	int64_t ms; /* wall time from the first read to the last answer */
+};
+
+struct contexts *contexts_new(struct event_base *base,
+			      const struct worker_config *cfg, char *errstr,
+			      size_t errstr_size);
+void contexts_destroy(struct contexts *c);
+
+/* Forgets the previous batch's leads (their contexts and stats). */
+void contexts_reset(struct contexts *c);
+/* Adds a lead to the batch's set; asking twice costs nothing. */
+void contexts_want(struct contexts *c, const char *lead_id);
+/* Starts resolving every wanted lead not resolved yet; returns at once.
+ * The event_base then runs until contexts_done(). */
+void contexts_fetch(struct contexts *c);
+bool contexts_done(const struct contexts *c);
+/* A resolved lead's state; *ctx is valid until contexts_reset(). */
+enum ctx_state contexts_get(const struct contexts *c, const char *lead_id,
+			    const cJSON **ctx);
+const struct contexts_stats *contexts_stats(const struct contexts *c);
+
+#endif

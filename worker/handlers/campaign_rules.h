@@ -1,0 +1,60 @@
+/* The rules a campaign message goes through, as pure functions: the run's
+ * end time, the inbox, the lead's context, the template, the split. */
+#ifndef SLUICE_CAMPAIGN_RULES_H
+#define SLUICE_CAMPAIGN_RULES_H
+
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../common/util.h"
+
+enum msg_status { MSG_READY = 0, MSG_FAILED, MSG_PAUSED, MSG_EXPIRED };
+
+extern const char *const msg_status_names[]; /* "ready", ... */
+
+enum inbox_state { INBOX_MISSING = 0, INBOX_DISCONNECTED, INBOX_CONNECTED };
+
+enum lead_ctx { LEAD_FOUND = 0, LEAD_NOT_FOUND, LEAD_UNAVAILABLE };
+
+struct rule_input {
+	int64_t now_ms;
+	int64_t end_time_ms;
+	enum inbox_state inbox;
+	enum lead_ctx lead;
+	const cJSON *ctx;  /* the lead's context object when LEAD_FOUND */
+	const cJSON *vars; /* the message's vars, or NULL */
+	const char *template_text;
+	int max_split_parts;
+	int split_max_chars;
+};
+
+struct rule_result {
+	enum msg_status status;
+	char error[300]; /* "" unless failed/paused */
+	struct buf text; /* the rendered text */
+	size_t n_parts;
+	size_t *part_off, *part_len; /* byte ranges of text */
+	size_t cap_parts;
+};
+
+void rule_result_init(struct rule_result *r);
+void rule_result_free(struct rule_result *r);
+
+/* Applies the rules in order; one message's outcome only. */
+void campaign_evaluate(const struct rule_input *in, struct rule_result *out);
+
+/* Renders {{path}} placeholders from ctx (and vars as "vars"). false with
+ * the first missing path in missing. */
+bool campaign_render(const char *tmpl, const cJSON *ctx, const cJSON *vars,
+		     struct buf *out, char *missing, size_t missing_size);
+
+/* Splits r->text at whitespace into parts of at most max_chars code
+ * points (a longer word is cut). */
+void campaign_split(struct rule_result *r, int max_chars);
+
+/* Appends the parts as a PostgreSQL text[] literal, escaped for COPY. */
+void campaign_parts_copy(const struct rule_result *r, struct buf *b);
+
+#endif

@@ -1,0 +1,74 @@
+/* What a batch needs from the handler of each record kind, and the table
+ * that maps a kind (the record's "kind" header) to its handler, as
+ * pgbouncer's admin command table maps a word to a function. Each handler
+ * owns its SQL, its staging tables and its cache keys; pgsink only owns the
+ * transaction, the offset fence and COPY. */
+#ifndef SLUICE_HANDLER_H
+#define SLUICE_HANDLER_H
+
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../../common/util.h"
+#include "../cache.h"
+#include "../settings.h"
+
+struct pgsink;
+struct contexts;
+
+/* One record of a batch, as a handler sees it. */
+struct record {
+	const char *value; /* the body as received; not NUL-terminated */
+	size_t len;
+	const char *source;	 /* header "source" */
+	const char *campaign_id; /* header "campaign-id", "" if absent */
+	int64_t received_ms;	 /* header "received-at", else the timestamp */
+	int64_t seq;		 /* position in the batch */
+};
+
+/* The worker's shared services a handler may use. */
+struct handler_env {
+	const struct worker_config *cfg;
+	struct event_base *base;
+	struct contexts *contexts;
+};
+
+struct handler {
+	const char *kind;
+	/* CREATE TEMP TABLE ... ON COMMIT DELETE ROWS, run on each new
+	 * connection; NULL for none. */
+	const char *staging_sql;
+	void *(*create)(const struct handler_env *env);
+	void (*destroy)(void *st);
+	/* Forget the rows of the previous attempt. */
+	void (*reset)(void *st);
+	/* Takes one record. false: it can never succeed (reason says why)
+	 * and nothing of it was kept. */
+	bool (*add)(void *st, const struct record *r, char *reason,
+		    size_t reason_size);
+	/* Optional: starts asynchronous lookups on env->base once every
+	 * record is added; the batch runs the loop until prepared() is
+	 * true. */
+	void (*prepare)(void *st);
+	bool (*prepared)(void *st);
+	/* Writes its rows inside the batch's open transaction. false: a
+	 * transient failure (errstr); the batch is retried whole. */
+	bool (*write)(void *st, struct pgsink *ps, char *errstr,
+		      size_t errstr_size);
+	/* After the commit: the Redis keys to remove. */
+	void (*keys)(void *st, struct cache_keys *out);
+	/* Its part of the batch's log line, "" when it had no record. */
+	void (*summary)(void *st, struct buf *line);
+	/* Counters for the totals (saved rows, skipped duplicates). */
+	void (*totals)(void *st, unsigned long long *saved,
+		       unsigned long long *skipped);
+};
+
+/* Every handler, in the order their rows are written. */
+extern const struct handler *const handlers[];
+
+const struct handler *handler_find(const char *kind);
+
+#endif
