@@ -30,6 +30,45 @@ bool kafka_conf_apply(rd_kafka_conf_t *conf, const struct cfg_kv *kv,
 	return true;
 }
 
+rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec,
+			     char *errstr, size_t errstr_size)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_t *rk;
+	char err[512];
+
+	if (!kafka_conf_set(conf, "bootstrap.servers", spec->brokers, errstr,
+			    errstr_size) ||
+	    !kafka_conf_set(conf, "client.id", spec->client_id, errstr,
+			    errstr_size))
+		goto fail;
+	for (const char *const *kv = spec->settings; kv && kv[0]; kv += 2)
+		if (!kafka_conf_set(conf, kv[0], kv[1], errstr, errstr_size))
+			goto fail;
+	for (const struct cfg_kv *kv = spec->passthrough; kv; kv = kv->next) {
+		const char *k = kv->key + strlen("kafka.");
+
+		if (spec->connection_only && strncmp(k, "security.", 9) != 0 &&
+		    strncmp(k, "sasl.", 5) != 0 && strncmp(k, "ssl.", 4) != 0)
+			continue;
+		if (!kafka_conf_set(conf, k, kv->value, errstr, errstr_size))
+			goto fail;
+	}
+	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
+	rd_kafka_conf_set_opaque(conf, spec->opaque);
+	if (spec->callbacks)
+		spec->callbacks(conf);
+	rk = rd_kafka_new(spec->type, conf, err, sizeof(err));
+	if (!rk) {
+		snprintf(errstr, errstr_size, "%s: %s", spec->what, err);
+		goto fail;
+	}
+	return rk; /* conf is owned by rk now */
+fail:
+	rd_kafka_conf_destroy(conf);
+	return NULL;
+}
+
 bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
 			int timeout_ms, char *errstr, size_t errstr_size)
 {

@@ -30,6 +30,26 @@ bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
 		    char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* What differs between sluice's Kafka clients; kafka_client_new() does the
+ * rest the same way for all (bootstrap servers, client id, the kafka.*
+ * passthrough, log routing, opaque). */
+struct kafka_client_spec {
+	rd_kafka_type_t type;
+	const char *what; /* "kafka consumer", prefixes errors */
+	const char *brokers;
+	const char *client_id;
+	const char *const *settings;	  /* key, value, ..., NULL */
+	const struct cfg_kv *passthrough; /* kafka.* from the config */
+	/* Only the connection-level passthrough keys (security., sasl.,
+	 * ssl.): a side client must not get the main client's tuning. */
+	bool connection_only;
+	void *opaque;
+	void (*callbacks)(rd_kafka_conf_t *conf); /* optional */
+};
+
+rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec,
+			     char *errstr, size_t errstr_size);
+
 /* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		  const char *buf);

@@ -63,39 +63,37 @@ static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
 	handle_wake(((struct ingest *)arg)->wake_fds[0], 0, arg);
 }
 
+static void producer_callbacks(rd_kafka_conf_t *conf)
+{
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+}
+
 bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 {
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char tmo[32];
+	const char *const settings[] = {"enable.idempotence", "true",
+					"acks", "all",
+					"message.timeout.ms", tmo,
+					"linger.ms", "1",
+					NULL};
+	struct kafka_client_spec spec = {
+	    .type = RD_KAFKA_PRODUCER,
+	    .what = "kafka producer",
+	    .brokers = ing->cfg.brokers,
+	    .client_id = "sluice-ingest",
+	    .settings = settings,
+	    .passthrough = ing->cfg.kafka,
+	    .opaque = ing,
+	    .callbacks = producer_callbacks,
+	};
 	char err[512];
 	struct timeval tv = {0, 100 * 1000};
 
 	snprintf(tmo, sizeof(tmo), "%d", ing->cfg.delivery_timeout_ms);
-	if (!kafka_conf_set(conf, "bootstrap.servers", ing->cfg.brokers, errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "enable.idempotence", "true", errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "acks", "all", errstr, errstr_size) ||
-	    !kafka_conf_set(conf, "message.timeout.ms", tmo, errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "linger.ms", "1", errstr, errstr_size) ||
-	    !kafka_conf_set(conf, "client.id", "sluice-ingest", errstr,
-			    errstr_size) ||
-	    !kafka_conf_apply(conf, ing->cfg.kafka, errstr, errstr_size)) {
-		rd_kafka_conf_destroy(conf);
+	ing->rk = kafka_client_new(&spec, errstr, errstr_size);
+	if (!ing->rk)
 		return false;
-	}
-	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-	rd_kafka_conf_set_error_cb(conf, error_cb);
-	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
-	rd_kafka_conf_set_opaque(conf, ing);
-	ing->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
-	if (!ing->rk) {
-		rd_kafka_conf_destroy(conf);
-		snprintf(errstr, errstr_size, "kafka producer: %s", err);
-		return false;
-	}
-	conf = NULL; /* owned by rk now */
 
 	if (pipe(ing->wake_fds) != 0) {
 		snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));

@@ -151,18 +151,44 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
 }
 
+static void consumer_callbacks(rd_kafka_conf_t *conf)
+{
+	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+	rd_kafka_conf_set_error_cb(conf, error_cb);
+}
+
 struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 			     volatile const int *stop, consume_flush_fn flush,
 			     void *flush_arg, char *errstr, size_t errstr_size)
 {
+	static const char *const settings[] = {
+	    "group.id", NULL, /* filled below */
+	    "enable.auto.commit", "false",
+	    "enable.auto.offset.store", "false",
+	    "auto.offset.reset", "earliest",
+	    "partition.assignment.strategy", "cooperative-sticky",
+	    "fetch.wait.max.ms", "100",
+	    NULL};
+	const char *kv[sizeof(settings) / sizeof(settings[0])];
 	struct consumer *c = calloc(1, sizeof(*c));
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	struct kafka_client_spec spec = {
+	    .type = RD_KAFKA_CONSUMER,
+	    .what = "kafka consumer",
+	    .brokers = cfg->brokers,
+	    .client_id = "sluice-worker",
+	    .settings = kv,
+	    .passthrough = cfg->kafka,
+	    .opaque = c,
+	    .callbacks = consumer_callbacks,
+	};
 	rd_kafka_topic_partition_list_t *topics;
 	rd_kafka_resp_err_t err;
 	char e[512];
 
 	if (!c)
 		abort();
+	memcpy(kv, settings, sizeof(kv));
+	kv[1] = cfg->group_id;
 	c->cfg = cfg;
 	c->ps = ps;
 	c->stop = stop;
@@ -171,34 +197,9 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	c->msgs = calloc((size_t)cfg->batch_max, sizeof(*c->msgs));
 	if (!c->msgs)
 		abort();
-	if (!kafka_conf_set(conf, "bootstrap.servers", cfg->brokers, errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "group.id", cfg->group_id, errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "enable.auto.commit", "false", errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "enable.auto.offset.store", "false", errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "auto.offset.reset", "earliest", errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "partition.assignment.strategy",
-			    "cooperative-sticky", errstr, errstr_size) ||
-	    !kafka_conf_set(conf, "client.id", "sluice-worker", errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "fetch.wait.max.ms", "100", errstr,
-			    errstr_size) ||
-	    !kafka_conf_apply(conf, cfg->kafka, errstr, errstr_size))
+	c->rk = kafka_client_new(&spec, errstr, errstr_size);
+	if (!c->rk)
 		goto fail;
-	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
-	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
-	rd_kafka_conf_set_error_cb(conf, error_cb);
-	rd_kafka_conf_set_opaque(conf, c);
-	c->rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, e, sizeof(e));
-	if (!c->rk) {
-		snprintf(errstr, errstr_size, "kafka consumer: %s", e);
-		goto fail;
-	}
-	conf = NULL; /* owned by rk now */
 	rd_kafka_poll_set_consumer(c->rk);
 	if (!kafka_ensure_topic(c->rk, cfg->topic, cfg->topic_partitions, 5000,
 				e, sizeof(e)))
@@ -215,8 +216,6 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	}
 	return c;
 fail:
-	if (conf)
-		rd_kafka_conf_destroy(conf);
 	if (c->rk)
 		rd_kafka_destroy(c->rk);
 	free(c->msgs);

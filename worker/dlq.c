@@ -28,53 +28,43 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	}
 }
 
+static void dlq_callbacks(rd_kafka_conf_t *conf)
+{
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
+}
+
 struct dlq *dlq_new(const char *brokers, const char *topic,
 		    const struct cfg_kv *kafka, int partitions, char *errstr,
 		    size_t errstr_size)
 {
-	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	static const char *const settings[] = {"enable.idempotence", "true",
+					       NULL};
 	struct dlq *d = calloc(1, sizeof(*d));
+	struct kafka_client_spec spec = {
+	    .type = RD_KAFKA_PRODUCER,
+	    .what = "dead-letter producer",
+	    .brokers = brokers,
+	    .client_id = "sluice-worker-dlq",
+	    .settings = settings,
+	    .passthrough = kafka,
+	    .connection_only = true,
+	    .opaque = d,
+	    .callbacks = dlq_callbacks,
+	};
 	char err[512];
 
 	if (!d)
 		abort();
-	/* Only the connection-level kafka.* settings make sense here; the
-	 * consumer-only ones would be rejected by a producer. */
-	for (const struct cfg_kv *kv = kafka; kv; kv = kv->next) {
-		const char *k = kv->key + strlen("kafka.");
-
-		if (strncmp(k, "security.", 9) == 0 ||
-		    strncmp(k, "sasl.", 5) == 0 || strncmp(k, "ssl.", 4) == 0)
-			if (!kafka_conf_set(conf, k, kv->value, errstr,
-					    errstr_size))
-				goto fail;
-	}
-	if (!kafka_conf_set(conf, "bootstrap.servers", brokers, errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "enable.idempotence", "true", errstr,
-			    errstr_size) ||
-	    !kafka_conf_set(conf, "client.id", "sluice-worker-dlq", errstr,
-			    errstr_size))
-		goto fail;
-	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
-	rd_kafka_conf_set_opaque(conf, d);
-	d->rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	d->rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!d->rk) {
-		snprintf(errstr, errstr_size, "dead-letter producer: %s", err);
-		goto fail;
+		free(d);
+		return NULL;
 	}
-	conf = NULL; /* owned by rk now */
 	d->topic = strdup(topic);
 	if (!kafka_ensure_topic(d->rk, topic, partitions, 5000, err,
 				sizeof(err)))
 		log_warn("could not ensure dead-letter topic: %s", err);
 	return d;
-fail:
-	if (conf)
-		rd_kafka_conf_destroy(conf);
-	free(d);
-	return NULL;
 }
 
 void dlq_destroy(struct dlq *d)
