@@ -64,9 +64,8 @@ bool campaign_time_parse(const char *s, int64_t *ms)
 	if (strlen(s) < 20 || !digits(s, 4, &y) || s[4] != '-' ||
 	    !digits(s + 5, 2, &mo) || s[7] != '-' || !digits(s + 8, 2, &d) ||
 	    (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
-	    !digits(s + 11, 2, &h) || s[13] != ':' ||
-	    !digits(s + 14, 2, &mi) || s[16] != ':' ||
-	    !digits(s + 17, 2, &sec))
+	    !digits(s + 11, 2, &h) || s[13] != ':' || !digits(s + 14, 2, &mi) ||
+	    s[16] != ':' || !digits(s + 17, 2, &sec))
 		return false;
 	p = s + 19;
 	if (*p == '.') {
@@ -142,8 +141,8 @@ static const char *text_field(struct checker *ck, const cJSON *o,
 
 /* An integer field within [lo, hi]; def when absent and not required. */
 static bool int_field(struct checker *ck, const cJSON *o, const char *name,
-		      long long lo, long long hi, bool required,
-		      long long def, long long *out)
+		      long long lo, long long hi, bool required, long long def,
+		      long long *out)
 {
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
 	char path[96], msg[160];
@@ -158,8 +157,8 @@ static bool int_field(struct checker *ck, const cJSON *o, const char *name,
 	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
 	    floor(v->valuedouble) != v->valuedouble ||
 	    v->valuedouble < (double)lo || v->valuedouble > (double)hi) {
-		snprintf(msg, sizeof(msg), "must be an integer from %lld to %lld",
-			 lo, hi);
+		snprintf(msg, sizeof(msg),
+			 "must be an integer from %lld to %lld", lo, hi);
 		problem(ck, -1, path, msg);
 		return false;
 	}
@@ -265,8 +264,8 @@ bool campaign_parse(const cJSON *doc, size_t max_messages,
 				       CAMPAIGN_ID_MAX, true, -1, "$");
 	out->inbox_id =
 	    text_field(&ck, doc, "inbox_id", CAMPAIGN_ID_MAX, true, -1, "$");
-	out->campaign_id = text_field(&ck, doc, "campaign_id",
-				      CAMPAIGN_ID_MAX, false, -1, "$");
+	out->campaign_id = text_field(&ck, doc, "campaign_id", CAMPAIGN_ID_MAX,
+				      false, -1, "$");
 	out->end_time = text_field(&ck, doc, "end_time", 64, true, -1, "$");
 	if (out->end_time &&
 	    !campaign_time_parse(out->end_time, &out->end_time_ms))
@@ -298,7 +297,7 @@ void campaign_batch_free(struct campaign_batch *b)
 bool lead_update_parse(const cJSON *doc, const char **lead_id, char text[24],
 		       char *path, size_t pathsz, char *msg, size_t msgsz)
 {
-	struct campaign_error err;
+	struct campaign_error err = {0};
 	struct checker ck = {&err, 1, 0};
 	const cJSON *v = cJSON_GetObjectItemCaseSensitive(doc, "lead_id");
 

@@ -17,7 +17,7 @@
 struct campaign_message {
 	const char *message_id; /* points into the doc or into the text below */
 	const char *lead_id;
-	const cJSON *vars; /* an object, or NULL */
+	const cJSON *vars;	  /* an object, or NULL */
 	char message_id_text[24]; /* an integer id as decimal text */
 	char lead_id_text[24];
 };

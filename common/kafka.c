@@ -30,8 +30,8 @@ bool kafka_conf_apply(rd_kafka_conf_t *conf, const struct cfg_kv *kv,
 	return true;
 }
 
-rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec,
-			     char *errstr, size_t errstr_size)
+rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
+			     size_t errstr_size)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	rd_kafka_t *rk;

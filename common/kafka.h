@@ -47,8 +47,8 @@ struct kafka_client_spec {
 	void (*callbacks)(rd_kafka_conf_t *conf); /* optional */
 };
 
-rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec,
-			     char *errstr, size_t errstr_size);
+rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
+			     size_t errstr_size);
 
 /* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,

@@ -56,7 +56,7 @@ bool extract_fields(int kind, const cJSON *doc, struct extracted *out,
 		return true;
 	case KIND_CAMPAIGN: {
 		struct campaign_batch b;
-		struct campaign_error err;
+		struct campaign_error err = {0};
 		size_t n = 0;
 		bool ok = campaign_parse(doc, 0, &b, &err, 1, &n);
 

@@ -234,13 +234,13 @@ static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
 				cJSON_AddNumberToObject(e, "index",
 							errs[i].index);
 			cJSON_AddStringToObject(e, "path", errs[i].path);
-			cJSON_AddStringToObject(e, "message",
-						errs[i].message);
+			cJSON_AddStringToObject(e, "message", errs[i].message);
 			cJSON_AddItemToArray(list, e);
 		}
 		if (n > MAX_REPORTED_ERRORS)
-			cJSON_AddNumberToObject(o, "more_errors",
-						(double)(n - MAX_REPORTED_ERRORS));
+			cJSON_AddNumberToObject(
+			    o, "more_errors",
+			    (double)(n - MAX_REPORTED_ERRORS));
 		reply_json(ing, req, 422, o);
 	}
 	campaign_batch_free(&b);
@@ -345,8 +345,8 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	} else if ((src->schema &&
 		    !schema_validate(src->schema, doc, path, sizeof(path), msg,
 				     sizeof(msg))) ||
-		   !extract_fields(src->kind, doc, &ex, path, sizeof(path),
-				   msg, sizeof(msg))) {
+		   !extract_fields(src->kind, doc, &ex, path, sizeof(path), msg,
+				   sizeof(msg))) {
 		char full[600];
 
 		snprintf(full, sizeof(full), "%s %s", path, msg);
@@ -374,7 +374,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	p->ing = ing;
 	p->id = strdup(whid);
 	p->key = strdup(ex.key);
-	p->key_name = src->kind == KIND_CAMPAIGN	  ? "runId"
+	p->key_name = src->kind == KIND_CAMPAIGN       ? "runId"
 		      : src->kind == KIND_LEAD_UPDATED ? "leadId"
 						       : "conversationId";
 	p->event_type = strdup(ex.event_type);
@@ -533,7 +533,8 @@ static void handle_request(struct evhttp_request *req, void *arg)
 		const char *id = path + strlen(CAMPAIGN_PREFIX);
 		const char *slash = strchr(id, '/');
 
-		if (slash && slash > id && strcmp(slash, CAMPAIGN_SUFFIX) == 0) {
+		if (slash && slash > id &&
+		    strcmp(slash, CAMPAIGN_SUFFIX) == 0) {
 			handle_campaign(ing, req, id, (size_t)(slash - id));
 			return;
 		}

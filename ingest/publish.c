@@ -72,10 +72,14 @@ static void producer_callbacks(rd_kafka_conf_t *conf)
 bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 {
 	char tmo[32];
-	const char *const settings[] = {"enable.idempotence", "true",
-					"acks", "all",
-					"message.timeout.ms", tmo,
-					"linger.ms", "1",
+	const char *const settings[] = {"enable.idempotence",
+					"true",
+					"acks",
+					"all",
+					"message.timeout.ms",
+					tmo,
+					"linger.ms",
+					"1",
 					NULL};
 	struct kafka_client_spec spec = {
 	    .type = RD_KAFKA_PRODUCER,

@@ -8,9 +8,10 @@
 #include "../common/config.h"
 
 enum source_kind {
-	KIND_TRANSCRIPT = 0, /* POST /v1/webhooks/{source}: a video-call vendor */
-	KIND_CAMPAIGN,	     /* POST /v1/campaigns/{id}/batches */
-	KIND_LEAD_UPDATED,   /* POST /v1/webhooks/{source}: {"lead_id"} */
+	KIND_TRANSCRIPT =
+	    0,		   /* POST /v1/webhooks/{source}: a video-call vendor */
+	KIND_CAMPAIGN,	   /* POST /v1/campaigns/{id}/batches */
+	KIND_LEAD_UPDATED, /* POST /v1/webhooks/{source}: {"lead_id"} */
 };
 enum signature_mode { SIG_UNSET = -1, SIG_NONE = 0, SIG_STANDARD_WEBHOOKS };
 
@@ -55,7 +56,6 @@ void ingest_config_dump(const struct ingest_config *cfg);
 struct source *ingest_source_find(const struct ingest_config *cfg,
 				  const char *name, size_t len);
 /* The first source of a kind, or NULL. */
-struct source *ingest_source_of_kind(const struct ingest_config *cfg,
-				     int kind);
+struct source *ingest_source_of_kind(const struct ingest_config *cfg, int kind);
 
 #endif

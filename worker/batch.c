@@ -60,7 +60,7 @@ struct batch *batch_new(struct batch_env *env)
 	if (!b)
 		abort();
 	b->env = env;
-	for (int i = 0; handlers[i] && i < MAX_HANDLERS; i++) {
+	for (int i = 0; i < MAX_HANDLERS && handlers[i]; i++) {
 		b->state[i] = handlers[i]->create(&henv);
 		b->n_handlers++;
 	}
@@ -120,10 +120,9 @@ static void batch_prepare(struct batch *b)
 
 /* Builds and writes one attempt at the batch. false = transient failure
  * (nothing committed); the caller retries. */
-static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs,
-			  size_t n, struct partmap *pm, size_t *dead,
-			  size_t *fenced, int64_t *prepare_ms, char *err,
-			  size_t errsz)
+static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
+			  struct partmap *pm, size_t *dead, size_t *fenced,
+			  int64_t *prepare_ms, char *err, size_t errsz)
 {
 	struct batch_env *env = b->env;
 	size_t dlq_count = 0;
@@ -247,8 +246,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			pm.next[pi] = msgs[i]->offset + 1;
 	}
 	contexts_reset(env->contexts);
-	while (!batch_attempt(b, msgs, n, &pm, &dead, &fenced, &prepare_ms,
-			      err, sizeof(err))) {
+	while (!batch_attempt(b, msgs, n, &pm, &dead, &fenced, &prepare_ms, err,
+			      sizeof(err))) {
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",
 			 n, err, backoff);

@@ -175,7 +175,8 @@ void cache_keys_add(struct cache_keys *k, char *const *templates,
 {
 	for (size_t t = 0; t < n_templates; t++) {
 		bool pattern;
-		char *key = cache_expand(templates[t], placeholder, id, &pattern);
+		char *key =
+		    cache_expand(templates[t], placeholder, id, &pattern);
 
 		keys_push(k, key, pattern ? CACHE_PATTERN : CACHE_KEY);
 	}

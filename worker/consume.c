@@ -161,14 +161,19 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 			     volatile const int *stop, consume_flush_fn flush,
 			     void *flush_arg, char *errstr, size_t errstr_size)
 {
-	static const char *const settings[] = {
-	    "group.id", NULL, /* filled below */
-	    "enable.auto.commit", "false",
-	    "enable.auto.offset.store", "false",
-	    "auto.offset.reset", "earliest",
-	    "partition.assignment.strategy", "cooperative-sticky",
-	    "fetch.wait.max.ms", "100",
-	    NULL};
+	static const char *const settings[] = {"group.id",
+					       NULL, /* filled below */
+					       "enable.auto.commit",
+					       "false",
+					       "enable.auto.offset.store",
+					       "false",
+					       "auto.offset.reset",
+					       "earliest",
+					       "partition.assignment.strategy",
+					       "cooperative-sticky",
+					       "fetch.wait.max.ms",
+					       "100",
+					       NULL};
 	const char *kv[sizeof(settings) / sizeof(settings[0])];
 	struct consumer *c = calloc(1, sizeof(*c));
 	struct kafka_client_spec spec = {

@@ -81,7 +81,7 @@ struct lead {
 
 struct slot {
 	struct contexts *c;
-	struct lead *lead;    /* NULL when free */
+	struct lead *lead; /* NULL when free */
 	struct event *timeout;
 	/* http */
 	struct evhttp_connection *hc;
@@ -384,8 +384,7 @@ static void poll_cb(redisAsyncContext *ac, void *reply, void *priv)
 
 		if (what == 1 && r->elements == 2 &&
 		    r->element[1]->type == REDIS_REPLY_STRING)
-			ctx = parse_ctx(r->element[1]->str,
-					r->element[1]->len);
+			ctx = parse_ctx(r->element[1]->str, r->element[1]->len);
 		if (ctx) {
 			lead_finish(l, CTX_FOUND, ctx);
 			return;
@@ -434,7 +433,8 @@ static void lead_wait(struct lead *l)
 	if (!l->timer)
 		l->timer = evtimer_new(l->c->base, handle_wait, l);
 	evtimer_add(l->timer, &tv);
-	l->wait_ms = l->wait_ms * 2 > WAIT_MAX_MS ? WAIT_MAX_MS : l->wait_ms * 2;
+	l->wait_ms =
+	    l->wait_ms * 2 > WAIT_MAX_MS ? WAIT_MAX_MS : l->wait_ms * 2;
 }
 
 /* After the source answered: cache the context (unless an invalidation
@@ -449,10 +449,16 @@ static void lead_store(struct lead *l, const char *json)
 	snprintf(ttl, sizeof(ttl), "%lld",
 		 (long long)c->cfg->lc_cache_ttl_s * 1000LL);
 	if (json && l->version_known && c->ac) {
-		const char *argv[10] = {"EVAL",	 LUA_FILL, "3",
-					k1,	 k2,	   k3,
+		const char *argv[10] = {"EVAL",
+					LUA_FILL,
+					"3",
+					k1,
+					k2,
+					k3,
 					l->version ? l->version : "",
-					json,	 ttl,	   c->token};
+					json,
+					ttl,
+					c->token};
 
 		redisAsyncCommandArgv(c->ac, NULL, NULL, 10, argv, NULL);
 	} else if (l->leased && c->ac) {
@@ -541,8 +547,8 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 	if (!ok) {
 		c->st.failures++;
 		if (l->attempts <= c->cfg->lc_retries) {
-			log_debug("lead %s: lookup failed (%s); retrying", l->id,
-				  why);
+			log_debug("lead %s: lookup failed (%s); retrying",
+				  l->id, why);
 			lead_retry_later(l);
 		} else {
 			log_warn("lead %s: context unavailable after %d "
@@ -703,9 +709,8 @@ static bool pg_send(struct slot *s)
 {
 	const char *params[1] = {s->lead->id};
 
-	if (!PQsendQueryParams(s->pg,
-			       "SELECT get_lead_full_context($1)::text", 1,
-			       NULL, params, NULL, NULL, 0))
+	if (!PQsendQueryParams(s->pg, "SELECT get_lead_full_context($1)::text",
+			       1, NULL, params, NULL, NULL, 0))
 		return false;
 	s->pg_ready = false;
 	pg_watch(s, PQflush(s->pg) == 1 ? EV_WRITE | EV_READ : EV_READ);
@@ -889,8 +894,7 @@ struct contexts *contexts_new(struct event_base *base,
 	c->k = cfg->lc_concurrency;
 	c->redis_backoff_ms = 100;
 	util_random_id(c->token, sizeof(c->token), "lease_");
-	if (!redis_addr_parse(cfg->redis_url, &c->raddr, errstr,
-			      errstr_size)) {
+	if (!redis_addr_parse(cfg->redis_url, &c->raddr, errstr, errstr_size)) {
 		free(c);
 		return NULL;
 	}
@@ -1031,8 +1035,8 @@ static void leads_unique(struct contexts *c)
 		return;
 	qsort(c->leads, c->n_leads, sizeof(*c->leads), cmp_lead);
 	for (size_t i = 0; i < c->n_leads; i++) {
-		if (out > 0 && strcmp(c->leads[out - 1]->id,
-				      c->leads[i]->id) == 0) {
+		if (out > 0 &&
+		    strcmp(c->leads[out - 1]->id, c->leads[i]->id) == 0) {
 			/* keep the one already resolved, if either is */
 			if (c->leads[i]->phase == PH_DONE &&
 			    c->leads[out - 1]->phase != PH_DONE) {

@@ -196,7 +196,7 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 }
 
 bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
-		    char *errstr, size_t errstr_size)
+		 char *errstr, size_t errstr_size)
 {
 	PGresult *res;
 	bool ok;
@@ -225,8 +225,8 @@ bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 }
 
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
-			    const char *const *params, const char *what,
-			    char *errstr, size_t errstr_size)
+		      const char *const *params, const char *what, char *errstr,
+		      size_t errstr_size)
 {
 	PGresult *res =
 	    PQexecParams(ps->conn, sql, nparams, NULL, params, NULL, NULL, 0);
@@ -241,8 +241,8 @@ long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
 }
 
 PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
-			const char *const *params, const char *what,
-			char *errstr, size_t errstr_size)
+		       const char *const *params, const char *what,
+		       char *errstr, size_t errstr_size)
 {
 	PGresult *res =
 	    PQexecParams(ps->conn, sql, nparams, NULL, params, NULL, NULL, 0);

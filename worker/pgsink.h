@@ -37,9 +37,8 @@ bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
     __attribute__((warn_unused_result));
 /* A statement's affected rows, or -1 (errstr). */
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
-		      const char *const *params, const char *what,
-		      char *errstr, size_t errstr_size)
-    __attribute__((warn_unused_result));
+		      const char *const *params, const char *what, char *errstr,
+		      size_t errstr_size) __attribute__((warn_unused_result));
 /* A query's rows (PQclear it), or NULL (errstr). */
 PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
 		       const char *const *params, const char *what,

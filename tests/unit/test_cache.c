@@ -25,7 +25,7 @@ int main(void)
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		bool pattern = !cases[i].pattern;
 		char *got = cache_expand(cases[i].tmpl, "{conversation_id}",
-				 cases[i].id, &pattern);
+					 cases[i].id, &pattern);
 
 		CHECK_STR(got, cases[i].want, cases[i].tmpl);
 		CHECK(pattern == cases[i].pattern, "case %zu pattern flag", i);
@@ -64,8 +64,8 @@ int main(void)
 		CHECK(a.port == 1234 && a.db == 3, "port %d db %d", a.port,
 		      a.db);
 		redis_addr_free(&a);
-		CHECK(redis_addr_parse("redis://h", &a, err, sizeof(err)),
-		      "%s", err);
+		CHECK(redis_addr_parse("redis://h", &a, err, sizeof(err)), "%s",
+		      err);
 		CHECK(a.port == 6379 && a.db == 0 && !a.password, "defaults");
 		redis_addr_free(&a);
 		CHECK(!redis_addr_parse("redis://:0", &a, err, sizeof(err)),

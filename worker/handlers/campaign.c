@@ -163,7 +163,7 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 			 size_t reason_size)
 {
 	struct campaign_state *c = st;
-	struct campaign_error err;
+	struct campaign_error err = {0};
 	size_t n_errs = 0;
 	struct crec *cr;
 	cJSON *doc = cJSON_ParseWithLength(r->value, r->len);
@@ -188,10 +188,10 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 	}
 	cr->doc = doc;
 	cr->seq = r->seq;
-	cr->campaign_id = strdup(r->campaign_id && r->campaign_id[0]
-				     ? r->campaign_id
-				 : cr->b.campaign_id ? cr->b.campaign_id
-						     : "");
+	cr->campaign_id =
+	    strdup(r->campaign_id && r->campaign_id[0] ? r->campaign_id
+		   : cr->b.campaign_id		       ? cr->b.campaign_id
+						       : "");
 	c->n++;
 	for (size_t i = 0; i < cr->b.n_messages; i++)
 		contexts_want(c->env.contexts, cr->b.messages[i].lead_id);
@@ -278,10 +278,9 @@ static bool load_inboxes(struct campaign_state *c, struct pgsink *ps,
 		    bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str);
 
 		if (hit)
-			m->state[hit - m->ids] =
-			    PQgetvalue(res, r, 1)[0] == 't'
-				? INBOX_CONNECTED
-				: INBOX_DISCONNECTED;
+			m->state[hit - m->ids] = PQgetvalue(res, r, 1)[0] == 't'
+						     ? INBOX_CONNECTED
+						     : INBOX_DISCONNECTED;
 	}
 	PQclear(res);
 	return true;
@@ -326,20 +325,20 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 		buf_printf(&c->stage_runs, "%lld\t%lld\n",
 			   (long long)cr->b.end_time_ms, cr->b.run_total);
 		for (size_t k = 0; k < cr->b.n_messages; k++) {
-			const struct campaign_message *msg =
-			    &cr->b.messages[k];
+			const struct campaign_message *msg = &cr->b.messages[k];
 			const cJSON *ctx = NULL;
-			enum ctx_state cs = contexts_get(
-			    c->env.contexts, msg->lead_id, &ctx);
+			enum ctx_state cs =
+			    contexts_get(c->env.contexts, msg->lead_id, &ctx);
 
-			in.lead = cs == CTX_FOUND       ? LEAD_FOUND
+			in.lead = cs == CTX_FOUND	? LEAD_FOUND
 				  : cs == CTX_NOT_FOUND ? LEAD_NOT_FOUND
 							: LEAD_UNAVAILABLE;
 			in.ctx = ctx;
 			in.vars = msg->vars;
 			campaign_evaluate(&in, &c->res);
 			c->outcome[c->res.status]++;
-			buf_printf(&c->stage_msgs, "%lld\t", (long long)cr->seq);
+			buf_printf(&c->stage_msgs, "%lld\t",
+				   (long long)cr->seq);
 			copy_field(&c->stage_msgs, cr->b.run_id, false);
 			copy_field(&c->stage_msgs, msg->message_id, false);
 			copy_field(&c->stage_msgs, msg->lead_id, false);

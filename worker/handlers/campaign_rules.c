@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const msg_status_names[] = {"ready", "failed", "paused",
-					"expired", NULL};
+const char *const msg_status_names[] = {"ready", "failed", "paused", "expired",
+					NULL};
 
 void rule_result_init(struct rule_result *r)
 {
@@ -55,7 +55,8 @@ static const cJSON *lookup(const cJSON *ctx, const cJSON *vars,
 				char *e;
 				long i = strtol(name, &e, 10);
 
-				node = *e ? NULL : cJSON_GetArrayItem(node, (int)i);
+				node = *e ? NULL
+					  : cJSON_GetArrayItem(node, (int)i);
 			} else {
 				node = cJSON_GetObjectItemCaseSensitive(node,
 									name);

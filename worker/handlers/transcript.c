@@ -185,7 +185,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	buf_copy_escape(&rows->conversations, cid);
 	buf_puts(&rows->conversations, "\t");
 	buf_copy_escape(&rows->conversations,
-		    source && *source ? source : "unknown");
+			source && *source ? source : "unknown");
 	buf_puts(&rows->conversations, "\t");
 	buf_copy_escape(&rows->conversations, event_type);
 	buf_puts(&rows->conversations, "\t");
@@ -316,8 +316,8 @@ static bool transcript_add(void *st, const struct record *r, char *reason,
 		return false;
 	if (t->conv_ids.n == t->conv_ids.cap) {
 		t->conv_ids.cap = t->conv_ids.cap ? t->conv_ids.cap * 2 : 64;
-		t->conv_ids.v = realloc(t->conv_ids.v,
-					t->conv_ids.cap * sizeof(char *));
+		t->conv_ids.v =
+		    realloc(t->conv_ids.v, t->conv_ids.cap * sizeof(char *));
 		if (!t->conv_ids.v)
 			abort();
 	}
@@ -384,7 +384,8 @@ static void transcript_summary(void *st, struct buf *line)
 	buf_printf(line,
 		   "saved %lld messages, skipped %lld duplicates, %zu "
 		   "conversations",
-		   t->inserted, skipped, distinct(t->conv_ids.v, t->conv_ids.n));
+		   t->inserted, skipped,
+		   distinct(t->conv_ids.v, t->conv_ids.n));
 }
 
 static void transcript_totals(void *st, unsigned long long *saved,

@@ -43,7 +43,6 @@ void transcript_entry_id(const char *conversation_id, int position,
 /* The conversation status an event type sets, or NULL to keep it. */
 const char *transcript_status_for(const char *event_type);
 
-
 extern const struct handler transcript_handler;
 
 #endif
