@@ -199,8 +199,10 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 
 /* Waits on the event_base (lookups and Redis keep being served), in
  * slices so a stop request is seen within 100 ms. */
-static void batch_wait(struct batch *b, int ms)
+void batch_wait(void *arg, int ms)
 {
+	struct batch *b = arg;
+
 	int64_t until = util_mono_ms() + ms;
 
 	while (!*b->env->stopping) {

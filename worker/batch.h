@@ -40,6 +40,9 @@ void batch_destroy(struct batch *b);
  * thread and processes msgs[0..n) completely, retrying transient failures
  * with back-off on the event_base, before it returns. */
 void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n);
+/* Waits ms on the event_base (its lookups and Redis keep being served), in
+ * slices so a stop request is seen within 100 ms; a consume_wait_fn. */
+void batch_wait(void *arg, int ms);
 void batch_totals(const struct batch *b, struct batch_totals *out);
 /* The staging tables of every handler, for pgsink_new(). */
 char *batch_staging_sql(void);

@@ -2,6 +2,8 @@
  * conversations, in pipelined round trips (SCAN + UNLINK, never KEYS). */
 #include "cache.h"
 
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,9 +19,11 @@
 #define BUMP_TTL_S "86400"
 
 struct cache {
+	struct event_base *base;
 	struct redis_addr addr;
 	int timeout_ms;
-	redisContext *ctx;
+	redisAsyncContext *ac;
+	char lost[128];	     /* why the connection went, for the log */
 	int64_t retry_at_ms; /* no connection attempt before this */
 	int backoff_ms;
 	struct cache_keys pending; /* deferred while Redis was down */
@@ -226,8 +230,8 @@ static void keys_unique(struct cache_keys *k)
 	k->n = out;
 }
 
-struct cache *cache_new(const char *url, int timeout_ms, char *errstr,
-			size_t errstr_size)
+struct cache *cache_new(struct event_base *base, const char *url,
+			int timeout_ms, char *errstr, size_t errstr_size)
 {
 	struct cache *c = calloc(1, sizeof(*c));
 
@@ -237,6 +241,7 @@ struct cache *cache_new(const char *url, int timeout_ms, char *errstr,
 		free(c);
 		return NULL;
 	}
+	c->base = base;
 	c->timeout_ms = timeout_ms;
 	c->backoff_ms = 100;
 	return c;
@@ -246,8 +251,12 @@ void cache_destroy(struct cache *c)
 {
 	if (!c)
 		return;
-	if (c->ctx)
-		redisFree(c->ctx);
+	if (c->ac) {
+		redisAsyncContext *ac = c->ac;
+
+		c->ac = NULL;
+		redisAsyncFree(ac);
+	}
 	cache_keys_free(&c->pending);
 	redis_addr_free(&c->addr);
 	free(c);
@@ -258,82 +267,219 @@ size_t cache_pending(const struct cache *c)
 	return c->pending.n;
 }
 
+/* hiredis, on the loop: AUTH or SELECT answered. */
+static void setup_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+	redisReply *r = reply;
+
+	(void)priv;
+	if (r && r->type == REDIS_REPLY_ERROR)
+		log_warn("redis %s: %s", ac->c.tcp.host ? ac->c.tcp.host : "",
+			 r->str);
+}
+
+redisAsyncContext *redis_async_open(struct event_base *base,
+				    const struct redis_addr *a, void *data,
+				    redisConnectCallback *on_connect,
+				    redisDisconnectCallback *on_disconnect,
+				    char *errstr, size_t errstr_size)
+{
+	redisAsyncContext *ac = redisAsyncConnect(a->host, a->port);
+
+	if (!ac || ac->err) {
+		snprintf(errstr, errstr_size, "%s",
+			 ac ? ac->errstr : "cannot allocate");
+		if (ac)
+			redisAsyncFree(ac);
+		return NULL;
+	}
+	ac->data = data;
+	redisLibeventAttach(ac, base);
+	redisAsyncSetConnectCallback(ac, on_connect);
+	redisAsyncSetDisconnectCallback(ac, on_disconnect);
+	/* Queued first, so they run first once connected. */
+	if (a->password) {
+		if (a->user)
+			redisAsyncCommand(ac, setup_cb, NULL, "AUTH %s %s",
+					  a->user, a->password);
+		else
+			redisAsyncCommand(ac, setup_cb, NULL, "AUTH %s",
+					  a->password);
+	}
+	if (a->db != 0)
+		redisAsyncCommand(ac, setup_cb, NULL, "SELECT %d", a->db);
+	return ac;
+}
+
+/* Drops the connection (never from inside a hiredis callback): pending
+ * callbacks get a NULL reply, the next attempt waits for the back-off. */
 static void cache_fail(struct cache *c, const char *why)
 {
+	redisAsyncContext *ac = c->ac;
+
 	log_warn("redis %s:%d: %s; invalidation deferred, retrying in %d ms",
 		 c->addr.host, c->addr.port, why, c->backoff_ms);
-	if (c->ctx)
-		redisFree(c->ctx);
-	c->ctx = NULL;
+	c->ac = NULL;
+	if (ac)
+		redisAsyncFree(ac);
 	c->retry_at_ms = util_mono_ms() + c->backoff_ms;
 	c->backoff_ms = c->backoff_ms * 2 > 5000 ? 5000 : c->backoff_ms * 2;
 }
 
+/* hiredis, on the loop. */
+static void cache_connect_cb(const redisAsyncContext *ac, int status)
+{
+	struct cache *c = ac->data;
+
+	if (status != REDIS_OK && c->ac == ac) {
+		snprintf(c->lost, sizeof(c->lost), "%s", ac->errstr);
+		c->ac = NULL; /* hiredis frees it */
+	}
+}
+
+static void cache_disconnect_cb(const redisAsyncContext *ac, int status)
+{
+	struct cache *c = ac->data;
+
+	if (c->ac == ac) {
+		snprintf(c->lost, sizeof(c->lost), "%s",
+			 status == REDIS_OK ? "connection closed" : ac->errstr);
+		c->ac = NULL;
+	}
+}
+
 static bool cache_connect(struct cache *c)
 {
-	struct timeval tv = {c->timeout_ms / 1000,
-			     (c->timeout_ms % 1000) * 1000};
+	char err[256];
 
-	if (c->ctx)
+	if (c->ac)
 		return true;
 	if (util_mono_ms() < c->retry_at_ms)
 		return false;
-	c->ctx = redisConnectWithTimeout(c->addr.host, c->addr.port, tv);
-	if (!c->ctx || c->ctx->err) {
-		cache_fail(c, c->ctx ? c->ctx->errstr : "cannot allocate");
+	c->lost[0] = '\0';
+	c->ac = redis_async_open(c->base, &c->addr, c, cache_connect_cb,
+				 cache_disconnect_cb, err, sizeof(err));
+	if (!c->ac) {
+		cache_fail(c, err);
 		return false;
 	}
-	redisSetTimeout(c->ctx, tv);
-	if (c->addr.password) {
-		redisReply *r =
-		    c->addr.user
-			? redisCommand(c->ctx, "AUTH %s %s", c->addr.user,
-				       c->addr.password)
-			: redisCommand(c->ctx, "AUTH %s", c->addr.password);
-		bool ok = r && r->type != REDIS_REPLY_ERROR;
-
-		if (r)
-			freeReplyObject(r);
-		if (!ok) {
-			cache_fail(c, "AUTH failed");
-			return false;
-		}
-	}
-	if (c->addr.db != 0) {
-		redisReply *r = redisCommand(c->ctx, "SELECT %d", c->addr.db);
-		bool ok = r && r->type != REDIS_REPLY_ERROR;
-
-		if (r)
-			freeReplyObject(r);
-		if (!ok) {
-			cache_fail(c, "SELECT failed");
-			return false;
-		}
-	}
-	c->backoff_ms = 100;
 	return true;
 }
 
+struct run;
+
 struct scan_job {
+	struct run *run;
 	char *pattern;
 	char cursor[32];
 };
 
-static void append_unlinks(redisContext *ctx, struct strvec *keys,
-			   size_t *replies)
+/* One round trip's replies, gathered by the callbacks below. */
+struct run {
+	size_t outstanding;
+	bool failed;
+	bool timed_out;
+	long long removed;
+	struct strvec found;
+};
+
+/* hiredis, on the loop: UNLINK answered. */
+static void unlink_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
-	const char *argv[UNLINK_CHUNK + 1];
+	struct run *r = priv;
+	redisReply *rep = reply;
 
-	for (size_t i = 0; i < keys->n; i += UNLINK_CHUNK) {
-		size_t n =
-		    keys->n - i < UNLINK_CHUNK ? keys->n - i : UNLINK_CHUNK;
-
-		argv[0] = "UNLINK";
-		for (size_t k = 0; k < n; k++)
-			argv[k + 1] = keys->v[i + k];
-		redisAppendCommandArgv(ctx, (int)n + 1, argv, NULL);
-		(*replies)++;
+	(void)ac;
+	r->outstanding--;
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		if (rep)
+			log_warn("redis: %s", rep->str);
+		r->failed = true;
+	} else if (rep->type == REDIS_REPLY_INTEGER) {
+		r->removed += rep->integer;
 	}
+}
+
+/* hiredis, on the loop: INCR or EXPIRE answered. */
+static void bump_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct run *r = priv;
+	redisReply *rep = reply;
+
+	(void)ac;
+	r->outstanding--;
+	if (!rep || rep->type == REDIS_REPLY_ERROR)
+		r->failed = true;
+}
+
+/* hiredis, on the loop: SCAN answered. */
+static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct scan_job *job = priv;
+	struct run *r = job->run;
+	redisReply *rep = reply;
+
+	(void)ac;
+	r->outstanding--;
+	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
+		if (rep && rep->type == REDIS_REPLY_ERROR)
+			log_warn("redis: %s", rep->str);
+		r->failed = true;
+		return;
+	}
+	snprintf(job->cursor, sizeof(job->cursor), "%s",
+		 rep->element[0]->str ? rep->element[0]->str : "0");
+	for (size_t k = 0; k < rep->element[1]->elements; k++)
+		strvec_push(&r->found,
+			    strndup(rep->element[1]->element[k]->str,
+				    rep->element[1]->element[k]->len));
+	if (strcmp(job->cursor, "0") == 0)
+		job->cursor[0] = '\0'; /* done */
+}
+
+/* Loop timer: Redis did not answer a round trip in time. */
+static void handle_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct run *r = arg;
+
+	(void)fd;
+	(void)what;
+	r->timed_out = true;
+}
+
+static void send_cmd(struct cache *c, struct run *r, redisCallbackFn *fn,
+		     void *priv, int argc, const char **argv)
+{
+	if (!c->ac || redisAsyncCommandArgv(c->ac, fn, priv, argc, argv,
+					    NULL) != REDIS_OK) {
+		r->failed = true;
+		return;
+	}
+	r->outstanding++;
+}
+
+/* Runs the loop until every reply of the round trip is in, Redis is lost,
+ * or redis_timeout_ms passes. */
+static bool await_run(struct cache *c, struct run *r)
+{
+	struct timeval tv = {c->timeout_ms / 1000,
+			     (c->timeout_ms % 1000) * 1000};
+	struct event *t = evtimer_new(c->base, handle_timeout, r);
+
+	evtimer_add(t, &tv);
+	while (r->outstanding > 0 && c->ac && !r->timed_out)
+		event_base_loop(c->base, EVLOOP_ONCE);
+	event_free(t);
+	if (r->outstanding > 0 || r->failed) {
+		/* Callbacks still pending get NULL replies from the free, so
+		 * nothing refers to r afterwards. */
+		cache_fail(c, r->timed_out ? "no answer in time"
+			      : c->lost[0] ? c->lost
+					   : "command failed");
+		r->outstanding = 0;
+		return false;
+	}
+	return true;
 }
 
 /* One pipelined round trip per SCAN step: the first carries the exact keys'
@@ -342,10 +488,11 @@ static void append_unlinks(redisContext *ctx, struct strvec *keys,
 static long long cache_run(struct cache *c, const struct cache_keys *in)
 {
 	struct scan_job *jobs = NULL;
-	size_t n_jobs = 0, active;
+	size_t n_jobs = 0;
 	struct strvec keys = {0};
+	struct run r;
 	long long removed = 0;
-	bool ok = true, first = true;
+	bool ok = true, first = true, active = true;
 
 	for (size_t i = 0; i < in->n; i++) {
 		if (in->v[i].op == CACHE_KEY) {
@@ -359,89 +506,55 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 			n_jobs++;
 		}
 	}
-	active = n_jobs;
-	while (ok && (active > 0 || keys.n > 0 || first)) {
-		size_t replies = 0, unlink_replies, bump_replies = 0;
-		struct strvec found = {0};
+	while (ok && (active || keys.n > 0 || first)) {
+		memset(&r, 0, sizeof(r));
+		for (size_t i = 0; i < keys.n; i += UNLINK_CHUNK) {
+			const char *argv[UNLINK_CHUNK + 1];
+			size_t n = keys.n - i < UNLINK_CHUNK ? keys.n - i
+							     : UNLINK_CHUNK;
 
-		append_unlinks(c->ctx, &keys, &replies);
-		unlink_replies = replies;
+			argv[0] = "UNLINK";
+			for (size_t k = 0; k < n; k++)
+				argv[k + 1] = keys.v[i + k];
+			send_cmd(c, &r, unlink_cb, &r, (int)n + 1, argv);
+		}
 		/* A version bump (INCR + EXPIRE) tells a fill that started
 		 * before this invalidation not to land. */
 		for (size_t i = 0; first && i < in->n; i++) {
+			const char *incr[2] = {"INCR", in->v[i].key};
+			const char *exp[3] = {"EXPIRE", in->v[i].key,
+					      BUMP_TTL_S};
+
 			if (in->v[i].op != CACHE_BUMP)
 				continue;
-			redisAppendCommand(c->ctx, "INCR %s", in->v[i].key);
-			redisAppendCommand(c->ctx, "EXPIRE %s " BUMP_TTL_S,
-					   in->v[i].key);
-			bump_replies += 2;
+			send_cmd(c, &r, bump_cb, &r, 2, incr);
+			send_cmd(c, &r, bump_cb, &r, 3, exp);
 		}
-		replies += bump_replies;
 		first = false;
+		active = false;
 		for (size_t j = 0; j < n_jobs; j++) {
+			const char *argv[6] = {"SCAN",	jobs[j].cursor,
+					       "MATCH", jobs[j].pattern,
+					       "COUNT", SCAN_COUNT};
+
 			if (!jobs[j].cursor[0])
 				continue;
-			redisAppendCommand(c->ctx,
-					   "SCAN %s MATCH %s COUNT " SCAN_COUNT,
-					   jobs[j].cursor, jobs[j].pattern);
-			replies++;
+			jobs[j].run = &r;
+			send_cmd(c, &r, scan_cb, &jobs[j], 6, argv);
 		}
-		for (size_t r = 0, j = 0; r < replies; r++) {
-			redisReply *rep = NULL;
-
-			if (redisGetReply(c->ctx, (void **)&rep) != REDIS_OK ||
-			    !rep) {
-				ok = false;
-				break;
-			}
-			if (rep->type == REDIS_REPLY_ERROR) {
-				log_warn("redis: %s", rep->str);
-				ok = false;
-			} else if (r < unlink_replies) {
-				if (rep->type == REDIS_REPLY_INTEGER)
-					removed += rep->integer;
-			} else if (r < unlink_replies + bump_replies) {
-				/* INCR / EXPIRE */
-			} else {
-				while (!jobs[j].cursor[0])
-					j++;
-				if (rep->type == REDIS_REPLY_ARRAY &&
-				    rep->elements == 2) {
-					redisReply *cur = rep->element[0];
-					redisReply *arr = rep->element[1];
-
-					snprintf(jobs[j].cursor,
-						 sizeof(jobs[j].cursor), "%s",
-						 cur->str ? cur->str : "0");
-					for (size_t k = 0; k < arr->elements;
-					     k++)
-						strvec_push(
-						    &found,
-						    strndup(
-							arr->element[k]->str,
-							arr->element[k]->len));
-				}
-				if (strcmp(jobs[j].cursor, "0") == 0) {
-					jobs[j].cursor[0] = '\0';
-					active--;
-				}
-				j++;
-			}
-			freeReplyObject(rep);
-		}
+		ok = !r.failed && await_run(c, &r);
+		if (ok)
+			removed += r.removed;
 		strvec_free(&keys);
-		keys = found;
+		keys = r.found;
+		for (size_t j = 0; j < n_jobs; j++)
+			active = active || jobs[j].cursor[0];
 	}
 	strvec_free(&keys);
 	for (size_t j = 0; j < n_jobs; j++)
 		free(jobs[j].pattern);
 	free(jobs);
-	if (!ok) {
-		cache_fail(c, c->ctx && c->ctx->err ? c->ctx->errstr
-						    : "command failed");
-		return -1;
-	}
-	return removed;
+	return ok ? removed : -1;
 }
 
 static void cache_defer(struct cache *c, const struct cache_keys *k)

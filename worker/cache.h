@@ -1,8 +1,11 @@
 /* Redis invalidation after commit: every key the batch's handlers name, in
- * pipelined round trips (SCAN + UNLINK, never KEYS). */
+ * pipelined round trips (SCAN + UNLINK, never KEYS), on the worker's
+ * event_base. */
 #ifndef SLUICE_CACHE_H
 #define SLUICE_CACHE_H
 
+#include <event2/event.h>
+#include <hiredis/async.h>
 #include <stdbool.h>
 #include <stddef.h>
 
@@ -18,6 +21,13 @@ struct redis_addr {
 bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
 		      size_t errstr_size) __attribute__((warn_unused_result));
 void redis_addr_free(struct redis_addr *a);
+
+/* A hiredis connection on the event_base, AUTH and SELECT queued first. */
+redisAsyncContext *redis_async_open(struct event_base *base,
+				    const struct redis_addr *a, void *data,
+				    redisConnectCallback *on_connect,
+				    redisDisconnectCallback *on_disconnect,
+				    char *errstr, size_t errstr_size);
 
 enum cache_op {
 	CACHE_KEY,     /* UNLINK the key */
@@ -50,8 +60,10 @@ void cache_templates_free(char **t, size_t n);
 
 struct cache;
 
-struct cache *cache_new(const char *url, int timeout_ms, char *errstr,
-			size_t errstr_size);
+/* Invalidation runs on base: each round trip waits on the loop, at most
+ * timeout_ms. */
+struct cache *cache_new(struct event_base *base, const char *url,
+			int timeout_ms, char *errstr, size_t errstr_size);
 void cache_destroy(struct cache *c);
 
 /* Removes the keys (sorted and made unique first). When Redis is

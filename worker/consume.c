@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "../common/kafka.h"
 #include "../common/log.h"
@@ -17,7 +16,8 @@ struct consumer {
 	struct pgsink *ps;
 	volatile const int *stop;
 	consume_flush_fn flush;
-	void *flush_arg;
+	consume_wait_fn wait;
+	void *flush_arg;	   /* and wait's */
 	rd_kafka_message_t **msgs; /* the batch being collected */
 	size_t n;
 	int assigned;
@@ -36,13 +36,6 @@ static void consume_commit_flush(struct consumer *c)
 	rd_kafka_topic_partition_list_destroy(c->to_commit);
 	c->to_commit = NULL;
 	c->last_commit_ms = util_mono_ms();
-}
-
-static void sleep_ms(int ms)
-{
-	struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-
-	nanosleep(&ts, NULL);
 }
 
 /* Hands the records collected so far to the flush callback. */
@@ -80,7 +73,7 @@ static void seek_to_stored(struct consumer *c,
 		}
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
 			 backoff);
-		sleep_ms(backoff);
+		c->wait(c->flush_arg, backoff);
 		backoff = backoff * 2 > c->cfg->retry_backoff_max_ms
 			      ? c->cfg->retry_backoff_max_ms
 			      : backoff * 2;
@@ -159,7 +152,8 @@ static void consumer_callbacks(rd_kafka_conf_t *conf)
 
 struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 			     volatile const int *stop, consume_flush_fn flush,
-			     void *flush_arg, char *errstr, size_t errstr_size)
+			     consume_wait_fn wait, void *flush_arg,
+			     char *errstr, size_t errstr_size)
 {
 	static const char *const settings[] = {"group.id",
 					       NULL, /* filled below */
@@ -198,6 +192,7 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	c->ps = ps;
 	c->stop = stop;
 	c->flush = flush;
+	c->wait = wait;
 	c->flush_arg = flush_arg;
 	c->msgs = calloc((size_t)cfg->batch_max, sizeof(*c->msgs));
 	if (!c->msgs)

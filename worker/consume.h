@@ -13,13 +13,18 @@
 struct consumer;
 
 /* Processes msgs[0..n) completely (retrying transient failures) before it
- * returns; the consumer destroys the messages afterwards. */
+ * returns; the consumer destroys the messages afterwards. arg is
+ * consume_new's. */
 typedef void (*consume_flush_fn)(void *arg, rd_kafka_message_t **msgs,
 				 size_t n);
 
+/* Waits ms between retries without blocking the worker's event loop. */
+typedef void (*consume_wait_fn)(void *arg, int ms);
+
 struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 			     volatile const int *stop, consume_flush_fn flush,
-			     void *flush_arg, char *errstr, size_t errstr_size);
+			     consume_wait_fn wait, void *arg, char *errstr,
+			     size_t errstr_size);
 /* Polls up to max records: blocks up to timeout_ms for the first, then
  * takes what is already fetched (plus batch_wait_ms). Processes the batch
  * through the flush callback; returns how many records it had. */

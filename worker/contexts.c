@@ -13,7 +13,6 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
@@ -207,35 +206,19 @@ static void handle_redis_watch(evutil_socket_t fd, short what, void *arg)
 
 static bool redis_ready(struct contexts *c)
 {
+	char err[256];
+
 	if (c->ac)
 		return true;
 	if (util_mono_ms() < c->redis_retry_at)
 		return false;
-	c->ac = redisAsyncConnect(c->raddr.host, c->raddr.port);
-	if (!c->ac || c->ac->err) {
-		log_warn("redis (lead contexts): %s",
-			 c->ac ? c->ac->errstr : "cannot allocate");
-		if (c->ac)
-			redisAsyncFree(c->ac);
-		c->ac = NULL;
+	c->ac = redis_async_open(c->base, &c->raddr, c, redis_connect_cb,
+				 redis_disconnect_cb, err, sizeof(err));
+	if (!c->ac) {
+		log_warn("redis (lead contexts): %s", err);
 		c->redis_retry_at = util_mono_ms() + c->redis_backoff_ms;
 		return false;
 	}
-	c->ac->data = c;
-	redisLibeventAttach(c->ac, c->base);
-	redisAsyncSetConnectCallback(c->ac, redis_connect_cb);
-	redisAsyncSetDisconnectCallback(c->ac, redis_disconnect_cb);
-	/* Queued before anything else, so they run first once connected. */
-	if (c->raddr.password) {
-		if (c->raddr.user)
-			redisAsyncCommand(c->ac, NULL, NULL, "AUTH %s %s",
-					  c->raddr.user, c->raddr.password);
-		else
-			redisAsyncCommand(c->ac, NULL, NULL, "AUTH %s",
-					  c->raddr.password);
-	}
-	if (c->raddr.db != 0)
-		redisAsyncCommand(c->ac, NULL, NULL, "SELECT %d", c->raddr.db);
 	return true;
 }
 

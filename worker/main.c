@@ -79,8 +79,8 @@ static bool worker_setup(struct worker *w, char *err, size_t errsz)
 	w->ps = pgsink_new(w->cfg.postgres_dsn, w->cfg.group_id, w->cfg.topic,
 			   staging);
 	free(staging);
-	w->cache =
-	    cache_new(w->cfg.redis_url, w->cfg.redis_timeout_ms, err, errsz);
+	w->cache = cache_new(w->base, w->cfg.redis_url, w->cfg.redis_timeout_ms,
+			     err, errsz);
 	if (!w->cache)
 		return false;
 	w->contexts = contexts_new(w->base, &w->cfg, err, errsz);
@@ -103,7 +103,7 @@ static bool worker_setup(struct worker *w, char *err, size_t errsz)
 	};
 	w->batch = batch_new(&w->env);
 	w->consumer = consume_new(&w->cfg, w->ps, &stopping, batch_process,
-				  w->batch, err, errsz);
+				  batch_wait, w->batch, err, errsz);
 	if (!w->consumer)
 		return false;
 	w->env.consumer = w->consumer;

@@ -21,6 +21,7 @@ int main(void)
 {
 	char err[128];
 	struct cache *c;
+	struct event_base *base;
 
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		bool pattern = !cases[i].pattern;
@@ -31,9 +32,10 @@ int main(void)
 		CHECK(pattern == cases[i].pattern, "case %zu pattern flag", i);
 		free(got);
 	}
-	c = cache_new("redis://127.0.0.1:1/0", 50, err, sizeof(err));
+	base = event_base_new();
+	c = cache_new(base, "redis://127.0.0.1:1/0", 50, err, sizeof(err));
 	CHECK(c != NULL, "%s", err);
-	CHECK(cache_new("http://x", 50, err, sizeof(err)) == NULL,
+	CHECK(cache_new(base, "http://x", 50, err, sizeof(err)) == NULL,
 	      "non-redis url accepted");
 	/* Nothing listens on port 1: the keys are kept for later, each
 	 * once however often a batch names it. */
@@ -72,5 +74,6 @@ int main(void)
 		      "empty host accepted");
 	}
 	cache_destroy(c);
+	event_base_free(base);
 	return check_done("test_cache");
 }
