@@ -23,7 +23,8 @@ Q := @
 endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
-              common/sdnotify.c common/schema.c common/campaign.c
+              common/sdnotify.c common/schema.c common/campaign.c \
+              common/validate.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
@@ -36,7 +37,7 @@ INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
-              test_campaign
+              test_campaign test_validate
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -61,9 +62,10 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o
 $(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
 	$(BUILD)/worker/handlers/transcript.o $(BUILD)/worker/pgsink.o \
-	$(BUILD)/worker/cache.o $(BUILD)/common/util.o $(BUILD)/common/log.o
+	$(BUILD)/worker/cache.o $(BUILD)/common/util.o $(BUILD)/common/log.o \
+	$(BUILD)/common/validate.o
 $(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(BUILD)/ingest/extract.o \
-	$(BUILD)/common/campaign.o $(BUILD)/common/util.o
+	$(BUILD)/common/campaign.o $(BUILD)/common/validate.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_verify: $(BUILD)/tests/unit/test_verify.o $(BUILD)/ingest/verify.o
 $(BUILD)/tests/test_schema: $(BUILD)/tests/unit/test_schema.o $(BUILD)/common/schema.o \
 	$(BUILD)/common/util.o
@@ -72,6 +74,8 @@ $(BUILD)/tests/test_cache: $(BUILD)/tests/unit/test_cache.o $(BUILD)/worker/cach
 $(BUILD)/tests/test_campaign: $(BUILD)/tests/unit/test_campaign.o \
 	$(BUILD)/common/campaign.o $(BUILD)/worker/handlers/campaign_rules.o \
 	$(BUILD)/common/util.o
+$(BUILD)/tests/test_validate: $(BUILD)/tests/unit/test_validate.o \
+	$(BUILD)/common/validate.o $(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"

@@ -4,6 +4,7 @@
 #include <stdio.h>
 
 #include "../common/campaign.h"
+#include "../common/validate.h"
 
 #include "settings.h"
 
@@ -26,6 +27,9 @@ bool extract_fields(int kind, const cJSON *doc, struct extracted *out,
 	}
 	switch (kind) {
 	case KIND_TRANSCRIPT:
+		/* What the worker will require, byte for byte. */
+		if (!transcript_validate(doc, path, pathsz, msg, msgsz))
+			return false;
 		out->key = string_field(doc, "conversation_id");
 		if (!out->key) {
 			snprintf(path, pathsz, "$.conversation_id");

@@ -11,6 +11,7 @@
 #include "../common/campaign.h"
 #include "../common/log.h"
 #include "../common/schema.h"
+#include "../common/validate.h"
 #include "../common/util.h"
 #include "extract.h"
 #include "ingest.h"
@@ -335,6 +336,15 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 					  : 0));
 		cJSON_Delete(doc);
 		reply_error(ing, req, 400, "malformed_json", msg, NULL);
+		return;
+	}
+	if (!json_check(data, len, doc, path, sizeof(path), msg,
+			sizeof(msg))) {
+		char full[600];
+
+		snprintf(full, sizeof(full), "%s: %s", path, msg);
+		cJSON_Delete(doc);
+		reply_error(ing, req, 400, "malformed_json", full, path);
 		return;
 	}
 	if (src->kind == KIND_CAMPAIGN) {

@@ -10,6 +10,7 @@
 
 #include "../../common/campaign.h"
 #include "../../common/log.h"
+#include "../../common/validate.h"
 #include "../contexts.h"
 #include "../pgsink.h"
 #include "campaign_rules.h"
@@ -180,7 +181,9 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 	}
 	cr = &c->recs[c->n];
 	memset(cr, 0, sizeof(*cr));
-	if (!campaign_parse(doc, 0, &cr->b, &err, 1, &n_errs)) {
+	if (!json_check(r->value, r->len, doc, err.path, sizeof(err.path),
+			err.message, sizeof(err.message)) ||
+	    !campaign_parse(doc, 0, &cr->b, &err, 1, &n_errs)) {
 		snprintf(reason, reason_size, "%s %s", err.path, err.message);
 		campaign_batch_free(&cr->b);
 		cJSON_Delete(doc);
@@ -482,8 +485,11 @@ static bool lead_updated_add(void *st, const struct record *r, char *reason,
 	char text[24], path[96], msg[160];
 	const char *id;
 
-	if (!doc || !lead_update_parse(doc, &id, text, path, sizeof(path), msg,
-				       sizeof(msg))) {
+	if (!doc ||
+	    !json_check(r->value, r->len, doc, path, sizeof(path), msg,
+			sizeof(msg)) ||
+	    !lead_update_parse(doc, &id, text, path, sizeof(path), msg,
+			       sizeof(msg))) {
 		snprintf(reason, reason_size, "%s %s", doc ? path : "$",
 			 doc ? msg : "value is not JSON");
 		cJSON_Delete(doc);

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/validate.h"
 #include "../pgsink.h"
 
 void transcript_rows_init(struct transcript_rows *r)
@@ -103,6 +104,18 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	if (!doc || !cJSON_IsObject(doc)) {
 		snprintf(errstr, errstr_size, "value is not a JSON object");
 		goto fail;
+	}
+	/* The same checks ingest ran before its 202. */
+	{
+		char path[128], msg[160];
+
+		if (!json_check(value, len, doc, path, sizeof(path), msg,
+				sizeof(msg)) ||
+		    !transcript_validate(doc, path, sizeof(path), msg,
+					 sizeof(msg))) {
+			snprintf(errstr, errstr_size, "%s %s", path, msg);
+			goto fail;
+		}
 	}
 	cid = str_field(doc, "conversation_id");
 	if (!cid || !*cid || !text_ok(cid, 256)) {

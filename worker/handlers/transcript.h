@@ -7,9 +7,9 @@
 #include <stdint.h>
 
 #include "../../common/util.h"
+#include "../../common/validate.h"
 #include "handler.h"
 
-#define TRANSCRIPT_EVENT_READY "application.transcription_ready"
 #define TRANSCRIPT_ID_LEN 37 /* "gen-" + 32 hex + NUL */
 
 /* Rows one batch accumulates, in COPY text format. */
