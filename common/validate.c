@@ -77,7 +77,7 @@ static bool no_duplicates(const cJSON *node, char *path, size_t pathsz,
 				     i);
 		if (w > 0)
 			n = pathlen + (size_t)w < pathsz ? pathlen + (size_t)w
-							  : pathsz - 1;
+							 : pathsz - 1;
 		if ((cJSON_IsObject(child) || cJSON_IsArray(child)) &&
 		    !no_duplicates(child, path, pathsz, n, msg, msgsz))
 			return false;
@@ -120,8 +120,8 @@ static const char *str_field(const cJSON *o, const char *name)
 		return false;                                                  \
 	} while (0)
 
-bool transcript_validate(const cJSON *doc, char *path, size_t pathsz,
-			 char *msg, size_t msgsz)
+bool transcript_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
+			 size_t msgsz)
 {
 	const char *cid, *event_type;
 	const cJSON *transcript, *entry;
@@ -146,7 +146,8 @@ bool transcript_validate(const cJSON *doc, char *path, size_t pathsz,
 		return true;
 	transcript = cJSON_GetObjectItemCaseSensitive(
 	    cJSON_GetObjectItemCaseSensitive(doc, "properties"), "transcript");
-	if (transcript && !cJSON_IsArray(transcript) && !cJSON_IsNull(transcript))
+	if (transcript && !cJSON_IsArray(transcript) &&
+	    !cJSON_IsNull(transcript))
 		FAIL("$.properties.transcript", "must be an array");
 	cJSON_ArrayForEach(entry, transcript)
 	{
@@ -156,9 +157,10 @@ bool transcript_validate(const cJSON *doc, char *path, size_t pathsz,
 		char p[96];
 
 		if (!role || !text_ok(role, TRANSCRIPT_ROLE_MAX)) {
-			snprintf(p, sizeof(p), "$.properties.transcript[%d].role",
-				 i);
-			FAIL(p, "must be a non-empty string of at most %d bytes",
+			snprintf(p, sizeof(p),
+				 "$.properties.transcript[%d].role", i);
+			FAIL(p,
+			     "must be a non-empty string of at most %d bytes",
 			     TRANSCRIPT_ROLE_MAX);
 		}
 		if (!content ||

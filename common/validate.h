@@ -25,8 +25,7 @@ bool json_check(const char *text, size_t len, const cJSON *doc, char *path,
     __attribute__((warn_unused_result));
 
 /* The transcript kind's fields as the worker stores them. */
-bool transcript_validate(const cJSON *doc, char *path, size_t pathsz,
-			 char *msg, size_t msgsz)
-    __attribute__((warn_unused_result));
+bool transcript_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
+			 size_t msgsz) __attribute__((warn_unused_result));
 
 #endif

@@ -2,11 +2,15 @@
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
 #include <event2/http.h>
+#include <event2/listener.h>
 #include <event2/keyvalq_struct.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "../common/campaign.h"
 #include "../common/log.h"
@@ -26,6 +30,7 @@
 static enum status_slot status_slot(int code)
 {
 	switch (code) {
+	case 200: return ST_200;
 	case 202: return ST_202;
 	case 400: return ST_400;
 	case 401: return ST_401;
@@ -54,11 +59,29 @@ static const char *reason_phrase(int code)
 	case 411: return "Length Required";
 	case 413: return "Payload Too Large";
 	case 415: return "Unsupported Media Type";
+	case 429: return "Too Many Requests";
 	case 422: return "Unprocessable Entity";
 	case 500: return "Internal Server Error";
 	case 503: return "Service Unavailable";
 	default: return "Error";
 	}
+}
+
+/* A HEAD answer has the headers a GET would get and no body: a body would
+ * be read as the start of the next response on a kept-alive connection. */
+static void send_reply(struct evhttp_request *req, int code, const char *reason,
+		       struct evbuffer *body)
+{
+	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+		char len[24];
+
+		snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Content-Length", len);
+		evhttp_send_reply(req, code, reason, NULL);
+		return;
+	}
+	evhttp_send_reply(req, code, reason, body);
 }
 
 static void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
@@ -73,7 +96,7 @@ static void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 		evbuffer_add(out, text, strlen(text));
 		evbuffer_add(out, "\n", 1);
 	}
-	evhttp_send_reply(req, code, reason_phrase(code), out);
+	send_reply(req, code, reason_phrase(code), out);
 	evbuffer_free(out);
 	cJSON_free(text);
 	cJSON_Delete(body);
@@ -114,6 +137,8 @@ static void pending_destroy(struct pending *p)
 	if (p->next)
 		p->next->prev = p->prev;
 	ing->inflight--;
+	if (p->deadline)
+		event_free(p->deadline);
 	free(p->id);
 	free(p->key);
 	free(p->event_type);
@@ -136,8 +161,16 @@ void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
 {
 	struct ingest *ing = p->ing;
 
-	if (p->req) {
-		if (err) {
+	if (!p->req && !p->deadline) {
+		/* answered 503 at its deadline; if Kafka took it after all,
+		 * the sender's retry is de-duplicated downstream */
+		ing->m.late_deliveries++;
+	} else if (p->req) {
+		if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+			reply_error(ing, p->req, 413, "payload_too_large",
+				    "the event is larger than Kafka accepts",
+				    NULL);
+		} else if (err) {
 			char msg[256];
 
 			snprintf(msg, sizeof(msg),
@@ -157,6 +190,25 @@ void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
 		}
 	}
 	pending_destroy(p);
+}
+
+/* Loop timer: Kafka has not confirmed within delivery_timeout_ms. The
+ * request is answered now; the record's report, when it comes, finds the
+ * pending without a request and is only counted. */
+static void handle_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct pending *p = arg;
+
+	(void)fd;
+	(void)what;
+	event_free(p->deadline);
+	p->deadline = NULL;
+	if (p->req)
+		reply_error(p->ing, p->req, 503, "unavailable",
+			    "Kafka did not confirm the event in time; retry "
+			    "later",
+			    NULL);
+	p->req = NULL;
 }
 
 static bool content_type_json(const char *ct)
@@ -285,7 +337,8 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 				    "the body is empty", NULL);
 		return;
 	}
-	if (len > (size_t)ing->cfg.max_body_bytes) {
+	if (len > (size_t)ing->cfg.max_body_bytes ||
+	    len > (size_t)ing->max_record_bytes) {
 		reply_error(ing, req, 413, "payload_too_large",
 			    "the body exceeds max_body_bytes", NULL);
 		return;
@@ -338,8 +391,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		reply_error(ing, req, 400, "malformed_json", msg, NULL);
 		return;
 	}
-	if (!json_check(data, len, doc, path, sizeof(path), msg,
-			sizeof(msg))) {
+	if (!json_check(data, len, doc, path, sizeof(path), msg, sizeof(msg))) {
 		char full[600];
 
 		snprintf(full, sizeof(full), "%s: %s", path, msg);
@@ -398,12 +450,26 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	ing->inflight++;
 
 	err = publish_record(ing, p, src, data, len, request_id, util_now_ms());
+	if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
+		reply_error(ing, req, 413, "payload_too_large",
+			    "the event is larger than Kafka accepts", NULL);
+		pending_destroy(p);
+		return;
+	}
 	if (err) {
 		snprintf(msg, sizeof(msg), "cannot queue the event: %s",
 			 rd_kafka_err2str(err));
 		reply_error(ing, req, 503, "unavailable", msg, NULL);
 		pending_destroy(p);
 		return;
+	}
+	{
+		struct timeval tv = {ing->cfg.delivery_timeout_ms / 1000,
+				     (ing->cfg.delivery_timeout_ms % 1000) *
+					 1000};
+
+		p->deadline = evtimer_new(ing->base, handle_deadline, p);
+		evtimer_add(p->deadline, &tv);
 	}
 	log_ctx_debug(request_id, "queued %s for %s (%zu bytes)", p->id, p->key,
 		      len);
@@ -453,8 +519,8 @@ static void handle_campaign(struct ingest *ing, struct evhttp_request *req,
 static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 {
 	static const char *const codes[ST_COUNT] = {
-	    "202", "400", "401", "404", "405", "411",  "413",
-	    "415", "422", "429", "500", "503", "other"};
+	    "200", "202", "400", "401", "404", "405", "411",
+	    "413", "415", "422", "429", "500", "503", "other"};
 	static const char *const le[8] = {"1",	"2",  "5",   "10",
 					  "25", "50", "100", "+Inf"};
 	struct evbuffer *out = evbuffer_new();
@@ -472,13 +538,19 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	    "sluice_ingest_delivered_total %llu\n"
 	    "# TYPE sluice_ingest_delivery_failed_total counter\n"
 	    "sluice_ingest_delivery_failed_total %llu\n"
+	    "# TYPE sluice_ingest_late_deliveries_total counter\n"
+	    "sluice_ingest_late_deliveries_total %llu\n"
+	    "# TYPE sluice_ingest_accept_errors_total counter\n"
+	    "sluice_ingest_accept_errors_total %llu\n"
 	    "# TYPE sluice_ingest_inflight gauge\n"
 	    "sluice_ingest_inflight %d\n"
 	    "# TYPE sluice_ingest_kafka_up gauge\n"
 	    "sluice_ingest_kafka_up %d\n"
 	    "# TYPE sluice_ingest_delivery_ms histogram\n",
 	    (unsigned long long)ing->m.delivered,
-	    (unsigned long long)ing->m.delivery_failed, ing->inflight,
+	    (unsigned long long)ing->m.delivery_failed,
+	    (unsigned long long)ing->m.late_deliveries,
+	    (unsigned long long)ing->m.accept_errors, ing->inflight,
 	    ing->kafka_up ? 1 : 0);
 	for (int i = 0; i < 8; i++) {
 		cum += ing->m.delivery_ms_buckets[i];
@@ -493,8 +565,9 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 			    (unsigned long long)cum);
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 			  "Content-Type", "text/plain; version=0.0.4");
-	evhttp_send_reply(req, 200, "OK", out);
+	send_reply(req, 200, "OK", out);
 	evbuffer_free(out);
+	ing->m.responses[ST_200]++;
 }
 
 static void handle_probe(struct ingest *ing, struct evhttp_request *req,
@@ -514,6 +587,28 @@ static void handle_probe(struct ingest *ing, struct evhttp_request *req,
 	reply_json(ing, req, ok ? 200 : 503, o);
 }
 
+/* Two Content-Length headers that differ, or one beside a
+ * Transfer-Encoding, let a proxy and sluice see different bodies (request
+ * smuggling): refused, and the connection closed. */
+static bool framing_ok(struct evhttp_request *req)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *cl = NULL;
+	bool te = false;
+
+	for (struct evkeyval *h = in ? in->tqh_first : NULL; h;
+	     h = h->next.tqe_next) {
+		if (strcasecmp(h->key, "Content-Length") == 0) {
+			if (cl && strcmp(cl, h->value) != 0)
+				return false;
+			cl = h->value;
+		} else if (strcasecmp(h->key, "Transfer-Encoding") == 0) {
+			te = true;
+		}
+	}
+	return !(cl && te);
+}
+
 /* Every request, on the event loop thread. */
 static void handle_request(struct evhttp_request *req, void *arg)
 {
@@ -522,6 +617,15 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 
+	if (!framing_ok(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Connection", "close");
+		reply_error(ing, req, 400, "bad_request",
+			    "conflicting Content-Length or Transfer-Encoding "
+			    "headers",
+			    NULL);
+		return;
+	}
 	if (!path) {
 		/* evhttp calls back without a URI when it gave up on the
 		 * request itself, e.g. a body over max_body_bytes. */
@@ -567,6 +671,58 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	reply_error(ing, req, 404, "not_found", "no such path", NULL);
 }
 
+/* Loop timer: accept again after an error paused it. */
+static void handle_accept_retry(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ing = arg;
+
+	(void)fd;
+	(void)what;
+	if (ing->bound)
+		evconnlistener_enable(
+		    evhttp_bound_socket_get_listener(ing->bound));
+}
+
+/* evconnlistener, on the loop: accept() failed. Out of descriptors the
+ * listening socket stays readable, so without this the loop would spin on
+ * it: pause accepting with a back-off (10 ms doubling to 1 s), shed the
+ * waiting connection with the spare descriptor, log once a second. */
+static struct ingest *accept_ing; /* the listener's argument is evhttp's */
+
+static void accept_error_cb(struct evconnlistener *lev, void *arg)
+{
+	struct ingest *ing = accept_ing;
+	int err = EVUTIL_SOCKET_ERROR();
+	struct timeval tv;
+
+	(void)arg;
+	ing->m.accept_errors++;
+	evconnlistener_disable(lev);
+	if ((err == EMFILE || err == ENFILE) && ing->spare_fd >= 0) {
+		int fd;
+
+		close(ing->spare_fd);
+		fd = accept(evconnlistener_get_fd(lev), NULL, NULL);
+		if (fd >= 0)
+			close(fd);
+		ing->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	}
+	if (util_mono_ms() - ing->accept_logged_ms >= 1000) {
+		ing->accept_logged_ms = util_mono_ms();
+		log_warn("accept: %s; pausing new connections for %d ms "
+			 "(%llu accept errors so far)",
+			 evutil_socket_error_to_string(err),
+			 ing->accept_backoff_ms,
+			 (unsigned long long)ing->m.accept_errors);
+	}
+	tv.tv_sec = ing->accept_backoff_ms / 1000;
+	tv.tv_usec = (ing->accept_backoff_ms % 1000) * 1000;
+	evtimer_add(ing->accept_retry, &tv);
+	ing->accept_backoff_ms = ing->accept_backoff_ms * 2 > 1000
+				     ? 1000
+				     : ing->accept_backoff_ms * 2;
+}
+
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 {
 	char host[256];
@@ -605,6 +761,12 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 			 ing->cfg.listen);
 		return false;
 	}
+	ing->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	ing->accept_backoff_ms = 10;
+	ing->accept_retry = evtimer_new(ing->base, handle_accept_retry, ing);
+	accept_ing = ing;
+	evconnlistener_set_error_cb(
+	    evhttp_bound_socket_get_listener(ing->bound), accept_error_cb);
 	return true;
 }
 
@@ -631,4 +793,10 @@ void http_cleanup(struct ingest *ing)
 	if (ing->http)
 		evhttp_free(ing->http);
 	ing->http = NULL;
+	if (ing->accept_retry)
+		event_free(ing->accept_retry);
+	ing->accept_retry = NULL;
+	if (ing->spare_fd > 0)
+		close(ing->spare_fd);
+	ing->spare_fd = -1;
 }

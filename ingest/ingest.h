@@ -22,10 +22,12 @@ struct pending {
 	char *event_type;
 	char *campaign_id; /* campaign batches: the path's id */
 	int64_t started_ms;
+	struct event *deadline; /* answers 503 if Kafka has not confirmed */
 	struct pending *prev, *next;
 };
 
 enum status_slot {
+	ST_200,
 	ST_202,
 	ST_400,
 	ST_401,
@@ -46,6 +48,8 @@ struct ingest_metrics {
 	uint64_t responses[ST_COUNT];
 	uint64_t delivered;
 	uint64_t delivery_failed;
+	uint64_t late_deliveries; /* reports after the request's deadline */
+	uint64_t accept_errors;
 	uint64_t delivery_ms_sum;
 	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
 };
@@ -63,6 +67,11 @@ struct ingest {
 	int inflight;
 	bool draining;
 	bool kafka_up;
+	int max_record_bytes;	    /* what Kafka takes: bodies above get 413 */
+	struct event *accept_retry; /* re-enables accepting after an error */
+	int accept_backoff_ms;
+	int64_t accept_logged_ms;
+	int spare_fd; /* closed to shed a connection when out of fds */
 	struct ingest_metrics m;
 };
 
@@ -80,7 +89,8 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 void http_stop_accepting(struct ingest *ing);
 void http_cleanup(struct ingest *ing);
-/* Answers the request behind p after its delivery report (loop thread). */
+/* Answers the request behind p after its delivery report (loop thread);
+ * frees p. */
 void http_delivered(struct pending *p, rd_kafka_resp_err_t err);
 
 #endif

@@ -1,7 +1,9 @@
 /* sluice-ingest: receives webhooks over HTTP and publishes them to Kafka,
  * answering 202 only once Kafka holds the record. */
 #include <event2/event.h>
+#include <errno.h>
 #include <getopt.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -80,6 +82,20 @@ static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
 			(unsigned long long)ing.m.delivery_failed);
 }
 
+/* Each connection is a descriptor: take every one the hard limit allows
+ * (systemd's default soft limit is 1024). */
+static void raise_nofile(void)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur >= rl.rlim_max)
+		return;
+	rl.rlim_cur = rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+		log_warn("cannot raise the descriptor limit: %s",
+			 strerror(errno));
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -129,6 +145,7 @@ int main(int argc, char **argv)
 	}
 	log_setup("sluice-ingest", ing.cfg.log_level, ing.cfg.log_format == 1);
 	signal(SIGPIPE, SIG_IGN);
+	raise_nofile();
 	if (!verify_setup()) {
 		log_error("OpenSSL has no HMAC");
 		return 1;
@@ -137,6 +154,7 @@ int main(int argc, char **argv)
 	 * within one loop iteration into one epoll_ctl (or none). */
 	evcfg = event_config_new();
 	event_config_set_flag(evcfg, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+	ing.spare_fd = -1;
 	ing.base = event_base_new_with_config(evcfg);
 	event_config_free(evcfg);
 	if (!ing.base) {

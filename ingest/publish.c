@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -63,6 +64,28 @@ static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
 	handle_wake(((struct ingest *)arg)->wake_fds[0], 0, arg);
 }
 
+/* A body Kafka would refuse must get a 413, not a 503 the sender retries
+ * forever: the limit is the producer's message.max.bytes less room for
+ * the key and headers (each at most a few hundred bytes). */
+#define RECORD_OVERHEAD 4096
+
+static void record_limit(struct ingest *ing)
+{
+	char v[32];
+	size_t n = sizeof(v);
+	long max = 1000000;
+
+	if (rd_kafka_conf_get(rd_kafka_conf(ing->rk), "message.max.bytes", v,
+			      &n) == RD_KAFKA_CONF_OK)
+		max = atol(v);
+	ing->max_record_bytes = (int)(max - RECORD_OVERHEAD);
+	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
+		log_warn(
+		    "max_body_bytes %d is above what Kafka takes "
+		    "(message.max.bytes %ld): bodies over %d bytes get 413",
+		    ing->cfg.max_body_bytes, max, ing->max_record_bytes);
+}
+
 static void producer_callbacks(rd_kafka_conf_t *conf)
 {
 	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
@@ -98,6 +121,7 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	ing->rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!ing->rk)
 		return false;
+	record_limit(ing);
 
 	if (pipe(ing->wake_fds) != 0) {
 		snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));

@@ -430,6 +430,7 @@ class Daemon:
         self.returncode = None
         self.killed = False               # SIGKILLed on purpose
         self.log_offset = 0
+        self.preexec = None               # run in the child before exec
 
     def start(self):
         # Append: a restarted daemon keeps writing the same log.
@@ -438,7 +439,7 @@ class Daemon:
         self.proc = subprocess.Popen(
             [str(self.binary), "-c", str(self.config)],
             stdin=subprocess.DEVNULL, stdout=self._logf, stderr=self._logf,
-            env=self.env)
+            env=self.env, preexec_fn=self.preexec)
         self.returncode = None
         self.killed = False
         return self

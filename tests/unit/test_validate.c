@@ -21,8 +21,7 @@ static const struct {
     {"[{\"k\":1},{\"k\":1}]", true, NULL},
 };
 
-static char *repeat(const char *unit, int n, const char *pre,
-		    const char *post)
+static char *repeat(const char *unit, int n, const char *pre, const char *post)
 {
 	size_t len = strlen(pre) + strlen(unit) * (size_t)n + strlen(post) + 1;
 	char *s = malloc(len);
@@ -80,9 +79,10 @@ int main(void)
 	}
 	{
 		static const char *const ids[][2] = {
-		    {"1e15", "0"}, {"-1e15", "0"}, {"1.5", "0"},
-		    {"999999999999999", "1"}, {"\"x\"", "1"}, {"null", "1"},
-		    {"true", "0"}, {"\"\"", "1"},
+		    {"1e15", "0"},  {"-1e15", "0"},
+		    {"1.5", "0"},   {"999999999999999", "1"},
+		    {"\"x\"", "1"}, {"null", "1"},
+		    {"true", "0"},  {"\"\"", "1"},
 		};
 
 		for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); i++) {

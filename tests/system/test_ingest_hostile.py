@@ -1,0 +1,176 @@
+# The front door against a hostile client: descriptor exhaustion, request
+# smuggling headers, HEAD on a kept-alive connection, records Kafka would
+# refuse, NULs and repeated keys, byte limits the worker enforces.
+
+import http.client
+import json
+import resource
+import socket
+import time
+
+from conftest import raw_request, transcript, wait_until
+
+READY = "application.transcription_ready"
+
+
+def _cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])   # utime + stime
+    return ticks / 100.0
+
+
+def _nofile(limit):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    return apply
+
+
+def test_out_of_descriptors_does_not_spin(pipeline, services):
+    """1,100 idle connections against nofile 256: no busy loop, a bounded
+    log, and /healthz answers again once they are gone."""
+    s = pipeline.ingest_settings(request_timeout_s=3)
+    cfg = pipeline._write("ingest-fd.conf", s)
+    from conftest import IngestDaemon
+    port = int(s["listen"].rsplit(":", 1)[1])
+    d = IngestDaemon(cfg, pipeline.tmp / "ingest-fd.log", pipeline.env, port)
+    d.preexec = _nofile(256)
+    pipeline.daemons.append(d)
+    d.start()
+    socks = []
+    try:
+        for _ in range(1100):
+            c = socket.socket()
+            c.setblocking(False)
+            try:
+                c.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            socks.append(c)
+        time.sleep(1.0)
+        cpu0 = _cpu_seconds(d.pid)
+        time.sleep(2.0)
+        used = _cpu_seconds(d.pid) - cpu0
+        assert used < 0.6, f"sluice-ingest used {used:.2f} s of CPU in 2 s "\
+            "while out of descriptors (a busy accept loop)"
+        d.assert_alive()
+    finally:
+        for c in socks:
+            c.close()
+    def healthy():
+        try:
+            from conftest import http_request
+            return http_request(port, "GET", "/healthz", timeout=2).status \
+                == 200
+        except OSError:
+            return False
+    wait_until(healthy, 15, message="/healthz to answer after the flood")
+    log = d.log_text()
+    assert len(log) < 200_000, f"log grew to {len(log)} bytes"
+    assert log.count("accept:") < 20, \
+        f"{log.count('accept:')} accept lines: not rate limited"
+    assert "accept:" in log, "the descriptor exhaustion was not logged"
+
+
+def test_conflicting_content_length_refused(pipeline, services):
+    ingest = pipeline.start_ingest()
+    cid = pipeline.cid("smuggle")
+    body = json.dumps(transcript(cid, [("user", "x")])).encode()
+    req = (b"POST /v1/webhooks/tavus HTTP/1.1\r\nHost: x\r\n"
+           b"Content-Type: application/json\r\n"
+           b"Content-Length: %d\r\nContent-Length: 5\r\n\r\n" % len(body)
+           ) + body
+    r = raw_request(ingest.port, req)
+    assert r.status == 400, f"two Content-Length headers: {r!r}"
+    assert r.headers.get("connection", "").lower() == "close", r.headers
+    req = (b"POST /v1/webhooks/tavus HTTP/1.1\r\nHost: x\r\n"
+           b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+           b"Content-Length: %d\r\n\r\n%x\r\n" % (len(body), len(body))
+           ) + body + b"\r\n0\r\n\r\n"
+    r = raw_request(ingest.port, req)
+    assert r.status == 400, f"Content-Length beside chunked: {r!r}"
+    assert services.topic_count(pipeline.topic) == 0, "a record was published"
+
+
+def test_head_has_no_body_on_keep_alive(pipeline, services):
+    ingest = pipeline.start_ingest()
+    conn = http.client.HTTPConnection("127.0.0.1", ingest.port, timeout=10)
+    try:
+        for path in ("/healthz", "/metrics", "/readyz"):
+            conn.request("HEAD", path)
+            r = conn.getresponse()
+            assert r.read() == b"", f"HEAD {path} carried a body"
+            assert int(r.getheader("content-length")) > 0, r.getheaders()
+            conn.request("GET", "/healthz")
+            r = conn.getresponse()
+            body = r.read()
+            assert r.status == 200 and json.loads(body)["status"] == "ok", (
+                f"the GET after HEAD {path} was corrupted: {body!r}")
+    finally:
+        conn.close()
+    m = ingest.request("GET", "/metrics").body.decode()
+    assert 'sluice_ingest_responses_total{code="200"}' in m, m[:500]
+    line = [x for x in m.splitlines()
+            if x.startswith('sluice_ingest_responses_total{code="200"}')][0]
+    assert int(line.split()[-1]) >= 6, line
+    other = [x for x in m.splitlines()
+             if x.startswith('sluice_ingest_responses_total{code="other"}')]
+    assert other and int(other[0].split()[-1]) == 0, other
+
+
+def test_over_kafka_record_limit_is_413(pipeline, services):
+    """Under max_body_bytes (1 MiB) but over Kafka's 1,000,000 bytes: a
+    permanent 413, not a 503 the sender would retry forever."""
+    ingest = pipeline.start_ingest(max_body_bytes=1048576)
+    cid = pipeline.cid("big")
+    body = transcript(cid, [("user", "x" * 1_000_500)])
+    r = ingest.post(body)
+    assert r.status == 413, f"expected 413, got {r!r}"
+    assert "retry-after" not in r.headers, r.headers
+    small = ingest.post(transcript(cid, [("user", "x" * 900_000)]))
+    assert small.status == 202, f"900 kB refused: {small!r}"
+
+
+def test_nul_and_repeated_keys_refused(pipeline, services):
+    ingest = pipeline.start_ingest()
+    victim = pipeline.cid("victim")
+    cases = [
+        '{"conversation_id": "%s\\u0000x", "event_type": "x"}' % victim,
+        ('{"conversation_id": "%s", "event_type": "%s", "properties": '
+         '{"transcript": [{"role": "user", "content": "a\\u0000b"}]}}'
+         % (victim, READY)),
+        '{"conversation_id": "%s", "conversation_id": "other",'
+        ' "event_type": "x"}' % victim,
+        ('{"conversation_id": "%s", "event_type": "%s", "properties": '
+         '{"transcript": [{"role": "user", "role": "system", '
+         '"content": "c"}]}}' % (victim, READY)),
+    ]
+    for body in cases:
+        r = ingest.post(body)
+        assert r.status in (400, 422), f"{body}: {r!r}"
+        assert r.json and r.json.get("message"), r
+    ok = ingest.post('{"conversation_id": "%s", "event_type": "x",'
+                     ' "note": "literal \\\\u0000 text"}' % victim)
+    assert ok.status == 202, f"an escaped backslash refused: {ok!r}"
+    assert services.topic_count(pipeline.topic) == 1
+
+
+def test_byte_limits_match_the_worker(pipeline, services):
+    """What ingest accepts, the worker stores: a 65-character role or a
+    400-byte conversation id is refused at the door, not dead-lettered."""
+    pipeline.start_worker()
+    ingest = pipeline.start_ingest()
+    long_cid = pipeline.prefix + "é" * 200
+    r = ingest.post(transcript(long_cid, [("user", "x")]))
+    assert r.status == 422, f"400-byte conversation id: {r!r}"
+    cid = pipeline.cid("role")
+    r = ingest.post(transcript(cid, [("r" * 65, "x")]))
+    assert r.status == 422, f"65-byte role: {r!r}"
+    assert r.json["path"] == "$.properties.transcript[0].role", r.json
+    r = ingest.post(transcript(cid, [(10**15, "user", "x")]))
+    assert r.status == 422, f"id 1e15: {r!r}"
+    fits = pipeline.cid("fits")
+    r = ingest.post(transcript(fits, [("i" * 256, "r" * 64, "x")]))
+    assert r.status == 202, r
+    pipeline.wait_caught_up()
+    assert pipeline.message_count(fits) == 1
+    assert services.dlq_count(pipeline.topic) == 0, "dead-lettered"
