@@ -117,7 +117,10 @@ static void reply_error(struct ingest *ing, struct evhttp_request *req,
 	if (status == 503 || status == 429) {
 		char ra[16];
 
-		snprintf(ra, sizeof(ra), "%d", ing->cfg.retry_after_s);
+		snprintf(ra, sizeof(ra), "%d",
+			 status == 429 && ing->retry_after_429 > 0
+			     ? ing->retry_after_429
+			     : ing->cfg.retry_after_s);
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Retry-After", ra);
 	}
@@ -305,7 +308,7 @@ static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
  * cheapest first, then the kind's own, then the record. campaign_id is the
  * path's for campaign batches, NULL otherwise. */
 static void handle_publish(struct ingest *ing, struct evhttp_request *req,
-			   const struct source *src, const char *campaign_id)
+			   struct source *src, const char *campaign_id)
 {
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	struct evbuffer *body = evhttp_request_get_input_buffer(req);
@@ -324,6 +327,20 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		reply_error(ing, req, 405, "method_not_allowed", "use POST",
 			    NULL);
 		return;
+	}
+	{
+		int wait_s = 0;
+
+		if (!source_take(src, util_mono_ms(), &wait_s)) {
+			src->limited++;
+			ing->retry_after_429 = wait_s;
+			reply_error(ing, req, 429, "rate_limited",
+				    "this source's request rate is over its "
+				    "limit; retry later",
+				    NULL);
+			ing->retry_after_429 = 0;
+			return;
+		}
 	}
 	if (len == 0) {
 		if (!evhttp_find_header(in, "Content-Length") &&
@@ -478,8 +495,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 			   const char *name)
 {
-	const struct source *src =
-	    ingest_source_find(&ing->cfg, name, strlen(name));
+	struct source *src = ingest_source_find(&ing->cfg, name, strlen(name));
 
 	/* Campaign batches have their own path. */
 	if (!src || src->kind == KIND_CAMPAIGN) {
@@ -494,8 +510,7 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 static void handle_campaign(struct ingest *ing, struct evhttp_request *req,
 			    const char *id, size_t id_len)
 {
-	const struct source *src =
-	    ingest_source_of_kind(&ing->cfg, KIND_CAMPAIGN);
+	struct source *src = ingest_source_of_kind(&ing->cfg, KIND_CAMPAIGN);
 	char *raw = strndup(id, id_len);
 	char *decoded = evhttp_uridecode(raw, 0, NULL);
 	size_t n = decoded ? strlen(decoded) : 0;
@@ -552,6 +567,20 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	    (unsigned long long)ing->m.late_deliveries,
 	    (unsigned long long)ing->m.accept_errors, ing->inflight,
 	    ing->kafka_up ? 1 : 0);
+	evbuffer_add_printf(
+	    out, "# TYPE sluice_ingest_rate_limited_total counter\n");
+	for (const struct source *src = ing->cfg.sources; src; src = src->next)
+		evbuffer_add_printf(
+		    out,
+		    "sluice_ingest_rate_limited_total{source=\"%s\"} %llu\n",
+		    src->name, src->limited);
+	evbuffer_add_printf(out,
+			    "# TYPE sluice_ingest_reloads_total counter\n"
+			    "sluice_ingest_reloads_total{result=\"ok\"} %llu\n"
+			    "sluice_ingest_reloads_total{result=\"failed\"} "
+			    "%llu\n",
+			    (unsigned long long)ing->m.reloads,
+			    (unsigned long long)ing->m.reload_failures);
 	for (int i = 0; i < 8; i++) {
 		cum += ing->m.delivery_ms_buckets[i];
 		evbuffer_add_printf(
@@ -723,6 +752,16 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 				     : ing->accept_backoff_ms * 2;
 }
 
+void http_apply_settings(struct ingest *ing)
+{
+	/* Bodies a little over the limit get our JSON 413 from
+	 * handle_publish; evhttp's own (HTML) 413 only guards memory against
+	 * far larger ones. */
+	evhttp_set_max_body_size(
+	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
+	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
+}
+
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 {
 	char host[256];
@@ -742,13 +781,8 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		snprintf(errstr, errstr_size, "evhttp_new failed");
 		return false;
 	}
-	/* Bodies a little over the limit get our JSON 413 from
-	 * handle_webhook; evhttp's own (HTML) 413 only guards memory against
-	 * far larger ones. */
-	evhttp_set_max_body_size(
-	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
+	http_apply_settings(ing);
 	evhttp_set_max_headers_size(ing->http, 64 * 1024);
-	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
 	evhttp_set_allowed_methods(
 	    ing->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
 			   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |

@@ -50,6 +50,7 @@ struct ingest_metrics {
 	uint64_t delivery_failed;
 	uint64_t late_deliveries; /* reports after the request's deadline */
 	uint64_t accept_errors;
+	uint64_t reloads, reload_failures;
 	uint64_t delivery_ms_sum;
 	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
 };
@@ -71,7 +72,9 @@ struct ingest {
 	struct event *accept_retry; /* re-enables accepting after an error */
 	int accept_backoff_ms;
 	int64_t accept_logged_ms;
-	int spare_fd; /* closed to shed a connection when out of fds */
+	int spare_fd;	     /* closed to shed a connection when out of fds */
+	int retry_after_429; /* Retry-After of the 429 being sent */
+	const char *config_path;
 	struct ingest_metrics m;
 };
 
@@ -89,6 +92,8 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 void http_stop_accepting(struct ingest *ing);
 void http_cleanup(struct ingest *ing);
+/* After a reload: settings evhttp holds (timeouts, body limits). */
+void http_apply_settings(struct ingest *ing);
 /* Answers the request behind p after its delivery report (loop thread);
  * frees p. */
 void http_delivered(struct pending *p, rd_kafka_resp_err_t err);

@@ -71,6 +71,66 @@ static void handle_signal(evutil_socket_t sig, short what, void *arg)
 	event_add(drain_ev, &tv);
 }
 
+static bool same(const char *a, const char *b)
+{
+	return strcmp(a ? a : "", b ? b : "") == 0;
+}
+
+/* Loop thread (libevent signal event): SIGHUP reloads the sources, their
+ * secrets and limits, and the request limits, without touching the
+ * connections. A file that does not load keeps the running
+ * configuration. The listener, Kafka settings and topic need a restart. */
+static void handle_reload(evutil_socket_t sig, short what, void *arg)
+{
+	struct ingest_config next;
+	struct source *old;
+	char err[1024];
+
+	(void)sig;
+	(void)what;
+	(void)arg;
+	if (!ingest_config_load(&next, ing.config_path, err, sizeof(err))) {
+		log_error("reload of %s failed: %s; keeping the running "
+			  "configuration",
+			  ing.config_path, err);
+		ingest_config_free(&next);
+		ing.m.reload_failures++;
+		return;
+	}
+	if (!same(next.listen, ing.cfg.listen) ||
+	    !same(next.brokers, ing.cfg.brokers) ||
+	    !same(next.topic, ing.cfg.topic))
+		log_warn("reload: listen, brokers and topic keep their running "
+			 "values until a restart");
+	/* A source keeps its bucket and counters across a reload. */
+	for (struct source *s = next.sources; s; s = s->next) {
+		old = ingest_source_find(&ing.cfg, s->name, strlen(s->name));
+		if (!old)
+			continue;
+		s->limited = old->limited;
+		if (s->rate_per_s == old->rate_per_s &&
+		    s->burst == old->burst) {
+			s->tokens = old->tokens;
+			s->refilled_ms = old->refilled_ms;
+		}
+	}
+	old = ing.cfg.sources;
+	ing.cfg.sources = next.sources;
+	next.sources = old; /* freed with next */
+	ing.cfg.delivery_timeout_ms = next.delivery_timeout_ms;
+	ing.cfg.retry_after_s = next.retry_after_s;
+	ing.cfg.max_body_bytes = next.max_body_bytes;
+	ing.cfg.request_timeout_s = next.request_timeout_s;
+	ing.cfg.max_inflight = next.max_inflight;
+	ing.cfg.campaign_max_messages = next.campaign_max_messages;
+	ing.cfg.log_level = next.log_level;
+	log_level_current = next.log_level;
+	ingest_config_free(&next);
+	http_apply_settings(&ing);
+	ing.m.reloads++;
+	log_info("reloaded %s", ing.config_path);
+}
+
 static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
 {
 	(void)fd;
@@ -108,7 +168,7 @@ int main(int argc, char **argv)
 	const char *config_path = NULL;
 	bool check_only = false;
 	char err[1024];
-	struct event *sigterm, *sigint, *wd = NULL;
+	struct event *sigterm, *sigint, *sighup, *wd = NULL;
 	struct event_config *evcfg;
 	int64_t wd_ms;
 	int c;
@@ -132,6 +192,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	ing.config_path = config_path;
 	if (!ingest_config_load(&ing.cfg, config_path, err, sizeof(err))) {
 		fprintf(stderr, "sluice-ingest: %s\n", err);
 		ingest_config_free(&ing.cfg);
@@ -168,8 +229,10 @@ int main(int argc, char **argv)
 	}
 	sigterm = evsignal_new(ing.base, SIGTERM, handle_signal, NULL);
 	sigint = evsignal_new(ing.base, SIGINT, handle_signal, NULL);
+	sighup = evsignal_new(ing.base, SIGHUP, handle_reload, NULL);
 	event_add(sigterm, NULL);
 	event_add(sigint, NULL);
+	event_add(sighup, NULL);
 	wd_ms = sdnotify_watchdog_interval_ms();
 	if (wd_ms > 0) {
 		struct timeval tv = {wd_ms / 1000, (wd_ms % 1000) * 1000};
@@ -196,6 +259,7 @@ int main(int argc, char **argv)
 		event_free(wd);
 	event_free(sigterm);
 	event_free(sigint);
+	event_free(sighup);
 	event_base_free(ing.base);
 	verify_cleanup();
 	ingest_config_free(&ing.cfg);

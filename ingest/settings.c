@@ -89,6 +89,56 @@ static bool enum_index(const char *const *values, const char *v, int *out)
 	return false;
 }
 
+/* "100/min" → 1.667 per second; "0" → unlimited. */
+static bool parse_rate(const char *v, double *per_s, double *count)
+{
+	char *end;
+	double n = strtod(v, &end);
+
+	if (end == v || n < 0 || n > 1e9)
+		return false;
+	*count = n;
+	if (*end == '\0' && n == 0) {
+		*per_s = 0;
+		return true;
+	}
+	if (strcmp(end, "/s") == 0)
+		*per_s = n;
+	else if (strcmp(end, "/min") == 0)
+		*per_s = n / 60.0;
+	else if (strcmp(end, "/h") == 0)
+		*per_s = n / 3600.0;
+	else
+		return false;
+	return true;
+}
+
+bool source_take(struct source *src, int64_t now_ms, int *retry_after_s)
+{
+	double need;
+
+	if (src->rate_per_s <= 0)
+		return true;
+	if (src->refilled_ms == 0) {
+		src->tokens = src->burst;
+	} else {
+		src->tokens += (double)(now_ms - src->refilled_ms) / 1000.0 *
+			       src->rate_per_s;
+		if (src->tokens > src->burst)
+			src->tokens = src->burst;
+	}
+	src->refilled_ms = now_ms;
+	if (src->tokens >= 1.0) {
+		src->tokens -= 1.0;
+		return true;
+	}
+	need = (1.0 - src->tokens) / src->rate_per_s;
+	*retry_after_s = (int)need + ((double)(int)need < need ? 1 : 0);
+	if (*retry_after_s < 1)
+		*retry_after_s = 1;
+	return false;
+}
+
 static bool ingest_extra(void *target, const char *key, const char *value,
 			 char *errstr, size_t errstr_size)
 {
@@ -129,6 +179,24 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 				 key, value);
 			return false;
 		}
+	} else if (strcmp(dot + 1, "rate") == 0) {
+		if (!parse_rate(value, &src->rate_per_s, &src->rate_count)) {
+			snprintf(errstr, errstr_size,
+				 "%s: \"%s\" is not N/s, N/min or N/h (0 for "
+				 "no limit)",
+				 key, value);
+			return false;
+		}
+	} else if (strcmp(dot + 1, "burst") == 0) {
+		char *end;
+		long b = strtol(value, &end, 10);
+
+		if (*end || b < 1 || b > 1000000000) {
+			snprintf(errstr, errstr_size,
+				 "%s: expected an integer from 1", key);
+			return false;
+		}
+		src->burst = (double)b;
 	} else if (strcmp(dot + 1, "secret") == 0) {
 		free(src->secret);
 		src->secret = strdup(value);
@@ -188,6 +256,10 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			 src->name);
 		return false;
 	}
+	/* The bucket holds one period's worth unless burst says otherwise:
+	 * "100/min" lets 100 through at once, then one every 0.6 s. */
+	if (src->rate_per_s > 0 && src->burst <= 0)
+		src->burst = src->rate_count >= 1 ? src->rate_count : 1;
 	if (src->signature == SIG_UNSET) {
 		snprintf(errstr, errstr_size,
 			 "source %s: signature must be set (standard-webhooks, "
@@ -297,6 +369,9 @@ void ingest_config_dump(const struct ingest_config *cfg)
 		if (s->key)
 			printf("source.%s.secret = (hidden, %zu bytes)\n",
 			       s->name, s->key_len);
+		if (s->rate_per_s > 0)
+			printf("source.%s.rate = %g/s (burst %g)\n", s->name,
+			       s->rate_per_s, s->burst);
 	}
 }
 

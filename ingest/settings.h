@@ -4,6 +4,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "../common/config.h"
 
@@ -24,6 +25,13 @@ struct source {
 	unsigned char *key; /* decoded HMAC key */
 	size_t key_len;
 	struct schema *schema;
+	/* token bucket: rate 0 = unlimited */
+	double rate_per_s;
+	double rate_count; /* N of "N/min" */
+	double burst;
+	double tokens;
+	int64_t refilled_ms;
+	unsigned long long limited; /* 429s answered */
 	struct source *next;
 };
 
@@ -52,6 +60,9 @@ bool ingest_config_load(struct ingest_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 void ingest_config_free(struct ingest_config *cfg);
+/* Takes one request from the source's bucket; false with the seconds
+ * until one is there. */
+bool source_take(struct source *src, int64_t now_ms, int *retry_after_s);
 void ingest_config_dump(const struct ingest_config *cfg);
 struct source *ingest_source_find(const struct ingest_config *cfg,
 				  const char *name, size_t len);

@@ -174,3 +174,128 @@ def test_byte_limits_match_the_worker(pipeline, services):
     pipeline.wait_caught_up()
     assert pipeline.message_count(fits) == 1
     assert services.dlq_count(pipeline.topic) == 0, "dead-lettered"
+
+
+def _metric(ingest, name):
+    text = ingest.request("GET", "/metrics").body.decode()
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{") and \
+                line.split(" ")[0] == name:
+            return float(line.split()[-1])
+    raise AssertionError(f"{name} not in /metrics:\n{text[:2000]}")
+
+
+def test_rate_limit_per_source(pipeline, services):
+    """The 001 seed's 100 requests/min, as configuration: the burst goes
+    through, the next gets 429 with Retry-After, another source is not
+    affected."""
+    ingest = pipeline.start_ingest(
+        source__tavus__rate="100/min", source__other__kind="transcript",
+        source__other__signature="none")
+    conn = http.client.HTTPConnection("127.0.0.1", ingest.port, timeout=10)
+    statuses = []
+    t0 = time.monotonic()
+    for i in range(105):
+        body = json.dumps(transcript(pipeline.cid(f"r{i}"), [("user", "x")]))
+        conn.request("POST", "/v1/webhooks/tavus", body,
+                     {"Content-Type": "application/json"})
+        r = conn.getresponse()
+        r.read()
+        statuses.append((r.status, r.getheader("retry-after")))
+    elapsed = time.monotonic() - t0
+    conn.close()
+    assert [s for s, _ in statuses[:100]] == [202] * 100, statuses[:100]
+    accepted = sum(1 for s, _ in statuses if s == 202)
+    # the bucket refills one every 0.6 s while the burst is sent
+    assert accepted <= 100 + int(elapsed / 0.6) + 1, (accepted, elapsed)
+    limited = [x for x in statuses if x[0] != 202]
+    assert limited and all(s == 429 for s, _ in limited), limited
+    assert all(ra and 1 <= int(ra) <= 2 for _, ra in limited), limited
+    r = ingest.post(transcript(pipeline.cid("o"), [("user", "x")]),
+                    source="other")
+    assert r.status == 202, f"another source was limited: {r!r}"
+    assert _metric(ingest, 'sluice_ingest_rate_limited_total{source="tavus"}'
+                   ) == len(limited)
+    assert services.topic_count(pipeline.topic) == accepted + 1
+
+
+def test_sighup_reloads_sources_keeping_connections(pipeline, services):
+    import signal
+    ingest = pipeline.start_ingest()
+    conn = http.client.HTTPConnection("127.0.0.1", ingest.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read()
+        r = ingest.post(transcript(pipeline.cid("a"), [("user", "x")]),
+                        source="added")
+        assert r.status == 404, r
+        cfg = ingest.config.read_text()
+        ingest.config.write_text(
+            cfg + "source.added.kind = transcript\n"
+                  "source.added.signature = none\n")
+        ingest.signal(signal.SIGHUP)
+        wait_until(lambda: ingest.post(
+            transcript(pipeline.cid("b"), [("user", "x")]),
+            source="added").status == 202, 10,
+            message="the added source to be served after SIGHUP")
+        # the kept-alive connection still works
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().status == 200
+        # a broken file keeps the running configuration
+        ingest.config.write_text(cfg + "source.bad.kind = nonsense\n")
+        ingest.signal(signal.SIGHUP)
+        wait_until(lambda: "reload of" in ingest.log_text(), 10,
+                   message="the failed reload to be logged")
+        r = ingest.post(transcript(pipeline.cid("c"), [("user", "x")]),
+                        source="added")
+        assert r.status == 202, f"a bad reload dropped the config: {r!r}"
+        assert _metric(ingest,
+                       'sluice_ingest_reloads_total{result="failed"}') == 1
+    finally:
+        conn.close()
+        ingest.config.write_text(cfg)
+
+
+def test_kafka_outage_under_load_answers_by_the_deadline(pipeline, services):
+    """Every request during an outage is answered 503 by its deadline
+    (a timer per request), not 8-15 s later."""
+    import threading
+    deadline_ms = 2000
+    ingest = pipeline.start_ingest(delivery_timeout_ms=deadline_ms)
+    assert ingest.post(transcript(pipeline.cid("w"), [("user", "x")])
+                       ).status == 202
+    try:
+        services.stop_kafka()
+        times, errors = [], []
+
+        def client(i):
+            c = http.client.HTTPConnection("127.0.0.1", ingest.port,
+                                           timeout=30)
+            try:
+                for k in range(10):
+                    body = json.dumps(transcript(pipeline.cid(f"o{i}-{k}"),
+                                                 [("user", "x")]))
+                    t0 = time.monotonic()
+                    c.request("POST", "/v1/webhooks/tavus", body,
+                              {"Content-Type": "application/json"})
+                    r = c.getresponse()
+                    r.read()
+                    times.append((time.monotonic() - t0, r.status))
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+            finally:
+                c.close()
+        threads = [threading.Thread(target=client, args=(i,))
+                   for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors[:3]
+        assert all(s == 503 for _, s in times), sorted(set(
+            s for _, s in times))
+        worst = max(t for t, _ in times)
+        assert worst < deadline_ms / 1000 + 0.5, (
+            f"slowest 503 after {worst:.2f} s, deadline {deadline_ms} ms")
+    finally:
+        services.start_kafka()
