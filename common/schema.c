@@ -47,6 +47,14 @@ static bool schema_check_keywords(const cJSON *node, char *errstr,
 			    !schema_check_keywords(p, errstr,
 						   errstr_size)) return false;
 		} else if (strcmp(child->string, "items") == 0) {
+			/* The tuple form (an array of schemas) is not
+			 * enforced: refuse it rather than accept anything. */
+			if (!cJSON_IsObject(child) && !cJSON_IsBool(child)) {
+				snprintf(errstr, errstr_size,
+					 "unsupported form of \"items\" (only "
+					 "one schema for every item)");
+				return false;
+			}
 			if (!schema_check_keywords(child, errstr, errstr_size))
 				return false;
 		} else if (strcmp(child->string, "anyOf") == 0) {
@@ -87,6 +95,25 @@ struct schema *schema_load(const char *path, char *errstr, size_t errstr_size)
 	if (!s)
 		abort();
 	s->root = root;
+	return s;
+}
+
+struct schema *schema_new(const cJSON *root, char *errstr, size_t errstr_size)
+{
+	struct schema *s;
+
+	if (!cJSON_IsObject(root) && !cJSON_IsBool(root)) {
+		snprintf(errstr, errstr_size,
+			 "a schema is an object or a "
+			 "boolean");
+		return NULL;
+	}
+	if (!schema_check_keywords(root, errstr, errstr_size))
+		return NULL;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		abort();
+	s->root = cJSON_Duplicate(root, true);
 	return s;
 }
 
@@ -188,6 +215,10 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 	const cJSON *kw;
 
 	c->path[pathlen] = '\0';
+	/* A boolean schema: true accepts anything, false nothing. */
+	if (cJSON_IsBool(schema))
+		return cJSON_IsTrue(schema) ||
+		       fail(c, pathlen, "is not allowed here%s", "");
 	kw = cJSON_GetObjectItemCaseSensitive(schema, "type");
 	if (kw && !validate_type(kw, v, c, pathlen))
 		return false;

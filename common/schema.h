@@ -11,6 +11,9 @@
 struct schema;
 
 struct schema *schema_load(const char *path, char *errstr, size_t errstr_size);
+/* From a parsed schema (copied); NULL when it uses an unsupported
+ * keyword or form. */
+struct schema *schema_new(const cJSON *root, char *errstr, size_t errstr_size);
 void schema_destroy(struct schema *s);
 /* On failure path gets the JSON path of the offending value ("$.a[2].b")
  * and msg what is wrong with it. */
