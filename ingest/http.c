@@ -557,6 +557,8 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	    "sluice_ingest_late_deliveries_total %llu\n"
 	    "# TYPE sluice_ingest_accept_errors_total counter\n"
 	    "sluice_ingest_accept_errors_total %llu\n"
+	    "# TYPE sluice_ingest_producer_rebuilds_total counter\n"
+	    "sluice_ingest_producer_rebuilds_total %llu\n"
 	    "# TYPE sluice_ingest_inflight gauge\n"
 	    "sluice_ingest_inflight %d\n"
 	    "# TYPE sluice_ingest_kafka_up gauge\n"
@@ -565,7 +567,8 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	    (unsigned long long)ing->m.delivered,
 	    (unsigned long long)ing->m.delivery_failed,
 	    (unsigned long long)ing->m.late_deliveries,
-	    (unsigned long long)ing->m.accept_errors, ing->inflight,
+	    (unsigned long long)ing->m.accept_errors,
+	    (unsigned long long)ing->m.producer_rebuilds, ing->inflight,
 	    ing->kafka_up ? 1 : 0);
 	evbuffer_add_printf(
 	    out, "# TYPE sluice_ingest_rate_limited_total counter\n");

@@ -51,6 +51,7 @@ struct ingest_metrics {
 	uint64_t late_deliveries; /* reports after the request's deadline */
 	uint64_t accept_errors;
 	uint64_t reloads, reload_failures;
+	uint64_t producer_rebuilds;
 	uint64_t delivery_ms_sum;
 	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
 };
@@ -64,7 +65,8 @@ struct ingest {
 	int wake_fds[2];
 	struct event *wake_ev;
 	struct event *poll_ev;
-	struct pending *pending; /* list of requests awaiting delivery */
+	struct event *rebuild_ev; /* after a fatal producer error */
+	struct pending *pending;  /* list of requests awaiting delivery */
 	int inflight;
 	bool draining;
 	bool kafka_up;

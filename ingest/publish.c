@@ -10,6 +10,7 @@
 
 #include "../common/kafka.h"
 #include "../common/log.h"
+#include "../common/util.h"
 #include "ingest.h"
 
 /* Runs on the event loop thread, from rd_kafka_poll(). */
@@ -38,10 +39,13 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 
 	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
 		ing->kafka_up = false;
-	if (rd_kafka_fatal_error(rk, NULL, 0))
+	if (rd_kafka_fatal_error(rk, NULL, 0)) {
+		/* Rebuilt from the loop, not inside librdkafka's callback. */
 		log_error("kafka fatal error: %s", reason);
-	else
+		event_active(ing->rebuild_ev, EV_TIMEOUT, 0);
+	} else {
 		log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+	}
 }
 
 /* librdkafka writes a byte to the pipe when the main queue gets an event;
@@ -92,7 +96,9 @@ static void producer_callbacks(rd_kafka_conf_t *conf)
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 }
 
-bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+/* A producer with sluice's settings whose main queue wakes the loop. */
+static rd_kafka_t *producer_new(struct ingest *ing, char *errstr,
+				size_t errstr_size)
 {
 	char tmo[32];
 	const char *const settings[] = {"enable.idempotence",
@@ -114,14 +120,58 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	    .opaque = ing,
 	    .callbacks = producer_callbacks,
 	};
-	char err[512];
-	struct timeval tv = {0, 100 * 1000};
+	rd_kafka_queue_t *mainq;
+	rd_kafka_t *rk;
 
 	snprintf(tmo, sizeof(tmo), "%d", ing->cfg.delivery_timeout_ms);
-	ing->rk = kafka_client_new(&spec, errstr, errstr_size);
-	if (!ing->rk)
-		return false;
-	record_limit(ing);
+	rk = kafka_client_new(&spec, errstr, errstr_size);
+	if (!rk)
+		return NULL;
+	mainq = rd_kafka_queue_get_main(rk);
+	rd_kafka_queue_io_event_enable(mainq, ing->wake_fds[1], "1", 1);
+	rd_kafka_queue_destroy(mainq);
+	return rk;
+}
+
+/* Loop thread, after a fatal producer error (an idempotent producer's
+ * sequence gap, librdkafka #3584 in 2.0.2): what the old producer holds
+ * cannot be confirmed any more, so its requests get 503 (purged, their
+ * reports served at once), and a new producer takes over; no restart. */
+static void handle_rebuild(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ing = arg;
+	rd_kafka_t *old = ing->rk, *fresh;
+	char err[512];
+	int64_t until = util_mono_ms() + 500;
+
+	(void)fd;
+	(void)what;
+	if (!old || !rd_kafka_fatal_error(old, err, sizeof(err)))
+		return;
+	fresh = producer_new(ing, err, sizeof(err));
+	if (!fresh) {
+		log_error("rebuilding the kafka producer: %s", err);
+		return;
+	}
+	rd_kafka_purge(old, RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT |
+				RD_KAFKA_PURGE_F_NON_BLOCKING);
+	while (rd_kafka_outq_len(old) > 0 && util_mono_ms() < until)
+		rd_kafka_poll(old, 10);
+	if (rd_kafka_outq_len(old) > 0)
+		log_warn("kafka producer rebuild: %d records of the old "
+			 "producer never reported",
+			 rd_kafka_outq_len(old));
+	ing->rk = fresh;
+	rd_kafka_destroy(old);
+	ing->m.producer_rebuilds++;
+	log_warn("kafka producer rebuilt after a fatal error (%llu so far)",
+		 (unsigned long long)ing->m.producer_rebuilds);
+}
+
+bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+{
+	char err[512];
+	struct timeval tv = {0, 100 * 1000};
 
 	if (pipe(ing->wake_fds) != 0) {
 		snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
@@ -130,9 +180,11 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	for (int i = 0; i < 2; i++)
 		fcntl(ing->wake_fds[i], F_SETFL,
 		      fcntl(ing->wake_fds[i], F_GETFL) | O_NONBLOCK);
-	rd_kafka_queue_t *mainq = rd_kafka_queue_get_main(ing->rk);
-	rd_kafka_queue_io_event_enable(mainq, ing->wake_fds[1], "1", 1);
-	rd_kafka_queue_destroy(mainq);
+	ing->rk = producer_new(ing, errstr, errstr_size);
+	if (!ing->rk)
+		return false;
+	record_limit(ing);
+	ing->rebuild_ev = event_new(ing->base, -1, 0, handle_rebuild, ing);
 	ing->wake_ev = event_new(ing->base, ing->wake_fds[0],
 				 EV_READ | EV_PERSIST, handle_wake, ing);
 	event_add(ing->wake_ev, NULL);
@@ -201,6 +253,9 @@ void publish_cleanup(struct ingest *ing, int flush_ms)
 		rd_kafka_destroy(ing->rk);
 		ing->rk = NULL;
 	}
+	if (ing->rebuild_ev)
+		event_free(ing->rebuild_ev);
+	ing->rebuild_ev = NULL;
 	if (ing->wake_ev)
 		event_free(ing->wake_ev);
 	if (ing->poll_ev)
