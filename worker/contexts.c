@@ -229,9 +229,8 @@ static bool redis_send(struct contexts *c, redisCallbackFn *fn, void *priv,
 {
 	/* Redis down (or backing off) counts as an error for each lead
 	 * that had to go without it. */
-	if (!redis_ready(c) ||
-	    redisAsyncCommandArgv(c->ac, fn, priv, argc, argv, lens) !=
-		REDIS_OK) {
+	if (!redis_ready(c) || redisAsyncCommandArgv(c->ac, fn, priv, argc,
+						     argv, lens) != REDIS_OK) {
 		c->st.redis_errors++;
 		return false;
 	}
