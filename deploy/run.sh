@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The local stack behind `make run` / `make stop`: Kafka, PostgreSQL and
 # Redis (deploy/services.sh) plus sluice-ingest and sluice-worker, all under
-# .run/ on loopback. Then it posts the sample webhooks and shows what
-# happened. Safe to run twice: what runs already is kept.
+# .run/ on loopback. Then it posts the sample webhooks and a sample campaign
+# batch (with the demo leads of deploy/local/seed.sql) and shows what
+# happened. Safe to run twice: what runs already is kept (a daemon whose
+# binary was rebuilt is restarted), and the second run adds no rows.
 #
 # Usage: deploy/run.sh [start|stop|status]
 set -euo pipefail
@@ -16,6 +18,14 @@ say() { printf '%s\n' "$*"; }
 die() { printf 'run.sh: error: %s\n' "$*" >&2; exit 1; }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+# True when the running daemon's binary was replaced since it started (a
+# rebuild), so `make run` after `make` runs the new code.
+rebuilt() { # name
+	local exe
+	exe=$(readlink "/proc/$(cat "$run/$1.pid")/exe" 2>/dev/null) || return 1
+	[[ "$exe" == *" (deleted)" ]]
+}
 
 stop_daemon() { # name
 	local pidf="$run/$1.pid" pid
@@ -64,6 +74,10 @@ say "starting Kafka, PostgreSQL and Redis under .run/services ..."
 "$repo/deploy/services.sh" start "$run/services"
 # shellcheck disable=SC1091
 . "$run/services/services.env"
+# The demo leads and inbox the sample campaign batch names; the migrations
+# (tables leads, inboxes, ...) were applied by services.sh start.
+psql "$SLUICE_POSTGRES_DSN" -X -q -v ON_ERROR_STOP=1 -f "$repo/deploy/local/seed.sql" \
+	|| die "cannot load deploy/local/seed.sql"
 
 if alive "$run/sluice-ingest.pid" && [ -f "$run/env" ]; then
 	SLUICE_INGEST_LISTEN=$(sed -n 's/^export SLUICE_INGEST_LISTEN=//p' "$run/env")
@@ -84,6 +98,12 @@ export SLUICE_TOPIC=sluice.events
 ENV
 
 cd "$repo"
+for d in sluice-worker sluice-ingest; do
+	if alive "$run/$d.pid" && rebuilt "$d"; then
+		say "$d was rebuilt since it started: restarting it"
+		stop_daemon "$d"
+	fi
+done
 if ! alive "$run/sluice-worker.pid"; then
 	"$bin/sluice-worker" -c deploy/local/worker.conf >>"$run/sluice-worker.log" 2>&1 &
 	echo $! >"$run/sluice-worker.pid"
@@ -103,6 +123,13 @@ curl -fsS "$url/readyz" >/dev/null || die "sluice-ingest not ready; see .run/slu
 
 rcli() { redis-cli -u "$SLUICE_REDIS_URL" "$@"; }
 psqlq() { psql "$SLUICE_POSTGRES_DSN" -XAtq -c "$1"; }
+# Records the worker committed since line MARK of its log: its lines
+# "batch of N records in ..." (not "... records not committed").
+records_since() { # MARK
+	tail -n +"$(($1 + 1))" "$run/sluice-worker.log" |
+		sed -n 's/.*batch of \([0-9][0-9]*\) records \{0,1\}[:i].*/\1/p' |
+		awk '{ n += $1 } END { print n + 0 }'
+}
 
 # Cached pages the demo transcript makes stale.
 for p in 1 2 3; do rcli SET "messages:demo-conv-vendor:$p:50" cached >/dev/null; done
@@ -121,9 +148,10 @@ for f in replica-joined transcript-vendor transcript-vendor shutdown transcript-
 done
 
 expected=7
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
 	n=$(psqlq "SELECT count(*) FROM messages WHERE conversation_id LIKE 'demo-conv-%'")
-	[ "$n" -ge "$expected" ] && [ "$(rcli EXISTS conversation:demo-conv-vendor)" = 0 ] && break
+	[ "$n" -ge "$expected" ] && [ "$(rcli EXISTS conversation:demo-conv-vendor)" = 0 ] &&
+		[ "$(records_since "$log_mark")" -ge 6 ] && break
 	sleep 0.1
 done
 
@@ -135,11 +163,54 @@ say "messages in PostgreSQL: $n for the demo conversations ($before before this 
 say "run adds none: every message is keyed by (conversation_id, external_event_id))"
 psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, status, last_event_type, transcript_received FROM conversations WHERE id LIKE 'demo-conv-%' ORDER BY id"
 say "Redis keys of demo-conv-vendor left: $(rcli --scan --pattern 'messages:demo-conv-vendor:*' | wc -l) (other conversations' keys kept: $(rcli EXISTS messages:some-other-conv:1:50))"
+
+# The campaign demo: deploy/samples/campaign-batch.json names 4 leads of
+# deploy/local/seed.sql (one deleted, one unknown); run_total is 4, so the
+# run finishes with this one batch.
+run_id=demo-run-1
+cbefore=$(psqlq "SELECT count(*) FROM campaign_messages WHERE run_id = '$run_id'")
+log_mark=$(wc -l <"$run/sluice-worker.log")
+say ""
+say "posting the sample campaign batch (twice: the second post changes nothing) ..."
+for _ in 1 2; do
+	printf '  %-18s -> ' campaign-batch
+	code=$(curl -sS -X POST "$url/v1/campaigns/demo-campaign/batches" -H 'Content-Type: application/json' \
+		--data-binary @deploy/samples/campaign-batch.json -o "$run/last-reply.json" -w '%{http_code}')
+	printf 'HTTP %s ' "$code"
+	cat "$run/last-reply.json"
+	[ "$code" = 202 ] || die "the campaign batch was refused; see .run/sluice-ingest.log"
+done
+
+status=""
+for _ in $(seq 1 300); do
+	status=$(psqlq "SELECT status FROM campaign_runs WHERE id = '$run_id'")
+	[ "$status" = finished ] && [ "$(records_since "$log_mark")" -ge 2 ] && break
+	sleep 0.1
+done
+
+say ""
+say "what the worker did:"
+tail -n +"$((log_mark + 1))" "$run/sluice-worker.log" | grep 'batch of' | sed 's/^/  /' || true
+say ""
+cn=$(psqlq "SELECT count(*) FROM campaign_messages WHERE run_id = '$run_id'")
+say "the outbox (campaign_messages): $cn rows for $run_id ($cbefore before this run; a second"
+say "run adds none: a message id already there is left alone)"
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT message_id, lead_id, status, parts, error FROM campaign_messages WHERE run_id = '$run_id' ORDER BY message_id"
+say "the run's counters (campaign_runs):"
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, status, total, processed, failed, paused, expired, finished_at FROM campaign_runs WHERE id = '$run_id'"
+say "lead contexts cached in Redis (lead_ctx:demo-lead-*): $(rcli --scan --pattern 'lead_ctx:demo-lead-*' | wc -l)"
+[ "$status" = finished ] ||
+	die "run $run_id is not finished after 30 s (status: ${status:-no row}); see .run/sluice-worker.log"
 say ""
 say "The stack keeps running. Talk to it:"
 say "  . .run/env"
 say "  curl -X POST \$SLUICE_INGEST_URL/v1/webhooks/tavus -H 'Content-Type: application/json' \\"
 say "       --data-binary @deploy/samples/transcript-seed.json"
 say "  psql \"\$SLUICE_POSTGRES_DSN\" -c 'SELECT * FROM messages'"
+say "  curl -X POST \$SLUICE_INGEST_URL/v1/campaigns/demo-campaign/batches -H 'Content-Type: application/json' \\"
+say "       --data-binary @deploy/samples/campaign-batch.json"
+say "  curl -X POST \$SLUICE_INGEST_URL/v1/webhooks/crm -H 'Content-Type: application/json' \\"
+say "       -d '{\"lead_id\": \"demo-lead-ana\"}'    # drops the lead's cached context"
+say "  psql \"\$SLUICE_POSTGRES_DSN\" -c 'SELECT * FROM campaign_messages'"
 say "  curl \$SLUICE_INGEST_URL/metrics"
 say "Logs: .run/sluice-ingest.log, .run/sluice-worker.log. Stop everything with: make stop"

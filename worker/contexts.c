@@ -227,11 +227,13 @@ static bool redis_ready(struct contexts *c)
 static bool redis_send(struct contexts *c, redisCallbackFn *fn, void *priv,
 		       int argc, const char **argv, const size_t *lens)
 {
-	if (!redis_ready(c))
+	/* Redis down (or backing off) counts as an error for each lead
+	 * that had to go without it. */
+	if (!redis_ready(c) || redisAsyncCommandArgv(c->ac, fn, priv, argc,
+						     argv, lens) != REDIS_OK) {
+		c->st.redis_errors++;
 		return false;
-	if (redisAsyncCommandArgv(c->ac, fn, priv, argc, argv, lens) !=
-	    REDIS_OK)
-		return false;
+	}
 	if (fn) {
 		c->redis_outstanding++;
 		c->redis_last_ms = util_mono_ms();
@@ -525,7 +527,15 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 {
 	struct lead *l = s->lead;
 	struct contexts *c = s->c;
+	cJSON *ctx = NULL;
 
+	if (ok && found) {
+		ctx = parse_ctx(json, len);
+		if (!ctx) { /* like any other failed lookup: retried */
+			ok = false;
+			why = "the context is not a JSON object";
+		}
+	}
 	slot_release(s);
 	if (!ok) {
 		c->st.failures++;
@@ -544,22 +554,11 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 		lead_store(l, NULL);
 		lead_finish(l, CTX_NOT_FOUND, NULL);
 	} else {
-		cJSON *ctx = parse_ctx(json, len);
+		char *text = strndup(json, len);
 
-		if (!ctx) {
-			c->st.failures++;
-			log_warn("lead %s: the source's context is not a JSON "
-				 "object",
-				 l->id);
-			lead_store(l, NULL);
-			lead_finish(l, CTX_UNAVAILABLE, NULL);
-		} else {
-			char *text = strndup(json, len);
-
-			lead_store(l, text);
-			free(text);
-			lead_finish(l, CTX_FOUND, ctx);
-		}
+		lead_store(l, text);
+		free(text);
+		lead_finish(l, CTX_FOUND, ctx);
 	}
 	pump(c);
 }
@@ -883,7 +882,9 @@ struct contexts *contexts_new(struct event_base *base,
 	}
 	c->http = cfg->lc_source == LC_SOURCE_HTTP;
 	if (c->http) {
-		c->uri = evhttp_uri_parse(cfg->lc_url);
+		/* Non-conformant: "{lead_id}" is not a valid path character. */
+		c->uri = evhttp_uri_parse_with_flags(cfg->lc_url,
+						     EVHTTP_URI_NONCONFORMANT);
 		if (!c->uri || !evhttp_uri_get_host(c->uri) ||
 		    !evhttp_uri_get_scheme(c->uri) ||
 		    strcmp(evhttp_uri_get_scheme(c->uri), "http") != 0) {

@@ -1,6 +1,8 @@
 /* sluice-worker's settings: the table of every key. */
 #include "settings.h"
 
+#include <event2/http.h>
+
 #include "../common/log.h"
 
 #include <stdio.h>
@@ -107,10 +109,24 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			 "retry_backoff_min_ms is above retry_backoff_max_ms");
 		return false;
 	}
-	if (cfg->lc_source == LC_SOURCE_HTTP && !cfg->lc_url[0]) {
-		snprintf(errstr, errstr_size,
-			 "lead_context.source = http needs lead_context.url");
-		return false;
+	if (cfg->lc_source == LC_SOURCE_HTTP) {
+		/* Non-conformant: "{lead_id}" is not a valid path character. */
+		struct evhttp_uri *u = evhttp_uri_parse_with_flags(
+		    cfg->lc_url, EVHTTP_URI_NONCONFORMANT);
+		bool ok = u && evhttp_uri_get_scheme(u) &&
+			  strcmp(evhttp_uri_get_scheme(u), "http") == 0 &&
+			  evhttp_uri_get_host(u) && evhttp_uri_get_host(u)[0];
+
+		if (u)
+			evhttp_uri_free(u);
+		if (!ok) {
+			snprintf(
+			    errstr, errstr_size,
+			    "lead_context.url: expected "
+			    "http://host[:port]/path/{lead_id}, got \"%s\"",
+			    cfg->lc_url);
+			return false;
+		}
 	}
 	if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
 		snprintf(errstr, errstr_size,

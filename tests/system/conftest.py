@@ -775,3 +775,15 @@ def run_threads(n, target, *args):
         t.join()
     if errors:
         raise errors[0]
+
+
+# ---------------------------------------------------------------- campaigns
+
+@pytest.fixture
+def leadstub():
+    """A lead-context HTTP source (tests/system/leadstub.py) on a free
+    loopback port: GET /leads/{lead_id}; stopped after the test."""
+    from leadstub import LeadStub
+    stub = LeadStub().start()
+    yield stub
+    stub.stop()

@@ -27,7 +27,8 @@ static const char SQL_STAGING[] =
 static const char SQL_INBOXES[] =
     "SELECT id, connected FROM inboxes WHERE id = ANY($1::text[])";
 
-/* One statement: the outbox rows go in (a message id already there is left
+/* One statement: the run's fields (end time, total, inbox) come from its
+ * first batch; the outbox rows go in (a message id already there is left
  * alone unless it is paused), and each run's counters move by exactly the
  * rows that changed, read from what the INSERT returned, so a replayed or
  * re-posted batch never counts twice. The run finishes in the same
@@ -77,7 +78,6 @@ static const char SQL_WRITE[] =
     "   CASE WHEN dp + df + de >= total THEN now() END"
     "  FROM n"
     "  ON CONFLICT (id) DO UPDATE SET"
-    "   total = EXCLUDED.total, end_time = EXCLUDED.end_time,"
     "   processed = c.processed + EXCLUDED.processed,"
     "   failed = c.failed + EXCLUDED.failed,"
     "   paused = greatest(c.paused + EXCLUDED.paused, 0),"
@@ -85,14 +85,14 @@ static const char SQL_WRITE[] =
     "   status = CASE"
     "    WHEN c.status = 'finished' THEN 'finished'"
     "    WHEN c.processed + EXCLUDED.processed + c.failed + EXCLUDED.failed"
-    "     + c.expired + EXCLUDED.expired >= EXCLUDED.total THEN 'finished'"
+    "     + c.expired + EXCLUDED.expired >= c.total THEN 'finished'"
     "    WHEN c.status = 'expired' OR EXCLUDED.expired > 0 THEN 'expired'"
     "    WHEN c.paused + EXCLUDED.paused > 0 THEN 'paused'"
     "    ELSE 'running' END,"
     "   finished_at = CASE"
     "    WHEN c.finished_at IS NOT NULL THEN c.finished_at"
     "    WHEN c.processed + EXCLUDED.processed + c.failed + EXCLUDED.failed"
-    "     + c.expired + EXCLUDED.expired >= EXCLUDED.total THEN now() END,"
+    "     + c.expired + EXCLUDED.expired >= c.total THEN now() END,"
     "   updated_at = now()"
     "  RETURNING c.id, c.status)"
     " SELECT ins.id, ins.status, n.dc FROM ins JOIN n ON n.run_id = ins.id";
