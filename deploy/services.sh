@@ -74,6 +74,17 @@ alive() {
     [[ -n "$cmd" && "$cmd" == *"$pat"* ]]
 }
 
+# A process that exists, is not a zombie, and has not become what it will
+# exec yet (its command line lacks "java").
+starting() {
+    local pid="$1" stat
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    { read -r stat <"/proc/$pid/stat"; } 2>/dev/null || return 1
+    stat="${stat##*) }"
+    [[ "${stat:0:1}" != Z ]] || return 1
+    ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q java
+}
+
 pgid_of() {
     local stat rest
     { read -r stat <"/proc/$1/stat"; } 2>/dev/null || return 1
@@ -680,6 +691,12 @@ kafka_wait() {
     deadline=$(($(now_ds) + start_timeout * 10))
     while :; do
         if ! alive "$p" "kafka.Kafka $kafka_dir/server.properties"; then
+            # On a loaded machine the launcher's child may not have
+            # exec'd java yet: its pid runs under another command line.
+            if starting "$p" && (($(now_ds) < deadline)); then
+                sleep 0.1
+                continue
+            fi
             if [[ -n "$kafka_cds_used" ]] && grep -qs 'fatal error has been detected' "$kafka_dir/kafka.out"; then
                 # The JVM crashed; maybe the class archive is at fault: drop
                 # it and try once more without.
