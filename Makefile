@@ -23,7 +23,7 @@ Q := @
 endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
-              common/sdnotify.c common/schema.c common/campaign.c \
+              common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
               common/validate.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c
@@ -31,7 +31,7 @@ WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
               worker/contexts.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
-              worker/handlers/campaign_rules.c
+              worker/handlers/campaign_rules.c worker/handlers/chat.c
 
 INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))

@@ -18,6 +18,7 @@
 #define HDR_RECEIVED_AT "received-at" /* ms since the epoch, decimal */
 #define HDR_REQUEST_ID "request-id"
 #define HDR_CAMPAIGN_ID "campaign-id" /* campaign batches: from the path */
+#define HDR_CHAT_SENDER "chat-sender" /* chat: whose part of the webhook */
 /* Added to records sent to the dead-letter topic. */
 #define HDR_DLQ_REASON "dlq-reason"
 #define HDR_DLQ_ORIGIN "dlq-origin" /* topic/partition@offset */

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The local stack behind `make run` / `make stop`: Kafka, PostgreSQL and
 # Redis (deploy/services.sh) plus sluice-ingest and sluice-worker, all under
-# .run/ on loopback. Then it posts the sample webhooks and a sample campaign
-# batch (with the demo leads of deploy/local/seed.sql) and shows what
-# happened. Safe to run twice: what runs already is kept (a daemon whose
-# binary was rebuilt is restarted), and the second run adds no rows.
+# .run/ on loopback. Then it posts the sample webhooks, a sample campaign
+# batch (with the demo leads of deploy/local/seed.sql) and a sample WhatsApp
+# chat (answered by deploy/samples/agent.py), and shows what happened. Safe
+# to run twice: what runs already is kept (a daemon whose binary was rebuilt
+# is restarted), and the second run adds no rows.
 #
 # Usage: deploy/run.sh [start|stop|status]
 set -euo pipefail
@@ -201,6 +202,93 @@ psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, status, total, processed, failed,
 say "lead contexts cached in Redis (lead_ctx:demo-lead-*): $(rcli --scan --pattern 'lead_ctx:demo-lead-*' | wc -l)"
 [ "$status" = finished ] ||
 	die "run $run_id is not finished after 30 s (status: ${status:-no row}); see .run/sluice-worker.log"
+
+# The chat demo (docs/chat.md): Ana, demo-lead-ana of deploy/local/seed.sql
+# (phone +15550100001), writes on WhatsApp. Her first message opens a turn,
+# which a demo agent claims with psql; while it holds it, a delivery status
+# (which opens no turn) and two quick messages arrive, and the two gather in
+# one open turn. Then the claimed turn is answered and deploy/samples/agent.py
+# answers the gathered one. A second run posts the same message ids again:
+# no message, no turn.
+ana=15550100001
+chat_ids="'wamid.demo-ana-1','wamid.demo-ana-2','wamid.demo-ana-3'"
+py="$repo/.venv/bin/python"
+[ -x "$py" ] || py=python3
+post_chat() { # SAMPLE
+	local code
+	printf '  %-18s -> ' "$1"
+	code=$(curl -sS -X POST "$url/v1/webhooks/whatsapp" -H 'Content-Type: application/json' \
+		--data-binary "@deploy/samples/$1.json" -o "$run/last-reply.json" -w '%{http_code}')
+	printf 'HTTP %s ' "$code"
+	cat "$run/last-reply.json"
+	[ "$code" = 200 ] || die "the chat webhook $1 was refused; see .run/sluice-ingest.log"
+}
+turn_of() { # MESSAGE_ID: "id status" of the turn holding it, or nothing
+	psqlq "SELECT id || ' ' || status FROM chat_turns WHERE '$1' = ANY(message_ids) ORDER BY id LIMIT 1"
+}
+chbefore=$(psqlq "SELECT count(*) FROM chat_messages WHERE provider_message_id IN ($chat_ids)")
+log_mark=$(wc -l <"$run/sluice-worker.log")
+say ""
+say "posting a sample WhatsApp chat from Ana ($ana) ..."
+post_chat chat-first
+first=""
+for _ in $(seq 1 300); do
+	first=$(turn_of wamid.demo-ana-1)
+	[ -n "$first" ] && break
+	sleep 0.1
+done
+[ -n "$first" ] || die "no turn holds wamid.demo-ana-1 after 30 s; see .run/sluice-worker.log"
+if [ "${first#* }" = open ]; then
+	say "her first message opened turn ${first% *}; the demo agent claims it:"
+	say "  SELECT * FROM sluice_claim_turn('demo-agent')"
+	psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sender, lead_id, status, claimed_by, message_ids,
+		lead_context->'lead'->>'name' AS lead_name FROM sluice_claim_turn('demo-agent')"
+else
+	say "her first message's turn ${first% *} is ${first#* } already (an earlier run): nothing to claim"
+fi
+say "while the agent holds it: a delivery status, then two quick messages ..."
+post_chat chat-status
+post_chat chat-burst-1
+post_chat chat-burst-2
+
+cn=0
+for _ in $(seq 1 300); do
+	cn=$(psqlq "SELECT count(*) FROM chat_messages WHERE provider_message_id IN ($chat_ids)")
+	[ "$cn" -ge 3 ] && [ -n "$(turn_of wamid.demo-ana-3)" ] &&
+		[ "$(psqlq "SELECT count(*) FROM chat_statuses WHERE provider_message_id = 'wamid.demo-out-1'")" -ge 1 ] &&
+		[ "$(records_since "$log_mark")" -ge 4 ] && break
+	sleep 0.1
+done
+say ""
+say "what the worker did:"
+tail -n +"$((log_mark + 1))" "$run/sluice-worker.log" | grep 'batch of' | sed 's/^/  /' || true
+say ""
+say "chat_messages: $cn of Ana's 3 messages ($chbefore before this run; a second run adds none:"
+say "a provider message id is stored once)"
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT provider_message_id, business_number, sender, type, text, sent_at
+	FROM chat_messages WHERE sender = '$ana' ORDER BY sent_at, id"
+say "chat_statuses (a status opens no turn):"
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT provider_message_id, status, recipient_id, status_at
+	FROM chat_statuses WHERE recipient_id = '$ana' ORDER BY status_at"
+say "chat_turns: the burst gathered in one open turn while the first was claimed:"
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sender, lead_id, status, message_ids
+	FROM chat_turns WHERE sender = '$ana' ORDER BY id"
+[ "$cn" -ge 3 ] || die "only $cn of Ana's 3 chat messages stored after 30 s; see .run/sluice-worker.log"
+
+say "the demo agent is done with its turn: sluice_answer_turn"
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sluice_answer_turn(id) AS answered
+	FROM chat_turns WHERE sender = '$ana' AND status = 'claimed' AND claimed_by = 'demo-agent'"
+open=$(psqlq "SELECT count(*) FROM chat_turns WHERE sender = '$ana' AND status = 'open'")
+if [ "$open" -gt 0 ]; then
+	say "deploy/samples/agent.py answers the gathered turn (LISTEN sluice_turns, claim, answer):"
+	"$py" deploy/samples/agent.py --dsn "$SLUICE_POSTGRES_DSN" --name demo-agent \
+		--turns "$open" --timeout 30 2>&1 | sed 's/^/  /' ||
+		die "deploy/samples/agent.py did not answer $open turn(s) in 30 s"
+else
+	say "no open turn of Ana's left for deploy/samples/agent.py (no new message, no new turn)"
+fi
+psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, status, claimed_by, array_length(message_ids, 1) AS messages,
+	answered_at - created_at AS open_to_answered FROM chat_turns WHERE sender = '$ana' ORDER BY id"
 say ""
 say "The stack keeps running. Talk to it:"
 say "  . .run/env"
@@ -212,5 +300,8 @@ say "       --data-binary @deploy/samples/campaign-batch.json"
 say "  curl -X POST \$SLUICE_INGEST_URL/v1/webhooks/crm -H 'Content-Type: application/json' \\"
 say "       -d '{\"lead_id\": \"demo-lead-ana\"}'    # drops the lead's cached context"
 say "  psql \"\$SLUICE_POSTGRES_DSN\" -c 'SELECT * FROM campaign_messages'"
+say "  curl -X POST \$SLUICE_INGEST_URL/v1/webhooks/whatsapp -H 'Content-Type: application/json' \\"
+say "       --data-binary @deploy/samples/chat-first.json    # an id already stored adds nothing"
+say "  .venv/bin/python deploy/samples/agent.py --timeout 60    # claims and answers chat turns"
 say "  curl \$SLUICE_INGEST_URL/metrics"
 say "Logs: .run/sluice-ingest.log, .run/sluice-worker.log. Stop everything with: make stop"

@@ -3,6 +3,7 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/listener.h>
+#include <openssl/crypto.h>
 #include <event2/keyvalq_struct.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -13,6 +14,7 @@
 #include <unistd.h>
 
 #include "../common/campaign.h"
+#include "../common/chat.h"
 #include "../common/log.h"
 #include "../common/schema.h"
 #include "../common/validate.h"
@@ -54,6 +56,7 @@ static const char *reason_phrase(int code)
 	case 202: return "Accepted";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
+	case 403: return "Forbidden";
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
 	case 411: return "Length Required";
@@ -160,11 +163,51 @@ static void observe_delivery(struct ingest *ing, int64_t ms)
 	ing->m.delivery_ms_sum += (uint64_t)ms;
 }
 
+/* The group's answer once its last record reported. */
+static void group_reported(struct ingest *ing, struct pending *p,
+			   rd_kafka_resp_err_t err)
+{
+	struct pgroup *g = p->group;
+
+	if (err && !g->err)
+		g->err = err;
+	if (--g->left > 0)
+		return;
+	if (g->req) {
+		if (g->err) {
+			char msg[256];
+
+			snprintf(msg, sizeof(msg),
+				 "not every record of the webhook could be "
+				 "stored durably: %s; retry it whole",
+				 rd_kafka_err2str(g->err));
+			reply_error(ing, g->req, 503, "unavailable", msg, NULL);
+		} else {
+			cJSON *o = cJSON_CreateObject();
+
+			cJSON_AddStringToObject(o, "status", "accepted");
+			cJSON_AddStringToObject(o, "id", p->id);
+			cJSON_AddNumberToObject(o, "records", g->n);
+			cJSON_AddItemToObject(o, "senders", g->senders);
+			g->senders = NULL; /* owned by o now */
+			cJSON_AddStringToObject(o, "eventType", p->event_type);
+			observe_delivery(ing, util_mono_ms() - p->started_ms);
+			reply_json(ing, g->req, p->success_status, o);
+		}
+	} else {
+		ing->m.late_deliveries++;
+	}
+	cJSON_Delete(g->senders);
+	free(g);
+}
+
 void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
 {
 	struct ingest *ing = p->ing;
 
-	if (!p->req && !p->deadline) {
+	if (p->group) {
+		group_reported(ing, p, err);
+	} else if (!p->req && !p->deadline) {
 		/* answered 503 at its deadline; if Kafka took it after all,
 		 * the sender's retry is de-duplicated downstream */
 		ing->m.late_deliveries++;
@@ -189,7 +232,7 @@ void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
 			cJSON_AddStringToObject(o, p->key_name, p->key);
 			cJSON_AddStringToObject(o, "eventType", p->event_type);
 			observe_delivery(ing, util_mono_ms() - p->started_ms);
-			reply_json(ing, p->req, 202, o);
+			reply_json(ing, p->req, p->success_status, o);
 		}
 	}
 	pending_destroy(p);
@@ -204,14 +247,16 @@ static void handle_deadline(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	struct evhttp_request **req = p->group ? &p->group->req : &p->req;
+
 	event_free(p->deadline);
 	p->deadline = NULL;
-	if (p->req)
-		reply_error(p->ing, p->req, 503, "unavailable",
+	if (*req)
+		reply_error(p->ing, *req, 503, "unavailable",
 			    "Kafka did not confirm the event in time; retry "
 			    "later",
 			    NULL);
-	p->req = NULL;
+	*req = NULL;
 }
 
 static bool content_type_json(const char *ct)
@@ -304,6 +349,98 @@ static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
 	return ok;
 }
 
+static void pending_link(struct ingest *ing, struct pending *p)
+{
+	struct timeval tv = {ing->cfg.delivery_timeout_ms / 1000,
+			     (ing->cfg.delivery_timeout_ms % 1000) * 1000};
+
+	p->started_ms = util_mono_ms();
+	p->next = ing->pending;
+	if (p->next)
+		p->next->prev = p;
+	ing->pending = p;
+	ing->inflight++;
+	p->deadline = evtimer_new(ing->base, handle_deadline, p);
+	evtimer_add(p->deadline, &tv);
+}
+
+#define CHAT_MAX_SENDERS 1000
+
+/* A chat webhook: one record per person (key and chat-sender header = the
+ * person's wa_id, value = the body as received), answered when all are
+ * durable; if any is not, 503 and the gateway sends the webhook again. */
+static void publish_chat(struct ingest *ing, struct evhttp_request *req,
+			 const struct source *src, const cJSON *doc,
+			 const char *whid, const char *data, size_t len)
+{
+	static const char *senders[CHAT_MAX_SENDERS];
+	char path[160], msg[200], request_id[40], gen_id[40];
+	size_t n;
+	struct pgroup *g;
+
+	if (!chat_validate(doc, path, sizeof(path), msg, sizeof(msg))) {
+		char full[400];
+
+		snprintf(full, sizeof(full), "%s %s", path, msg);
+		reply_error(ing, req, 422, "schema_violation", full, path);
+		return;
+	}
+	n = chat_senders(doc, senders, CHAT_MAX_SENDERS);
+	if (n > CHAT_MAX_SENDERS) {
+		reply_error(ing, req, 422, "schema_violation",
+			    "more than 1000 people in one webhook", "$.entry");
+		return;
+	}
+	if (n == 0) { /* nothing for sluice (another field): acknowledged */
+		cJSON *o = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(o, "status", "accepted");
+		cJSON_AddNumberToObject(o, "records", 0);
+		cJSON_AddItemToObject(o, "senders", cJSON_CreateArray());
+		reply_json(ing, req, src->success_status, o);
+		return;
+	}
+	if (!whid || !id_acceptable(whid)) {
+		util_random_id(gen_id, sizeof(gen_id), "wh_");
+		whid = gen_id;
+	}
+	util_random_id(request_id, sizeof(request_id), "req_");
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		abort();
+	g->req = req;
+	g->n = (int)n;
+	g->left = (int)n;
+	g->senders = cJSON_CreateArray();
+	for (size_t i = 0; i < n; i++) {
+		struct pending *p = calloc(1, sizeof(*p));
+		rd_kafka_resp_err_t err;
+
+		if (!p)
+			abort();
+		cJSON_AddItemToArray(g->senders,
+				     cJSON_CreateString(senders[i]));
+		p->ing = ing;
+		p->group = g;
+		p->chat_sender = true;
+		p->success_status = src->success_status;
+		p->id = strdup(whid);
+		p->key = strdup(senders[i]);
+		p->key_name = "sender";
+		p->event_type = strdup(CHAT_EVENT_TYPE);
+		pending_link(ing, p);
+		err = publish_record(ing, p, src, data, len, request_id,
+				     util_now_ms());
+		if (err) {
+			/* Not queued: counts as reported, failed. */
+			group_reported(ing, p, err);
+			pending_destroy(p);
+			if (g->left == 0)
+				return; /* answered and freed */
+		}
+	}
+}
+
 /* Every POST that becomes a Kafka record: the checks all kinds share,
  * cheapest first, then the kind's own, then the record. campaign_id is the
  * path's for campaign batches, NULL otherwise. */
@@ -387,6 +524,16 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 			return;
 		}
 	}
+	if (src->signature == SIG_META &&
+	    !verify_meta(src->key, src->key_len,
+			 evhttp_find_header(in, "X-Hub-Signature-256"), data,
+			 len)) {
+		reply_error(ing, req, 401, "bad_signature",
+			    "X-Hub-Signature-256 is missing or does not match "
+			    "the body",
+			    NULL);
+		return;
+	}
 	if (!util_utf8_valid(data, len)) {
 		reply_error(ing, req, 400, "malformed_json",
 			    "the body is not valid UTF-8", NULL);
@@ -414,6 +561,11 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		snprintf(full, sizeof(full), "%s: %s", path, msg);
 		cJSON_Delete(doc);
 		reply_error(ing, req, 400, "malformed_json", full, path);
+		return;
+	}
+	if (src->kind == KIND_CHAT) {
+		publish_chat(ing, req, src, doc, whid, data, len);
+		cJSON_Delete(doc);
 		return;
 	}
 	if (src->kind == KIND_CAMPAIGN) {
@@ -453,6 +605,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	p->ing = ing;
 	p->id = strdup(whid);
 	p->key = strdup(ex.key);
+	p->success_status = src->success_status;
 	p->key_name = src->kind == KIND_CAMPAIGN       ? "runId"
 		      : src->kind == KIND_LEAD_UPDATED ? "leadId"
 						       : "conversationId";
@@ -492,6 +645,46 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		      len);
 }
 
+/* Meta's subscription handshake: GET ?hub.mode=subscribe&hub.verify_token=T
+ * &hub.challenge=C → 200 with C when T is the source's verify_token. */
+static void handle_handshake(struct ingest *ing, struct evhttp_request *req,
+			     const struct source *src)
+{
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+	struct evkeyvalq params;
+	const char *mode, *token, *challenge;
+	bool ok;
+
+	memset(&params, 0, sizeof(params));
+	params.tqh_last = &params.tqh_first;
+	if (query)
+		evhttp_parse_query_str(query, &params);
+	mode = evhttp_find_header(&params, "hub.mode");
+	token = evhttp_find_header(&params, "hub.verify_token");
+	challenge = evhttp_find_header(&params, "hub.challenge");
+	ok = src->verify_token && mode && strcmp(mode, "subscribe") == 0 &&
+	     token && challenge && strlen(challenge) <= 256 &&
+	     strlen(token) == strlen(src->verify_token) &&
+	     CRYPTO_memcmp(token, src->verify_token, strlen(token)) == 0;
+	if (ok) {
+		struct evbuffer *out = evbuffer_new();
+
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Content-Type", "text/plain");
+		evbuffer_add(out, challenge, strlen(challenge));
+		send_reply(req, 200, "OK", out);
+		evbuffer_free(out);
+		ing->m.responses[ST_200]++;
+	} else {
+		reply_error(ing, req, 403, "forbidden",
+			    "hub.mode must be subscribe and hub.verify_token "
+			    "must match",
+			    NULL);
+	}
+	evhttp_clear_headers(&params);
+}
+
 static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 			   const char *name)
 {
@@ -501,6 +694,11 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	if (!src || src->kind == KIND_CAMPAIGN) {
 		reply_error(ing, req, 404, "unknown_source",
 			    "no such webhook source", NULL);
+		return;
+	}
+	if (src->kind == KIND_CHAT &&
+	    evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
+		handle_handshake(ing, req, src);
 		return;
 	}
 	handle_publish(ing, req, src, NULL);
@@ -820,12 +1018,15 @@ void http_cleanup(struct ingest *ing)
 	/* Requests still waiting lose their connection with evhttp_free;
 	 * their delivery reports must not touch them afterwards. */
 	for (struct pending *p = ing->pending; p; p = p->next) {
-		if (p->req)
-			reply_error(ing, p->req, 503, "unavailable",
+		struct evhttp_request **req =
+		    p->group ? &p->group->req : &p->req;
+
+		if (*req)
+			reply_error(ing, *req, 503, "unavailable",
 				    "shutting down before Kafka confirmed the "
 				    "event; retry",
 				    NULL);
-		p->req = NULL;
+		*req = NULL;
 	}
 	if (ing->http)
 		evhttp_free(ing->http);

@@ -3,6 +3,7 @@
 #define SLUICE_INGEST_H
 
 #include <event2/event.h>
+#include <cjson/cJSON.h>
 #include <event2/http.h>
 #include <librdkafka/rdkafka.h>
 #include <stdbool.h>
@@ -10,10 +11,23 @@
 
 #include "settings.h"
 
-/* A request waiting for its record's delivery report. Owned by the
- * pending list; freed in pending_destroy() once answered. */
+/* A request whose records are several (a chat webhook with several
+ * people): answered once every record reported. Freed with the last. */
+struct pgroup {
+	struct evhttp_request *req; /* NULL once answered */
+	int left;		    /* records without a report yet */
+	int n;
+	rd_kafka_resp_err_t err; /* the first failure */
+	cJSON *senders;		 /* for the answer */
+};
+
+/* A record waiting for its delivery report. Owned by the pending list;
+ * freed in pending_destroy() once reported. */
 struct pending {
-	struct evhttp_request *req; /* NULL once the connection is gone */
+	struct evhttp_request *req; /* NULL when answered (or in a group) */
+	struct pgroup *group;	    /* or NULL */
+	bool chat_sender;	    /* key is the chat-sender header too */
+	int success_status;
 	struct ingest *ing;
 	char *id;
 	char *key;

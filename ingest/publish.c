@@ -215,7 +215,7 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 				   size_t len, const char *request_id,
 				   int64_t received_ms)
 {
-	rd_kafka_headers_t *h = rd_kafka_headers_new(7);
+	rd_kafka_headers_t *h = rd_kafka_headers_new(8);
 	char received[24];
 	rd_kafka_resp_err_t err;
 
@@ -228,6 +228,8 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 	add_header(h, HDR_REQUEST_ID, request_id);
 	if (p->campaign_id)
 		add_header(h, HDR_CAMPAIGN_ID, p->campaign_id);
+	if (p->chat_sender)
+		add_header(h, HDR_CHAT_SENDER, p->key);
 
 	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(ing->cfg.topic),
 				RD_KAFKA_V_KEY(p->key, strlen(p->key)),

@@ -12,9 +12,9 @@
 #include "../common/util.h"
 
 const char *const source_kind_names[] = {"transcript", "campaign",
-					 "lead_updated", NULL};
+					 "lead_updated", "chat", NULL};
 static const char *const signature_values[] = {"none", "standard-webhooks",
-					       NULL};
+					       "meta", NULL};
 
 #define F(x) offsetof(struct ingest_config, x)
 const struct cfg_setting ingest_settings[] = {
@@ -168,17 +168,29 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 		if (!enum_index(source_kind_names, value, &src->kind)) {
 			snprintf(errstr, errstr_size,
 				 "%s: unknown kind \"%s\" (known: transcript, "
-				 "campaign, lead_updated)",
+				 "campaign, lead_updated, chat)",
 				 key, value);
 			return false;
 		}
 	} else if (strcmp(dot + 1, "signature") == 0) {
 		if (!enum_index(signature_values, value, &src->signature)) {
 			snprintf(errstr, errstr_size,
-				 "%s: \"%s\" is not none or standard-webhooks",
+				 "%s: \"%s\" is not none, standard-webhooks or "
+				 "meta",
 				 key, value);
 			return false;
 		}
+	} else if (strcmp(dot + 1, "verify_token") == 0) {
+		free(src->verify_token);
+		src->verify_token = strdup(value);
+	} else if (strcmp(dot + 1, "success_status") == 0) {
+		if (strcmp(value, "200") != 0 && strcmp(value, "202") != 0 &&
+		    strcmp(value, "204") != 0) {
+			snprintf(errstr, errstr_size,
+				 "%s: expected 200, 202 or 204", key);
+			return false;
+		}
+		src->success_status = atoi(value);
 	} else if (strcmp(dot + 1, "rate") == 0) {
 		if (!parse_rate(value, &src->rate_per_s, &src->rate_count)) {
 			snprintf(errstr, errstr_size,
@@ -267,7 +279,10 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			 src->name);
 		return false;
 	}
-	if (src->signature == SIG_STANDARD_WEBHOOKS) {
+	if (src->success_status == 0)
+		src->success_status = 202;
+	if (src->signature == SIG_STANDARD_WEBHOOKS ||
+	    src->signature == SIG_META) {
 		char *secret = src->secret;
 		char *from_file = NULL;
 
@@ -282,14 +297,20 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			from_file[strcspn(from_file, "\r\n")] = '\0';
 			secret = from_file;
 		}
-		if (!secret) {
+		if (!secret || !secret[0]) {
 			snprintf(errstr, errstr_size,
-				 "source %s: signature standard-webhooks needs "
-				 "secret or secret_file",
-				 src->name);
+				 "source %s: signature %s needs secret or "
+				 "secret_file",
+				 src->name, signature_values[src->signature]);
+			free(from_file);
 			return false;
 		}
-		if (!source_decode_secret(src, secret, errstr, errstr_size)) {
+		if (src->signature == SIG_META) {
+			/* Meta's app secret is used as it is shown. */
+			src->key_len = strlen(secret);
+			src->key = (unsigned char *)strdup(secret);
+		} else if (!source_decode_secret(src, secret, errstr,
+						 errstr_size)) {
 			free(from_file);
 			return false;
 		}
@@ -348,6 +369,10 @@ void ingest_config_free(struct ingest_config *cfg)
 		if (s->key)
 			OPENSSL_cleanse(s->key, s->key_len);
 		free(s->key);
+		if (s->verify_token)
+			OPENSSL_cleanse(s->verify_token,
+					strlen(s->verify_token));
+		free(s->verify_token);
 		schema_destroy(s->schema);
 		free(s);
 		s = next;
@@ -369,6 +394,11 @@ void ingest_config_dump(const struct ingest_config *cfg)
 		if (s->key)
 			printf("source.%s.secret = (hidden, %zu bytes)\n",
 			       s->name, s->key_len);
+		if (s->verify_token)
+			printf("source.%s.verify_token = (hidden)\n", s->name);
+		if (s->success_status != 202)
+			printf("source.%s.success_status = %d\n", s->name,
+			       s->success_status);
 		if (s->rate_per_s > 0)
 			printf("source.%s.rate = %g/s (burst %g)\n", s->name,
 			       s->rate_per_s, s->burst);

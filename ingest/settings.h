@@ -8,13 +8,20 @@
 
 #include "../common/config.h"
 
+/* Served at POST /v1/webhooks/{source}, except campaigns at
+ * POST /v1/campaigns/{id}/batches. */
 enum source_kind {
-	KIND_TRANSCRIPT =
-	    0,		   /* POST /v1/webhooks/{source}: a video-call vendor */
-	KIND_CAMPAIGN,	   /* POST /v1/campaigns/{id}/batches */
-	KIND_LEAD_UPDATED, /* POST /v1/webhooks/{source}: {"lead_id"} */
+	KIND_TRANSCRIPT = 0, /* a video-call vendor's callbacks */
+	KIND_CAMPAIGN,	     /* a scheduler's campaign batches */
+	KIND_LEAD_UPDATED,   /* {"lead_id"}: a lead changed */
+	KIND_CHAT,	     /* WhatsApp Business Cloud API webhooks */
 };
-enum signature_mode { SIG_UNSET = -1, SIG_NONE = 0, SIG_STANDARD_WEBHOOKS };
+enum signature_mode {
+	SIG_UNSET = -1,
+	SIG_NONE = 0,
+	SIG_STANDARD_WEBHOOKS,
+	SIG_META, /* X-Hub-Signature-256 */
+};
 
 struct source {
 	char *name;
@@ -24,6 +31,8 @@ struct source {
 	char *secret_file;
 	unsigned char *key; /* decoded HMAC key */
 	size_t key_len;
+	char *verify_token; /* Meta's subscription handshake; never logged */
+	int success_status; /* 202, or 200 for senders that want it */
 	struct schema *schema;
 	/* token bucket: rate 0 = unlimited */
 	double rate_per_s;

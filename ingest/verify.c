@@ -37,6 +37,7 @@ const char *verify_result_str(enum verify_result r)
 	return "?";
 }
 
+/* HMAC-SHA256 of "id.ts.body", or of the body alone when id is NULL. */
 static bool compute(const unsigned char *key, size_t key_len, const char *id,
 		    const char *ts, const void *body, size_t body_len,
 		    unsigned char out[32])
@@ -54,13 +55,15 @@ static bool compute(const unsigned char *key, size_t key_len, const char *id,
 	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
 						     (char *)"SHA256", 0);
 	params[1] = OSSL_PARAM_construct_end();
-	ok = EVP_MAC_init(ctx, key, key_len, params) == 1 &&
-	     EVP_MAC_update(ctx, (const unsigned char *)id, strlen(id)) == 1 &&
-	     EVP_MAC_update(ctx, (const unsigned char *)".", 1) == 1 &&
-	     EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) == 1 &&
-	     EVP_MAC_update(ctx, (const unsigned char *)".", 1) == 1 &&
-	     EVP_MAC_update(ctx, body, body_len) == 1 &&
-	     EVP_MAC_final(ctx, out, &outlen, 32) == 1 && outlen == 32;
+	ok =
+	    EVP_MAC_init(ctx, key, key_len, params) == 1 &&
+	    (!id ||
+	     (EVP_MAC_update(ctx, (const unsigned char *)id, strlen(id)) == 1 &&
+	      EVP_MAC_update(ctx, (const unsigned char *)".", 1) == 1 &&
+	      EVP_MAC_update(ctx, (const unsigned char *)ts, strlen(ts)) == 1 &&
+	      EVP_MAC_update(ctx, (const unsigned char *)".", 1) == 1)) &&
+	    EVP_MAC_update(ctx, body, body_len) == 1 &&
+	    EVP_MAC_final(ctx, out, &outlen, 32) == 1 && outlen == 32;
 	EVP_MAC_CTX_free(ctx);
 	return ok;
 }
@@ -108,4 +111,30 @@ enum verify_result verify_signature(const unsigned char *key, size_t key_len,
 	}
 	OPENSSL_cleanse(mac, sizeof(mac));
 	return match ? VERIFY_OK : VERIFY_MISMATCH;
+}
+
+bool verify_meta(const unsigned char *key, size_t key_len, const char *header,
+		 const void *body, size_t body_len)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned char mac[32];
+	char expected[64], got[64];
+
+	if (!header || strncmp(header, "sha256=", 7) != 0 ||
+	    strlen(header + 7) != 64)
+		return false;
+	/* Lower-case what was sent, so a sender's upper-case hex matches;
+	 * the comparison itself takes constant time. */
+	for (int i = 0; i < 64; i++) {
+		char ch = header[7 + i];
+
+		got[i] = (char)(ch >= 'A' && ch <= 'F' ? ch - 'A' + 'a' : ch);
+	}
+	if (!compute(key, key_len, NULL, NULL, body, body_len, mac))
+		return false;
+	for (int i = 0; i < 32; i++) {
+		expected[2 * i] = hex[mac[i] >> 4];
+		expected[2 * i + 1] = hex[mac[i] & 15];
+	}
+	return CRYPTO_memcmp(expected, got, 64) == 0;
 }

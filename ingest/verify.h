@@ -1,4 +1,5 @@
-/* Standard Webhooks signature verification (HMAC-SHA256, constant time). */
+/* Webhook signature verification (HMAC-SHA256, constant time): Standard
+ * Webhooks, and Meta's X-Hub-Signature-256. */
 #ifndef SLUICE_VERIFY_H
 #define SLUICE_VERIFY_H
 
@@ -23,5 +24,11 @@ enum verify_result verify_signature(const unsigned char *key, size_t key_len,
 				    const char *sigs, const void *body,
 				    size_t body_len, int64_t now_s);
 const char *verify_result_str(enum verify_result r);
+
+/* Meta's scheme: header "sha256=<hex HMAC-SHA256 of the raw body>" keyed
+ * with the app secret. */
+bool verify_meta(const unsigned char *key, size_t key_len, const char *header,
+		 const void *body, size_t body_len)
+    __attribute__((warn_unused_result));
 
 #endif

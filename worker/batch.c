@@ -139,6 +139,7 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		rd_kafka_message_t *m = msgs[i];
 		int pi = partmap_index(pm, m->partition);
 		char kind[32], source[128], received[32], campaign[300];
+		char sender[80];
 		char reason[300];
 		size_t h;
 		struct record rec;
@@ -151,10 +152,12 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		kafka_header(m, HDR_SOURCE, source, sizeof(source));
 		kafka_header(m, HDR_RECEIVED_AT, received, sizeof(received));
 		kafka_header(m, HDR_CAMPAIGN_ID, campaign, sizeof(campaign));
+		kafka_header(m, HDR_CHAT_SENDER, sender, sizeof(sender));
 		rec.value = m->payload;
 		rec.len = m->len;
 		rec.source = source[0] ? source : "unknown";
 		rec.campaign_id = campaign;
+		rec.sender = sender;
 		rec.received_ms = received[0] ? atoll(received) : 0;
 		if (rec.received_ms <= 0)
 			rec.received_ms = rd_kafka_message_timestamp(m, NULL);

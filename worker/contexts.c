@@ -24,9 +24,17 @@
 #include "../common/util.h"
 #include "cache.h"
 
-#define KEY_CTX "lead_ctx:"
-#define KEY_VER "lead_ctx_ver:"
-#define KEY_LOCK "lead_ctx_lock:"
+/* What each way of naming a lead reads: its Redis keys, its placeholder in
+ * the HTTP source's URL, its PostgreSQL function. */
+static const struct ns_def {
+	const char *ctx, *ver, *lock, *placeholder, *sql;
+} ns_defs[CTX_NS_COUNT] = {
+    [CTX_NS_LEAD] = {"lead_ctx:", "lead_ctx_ver:", "lead_ctx_lock:",
+		     "{lead_id}", "SELECT get_lead_full_context($1)::text"},
+    [CTX_NS_PHONE] = {"lead_phone_ctx:", "lead_phone_ctx_ver:",
+		      "lead_phone_ctx_lock:", "{phone}",
+		      "SELECT get_lead_context_by_phone($1)::text"},
+};
 #define WAIT_MIN_MS 100
 #define WAIT_MAX_MS 2000
 #define REDIS_RETRY_MAX_MS 5000
@@ -63,6 +71,7 @@ enum lead_phase {
 
 struct lead {
 	struct contexts *c;
+	enum ctx_ns ns;
 	char *id;
 	enum lead_phase phase;
 	enum ctx_state state;
@@ -82,8 +91,8 @@ struct slot {
 	struct contexts *c;
 	struct lead *lead; /* NULL when free */
 	struct event *timeout;
-	/* http */
-	struct evhttp_connection *hc;
+	/* http, one connection per source URL */
+	struct evhttp_connection *hc[CTX_NS_COUNT];
 	struct evhttp_request *req;
 	/* postgres */
 	PGconn *pg;
@@ -104,9 +113,9 @@ struct contexts {
 	char token[48]; /* this worker's lease value */
 	/* the source */
 	bool http;
-	struct evhttp_uri *uri;
-	char *url_host;
-	int url_port;
+	struct evhttp_uri *uri[CTX_NS_COUNT]; /* NULL: no such source */
+	char *url_host[CTX_NS_COUNT];
+	int url_port[CTX_NS_COUNT];
 	struct slot *slots;
 	int k;
 	int inflight;
@@ -293,7 +302,7 @@ static void lease_cb(redisAsyncContext *ac, void *reply, void *priv)
 static void lead_lease(struct lead *l)
 {
 	struct contexts *c = l->c;
-	char *lock = key_of(KEY_LOCK, l->id);
+	char *lock = key_of(ns_defs[l->ns].lock, l->id);
 	char px[24];
 	const char *argv[6] = {"SET", lock, c->token, "NX", "PX", px};
 
@@ -341,7 +350,8 @@ static void read_cb(redisAsyncContext *ac, void *reply, void *priv)
 
 static void lead_read(struct lead *l)
 {
-	char *k1 = key_of(KEY_CTX, l->id), *k2 = key_of(KEY_VER, l->id);
+	char *k1 = key_of(ns_defs[l->ns].ctx, l->id),
+	     *k2 = key_of(ns_defs[l->ns].ver, l->id);
 	const char *argv[3] = {"MGET", k1, k2};
 
 	l->phase = PH_REDIS;
@@ -395,7 +405,8 @@ static void handle_wait(evutil_socket_t fd, short what, void *arg)
 {
 	struct lead *l = arg;
 	struct contexts *c = l->c;
-	char *k1 = key_of(KEY_CTX, l->id), *k2 = key_of(KEY_LOCK, l->id);
+	char *k1 = key_of(ns_defs[l->ns].ctx, l->id),
+	     *k2 = key_of(ns_defs[l->ns].lock, l->id);
 	char px[24];
 	const char *argv[7] = {"EVAL", LUA_POLL, "2", k1, k2, c->token, px};
 
@@ -427,8 +438,9 @@ static void lead_wait(struct lead *l)
 static void lead_store(struct lead *l, const char *json)
 {
 	struct contexts *c = l->c;
-	char *k1 = key_of(KEY_CTX, l->id), *k2 = key_of(KEY_VER, l->id),
-	     *k3 = key_of(KEY_LOCK, l->id);
+	char *k1 = key_of(ns_defs[l->ns].ctx, l->id),
+	     *k2 = key_of(ns_defs[l->ns].ver, l->id),
+	     *k3 = key_of(ns_defs[l->ns].lock, l->id);
 	char ttl[24];
 
 	snprintf(ttl, sizeof(ttl), "%lld",
@@ -619,27 +631,30 @@ static void url_encode(struct buf *b, const char *s)
 static bool http_start(struct slot *s)
 {
 	struct contexts *c = s->c;
-	const char *tmpl = evhttp_uri_get_path(c->uri);
-	const char *query = evhttp_uri_get_query(c->uri);
+	enum ctx_ns ns = s->lead->ns;
+	const char *tmpl = evhttp_uri_get_path(c->uri[ns]);
+	const char *query = evhttp_uri_get_query(c->uri[ns]);
+	const char *ph = ns_defs[ns].placeholder;
 	const char *hit;
 	struct timeval tv = {c->cfg->lc_timeout_ms / 1000,
 			     (c->cfg->lc_timeout_ms % 1000) * 1000};
 	struct buf path;
 
-	if (!s->hc) {
-		s->hc = evhttp_connection_base_new(c->base, NULL, c->url_host,
-						   (ev_uint16_t)c->url_port);
-		if (!s->hc)
+	if (!s->hc[ns]) {
+		s->hc[ns] =
+		    evhttp_connection_base_new(c->base, NULL, c->url_host[ns],
+					       (ev_uint16_t)c->url_port[ns]);
+		if (!s->hc[ns])
 			return false;
-		evhttp_connection_set_timeout_tv(s->hc, &tv);
+		evhttp_connection_set_timeout_tv(s->hc[ns], &tv);
 	}
 	buf_init(&path);
 	if (!tmpl || !*tmpl)
 		tmpl = "/";
-	while ((hit = strstr(tmpl, "{lead_id}")) != NULL) {
+	while ((hit = strstr(tmpl, ph)) != NULL) {
 		buf_append(&path, tmpl, (size_t)(hit - tmpl));
 		url_encode(&path, s->lead->id);
-		tmpl = hit + strlen("{lead_id}");
+		tmpl = hit + strlen(ph);
 	}
 	buf_puts(&path, tmpl);
 	if (query) {
@@ -648,10 +663,10 @@ static bool http_start(struct slot *s)
 	}
 	s->req = evhttp_request_new(http_done_cb, s);
 	evhttp_add_header(evhttp_request_get_output_headers(s->req), "Host",
-			  c->url_host);
+			  c->url_host[ns]);
 	evhttp_add_header(evhttp_request_get_output_headers(s->req), "Accept",
 			  "application/json");
-	if (evhttp_make_request(s->hc, s->req, EVHTTP_REQ_GET, path.data) !=
+	if (evhttp_make_request(s->hc[ns], s->req, EVHTTP_REQ_GET, path.data) !=
 	    0) {
 		/* evhttp freed the request */
 		s->req = NULL;
@@ -691,8 +706,8 @@ static bool pg_send(struct slot *s)
 {
 	const char *params[1] = {s->lead->id};
 
-	if (!PQsendQueryParams(s->pg, "SELECT get_lead_full_context($1)::text",
-			       1, NULL, params, NULL, NULL, 0))
+	if (!PQsendQueryParams(s->pg, ns_defs[s->lead->ns].sql, 1, NULL, params,
+			       NULL, NULL, 0))
 		return false;
 	s->pg_ready = false;
 	pg_watch(s, PQflush(s->pg) == 1 ? EV_WRITE | EV_READ : EV_READ);
@@ -881,25 +896,29 @@ struct contexts *contexts_new(struct event_base *base,
 		return NULL;
 	}
 	c->http = cfg->lc_source == LC_SOURCE_HTTP;
-	if (c->http) {
+	for (int ns = 0; c->http && ns < CTX_NS_COUNT; ns++) {
+		const char *url =
+		    ns == CTX_NS_LEAD ? cfg->lc_url : cfg->lc_phone_url;
+
+		if (!url[0])
+			continue; /* no source for this name: unknown leads */
 		/* Non-conformant: "{lead_id}" is not a valid path character. */
-		c->uri = evhttp_uri_parse_with_flags(cfg->lc_url,
-						     EVHTTP_URI_NONCONFORMANT);
-		if (!c->uri || !evhttp_uri_get_host(c->uri) ||
-		    !evhttp_uri_get_scheme(c->uri) ||
-		    strcmp(evhttp_uri_get_scheme(c->uri), "http") != 0) {
+		c->uri[ns] =
+		    evhttp_uri_parse_with_flags(url, EVHTTP_URI_NONCONFORMANT);
+		if (!c->uri[ns] || !evhttp_uri_get_host(c->uri[ns]) ||
+		    !evhttp_uri_get_scheme(c->uri[ns]) ||
+		    strcmp(evhttp_uri_get_scheme(c->uri[ns]), "http") != 0) {
 			snprintf(errstr, errstr_size,
-				 "lead_context.url: expected "
-				 "http://host[:port]/path/{lead_id}, got "
-				 "\"%s\"",
-				 cfg->lc_url);
+				 "lead context URL: expected "
+				 "http://host[:port]/path/%s, got \"%s\"",
+				 ns_defs[ns].placeholder, url);
 			contexts_destroy(c);
 			return NULL;
 		}
-		c->url_host = strdup(evhttp_uri_get_host(c->uri));
-		c->url_port = evhttp_uri_get_port(c->uri) > 0
-				  ? evhttp_uri_get_port(c->uri)
-				  : 80;
+		c->url_host[ns] = strdup(evhttp_uri_get_host(c->uri[ns]));
+		c->url_port[ns] = evhttp_uri_get_port(c->uri[ns]) > 0
+				      ? evhttp_uri_get_port(c->uri[ns])
+				      : 80;
 	}
 	c->slots = calloc((size_t)c->k, sizeof(*c->slots));
 	if (!c->slots)
@@ -921,8 +940,9 @@ void contexts_destroy(struct contexts *c)
 
 		if (s->req)
 			evhttp_cancel_request(s->req);
-		if (s->hc)
-			evhttp_connection_free(s->hc);
+		for (int ns = 0; ns < CTX_NS_COUNT; ns++)
+			if (s->hc[ns])
+				evhttp_connection_free(s->hc[ns]);
 		pg_drop(s);
 		if (s->timeout)
 			event_free(s->timeout);
@@ -936,9 +956,11 @@ void contexts_destroy(struct contexts *c)
 		c->ac = NULL;
 		redisAsyncFree(ac);
 	}
-	if (c->uri)
-		evhttp_uri_free(c->uri);
-	free(c->url_host);
+	for (int ns = 0; ns < CTX_NS_COUNT; ns++) {
+		if (c->uri[ns])
+			evhttp_uri_free(c->uri[ns]);
+		free(c->url_host[ns]);
+	}
 	free(c->leads);
 	redis_addr_free(&c->raddr);
 	free(c);
@@ -988,11 +1010,15 @@ void contexts_reset(struct contexts *c)
 
 static int cmp_lead(const void *a, const void *b)
 {
-	return strcmp((*(struct lead *const *)a)->id,
-		      (*(struct lead *const *)b)->id);
+	const struct lead *x = *(struct lead *const *)a;
+	const struct lead *y = *(struct lead *const *)b;
+
+	if (x->ns != y->ns)
+		return (int)x->ns - (int)y->ns;
+	return strcmp(x->id, y->id);
 }
 
-void contexts_want(struct contexts *c, const char *lead_id)
+void contexts_want(struct contexts *c, enum ctx_ns ns, const char *lead_id)
 {
 	struct lead *l;
 
@@ -1006,6 +1032,7 @@ void contexts_want(struct contexts *c, const char *lead_id)
 	if (!l)
 		abort();
 	l->c = c;
+	l->ns = ns;
 	l->id = strdup(lead_id);
 	c->leads[c->n_leads++] = l;
 }
@@ -1060,9 +1087,16 @@ void contexts_fetch(struct contexts *c)
 		return;
 	/* One pipelined round trip reads every lead's context and version:
 	 * hiredis writes all the queued commands in one go. */
-	for (size_t i = 0; i < c->n_leads; i++)
-		if (c->leads[i]->phase == PH_NEW)
-			lead_read(c->leads[i]);
+	for (size_t i = 0; i < c->n_leads; i++) {
+		struct lead *l = c->leads[i];
+
+		if (l->phase != PH_NEW)
+			continue;
+		if (c->http && !c->uri[l->ns])
+			lead_finish(l, CTX_NOT_FOUND, NULL); /* no source */
+		else
+			lead_read(l);
+	}
 	pump(c);
 }
 
@@ -1071,10 +1105,10 @@ bool contexts_done(const struct contexts *c)
 	return c->unresolved == 0;
 }
 
-enum ctx_state contexts_get(const struct contexts *c, const char *lead_id,
-			    const cJSON **ctx)
+enum ctx_state contexts_get(const struct contexts *c, enum ctx_ns ns,
+			    const char *lead_id, const cJSON **ctx)
 {
-	struct lead key = {.id = (char *)lead_id};
+	struct lead key = {.ns = ns, .id = (char *)lead_id};
 	struct lead *kp = &key;
 	struct lead **hit;
 

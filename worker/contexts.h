@@ -15,6 +15,9 @@
 
 struct contexts;
 
+/* How a lead is named: by its id, or by a phone number (digits only). */
+enum ctx_ns { CTX_NS_LEAD = 0, CTX_NS_PHONE, CTX_NS_COUNT };
+
 enum ctx_state {
 	CTX_PENDING = 0,
 	CTX_FOUND,	 /* *ctx is the context object */
@@ -42,14 +45,14 @@ void contexts_destroy(struct contexts *c);
 /* Forgets the previous batch's leads (their contexts and stats). */
 void contexts_reset(struct contexts *c);
 /* Adds a lead to the batch's set; asking twice costs nothing. */
-void contexts_want(struct contexts *c, const char *lead_id);
+void contexts_want(struct contexts *c, enum ctx_ns ns, const char *key);
 /* Starts resolving every wanted lead not resolved yet; returns at once.
  * The event_base then runs until contexts_done(). */
 void contexts_fetch(struct contexts *c);
 bool contexts_done(const struct contexts *c);
 /* A resolved lead's state; *ctx is valid until contexts_reset(). */
-enum ctx_state contexts_get(const struct contexts *c, const char *lead_id,
-			    const cJSON **ctx);
+enum ctx_state contexts_get(const struct contexts *c, enum ctx_ns ns,
+			    const char *key, const cJSON **ctx);
 const struct contexts_stats *contexts_stats(const struct contexts *c);
 
 #endif

@@ -48,6 +48,8 @@ const struct cfg_setting worker_settings[] = {
      "postgres (get_lead_full_context) or http (lead_context.url)"},
     {"lead_context.url", CFG_STR, F(lc_url), "", 0, 0, NULL, NULL,
      "HTTP context source, {lead_id} is replaced"},
+    {"lead_context.phone_url", CFG_STR, F(lc_phone_url), "", 0, 0, NULL, NULL,
+     "HTTP context source by phone, {phone} is replaced"},
     {"lead_context.postgres_dsn", CFG_STR, F(lc_postgres_dsn), "", 0, 0, NULL,
      NULL, "database of get_lead_full_context (default postgres_dsn)"},
     {"lead_context.concurrency", CFG_INT, F(lc_concurrency), "5", 1, 1000, NULL,

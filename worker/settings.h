@@ -29,6 +29,7 @@ struct worker_config {
 	char *campaign_invalidate_keys;
 	int lc_source; /* enum lc_source */
 	char *lc_url;
+	char *lc_phone_url;
 	char *lc_postgres_dsn;
 	int lc_concurrency;
 	int lc_timeout_ms;

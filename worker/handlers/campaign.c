@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "../../common/campaign.h"
+#include "../../common/chat.h"
 #include "../../common/log.h"
 #include "../../common/validate.h"
 #include "../contexts.h"
@@ -197,7 +198,8 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 						       : "");
 	c->n++;
 	for (size_t i = 0; i < cr->b.n_messages; i++)
-		contexts_want(c->env.contexts, cr->b.messages[i].lead_id);
+		contexts_want(c->env.contexts, CTX_NS_LEAD,
+			      cr->b.messages[i].lead_id);
 	c->messages += cr->b.n_messages;
 	return true;
 }
@@ -330,8 +332,8 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 		for (size_t k = 0; k < cr->b.n_messages; k++) {
 			const struct campaign_message *msg = &cr->b.messages[k];
 			const cJSON *ctx = NULL;
-			enum ctx_state cs =
-			    contexts_get(c->env.contexts, msg->lead_id, &ctx);
+			enum ctx_state cs = contexts_get(
+			    c->env.contexts, CTX_NS_LEAD, msg->lead_id, &ctx);
 
 			in.lead = cs == CTX_FOUND	? LEAD_FOUND
 				  : cs == CTX_NOT_FOUND ? LEAD_NOT_FOUND
@@ -445,7 +447,8 @@ const struct handler campaign_handler = {
 /* ------------------------------------------------------------ lead_updated */
 
 struct lead_updates {
-	char **ids;
+	char **ids; /* lead ids, or phone digits where phone[i] */
+	bool *phone;
 	size_t n, cap;
 };
 
@@ -474,7 +477,21 @@ static void lead_updated_destroy(void *st)
 
 	lead_updated_reset(u);
 	free(u->ids);
+	free(u->phone);
 	free(u);
+}
+
+static void lead_update_push(struct lead_updates *u, char *key, bool phone)
+{
+	if (u->n == u->cap) {
+		u->cap = u->cap ? u->cap * 2 : 16;
+		u->ids = realloc(u->ids, u->cap * sizeof(char *));
+		u->phone = realloc(u->phone, u->cap * sizeof(bool));
+		if (!u->ids || !u->phone)
+			abort();
+	}
+	u->phone[u->n] = phone;
+	u->ids[u->n++] = key;
 }
 
 static bool lead_updated_add(void *st, const struct record *r, char *reason,
@@ -495,13 +512,18 @@ static bool lead_updated_add(void *st, const struct record *r, char *reason,
 		cJSON_Delete(doc);
 		return false;
 	}
-	if (u->n == u->cap) {
-		u->cap = u->cap ? u->cap * 2 : 16;
-		u->ids = realloc(u->ids, u->cap * sizeof(char *));
-		if (!u->ids)
-			abort();
+	lead_update_push(u, strdup(id), false);
+	/* The context read by phone (chat) goes too, when the update says
+	 * which phone. */
+	{
+		const cJSON *ph =
+		    cJSON_GetObjectItemCaseSensitive(doc, "phone");
+		char digits[80];
+
+		if (cJSON_IsString(ph) &&
+		    chat_phone_digits(ph->valuestring, digits, sizeof(digits)))
+			lead_update_push(u, strdup(digits), true);
 	}
-	u->ids[u->n++] = strdup(id);
 	cJSON_Delete(doc);
 	return true;
 }
@@ -512,13 +534,18 @@ static void lead_updated_keys(void *st, struct cache_keys *out)
 {
 	struct lead_updates *u = st;
 	static char *const ctx_key[] = {(char *)"lead_ctx:{lead_id}"};
+	static char *const phone_key[] = {(char *)"lead_phone_ctx:{phone}"};
 
 	for (size_t i = 0; i < u->n; i++) {
+		bool phone = u->phone[i];
+		const char *id = u->ids[i];
 		char ver[300];
 
-		snprintf(ver, sizeof(ver), "lead_ctx_ver:%s", u->ids[i]);
+		snprintf(ver, sizeof(ver), "%s%s",
+			 phone ? "lead_phone_ctx_ver:" : "lead_ctx_ver:", id);
 		cache_keys_bump(out, ver);
-		cache_keys_add(out, ctx_key, 1, "{lead_id}", u->ids[i]);
+		cache_keys_add(out, phone ? phone_key : ctx_key, 1,
+			       phone ? "{phone}" : "{lead_id}", id);
 	}
 }
 

@@ -4,12 +4,14 @@
 #include <string.h>
 
 #include "campaign.h"
+#include "chat.h"
 #include "transcript.h"
 
 const struct handler *const handlers[] = {
     &transcript_handler,
     &campaign_handler,
     &lead_updated_handler,
+    &chat_handler,
     NULL,
 };
 

@@ -24,6 +24,7 @@ struct record {
 	size_t len;
 	const char *source;	 /* header "source" */
 	const char *campaign_id; /* header "campaign-id", "" if absent */
+	const char *sender;	 /* header "chat-sender", "" if absent */
 	int64_t received_ms;	 /* header "received-at", else the timestamp */
 	int64_t seq;		 /* position in the batch */
 };

@@ -1,0 +1,255 @@
+/* WhatsApp Business Cloud API webhooks: the one validation both daemons
+ * run, and the walk over one person's messages and statuses. */
+#include "chat.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+static const char *str_of(const cJSON *o, const char *name)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+
+	return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+static bool text_ok(const char *s, size_t max)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	return n > 0 && n <= max && util_utf8_valid(s, n);
+}
+
+/* Meta sends seconds as a string of digits; an integer is taken too. */
+static bool timestamp_of(const cJSON *o, int64_t *ms)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, "timestamp");
+
+	*ms = 0;
+	if (!v)
+		return true;
+	if (cJSON_IsNumber(v) && isfinite(v->valuedouble) &&
+	    v->valuedouble >= 0 && v->valuedouble < 1e11) {
+		*ms = (int64_t)v->valuedouble * 1000;
+		return true;
+	}
+	if (cJSON_IsString(v) && v->valuestring[0] &&
+	    strlen(v->valuestring) <= 11) {
+		for (const char *p = v->valuestring; *p; p++)
+			if (!isdigit((unsigned char)*p))
+				return false;
+		*ms = atoll(v->valuestring) * 1000;
+		return true;
+	}
+	return false;
+}
+
+static const char *business_of(const cJSON *value)
+{
+	const cJSON *md = cJSON_GetObjectItemCaseSensitive(value, "metadata");
+	const char *b = str_of(md, "display_phone_number");
+
+	if (!b || !*b)
+		b = str_of(md, "phone_number_id");
+	return b;
+}
+
+#define FAIL(...)                                                              \
+	do {                                                                   \
+		snprintf(msg, msgsz, __VA_ARGS__);                             \
+		return false;                                                  \
+	} while (0)
+
+static bool check_items(const cJSON *value, const char *name, bool status,
+			const char *prefix, char *path, size_t pathsz,
+			char *msg, size_t msgsz)
+{
+	const cJSON *arr = cJSON_GetObjectItemCaseSensitive(value, name);
+	const cJSON *it;
+	int i = 0;
+
+	if (!arr)
+		return true;
+	snprintf(path, pathsz, "%s.%s", prefix, name);
+	if (!cJSON_IsArray(arr))
+		FAIL("must be an array");
+	cJSON_ArrayForEach(it, arr)
+	{
+		const char *who = str_of(it, status ? "recipient_id" : "from");
+		int64_t ms;
+
+		snprintf(path, pathsz, "%s.%s[%d]", prefix, name, i);
+		if (!cJSON_IsObject(it))
+			FAIL("must be an object");
+		snprintf(path, pathsz, "%s.%s[%d].%s", prefix, name, i,
+			 status ? "recipient_id" : "from");
+		if (!text_ok(who, CHAT_PHONE_MAX))
+			FAIL("must be a non-empty string of at most %d bytes",
+			     CHAT_PHONE_MAX);
+		snprintf(path, pathsz, "%s.%s[%d].id", prefix, name, i);
+		if (!text_ok(str_of(it, "id"), CHAT_ID_MAX))
+			FAIL("must be a non-empty string of at most %d bytes",
+			     CHAT_ID_MAX);
+		snprintf(path, pathsz, "%s.%s[%d].%s", prefix, name, i,
+			 status ? "status" : "type");
+		if (!text_ok(str_of(it, status ? "status" : "type"), 64))
+			FAIL("must be a non-empty string of at most 64 bytes");
+		snprintf(path, pathsz, "%s.%s[%d].timestamp", prefix, name, i);
+		if (!timestamp_of(it, &ms))
+			FAIL("must be seconds since the epoch");
+		if (!status) {
+			const cJSON *text =
+			    cJSON_GetObjectItemCaseSensitive(it, "text");
+			const cJSON *body =
+			    cJSON_GetObjectItemCaseSensitive(text, "body");
+
+			snprintf(path, pathsz, "%s.%s[%d].text.body", prefix,
+				 name, i);
+			if (body && (!cJSON_IsString(body) ||
+				     strlen(body->valuestring) > CHAT_TEXT_MAX))
+				FAIL("must be a string of at most %d bytes",
+				     CHAT_TEXT_MAX);
+		}
+		i++;
+	}
+	return true;
+}
+
+bool chat_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
+		   size_t msgsz)
+{
+	const cJSON *entries, *entry;
+	int e = 0;
+
+	snprintf(path, pathsz, "$");
+	if (!cJSON_IsObject(doc))
+		FAIL("must be an object");
+	entries = cJSON_GetObjectItemCaseSensitive(doc, "entry");
+	snprintf(path, pathsz, "$.entry");
+	if (!cJSON_IsArray(entries))
+		FAIL("must be an array");
+	cJSON_ArrayForEach(entry, entries)
+	{
+		const cJSON *changes =
+		    cJSON_GetObjectItemCaseSensitive(entry, "changes");
+		const cJSON *ch;
+		int k = 0;
+
+		snprintf(path, pathsz, "$.entry[%d].changes", e);
+		if (!cJSON_IsObject(entry) || !cJSON_IsArray(changes))
+			FAIL("must be an array");
+		cJSON_ArrayForEach(ch, changes)
+		{
+			const cJSON *value =
+			    cJSON_GetObjectItemCaseSensitive(ch, "value");
+			char prefix[64];
+			bool has;
+
+			snprintf(prefix, sizeof(prefix),
+				 "$.entry[%d].changes[%d].value", e, k);
+			has =
+			    cJSON_GetObjectItemCaseSensitive(value,
+							     "messages") ||
+			    cJSON_GetObjectItemCaseSensitive(value, "statuses");
+			if (has) {
+				const char *b = business_of(value);
+
+				snprintf(path, pathsz,
+					 "%s.metadata.display_phone_number",
+					 prefix);
+				if (!text_ok(b, CHAT_PHONE_MAX))
+					FAIL("(or phone_number_id) must be a "
+					     "non-empty string");
+			}
+			if (!check_items(value, "messages", false, prefix, path,
+					 pathsz, msg, msgsz) ||
+			    !check_items(value, "statuses", true, prefix, path,
+					 pathsz, msg, msgsz))
+				return false;
+			k++;
+		}
+		e++;
+	}
+	snprintf(path, pathsz, "$");
+	return true;
+}
+
+void chat_each(const cJSON *doc, const char *sender,
+	       void (*fn)(void *arg, const struct chat_item *it), void *arg)
+{
+	const cJSON *entry, *ch, *it;
+
+	cJSON_ArrayForEach(entry,
+			   cJSON_GetObjectItemCaseSensitive(doc, "entry"))
+	{
+		cJSON_ArrayForEach(
+		    ch, cJSON_GetObjectItemCaseSensitive(entry, "changes"))
+		{
+			const cJSON *value =
+			    cJSON_GetObjectItemCaseSensitive(ch, "value");
+			const char *b = business_of(value);
+
+			for (int st = 0; st < 2; st++) {
+				cJSON_ArrayForEach(
+				    it,
+				    cJSON_GetObjectItemCaseSensitive(
+					value, st ? "statuses" : "messages"))
+				{
+					struct chat_item item = {
+					    it, b,
+					    str_of(it, st ? "recipient_id"
+							  : "from"),
+					    st != 0, 0};
+
+					if (sender &&
+					    strcmp(item.sender, sender) != 0)
+						continue;
+					if (!timestamp_of(it, &item.at_ms))
+						item.at_ms = 0;
+					fn(arg, &item);
+				}
+			}
+		}
+	}
+}
+
+struct sender_list {
+	const char **out;
+	size_t max, n;
+};
+
+static void add_sender(void *arg, const struct chat_item *it)
+{
+	struct sender_list *l = arg;
+	size_t stored = l->n < l->max ? l->n : l->max;
+
+	for (size_t i = 0; i < stored; i++)
+		if (strcmp(l->out[i], it->sender) == 0)
+			return;
+	if (l->n < l->max)
+		l->out[l->n] = it->sender;
+	l->n++;
+}
+
+size_t chat_senders(const cJSON *doc, const char **out, size_t max)
+{
+	struct sender_list l = {out, max, 0};
+
+	chat_each(doc, NULL, add_sender, &l);
+	return l.n;
+}
+
+bool chat_phone_digits(const char *phone, char *out, size_t outsz)
+{
+	size_t n = 0;
+
+	for (const char *p = phone; *p && n + 1 < outsz; p++)
+		if (isdigit((unsigned char)*p))
+			out[n++] = *p;
+	out[n] = '\0';
+	return n > 0;
+}
