@@ -37,7 +37,8 @@ INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
-              test_campaign test_validate test_schema_suite test_publish
+              test_campaign test_validate test_schema_suite test_publish \
+              test_chat
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -82,6 +83,8 @@ $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
 	$(BUILD)/ingest/publish.o $(BUILD)/ingest/settings.o \
 	$(BUILD)/common/kafka.o $(BUILD)/common/config.o $(BUILD)/common/schema.o \
 	$(BUILD)/common/log.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \
+	$(BUILD)/common/chat.o $(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"

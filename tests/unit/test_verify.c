@@ -60,6 +60,46 @@ int main(void)
 		CHECK(r == cases[i].want, "case %zu: got %d want %d", i, r,
 		      cases[i].want);
 	}
+	{
+		/* Meta's X-Hub-Signature-256; the value was computed with
+		 * Python's hmac module, not with sluice's code. */
+		static const char mbody[] = "{\"entry\":[]}";
+		static const unsigned char mkey[] = "s3cret";
+		const struct {
+			const char *header;
+			bool ok;
+		} meta[] = {
+		    {"sha256="
+		     "55e94cedb4167d0e4e8c20f779a70292819e38da2afea51bf02dc6ecc"
+		     "52542ba",
+		     true},
+		    {"sha256="
+		     "55E94CEDB4167D0E4E8C20F779A70292819E38DA2AFEA51BF02DC6ECC"
+		     "52542BA",
+		     true},
+		    {"sha1="
+		     "55e94cedb4167d0e4e8c20f779a70292819e38da2afea51bf02dc6ecc"
+		     "52542ba",
+		     false},
+		    {"55e94cedb4167d0e4e8c20f779a70292819e38da2afea51bf02dc6ecc"
+		     "52542ba",
+		     false},
+		    {"sha256="
+		     "05e94cedb4167d0e4e8c20f779a70292819e38da2afea51bf02dc6ecc"
+		     "52542ba",
+		     false},
+		    {"sha256=", false},
+		    {NULL, false},
+		};
+
+		for (size_t i = 0; i < sizeof(meta) / sizeof(meta[0]); i++)
+			CHECK(verify_meta(mkey, 6, meta[i].header, mbody,
+					  strlen(mbody)) == meta[i].ok,
+			      "meta case %zu", i);
+		CHECK(!verify_meta(mkey, 6, meta[0].header, "{\"entry\":[1]}",
+				   14),
+		      "a tampered body verified");
+	}
 	verify_cleanup();
 	return check_done("test_verify");
 }

@@ -1,0 +1,645 @@
+#!/usr/bin/env python3
+"""sluice benchmark: inbound chat, messages to turns (docs/chat.md).
+
+Real sluice-ingest (a `chat` source) and sluice-worker, WhatsApp webhooks of
+one text message each, posted by Python threads over keep-alive HTTP.
+
+  latency  RATE messages/s from SENDERS people for SECONDS (open loop: the
+           k-th message of sender i is due at t0 + (k * SENDERS + i) / RATE;
+           a sender whose previous message has not been notified yet holds
+           its next one, counted as "held", so every NOTIFY is attributed
+           to exactly one message). Measured per message: from its 202 to
+           the NOTIFY on sluice_turns naming its conversation
+           ("<business>:<sender>", received by a psycopg LISTEN in a thread
+           of this process). Next to it: the 10,000 ms the seed's buffer
+           waited by design before handing a message over, as a ratio. No
+           agent claims in this part: each conversation keeps one open turn.
+  agents   AGENTS simulated busy agents (each claims a turn with
+           sluice_claim_turn, holds it HOLD ms, answers it with
+           sluice_answer_turn, and waits on LISTEN when nothing is
+           claimable) while BURST_SENDERS people type bursts (2-4 messages,
+           100-400 ms apart, then 1-3 s of quiet; fixed seed) for SECONDS,
+           then until every turn is answered. Reported: messages, bursts,
+           turns formed and the mean messages per turn, the wait from a
+           turn's first and last message's 202 to its claim, and the
+           invariants (every message in exactly one turn, in order; never
+           two claimed turns of one conversation at once).
+
+Both parts use a private database created for the run in the services'
+PostgreSQL (sluice_claim_turn claims any open turn, so other turns must not
+be there), migrated with deploy/migrate.sh and dropped afterwards.
+Results: bench/out/chat.json.
+
+Usage: bench/chat.py [--rate 1000] [--senders 200] [--seconds 10]
+                     [--agents 20] [--hold-ms 500] [--burst-senders 50]
+                     [--only latency|agents] [--services DIR]
+  --services DIR   use the services already running in DIR (services.env)
+                   and leave them running; default: start private ones in a
+                   temporary directory and destroy them afterwards.
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD = os.environ.get("SLUICE_BUILD_DIR", os.path.join(REPO, "build"))
+OUT = os.path.join(REPO, "bench", "out", "chat.json")
+
+SEED = 20261123
+SEED_BUFFER_MS = 10000.0      # what the seed's buffer waited, by design
+BUSINESS = "15550009999"
+PHONE_NUMBER_ID = "900000000000001"
+BURST_LEN = (2, 4)            # messages per burst, inclusive
+BURST_GAP = (0.100, 0.400)    # seconds between a burst's messages
+BURST_PAUSE = (1.0, 3.0)      # seconds of quiet between bursts
+BATCH_RE = re.compile(r"batch of (\d+) records in (\d+) ms")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_http(url, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            urllib.request.urlopen(url, timeout=1).read()
+            return
+        except Exception:
+            time.sleep(0.1)
+    raise SystemExit(f"not ready: {url}")
+
+
+def pct(values, p):
+    """Nearest-rank percentile of a list (None when empty)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
+    return v[k]
+
+
+def summary(values):
+    if not values:
+        return {"n": 0, "p50": None, "p99": None, "max": None, "mean": None}
+    return {"n": len(values), "p50": round(pct(values, 50), 2), "p99": round(pct(values, 99), 2),
+            "max": round(max(values), 2), "mean": round(sum(values) / len(values), 2)}
+
+
+def webhook(sender, mid, text):
+    """One WhatsApp Cloud API webhook holding one text message, as Meta sends it."""
+    return json.dumps({
+        "object": "whatsapp_business_account",
+        "entry": [{"id": "BENCH_WABA", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp",
+            "metadata": {"display_phone_number": BUSINESS, "phone_number_id": PHONE_NUMBER_ID},
+            "contacts": [{"profile": {"name": f"Bench {sender[-4:]}"}, "wa_id": sender}],
+            "messages": [{"from": sender, "id": mid, "timestamp": str(int(time.time())),
+                          "type": "text", "text": {"body": text}}]}}]}]}).encode()
+
+
+class Poster:
+    """A keep-alive HTTP/1.1 connection to sluice-ingest."""
+
+    def __init__(self, port, path):
+        self.port, self.path = port, path
+        self.conn = None
+
+    def post(self, body):
+        """(status, t_sent, t_answer): t_answer when the status line arrived."""
+        for attempt in (0, 1):
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+            try:
+                t_sent = time.perf_counter()
+                self.conn.request("POST", self.path, body, {"Content-Type": "application/json"})
+                r = self.conn.getresponse()
+                t_answer = time.perf_counter()
+                r.read()
+                return r.status, t_sent, t_answer
+            except (http.client.HTTPException, OSError):
+                self.conn.close()
+                self.conn = None
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+
+
+# ----------------------------------------------------- part 1: latency ----
+
+class Msg:
+    __slots__ = ("mid", "due", "t_sent", "t_202", "t_notify", "status", "held")
+
+    def __init__(self, mid, due):
+        self.mid, self.due = mid, due
+        self.t_sent = self.t_202 = self.t_notify = None
+        self.status = None
+        self.held = False
+
+
+class Sender:
+    """One person: at most one message between its POST and its NOTIFY."""
+
+    def __init__(self, wa_id):
+        self.wa_id = wa_id
+        self.lock = threading.Lock()
+        self.cur = None            # the Msg waiting for its NOTIFY
+        self.notified = threading.Event()
+        self.notified.set()
+        self.stray = 0             # NOTIFYs with no message waiting
+        self.msgs = []
+
+    def start(self, msg):
+        with self.lock:
+            self.cur = msg
+            self.notified.clear()
+            msg.t_sent = time.perf_counter()   # refined by the POST itself
+
+    def on_notify(self, t):
+        with self.lock:
+            if self.cur is not None and self.cur.t_notify is None:
+                self.cur.t_notify = t
+                self.cur = None
+                self.notified.set()
+            else:
+                self.stray += 1
+
+
+def listen(dsn, senders, stop, ready, counts):
+    import psycopg
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("LISTEN sluice_turns")
+        ready.set()
+        while not stop.is_set():
+            for n in conn.notifies(timeout=0.2):
+                t = time.perf_counter()
+                counts["notifies"] += 1
+                s = senders.get(n.payload.rsplit(":", 1)[-1])
+                if s is None:
+                    counts["foreign"] += 1
+                else:
+                    s.on_notify(t)
+
+
+def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
+    import psycopg
+    senders = {}
+    order = []
+    for i in range(n_senders):
+        s = Sender(f"1{tag}{i:04d}")
+        senders[s.wa_id] = s
+        order.append(s)
+    stop, ready = threading.Event(), threading.Event()
+    counts = {"notifies": 0, "foreign": 0}
+    lt = threading.Thread(target=listen, args=(dsn, senders, stop, ready, counts), daemon=True)
+    lt.start()
+    if not ready.wait(30):
+        raise SystemExit("latency: the LISTEN connection did not come up")
+
+    errors = []
+    start = threading.Barrier(n_senders + 1)
+    clock = {}
+
+    def send(s, msg, poster):
+        s.start(msg)
+        try:
+            code, t_sent, t_answer = poster.post(webhook(s.wa_id, msg.mid, f"message {msg.mid[-6:]}"))
+        except Exception as e:   # noqa: BLE001 - counted and reported
+            errors.append(f"{s.wa_id}: {e}")
+            s.on_notify(None)    # release the sender
+            return
+        msg.status = code
+        msg.t_sent, msg.t_202 = t_sent, t_answer
+        if code != 202:
+            errors.append(f"{s.wa_id}: HTTP {code}")
+            s.on_notify(None)
+
+    def run(i, s):
+        poster = Poster(iport, "/v1/webhooks/wa")
+        try:
+            # Warm-up: one message each, so the worker owns its partitions
+            # and has its connections (and Redis its lookups) before t0.
+            send(s, Msg(f"wamid.bench-{tag}-{s.wa_id}-w", 0.0), poster)
+            s.notified.wait(60)
+            start.wait()
+            t0, end = clock["t0"], clock["t0"] + seconds
+            k = 0
+            while True:
+                due = t0 + (k * n_senders + i) / rate
+                if due >= end:
+                    break
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                msg = Msg(f"wamid.bench-{tag}-{s.wa_id}-{k}", due)
+                if not s.notified.is_set():
+                    msg.held = True
+                    if not s.notified.wait(30):
+                        errors.append(f"{s.wa_id}: no NOTIFY for the previous message in 30 s")
+                        break
+                s.msgs.append(msg)
+                send(s, msg, poster)
+                k += 1
+            s.notified.wait(30)
+        finally:
+            poster.close()
+
+    threads = [threading.Thread(target=run, args=(i, s), daemon=True) for i, s in enumerate(order)]
+    for t in threads:
+        t.start()
+    warm_deadline = time.time() + 90
+    while any(not s.notified.is_set() for s in order) and time.time() < warm_deadline:
+        time.sleep(0.05)
+    warm_missing = sum(1 for s in order if not s.notified.is_set())
+    if warm_missing:
+        stop.set()
+        raise SystemExit(f"latency: {warm_missing} warm-up messages got no NOTIFY in 90 s"
+                         f" (errors: {errors[:3]})")
+    time.sleep(0.5)
+    mark = os.path.getsize(log)
+    counts["notifies"] = counts["foreign"] = 0
+    for s in order:
+        s.stray = 0
+    clock["t0"] = time.perf_counter() + 0.2
+    start.wait()
+    for t in threads:
+        t.join()
+    stop.set()
+    lt.join(5)
+
+    msgs = [m for s in order for m in s.msgs]
+    ok = [m for m in msgs if m.status == 202]
+    notified = [m for m in ok if m.t_notify is not None]
+    lat = [(m.t_notify - m.t_202) * 1000.0 for m in notified]
+    post_notify = [(m.t_notify - m.t_sent) * 1000.0 for m in notified]
+    post_202 = [(m.t_202 - m.t_sent) * 1000.0 for m in ok]
+    start_lag = [(m.t_sent - m.due) * 1000.0 for m in ok]
+    last = max((m.t_sent for m in ok), default=clock["t0"])
+    achieved = len(ok) / max(last - clock["t0"], 1e-9)
+
+    batches = []
+    with open(log) as f:
+        f.seek(mark)
+        for ln in f:
+            b = BATCH_RE.search(ln)
+            if b:
+                batches.append((int(b.group(1)), int(b.group(2))))
+
+    with psycopg.connect(dsn, autocommit=True) as db:
+        wa = [s.wa_id for s in order]
+        stored = db.execute("SELECT count(*) FROM chat_messages WHERE sender = ANY(%s)",
+                            (wa,)).fetchone()[0]
+        turns, in_turns = db.execute(
+            "SELECT count(*), coalesce(sum(cardinality(message_ids)), 0) FROM chat_turns"
+            " WHERE sender = ANY(%s)", (wa,)).fetchone()
+        # Done with these conversations: the agents of part 2 must not
+        # claim them.
+        db.execute("UPDATE chat_turns SET status = 'answered', answered_at = now()"
+                   " WHERE sender = ANY(%s) AND status <> 'answered'", (wa,))
+
+    res = {
+        "rate_target": rate, "senders": n_senders, "seconds": seconds,
+        "sent": len(msgs), "accepted": len(ok), "notified": len(notified),
+        "rate_achieved": round(achieved, 1),
+        "held": sum(1 for m in msgs if m.held),
+        "errors": len(errors), "error_examples": errors[:5],
+        "stray_notifies": sum(s.stray for s in order),
+        "foreign_notifies": counts["foreign"],
+        "notify_before_202": sum(1 for x in lat if x < 0),
+        "latency_202_to_notify_ms": summary(lat),
+        "post_to_notify_ms": summary(post_notify),
+        "post_to_202_ms": summary(post_202),
+        "send_lag_ms": summary(start_lag),
+        "seed_buffer_ms": SEED_BUFFER_MS,
+        "seed_over_p50": round(SEED_BUFFER_MS / pct(lat, 50), 1) if lat and pct(lat, 50) > 0 else None,
+        "seed_over_p99": round(SEED_BUFFER_MS / pct(lat, 99), 1) if lat and pct(lat, 99) > 0 else None,
+        "worker_batches": len(batches),
+        "worker_records_per_batch": round(sum(b[0] for b in batches) / len(batches), 2) if batches else None,
+        "worker_batch_ms": summary([float(b[1]) for b in batches]),
+        "db": {"messages": stored, "turns": turns, "messages_in_turns": in_turns,
+               "expected_messages": len(ok) + n_senders},
+    }
+
+    L, P, A = res["latency_202_to_notify_ms"], res["post_to_notify_ms"], res["post_to_202_ms"]
+    print(f"chat latency: {len(ok)} messages in {seconds} s from {n_senders} senders"
+          f" (target {rate}/s, achieved {achieved:.0f}/s; {res['held']} held for the previous"
+          f" NOTIFY, {len(errors)} errors)")
+    print("                       p50 ms   p99 ms   max ms")
+    for name, v in (("202 -> NOTIFY", L), ("POST -> NOTIFY", P), ("POST -> 202", A)):
+        if v["n"]:
+            print(f"  {name:17s}  {v['p50']:7.1f}  {v['p99']:7.1f}  {v['max']:7.1f}")
+    if L["n"]:
+        print(f"  seed buffer (by design)  {SEED_BUFFER_MS:7.0f} ms: {res['seed_over_p50']}x the p50,"
+              f" {res['seed_over_p99']}x the p99 of 202 -> NOTIFY")
+    print(f"  worker: {len(batches)} batches, {res['worker_records_per_batch']} records each on"
+          f" average; NOTIFYs: {counts['notifies']} ({res['stray_notifies']} unmatched,"
+          f" {res['notify_before_202']} before the client saw the 202)")
+    print(f"  database: {stored} messages of {len(ok) + n_senders} accepted (with warm-up),"
+          f" {in_turns} in {turns} open turns (no agent: one turn per conversation)")
+    if len(notified) != len(ok):
+        print(f"  {len(ok) - len(notified)} accepted messages got no NOTIFY")
+    return res
+
+
+# ------------------------------------------------------ part 2: agents ----
+
+def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
+    import psycopg
+    rng = random.Random(SEED)
+    plans = []
+    for i in range(n_senders):
+        # Per sender: (delay before the message, burst number), fixed seed.
+        plan, t, b = [], rng.uniform(0, BURST_PAUSE[1]), 0
+        while t < seconds:
+            n = rng.randint(*BURST_LEN)
+            for j in range(n):
+                plan.append((t, b))
+                t += rng.uniform(*BURST_GAP) if j < n - 1 else rng.uniform(*BURST_PAUSE)
+            b += 1
+        plans.append((f"2{tag}{i:04d}", plan))
+
+    sent = {}          # mid -> (sender, burst, t_202)
+    per_sender = {}    # sender -> [mid in the order sent]
+    errors = []
+    lock = threading.Lock()
+    go = threading.Barrier(n_senders + n_agents + 1)
+    clock = {}
+    claims = []        # (agent, turn id, sender, message_ids, t_claim, t_answer)
+    stop = threading.Event()
+
+    def person(wa_id, plan):
+        poster = Poster(iport, "/v1/webhooks/wa")
+        mids = per_sender.setdefault(wa_id, [])
+        try:
+            go.wait()
+            t0 = clock["t0"]
+            for k, (at, burst) in enumerate(plan):
+                now = time.perf_counter()
+                if t0 + at > now:
+                    time.sleep(t0 + at - now)
+                mid = f"wamid.bench-{tag}-{wa_id}-{k}"
+                try:
+                    code, _, t_answer = poster.post(webhook(wa_id, mid, f"part {k} of burst {burst}"))
+                except Exception as e:   # noqa: BLE001 - counted and reported
+                    errors.append(f"{wa_id}: {e}")
+                    continue
+                if code != 202:
+                    errors.append(f"{wa_id}: HTTP {code}")
+                    continue
+                with lock:
+                    sent[mid] = (wa_id, burst, t_answer)
+                mids.append(mid)
+        finally:
+            poster.close()
+
+    def agent(name):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("LISTEN sluice_turns")
+            go.wait()
+            while True:
+                row = conn.execute("SELECT id, sender, message_ids FROM sluice_claim_turn(%s)",
+                                   (name,)).fetchone()
+                if row is None:
+                    if stop.is_set():
+                        return
+                    for _ in conn.notifies(timeout=0.2, stop_after=1):
+                        pass
+                    continue
+                t_claim = time.perf_counter()
+                time.sleep(hold_ms / 1000.0)    # busy with the person
+                conn.execute("SELECT sluice_answer_turn(%s)", (row[0],))
+                t_answer = time.perf_counter()
+                with lock:
+                    claims.append((name, row[0], row[1], list(row[2]), t_claim, t_answer))
+
+    people = [threading.Thread(target=person, args=p, daemon=True) for p in plans]
+    agents = [threading.Thread(target=agent, args=(f"bench-agent-{a}",), daemon=True)
+              for a in range(n_agents)]
+    for t in people + agents:
+        t.start()
+    clock["t0"] = time.perf_counter() + 0.5
+    go.wait()
+    for t in people:
+        t.join()
+    t_sent_end = time.perf_counter()
+
+    # Until every accepted message is in an answered turn (or 120 s).
+    wa = [p[0] for p in plans]
+    drained = False
+    with psycopg.connect(dsn, autocommit=True) as db:
+        end = time.time() + 120
+        while time.time() < end:
+            answered = db.execute(
+                "SELECT coalesce(sum(cardinality(message_ids)), 0) FROM chat_turns"
+                " WHERE sender = ANY(%s) AND status = 'answered'", (wa,)).fetchone()[0]
+            if answered >= len(sent):
+                drained = True
+                break
+            time.sleep(0.1)
+        stop.set()
+        for t in agents:
+            t.join(10)
+        t_drained = time.perf_counter()
+        rows = db.execute("SELECT id, sender, status, message_ids FROM chat_turns"
+                          " WHERE sender = ANY(%s) ORDER BY sender, id", (wa,)).fetchall()
+        stored = db.execute("SELECT count(*) FROM chat_messages WHERE sender = ANY(%s)",
+                            (wa,)).fetchone()[0]
+
+    # Invariants.
+    all_ids = [m for r in rows for m in r[3]]
+    in_one_turn = len(all_ids) == len(set(all_ids)) and set(all_ids) == set(sent)
+    got = {}
+    for r in rows:
+        got.setdefault(r[1], []).extend(r[3])
+    in_order = all(got.get(s, []) == [m for m in mids if m in sent] for s, mids in per_sender.items())
+    overlaps = 0
+    by_sender = {}
+    for c in claims:
+        by_sender.setdefault(c[2], []).append((c[4], c[5]))
+    for iv in by_sender.values():
+        iv.sort()
+        overlaps += sum(1 for a, b in zip(iv, iv[1:]) if b[0] < a[1])
+
+    # Per turn: the wait from its first / last message's 202 to its claim.
+    wait_first, wait_last, sizes = [], [], {}
+    for c in claims:
+        t202 = [sent[m][2] for m in c[3] if m in sent]
+        if t202:
+            wait_first.append((c[4] - min(t202)) * 1000.0)
+            wait_last.append((c[4] - max(t202)) * 1000.0)
+        sizes[len(c[3])] = sizes.get(len(c[3]), 0) + 1
+    bursts = len({(v[0], v[1]) for v in sent.values()})
+    turns = len(rows)
+    busy = sum(c[5] - c[4] for c in claims)
+    elapsed = t_drained - clock["t0"]
+    res = {
+        "agents": n_agents, "hold_ms": hold_ms, "senders": n_senders, "seconds": seconds,
+        "burst_len": BURST_LEN, "burst_gap_s": BURST_GAP, "burst_pause_s": BURST_PAUSE,
+        "messages": len(sent), "messages_stored": stored, "bursts": bursts, "turns": turns,
+        "turns_answered": sum(1 for r in rows if r[2] == "answered"),
+        "claims_seen": len(claims),
+        "messages_per_turn": round(len(sent) / turns, 3) if turns else None,
+        "turns_per_burst": round(turns / bursts, 3) if bursts else None,
+        "turn_sizes": {str(k): v for k, v in sorted(sizes.items())},
+        "max_turn_size": max(sizes) if sizes else None,
+        "wait_first_202_to_claim_ms": summary(wait_first),
+        "wait_last_202_to_claim_ms": summary(wait_last),
+        "agent_utilization": round(busy / (n_agents * elapsed), 3) if elapsed > 0 else None,
+        "drain_s": round(t_drained - t_sent_end, 2), "drained": drained,
+        "every_message_in_one_turn": in_one_turn, "order_kept": in_order,
+        "overlapping_claims": overlaps,
+        "errors": len(errors), "error_examples": errors[:5],
+        "seed_buffer_ms": SEED_BUFFER_MS,
+    }
+    F, W = res["wait_first_202_to_claim_ms"], res["wait_last_202_to_claim_ms"]
+    print(f"chat agents: {n_agents} agents holding each turn {hold_ms} ms, {n_senders} people typing"
+          f" bursts of {BURST_LEN[0]}-{BURST_LEN[1]} messages ({BURST_GAP[0] * 1000:.0f}-"
+          f"{BURST_GAP[1] * 1000:.0f} ms apart, {BURST_PAUSE[0]:g}-{BURST_PAUSE[1]:g} s of quiet)"
+          f" for {seconds} s")
+    print(f"  {len(sent)} messages in {bursts} bursts became {turns} turns:"
+          f" {res['messages_per_turn']} messages per turn (one turn per message would be 1.00),"
+          f" {res['turns_per_burst']} turns per burst")
+    print("  turn sizes: " + ", ".join(f"{k} msg x {v}" for k, v in sorted(sizes.items())))
+    if F["n"]:
+        print(f"  wait to the claim, ms    p50      p99      max   (seed buffer: {SEED_BUFFER_MS:.0f} ms"
+              " before a message is even handed over)")
+        print(f"    from the first 202  {F['p50']:7.1f}  {F['p99']:7.1f}  {F['max']:7.1f}")
+        print(f"    from the last 202   {W['p50']:7.1f}  {W['p99']:7.1f}  {W['max']:7.1f}")
+    print(f"  agents busy {res['agent_utilization'] * 100:.0f}% of the time; drained"
+          f" {res['drain_s']} s after the last message" + ("" if drained else " (NOT drained)"))
+    print(f"  every message in exactly one turn: {'yes' if in_one_turn else 'NO'}; order kept:"
+          f" {'yes' if in_order else 'NO'}; overlapping claims of one conversation: {overlaps};"
+          f" errors: {len(errors)}")
+    return res
+
+
+# --------------------------------------------------------------- main ----
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rate", type=int, default=1000)
+    ap.add_argument("--senders", type=int, default=200)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--agents", type=int, default=20)
+    ap.add_argument("--hold-ms", type=int, default=500)
+    ap.add_argument("--burst-senders", type=int, default=50)
+    ap.add_argument("--only", choices=("latency", "agents"))
+    ap.add_argument("--services", help="running services to use (DIR with services.env)")
+    a = ap.parse_args()
+
+    import psycopg
+    from psycopg.conninfo import make_conninfo
+
+    # 200 sender threads: hand the GIL over faster than every 5 ms, so the
+    # LISTEN thread stamps a NOTIFY when it arrives.
+    sys.setswitchinterval(0.0005)
+
+    tmp = tempfile.mkdtemp(prefix="sluice-bench-chat-")
+    svc = a.services or os.path.join(tmp, "svc")
+    if not a.services:
+        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "start", svc], check=True)
+    env = dict(os.environ)
+    env.pop("SLUICE_TOPIC", None)   # the configs name their own topic
+    with open(os.path.join(svc, "services.env")) as f:
+        for line in f:
+            m = re.match(r"export (\w+)=(.*)", line.strip())
+            if m:
+                env[m.group(1)] = m.group(2)
+
+    tag = f"{uuid.uuid4().int % 10**6:06d}"
+    dbname = f"sluice_bench_chat_{tag}"
+    admin = env["SLUICE_POSTGRES_DSN"]
+    dsn = make_conninfo(admin, dbname=dbname)
+    env["SLUICE_POSTGRES_DSN"] = dsn
+    ingest = worker = None
+    results = {}
+    try:
+        with psycopg.connect(admin, autocommit=True) as db:
+            db.execute(f'CREATE DATABASE "{dbname}"')
+        subprocess.run([os.path.join(REPO, "deploy", "migrate.sh"), dsn], check=True)
+
+        topic = group = f"bench-chat-{tag}"
+        iport = free_port()
+        iconf = os.path.join(tmp, "chat-ingest.conf")
+        with open(iconf, "w") as f:
+            f.write(f"listen = 127.0.0.1:{iport}\nbrokers = {env['SLUICE_KAFKA_BROKERS']}\n"
+                    f"topic = {topic}\nschema_dir = {REPO}/schemas\nlog_level = warn\n"
+                    "max_inflight = 100000\n"
+                    "source.wa.kind = chat\nsource.wa.signature = none\n")
+        chk = subprocess.run([os.path.join(BUILD, "sluice-ingest"), "-c", iconf, "--check-config"],
+                             env=env, capture_output=True, text=True)
+        if chk.returncode != 0:
+            raise SystemExit("this sluice-ingest has no chat source: build it first\n"
+                             + chk.stderr.strip())
+        wconf = os.path.join(tmp, "chat-worker.conf")
+        with open(wconf, "w") as f:
+            f.write(f"brokers = {env['SLUICE_KAFKA_BROKERS']}\ntopic = {topic}\ngroup_id = {group}\n"
+                    f"postgres_dsn = {dsn}\nredis_url = {env['SLUICE_REDIS_URL']}\n"
+                    "log_level = info\n")
+        wlog = os.path.join(tmp, "chat-worker.log")
+        worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c", wconf], env=env,
+                                  stderr=open(wlog, "w"))
+        ingest = subprocess.Popen([os.path.join(BUILD, "sluice-ingest"), "-c", iconf], env=env,
+                                  stderr=open(os.path.join(tmp, "chat-ingest.log"), "w"))
+        wait_http(f"http://127.0.0.1:{iport}/readyz")
+
+        if a.only in (None, "latency"):
+            results["latency"] = bench_latency(env, iport, dsn, wlog, a.rate, a.senders,
+                                               a.seconds, tag)
+        if a.only in (None, "agents"):
+            results["agents"] = bench_agents(env, iport, dsn, a.agents, a.hold_ms,
+                                             a.burst_senders, a.seconds, tag)
+    finally:
+        for p in (ingest, worker):
+            if p is None:
+                continue
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        try:
+            with psycopg.connect(admin, autocommit=True) as db:
+                db.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        except Exception as e:   # noqa: BLE001 - the services may be gone already
+            print(f"chat: could not drop database {dbname}: {e}", file=sys.stderr)
+        if not a.services:
+            subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "destroy", svc])
+        if os.environ.get("SLUICE_BENCH_KEEP"):
+            print(f"logs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    if results:
+        os.makedirs(os.path.dirname(OUT), exist_ok=True)
+        with open(OUT, "w") as f:
+            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, **results}, f, indent=2)
+            f.write("\n")
+        print(f"chat: wrote {os.path.relpath(OUT, REPO)}")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, REPO)
+    main()
