@@ -40,6 +40,7 @@ Usage: bench/chat.py [--rate 1000] [--senders 200] [--seconds 10]
 import argparse
 import http.client
 import json
+import math
 import os
 import random
 import re
@@ -51,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -92,8 +94,7 @@ def pct(values, p):
     if not values:
         return None
     v = sorted(values)
-    k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
-    return v[k]
+    return v[max(0, min(len(v) - 1, math.ceil(p / 100.0 * len(v)) - 1))]
 
 
 def summary(values):
@@ -218,6 +219,7 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         raise SystemExit("latency: the LISTEN connection did not come up")
 
     errors = []
+    warmed = threading.Barrier(n_senders + 1)
     start = threading.Barrier(n_senders + 1)
     clock = {}
 
@@ -242,7 +244,11 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
             # and has its connections (and Redis its lookups) before t0.
             send(s, Msg(f"wamid.bench-{tag}-{s.wa_id}-w", 0.0), poster)
             s.notified.wait(60)
-            start.wait()
+            try:
+                warmed.wait()
+                start.wait()
+            except threading.BrokenBarrierError:
+                return
             t0, end = clock["t0"], clock["t0"] + seconds
             k = 0
             while True:
@@ -268,14 +274,13 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
     threads = [threading.Thread(target=run, args=(i, s), daemon=True) for i, s in enumerate(order)]
     for t in threads:
         t.start()
-    warm_deadline = time.time() + 90
-    while any(not s.notified.is_set() for s in order) and time.time() < warm_deadline:
-        time.sleep(0.05)
+    warmed.wait()
     warm_missing = sum(1 for s in order if not s.notified.is_set())
     if warm_missing:
+        start.abort()
         stop.set()
-        raise SystemExit(f"latency: {warm_missing} warm-up messages got no NOTIFY in 90 s"
-                         f" (errors: {errors[:3]})")
+        raise SystemExit(f"latency: {warm_missing} of {n_senders} warm-up messages got no NOTIFY"
+                         f" in 60 s (errors: {errors[:3]})")
     time.sleep(0.5)
     mark = os.path.getsize(log)
     counts["notifies"] = counts["foreign"] = 0
@@ -570,7 +575,9 @@ def main():
     tag = f"{uuid.uuid4().int % 10**6:06d}"
     dbname = f"sluice_bench_chat_{tag}"
     admin = env["SLUICE_POSTGRES_DSN"]
-    dsn = make_conninfo(admin, dbname=dbname)
+    u = urllib.parse.urlsplit(admin)
+    dsn = (u._replace(path="/" + dbname).geturl() if u.scheme in ("postgresql", "postgres")
+           else make_conninfo(admin, dbname=dbname))
     env["SLUICE_POSTGRES_DSN"] = dsn
     ingest = worker = None
     results = {}

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # make bench: the benchmarks, with the project's venv.
 #   bench/run.sh [ARGS]           bench/bench.py ARGS, then bench/contexts.py
-#                                 (skipped when ARGS pick one with --only)
+#                                 and bench/chat.py (both skipped when ARGS
+#                                 pick one with --only)
 #   bench/run.sh contexts [ARGS]  only bench/contexts.py ARGS
+#   bench/run.sh chat [ARGS]      only bench/chat.py ARGS
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-if [ "${1:-}" = contexts ]; then
+case "${1:-}" in
+contexts | chat)
+	name=$1
 	shift
-	exec "$py" bench/contexts.py "$@"
-fi
+	exec "$py" "bench/$name.py" "$@"
+	;;
+esac
 "$py" bench/bench.py "$@"
 case " $* " in
 *" --only"*) exit 0 ;;
 esac
-exec "$py" bench/contexts.py
+"$py" bench/contexts.py
+exec "$py" bench/chat.py

@@ -100,6 +100,8 @@ static size_t handler_index(const char *kind)
 /* Runs the event_base until every handler's lookups are in. */
 static void batch_prepare(struct batch *b)
 {
+	const struct worker_config *cfg = b->env->cfg;
+	int64_t deadline;
 	bool waiting = false;
 
 	for (size_t i = 0; i < b->n_handlers; i++)
@@ -107,14 +109,33 @@ static void batch_prepare(struct batch *b)
 			handlers[i]->prepare(b->state[i]);
 			waiting = true;
 		}
+	/* Every lookup ends by its own timeout, so this only guards against
+	 * one that never reports: the partition is not held forever. The
+	 * bound is what the slowest allowed source could take for this
+	 * batch's leads, K at a time, twice over. */
+	{
+		int64_t waves =
+		    (int64_t)contexts_stats(b->env->contexts)->leads /
+			cfg->lc_concurrency +
+		    1;
+
+		deadline =
+		    util_mono_ms() + 10000 + cfg->lc_lease_wait_ms +
+		    2 * waves * cfg->lc_timeout_ms * (cfg->lc_retries + 1);
+	}
 	while (waiting) {
 		waiting = false;
 		for (size_t i = 0; i < b->n_handlers && !waiting; i++)
 			if (b->used[i] && handlers[i]->prepared &&
 			    !handlers[i]->prepared(b->state[i]))
 				waiting = true;
-		if (waiting)
+		if (waiting && util_mono_ms() > deadline) {
+			log_error("lookups still running after their deadline; "
+				  "the leads left fail as context_unavailable");
+			contexts_give_up(b->env->contexts);
+		} else if (waiting) {
 			event_base_loop(b->env->base, EVLOOP_ONCE);
+		}
 	}
 }
 

@@ -1100,6 +1100,40 @@ void contexts_fetch(struct contexts *c)
 	pump(c);
 }
 
+void contexts_give_up(struct contexts *c)
+{
+	for (size_t i = 0; i < c->n_leads; i++) {
+		struct lead *l = c->leads[i];
+
+		if (l->phase == PH_DONE)
+			continue;
+		log_warn("lead %s: no context after the batch's deadline",
+			 l->id);
+		if (l->timer)
+			evtimer_del(l->timer);
+		if (l->retry)
+			evtimer_del(l->retry);
+		lead_finish(l, CTX_UNAVAILABLE, NULL);
+	}
+	/* Lookups still running answer into nothing: drop them. */
+	for (int i = 0; c->slots && i < c->k; i++) {
+		struct slot *s = &c->slots[i];
+
+		if (!s->lead)
+			continue;
+		if (s->req) {
+			struct evhttp_request *req = s->req;
+
+			s->req = NULL;
+			evhttp_cancel_request(req);
+		}
+		if (!c->http)
+			pg_drop(s);
+		slot_release(s);
+	}
+	c->q_head = c->q_tail = NULL;
+}
+
 bool contexts_done(const struct contexts *c)
 {
 	return c->unresolved == 0;

@@ -50,6 +50,8 @@ void contexts_want(struct contexts *c, enum ctx_ns ns, const char *key);
  * The event_base then runs until contexts_done(). */
 void contexts_fetch(struct contexts *c);
 bool contexts_done(const struct contexts *c);
+/* A safety net: every lead still unresolved becomes CTX_UNAVAILABLE. */
+void contexts_give_up(struct contexts *c);
 /* A resolved lead's state; *ctx is valid until contexts_reset(). */
 enum ctx_state contexts_get(const struct contexts *c, enum ctx_ns ns,
 			    const char *key, const cJSON **ctx);

@@ -80,14 +80,12 @@ int main(void)
 	{
 		/* Two people interleaved, a status: each person's items in
 		 * order, people in order of first appearance. */
-		cJSON *doc =
-		    cJSON_Parse(HEAD "\"messages\":[" MSG(
-			"A", "a1",
-			"x") "," MSG("B", "b1",
-				     "x") "," MSG("A", "a2",
-						  "x") "],\"statuses\":"
-						       "[" STATUS("C",
-								  "c1") "]" TAIL);
+		cJSON *doc = cJSON_Parse(
+		    HEAD "\"messages\":[" MSG("A", "a1", "x") "," MSG(
+			"B", "b1", "x") "," MSG("A", "a2",
+						"x") "],\"statuses\":"
+						     "[" STATUS("C",
+								"c1") "]" TAIL);
 		const char *who[4];
 		struct seen s = {.n = 0};
 
