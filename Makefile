@@ -42,7 +42,7 @@ UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema t
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
-        lint bench clean
+        lint bench clean fuzz fuzz-smoke
 
 all: $(BUILD)/sluice-ingest $(BUILD)/sluice-worker
 
@@ -115,8 +115,40 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory asan
 	$(Q)for t in $(addprefix build/asan/tests/,$(UNIT_TESTS)); do $$t || exit 1; done
 	$(Q)tests/check_config_docs.sh $(BUILD)
+	$(Q)$(MAKE) --no-print-directory fuzz-smoke
 	$(Q)SLUICE_BUILD_DIR=$(CURDIR)/build .venv/bin/python -m pytest -q tests/system
 	$(Q)SLUICE_BUILD_DIR=$(CURDIR)/build/asan .venv/bin/python -m pytest -q tests/system
+
+# libFuzzer over request handling (tests/fuzz/fuzz_http.c): whatever a
+# client sends, through libevent's parser and every handler, under ASan and
+# UBSan. fuzz-smoke (in make test) replays the checked-in corpus and mutates
+# briefly; make fuzz runs for FUZZ_SECONDS, new finds in build/fuzz/corpus.
+FUZZ_CC      ?= $(shell command -v clang || command -v clang-14 || echo clang)
+FUZZ_SECONDS ?= 600
+FUZZ_FLAGS   := -g -O1 -fsanitize=fuzzer,address,undefined \
+                -fno-sanitize-recover=undefined -fno-omit-frame-pointer \
+                -DSCHEMA_DIR=\"$(CURDIR)/schemas\" -std=c11 -D_GNU_SOURCE \
+                -Wall -Wextra -Werror \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+FUZZ_SRC     := tests/fuzz/fuzz_http.c $(COMMON_SRC) \
+                $(filter-out ingest/main.c,$(INGEST_SRC))
+
+build/fuzz/fuzz_http: $(FUZZ_SRC) $(wildcard common/*.h ingest/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ $@"
+	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(FUZZ_SRC) $(LDLIBS)
+
+fuzz-smoke: build/fuzz/fuzz_http
+	$(Q)build/fuzz/fuzz_http -max_total_time=30 -runs=20000 \
+		-rss_limit_mb=1024 -artifact_prefix=build/fuzz/ tests/fuzz/corpus 2>build/fuzz/smoke.log \
+		|| { tail -50 build/fuzz/smoke.log; exit 1; }
+	$(Q)grep -E "Done [0-9]+ runs" build/fuzz/smoke.log
+
+fuzz: build/fuzz/fuzz_http
+	$(Q)mkdir -p build/fuzz/corpus
+	$(Q)build/fuzz/fuzz_http -max_total_time=$(FUZZ_SECONDS) \
+		-rss_limit_mb=2048 -artifact_prefix=build/fuzz/ \
+		build/fuzz/corpus tests/fuzz/corpus
 
 format:
 	$(Q)clang-format -i $(COMMON_SRC) $(INGEST_SRC) $(WORKER_SRC) \

@@ -123,6 +123,12 @@ def raw(body):
     return json.dumps(body, separators=(",", ":")).encode("utf-8")
 
 
+def pretty(body):
+    """A body as Meta might send it: indented, non-ASCII as \\u escapes
+    (surrogate pairs for emoji) -- not what a re-serializer would write."""
+    return json.dumps(body, indent=2, ensure_ascii=True).encode("ascii")
+
+
 def meta_signature(secret, body):
     """X-Hub-Signature-256 value: sha256=<hex HMAC-SHA256(secret, body)>,
     computed here with Python's hmac, independently of the C code."""

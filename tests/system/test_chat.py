@@ -12,7 +12,8 @@ import pytest
 from chat_util import (CHAT_SOURCE, Agent, Listener, PhoneStub,
                        add_phone_lead, business_number, chat_ingest,
                        chat_lines, chat_sums, image_message, messages_by_id,
-                       messages_of, meta_signature, post_chat, raw, status,
+                       messages_of, meta_signature, post_chat, pretty, raw,
+                       status,
                        statuses_of, text_message, turn_ids, turns, ts_time,
                        wa_id, wait_turns, wamid, webhook)
 from conftest import wait_until
@@ -38,9 +39,12 @@ def phonestub():
 
 def test_idle_message_is_claimable_at_once(pipeline, services):
     biz = business_number()
-    known, unknown = wa_id(), wa_id()
+    known, unknown, gone = wa_id(), wa_id(), wa_id()
     lead = add_phone_lead(services, f"{pipeline.prefix}lead", "+" + known,
                           "Ana")
+    add_phone_lead(services, f"{pipeline.prefix}gone", "+" + gone, "Gone")
+    services.query("UPDATE leads SET deleted_at = now() WHERE id = %s",
+                   (f"{pipeline.prefix}gone",))
     worker = pipeline.start_worker()
     ingest = chat_ingest(pipeline)
     listener = Listener(services)
@@ -104,12 +108,24 @@ def test_idle_message_is_claimable_at_once(pipeline, services):
         c2 = agent.claim()
         assert c2 is not None and c2["id"] == got2[0]["id"], c2
 
+        # A person whose lead was deleted has no lead either.
+        m3 = wamid()
+        post_chat(ingest, webhook(biz, [text_message(m3, gone, "me again")]))
+        got3 = wait_turns(services, biz, gone, [("open", [m3])],
+                          worker=worker)
+        assert (got3[0]["lead_id"], got3[0]["lead_context"]) == \
+            (None, None), got3[0]
+        c3 = agent.claim()
+        assert c3 is not None and c3["id"] == got3[0]["id"], c3
+        assert agent.answer(c3["id"]) is True
+
         assert agent.answer(t1["id"]) is True
         assert agent.answer(t1["id"]) is False, "answered twice"
         assert agent.answer(c2["id"]) is True
         final = {t["id"]: t for t in turns(services, biz)}
         assert {k: v["status"] for k, v in final.items()} == \
-            {t1["id"]: "answered", c2["id"]: "answered"}, final
+            {t1["id"]: "answered", c2["id"]: "answered",
+             c3["id"]: "answered"}, final
         assert all(v["answered_at"] is not None for v in final.values())
         assert agent.claim() is None
         pipeline.wait_caught_up()
@@ -147,9 +163,9 @@ def test_lead_by_phone_over_http(pipeline, services, phonestub):
         assert t1["lead_context"] == ctx, t1
         assert t1["lead_id"] == lead, t1
         assert (t2["lead_id"], t2["lead_context"]) == (None, None), t2
-        paths = list(phonestub.raw_paths)
-        assert any(known in p for p in paths), paths
-        assert any(unknown in p for p in paths), paths
+        # {phone} is the digits (docs/configuration.md).
+        assert sorted(phonestub.raw_paths) == sorted([known, unknown]), \
+            phonestub.raw_paths
         calls = phonestub.calls_for(known) + phonestub.calls_for("+" + known)
         assert calls == 1, phonestub.snapshot()
 
@@ -266,8 +282,11 @@ def test_several_senders_statuses_and_other_types(pipeline, services):
     a1, b1, a2 = wamid(), wamid(), wamid()
     msgs = [text_message(a1, a, "A says one", ts),
             text_message(b1, b, "B says one", ts + 1),
-            text_message(a2, a, "A says two", ts + 2)]
-    body = raw(webhook(biz, msgs, names={a: "Ana", b: "Bea"}))
+            text_message(a2, a, 'olá 😀 "two"\n\tend', ts + 2)]
+    # As Meta sends it: indented, \u escapes; the records hold these bytes.
+    body = pretty(webhook(biz, msgs, names={a: "Ana", b: "Bea"}))
+    assert b"\\ud83d\\ude00" in body
+    listener = Listener(services)
     r = post_chat(ingest, body)
     assert r.json is not None and r.json.get("records") == 2, r
     assert sorted(r.json.get("senders") or []) == sorted([a, b]), r
@@ -283,6 +302,9 @@ def test_several_senders_statuses_and_other_types(pipeline, services):
 
     wait_turns(services, biz, a, [("open", [a1, a2])], worker=worker)
     wait_turns(services, biz, b, [("open", [b1])], worker=worker)
+    listener.wait(f"{biz}:{a}")
+    listener.wait(f"{biz}:{b}")
+    listener.close()
     rows = messages_by_id(services, [a1, b1, a2])
     assert {m: (r["sender"], r["text"], r["raw"]) for m, r in rows.items()} \
         == {m["id"]: (m["from"], m["text"]["body"], m) for m in msgs}, rows
@@ -426,11 +448,15 @@ def test_meta_signature_handshake_and_success_status(pipeline, services):
             f"source__{CHAT_SOURCE}__verify_token": token,
             "source__wa200__kind": "chat",
             "source__wa200__signature": "none",
-            "source__wa200__success_status": 200})
+            "source__wa200__success_status": 200,
+            "source__wa204__kind": "chat",
+            "source__wa204__signature": "none",
+            "source__wa204__success_status": 204})
     biz = business_number()
     who = wa_id()
-    body = raw(webhook(biz, [text_message(wamid(), who, "hello signed")]))
-    assert b"hello signed" in body
+    body = pretty(webhook(biz, [text_message(wamid(), who,
+                                             "hello signed, ça va")]))
+    assert b"hello signed" in body and b"\\u00e7" in body
 
     r = post_chat(ingest, body, secret=secret, expect=None)
     assert r.status == 202, r
@@ -491,3 +517,124 @@ def test_meta_signature_handshake_and_success_status(pipeline, services):
                                              "records": 1,
                                              "senders": [who2]}, r
     assert services.topic_count(pipeline.topic) == 2
+    r = post_chat(ingest, webhook(biz, [text_message(wamid(), who2, "y")]),
+                  source="wa204", expect=None)
+    assert (r.status, r.body) == (204, b""), r
+    assert services.topic_count(pipeline.topic) == 3
+    # The signed record holds the body as received, byte for byte.
+    signed = [x for x in services.topic_records(pipeline.topic)
+              if x["key"] == who.encode()]
+    assert len(signed) == 1 and signed[0]["value"] == body, signed
+
+
+# ---------------------------------------------------------------- more
+
+def test_duplicates_inside_one_batch(pipeline, services):
+    """The same webhook three times in one batch, and a message listed
+    twice in one webhook: one row, one place in one turn."""
+    biz = business_number()
+    who = wa_id()
+    worker = pipeline.start_worker(batch_wait_ms=1500)
+    ingest = chat_ingest(pipeline)
+    ts = time.time_ns() // 10**9
+    m1, m2, m3 = wamid(), wamid(), wamid()
+    body = raw(webhook(biz, [text_message(m1, who, "one", ts),
+                             text_message(m2, who, "two", ts + 1)]))
+    for _ in range(3):
+        post_chat(ingest, body)
+    post_chat(ingest, webhook(biz, [text_message(m3, who, "three", ts + 2),
+                                    text_message(m3, who, "three", ts + 2)]))
+    pipeline.wait_caught_up()
+    assert turn_ids(services, biz, who) == [("open", [m1, m2, m3])], \
+        turns(services, biz, who)
+    assert len(messages_by_id(services, [m1, m2, m3])) == 3
+    wait_until(lambda: sum(x[1] for x in chat_lines(worker.log_text()))
+               == 3, 10, 0.1, message="'chat:' lines counting 3 new",
+               describe=lambda: chat_lines(worker.log_text()))
+    lines = chat_lines(worker.log_text())
+    # The point of the test: the duplicates met inside one batch
+    # (batch_wait_ms gathers the four webhooks posted within ms).
+    assert lines[0][0] >= 6, (
+        "the three copies were not in one batch; the test did not test "
+        f"what it means to: {lines}")
+
+
+def test_one_webhook_several_entries(pipeline, services):
+    """Meta may batch several entries and changes in one webhook: one
+    person writing to two business numbers is one record and two
+    conversations, each in the order listed."""
+    biz1, biz2 = business_number(), business_number()
+    who, other = wa_id(), wa_id()
+    worker = pipeline.start_worker()
+    ingest = chat_ingest(pipeline)
+    ts = time.time_ns() // 10**9
+    s1, s2, s3, o1 = wamid(), wamid(), wamid(), wamid()
+    from chat_util import change_value
+    body = {"object": "whatsapp_business_account", "entry": [
+        {"id": "111", "changes": [
+            {"field": "messages", "value": change_value(
+                biz1, [text_message(s1, who, "to one", ts)])}]},
+        {"id": "222", "changes": [
+            {"field": "messages", "value": change_value(
+                biz2, [text_message(s2, who, "to two", ts + 1),
+                       text_message(o1, other, "other to two", ts + 1)])},
+            {"field": "messages", "value": change_value(
+                biz1, [text_message(s3, who, "to one again", ts + 2)])}]}]}
+    listener = Listener(services)
+    try:
+        r = post_chat(ingest, body)
+        assert r.json is not None and r.json.get("records") == 2, r
+        assert sorted(r.json.get("senders") or []) == sorted([who, other])
+        keys = sorted(x["key"] for x in
+                      services.topic_records(pipeline.topic))
+        assert keys == sorted([who.encode(), other.encode()]), keys
+        wait_turns(services, biz1, who, [("open", [s1, s3])], worker=worker)
+        wait_turns(services, biz2, who, [("open", [s2])], worker=worker)
+        wait_turns(services, biz2, other, [("open", [o1])], worker=worker)
+        rows = messages_by_id(services, [s1, s2, s3, o1])
+        assert {m: r["business_number"] for m, r in rows.items()} == \
+            {s1: biz1, s2: biz2, s3: biz1, o1: biz2}, rows
+        for p in (f"{biz1}:{who}", f"{biz2}:{who}", f"{biz2}:{other}"):
+            listener.wait(p)
+    finally:
+        listener.close()
+
+
+def _check_config(tmp_path, name, settings):
+    import subprocess
+    from conftest import BUILD_DIR, _format_config
+    cfg = tmp_path / name
+    cfg.write_text(_format_config(settings))
+    r = subprocess.run([str(BUILD_DIR / "sluice-ingest"), "-c", str(cfg),
+                        "--check-config"], capture_output=True, text=True,
+                       timeout=30)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_chat_source_configuration(pipeline, tmp_path):
+    base = pipeline.ingest_settings()
+    secret = "s" + uuid.uuid4().hex
+    ok = dict(base, **{"source.w.kind": "chat", "source.w.signature": "meta",
+                       "source.w.secret": secret,
+                       "source.w.verify_token": "tok",
+                       "source.w.success_status": 200})
+    rc, out = _check_config(tmp_path, "ok.conf", ok)
+    assert rc == 0, out
+    assert secret not in out and "tok\n" not in out, \
+        f"--check-config printed a secret:\n{out}"
+    bad = {
+        "meta without a secret": {"source.w.secret": None},
+        "success_status 201": {"source.w.success_status": 201},
+        "success_status 500": {"source.w.success_status": 500},
+        "success_status text": {"source.w.success_status": "ok"},
+        "unknown signature": {"source.w.signature": "hmac"},
+    }
+    for what, over in bad.items():
+        rc, out = _check_config(tmp_path, "bad.conf", dict(ok, **over))
+        assert rc != 0, f"{what} was accepted:\n{out}"
+    # secret_file works for meta.
+    f = tmp_path / "app_secret"
+    f.write_text(secret)
+    rc, out = _check_config(tmp_path, "file.conf", dict(
+        ok, **{"source.w.secret": None, "source.w.secret_file": str(f)}))
+    assert rc == 0, out

@@ -77,7 +77,10 @@ def test_kill_9_mid_stream(pipeline, services):
     assert any(n == 2 for p in plans for _, n in p)
     want_records = sum(n for p in plans for _, n in p)
 
-    crash_tuning = {"kafka__group.instance.id": f"{pipeline.group}-w",
+    # A killed worker may hold a lead-lookup lease: keep its wait short.
+    crash_tuning = {"lead_context__lease_ms": 1000,
+                    "lead_context__lease_wait_ms": 1500,
+                    "kafka__group.instance.id": f"{pipeline.group}-w",
                     "kafka__session.timeout.ms": 6000,
                     "kafka__heartbeat.interval.ms": 1000}
     worker = pipeline.start_worker(batch_max=10, redis_timeout_ms=300,
