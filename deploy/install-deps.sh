@@ -23,7 +23,7 @@ packages=(
     build-essential pkg-config
     librdkafka-dev libhiredis-dev libcjson-dev libevent-dev libssl-dev libpq-dev
     postgresql redis-server
-    wrk clang-format cppcheck nginx-light json-schema-test-suite
+    wrk clang-format cppcheck nginx-light json-schema-test-suite clang
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
