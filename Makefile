@@ -138,9 +138,13 @@ build/fuzz/fuzz_http: $(FUZZ_SRC) $(wildcard common/*.h ingest/*.h)
 	@echo "  FUZZ $@"
 	$(Q)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(FUZZ_SRC) $(LDLIBS)
 
+# New finds go to the first corpus directory: a scratch one, so the
+# checked-in corpus only changes when someone copies finds into it.
 fuzz-smoke: build/fuzz/fuzz_http
+	$(Q)rm -rf build/fuzz/smoke-corpus && mkdir -p build/fuzz/smoke-corpus
 	$(Q)build/fuzz/fuzz_http -max_total_time=30 -runs=20000 \
-		-rss_limit_mb=1024 -artifact_prefix=build/fuzz/ tests/fuzz/corpus 2>build/fuzz/smoke.log \
+		-rss_limit_mb=1024 -artifact_prefix=build/fuzz/ \
+		build/fuzz/smoke-corpus tests/fuzz/corpus 2>build/fuzz/smoke.log \
 		|| { tail -50 build/fuzz/smoke.log; exit 1; }
 	$(Q)grep -E "Done [0-9]+ runs" build/fuzz/smoke.log
 
