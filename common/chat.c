@@ -64,6 +64,21 @@ static const char *business_of(const cJSON *value)
 		return false;                                                  \
 	} while (0)
 
+/* A person's id goes into a Kafka key and a NOTIFY payload
+ * ("business:sender"): printable ASCII, no space, no colon. */
+static bool id_ok(const char *s)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	if (n == 0 || n > CHAT_PHONE_MAX)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e ||
+		    s[i] == ':')
+			return false;
+	return true;
+}
+
 static bool check_items(const cJSON *value, const char *name, bool status,
 			const char *prefix, char *path, size_t pathsz,
 			char *msg, size_t msgsz)
@@ -87,8 +102,9 @@ static bool check_items(const cJSON *value, const char *name, bool status,
 			FAIL("must be an object");
 		snprintf(path, pathsz, "%s.%s[%d].%s", prefix, name, i,
 			 status ? "recipient_id" : "from");
-		if (!text_ok(who, CHAT_PHONE_MAX))
-			FAIL("must be a non-empty string of at most %d bytes",
+		if (!id_ok(who))
+			FAIL("must be 1 to %d printable characters without "
+			     "spaces or colons",
 			     CHAT_PHONE_MAX);
 		snprintf(path, pathsz, "%s.%s[%d].id", prefix, name, i);
 		if (!text_ok(str_of(it, "id"), CHAT_ID_MAX))

@@ -94,7 +94,7 @@ def change_value(business, messages=(), statuses=(), names=None,
                       "phone_number_id": phone_number_id}}
     senders = []
     for m in messages:
-        if m["from"] not in senders:
+        if m.get("from") is not None and m["from"] not in senders:
             senders.append(m["from"])
     if senders:
         v["contacts"] = [{"profile": {"name": names.get(s, f"Person {s}")},

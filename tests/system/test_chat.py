@@ -10,12 +10,12 @@ import uuid
 import pytest
 
 from chat_util import (CHAT_SOURCE, Agent, Listener, PhoneStub,
-                       add_phone_lead, business_number, chat_ingest,
-                       chat_lines, chat_sums, image_message, messages_by_id,
-                       messages_of, meta_signature, post_chat, pretty, raw,
-                       status,
-                       statuses_of, text_message, turn_ids, turns, ts_time,
-                       wa_id, wait_turns, wamid, webhook)
+                       add_phone_lead, business_number, change_value,
+                       chat_ingest, chat_lines, chat_sums, image_message,
+                       messages_by_id, messages_of, meta_signature, post_chat,
+                       pretty, raw, status, statuses_of, text_message,
+                       turn_ids, turns, ts_time, wa_id, wait_turns, wamid,
+                       webhook)
 from conftest import wait_until
 
 
@@ -569,7 +569,7 @@ def test_one_webhook_several_entries(pipeline, services):
     ingest = chat_ingest(pipeline)
     ts = time.time_ns() // 10**9
     s1, s2, s3, o1 = wamid(), wamid(), wamid(), wamid()
-    from chat_util import change_value
+
     body = {"object": "whatsapp_business_account", "entry": [
         {"id": "111", "changes": [
             {"field": "messages", "value": change_value(
@@ -638,3 +638,47 @@ def test_chat_source_configuration(pipeline, tmp_path):
     rc, out = _check_config(tmp_path, "file.conf", dict(
         ok, **{"source.w.secret": None, "source.w.secret_file": str(f)}))
     assert rc == 0, out
+
+
+def test_lead_update_naming_the_phone_drops_its_context(pipeline, services):
+    """A person's context is cached by phone; a lead update that names the
+    phone drops it, so the next turn reads the lead as it is now."""
+    biz = business_number()
+    who = wa_id()
+    lead = add_phone_lead(services, f"{pipeline.prefix}lead", "+" + who,
+                          "Before")
+    worker = pipeline.start_worker()
+    ingest = chat_ingest(pipeline, **{"source__leadupd__kind": "lead_updated",
+                                      "source__leadupd__signature": "none"})
+    ids = [wamid() for _ in range(3)]
+
+    def name_in_new_turn(i, want_turns):
+        post_chat(ingest, webhook(biz, [text_message(ids[i], who, f"m{i}")]))
+        got = wait_turns(services, biz, who, want_turns, worker=worker)
+        return got[-1]["lead_id"], \
+            (got[-1]["lead_context"] or {}).get("lead", {}).get("name")
+
+    def done(agent):
+        c = agent.claim()
+        assert c is not None and agent.answer(c["id"]) is True, c
+
+    with Agent(services, biz) as agent:
+        assert name_in_new_turn(0, [("open", ids[:1])]) == (lead, "Before")
+        done(agent)
+
+        services.query("UPDATE leads SET name = 'After', updated_at = now()"
+                       " WHERE id = %s", (lead,))
+        # Cache-aside: without an update naming it, the cached context.
+        assert name_in_new_turn(
+            1, [("answered", ids[:1]), ("open", ids[1:2])]) == \
+            (lead, "Before"), "the context by phone was not cached"
+        done(agent)
+
+        r = ingest.post({"lead_id": lead, "phone": "+" + who},
+                        source="leadupd")
+        assert r.status == 202, r
+        pipeline.wait_caught_up()
+        assert name_in_new_turn(
+            2, [("answered", ids[:1]), ("answered", ids[1:2]),
+                ("open", ids[2:3])]) == (lead, "After"), \
+            "a lead update naming the phone left the old context cached"

@@ -33,6 +33,10 @@ static const struct {
     {"{\"object\":\"x\"}", false, "$.entry"},
     {HEAD "\"messages\":[{\"id\":\"a\",\"type\":\"text\"}]" TAIL, false,
      "$.entry[0].changes[0].value.messages[0].from"},
+    {HEAD "\"messages\":[" MSG("12/34\\n5", "a", "x") "]" TAIL, false,
+     "$.entry[0].changes[0].value.messages[0].from"},
+    {HEAD "\"messages\":[" MSG("1:2", "a", "x") "]" TAIL, false,
+     "$.entry[0].changes[0].value.messages[0].from"},
     {HEAD "\"messages\":[" MSG("1", "", "x") "]" TAIL, false,
      "$.entry[0].changes[0].value.messages[0].id"},
     {HEAD "\"messages\":[{\"from\":\"1\",\"id\":\"a\",\"type\":\"text\","
