@@ -966,6 +966,26 @@ void contexts_destroy(struct contexts *c)
 	free(c);
 }
 
+/* Cancels every lookup in flight; their leads get no answer from them. */
+static void slots_abandon(struct contexts *c)
+{
+	for (int i = 0; c->slots && i < c->k; i++) {
+		struct slot *s = &c->slots[i];
+
+		if (!s->lead)
+			continue;
+		if (s->req) {
+			struct evhttp_request *req = s->req;
+
+			s->req = NULL;
+			evhttp_cancel_request(req); /* no callback after */
+		}
+		if (!c->http)
+			pg_drop(s); /* the query may still run: start afresh */
+		slot_release(s);
+	}
+}
+
 static void lead_free(struct lead *l)
 {
 	if (l->timer)
@@ -981,23 +1001,9 @@ static void lead_free(struct lead *l)
 void contexts_reset(struct contexts *c)
 {
 	c->resetting = true;
-	/* Lookups still running belong to leads about to go: abandon them
-	 * (only happens when a batch was given up while stopping). */
-	for (int i = 0; c->slots && i < c->k; i++) {
-		struct slot *s = &c->slots[i];
-
-		if (!s->lead)
-			continue;
-		if (s->req) {
-			struct evhttp_request *req = s->req;
-
-			s->req = NULL;
-			evhttp_cancel_request(req);
-		}
-		if (!c->http)
-			pg_drop(s);
-		slot_release(s);
-	}
+	/* Lookups still running belong to leads about to go (only when a
+	 * batch was given up while stopping). */
+	slots_abandon(c);
 	if (c->ac && c->redis_outstanding > 0)
 		redis_drop(c, "batch abandoned");
 	for (size_t i = 0; i < c->n_leads; i++)
@@ -1116,21 +1122,7 @@ void contexts_give_up(struct contexts *c)
 		lead_finish(l, CTX_UNAVAILABLE, NULL);
 	}
 	/* Lookups still running answer into nothing: drop them. */
-	for (int i = 0; c->slots && i < c->k; i++) {
-		struct slot *s = &c->slots[i];
-
-		if (!s->lead)
-			continue;
-		if (s->req) {
-			struct evhttp_request *req = s->req;
-
-			s->req = NULL;
-			evhttp_cancel_request(req);
-		}
-		if (!c->http)
-			pg_drop(s);
-		slot_release(s);
-	}
+	slots_abandon(c);
 	c->q_head = c->q_tail = NULL;
 }
 
