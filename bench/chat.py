@@ -391,6 +391,7 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
     go = threading.Barrier(n_senders + n_agents + 1)
     clock = {}
     claims = []        # (agent, turn id, sender, message_ids, t_claim, t_answer)
+    doubles = []       # a claim that found another claimed turn of its conversation
     stop = threading.Event()
 
     def person(wa_id, plan):
@@ -423,8 +424,8 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
             conn.execute("LISTEN sluice_turns")
             go.wait()
             while True:
-                row = conn.execute("SELECT id, sender, message_ids FROM sluice_claim_turn(%s)",
-                                   (name,)).fetchone()
+                row = conn.execute("SELECT id, sender, message_ids, business_number"
+                                   " FROM sluice_claim_turn(%s)", (name,)).fetchone()
                 if row is None:
                     if stop.is_set():
                         return
@@ -432,6 +433,16 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
                         pass
                     continue
                 t_claim = time.perf_counter()
+                # Right after the claim: the conversation's claimed turns,
+                # as the database sees them now. More than this one is two
+                # agents answering one person at once.
+                both = conn.execute("SELECT array_agg(id ORDER BY id) FROM chat_turns"
+                                    " WHERE business_number = %s AND sender = %s"
+                                    " AND status = 'claimed'", (row[3], row[1])).fetchone()[0]
+                if both and len(both) > 1:
+                    with lock:
+                        doubles.append(f"{row[1]}: turns {both} claimed at once"
+                                       f" (just claimed {row[0]})")
                 time.sleep(hold_ms / 1000.0)    # busy with the person
                 conn.execute("SELECT sluice_answer_turn(%s)", (row[0],))
                 t_answer = time.perf_counter()
@@ -466,8 +477,9 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
         for t in agents:
             t.join(10)
         t_drained = time.perf_counter()
-        rows = db.execute("SELECT id, sender, status, message_ids FROM chat_turns"
-                          " WHERE sender = ANY(%s) ORDER BY sender, id", (wa,)).fetchall()
+        rows = db.execute("SELECT id, sender, status, message_ids, claimed_at, answered_at"
+                          " FROM chat_turns WHERE sender = ANY(%s) ORDER BY sender, id",
+                          (wa,)).fetchall()
         stored = db.execute("SELECT count(*) FROM chat_messages WHERE sender = ANY(%s)",
                             (wa,)).fetchone()[0]
 
@@ -478,21 +490,33 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
     for r in rows:
         got.setdefault(r[1], []).extend(r[3])
     in_order = all(got.get(s, []) == [m for m in mids if m in sent] for s, mids in per_sender.items())
-    overlaps = 0
+    # Two claimed turns of one conversation at once: what each agent saw
+    # right after its claim (doubles). Not from claimed_at / answered_at:
+    # both are now(), the start of their transaction, so a claim that began
+    # a few ms before the previous turn's answer committed, and took its
+    # snapshot after, looks like an overlap there without being one; that
+    # figure is kept as timestamp_overlaps, with its largest gap.
+    overlaps, overlap_examples = len(doubles), doubles
+    ts_overlaps, ts_gap = 0, 0.0
     by_sender = {}
-    for c in claims:
-        by_sender.setdefault(c[2], []).append((c[4], c[5]))
+    for r in rows:
+        if r[4] is not None:
+            by_sender.setdefault(r[1], []).append((r[4], r[5]))
     for iv in by_sender.values():
         iv.sort()
-        overlaps += sum(1 for a, b in zip(iv, iv[1:]) if b[0] < a[1])
+        for a, b in zip(iv, iv[1:]):
+            if a[1] is not None and b[0] < a[1]:
+                ts_overlaps += 1
+                ts_gap = max(ts_gap, (a[1] - b[0]).total_seconds() * 1000.0)
 
     # Per turn: the wait from its first / last message's 202 to its claim.
-    wait_first, wait_last, sizes = [], [], {}
+    wait_first, wait_last, wait_single, wait_gathered, sizes = [], [], [], [], {}
     for c in claims:
         t202 = [sent[m][2] for m in c[3] if m in sent]
         if t202:
             wait_first.append((c[4] - min(t202)) * 1000.0)
             wait_last.append((c[4] - max(t202)) * 1000.0)
+            (wait_single if len(c[3]) == 1 else wait_gathered).append(wait_first[-1])
         sizes[len(c[3])] = sizes.get(len(c[3]), 0) + 1
     bursts = len({(v[0], v[1]) for v in sent.values()})
     turns = len(rows)
@@ -510,10 +534,13 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
         "max_turn_size": max(sizes) if sizes else None,
         "wait_first_202_to_claim_ms": summary(wait_first),
         "wait_last_202_to_claim_ms": summary(wait_last),
+        "wait_first_202_to_claim_ms_one_message_turns": summary(wait_single),
+        "wait_first_202_to_claim_ms_gathered_turns": summary(wait_gathered),
         "agent_utilization": round(busy / (n_agents * elapsed), 3) if elapsed > 0 else None,
         "drain_s": round(t_drained - t_sent_end, 2), "drained": drained,
         "every_message_in_one_turn": in_one_turn, "order_kept": in_order,
-        "overlapping_claims": overlaps,
+        "overlapping_claims": overlaps, "overlap_examples": overlap_examples[:5],
+        "timestamp_overlaps": ts_overlaps, "timestamp_overlap_max_ms": round(ts_gap, 2),
         "errors": len(errors), "error_examples": errors[:5],
         "seed_buffer_ms": SEED_BUFFER_MS,
     }
@@ -531,11 +558,20 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
               " before a message is even handed over)")
         print(f"    from the first 202  {F['p50']:7.1f}  {F['p99']:7.1f}  {F['max']:7.1f}")
         print(f"    from the last 202   {W['p50']:7.1f}  {W['p99']:7.1f}  {W['max']:7.1f}")
+        for label, key in (("1-message turns", "wait_first_202_to_claim_ms_one_message_turns"),
+                           ("gathered turns", "wait_first_202_to_claim_ms_gathered_turns")):
+            v = res[key]
+            if v["n"]:
+                print(f"    first 202, {label:16s}{v['p50']:7.1f}  {v['p99']:7.1f}  {v['max']:7.1f}"
+                      f"   ({v['n']} turns)")
     print(f"  agents busy {res['agent_utilization'] * 100:.0f}% of the time; drained"
           f" {res['drain_s']} s after the last message" + ("" if drained else " (NOT drained)"))
     print(f"  every message in exactly one turn: {'yes' if in_one_turn else 'NO'}; order kept:"
-          f" {'yes' if in_order else 'NO'}; overlapping claims of one conversation: {overlaps};"
-          f" errors: {len(errors)}")
+          f" {'yes' if in_order else 'NO'}; two claimed turns of one conversation: {overlaps}"
+          f" (by claimed_at/answered_at, which are transaction starts: {ts_overlaps},"
+          f" at most {ts_gap:.2f} ms); errors: {len(errors)}")
+    for ex in overlap_examples[:3]:
+        print(f"    overlap: {ex}")
     return res
 
 
@@ -560,6 +596,9 @@ def main():
     # LISTEN thread stamps a NOTIFY when it arrives.
     sys.setswitchinterval(0.0005)
 
+    load = os.getloadavg()[0]
+    print(f"chat: {os.cpu_count()} CPUs, load average {load:.2f} before the run"
+          " (Kafka, PostgreSQL, both daemons and this client share them)")
     tmp = tempfile.mkdtemp(prefix="sluice-bench-chat-")
     svc = a.services or os.path.join(tmp, "svc")
     if not a.services:
@@ -642,7 +681,8 @@ def main():
     if results:
         os.makedirs(os.path.dirname(OUT), exist_ok=True)
         with open(OUT, "w") as f:
-            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, **results}, f, indent=2)
+            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, "cpus": os.cpu_count(),
+                       "loadavg_before": load, **results}, f, indent=2)
             f.write("\n")
         print(f"chat: wrote {os.path.relpath(OUT, REPO)}")
 

@@ -238,7 +238,9 @@ for _ in $(seq 1 300); do
 	sleep 0.1
 done
 [ -n "$first" ] || die "no turn holds wamid.demo-ana-1 after 30 s; see .run/sluice-worker.log"
+claimed=0
 if [ "${first#* }" = open ]; then
+	claimed=1
 	say "her first message opened turn ${first% *}; the demo agent claims it:"
 	say "  SELECT * FROM sluice_claim_turn('demo-agent')"
 	psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sender, lead_id, status, claimed_by, message_ids,
@@ -246,7 +248,11 @@ if [ "${first#* }" = open ]; then
 else
 	say "her first message's turn ${first% *} is ${first#* } already (an earlier run): nothing to claim"
 fi
-say "while the agent holds it: a delivery status, then two quick messages ..."
+if [ "$claimed" = 1 ]; then
+	say "while the agent holds it: a delivery status, then two quick messages ..."
+else
+	say "the delivery status and the two quick messages again (stored already) ..."
+fi
 post_chat chat-status
 post_chat chat-burst-1
 post_chat chat-burst-2
@@ -275,9 +281,13 @@ psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sender, lead_id, status, message_
 	FROM chat_turns WHERE sender = '$ana' ORDER BY id"
 [ "$cn" -ge 3 ] || die "only $cn of Ana's 3 chat messages stored after 30 s; see .run/sluice-worker.log"
 
-say "the demo agent is done with its turn: sluice_answer_turn"
-psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sluice_answer_turn(id) AS answered
-	FROM chat_turns WHERE sender = '$ana' AND status = 'claimed' AND claimed_by = 'demo-agent'"
+held=$(psqlq "SELECT count(*) FROM chat_turns
+	WHERE sender = '$ana' AND status = 'claimed' AND claimed_by = 'demo-agent'")
+if [ "$held" -gt 0 ]; then
+	say "the demo agent is done with its turn: sluice_answer_turn"
+	psql "$SLUICE_POSTGRES_DSN" -Xq -c "SELECT id, sluice_answer_turn(id) AS answered
+		FROM chat_turns WHERE sender = '$ana' AND status = 'claimed' AND claimed_by = 'demo-agent'"
+fi
 open=$(psqlq "SELECT count(*) FROM chat_turns WHERE sender = '$ana' AND status = 'open'")
 if [ "$open" -gt 0 ]; then
 	say "deploy/samples/agent.py answers the gathered turn (LISTEN sluice_turns, claim, answer):"
