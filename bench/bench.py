@@ -14,35 +14,15 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("SLUICE_BUILD_DIR", os.path.join(REPO, "build"))
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_http(url, timeout=30):
-    import urllib.request
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"not ready: {url}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
+                      start_services, wait_http)
 
 
 def wrk(url, seconds, conns, threads=2):
@@ -99,8 +79,7 @@ def bench_ingest(env, tmp, seconds):
         f.write(f"listen = 127.0.0.1:{iport}\ntopic = bench-{uuid.uuid4().hex[:8]}\n"
                 f"schema_dir = {REPO}/schemas\nlog_level = warn\n"
                 "source.tavus.kind = transcript\nsource.tavus.signature = none\n")
-    ingest = subprocess.Popen([os.path.join(BUILD, "sluice-ingest"), "-c", iconf],
-                              env=env, stderr=open(os.path.join(tmp, "ingest.log"), "w"))
+    ingest = daemon("sluice-ingest", iconf, env, os.path.join(tmp, "ingest.log"))
     results = {}
     try:
         wait_http(f"http://127.0.0.1:{iport}/readyz")
@@ -201,8 +180,7 @@ def bench_worker(env, tmp, rows):
     with open(wconf, "w") as f:
         f.write(f"topic = {topic}\ngroup_id = bench-{run}\nlog_level = info\n")
     t = time.perf_counter()
-    worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c", wconf], env=env,
-                              stderr=open(os.path.join(tmp, "worker.log"), "w"))
+    worker = daemon("sluice-worker", wconf, env, os.path.join(tmp, "worker.log"))
     try:
         with psycopg.connect(dsn, autocommit=True) as db:
             # Time from the first row to the last, so group join and
@@ -246,12 +224,10 @@ def bench_e2e(env, tmp, seconds, rate=2000, probes=200):
                 "log_level = warn\nsource.tavus.kind = transcript\nsource.tavus.signature = none\n")
     with open(os.path.join(tmp, "e2e-worker.conf"), "w") as f:
         f.write(f"topic = {topic}\ngroup_id = e2e-{run}\nlog_level = info\n")
-    worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c",
-                               os.path.join(tmp, "e2e-worker.conf")], env=env,
-                              stderr=open(os.path.join(tmp, "e2e-worker.log"), "w"))
-    ingest = subprocess.Popen([os.path.join(BUILD, "sluice-ingest"), "-c",
-                               os.path.join(tmp, "e2e-ingest.conf")], env=env,
-                              stderr=open(os.path.join(tmp, "e2e-ingest.log"), "w"))
+    worker = daemon("sluice-worker", os.path.join(tmp, "e2e-worker.conf"), env,
+                    os.path.join(tmp, "e2e-worker.log"))
+    ingest = daemon("sluice-ingest", os.path.join(tmp, "e2e-ingest.conf"), env,
+                    os.path.join(tmp, "e2e-ingest.log"))
     r = redislib.Redis.from_url(env["SLUICE_REDIS_URL"])
     lat = []
     try:
@@ -315,14 +291,7 @@ def main():
         if a.only != "worker" and not shutil.which(tool):
             raise SystemExit(f"{tool} missing: run deploy/install-deps.sh")
     tmp = tempfile.mkdtemp(prefix="sluice-bench-")
-    svc = os.path.join(tmp, "svc")
-    subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "start", svc], check=True)
-    env = dict(os.environ)
-    with open(os.path.join(svc, "services.env")) as f:
-        for line in f:
-            m = re.match(r"export (\w+)=(.*)", line.strip())
-            if m:
-                env[m.group(1)] = m.group(2)
+    svc, env = start_services(tmp)
     try:
         if a.only in (None, "ingest"):
             bench_ingest(env, tmp, a.seconds)
@@ -331,11 +300,7 @@ def main():
         if a.only in (None, "e2e"):
             bench_e2e(env, tmp, max(a.seconds, 10))
     finally:
-        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "destroy", svc])
-        if os.environ.get("SLUICE_BENCH_KEEP"):
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        end_services(tmp, svc)
 
 
 if __name__ == "__main__":

@@ -44,20 +44,18 @@ import math
 import os
 import random
 import re
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
-import urllib.request
 import uuid
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("SLUICE_BUILD_DIR", os.path.join(REPO, "build"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
+                      start_services, stop, wait_http)
+
 OUT = os.path.join(REPO, "bench", "out", "chat.json")
 
 SEED = 20261123
@@ -68,25 +66,6 @@ BURST_LEN = (2, 4)            # messages per burst, inclusive
 BURST_GAP = (0.100, 0.400)    # seconds between a burst's messages
 BURST_PAUSE = (1.0, 3.0)      # seconds of quiet between bursts
 BATCH_RE = re.compile(r"batch of (\d+) records in (\d+) ms")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_http(url, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"not ready: {url}")
 
 
 def pct(values, p):
@@ -600,16 +579,8 @@ def main():
     print(f"chat: {os.cpu_count()} CPUs, load average {load:.2f} before the run"
           " (Kafka, PostgreSQL, both daemons and this client share them)")
     tmp = tempfile.mkdtemp(prefix="sluice-bench-chat-")
-    svc = a.services or os.path.join(tmp, "svc")
-    if not a.services:
-        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "start", svc], check=True)
-    env = dict(os.environ)
+    svc, env = start_services(tmp, a.services)
     env.pop("SLUICE_TOPIC", None)   # the configs name their own topic
-    with open(os.path.join(svc, "services.env")) as f:
-        for line in f:
-            m = re.match(r"export (\w+)=(.*)", line.strip())
-            if m:
-                env[m.group(1)] = m.group(2)
 
     tag = f"{uuid.uuid4().int % 10**6:06d}"
     dbname = f"sluice_bench_chat_{tag}"
@@ -644,10 +615,8 @@ def main():
                     f"postgres_dsn = {dsn}\nredis_url = {env['SLUICE_REDIS_URL']}\n"
                     "log_level = info\n")
         wlog = os.path.join(tmp, "chat-worker.log")
-        worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c", wconf], env=env,
-                                  stderr=open(wlog, "w"))
-        ingest = subprocess.Popen([os.path.join(BUILD, "sluice-ingest"), "-c", iconf], env=env,
-                                  stderr=open(os.path.join(tmp, "chat-ingest.log"), "w"))
+        worker = daemon("sluice-worker", wconf, env, wlog)
+        ingest = daemon("sluice-ingest", iconf, env, os.path.join(tmp, "chat-ingest.log"))
         wait_http(f"http://127.0.0.1:{iport}/readyz")
 
         if a.only in (None, "latency"):
@@ -658,25 +627,14 @@ def main():
                                              a.burst_senders, a.seconds, tag)
     finally:
         for p in (ingest, worker):
-            if p is None:
-                continue
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+            if p is not None:
+                stop(p)
         try:
             with psycopg.connect(admin, autocommit=True) as db:
                 db.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
         except Exception as e:   # noqa: BLE001 - the services may be gone already
             print(f"chat: could not drop database {dbname}: {e}", file=sys.stderr)
-        if not a.services:
-            subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "destroy", svc])
-        if os.environ.get("SLUICE_BENCH_KEEP"):
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        end_services(tmp, svc, a.services)
 
     if results:
         os.makedirs(os.path.dirname(OUT), exist_ok=True)

@@ -30,9 +30,7 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,8 +43,10 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD = os.environ.get("SLUICE_BUILD_DIR", os.path.join(REPO, "build"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
+                      start_services, stop, wait_http)
+
 OUT = os.path.join(REPO, "bench", "out", "contexts.json")
 
 SEED = 20261123
@@ -54,25 +54,6 @@ LAT_MIN, LAT_MAX = 0.020, 0.180   # seconds
 RATIO_TARGET = 1.15               # sluice / ideal, at most
 SPEEDUP_TARGET = 1.3              # chunked / sluice at K = 5, at least
 LOOKUP_RE = re.compile(r"(\d+) lookups \(peak (\d+) in flight, (\d+) ms\)")
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
-
-
-def wait_http(url, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            urllib.request.urlopen(url, timeout=1).read()
-            return
-        except Exception:
-            time.sleep(0.1)
-    raise SystemExit(f"not ready: {url}")
 
 
 # ------------------------------------------------------------ the stub ----
@@ -241,9 +222,8 @@ def bench_contexts(env, tmp, ks, n_leads):
         f.write(f"listen = 127.0.0.1:{iport}\nbrokers = {env['SLUICE_KAFKA_BROKERS']}\n"
                 f"topic = {topic}\nschema_dir = {REPO}/schemas\nlog_level = warn\n"
                 "source.sched.kind = campaign\nsource.sched.signature = none\n")
-    ingest = subprocess.Popen([os.path.join(BUILD, "sluice-ingest"), "-c",
-                               os.path.join(tmp, "ctx-ingest.conf")], env=env,
-                              stderr=open(os.path.join(tmp, "ctx-ingest.log"), "w"))
+    ingest = daemon("sluice-ingest", os.path.join(tmp, "ctx-ingest.conf"), env,
+                    os.path.join(tmp, "ctx-ingest.log"))
     r = redislib.Redis.from_url(env["SLUICE_REDIS_URL"])
     rows = []
     try:
@@ -305,8 +285,7 @@ def one_k(env, tmp, db, r, stub, iport, topic, group, inbox, leads, lats, warm, 
                 f"lead_context.url = http://127.0.0.1:{stub.port}/leads/{{lead_id}}\n"
                 f"lead_context.concurrency = {k}\n")
     log = os.path.join(tmp, f"ctx-worker-{k}.log")
-    worker = subprocess.Popen([os.path.join(BUILD, "sluice-worker"), "-c", conf], env=env,
-                              stderr=open(log, "w"))
+    worker = daemon("sluice-worker", conf, env, log)
     tag = leads[0].rsplit("-", 1)[0]
     try:
         # Warm-up: one message, so the worker owns the partitions and has
@@ -344,12 +323,7 @@ def one_k(env, tmp, db, r, stub, iport, topic, group, inbox, leads, lats, warm, 
             raise SystemExit(f"K={k}: no batch log line with lookups in {log}")
         m = LOOKUP_RE.search(line)
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop(worker)
 
     sluice = float(m.group(3))
     ideal = ideal_ms(lats, k)
@@ -376,25 +350,12 @@ def main():
     a = ap.parse_args()
     ks = [int(k) for k in a.ks.split(",")]
     tmp = tempfile.mkdtemp(prefix="sluice-bench-ctx-")
-    svc = a.services or os.path.join(tmp, "svc")
-    if not a.services:
-        subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "start", svc], check=True)
-    env = dict(os.environ)
+    svc, env = start_services(tmp, a.services)
     env.pop("SLUICE_TOPIC", None)   # the configs name their own topic
-    with open(os.path.join(svc, "services.env")) as f:
-        for line in f:
-            m = re.match(r"export (\w+)=(.*)", line.strip())
-            if m:
-                env[m.group(1)] = m.group(2)
     try:
         bench_contexts(env, tmp, ks, a.leads)
     finally:
-        if not a.services:
-            subprocess.run([os.path.join(REPO, "deploy", "services.sh"), "destroy", svc])
-        if os.environ.get("SLUICE_BENCH_KEEP"):
-            print(f"logs kept in {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
+        end_services(tmp, svc, a.services)
 
 
 if __name__ == "__main__":
