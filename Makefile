@@ -167,7 +167,11 @@ $(BUILD)/loadgen: bench/loadgen.c
 	@echo "  LD  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-bench: all $(BUILD)/loadgen
+$(BUILD)/kproduce: bench/kproduce.c
+	@echo "  LD  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+bench: all $(BUILD)/loadgen $(BUILD)/kproduce
 	$(Q)bench/run.sh
 
 clean:

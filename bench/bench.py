@@ -6,10 +6,15 @@ same run, on the same machine, and printed as a ratio.
           202 to the same requests (wrk), p99 latency, peak RSS.
   worker: transcript rows/s into PostgreSQL by sluice-worker vs a raw COPY
           of the same rows and vs a naive one-INSERT-per-row loop.
+  ceilings: what bounds ingest here: librdkafka's producer alone with the
+          same records and settings (bench/kproduce.c), and sluice-ingest
+          against librdkafka's mock cluster (no broker JVM on the cores),
+          next to sluice against the real broker in the same run.
 
-Usage: bench/bench.py [--seconds N] [--rows N] [--only ingest|worker]
+Usage: bench/bench.py [--seconds N] [--rows N] [--only ingest|worker|e2e|ceilings]
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -23,6 +28,20 @@ import uuid
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
                       start_services, wait_http)
+
+
+# One row per figure for the summary table (bench/summary.py):
+# figure, value, unit, baseline name, baseline value, ratio, goal.
+ROWS = []
+
+
+def row(figure, value, unit, baseline=None, base_value=None, ratio=None,
+        goal=None):
+    ROWS.append({"figure": figure, "value": round(value, 2), "unit": unit,
+                 "baseline": baseline,
+                 "baseline_value": None if base_value is None else round(base_value, 2),
+                 "ratio": None if ratio is None else round(ratio, 3),
+                 "goal": goal})
 
 
 def wrk(url, seconds, conns, threads=2):
@@ -117,6 +136,56 @@ def bench_ingest(env, tmp, seconds):
         print(f"  {name}: achieved {ach:7.0f}/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ok {ok} other {other}")
     print(f"  target: sluice p99 < 5 ms at half of nginx's rate")
     print(f"ingest: peak RSS {rss:.1f} MB (target < 64 MB)")
+    row("ingest req/s", i_rps, "req/s", "nginx static 202", nginx_rate,
+        i_rps / nginx_rate, ">= 0.5")
+    row("ingest p99 at half its max", sluice_own_half[1], "ms", None, None, None,
+        "< 5 ms")
+    row("ingest peak RSS", rss, "MB", None, None, None, "< 64 MB")
+
+
+def ingest_conf(tmp, name, port, extra=""):
+    conf = os.path.join(tmp, f"{name}.conf")
+    with open(conf, "w") as f:
+        f.write(f"listen = 127.0.0.1:{port}\ntopic = bench-{uuid.uuid4().hex[:8]}\n"
+                f"schema_dir = {REPO}/schemas\nlog_level = warn\n"
+                "source.tavus.kind = transcript\nsource.tavus.signature = none\n"
+                + extra)
+    return conf
+
+
+def bench_ceilings(env, tmp, seconds):
+    path = "/v1/webhooks/tavus"
+    out = subprocess.run([os.path.join(BUILD, "kproduce"), env["SLUICE_KAFKA_BROKERS"],
+                          f"bench-kp-{uuid.uuid4().hex[:8]}", str(seconds)],
+                         check=True, capture_output=True, text=True).stdout
+    producer = float(out.split()[1])
+    rows = {}
+    for name, extra in (("real broker", ""),
+                        ("mock cluster", "kafka.test.mock.num.brokers = 1\n"
+                                         "topic_partitions = 0\n")):
+        port = free_port()
+        conf = ingest_conf(tmp, f"ceiling-{len(rows)}", port, extra)
+        ingest = daemon("sluice-ingest", conf, env,
+                        os.path.join(tmp, f"ceiling-{len(rows)}.log"))
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            wrk(f"http://127.0.0.1:{port}{path}", 5, 256)       # warm-up
+            rows[name] = wrk(f"http://127.0.0.1:{port}{path}", seconds, 256)
+        finally:
+            ingest.send_signal(signal.SIGTERM)
+            ingest.wait(timeout=30)
+    real = rows["real broker"][0]
+    print("ceilings: what bounds sluice-ingest on this box (same records, same run)")
+    print(f"  librdkafka producer alone (acks=all, idempotent) {producer:10.0f} records/s")
+    print(f"  sluice-ingest, real broker                       {real:10.0f} req/s"
+          f"  p99 {rows['real broker'][1]:7.2f} ms  ({real / producer:.2f} of the producer alone)")
+    mock = rows["mock cluster"][0]
+    print(f"  sluice-ingest, librdkafka mock cluster (no JVM)  {mock:10.0f} req/s"
+          f"  p99 {rows['mock cluster'][1]:7.2f} ms  ({real / mock:.2f} of it with the real broker)")
+    row("ingest req/s, real broker", real, "req/s", "producer alone", producer,
+        real / producer, "ceiling")
+    row("ingest req/s, real broker", real, "req/s", "ingest on mock cluster", mock,
+        real / mock, "ceiling")
 
 
 def transcript(cid, n_msgs):
@@ -206,6 +275,10 @@ def bench_worker(env, tmp, rows):
     print(f"worker: sluice-worker      {worker_rate:10.0f} rows/s  ({convs} records x {per} messages)")
     print(f"worker: ratio vs COPY      {worker_rate / copy_rate:10.2f}   (target >= 0.6)")
     print(f"worker: ratio vs naive     {worker_rate / naive_rate:10.1f}   (target >= 30)")
+    row("worker rows/s", worker_rate, "rows/s", "raw COPY", copy_rate,
+        worker_rate / copy_rate, ">= 0.6")
+    row("worker rows/s", worker_rate, "rows/s", "naive INSERT loop", naive_rate,
+        worker_rate / naive_rate, ">= 30")
 
 
 def bench_e2e(env, tmp, seconds, rate=2000, probes=200):
@@ -279,13 +352,14 @@ def bench_e2e(env, tmp, seconds, rate=2000, probes=200):
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
     print(f"e2e: {probes} probes under {rate}/s: 202 -> row committed and cache key gone:"
           f" p50 {p50:.1f} ms  p99 {p99:.1f} ms  max {lat[-1]:.1f} ms  (target p99 < 50 ms)")
+    row("e2e p99 202 -> row and key gone", p99, "ms", None, None, None, "< 50 ms")
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rows", type=int, default=100000)
-    ap.add_argument("--only", choices=["ingest", "worker", "e2e"])
+    ap.add_argument("--only", choices=["ingest", "worker", "e2e", "ceilings"])
     a = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if a.only != "worker" and not shutil.which(tool):
@@ -299,8 +373,14 @@ def main():
             bench_worker(env, tmp, a.rows)
         if a.only in (None, "e2e"):
             bench_e2e(env, tmp, max(a.seconds, 10))
+        if a.only in (None, "ceilings"):
+            bench_ceilings(env, tmp, a.seconds)
     finally:
         end_services(tmp, svc)
+    out = os.path.join(REPO, "bench", "out")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump({"rows": ROWS}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,9 @@
 #                                 pick one with --only)
 #   bench/run.sh contexts [ARGS]  only bench/contexts.py ARGS
 #   bench/run.sh chat [ARGS]      only bench/chat.py ARGS
+# A full run ends with bench/summary.py: one table of every figure next to
+# its baseline, as bench/out/summary.json and summary.png (matplotlib is
+# installed into the venv for it when missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
@@ -20,4 +23,7 @@ case " $* " in
 *" --only"*) exit 0 ;;
 esac
 "$py" bench/contexts.py
-exec "$py" bench/chat.py
+"$py" bench/chat.py
+"$py" -c 'import matplotlib' 2>/dev/null || "$py" -m pip install -q matplotlib ||
+	echo "bench: matplotlib not installed; the summary has no chart" >&2
+exec "$py" bench/summary.py

@@ -1,0 +1,110 @@
+/* The Kafka ceiling for sluice-ingest: librdkafka's producer alone, with
+ * the ingest's settings (idempotent, acks=all, linger.ms=1) and the same
+ * records (the transcript body wrk posts, a header set like the ingest's),
+ * as fast as the broker confirms them for a number of seconds.
+ *
+ * Usage: kproduce BROKERS TOPIC SECONDS   → prints "rate N delivered N" */
+#include <librdkafka/rdkafka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static long delivered, failed;
+
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	if (m->err)
+		failed++;
+	else
+		delivered++;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+int main(int argc, char **argv)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	char err[512], body[512], key[64];
+	rd_kafka_t *rk;
+	double t0, t1, until;
+	long sent = 0, at_start;
+
+	if (argc != 4) {
+		fprintf(stderr, "usage: kproduce BROKERS TOPIC SECONDS\n");
+		return 2;
+	}
+	if (rd_kafka_conf_set(conf, "bootstrap.servers", argv[1], err,
+			      sizeof(err)) ||
+	    rd_kafka_conf_set(conf, "enable.idempotence", "true", err,
+			      sizeof(err)) ||
+	    rd_kafka_conf_set(conf, "acks", "all", err, sizeof(err)) ||
+	    rd_kafka_conf_set(conf, "linger.ms", "1", err, sizeof(err))) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, dr_cb);
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, err, sizeof(err));
+	if (!rk) {
+		fprintf(stderr, "%s\n", err);
+		return 1;
+	}
+	/* Warm-up: a second of records so leaders and the producer id are
+	 * known before measuring. */
+	until = now_s() + atof(argv[3]) + 1.0;
+	t0 = now_s() + 1.0;
+	at_start = -1;
+	while ((t1 = now_s()) < until) {
+		rd_kafka_headers_t *h = rd_kafka_headers_new(6);
+		int n = snprintf(
+		    body, sizeof(body),
+		    "{\"conversation_id\":\"kp-%ld\",\"event_type\":"
+		    "\"application.transcription_ready\",\"message_type\":"
+		    "\"application\",\"timestamp\":\"2025-05-01T12:00:00Z\","
+		    "\"properties\":{\"transcript\":[{\"role\":\"user\","
+		    "\"content\":\"hello there\"},{\"role\":\"assistant\","
+		    "\"content\":\"hi, how can I help?\"}]}}",
+		    sent);
+
+		if (at_start < 0 && t1 >= t0)
+			at_start = delivered;
+		snprintf(key, sizeof(key), "kp-%ld", sent);
+		rd_kafka_header_add(h, "source", -1, "tavus", -1);
+		rd_kafka_header_add(h, "kind", -1, "transcript", -1);
+		rd_kafka_header_add(h, "event-type", -1,
+				    "application.transcription_ready", -1);
+		rd_kafka_header_add(h, "webhook-id", -1,
+				    "wh_0123456789abcdef0123456789abcdef", -1);
+		rd_kafka_header_add(h, "received-at", -1, "1732350000000", -1);
+		rd_kafka_header_add(h, "request-id", -1,
+				    "req_0123456789abcdef0123456789abcdef", -1);
+		if (rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(argv[2]),
+				      RD_KAFKA_V_KEY(key, strlen(key)),
+				      RD_KAFKA_V_VALUE(body, (size_t)n),
+				      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+				      RD_KAFKA_V_HEADERS(h),
+				      RD_KAFKA_V_END) != 0) {
+			rd_kafka_headers_destroy(h);
+			rd_kafka_poll(rk, 1); /* queue full: let reports in */
+			continue;
+		}
+		sent++;
+		rd_kafka_poll(rk, 0);
+	}
+	if (at_start < 0)
+		at_start = 0;
+	printf("rate %.0f delivered %ld failed %ld\n",
+	       (double)(delivered - at_start) / atof(argv[3]), delivered,
+	       failed);
+	rd_kafka_flush(rk, 10000);
+	rd_kafka_destroy(rk);
+	return 0;
+}
