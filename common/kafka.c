@@ -3,6 +3,7 @@
 #include "kafka.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "log.h"
@@ -152,4 +153,42 @@ void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 	       : level <= 5 ? LOG_WARN
 			    : LOG_DEBUG,
 	       NULL, "rdkafka %s: %s", fac, buf);
+}
+
+long kafka_topic_max_message_bytes(rd_kafka_t *rk, const char *topic,
+				   int timeout_ms)
+{
+	rd_kafka_ConfigResource_t *res =
+	    rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic);
+	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
+	rd_kafka_AdminOptions_t *opts =
+	    rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+	rd_kafka_event_t *ev;
+	long max = -1;
+	char err[256];
+
+	rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, err,
+						  sizeof(err));
+	rd_kafka_DescribeConfigs(rk, &res, 1, opts, q);
+	ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
+	if (ev && !rd_kafka_event_error(ev)) {
+		size_t n = 0, nc = 0;
+		const rd_kafka_ConfigResource_t **rs =
+		    rd_kafka_DescribeConfigs_result_resources(
+			rd_kafka_event_DescribeConfigs_result(ev), &n);
+		const rd_kafka_ConfigEntry_t **cs =
+		    n ? rd_kafka_ConfigResource_configs(rs[0], &nc) : NULL;
+
+		for (size_t i = 0; i < nc; i++)
+			if (strcmp(rd_kafka_ConfigEntry_name(cs[i]),
+				   "max.message.bytes") == 0 &&
+			    rd_kafka_ConfigEntry_value(cs[i]))
+				max = atol(rd_kafka_ConfigEntry_value(cs[i]));
+	}
+	if (ev)
+		rd_kafka_event_destroy(ev);
+	rd_kafka_AdminOptions_destroy(opts);
+	rd_kafka_queue_destroy(q);
+	rd_kafka_ConfigResource_destroy(res);
+	return max;
 }

@@ -60,6 +60,10 @@ bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
 			int timeout_ms, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* The topic's max.message.bytes, or -1 when it cannot be read in time. */
+long kafka_topic_max_message_bytes(rd_kafka_t *rk, const char *topic,
+				   int timeout_ms);
+
 /* The value of header name as a NUL-terminated copy in out ("" if absent). */
 bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
 		  size_t outsz);

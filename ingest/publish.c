@@ -77,16 +77,22 @@ static void record_limit(struct ingest *ing)
 {
 	char v[32];
 	size_t n = sizeof(v);
-	long max = 1000000;
+	long max = 1000000, topic_max;
 
 	if (rd_kafka_conf_get(rd_kafka_conf(ing->rk), "message.max.bytes", v,
 			      &n) == RD_KAFKA_CONF_OK)
 		max = atol(v);
+	/* The topic may take less than the producer would send. */
+	topic_max =
+	    kafka_topic_max_message_bytes(ing->rk, ing->cfg.topic, 2000);
+	if (topic_max > 0 && topic_max < max)
+		max = topic_max;
 	ing->max_record_bytes = (int)(max - RECORD_OVERHEAD);
 	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
 		log_warn(
 		    "max_body_bytes %d is above what Kafka takes "
-		    "(message.max.bytes %ld): bodies over %d bytes get 413",
+		    "(message.max.bytes %ld, producer or topic): bodies over "
+		    "%d bytes get 413",
 		    ing->cfg.max_body_bytes, max, ing->max_record_bytes);
 }
 
@@ -183,7 +189,6 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	ing->rk = producer_new(ing, errstr, errstr_size);
 	if (!ing->rk)
 		return false;
-	record_limit(ing);
 	ing->rebuild_ev = event_new(ing->base, -1, 0, handle_rebuild, ing);
 	ing->wake_ev = event_new(ing->base, ing->wake_fds[0],
 				 EV_READ | EV_PERSIST, handle_wake, ing);
@@ -201,6 +206,7 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	} else {
 		ing->kafka_up = true;
 	}
+	record_limit(ing);
 	return true;
 }
 

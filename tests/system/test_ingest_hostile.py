@@ -299,3 +299,23 @@ def test_kafka_outage_under_load_answers_by_the_deadline(pipeline, services):
             f"slowest 503 after {worst:.2f} s, deadline {deadline_ms} ms")
     finally:
         services.start_kafka()
+
+
+def test_topic_record_limit_is_413(pipeline, services):
+    """A topic created with a smaller max.message.bytes than the producer's:
+    a body over it is 413 at the door, not a 503 retried forever."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+    admin = AdminClient({"bootstrap.servers": services.brokers,
+                         "log_level": 0})
+    fs = admin.create_topics([NewTopic(pipeline.topic, 4, 1, config={
+        "max.message.bytes": "100000"})])
+    fs[pipeline.topic].result(30)
+    ingest = pipeline.start_ingest(max_body_bytes=1048576)
+    # read at start: 100,000 less the room kept for key and headers
+    assert "bodies over 95904 bytes get 413" in ingest.log_text(), \
+        ingest.log_tail()
+    big = ingest.post(transcript(pipeline.cid("big"), [("user", "x" * 150_000)]))
+    assert big.status == 413, f"over the topic's limit: {big!r}"
+    ok = ingest.post(transcript(pipeline.cid("ok"), [("user", "x" * 50_000)]))
+    assert ok.status == 202, ok
+    assert services.topic_count(pipeline.topic) == 1
