@@ -155,23 +155,33 @@ void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 	       NULL, "rdkafka %s: %s", fac, buf);
 }
 
-long kafka_topic_max_message_bytes(rd_kafka_t *rk, const char *topic,
-				   int timeout_ms)
+rd_kafka_queue_t *kafka_topic_config_ask(rd_kafka_t *rk, const char *topic,
+					 int timeout_ms)
 {
 	rd_kafka_ConfigResource_t *res =
 	    rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic);
 	rd_kafka_queue_t *q = rd_kafka_queue_new(rk);
 	rd_kafka_AdminOptions_t *opts =
 	    rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
-	rd_kafka_event_t *ev;
-	long max = -1;
 	char err[256];
 
 	rd_kafka_AdminOptions_set_request_timeout(opts, timeout_ms, err,
 						  sizeof(err));
 	rd_kafka_DescribeConfigs(rk, &res, 1, opts, q);
-	ev = rd_kafka_queue_poll(q, timeout_ms + 1000);
-	if (ev && !rd_kafka_event_error(ev)) {
+	rd_kafka_AdminOptions_destroy(opts);
+	rd_kafka_ConfigResource_destroy(res);
+	return q;
+}
+
+int kafka_topic_config_max_bytes(rd_kafka_queue_t *q, long *max)
+{
+	rd_kafka_event_t *ev = rd_kafka_queue_poll(q, 0);
+	int ret = -1;
+
+	if (!ev)
+		return 0;
+	*max = -1;
+	if (!rd_kafka_event_error(ev)) {
 		size_t n = 0, nc = 0;
 		const rd_kafka_ConfigResource_t **rs =
 		    rd_kafka_DescribeConfigs_result_resources(
@@ -182,13 +192,11 @@ long kafka_topic_max_message_bytes(rd_kafka_t *rk, const char *topic,
 		for (size_t i = 0; i < nc; i++)
 			if (strcmp(rd_kafka_ConfigEntry_name(cs[i]),
 				   "max.message.bytes") == 0 &&
-			    rd_kafka_ConfigEntry_value(cs[i]))
-				max = atol(rd_kafka_ConfigEntry_value(cs[i]));
+			    rd_kafka_ConfigEntry_value(cs[i])) {
+				*max = atol(rd_kafka_ConfigEntry_value(cs[i]));
+				ret = 1;
+			}
 	}
-	if (ev)
-		rd_kafka_event_destroy(ev);
-	rd_kafka_AdminOptions_destroy(opts);
-	rd_kafka_queue_destroy(q);
-	rd_kafka_ConfigResource_destroy(res);
-	return max;
+	rd_kafka_event_destroy(ev);
+	return ret;
 }

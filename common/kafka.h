@@ -60,9 +60,13 @@ bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,
 			int timeout_ms, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
-/* The topic's max.message.bytes, or -1 when it cannot be read in time. */
-long kafka_topic_max_message_bytes(rd_kafka_t *rk, const char *topic,
-				   int timeout_ms);
+/* Asks for a topic's configuration without waiting; the answer arrives on
+ * the returned queue (destroy it when done). */
+rd_kafka_queue_t *kafka_topic_config_ask(rd_kafka_t *rk, const char *topic,
+					 int timeout_ms);
+/* Polls that queue without blocking: 0 no answer yet, 1 *max is the
+ * topic's max.message.bytes, -1 the request failed. */
+int kafka_topic_config_max_bytes(rd_kafka_queue_t *q, long *max);
 
 /* The value of header name as a NUL-terminated copy in out ("" if absent). */
 bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,

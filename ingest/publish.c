@@ -73,27 +73,64 @@ static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
  * the key and headers (each at most a few hundred bytes). */
 #define RECORD_OVERHEAD 4096
 
+static void record_limit_set(struct ingest *ing, long max, const char *whose)
+{
+	ing->max_record_bytes = (int)(max - RECORD_OVERHEAD);
+	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
+		log_warn("max_body_bytes %d is above what Kafka takes (%s "
+			 "%ld): bodies over %d bytes get 413",
+			 ing->cfg.max_body_bytes, whose, max,
+			 ing->max_record_bytes);
+}
+
+/* Loop timer: the topic's own limit, asked at start without blocking the
+ * loop; asked again every few seconds until the broker answers. */
+static void handle_topic_limit(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ing = arg;
+	struct timeval again = {0, 200 * 1000};
+	long max = -1;
+	int r;
+
+	(void)fd;
+	(void)what;
+	if (!ing->limit_q) {
+		ing->limit_q =
+		    kafka_topic_config_ask(ing->rk, ing->cfg.topic, 5000);
+		evtimer_add(ing->limit_ev, &again);
+		return;
+	}
+	r = kafka_topic_config_max_bytes(ing->limit_q, &max);
+	if (r == 0) {
+		evtimer_add(ing->limit_ev, &again);
+		return;
+	}
+	rd_kafka_queue_destroy(ing->limit_q);
+	ing->limit_q = NULL;
+	if (r < 0) {
+		struct timeval later = {5, 0};
+
+		evtimer_add(ing->limit_ev, &later);
+		return;
+	}
+	if (max > 0 && max - RECORD_OVERHEAD < ing->max_record_bytes)
+		record_limit_set(ing, max, "the topic's max.message.bytes");
+}
+
+/* The producer's limit now; the topic's when the broker tells it. */
 static void record_limit(struct ingest *ing)
 {
 	char v[32];
 	size_t n = sizeof(v);
-	long max = 1000000, topic_max;
+	long max = 1000000;
+	struct timeval now = {0, 0};
 
 	if (rd_kafka_conf_get(rd_kafka_conf(ing->rk), "message.max.bytes", v,
 			      &n) == RD_KAFKA_CONF_OK)
 		max = atol(v);
-	/* The topic may take less than the producer would send. */
-	topic_max =
-	    kafka_topic_max_message_bytes(ing->rk, ing->cfg.topic, 2000);
-	if (topic_max > 0 && topic_max < max)
-		max = topic_max;
-	ing->max_record_bytes = (int)(max - RECORD_OVERHEAD);
-	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
-		log_warn(
-		    "max_body_bytes %d is above what Kafka takes "
-		    "(message.max.bytes %ld, producer or topic): bodies over "
-		    "%d bytes get 413",
-		    ing->cfg.max_body_bytes, max, ing->max_record_bytes);
+	record_limit_set(ing, max, "message.max.bytes");
+	ing->limit_ev = evtimer_new(ing->base, handle_topic_limit, ing);
+	evtimer_add(ing->limit_ev, &now);
 }
 
 static void producer_callbacks(rd_kafka_conf_t *conf)
@@ -168,6 +205,13 @@ static void handle_rebuild(evutil_socket_t fd, short what, void *arg)
 			 "producer never reported",
 			 rd_kafka_outq_len(old));
 	ing->rk = fresh;
+	if (ing->limit_q) { /* a queue of the old producer's: ask again */
+		struct timeval now = {0, 0};
+
+		rd_kafka_queue_destroy(ing->limit_q);
+		ing->limit_q = NULL;
+		evtimer_add(ing->limit_ev, &now);
+	}
 	rd_kafka_destroy(old);
 	ing->m.producer_rebuilds++;
 	log_warn("kafka producer rebuilt after a fatal error (%llu so far)",
@@ -264,6 +308,12 @@ void publish_cleanup(struct ingest *ing, int flush_ms)
 	if (ing->rebuild_ev)
 		event_free(ing->rebuild_ev);
 	ing->rebuild_ev = NULL;
+	if (ing->limit_ev)
+		event_free(ing->limit_ev);
+	ing->limit_ev = NULL;
+	if (ing->limit_q)
+		rd_kafka_queue_destroy(ing->limit_q);
+	ing->limit_q = NULL;
 	if (ing->wake_ev)
 		event_free(ing->wake_ev);
 	if (ing->poll_ev)

@@ -311,9 +311,9 @@ def test_topic_record_limit_is_413(pipeline, services):
         "max.message.bytes": "100000"})])
     fs[pipeline.topic].result(30)
     ingest = pipeline.start_ingest(max_body_bytes=1048576)
-    # read at start: 100,000 less the room kept for key and headers
-    assert "bodies over 95904 bytes get 413" in ingest.log_text(), \
-        ingest.log_tail()
+    # asked at start without blocking the loop: 100,000 less the room kept
+    # for key and headers
+    ingest.wait_log(r"bodies over 95904 bytes get 413", timeout=30)
     big = ingest.post(transcript(pipeline.cid("big"), [("user", "x" * 150_000)]))
     assert big.status == 413, f"over the topic's limit: {big!r}"
     ok = ingest.post(transcript(pipeline.cid("ok"), [("user", "x" * 50_000)]))
