@@ -87,6 +87,7 @@ struct ingest {
 	int max_record_bytes;	    /* what Kafka takes: bodies above get 413 */
 	struct event *limit_ev;	    /* asks the topic's own limit */
 	rd_kafka_queue_t *limit_q;  /* its answer, while awaited */
+	int limit_asks;		    /* failed asks so far */
 	struct event *accept_retry; /* re-enables accepting after an error */
 	int accept_backoff_ms;
 	int64_t accept_logged_ms;
