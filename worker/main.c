@@ -159,9 +159,10 @@ static int run_consume(struct worker *w)
 	consume_close(w->consumer);
 	w->consumer = NULL;
 	batch_totals(w->batch, &t);
-	log_info("stopped: %llu batches, %llu records, %llu transcript messages "
-		 "saved, %llu duplicates skipped, %llu dead-lettered",
-		 t.batches, t.records, t.saved, t.skipped, t.dead);
+	log_info(
+	    "stopped: %llu batches, %llu records, %llu transcript messages "
+	    "saved, %llu duplicates skipped, %llu dead-lettered",
+	    t.batches, t.records, t.saved, t.skipped, t.dead);
 	return 0;
 }
 
