@@ -24,6 +24,7 @@ packages=(
     librdkafka-dev libhiredis-dev libcjson-dev libevent-dev libssl-dev libpq-dev
     postgresql redis-server
     wrk clang-format cppcheck nginx-light json-schema-test-suite clang
+    libclang-rt-14-dev
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
