@@ -15,26 +15,44 @@
 #   restart-SVC DIR            stop, then start again on the same port/data
 #   kill-SVC DIR               SIGKILL one at once (crash injection)
 #   destroy DIR                stop all, then delete DIR and its data
+#   start-cluster DIR          start with a three-broker Kafka cluster
+#                              (the same as SLUICE_KAFKA_NODES=3 start DIR)
+#
+# Three-broker cluster (SLUICE_KAFKA_NODES=3 on the first start; DIR keeps
+# the choice in DIR/kafka-nodes, later commands follow it): brokers 1..3,
+# each combined controller+broker of one 3-voter KRaft quorum, in
+# DIR/kafka1..3, with default.replication.factor=3, min.insync.replicas=2
+# and internal topics 3/2. There `kafka` (start-kafka, kill-kafka, ...)
+# means all three brokers and kafka1, kafka2, kafka3 one of them
+# (kill-kafka2 DIR, start-kafka2 DIR). A broker keeps its ports.
 #
 # DIR/services.env holds shell lines `export NAME=VALUE`:
 #   SLUICE_POSTGRES_DSN SLUICE_REDIS_URL SLUICE_KAFKA_BROKERS
 #   SLUICE_PG_PORT SLUICE_REDIS_PORT SLUICE_KAFKA_PORT
 #   SLUICE_KAFKA_CONTROLLER_PORT SLUICE_PG_USER SLUICE_PG_SOCKET_DIR
 #   SLUICE_PG_PID SLUICE_REDIS_PID SLUICE_KAFKA_PID SLUICE_SERVICES_DIR
-# (a PID is empty while its service is stopped).
+# (a PID is empty while its service is stopped). With a cluster,
+# SLUICE_KAFKA_BROKERS lists all three brokers, SLUICE_KAFKA_PORT,
+# SLUICE_KAFKA_CONTROLLER_PORT and SLUICE_KAFKA_PID are broker 1's, and
+# SLUICE_KAFKA_NODES=3 and SLUICE_KAFKA<N>_PORT, SLUICE_KAFKA<N>_PID,
+# SLUICE_KAFKA<N>_CONTROLLER_PORT (N = 1..3) are added.
 #
 # Environment:
 #   PG_PORT REDIS_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT   fixed ports
+#                          (KAFKA_* only for the single broker)
+#   SLUICE_KAFKA_NODES     1 (default) or 3, see above
 #   SLUICE_START_TIMEOUT   seconds to wait for each service (default 60)
 #   SLUICE_STOP_TIMEOUT    seconds before SIGKILL on stop (default 15)
-#   SLUICE_KAFKA_HEAP      JVM heap flags (default "-Xmx512m -Xms512m")
+#   SLUICE_KAFKA_HEAP      JVM heap flags (default "-Xmx512m -Xms512m";
+#                          for each broker of a cluster "-Xmx384m -Xms384m")
 #   SLUICE_KAFKA_LOG_LEVEL root log level of the broker (default WARN)
 #   SLUICE_KAFKA_CDS=0     no JVM class-data-sharing archive for the broker
 #   SLUICE_CACHE           jar cache (see deploy/kafka/fetch.sh)
 #   SLUICE_PG_BINDIR       PostgreSQL server binaries (default: newest
 #                          /usr/lib/postgresql/*/bin)
 #
-# Logs: DIR/kafka/kafka.log (+ kafka.out for the JVM), DIR/redis/redis.log,
+# Logs: DIR/kafka/kafka.log (+ kafka.out for the JVM; a cluster's in
+# DIR/kafka1..3), DIR/redis/redis.log,
 # DIR/pg/postgres.log. Ports are kept in DIR/ports/ and reused on the next
 # start when free (always by start-SVC/restart-SVC, which fail otherwise).
 #
@@ -224,8 +242,9 @@ case "$cmd" in
 esac
 [[ $# -eq 2 && -n "$2" ]] || { usage >&2; die "expected: $prog COMMAND DIR"; }
 case "$cmd" in
-    start|stop|status|destroy) ;;
+    start|stop|status|destroy|start-cluster) ;;
     start-kafka|stop-kafka|restart-kafka|kill-kafka) ;;
+    start-kafka[123]|stop-kafka[123]|restart-kafka[123]|kill-kafka[123]) ;;
     start-postgres|stop-postgres|restart-postgres|kill-postgres) ;;
     start-redis|stop-redis|restart-redis|kill-redis) ;;
     *) usage >&2; die "unknown command: $cmd" ;;
@@ -251,8 +270,25 @@ fi
 
 ports_dir="$DIR/ports"
 redis_dir="$DIR/redis"
-kafka_dir="$DIR/kafka"
 env_file="$DIR/services.env"
+
+# The Kafka functions act on one broker, chosen by kafka_select: 0 is the
+# single broker (DIR/kafka), 1..3 a broker of the cluster (DIR/kafkaN).
+kafka_nodes=1           # 1 or 3; settled from DIR/kafka-nodes once locked
+kafka_node=0
+kafka_dir=""
+kafka_pname=""          # its names under DIR/ports
+kafka_cpname=""
+kafka_select() {
+    kafka_node="$1"
+    if ((kafka_node == 0)); then
+        kafka_dir="$DIR/kafka"; kafka_pname=kafka; kafka_cpname=kafka-controller
+    else
+        kafka_dir="$DIR/kafka$1"; kafka_pname="kafka$1"; kafka_cpname="kafka$1-controller"
+    fi
+}
+kafka_select 0
+kafka_node_ids() { if ((kafka_nodes == 1)); then echo 0; else echo 1 2 3; fi; }
 
 # PostgreSQL's directory (may be a symlink to a private /tmp directory).
 pg_root=""
@@ -296,7 +332,12 @@ read_port() { # read_port NAME -> recorded port or empty
     local f="$ports_dir/$1"
     if [[ -f "$f" ]]; then cat "$f"; fi
 }
-write_port() { mkdir -p "$ports_dir"; echo "$2" >"$ports_dir/$1"; }
+# Atomic: the brokers of a cluster start in parallel and read each other's.
+write_port() {
+    mkdir -p "$ports_dir"
+    echo "$2" >"$ports_dir/$1.tmp.$BASHPID"
+    mv -f "$ports_dir/$1.tmp.$BASHPID" "$ports_dir/$1"
+}
 
 pg_pid() {
     [[ -n "$pgdata" && -f "$pgdata/postmaster.pid" ]] || return 0
@@ -309,6 +350,16 @@ redis_running() { local p; p="$(redis_pid)"; [[ -n "$p" ]] && alive "$p" "redis-
 
 kafka_pid() { cat "$kafka_dir/kafka.pid" 2>/dev/null || true; }
 kafka_running() { local p; p="$(kafka_pid)"; [[ -n "$p" ]] && alive "$p" "kafka.Kafka $kafka_dir/server.properties"; }
+# Number of the cluster's brokers running now (0..3).
+kafka_running_count() {
+    local n c=0 keep="$kafka_node"
+    for n in 1 2 3; do
+        kafka_select "$n"
+        if kafka_running; then c=$((c + 1)); fi
+    done
+    kafka_select "$keep"
+    echo "$c"
+}
 
 # choose_port NAME ENVVAR RUNNING(0/1) STRICT(0/1): decide the port of a
 # service that is about to start; prints it or "" (= allocate a new one).
@@ -335,19 +386,41 @@ choose_port() {
 }
 
 write_env() {
-    local pgp rp kp kcp tmp
-    pgp="$(read_port pg)"; rp="$(read_port redis)"; kp="$(read_port kafka)"; kcp="$(read_port kafka-controller)"
+    local pgp rp kp kcp tmp brokers n
+    local -a cluster_env=()
+    pgp="$(read_port pg)"; rp="$(read_port redis)"
     local pgpid="" rpid="" kpid=""
     pg_running && pgpid="$(pg_pid)"
     redis_running && rpid="$(redis_pid)"
-    kafka_running && kpid="$(kafka_pid)"
+    if ((kafka_nodes == 1)); then
+        kp="$(read_port kafka)"; kcp="$(read_port kafka-controller)"
+        kafka_running && kpid="$(kafka_pid)"
+        brokers="127.0.0.1:$kp"
+    else
+        local p c pid
+        brokers=""
+        cluster_env=("export SLUICE_KAFKA_NODES=3")
+        for n in 1 2 3; do
+            kafka_select "$n"
+            p="$(read_port "$kafka_pname")"; c="$(read_port "$kafka_cpname")"
+            pid=""
+            kafka_running && pid="$(kafka_pid)"
+            brokers+="${brokers:+,}127.0.0.1:$p"
+            cluster_env+=("export SLUICE_KAFKA${n}_PORT=$p"
+                          "export SLUICE_KAFKA${n}_CONTROLLER_PORT=$c"
+                          "export SLUICE_KAFKA${n}_PID=$pid")
+            # The single-broker names point at broker 1.
+            if ((n == 1)); then kp="$p"; kcp="$c"; kpid="$pid"; fi
+        done
+        kafka_select 0
+    fi
     tmp="$env_file.tmp.$$"
     {
         echo "# Written by deploy/services.sh; source it: . $(printf '%q' "$env_file")"
         printf 'export SLUICE_SERVICES_DIR=%q\n' "$DIR"
         echo "export SLUICE_POSTGRES_DSN=postgresql://$pg_user@127.0.0.1:$pgp/sluice"
         echo "export SLUICE_REDIS_URL=redis://127.0.0.1:$rp/0"
-        echo "export SLUICE_KAFKA_BROKERS=127.0.0.1:$kp"
+        echo "export SLUICE_KAFKA_BROKERS=$brokers"
         echo "export SLUICE_PG_PORT=$pgp"
         echo "export SLUICE_PG_USER=$pg_user"
         printf 'export SLUICE_PG_SOCKET_DIR=%q\n' "$pgrun"
@@ -357,6 +430,7 @@ write_env() {
         echo "export SLUICE_PG_PID=$pgpid"
         echo "export SLUICE_REDIS_PID=$rpid"
         echo "export SLUICE_KAFKA_PID=$kpid"
+        if ((${#cluster_env[@]})); then printf '%s\n' "${cluster_env[@]}"; fi
     } >"$tmp"
     mv -f "$tmp" "$env_file"
 }
@@ -540,12 +614,21 @@ java_bin() {
 }
 
 kafka_write_config() { # PORT CONTROLLER_PORT
-    local port="$1" cport="$2"
+    local port="$1" cport="$2" id=1 voters rf=1 isr=1 n
+    voters="1@127.0.0.1:$cport"
+    if ((kafka_node)); then
+        # A broker of the cluster: every broker is also one of the three
+        # voters, whose controller ports are all fixed before any starts.
+        id="$kafka_node"; rf=3; isr=2; voters=""
+        for n in 1 2 3; do
+            voters+="${voters:+,}$n@127.0.0.1:$(read_port "kafka$n-controller")"
+        done
+    fi
     cat >"$kafka_dir/server.properties" <<EOF
 # Written by deploy/services.sh (rewritten at each start)
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$cport
+node.id=$id
+controller.quorum.voters=$voters
 listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
 advertised.listeners=PLAINTEXT://127.0.0.1:$port
 controller.listener.names=CONTROLLER
@@ -553,11 +636,11 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs=$kafka_dir/data
 num.partitions=4
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
 auto.create.topics.enable=true
 group.initial.rebalance.delay.ms=0
 # After a crash (kill-kafka) the restarted controller keeps the old broker
@@ -567,6 +650,14 @@ broker.session.timeout.ms=3000
 num.network.threads=2
 num.io.threads=4
 EOF
+    if ((kafka_node)); then
+        cat >>"$kafka_dir/server.properties" <<EOF
+# Three brokers share a small machine: fewer internal partitions to
+# create and replicate (the defaults are 50 each).
+offsets.topic.num.partitions=8
+transaction.state.log.num.partitions=4
+EOF
+    fi
     cat >"$kafka_dir/log4j.properties" <<EOF
 # Written by deploy/services.sh
 log4j.rootLogger=${SLUICE_KAFKA_LOG_LEVEL:-WARN}, file
@@ -613,19 +704,36 @@ kafka_cds_settle() { # kafka_cds_settle GRACEFUL(0/1)
     fi
 }
 
+# kafka_cluster_id FILE: a new KRaft cluster id into FILE unless it has one.
+kafka_cluster_id() {
+    [[ -s "$1" ]] && return 0
+    python3 -c 'import base64, uuid
+while True:
+    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    if not s.startswith("-"):
+        print(s); break' >"$1"
+}
+
 # kafka_launch PORT CONTROLLER_PORT LIBS: format storage once, then start the
 # broker in the background (does not wait for readiness).
 kafka_launch() {
-    local port="$1" cport="$2" libs="$3" java p
+    local port="$1" cport="$2" libs="$3" java p heap="-Xmx512m -Xms512m" cid_file
     java="$(java_bin)"
     mkdir -p "$kafka_dir/data"
     p="$(kafka_pid)"
     if [[ -n "$p" ]] && ! alive "$p" "kafka.Kafka $kafka_dir/server.properties"; then
         rm -f "$kafka_dir/kafka.pid"
     fi
-    write_port kafka "$port"
-    write_port kafka-controller "$cport"
+    write_port "$kafka_pname" "$port"
+    write_port "$kafka_cpname" "$cport"
     kafka_write_config "$port" "$cport"
+    cid_file="$kafka_dir/cluster.id"
+    if ((kafka_node)); then
+        # Three JVMs on two cores: smaller heaps. One id for all brokers,
+        # written by start_services before any of them is launched.
+        heap="-Xmx384m -Xms384m"
+        cid_file="$DIR/kafka-cluster.id"
+    fi
     kafka_log_offset=0
     [[ -f "$kafka_dir/kafka.log" ]] && kafka_log_offset="$(stat -c %s "$kafka_dir/kafka.log")"
     # A dump left by a broker that was killed is incomplete.
@@ -647,7 +755,7 @@ kafka_launch() {
     fi
     # shellcheck disable=SC2206 # SLUICE_KAFKA_HEAP holds several flags
     local -a jvm=(
-        ${SLUICE_KAFKA_HEAP:--Xmx512m -Xms512m}
+        ${SLUICE_KAFKA_HEAP:-$heap}
         -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35
         -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true
         "-Dlog4j.configuration=file:$kafka_dir/log4j.properties"
@@ -658,15 +766,9 @@ kafka_launch() {
     # Runs in the background so PostgreSQL's initdb can proceed meanwhile.
     (
         if [[ ! -f "$kafka_dir/data/meta.properties" ]]; then
-            if [[ ! -s "$kafka_dir/cluster.id" ]]; then
-                python3 -c 'import base64, uuid
-while True:
-    s = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
-    if not s.startswith("-"):
-        print(s); break' >"$kafka_dir/cluster.id"
-            fi
+            kafka_cluster_id "$cid_file"
             if ! "$java" "${jvm[@]}" kafka.tools.StorageTool format \
-                    -t "$(cat "$kafka_dir/cluster.id")" -c "$kafka_dir/server.properties" \
+                    -t "$(cat "$cid_file")" -c "$kafka_dir/server.properties" \
                     --ignore-formatted </dev/null >"$kafka_dir/format.log" 2>&1; then
                 tail_log "$kafka_dir/format.log" "$kafka_dir/kafka.log"
                 echo "$prog: error: kafka storage format failed" >&2
@@ -680,11 +782,13 @@ while True:
     kafka_launcher_pid=$!
 }
 
+# kafka_wait [BROKERS]: wait until the selected broker is up and its
+# metadata lists at least BROKERS brokers (default 1).
 kafka_wait() {
-    local port deadline p
-    port="$(read_port kafka)"
+    local port deadline p name="$kafka_pname" min_brokers="${1:-1}"
+    port="$(read_port "$kafka_pname")"
     if [[ -n "$kafka_launcher_pid" ]]; then
-        wait "$kafka_launcher_pid" || die "kafka could not be launched"
+        wait "$kafka_launcher_pid" || die "$name could not be launched"
         kafka_launcher_pid=""
     fi
     p="$(kafka_pid)"
@@ -700,17 +804,17 @@ kafka_wait() {
             if [[ -n "$kafka_cds_used" ]] && grep -qs 'fatal error has been detected' "$kafka_dir/kafka.out"; then
                 # The JVM crashed; maybe the class archive is at fault: drop
                 # it and try once more without.
-                warn "kafka exited at start-up; retrying without the class archive $kafka_cds_used"
+                warn "$name exited at start-up; retrying without the class archive $kafka_cds_used"
                 rm -f "$kafka_cds_used"
-                kafka_launch "$port" "$(read_port kafka-controller)" "$(dirname "$(dirname "$kafka_cds_used")")/libs"
+                kafka_launch "$port" "$(read_port "$kafka_cpname")" "$(dirname "$(dirname "$kafka_cds_used")")/libs"
                 kafka_cds_used=""
-                wait "$kafka_launcher_pid" || die "kafka could not be launched"
+                wait "$kafka_launcher_pid" || die "$name could not be launched"
                 kafka_launcher_pid=""
                 p="$(kafka_pid)"
                 continue
             fi
             tail_log "$kafka_dir/kafka.log" "$kafka_dir/kafka.out"
-            die "kafka exited during start-up (port $port)"
+            die "$name exited during start-up (port $port)"
         fi
         if tail -c "+$((kafka_log_offset + 1))" "$kafka_dir/kafka.log" 2>/dev/null \
                 | grep -q 'Kafka Server started' && port_listening "$port"; then
@@ -718,20 +822,22 @@ kafka_wait() {
         fi
         if (($(now_ds) >= deadline)); then
             tail_log "$kafka_dir/kafka.log" "$kafka_dir/kafka.out"
-            die "kafka not ready on 127.0.0.1:$port after ${start_timeout}s"
+            die "$name not ready on 127.0.0.1:$port after ${start_timeout}s"
         fi
         sleep 0.05
     done
     # Check that the broker answers a real Metadata request and lists itself
-    # (a raw protocol round trip: no client library needed).
+    # (and, in a cluster, the brokers expected to run): a raw protocol round
+    # trip, no client library needed.
     local py="$repo/.venv/bin/python" left
     [[ -x "$py" ]] || py=python3
     left=$(((deadline - $(now_ds)) / 10))
     ((left < 5)) && left=5
-    if ! "$py" - "127.0.0.1:$port" "$left" <<'EOF' 2>"$kafka_dir/probe.log"; then
+    if ! "$py" - "127.0.0.1:$port" "$left" "$min_brokers" <<'EOF' 2>"$kafka_dir/probe.log"; then
 import socket, struct, sys, time
 host, port = sys.argv[1].rsplit(":", 1)
 deadline = time.time() + float(sys.argv[2])
+want = int(sys.argv[3])
 def req(sock, api_key, ver, corr, body=b""):
     cid = b"sluice-probe"
     msg = struct.pack(">hhih", api_key, ver, corr, len(cid)) + cid + body
@@ -757,16 +863,16 @@ while time.time() < deadline:
             # Metadata v0 with an empty topic list: brokers + all topics.
             r = req(s, 3, 0, 1, struct.pack(">i", 0))
             nbrokers, = struct.unpack(">i", r[:4])
-            if nbrokers >= 1:
+            if nbrokers >= want:
                 sys.exit(0)
-            last = "no brokers in metadata"
+            last = "%d brokers in metadata, expected %d" % (nbrokers, want)
     except OSError as e:
         last = str(e)
     time.sleep(0.1)
 sys.exit("kafka metadata probe failed: %s" % last)
 EOF
         tail_log "$kafka_dir/probe.log" "$kafka_dir/kafka.log"
-        die "kafka on 127.0.0.1:$port does not answer metadata requests"
+        die "$name on 127.0.0.1:$port does not answer metadata requests"
     fi
 }
 
@@ -779,14 +885,90 @@ kafka_stop() {
     fi
     stop_forced=0
     if [[ "${1:-}" == KILL ]]; then
-        stop_pid kafka "$p" "kafka.Kafka $kafka_dir/server.properties" KILL 0
+        stop_pid "$kafka_pname" "$p" "kafka.Kafka $kafka_dir/server.properties" KILL 0
     else
-        stop_pid kafka "$p" "kafka.Kafka $kafka_dir/server.properties" TERM
+        stop_pid "$kafka_pname" "$p" "kafka.Kafka $kafka_dir/server.properties" TERM
     fi
     if ! alive "$p" "kafka.Kafka $kafka_dir/server.properties"; then
         rm -f "$kafka_dir/kafka.pid"
         if ((stop_forced)); then kafka_cds_settle 0; else kafka_cds_settle 1; fi
     fi
+}
+
+# ------------------------------------------------------ kafka cluster ----
+
+# Background jobs of start_services, one per broker of the cluster: each
+# launches its broker (unless it runs) and waits until it is ready.
+cluster_jobs=()
+
+# cluster_ports NODE...: record the ports of the cluster's brokers, keeping
+# those recorded (clients and the other voters know them, so a broker that
+# starts again must get them back) and allocating the missing ones; every
+# broker names all three controllers, so those are settled for all.
+cluster_ports() {
+    local n name x f
+    local -a todo=() excl=() fresh=()
+    if [[ -n "${KAFKA_PORT:-}${KAFKA_CONTROLLER_PORT:-}" ]]; then
+        die "KAFKA_PORT and KAFKA_CONTROLLER_PORT apply to a single broker, not to a cluster"
+    fi
+    for f in "$ports_dir"/*; do
+        [[ -f "$f" ]] && excl+=("$(cat "$f")")
+    done
+    for n in 1 2 3; do
+        for name in "kafka$n" "kafka$n-controller"; do
+            x="$(read_port "$name")"
+            if [[ -z "$x" ]]; then
+                todo+=("$name")
+            elif [[ " $* " == *" $n "* ]] && port_listening "$x"; then
+                kafka_select "$n"
+                kafka_running || die "$name: its port $x is in use by another process"
+            fi
+        done
+    done
+    kafka_select 0
+    ((${#todo[@]})) || return 0
+    read -r -a fresh <<<"$(new_ports "${#todo[@]}" "${excl[@]}")" || die "cannot find free ports"
+    ((${#fresh[@]} == ${#todo[@]})) || die "cannot find free ports"
+    for n in "${!todo[@]}"; do
+        write_port "${todo[$n]}" "${fresh[$n]}"
+    done
+}
+
+# cluster_launch LIBS NODE...: a background job per broker named; each
+# launches it if it is not running, then waits until it is ready and its
+# metadata lists every broker that should be running by then.
+cluster_launch() {
+    local libs="$1" n expect
+    shift
+    echo 3 >"$DIR/kafka-nodes"
+    kafka_cluster_id "$DIR/kafka-cluster.id"
+    expect="$(kafka_running_count)"
+    for n in "$@"; do
+        kafka_select "$n"
+        if ! kafka_running; then expect=$((expect + 1)); fi
+    done
+    for n in "$@"; do
+        kafka_select "$n"
+        if ! kafka_running; then launched+=("kafka$n"); fi
+        (
+            if ! kafka_running; then
+                mkdir -p "$kafka_dir"
+                kafka_launch "$(read_port "$kafka_pname")" "$(read_port "$kafka_cpname")" "$libs"
+            fi
+            kafka_wait "$expect"
+        ) &
+        cluster_jobs+=($!)
+    done
+    kafka_select 0
+}
+
+cluster_wait() {
+    local j rc=0
+    for j in "${cluster_jobs[@]}"; do
+        wait "$j" || rc=1
+    done
+    cluster_jobs=()
+    ((rc == 0)) || die "the Kafka cluster did not start (see above)"
 }
 
 # -------------------------------------------------------- operations ----
@@ -798,13 +980,18 @@ start_services() {
     local strict=0 svc
     (($# == 1)) && strict=1
     local want_pg=0 want_redis=0 want_kafka=0
+    local -a nodes=()       # the cluster's brokers named
     for svc in "$@"; do
         case "$svc" in
             postgres) pg_running || want_pg=1 ;;
             redis) redis_running || want_redis=1 ;;
-            kafka) kafka_running || want_kafka=1 ;;
+            kafka)
+                if ((kafka_nodes == 1)); then kafka_running || want_kafka=1; else nodes+=(1 2 3); fi
+                ;;
+            kafka[123]) nodes+=("${svc#kafka}") ;;
         esac
     done
+    if ((${#nodes[@]})); then cluster_ports "${nodes[@]}"; fi
     # Sanity: a fixed port asked for a service that already runs elsewhere.
     if [[ -n "${PG_PORT:-}" ]] && pg_running && [[ "$PG_PORT" != "$(read_port pg)" ]]; then
         die "postgres already runs on port $(read_port pg), not PG_PORT=$PG_PORT"
@@ -830,6 +1017,11 @@ start_services() {
                  "$(read_port kafka)" "$(read_port kafka-controller)"; do
             [[ -n "$x" ]] && excl+=("$x")
         done
+        for x in 1 2 3; do
+            for x in "$(read_port "kafka$x")" "$(read_port "kafka$x-controller")"; do
+                [[ -n "$x" ]] && excl+=("$x")
+            done
+        done
         read -r -a fresh <<<"$(new_ports "$need" "${excl[@]}")" || die "cannot find free ports"
         ((${#fresh[@]} == need)) || die "cannot find free ports"
         if ((want_pg)) && [[ -z "$pgp" ]]; then pgp="${fresh[0]}"; fresh=("${fresh[@]:1}"); fi
@@ -844,6 +1036,10 @@ start_services() {
         libs="$("$repo/deploy/kafka/fetch.sh" --print-dir 9>&-)" || die "cannot fetch the Kafka jars"
         launched+=(kafka)
         kafka_launch "$kp" "$kcp" "$libs"
+    fi
+    if ((${#nodes[@]})); then
+        libs="$("$repo/deploy/kafka/fetch.sh" --print-dir 9>&-)" || die "cannot fetch the Kafka jars"
+        cluster_launch "$libs" "${nodes[@]}"
     fi
     if ((want_redis)); then
         launched+=(redis)
@@ -862,9 +1058,10 @@ start_services() {
         case "$svc" in
             postgres) pg_wait ;;
             redis) redis_wait ;;
-            kafka) kafka_wait ;;
+            kafka) if ((kafka_nodes == 1)); then kafka_wait; fi ;;
         esac
     done
+    if ((${#nodes[@]})); then cluster_wait; fi
 }
 
 stop_services() { # stop_services [KILL] SVC...
@@ -876,7 +1073,12 @@ stop_services() { # stop_services [KILL] SVC...
         case "$svc" in
             postgres) pg_stop "$mode" & pids+=($!) ;;
             redis) redis_stop "$mode" & pids+=($!) ;;
-            kafka) kafka_stop "$mode" & pids+=($!) ;;
+            kafka)
+                for p in $(kafka_node_ids); do
+                    (kafka_select "$p" && kafka_stop "$mode") & pids+=($!)
+                done
+                ;;
+            kafka[123]) (kafka_select "${svc#kafka}" && kafka_stop "$mode") & pids+=($!) ;;
         esac
     done
     for p in "${pids[@]}"; do
@@ -889,7 +1091,16 @@ show_status() {
     local rc=0
     if pg_running; then echo "postgres running pid=$(pg_pid) port=$(read_port pg)"; else echo "postgres stopped"; rc=3; fi
     if redis_running; then echo "redis running pid=$(redis_pid) port=$(read_port redis)"; else echo "redis stopped"; rc=3; fi
-    if kafka_running; then echo "kafka running pid=$(kafka_pid) port=$(read_port kafka)"; else echo "kafka stopped"; rc=3; fi
+    local n
+    for n in $(kafka_node_ids); do
+        kafka_select "$n"
+        if kafka_running; then
+            echo "$kafka_pname running pid=$(kafka_pid) port=$(read_port "$kafka_pname")"
+        else
+            echo "$kafka_pname stopped"; rc=3
+        fi
+    done
+    kafka_select 0
     return "$rc"
 }
 
@@ -900,6 +1111,8 @@ on_exit() {
     local rc=$?
     if ((rc != 0 && ${#launched[@]})); then
         if [[ -n "$kafka_launcher_pid" ]]; then wait "$kafka_launcher_pid" 2>/dev/null || true; fi
+        local j
+        for j in "${cluster_jobs[@]}"; do wait "$j" 2>/dev/null || true; done
         warn "start failed; stopping what it started (${launched[*]})"
         stop_services KILL "${launched[@]}" || true
         write_env || true
@@ -911,8 +1124,29 @@ trap on_exit EXIT
 exec 9>"$DIR/.lock"
 flock -w 300 9 || die "timed out waiting for another services.sh on $DIR"
 
+# One broker or three: what DIR was started with, else what is asked.
+asked="${SLUICE_KAFKA_NODES:-}"
+[[ "$cmd" == start-cluster ]] && asked=3
+[[ -z "$asked" || "$asked" == 1 || "$asked" == 3 ]] || die "SLUICE_KAFKA_NODES must be 1 or 3, not $asked"
+if [[ -s "$DIR/kafka-nodes" ]]; then
+    kafka_nodes="$(cat "$DIR/kafka-nodes")"
+    [[ "$kafka_nodes" == 3 ]] || die "$DIR/kafka-nodes holds '$kafka_nodes', expected 3"
+    if [[ "$cmd" == start || "$cmd" == start-cluster ]] && [[ "$asked" == 1 ]]; then
+        die "$DIR holds a three-broker Kafka cluster, not one broker: destroy it first"
+    fi
+elif [[ "$asked" == 3 ]]; then
+    if [[ ! -e "$DIR/kafka" ]]; then
+        kafka_nodes=3
+    elif [[ "$cmd" == start* ]]; then
+        die "$DIR holds a single-broker Kafka, not a cluster: destroy it first"
+    fi
+fi
+if [[ "$cmd" == *-kafka[123] ]] && ((kafka_nodes == 1)); then
+    die "$DIR runs a single broker: kafka1..3 exist in a cluster (start-cluster DIR)"
+fi
+
 case "$cmd" in
-    start)
+    start|start-cluster)
         start_services kafka redis postgres
         write_env
         ;;
