@@ -801,7 +801,10 @@ kafka_wait() {
         if ! alive "$p" "kafka.Kafka $kafka_dir/server.properties"; then
             # On a loaded machine the launcher's child may not have
             # exec'd java yet: its pid runs under another command line.
-            if starting "$p" && (($(now_ds) < deadline)); then
+            # Or it was caught in the middle of an exec (an empty command
+            # line) and is java by now: look again before giving up.
+            if { starting "$p" || alive "$p" "kafka.Kafka $kafka_dir/server.properties"; } \
+                    && (($(now_ds) < deadline)); then
                 sleep 0.1
                 continue
             fi
