@@ -1028,8 +1028,9 @@ start_services() {
                  "$(read_port kafka)" "$(read_port kafka-controller)"; do
             [[ -n "$x" ]] && excl+=("$x")
         done
-        for x in 1 2 3; do
-            for x in "$(read_port "kafka$x")" "$(read_port "kafka$x-controller")"; do
+        local n
+        for n in 1 2 3; do
+            for x in "$(read_port "kafka$n")" "$(read_port "kafka$n-controller")"; do
                 [[ -n "$x" ]] && excl+=("$x")
             done
         done
