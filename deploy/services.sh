@@ -10,7 +10,8 @@
 #   stop DIR                   stop all (SIGTERM, then SIGKILL after
 #                              SLUICE_STOP_TIMEOUT s); succeeds if none runs
 #   status DIR                 print the state; exit 0 if all run, 3 if not
-#   start-SVC DIR              SVC is kafka, postgres or redis: start one
+#   start-SVC DIR              SVC is kafka, postgres or redis (with a
+#                              cluster also kafka1..3): start one
 #   stop-SVC DIR               stop one (graceful, as above)
 #   restart-SVC DIR            stop, then start again on the same port/data
 #   kill-SVC DIR               SIGKILL one at once (crash injection)
