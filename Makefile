@@ -29,6 +29,7 @@ INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
+              worker/replay.c worker/replay_pos.c worker/redrive.c \
               worker/contexts.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
@@ -38,7 +39,7 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat
+              test_chat test_replay
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -85,6 +86,9 @@ $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
 	$(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \
 	$(BUILD)/common/chat.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
+	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
+	$(BUILD)/common/validate.o $(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"
