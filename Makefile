@@ -233,6 +233,7 @@ install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
 # build/deb/ (kept between runs, so a second `make deb` only relinks) and
 # written to build/deb/pkg/.
 deb:
+	$(Q)dpkg-checkbuilddeps
 	$(Q)rm -f debian/debhelper-build-stamp
 	$(Q)SLUICE_DEB_DIR=$(CURDIR)/build/deb/pkg debian/rules binary
 
