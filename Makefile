@@ -244,5 +244,7 @@ FORCE:
 
 clean:
 	rm -rf build
+	rm -rf debian/.debhelper debian/sluice debian/sluice-dbgsym debian/files \
+		debian/*.substvars debian/debhelper-build-stamp
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -16,9 +16,11 @@ def make_vars():
     return [f"BUILD={BUILD_DIR}"]
 
 
-def make(*args, timeout=MAKE_TIMEOUT):
+def make(*args, timeout=MAKE_TIMEOUT, of_build=True):
+    """make ARGS in the tree; of_build: for the build under test (make deb
+    is not: its variables would reach debian/rules' own make)."""
     r = subprocess.run(["make", "--no-print-directory", "-C", str(REPO),
-                        *make_vars(), *args],
+                        *(make_vars() if of_build else []), *args],
                        capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, (
         f"make {' '.join(args)} failed ({r.returncode}):\n"
