@@ -385,6 +385,8 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* Nothing to reload; a closed terminal must not end it undrained. */
+	signal(SIGHUP, SIG_IGN);
 
 	if (cli.mode == MODE_REDRIVE) {
 		struct redrive_opts ro = {.dry_run = cli.dry_run,
