@@ -128,7 +128,8 @@ class Spec:
         content = resp.get("content")
         if head or not content:
             if r.body:
-                wrong.append(f"a body where none is documented: {r.body[:80]!r}")
+                wrong.append(
+                    f"a body where none is documented: {r.body[:80]!r}")
             return wrong
         ctype = r.headers.get("content-type", "")
         key = ctype if ctype in content else None
