@@ -247,10 +247,11 @@ def test_broker_killed_under_load(cpipeline, cluster):
         eid = json.loads(rec["value"])["properties"]["transcript"][0]["id"]
         counts[eid] = counts.get(eid, 0) + 1
     doubled = [e for e, n in counts.items() if n > 1 and e not in first_503]
+    failed = metric(ingest, "sluice_ingest_delivery_failed_total")
+    rebuilds = metric(ingest, "sluice_ingest_producer_rebuilds_total")
     print(f"records in Kafka {sum(counts.values())} for {len(counts)} "
           f"messages; doubled without a 503: {len(doubled)}; ingest "
-          f"delivery failures {metric(ingest, 'sluice_ingest_delivery_failed_total')}, "
-          f"producer rebuilds {metric(ingest, 'sluice_ingest_producer_rebuilds_total')}")
+          f"delivery failures {failed}, producer rebuilds {rebuilds}")
     assert not doubled, f"records doubled in Kafka: {doubled[:10]}"
     assert all(e in counts for e in acked)
 
