@@ -30,7 +30,7 @@ COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
               common/validate.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
-              ingest/verify.c ingest/extract.c
+              ingest/verify.c ingest/extract.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \

@@ -38,6 +38,7 @@ static enum status_slot status_slot(int code)
 	case 401: return ST_401;
 	case 404: return ST_404;
 	case 405: return ST_405;
+	case 408: return ST_408;
 	case 411: return ST_411;
 	case 413: return ST_413;
 	case 415: return ST_415;
@@ -72,9 +73,10 @@ static const char *reason_phrase(int code)
 
 /* A HEAD answer has the headers a GET would get and no body: a body would
  * be read as the start of the next response on a kept-alive connection. */
-static void send_reply(struct evhttp_request *req, int code, const char *reason,
-		       struct evbuffer *body)
+static void send_reply(struct ingest *ing, struct evhttp_request *req, int code,
+		       const char *reason, struct evbuffer *body)
 {
+	conn_answered(ing, req);
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
 		char len[24];
 
@@ -99,7 +101,7 @@ static void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 		evbuffer_add(out, text, strlen(text));
 		evbuffer_add(out, "\n", 1);
 	}
-	send_reply(req, code, reason_phrase(code), out);
+	send_reply(ing, req, code, reason_phrase(code), out);
 	evbuffer_free(out);
 	cJSON_free(text);
 	cJSON_Delete(body);
@@ -673,7 +675,7 @@ static void handle_handshake(struct ingest *ing, struct evhttp_request *req,
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Content-Type", "text/plain");
 		evbuffer_add(out, challenge, strlen(challenge));
-		send_reply(req, 200, "OK", out);
+		send_reply(ing, req, 200, "OK", out);
 		evbuffer_free(out);
 		ing->m.responses[ST_200]++;
 	} else {
@@ -732,7 +734,7 @@ static void handle_campaign(struct ingest *ing, struct evhttp_request *req,
 static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 {
 	static const char *const codes[ST_COUNT] = {
-	    "200", "202", "400", "401", "404", "405", "411",
+	    "200", "202", "400", "401", "404", "405", "408",  "411",
 	    "413", "415", "422", "429", "500", "503", "other"};
 	static const char *const le[8] = {"1",	"2",  "5",   "10",
 					  "25", "50", "100", "+Inf"};
@@ -757,6 +759,14 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	    "sluice_ingest_accept_errors_total %llu\n"
 	    "# TYPE sluice_ingest_producer_rebuilds_total counter\n"
 	    "sluice_ingest_producer_rebuilds_total %llu\n"
+	    "# TYPE sluice_ingest_connections gauge\n"
+	    "sluice_ingest_connections %d\n"
+	    "# TYPE sluice_ingest_max_connections gauge\n"
+	    "sluice_ingest_max_connections %d\n"
+	    "# TYPE sluice_ingest_connections_refused_total counter\n"
+	    "sluice_ingest_connections_refused_total %llu\n"
+	    "# TYPE sluice_ingest_request_timeouts_total counter\n"
+	    "sluice_ingest_request_timeouts_total %llu\n"
 	    "# TYPE sluice_ingest_inflight gauge\n"
 	    "sluice_ingest_inflight %d\n"
 	    "# TYPE sluice_ingest_kafka_up gauge\n"
@@ -766,7 +776,10 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	    (unsigned long long)ing->m.delivery_failed,
 	    (unsigned long long)ing->m.late_deliveries,
 	    (unsigned long long)ing->m.accept_errors,
-	    (unsigned long long)ing->m.producer_rebuilds, ing->inflight,
+	    (unsigned long long)ing->m.producer_rebuilds, ing->conns,
+	    ing->max_connections,
+	    (unsigned long long)ing->m.connections_refused,
+	    (unsigned long long)ing->m.request_timeouts, ing->inflight,
 	    ing->kafka_up ? 1 : 0);
 	evbuffer_add_printf(
 	    out, "# TYPE sluice_ingest_rate_limited_total counter\n");
@@ -795,7 +808,7 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 			    (unsigned long long)cum);
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 			  "Content-Type", "text/plain; version=0.0.4");
-	send_reply(req, 200, "OK", out);
+	send_reply(ing, req, 200, "OK", out);
 	evbuffer_free(out);
 	ing->m.responses[ST_200]++;
 }
@@ -847,6 +860,15 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
 
+	if (!conn_request(ing, req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Connection", "close");
+		reply_error(ing, req, 503, "too_many_connections",
+			    "too many open connections (max_connections); "
+			    "retry later",
+			    NULL);
+		return;
+	}
 	if (!framing_ok(req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Connection", "close");
@@ -961,6 +983,7 @@ void http_apply_settings(struct ingest *ing)
 	evhttp_set_max_body_size(
 	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
 	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
+	conn_apply_settings(ing);
 }
 
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
@@ -983,6 +1006,7 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		return false;
 	}
 	http_apply_settings(ing);
+	conn_setup(ing);
 	evhttp_set_max_headers_size(ing->http, 64 * 1024);
 	evhttp_set_allowed_methods(
 	    ing->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
@@ -1031,6 +1055,7 @@ void http_cleanup(struct ingest *ing)
 	if (ing->http)
 		evhttp_free(ing->http);
 	ing->http = NULL;
+	conn_cleanup(ing);
 	if (ing->accept_retry)
 		event_free(ing->accept_retry);
 	ing->accept_retry = NULL;

@@ -47,6 +47,7 @@ enum status_slot {
 	ST_401,
 	ST_404,
 	ST_405,
+	ST_408,
 	ST_411,
 	ST_413,
 	ST_415,
@@ -66,6 +67,8 @@ struct ingest_metrics {
 	uint64_t accept_errors;
 	uint64_t reloads, reload_failures;
 	uint64_t producer_rebuilds;
+	uint64_t connections_refused; /* over max_connections: 503 */
+	uint64_t request_timeouts;    /* closed at the request deadline */
 	uint64_t delivery_ms_sum;
 	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
 };
@@ -91,8 +94,16 @@ struct ingest {
 	struct event *accept_retry; /* re-enables accepting after an error */
 	int accept_backoff_ms;
 	int64_t accept_logged_ms;
-	int spare_fd;	     /* closed to shed a connection when out of fds */
-	int retry_after_429; /* Retry-After of the 429 being sent */
+	int spare_fd; /* closed to shed a connection when out of fds */
+	struct conn **conn_by_fd;  /* conn.c: each open connection, by fd */
+	int conn_slots;		   /* length of conn_by_fd */
+	struct conn *conn_list;	   /* every open connection */
+	int conns;		   /* open connections, refused ones too */
+	int conns_refused_open;	   /* of those, refused (over the cap) */
+	int max_connections;	   /* the cap in force */
+	int64_t refused_logged_ms; /* last "refusing" log line */
+	int64_t conn_timeout_ms;   /* request_timeout_s, in ms */
+	int retry_after_429;	   /* Retry-After of the 429 being sent */
 	const char *config_path;
 	struct ingest_metrics m;
 };
@@ -113,6 +124,16 @@ void http_stop_accepting(struct ingest *ing);
 void http_cleanup(struct ingest *ing);
 /* After a reload: settings evhttp holds (timeouts, body limits). */
 void http_apply_settings(struct ingest *ing);
+/* conn.c: per-connection request deadline and the connection cap. */
+void conn_setup(struct ingest *ing);
+void conn_apply_settings(struct ingest *ing);
+void conn_cleanup(struct ingest *ing);
+/* A whole request was read: its deadline stops. False when the
+ * connection is over max_connections and the request must get a 503. */
+bool conn_request(struct ingest *ing, struct evhttp_request *req);
+/* The request was answered: the next one's deadline starts. */
+void conn_answered(struct ingest *ing, struct evhttp_request *req);
+
 /* Answers the request behind p after its delivery report (loop thread);
  * frees p. */
 void http_delivered(struct pending *p, rd_kafka_resp_err_t err);

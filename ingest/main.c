@@ -122,6 +122,7 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	ing.cfg.max_body_bytes = next.max_body_bytes;
 	ing.cfg.request_timeout_s = next.request_timeout_s;
 	ing.cfg.max_inflight = next.max_inflight;
+	ing.cfg.max_connections = next.max_connections;
 	ing.cfg.campaign_max_messages = next.campaign_max_messages;
 	ing.cfg.log_level = next.log_level;
 	log_level_current = next.log_level;

@@ -54,6 +54,7 @@ struct ingest_config {
 	int max_body_bytes;
 	int request_timeout_s;
 	int max_inflight;
+	int max_connections; /* 0: from the descriptor limit */
 	int campaign_max_messages;
 	char *schema_dir;
 	int log_level;

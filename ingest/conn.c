@@ -1,0 +1,302 @@
+/* sluice-ingest's connections: a total deadline per request that
+ * drip-feeding cannot extend, and a cap on how many are open.
+ *
+ * libevent 2.1's evhttp has only per-read timeouts (a client sending a
+ * byte every few seconds resets them forever) and no hook when a
+ * connection or a request starts. So sluice makes each connection's
+ * bufferevent itself (evhttp_set_bevcb) and keeps beside it a small
+ * struct conn with a deadline and one timer:
+ *   - the deadline is set when the connection is accepted and again when a
+ *     request is answered: the next request must be read whole within
+ *     request_timeout_s, however its bytes trickle in;
+ *   - while sluice holds a request there is none (the delivery deadline
+ *     covers that).
+ * The timer is lazy: a request only writes the deadline down; the timer,
+ * when it fires, re-arms itself for what is left or, once the deadline has
+ * passed, answers 408 (if a request had begun) and closes the connection.
+ * evhttp's close callback frees the struct; a reference held on the
+ * bufferevent keeps a stale timer from touching freed memory.
+ *
+ * Over max_connections a connection is still read, but with a short
+ * deadline, and its request is answered 503 with Retry-After and
+ * Connection: close, so the refusal is an HTTP answer and not a reset.
+ *
+ * Per request the cost is two array look-ups by descriptor and a clock
+ * read (bench/callgrind_requests.py counts it). Everything runs on the
+ * loop thread. */
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+
+#include "../common/log.h"
+#include "../common/util.h"
+#include "ingest.h"
+
+/* How long a refused connection may take to send the request it is
+ * refused on. */
+#define REFUSED_DEADLINE_MS 2000
+
+struct conn {
+	struct ingest *ing;
+	struct bufferevent *bev;	 /* evhttp's; one reference is ours */
+	struct evhttp_connection *evcon; /* NULL until attached */
+	struct event *timer;		 /* checks the deadline */
+	int64_t deadline_ms;		 /* monotonic; unused while busy */
+	evutil_socket_t fd;
+	bool attached; /* evhttp's connection is known and ours is hooked */
+	bool busy;    /* a request is with sluice: no deadline until answered */
+	bool refused; /* over max_connections: answered 503 */
+	struct conn *prev, *next; /* every open one, for shutdown */
+};
+
+static void conn_release(struct conn *c)
+{
+	struct ingest *ing = c->ing;
+
+	if (c->fd >= 0 && c->fd < ing->conn_slots &&
+	    ing->conn_by_fd[c->fd] == c)
+		ing->conn_by_fd[c->fd] = NULL;
+	if (c->prev)
+		c->prev->next = c->next;
+	else
+		ing->conn_list = c->next;
+	if (c->next)
+		c->next->prev = c->prev;
+	ing->conns--;
+	if (c->refused)
+		ing->conns_refused_open--;
+	event_free(c->timer);
+	bufferevent_decref(c->bev);
+	free(c);
+}
+
+/* evhttp's close callback (loop thread): the connection is going away. */
+static void conn_closed(struct evhttp_connection *evcon, void *arg)
+{
+	(void)evcon;
+	conn_release(arg);
+}
+
+static void conn_wait(struct conn *c, int64_t ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	evtimer_add(c->timer, &tv);
+}
+
+static bool conn_slot(struct ingest *ing, evutil_socket_t fd)
+{
+	int n = ing->conn_slots ? ing->conn_slots : 1024;
+	struct conn **grown;
+
+	if (fd < ing->conn_slots)
+		return true;
+	while (n <= fd)
+		n *= 2;
+	grown = realloc(ing->conn_by_fd, (size_t)n * sizeof(*grown));
+	if (!grown)
+		return false;
+	memset(grown + ing->conn_slots, 0,
+	       (size_t)(n - ing->conn_slots) * sizeof(*grown));
+	ing->conn_by_fd = grown;
+	ing->conn_slots = n;
+	return true;
+}
+
+/* The deadline passed with no whole request read: a 408 if part of one is
+ * waiting (in evhttp's input or the socket's) and nothing else is being
+ * written, then the connection is closed; an idle one is just closed.
+ * (Bytes evhttp has already parsed are not visible here; noting every
+ * request's first bytes would cost an evbuffer callback per request, for
+ * a 408 a slow sender rarely reads.) The kernel's unread input is drained
+ * first so that the close is a FIN the client can read the 408 before,
+ * not a reset that discards it. */
+static void conn_expire(struct conn *c)
+{
+	static const char answer[] = "HTTP/1.1 408 Request Timeout\r\n"
+				     "Connection: close\r\n"
+				     "Content-Length: 0\r\n\r\n";
+	struct ingest *ing = c->ing;
+	char sink[4096];
+	bool begun = evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
+		     recv(c->fd, sink, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+
+	ing->m.request_timeouts++;
+	if (begun && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+		if (send(c->fd, answer, sizeof(answer) - 1,
+			 MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+			ing->m.responses[ST_408]++;
+	}
+	for (int i = 0; i < 16; i++)
+		if (recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)
+			break;
+	log_debug("closed connection %d: no whole request within the deadline",
+		  (int)c->fd);
+	evhttp_connection_free(c->evcon); /* calls conn_closed: c is gone */
+}
+
+/* The connection's timer (loop thread): right after accept it attaches to
+ * evhttp's connection; afterwards it is the request deadline. */
+static void conn_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	bufferevent_data_cb rcb, wcb;
+	bufferevent_event_cb ecb;
+	void *cbarg;
+
+	(void)fd;
+	(void)what;
+	/* evhttp clears the callbacks when it frees the bufferevent; only our
+	 * reference keeps it. Its close callback runs first, so this is only
+	 * a connection evhttp dropped before we could hook it. */
+	bufferevent_getcb(c->bev, &rcb, &wcb, &ecb, &cbarg);
+	if (!ecb) {
+		conn_release(c);
+		return;
+	}
+	if (!c->attached) {
+		int64_t ms = c->ing->conn_timeout_ms;
+
+		c->attached = true;
+		c->evcon = cbarg; /* evhttp's callback argument */
+		c->fd = bufferevent_getfd(c->bev);
+		evhttp_connection_set_closecb(c->evcon, conn_closed, c);
+		if (c->fd >= 0 && conn_slot(c->ing, c->fd))
+			c->ing->conn_by_fd[c->fd] = c;
+		if (c->refused && ms > REFUSED_DEADLINE_MS)
+			ms = REFUSED_DEADLINE_MS;
+		c->deadline_ms = util_mono_ms() + ms;
+		conn_wait(c, ms);
+		return;
+	}
+	if (c->busy) { /* answered later: look again a timeout from now */
+		conn_wait(c, c->ing->conn_timeout_ms);
+		return;
+	}
+	{
+		int64_t left = c->deadline_ms - util_mono_ms();
+
+		if (left > 0)
+			conn_wait(c, left);
+		else
+			conn_expire(c);
+	}
+}
+
+/* evhttp, on the loop thread, for every accepted connection: its
+ * bufferevent, made as evhttp would, with our struct beside it. */
+static struct bufferevent *conn_new(struct event_base *base, void *arg)
+{
+	struct ingest *ing = arg;
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		abort();
+	c->ing = ing;
+	c->fd = -1;
+	c->bev = bufferevent_socket_new(base, -1, 0);
+	c->timer = evtimer_new(base, conn_timer, c);
+	if (!c->bev || !c->timer)
+		abort();
+	bufferevent_incref(c->bev);
+	if (ing->conns - ing->conns_refused_open >= ing->max_connections) {
+		c->refused = true;
+		ing->conns_refused_open++;
+		ing->m.connections_refused++;
+		if (util_mono_ms() - ing->refused_logged_ms >= 1000) {
+			ing->refused_logged_ms = util_mono_ms();
+			log_warn(
+			    "%d connections open (max_connections): "
+			    "refusing new ones with 503 (%llu so far)",
+			    ing->conns,
+			    (unsigned long long)ing->m.connections_refused);
+		}
+	}
+	ing->conns++;
+	c->next = ing->conn_list;
+	if (c->next)
+		c->next->prev = c;
+	ing->conn_list = c;
+	/* evhttp sets the bufferevent's callbacks (its argument is the
+	 * connection) once this returns: attach on the next turn. */
+	event_active(c->timer, EV_TIMEOUT, 0);
+	return c->bev;
+}
+
+static struct conn *conn_of(struct ingest *ing, struct evhttp_request *req)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	struct bufferevent *bev;
+	evutil_socket_t fd;
+	struct conn *c;
+
+	if (!evcon)
+		return NULL;
+	bev = evhttp_connection_get_bufferevent(evcon);
+	fd = bufferevent_getfd(bev);
+	if (fd < 0 || fd >= ing->conn_slots)
+		return NULL;
+	c = ing->conn_by_fd[fd];
+	return c && c->bev == bev ? c : NULL;
+}
+
+bool conn_request(struct ingest *ing, struct evhttp_request *req)
+{
+	struct conn *c = conn_of(ing, req);
+
+	if (!c)
+		return true;
+	c->busy = true;
+	return !c->refused;
+}
+
+void conn_answered(struct ingest *ing, struct evhttp_request *req)
+{
+	struct conn *c = conn_of(ing, req);
+
+	if (!c || !c->busy)
+		return;
+	c->busy = false;
+	c->deadline_ms = util_mono_ms() + ing->conn_timeout_ms;
+}
+
+void conn_apply_settings(struct ingest *ing)
+{
+	struct rlimit rl;
+	int cap = 10000;
+
+	ing->conn_timeout_ms = (int64_t)ing->cfg.request_timeout_s * 1000;
+	if (ing->cfg.max_connections > 0) {
+		ing->max_connections = ing->cfg.max_connections;
+		return;
+	}
+	/* Room below the descriptor limit for Kafka's sockets, the log and
+	 * the spare descriptor, so refusing stays possible. */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+	    rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < (rlim_t)cap + 64)
+		cap = rl.rlim_cur > 128 ? (int)rl.rlim_cur - 64 : 64;
+	ing->max_connections = cap;
+}
+
+/* After http_apply_settings, which applies conn's settings too. */
+void conn_setup(struct ingest *ing)
+{
+	evhttp_set_bevcb(ing->http, conn_new, ing);
+}
+
+void conn_cleanup(struct ingest *ing)
+{
+	/* evhttp_free closed every connection it knew, and so freed their
+	 * conns; left are those accepted in the loop's last turn. */
+	while (ing->conn_list)
+		conn_release(ing->conn_list);
+	free(ing->conn_by_fd);
+	ing->conn_by_fd = NULL;
+	ing->conn_slots = 0;
+}
