@@ -248,6 +248,7 @@ static bool take(struct consumer *c, rd_kafka_message_t *m)
 		rd_kafka_message_destroy(m);
 		return false;
 	}
+	metrics_consumed(m->partition, m->offset);
 	c->msgs[c->n++] = m;
 	return true;
 }

@@ -96,6 +96,14 @@ void metrics_committed(const int32_t *parts, const int64_t *next, int n)
 	}
 }
 
+void metrics_consumed(int32_t partition, int64_t offset)
+{
+	struct part *p = part_find(partition);
+
+	if (p && p->next < 0)
+		p->next = offset;
+}
+
 void metrics_retry(void)
 {
 	m.retries++;
@@ -230,8 +238,9 @@ static void put_lag(struct buf *out, const struct consumer *c)
 		consume_offsets(c, m.parts[i].partition, &lo, &hi, &pos);
 		if (hi < 0)
 			continue; /* nothing fetched yet: unknown */
-		/* Without a stored offset consumption starts where
-		 * librdkafka says (its position, else the log start). */
+		/* Nothing stored and nothing consumed yet: consumption
+		 * starts where librdkafka says (its position, else the log
+		 * start). */
 		if (next < 0)
 			next = pos >= 0 ? pos : lo;
 		lag = next >= 0 && hi > next ? hi - next : 0;

@@ -24,6 +24,9 @@ void metrics_cleanup(void);
 void metrics_batch(size_t records, int64_t ms, const struct contexts_stats *s);
 /* The next offsets a batch committed to PostgreSQL, per partition. */
 void metrics_committed(const int32_t *parts, const int64_t *next, int n);
+/* A record handed to a batch: where a partition without a stored offset
+ * started, for its lag. */
+void metrics_consumed(int32_t partition, int64_t offset);
 /* A transient failure that will be retried (a batch, reading offsets). */
 void metrics_retry(void);
 /* Partitions assigned (offsets = where consumption starts, or
