@@ -140,9 +140,10 @@ void metrics_rebalance(bool assign, const rd_kafka_topic_partition_list_t *l)
 	}
 }
 
-/* Runs on the worker thread inside rd_kafka_consumer_poll(). Brokers
- * learnt from metadata have a node id; the bootstrap entries (-1) only
- * count while nothing else is known. */
+/* Runs on the worker thread inside rd_kafka_consumer_poll(). Brokers with
+ * a node id count (a bootstrap entry takes its broker's id once metadata
+ * names it); the others only while none has one; logical and internal
+ * entries (the group coordinator) are views of a real one. */
 void metrics_kafka_stats(const char *json, size_t len)
 {
 	cJSON *doc = cJSON_ParseWithLength(json, len);
@@ -157,11 +158,17 @@ void metrics_kafka_stats(const char *json, size_t len)
 	}
 	cJSON_ArrayForEach(b, brokers)
 	{
+		const cJSON *src =
+		    cJSON_GetObjectItemCaseSensitive(b, "source");
 		const cJSON *id = cJSON_GetObjectItemCaseSensitive(b, "nodeid");
 		const cJSON *st = cJSON_GetObjectItemCaseSensitive(b, "state");
 		bool is_up =
 		    cJSON_IsString(st) && strcmp(st->valuestring, "UP") == 0;
 
+		if (!cJSON_IsString(src) ||
+		    strcmp(src->valuestring, "logical") == 0 ||
+		    strcmp(src->valuestring, "internal") == 0)
+			continue;
 		if (cJSON_IsNumber(id) && id->valueint >= 0) {
 			n++;
 			up += is_up;

@@ -1,8 +1,8 @@
 # The worker's /readyz and watchdog when a service goes away: Redis down
 # and back, PostgreSQL down for longer than the watchdog interval while a
-# batch retries. These stop services, so run this file without
-# SLUICE_TEST_SERVICES_DIR (the session fixture then starts a private
-# stack).
+# batch retries, Kafka down and back. These stop services, so run this
+# file without SLUICE_TEST_SERVICES_DIR (the session fixture then starts a
+# private stack).
 
 import os
 import socket
@@ -152,3 +152,26 @@ def test_postgres_down_watchdog_keeps_going_and_lag_shows(pipeline,
                    if k[0] == "sluice_worker_partition_lag"), s
     finally:
         sd.close()
+
+
+def test_readyz_reports_kafka_down_and_back(pipeline, services):
+    port = free_port()
+    pipeline.start_worker(listen=f"127.0.0.1:{port}")
+    wait_until(lambda: readyz(port).status == 200, 15, 0.1,
+               "/readyz 200 with every service up")
+    services.stop_kafka()
+    try:
+        # librdkafka's statistics come once a second.
+        r = wait_until(lambda: (lambda r: r if r.status == 503 else None)(
+            readyz(port)), 15, 0.2, "/readyz to report Kafka down")
+        assert r.json["kafka"]["ok"] is False, r.json
+        assert "no broker up" in r.json["kafka"]["error"], r.json
+        assert r.json["postgres"] == {"ok": True}, r.json
+        assert r.json["redis"] == {"ok": True}, r.json
+        s, _ = scrape(port)
+        assert val(s, "sluice_worker_kafka_brokers_up") == 0
+    finally:
+        services.start_kafka()
+    r = wait_until(lambda: (lambda r: r if r.status == 200 else None)(
+        readyz(port)), 60, 0.5, "/readyz to recover once Kafka is back")
+    assert r.json["kafka"]["ok"] is True, r.json
