@@ -16,6 +16,7 @@ struct pgsink {
 	char *topic;
 	char *staging_sql; /* every handler's temp tables */
 	bool prepared;
+	bool dry_run;
 };
 
 static const char SQL_LOAD_OFFSETS[] =
@@ -254,9 +255,14 @@ PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
 	return NULL;
 }
 
-bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
-		   const int64_t *next_offsets, int n, char *errstr,
-		   size_t errstr_size)
+void pgsink_set_dry_run(struct pgsink *ps, bool dry_run)
+{
+	ps->dry_run = dry_run;
+}
+
+static bool store_and_commit(struct pgsink *ps, const int32_t *parts,
+			     const int64_t *next_offsets, int n, char *errstr,
+			     size_t errstr_size)
 {
 	char *pa = int_array(parts, n);
 	char *oa = bigint_array(next_offsets, n);
@@ -268,9 +274,21 @@ bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
 	     exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
 	free(pa);
 	free(oa);
-	if (!ok)
-		pgsink_rollback(ps);
 	return ok;
+}
+
+bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
+		   const int64_t *next_offsets, int n, char *errstr,
+		   size_t errstr_size)
+{
+	if (ps->dry_run) {
+		pgsink_rollback(ps);
+		return true;
+	}
+	if (store_and_commit(ps, parts, next_offsets, n, errstr, errstr_size))
+		return true;
+	pgsink_rollback(ps);
+	return false;
 }
 
 void pgsink_rollback(struct pgsink *ps)
