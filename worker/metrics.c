@@ -200,7 +200,7 @@ void metrics_kafka_stats(const char *json, size_t len)
 void metrics_kafka_down(const char *reason)
 {
 	m.brokers_up = 0;
-	snprintf(m.kafka_why, sizeof(m.kafka_why), "%s", reason);
+	snprintf(m.kafka_why, sizeof(m.kafka_why), "no broker up (%s)", reason);
 }
 
 bool metrics_kafka_up(char *why, size_t why_size)
