@@ -37,6 +37,7 @@ WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
               worker/contexts.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
+WORKER_SRC += worker/httpd.c worker/metrics.c
 
 INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))

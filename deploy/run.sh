@@ -85,13 +85,23 @@ if alive "$run/sluice-ingest.pid" && [ -f "$run/env" ]; then
 else
 	SLUICE_INGEST_LISTEN="127.0.0.1:$(free_port)"
 fi
+# The worker's health and metrics endpoint (listen), kept like ingest's.
+if alive "$run/sluice-worker.pid" && [ -f "$run/env" ] &&
+	grep -q '^export SLUICE_WORKER_LISTEN=' "$run/env"; then
+	SLUICE_WORKER_LISTEN=$(sed -n 's/^export SLUICE_WORKER_LISTEN=//p' "$run/env")
+else
+	SLUICE_WORKER_LISTEN="127.0.0.1:$(free_port)"
+fi
 export SLUICE_INGEST_LISTEN SLUICE_POSTGRES_DSN SLUICE_REDIS_URL SLUICE_KAFKA_BROKERS
+export SLUICE_WORKER_LISTEN
 url="http://$SLUICE_INGEST_LISTEN"
 
 cat >"$run/env" <<ENV
 # Written by deploy/run.sh: source it to talk to the local stack.
 export SLUICE_INGEST_URL=$url
 export SLUICE_INGEST_LISTEN=$SLUICE_INGEST_LISTEN
+export SLUICE_WORKER_URL=http://$SLUICE_WORKER_LISTEN
+export SLUICE_WORKER_LISTEN=$SLUICE_WORKER_LISTEN
 export SLUICE_POSTGRES_DSN=$SLUICE_POSTGRES_DSN
 export SLUICE_REDIS_URL=$SLUICE_REDIS_URL
 export SLUICE_KAFKA_BROKERS=$SLUICE_KAFKA_BROKERS
@@ -121,6 +131,13 @@ for _ in $(seq 1 100); do
 	sleep 0.1
 done
 curl -fsS "$url/readyz" >/dev/null || die "sluice-ingest not ready; see .run/sluice-ingest.log"
+for _ in $(seq 1 100); do
+	curl -fsS "http://$SLUICE_WORKER_LISTEN/healthz" >/dev/null 2>&1 && break
+	alive "$run/sluice-worker.pid" || die "sluice-worker exited; see .run/sluice-worker.log"
+	sleep 0.1
+done
+curl -fsS "http://$SLUICE_WORKER_LISTEN/healthz" >/dev/null ||
+	die "sluice-worker does not answer on $SLUICE_WORKER_LISTEN; see .run/sluice-worker.log"
 
 rcli() { redis-cli -u "$SLUICE_REDIS_URL" "$@"; }
 psqlq() { psql "$SLUICE_POSTGRES_DSN" -XAtq -c "$1"; }
@@ -314,4 +331,5 @@ say "  curl -X POST \$SLUICE_INGEST_URL/v1/webhooks/whatsapp -H 'Content-Type: a
 say "       --data-binary @deploy/samples/chat-first.json    # an id already stored adds nothing"
 say "  .venv/bin/python deploy/samples/agent.py --timeout 60    # claims and answers chat turns"
 say "  curl \$SLUICE_INGEST_URL/metrics"
+say "  curl \$SLUICE_WORKER_URL/readyz; curl \$SLUICE_WORKER_URL/metrics    # the worker's own"
 say "Logs: .run/sluice-ingest.log, .run/sluice-worker.log. Stop everything with: make stop"

@@ -11,6 +11,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "handlers/handler.h"
+#include "metrics.h"
 
 #define MAX_HANDLERS 16
 
@@ -88,6 +89,22 @@ void batch_totals(const struct batch *b, struct batch_totals *out)
 		if (handlers[i]->totals)
 			handlers[i]->totals(b->state[i], &out->saved,
 					    &out->skipped);
+}
+
+void batch_kind_totals(const struct batch *b,
+		       void (*fn)(void *arg, const char *kind,
+				  unsigned long long saved,
+				  unsigned long long skipped),
+		       void *arg)
+{
+	for (size_t i = 0; i < b->n_handlers; i++) {
+		unsigned long long saved = 0, skipped = 0;
+
+		if (!handlers[i]->totals)
+			continue;
+		handlers[i]->totals(b->state[i], &saved, &skipped);
+		fn(arg, handlers[i]->kind, saved, skipped);
+	}
 }
 
 static size_t handler_index(const char *kind)
@@ -286,6 +303,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 				 "will be consumed again");
 			goto done;
 		}
+		metrics_retry();
 		batch_wait(b, backoff);
 		backoff = backoff * 2 > env->cfg->retry_backoff_max_ms
 			      ? env->cfg->retry_backoff_max_ms
@@ -321,6 +339,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	b->t.batches++;
 	b->t.records += n;
 	b->t.dead += dead;
+	metrics_committed(pm.parts, pm.next, pm.n);
+	metrics_batch(n, t_end - t0, contexts_stats(env->contexts));
 	log_at(env->quiet ? LOG_DEBUG : LOG_INFO, NULL,
 	       "%sbatch of %zu records in %lld ms (lookups %lld ms, database "
 	       "%lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already "

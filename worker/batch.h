@@ -51,6 +51,12 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n);
  * slices so a stop request is seen within 100 ms; a consume_wait_fn. */
 void batch_wait(void *arg, int ms);
 void batch_totals(const struct batch *b, struct batch_totals *out);
+/* Calls fn with each handler's totals (those that keep them), by kind. */
+void batch_kind_totals(const struct batch *b,
+		       void (*fn)(void *arg, const char *kind,
+				  unsigned long long saved,
+				  unsigned long long skipped),
+		       void *arg);
 /* The staging tables of every handler, for pgsink_new(). */
 char *batch_staging_sql(void);
 

@@ -28,6 +28,7 @@ struct cache {
 	int backoff_ms;
 	struct cache_keys pending; /* deferred while Redis was down */
 	bool pending_overflow_logged;
+	unsigned long long done, removed; /* totals, for the metrics */
 };
 
 struct strvec {
@@ -265,6 +266,13 @@ void cache_destroy(struct cache *c)
 size_t cache_pending(const struct cache *c)
 {
 	return c->pending.n;
+}
+
+void cache_totals(const struct cache *c, unsigned long long *done,
+		  unsigned long long *removed)
+{
+	*done = c->done;
+	*removed = c->removed;
 }
 
 /* hiredis, on the loop: AUTH or SELECT answered. */
@@ -554,6 +562,10 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 	for (size_t j = 0; j < n_jobs; j++)
 		free(jobs[j].pattern);
 	free(jobs);
+	if (ok) {
+		c->done += in->n;
+		c->removed += (unsigned long long)removed;
+	}
 	return ok ? removed : -1;
 }
 

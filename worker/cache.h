@@ -74,6 +74,10 @@ long long cache_invalidate(struct cache *c, struct cache_keys *k);
 /* Retries deferred invalidations (call when idle). */
 void cache_retry(struct cache *c);
 size_t cache_pending(const struct cache *c);
+/* Invalidations carried out (keys, patterns, version bumps; deferred ones
+ * when they finally ran) and the keys they removed, since start. */
+void cache_totals(const struct cache *c, unsigned long long *done,
+		  unsigned long long *removed);
 
 /* Expands a template: each placeholder ("{conversation_id}") becomes id. A
  * template holding a glob character is a SCAN pattern, and the id is

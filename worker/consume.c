@@ -2,13 +2,17 @@
  * the offsets PostgreSQL holds, and forming batches. */
 #include "consume.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/kafka.h"
 #include "../common/log.h"
 #include "../common/util.h"
+#include "metrics.h"
 
 struct consumer {
 	rd_kafka_t *rk;
@@ -26,6 +30,8 @@ struct consumer {
 	 * once a second instead of once a batch. */
 	rd_kafka_topic_partition_list_t *to_commit;
 	int64_t last_commit_ms;
+	int wake_fds[2]; /* consumer queue → loop (consume_watch) */
+	struct event *wake_ev;
 };
 
 static void consume_commit_flush(struct consumer *c)
@@ -73,6 +79,7 @@ static void seek_to_stored(struct consumer *c,
 		}
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
 			 backoff);
+		metrics_retry();
 		c->wait(c->flush_arg, backoff);
 		backoff = backoff * 2 > c->cfg->retry_backoff_max_ms
 			      ? c->cfg->retry_backoff_max_ms
@@ -108,6 +115,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		else
 			ret = rd_kafka_assign(rk, parts);
 		c->assigned += parts->cnt;
+		metrics_rebalance(true, parts);
 	} else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
 		/* Finish what was fetched before the partitions go: its
 		 * effects and offsets commit together, so the next owner
@@ -122,6 +130,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		else
 			ret = rd_kafka_assign(rk, NULL);
 		c->assigned -= parts->cnt;
+		metrics_rebalance(false, parts);
 		if (c->assigned < 0)
 			c->assigned = 0;
 	} else {
@@ -142,12 +151,24 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 	(void)rk;
 	(void)opaque;
 	log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
+		metrics_kafka_down(reason);
+}
+
+/* Runs on the worker thread inside rd_kafka_consumer_poll(). */
+static int stats_cb(rd_kafka_t *rk, char *json, size_t len, void *opaque)
+{
+	(void)rk;
+	(void)opaque;
+	metrics_kafka_stats(json, len);
+	return 0; /* librdkafka frees json */
 }
 
 static void consumer_callbacks(rd_kafka_conf_t *conf)
 {
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
 	rd_kafka_conf_set_error_cb(conf, error_cb);
+	rd_kafka_conf_set_stats_cb(conf, stats_cb);
 }
 
 struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
@@ -155,19 +176,13 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 			     consume_wait_fn wait, void *flush_arg,
 			     char *errstr, size_t errstr_size)
 {
-	static const char *const settings[] = {"group.id",
-					       NULL, /* filled below */
-					       "enable.auto.commit",
-					       "false",
-					       "enable.auto.offset.store",
-					       "false",
-					       "auto.offset.reset",
-					       "earliest",
-					       "partition.assignment.strategy",
-					       "cooperative-sticky",
-					       "fetch.wait.max.ms",
-					       "100",
-					       NULL};
+	static const char *const settings[] = {
+	    "group.id", NULL, /* filled below */
+	    "enable.auto.commit", "false", "enable.auto.offset.store", "false",
+	    "auto.offset.reset", "earliest", "partition.assignment.strategy",
+	    "cooperative-sticky", "fetch.wait.max.ms", "100",
+	    /* broker states for /readyz */
+	    "statistics.interval.ms", "1000", NULL};
 	const char *kv[sizeof(settings) / sizeof(settings[0])];
 	struct consumer *c = calloc(1, sizeof(*c));
 	struct kafka_client_spec spec = {
@@ -194,6 +209,7 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	c->flush = flush;
 	c->wait = wait;
 	c->flush_arg = flush_arg;
+	c->wake_fds[0] = c->wake_fds[1] = -1;
 	c->msgs = calloc((size_t)cfg->batch_max, sizeof(*c->msgs));
 	if (!c->msgs)
 		abort();
@@ -232,6 +248,7 @@ static bool take(struct consumer *c, rd_kafka_message_t *m)
 		rd_kafka_message_destroy(m);
 		return false;
 	}
+	metrics_consumed(m->partition, m->offset);
 	c->msgs[c->n++] = m;
 	return true;
 }
@@ -283,6 +300,79 @@ void consume_commit_async(struct consumer *c, const int32_t *parts,
 		consume_commit_flush(c);
 }
 
+void consume_offsets(const struct consumer *c, int32_t partition, int64_t *low,
+		     int64_t *high, int64_t *position)
+{
+	rd_kafka_topic_partition_list_t *l =
+	    rd_kafka_topic_partition_list_new(1);
+
+	*low = *high = *position = -1;
+	/* Cached values only: the high watermark comes with every fetch
+	 * response, the position with every record handed out. */
+	if (rd_kafka_get_watermark_offsets(c->rk, c->cfg->topic, partition, low,
+					   high) != RD_KAFKA_RESP_ERR_NO_ERROR)
+		*low = *high = -1;
+	rd_kafka_topic_partition_list_add(l, c->cfg->topic, partition);
+	if (rd_kafka_position(c->rk, l) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+	    l->elems[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		*position = l->elems[0].offset;
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* On the loop: the consumer queue got something; the byte only wakes the
+ * loop, the main loop polls. */
+static void handle_wake(evutil_socket_t fd, short what, void *arg)
+{
+	char drain[256];
+
+	(void)what;
+	(void)arg;
+	while (read(fd, drain, sizeof(drain)) > 0)
+		;
+}
+
+bool consume_watch(struct consumer *c, struct event_base *base, char *errstr,
+		   size_t errstr_size)
+{
+	rd_kafka_queue_t *q;
+
+	if (pipe2(c->wake_fds, O_CLOEXEC | O_NONBLOCK) != 0) {
+		c->wake_fds[0] = c->wake_fds[1] = -1;
+		snprintf(errstr, errstr_size, "pipe: %s", strerror(errno));
+		return false;
+	}
+	c->wake_ev = event_new(base, c->wake_fds[0], EV_READ | EV_PERSIST,
+			       handle_wake, c);
+	if (!c->wake_ev || event_add(c->wake_ev, NULL) != 0) {
+		snprintf(errstr, errstr_size,
+			 "cannot watch the consumer queue");
+		return false;
+	}
+	/* librdkafka writes the byte when the queue goes from empty to not
+	 * empty; the main loop polls until it is empty again. */
+	q = rd_kafka_queue_get_consumer(c->rk);
+	rd_kafka_queue_io_event_enable(q, c->wake_fds[1], "1", 1);
+	rd_kafka_queue_destroy(q);
+	return true;
+}
+
+static void consume_unwatch(struct consumer *c)
+{
+	if (c->wake_fds[1] >= 0) {
+		rd_kafka_queue_t *q = rd_kafka_queue_get_consumer(c->rk);
+
+		rd_kafka_queue_io_event_enable(q, -1, NULL, 0);
+		rd_kafka_queue_destroy(q);
+	}
+	if (c->wake_ev)
+		event_free(c->wake_ev);
+	c->wake_ev = NULL;
+	for (int i = 0; i < 2; i++)
+		if (c->wake_fds[i] >= 0)
+			close(c->wake_fds[i]);
+	c->wake_fds[0] = c->wake_fds[1] = -1;
+}
+
 int consume_assigned(const struct consumer *c)
 {
 	return c->assigned;
@@ -303,6 +393,7 @@ void consume_close(struct consumer *c)
 	consume_flush_pending(c);
 	if (c->to_commit)
 		rd_kafka_topic_partition_list_destroy(c->to_commit);
+	consume_unwatch(c);
 	rd_kafka_destroy(c->rk);
 	free(c->msgs);
 	free(c);

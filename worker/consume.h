@@ -3,6 +3,7 @@
 #ifndef SLUICE_CONSUME_H
 #define SLUICE_CONSUME_H
 
+#include <event2/event.h>
 #include <librdkafka/rdkafka.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -35,6 +36,15 @@ size_t consume_batch(struct consumer *c, int timeout_ms);
 void consume_commit_async(struct consumer *c, const int32_t *parts,
 			  const int64_t *next_offsets, int n);
 int consume_assigned(const struct consumer *c);
+/* What librdkafka last heard of a partition, without a round trip: its
+ * watermarks and the consumer's position; -1 where unknown. */
+void consume_offsets(const struct consumer *c, int32_t partition, int64_t *low,
+		     int64_t *high, int64_t *position);
+/* Makes the consumer queue wake base (an event on a pipe librdkafka writes
+ * to), so the worker can wait on the loop instead of in a blocking poll;
+ * then consume_batch(c, 0) when the loop returns. */
+bool consume_watch(struct consumer *c, struct event_base *base, char *errstr,
+		   size_t errstr_size) __attribute__((warn_unused_result));
 void consume_close(struct consumer *c);
 
 #endif

@@ -20,6 +20,8 @@
 #include "consume.h"
 #include "contexts.h"
 #include "dlq.h"
+#include "httpd.h"
+#include "metrics.h"
 #include "pgsink.h"
 #include "redrive.h"
 #include "replay.h"
@@ -97,7 +99,19 @@ struct worker {
 	struct batch_env env;
 	struct batch *batch;
 	struct consumer *consumer;
+	struct httpd *httpd;	   /* NULL when listen is "" */
+	struct event *idle_ev;	   /* bounds an idle wait on the loop */
+	struct event *watchdog_ev; /* WATCHDOG=1 whenever the loop runs */
+	int64_t wd_ms, last_wd;
 };
+
+/* Loop timer: only ends an idle wait (EVLOOP_ONCE) after 100 ms. */
+static void handle_idle(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	(void)arg;
+}
 
 /* consume builds the group consumer too; replay brings its own. */
 static bool worker_setup(struct worker *w, bool consumer, char *err,
@@ -144,11 +158,25 @@ static bool worker_setup(struct worker *w, bool consumer, char *err,
 	if (!w->consumer)
 		return false;
 	w->env.consumer = w->consumer;
+	if (!consume_watch(w->consumer, w->base, err, errsz))
+		return false;
+	w->idle_ev = evtimer_new(w->base, handle_idle, w);
+	if (w->cfg.listen[0]) {
+		w->httpd = httpd_new(w->base, &w->cfg, w->batch, w->consumer,
+				     w->cache, err, errsz);
+		if (!w->httpd)
+			return false;
+	}
 	return true;
 }
 
 static void worker_cleanup(struct worker *w)
 {
+	httpd_destroy(w->httpd);
+	if (w->idle_ev)
+		event_free(w->idle_ev);
+	if (w->watchdog_ev)
+		event_free(w->watchdog_ev);
 	if (w->consumer)
 		consume_close(w->consumer); /* may flush a last batch */
 	if (w->cache)
@@ -160,35 +188,65 @@ static void worker_cleanup(struct worker *w)
 	pgsink_destroy(w->ps);
 	if (w->base)
 		event_base_free(w->base);
+	metrics_cleanup();
+}
+
+/* WATCHDOG=1 and the STATUS= line, from the main loop and from a timer on
+ * the event_base: the loop also runs inside a batch's lookups and retry
+ * waits (a long PostgreSQL outage), so the ping stops only when the loop
+ * itself is stuck. */
+static void watchdog_ping(struct worker *w)
+{
+	struct batch_totals t;
+
+	if (w->wd_ms <= 0 || util_mono_ms() - w->last_wd < w->wd_ms)
+		return;
+	w->last_wd = util_mono_ms();
+	batch_totals(w->batch, &t);
+	sdnotify("WATCHDOG=1");
+	sdnotify_status("partitions=%d batches=%llu saved=%llu skipped=%llu "
+			"dead=%llu",
+			consume_assigned(w->consumer), t.batches, t.saved,
+			t.skipped, t.dead);
+}
+
+/* Loop timer, every half watchdog interval. */
+static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	watchdog_ping(arg);
 }
 
 /* Mode "consume": the consumer group, a batch at a time, until SIGTERM. */
 static int run_consume(struct worker *w)
 {
 	struct batch_totals t;
-	int64_t wd_ms, last_wd = 0;
+	const struct timeval idle = {0, 100 * 1000};
 
 	log_info("consuming %s as group %s on %s", w->cfg.topic,
 		 w->cfg.group_id, w->cfg.brokers);
 	sdnotify("READY=1");
-	wd_ms = sdnotify_watchdog_interval_ms();
+	w->wd_ms = sdnotify_watchdog_interval_ms();
+	if (w->wd_ms > 0) {
+		struct timeval tv = {w->wd_ms / 2000,
+				     (w->wd_ms / 2 % 1000) * 1000};
+
+		w->watchdog_ev =
+		    event_new(w->base, -1, EV_PERSIST, handle_watchdog, w);
+		event_add(w->watchdog_ev, &tv);
+	}
 	while (!stopping) {
-		size_t n = consume_batch(w->consumer, 100);
+		size_t n = consume_batch(w->consumer, 0);
 
 		if (n == 0) {
 			cache_retry(w->cache);
-			/* serve what is left on the loop (late replies) */
-			event_base_loop(w->base, EVLOOP_NONBLOCK);
+			/* Idle: wait on the loop (HTTP, late replies) until
+			 * the consumer queue wakes it, at most 100 ms. */
+			evtimer_add(w->idle_ev, &idle);
+			event_base_loop(w->base, EVLOOP_ONCE);
 		}
-		if (wd_ms > 0 && util_mono_ms() - last_wd >= wd_ms) {
-			last_wd = util_mono_ms();
-			batch_totals(w->batch, &t);
-			sdnotify("WATCHDOG=1");
-			sdnotify_status("partitions=%d batches=%llu saved=%llu "
-					"skipped=%llu dead=%llu",
-					consume_assigned(w->consumer),
-					t.batches, t.saved, t.skipped, t.dead);
-		}
+		watchdog_ping(w);
 	}
 	log_info("received %s: finishing the batch and leaving the group",
 		 strsignal(stop_signal ? stop_signal : SIGTERM));
@@ -196,10 +254,9 @@ static int run_consume(struct worker *w)
 	consume_close(w->consumer);
 	w->consumer = NULL;
 	batch_totals(w->batch, &t);
-	log_info(
-	    "stopped: %llu batches, %llu records, %llu transcript messages "
-	    "saved, %llu duplicates skipped, %llu dead-lettered",
-	    t.batches, t.records, t.saved, t.skipped, t.dead);
+	log_info("stopped: %llu batches, %llu records, %llu rows saved, %llu "
+		 "duplicates skipped, %llu dead-lettered",
+		 t.batches, t.records, t.saved, t.skipped, t.dead);
 	return 0;
 }
 

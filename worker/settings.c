@@ -65,6 +65,8 @@ const struct cfg_setting worker_settings[] = {
     {"lead_context.lease_wait_ms", CFG_INT, F(lc_lease_wait_ms), "10000", 0,
      600000, NULL, NULL,
      "how long to wait for another worker's fill before fetching"},
+    {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
+     "host:port of /healthz, /readyz and /metrics; empty = off"},
     {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
      "debug, info, warn or error"},
     {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
@@ -129,6 +131,11 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			    cfg->lc_url);
 			return false;
 		}
+	}
+	if (cfg->listen[0] && !strchr(cfg->listen, ':')) {
+		snprintf(errstr, errstr_size, "listen: \"%s\" is not host:port",
+			 cfg->listen);
+		return false;
 	}
 	if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
 		snprintf(errstr, errstr_size,

@@ -23,6 +23,7 @@ struct worker_config {
 	int batch_wait_ms;
 	int retry_backoff_min_ms;
 	int retry_backoff_max_ms;
+	char *listen; /* health and metrics endpoint, "" = off */
 	int log_level;
 	int log_format;
 	/* campaigns and lead contexts */

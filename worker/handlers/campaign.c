@@ -118,6 +118,7 @@ struct campaign_state {
 	size_t messages, runs, finished, changed;
 	size_t outcome[4];
 	int64_t db_ms;
+	unsigned long long saved, skipped; /* totals of committed batches */
 };
 
 static void *campaign_create(const struct handler_env *env)
@@ -420,6 +421,8 @@ static void campaign_summary(void *st, struct buf *line)
 	struct campaign_state *c = st;
 	const struct contexts_stats *s = contexts_stats(c->env.contexts);
 
+	c->saved += c->changed; /* runs after the commit only */
+	c->skipped += c->messages > c->changed ? c->messages - c->changed : 0;
 	if (c->n == 0)
 		return;
 	buf_printf(line,
@@ -434,6 +437,15 @@ static void campaign_summary(void *st, struct buf *line)
 		   c->outcome[MSG_PAUSED], c->outcome[MSG_EXPIRED]);
 }
 
+static void campaign_totals(void *st, unsigned long long *saved,
+			    unsigned long long *skipped)
+{
+	struct campaign_state *c = st;
+
+	*saved += c->saved;
+	*skipped += c->skipped;
+}
+
 const struct handler campaign_handler = {
     .kind = "campaign",
     .staging_sql = SQL_STAGING,
@@ -446,6 +458,7 @@ const struct handler campaign_handler = {
     .write = campaign_write,
     .keys = campaign_keys,
     .summary = campaign_summary,
+    .totals = campaign_totals,
 };
 
 /* ------------------------------------------------------------ lead_updated */

@@ -86,6 +86,7 @@ struct chat_state {
 	int64_t received_ms;
 	size_t records, messages, n_statuses;
 	long long inserted, touched;
+	unsigned long long saved, skipped; /* totals of committed batches */
 };
 
 static void *chat_create(const struct handler_env *env)
@@ -301,6 +302,10 @@ static void chat_summary(void *st, struct buf *line)
 {
 	struct chat_state *c = st;
 
+	c->saved += (unsigned long long)c->inserted; /* after the commit */
+	if ((long long)c->messages > c->inserted)
+		c->skipped += (unsigned long long)c->messages -
+			      (unsigned long long)c->inserted;
 	if (c->records == 0)
 		return;
 	buf_printf(line,
@@ -308,6 +313,15 @@ static void chat_summary(void *st, struct buf *line)
 		   "touched, %zu people",
 		   c->messages, c->inserted, c->n_statuses, c->touched,
 		   c->n_senders);
+}
+
+static void chat_totals(void *st, unsigned long long *saved,
+			unsigned long long *skipped)
+{
+	struct chat_state *c = st;
+
+	*saved += c->saved;
+	*skipped += c->skipped;
 }
 
 const struct handler chat_handler = {
@@ -321,4 +335,5 @@ const struct handler chat_handler = {
     .prepared = chat_prepared,
     .write = chat_write,
     .summary = chat_summary,
+    .totals = chat_totals,
 };
