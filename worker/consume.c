@@ -168,7 +168,8 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 					       "fetch.wait.max.ms",
 					       "100",
 					       NULL};
-	const char *kv[sizeof(settings) / sizeof(settings[0])];
+	enum { N_SETTINGS = sizeof(settings) / sizeof(settings[0]) };
+	const char *kv[N_SETTINGS + 2]; /* room for group.instance.id */
 	struct consumer *c = calloc(1, sizeof(*c));
 	struct kafka_client_spec spec = {
 	    .type = RD_KAFKA_CONSUMER,
@@ -186,8 +187,18 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 
 	if (!c)
 		abort();
-	memcpy(kv, settings, sizeof(kv));
+	memcpy(kv, settings, sizeof(settings));
 	kv[1] = cfg->group_id;
+	/* Static membership (KIP-345): a worker restarted under the same id
+	 * takes its member's place, and its partitions, without waiting for
+	 * the old session to time out. librdkafka then sends no LeaveGroup
+	 * on close, so a stopped static member's partitions wait for
+	 * session.timeout.ms (docs/operations.md). */
+	if (cfg->group_instance_id[0]) {
+		kv[N_SETTINGS - 1] = "group.instance.id";
+		kv[N_SETTINGS] = cfg->group_instance_id;
+		kv[N_SETTINGS + 1] = NULL;
+	}
 	c->cfg = cfg;
 	c->ps = ps;
 	c->stop = stop;
@@ -201,6 +212,9 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	if (!c->rk)
 		goto fail;
 	rd_kafka_poll_set_consumer(c->rk);
+	if (cfg->group_instance_id[0])
+		log_info("joining group %s as static member %s", cfg->group_id,
+			 cfg->group_instance_id);
 	if (!kafka_ensure_topic(c->rk, cfg->topic, cfg->topic_partitions, 5000,
 				e, sizeof(e)))
 		log_warn("could not ensure topic: %s", e);

@@ -79,6 +79,7 @@ static bool worker_setup(struct worker *w, char *err, size_t errsz)
 	w->ps = pgsink_new(w->cfg.postgres_dsn, w->cfg.group_id, w->cfg.topic,
 			   staging);
 	free(staging);
+	pgsink_set_idle_tx_timeout(w->ps, w->cfg.pg_idle_tx_timeout_ms);
 	w->cache = cache_new(w->base, w->cfg.redis_url, w->cfg.redis_timeout_ms,
 			     err, errsz);
 	if (!w->cache)

@@ -15,6 +15,7 @@ struct pgsink {
 	char *group_id;
 	char *topic;
 	char *staging_sql; /* every handler's temp tables */
+	int idle_tx_timeout_ms;
 	bool prepared;
 };
 
@@ -31,7 +32,15 @@ static const char SQL_OFFSETS[] =
     "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
     " SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS u(p, o)"
     " ON CONFLICT (group_id, topic, partition) DO UPDATE"
-    " SET next_offset = EXCLUDED.next_offset, updated_at = now()";
+    " SET next_offset = GREATEST(sluice_offsets.next_offset,"
+    " EXCLUDED.next_offset), updated_at = now()";
+
+/* A batch's transaction is open only while it writes, so it is never idle
+ * for long unless its worker is stopped or cut off; the server then ends
+ * it, and the partitions' next owner is not blocked behind its row locks
+ * (docs/operations.md, "Zombie workers"). */
+static const char SQL_IDLE_TIMEOUT[] =
+    "SELECT set_config('idle_in_transaction_session_timeout', $1, false)";
 
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
 			  const char *topic, const char *staging_sql)
@@ -98,8 +107,29 @@ bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size)
 		return false;
 	}
 	PQclear(res);
+	if (ps->idle_tx_timeout_ms > 0) {
+		char ms[32];
+		const char *params[1] = {ms};
+
+		snprintf(ms, sizeof(ms), "%d", ps->idle_tx_timeout_ms);
+		res = PQexecParams(ps->conn, SQL_IDLE_TIMEOUT, 1, NULL, params,
+				   NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+			PQclear(res);
+			set_err(ps, "idle_in_transaction_session_timeout",
+				errstr, errstr_size);
+			drop_conn(ps);
+			return false;
+		}
+		PQclear(res);
+	}
 	ps->prepared = true;
 	return true;
+}
+
+void pgsink_set_idle_tx_timeout(struct pgsink *ps, int ms)
+{
+	ps->idle_tx_timeout_ms = ms;
 }
 
 /* "{1,2,3}" */
