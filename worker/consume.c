@@ -115,8 +115,21 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		consume_flush_pending(c);
 		if (!rd_kafka_assignment_lost(rk))
 			consume_commit_flush(c);
-		log_info("revoked %d partitions%s", parts->cnt,
-			 rd_kafka_assignment_lost(rk) ? " (lost)" : "");
+		{
+			/* Named, as "assigned" lines are, so an operator
+			 * can follow each partition across the fleet. */
+			struct buf names;
+
+			buf_init(&names);
+			buf_puts(&names, "");
+			for (int i = 0; i < parts->cnt; i++)
+				buf_printf(&names, " [%d]",
+					   (int)parts->elems[i].partition);
+			log_info("revoked %d partitions%s:%s", parts->cnt,
+				 rd_kafka_assignment_lost(rk) ? " (lost)" : "",
+				 names.data);
+			buf_free(&names);
+		}
 		if (cooperative)
 			error = rd_kafka_incremental_unassign(rk, parts);
 		else
