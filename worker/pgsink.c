@@ -23,10 +23,20 @@ static const char SQL_LOAD_OFFSETS[] =
     "SELECT partition, next_offset FROM sluice_offsets"
     " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])";
 
+/* A partition's first batch has no row to lock: -1 (nothing stored)
+ * placeholders make one, so two owners of a partition serialize on it even
+ * then. The batch's upsert replaces it; a rollback removes it. Rows are
+ * taken in partition order so two batches never wait on each other in a
+ * cycle. */
+static const char SQL_CLAIM[] =
+    "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
+    " SELECT $1, $2, p, -1 FROM unnest($3::int[]) AS u(p) ORDER BY p"
+    " ON CONFLICT (group_id, topic, partition) DO NOTHING";
+
 static const char SQL_FENCE[] =
     "SELECT partition, next_offset FROM sluice_offsets"
     " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])"
-    " FOR UPDATE";
+    " ORDER BY partition FOR UPDATE";
 
 static const char SQL_OFFSETS[] =
     "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
@@ -214,11 +224,25 @@ static bool exec_ok(struct pgsink *ps, const char *sql, const char *what,
 bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 		  int64_t *fence, char *errstr, size_t errstr_size)
 {
+	char *arr;
+	const char *params[3];
+	bool claimed;
+
 	if (!pgsink_connect(ps, errstr, errstr_size))
 		return false;
-	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size) ||
-	    !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
-			   errstr_size)) {
+	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size)) {
+		pgsink_rollback(ps);
+		return false;
+	}
+	arr = int_array(parts, n);
+	params[0] = ps->group_id;
+	params[1] = ps->topic;
+	params[2] = arr;
+	claimed = pgsink_exec(ps, SQL_CLAIM, 3, params, "offsets", errstr,
+			      errstr_size) >= 0;
+	free(arr);
+	if (!claimed || !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
+				       errstr_size)) {
 		pgsink_rollback(ps);
 		return false;
 	}

@@ -419,7 +419,8 @@ def test_zombie_is_fenced(pipeline, services):
     over = dict(topic_partitions=6, batch_max=50,
                 postgres_idle_tx_timeout_ms=2000, **GROUP_TUNING)
     slow_cid = pipeline.cid("slow")
-    names = [f"{pipeline.group}-a"[:60], f"{pipeline.group}-b"[:60]]
+    tag = uuid.uuid4().hex[:8]     # application_name keeps 63 bytes
+    names = [f"sluice-fleet-{tag}-a", f"sluice-fleet-{tag}-b"]
     with OffsetWatch(services, pipeline.group) as watch, \
             SlowInsert(services, slow_cid, 3):
         workers = [start_worker_as(pipeline, n, **over) for n in names]
@@ -508,3 +509,77 @@ def test_zombie_is_fenced(pipeline, services):
         assert not dups, f"duplicated (conversation, external id): {dups}"
         assert rows == acked, f"{rows} rows for {acked} acknowledged events"
         assert not backwards, f"offsets moved backwards: {backwards}"
+
+
+def test_zombie_without_idle_timeout_blocks_its_successor(pipeline,
+                                                          services):
+    """postgres_idle_tx_timeout_ms = 0: the stopped worker's transaction
+    keeps the offset rows locked, so the partitions' next owner waits on
+    them as long as it is stopped (no data lost or doubled, but no
+    progress either); resumed, the zombie commits (it held the fence) and
+    the next owner's fence skips what it wrote."""
+    over = dict(topic_partitions=6, batch_max=50,
+                postgres_idle_tx_timeout_ms=0, **GROUP_TUNING)
+    slow_cid = pipeline.cid("slow")
+    tag = uuid.uuid4().hex[:8]     # application_name keeps 63 bytes
+    names = [f"sluice-fleet-{tag}-a", f"sluice-fleet-{tag}-b"]
+    with OffsetWatch(services, pipeline.group) as watch, \
+            SlowInsert(services, slow_cid, 2):
+        workers = [start_worker_as(pipeline, n, **over) for n in names]
+        ingest = pipeline.start_ingest(topic_partitions=6)
+        wait_until(lambda: all(assigned_partitions(w) for w in workers), 60,
+                   0.2, "both workers to hold partitions")
+        zombie = None
+        r = ingest.post(transcript(slow_cid,
+                                   [(f"{slow_cid}-m", "user", "slow")]))
+        assert r.status == 202, r
+        try:
+            name = wait_until(lambda: (services.query(
+                "SELECT application_name FROM pg_stat_activity"
+                " WHERE wait_event = 'PgSleep'"
+                " AND application_name = ANY(%s)", (names,)) or [[None]])[0][0],
+                30, 0.02, "a worker to sit in the slow insert")
+            zombie = workers[names.index(name)]
+            other = workers[1 - names.index(name)]
+            zombie.signal(signal.SIGSTOP)
+            stopped_at = zombie.log.stat().st_size
+            other_at = other.log.stat().st_size
+            # Records behind the slow one, on every partition.
+            for i in range(30):
+                cid = pipeline.cid(f"after{i}")
+                assert ingest.post(transcript(
+                    cid, [(f"{cid}-m", "user", "x")])).status == 202
+            blocked = wait_until(lambda: services.query(
+                "SELECT count(*) FROM pg_stat_activity WHERE"
+                " application_name = %s AND wait_event_type = 'Lock'",
+                (other.appname,))[0][0] > 0, SESSION_MS / 1000 * 3 + 20,
+                0.1, "the next owner to wait on the zombie's row locks",
+                describe=other.log_tail)
+            assert blocked
+            time.sleep(2)
+            assert pipeline.message_count(slow_cid) == 0
+            zombie.signal(signal.SIGCONT)
+        finally:
+            if zombie is not None:
+                zombie.signal(signal.SIGCONT)
+        wait_rows(pipeline, 31)
+        wait_all_committed(pipeline, pipeline.group)
+        ztext = zombie.log.read_bytes()[stopped_at:].decode("utf-8",
+                                                             "replace")
+        otext = other.log.read_bytes()[other_at:].decode("utf-8", "replace")
+        # The zombie's batch in hand commits as it was (it held the
+        # fence), first thing after SIGCONT ...
+        first = re.search(r"batch of \d+ records[^\n]*", ztext)
+        assert first and "not committed" not in first.group(0) and re.search(
+            r"saved 1 messages.* 0 already applied", first.group(0)), (
+            ztext[:2000])
+        # ... and the next owner's fence moved under it: rebuilt, skipped.
+        assert re.search(r"stored offset of partition \d+ moved", otext), (
+            otext[:3000])
+        assert re.search(r" [1-9]\d* already applied", otext), otext[:3000]
+        rows, dups = pipeline.message_count(), pipeline.duplicates()
+        assert not dups and rows == 31, (rows, dups)
+        assert not watch.backwards(), watch.backwards()
+        print(f"\nzombie without idle timeout: next owner blocked on its "
+              f"locks until SIGCONT; zombie committed its batch, next "
+              f"owner fenced it; rows {rows}, duplicates {len(dups)}")
