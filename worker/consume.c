@@ -21,6 +21,7 @@ struct consumer {
 	rd_kafka_message_t **msgs; /* the batch being collected */
 	size_t n;
 	int assigned;
+	bool fatal; /* librdkafka's consumer can never work again */
 	/* Next offsets committed to PostgreSQL but not yet told to Kafka:
 	 * Kafka's copy only serves lag monitoring, so it is sent at most
 	 * once a second instead of once a batch. */
@@ -253,9 +254,22 @@ fail:
 /* Takes one polled message into the batch, or logs a consumer event. */
 static bool take(struct consumer *c, rd_kafka_message_t *m)
 {
+	if (m->err == RD_KAFKA_RESP_ERR__FATAL && !c->fatal) {
+		char reason[512];
+		rd_kafka_resp_err_t orig =
+		    rd_kafka_fatal_error(c->rk, reason, sizeof(reason));
+
+		log_error("kafka consumer failed for good: %s%s", reason,
+			  orig == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID
+			      ? " (another worker runs with the same "
+				"group_instance_id)"
+			      : "");
+		c->fatal = true;
+	} else if (m->err && m->err != RD_KAFKA_RESP_ERR__FATAL &&
+		   m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+		log_warn("consumer: %s", rd_kafka_message_errstr(m));
+	}
 	if (m->err) {
-		if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-			log_warn("consumer: %s", rd_kafka_message_errstr(m));
 		rd_kafka_message_destroy(m);
 		return false;
 	}
@@ -313,6 +327,11 @@ void consume_commit_async(struct consumer *c, const int32_t *parts,
 int consume_assigned(const struct consumer *c)
 {
 	return c->assigned;
+}
+
+bool consume_fatal(const struct consumer *c)
+{
+	return c->fatal;
 }
 
 void consume_close(struct consumer *c)

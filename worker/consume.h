@@ -35,6 +35,9 @@ size_t consume_batch(struct consumer *c, int timeout_ms);
 void consume_commit_async(struct consumer *c, const int32_t *parts,
 			  const int64_t *next_offsets, int n);
 int consume_assigned(const struct consumer *c);
+/* A fatal consumer error (e.g. fenced by another worker with the same
+ * group_instance_id): the worker should exit. */
+bool consume_fatal(const struct consumer *c);
 void consume_close(struct consumer *c);
 
 #endif

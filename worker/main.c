@@ -131,12 +131,13 @@ static int run_consume(struct worker *w)
 {
 	struct batch_totals t;
 	int64_t wd_ms, last_wd = 0;
+	bool fatal = false;
 
 	log_info("consuming %s as group %s on %s", w->cfg.topic,
 		 w->cfg.group_id, w->cfg.brokers);
 	sdnotify("READY=1");
 	wd_ms = sdnotify_watchdog_interval_ms();
-	while (!stopping) {
+	while (!stopping && !consume_fatal(w->consumer)) {
 		size_t n = consume_batch(w->consumer, 100);
 
 		if (n == 0) {
@@ -154,8 +155,12 @@ static int run_consume(struct worker *w)
 					t.batches, t.saved, t.skipped, t.dead);
 		}
 	}
-	log_info("received %s: finishing the batch and leaving the group",
-		 strsignal(stop_signal ? stop_signal : SIGTERM));
+	if (!stopping)
+		fatal = true; /* consume_fatal(): logged, exit 1 */
+	else
+		log_info("received %s: finishing the batch and leaving the "
+			 "group",
+			 strsignal(stop_signal ? stop_signal : SIGTERM));
 	sdnotify("STOPPING=1");
 	consume_close(w->consumer);
 	w->consumer = NULL;
@@ -164,7 +169,7 @@ static int run_consume(struct worker *w)
 	    "stopped: %llu batches, %llu records, %llu transcript messages "
 	    "saved, %llu duplicates skipped, %llu dead-lettered",
 	    t.batches, t.records, t.saved, t.skipped, t.dead);
-	return 0;
+	return fatal ? 1 : 0;
 }
 
 int main(int argc, char **argv)

@@ -583,3 +583,19 @@ def test_zombie_without_idle_timeout_blocks_its_successor(pipeline,
         print(f"\nzombie without idle timeout: next owner blocked on its "
               f"locks until SIGCONT; zombie committed its batch, next "
               f"owner fenced it; rows {rows}, duplicates {len(dups)}")
+
+
+def test_same_instance_id_twice(pipeline):
+    """Two workers given one group_instance_id: the broker fences the
+    first; it says why and exits 1 instead of running on without a
+    consumer."""
+    over = dict(group_instance_id=f"{pipeline.group}-same", **GROUP_TUNING)
+    first = pipeline.start_worker(**over)
+    second = pipeline.start_worker(**over)
+    rc = first.wait(30)
+    pipeline.daemons.remove(first)      # its exit is the point
+    assert rc == 1, f"exit {rc}; log:\n{first.log_tail()}"
+    assert "another worker runs with the same group_instance_id" in (
+        first.log_text()), first.log_tail()
+    assert not first.crash_lines(), first.log_tail(60)
+    second.assert_alive()
