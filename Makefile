@@ -4,7 +4,11 @@
 CC      ?= cc
 PKGS    := rdkafka libpq hiredis libcjson libevent openssl
 CFLAGS  ?= -O2 -g
-CFLAGS  += -DSCHEMA_DIR=\"$(CURDIR)/schemas\"
+# The JSON Schemas' directory compiled in as schema_dir's default: the
+# source tree's for the binaries in $(BUILD); `make install` relinks
+# sluice-ingest with $(PREFIX)/share/sluice/schemas instead.
+SCHEMA_DIR ?= $(CURDIR)/schemas
+CFLAGS  += -DSCHEMA_DIR=\"$(SCHEMA_DIR)\"
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP
 CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
@@ -29,6 +33,7 @@ INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
+              worker/replay.c worker/replay_pos.c worker/redrive.c \
               worker/contexts.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
@@ -38,11 +43,11 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat
+              test_chat test_replay
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
-        lint bench clean fuzz fuzz-smoke
+        lint bench clean fuzz fuzz-smoke install deb check-man
 
 all: $(BUILD)/sluice-ingest $(BUILD)/sluice-worker
 
@@ -85,6 +90,9 @@ $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
 	$(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \
 	$(BUILD)/common/chat.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
+	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
+	$(BUILD)/common/validate.o $(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"
@@ -115,6 +123,7 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory asan
 	$(Q)for t in $(addprefix build/asan/tests/,$(UNIT_TESTS)); do $$t || exit 1; done
 	$(Q)tests/check_config_docs.sh $(BUILD)
+	$(Q)tests/check_man.sh $(BUILD)
 	$(Q)$(MAKE) --no-print-directory fuzz-smoke
 	$(Q)SLUICE_BUILD_DIR=$(CURDIR)/build .venv/bin/python -m pytest -q tests/system
 	$(Q)SLUICE_BUILD_DIR=$(CURDIR)/build/asan .venv/bin/python -m pytest -q tests/system
@@ -174,7 +183,72 @@ $(BUILD)/kproduce: bench/kproduce.c
 bench: all $(BUILD)/loadgen $(BUILD)/kproduce
 	$(Q)bench/run.sh
 
+# ------------------------------------------------------------ install ----
+# `make install [PREFIX=/usr/local] [DESTDIR=]`: both binaries, their man
+# pages, the schemas and migrations, sluice-migrate, the systemd units, the
+# sysusers.d entry for the `sluice` user and example configurations.
+# SCHEMA_DIR is compiled into ingest/settings.o only, so the installed
+# sluice-ingest is that one object built again with the installed path and
+# relinked (in $(BUILD)/install/, always, since PREFIX may differ between
+# runs); sluice-worker is installed as built.
+PREFIX      ?= /usr/local
+BINDIR      ?= $(PREFIX)/bin
+DATADIR     ?= $(PREFIX)/share/sluice
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/sluice
+UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+SYSCONFDIR  ?= /etc
+INSTALL     ?= install
+INST        := $(BUILD)/install
+INST_SCHEMA_DIR := $(DATADIR)/schemas
+
+$(INST)/ingest/settings.o: ingest/settings.c FORCE
+	@mkdir -p $(dir $@)
+	@echo "  CC  $< (schema_dir $(INST_SCHEMA_DIR))"
+	$(Q)$(CC) $(CFLAGS) -USCHEMA_DIR -DSCHEMA_DIR=\"$(INST_SCHEMA_DIR)\" -c -o $@ $<
+
+$(INST)/sluice-ingest: $(filter-out $(BUILD)/ingest/settings.o,$(INGEST_OBJ)) \
+		$(INST)/ingest/settings.o
+	@echo "  LD  $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The units name their binaries by path and /etc/sluice by default.
+UNIT_SED := -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/sluice|$(SYSCONFDIR)/sluice|g'
+
+install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(INST_SCHEMA_DIR)/migrations $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples
+	$(INSTALL) -m 755 $(INST)/sluice-ingest $(BUILD)/sluice-worker $(DESTDIR)$(BINDIR)/
+	$(INSTALL) -m 755 deploy/migrate.sh $(DESTDIR)$(BINDIR)/sluice-migrate
+	$(INSTALL) -m 644 docs/man/sluice-ingest.1 docs/man/sluice-worker.1 \
+		docs/man/sluice-migrate.1 $(DESTDIR)$(MANDIR)/man1/
+	$(INSTALL) -m 644 schemas/*.schema.json $(DESTDIR)$(INST_SCHEMA_DIR)/
+	$(INSTALL) -m 644 schemas/migrations/*.sql $(DESTDIR)$(INST_SCHEMA_DIR)/migrations/
+	for u in sluice-ingest.service sluice-worker@.service; do \
+		sed $(UNIT_SED) deploy/systemd/$$u >$(DESTDIR)$(UNITDIR)/$$u && \
+		chmod 644 $(DESTDIR)$(UNITDIR)/$$u || exit 1; \
+	done
+	$(INSTALL) -m 644 deploy/systemd/sluice.sysusers $(DESTDIR)$(SYSUSERSDIR)/sluice.conf
+	$(INSTALL) -m 644 deploy/examples/* $(DESTDIR)$(DOCDIR)/examples/
+
+# `make deb`: a binary .deb through debhelper (debian/), built in
+# build/deb/ (kept between runs, so a second `make deb` only relinks) and
+# written to build/deb/pkg/.
+deb:
+	$(Q)dpkg-checkbuilddeps
+	$(Q)rm -f debian/debhelper-build-stamp
+	$(Q)SLUICE_DEB_DIR=$(CURDIR)/build/deb/pkg debian/rules binary
+
+check-man: all
+	$(Q)tests/check_man.sh $(BUILD)
+
+FORCE:
+
 clean:
 	rm -rf build
+	rm -rf debian/.debhelper debian/sluice debian/sluice-dbgsym debian/files \
+		debian/*.substvars debian/debhelper-build-stamp
 
 -include $(shell find build -name '*.d' 2>/dev/null)

@@ -279,6 +279,47 @@ def bench_worker(env, tmp, rows):
         worker_rate / copy_rate, ">= 0.6")
     row("worker rows/s", worker_rate, "rows/s", "naive INSERT loop", naive_rate,
         worker_rate / naive_rate, ">= 30")
+    bench_replay(env, tmp, wconf, convs, per, worker_rate)
+
+
+def bench_replay(env, tmp, wconf, records, per, live_rate):
+    """The same topic replayed into an empty database, next to the live
+    worker's rate: start to exit, so planning the range counts."""
+    import psycopg
+    dsn = env["SLUICE_POSTGRES_DSN"]
+    db = f"bench_replay_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{db}"')
+    rdsn = dsn.rsplit("/", 1)[0] + "/" + db
+    try:
+        subprocess.run([os.path.join(REPO, "deploy", "migrate.sh"), rdsn],
+                       check=True, capture_output=True)
+        conf = os.path.join(tmp, "replay.conf")
+        with open(wconf) as f, open(conf, "w") as g:
+            g.writelines(line for line in f if not line.startswith("log_level"))
+            g.write(f"postgres_dsn = {rdsn}\nlog_level = warn\n")
+        t = time.perf_counter()
+        subprocess.run([os.path.join(BUILD, "sluice-worker"), "replay", "-c", conf,
+                        "--from", "1970-01-01T00:00:00Z"], check=True,
+                       stdin=subprocess.DEVNULL, capture_output=True,
+                       env={k: v for k, v in os.environ.items()
+                            if not k.startswith("SLUICE_")} | {
+                           "SLUICE_KAFKA_BROKERS": env["SLUICE_KAFKA_BROKERS"],
+                           "SLUICE_REDIS_URL": env["SLUICE_REDIS_URL"]})
+        secs = time.perf_counter() - t
+        with psycopg.connect(rdsn, autocommit=True) as c:
+            n = c.execute("SELECT count(*) FROM messages").fetchone()[0]
+        if n != records * per:
+            raise SystemExit(f"replay wrote {n} rows, want {records * per}")
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    rate = n / secs
+    print(f"replay: {records} records ({n} rows) in {secs:.2f} s: "
+          f"{records / secs:.0f} records/s, {rate:.0f} rows/s "
+          f"({rate / live_rate:.2f}x the live worker)")
+    row("replay rows/s", rate, "rows/s", "live sluice-worker", live_rate,
+        rate / live_rate, "report")
 
 
 def bench_e2e(env, tmp, seconds, rate=2000, probes=200):

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Install everything sluice needs to build, run and test on Debian 12:
 #   - Debian packages (compilers, libraries, PostgreSQL, Redis, wrk, linters,
-#     nginx-light for the benchmark baseline, a JRE and Maven if missing);
+#     nginx-light for the benchmark baseline, debhelper and lintian for
+#     `make deb`, systemd-analyze and man for the unit and man page checks,
+#     a JRE and Maven if missing);
 #   - the Apache Kafka broker jars (deploy/kafka/fetch.sh, cached);
 #   - a Python venv at $REPO/.venv with tests/requirements.txt.
 #
@@ -25,6 +27,7 @@ packages=(
     postgresql redis-server
     wrk clang-format cppcheck nginx-light json-schema-test-suite clang
     libclang-rt-14-dev
+    debhelper dpkg-dev lintian systemd man-db groff-base
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)

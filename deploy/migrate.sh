@@ -4,20 +4,32 @@
 # are recorded in sluice_schema_migrations(name, applied_at). A session-level
 # advisory lock serializes concurrent runs against the same database.
 #
-# Usage: deploy/migrate.sh DSN
+# Usage: deploy/migrate.sh DSN   (installed as sluice-migrate, see sluice-migrate(1))
 #   DSN                     libpq conninfo or URI (postgresql://...)
-#   SLUICE_MIGRATIONS_DIR   overrides the migrations directory
+#   SLUICE_MIGRATIONS_DIR   overrides the migrations directory: by default
+#                           schemas/migrations of the source tree, or
+#                           share/sluice/schemas/migrations next to an
+#                           installed bin/sluice-migrate
 #
 # Migration files must not contain transaction control (BEGIN/COMMIT).
 set -euo pipefail
 
 die() { echo "migrate.sh: error: $*" >&2; exit 1; }
 
-[[ $# -eq 1 && -n "$1" ]] || die "usage: deploy/migrate.sh DSN"
+if [[ $# -eq 1 && ( "$1" == -h || "$1" == --help ) ]]; then
+    echo "usage: sluice-migrate DSN"
+    echo "Applies the SQL migrations not yet applied to the database DSN."
+    echo "SLUICE_MIGRATIONS_DIR overrides the migrations directory."
+    exit 0
+fi
+[[ $# -eq 1 && -n "$1" ]] || die "usage: sluice-migrate DSN"
 dsn="$1"
 
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-dir="${SLUICE_MIGRATIONS_DIR:-$repo/schemas/migrations}"
+# deploy/migrate.sh in the source tree, or $PREFIX/bin/sluice-migrate.
+top="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+default_dir="$top/schemas/migrations"
+[[ -d "$default_dir" ]] || default_dir="$top/share/sluice/schemas/migrations"
+dir="${SLUICE_MIGRATIONS_DIR:-$default_dir}"
 [[ -d "$dir" ]] || die "migrations directory not found: $dir"
 command -v psql >/dev/null 2>&1 || die "psql not found (run deploy/install-deps.sh)"
 

@@ -38,7 +38,8 @@ const struct cfg_setting ingest_settings[] = {
      "requests waiting for Kafka at once"},
     {"campaign_max_messages", CFG_INT, F(campaign_max_messages), "1000", 1,
      100000, NULL, NULL, "most messages in one campaign batch"},
-    {"schema_dir", CFG_STR, F(schema_dir), "schemas", 0, 0, NULL,
+    /* SCHEMA_DIR: the source tree's schemas/, or the installed copy's. */
+    {"schema_dir", CFG_STR, F(schema_dir), SCHEMA_DIR, 0, 0, NULL,
      "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from"},
     {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
      "debug, info, warn or error"},

@@ -56,7 +56,8 @@ char *batch_staging_sql(void)
 struct batch *batch_new(struct batch_env *env)
 {
 	struct batch *b = calloc(1, sizeof(*b));
-	struct handler_env henv = {env->cfg, env->base, env->contexts};
+	struct handler_env henv = {env->cfg, env->base, env->contexts,
+				   env->record_clock};
 
 	if (!b)
 		abort();
@@ -203,7 +204,10 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 			b->used[h] = true;
 			continue;
 		}
-		if (!dlq_send(env->dlq, m, reason)) {
+		if (env->dry_run) {
+			log_ctx_info(kind, "dry run: would dead-letter: %s",
+				     reason);
+		} else if (!dlq_send(env->dlq, m, reason)) {
 			snprintf(err, errsz,
 				 "dead-letter topic refused a record");
 			return false;
@@ -316,7 +320,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	for (size_t i = 0; i < b->n_handlers; i++)
 		if (b->used[i] && handlers[i]->keys)
 			handlers[i]->keys(b->state[i], &b->keys);
-	removed = cache_invalidate(env->cache, &b->keys);
+	removed = env->dry_run ? 0 : cache_invalidate(env->cache, &b->keys);
 	t_end = util_mono_ms();
 
 	buf_reset(&b->line);
@@ -337,14 +341,16 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	b->t.batches++;
 	b->t.records += n;
 	b->t.dead += dead;
-	log_info("batch of %zu records in %lld ms (lookups %lld ms, database "
-		 "%lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already "
-		 "applied, %s%lld cache keys removed",
-		 n, (long long)(t_end - t0), (long long)prepare_ms,
-		 (long long)(t_commit - t0 - prepare_ms),
-		 (long long)(t_end - t_commit), b->line.data,
-		 b->line.len ? "; " : "", dead, fenced,
-		 removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
+	log_at(env->quiet ? LOG_DEBUG : LOG_INFO, NULL,
+	       "%sbatch of %zu records in %lld ms (lookups %lld ms, database "
+	       "%lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already "
+	       "applied, %s%lld cache keys removed",
+	       env->dry_run ? "dry run (rolled back): " : "", n,
+	       (long long)(t_end - t0), (long long)prepare_ms,
+	       (long long)(t_commit - t0 - prepare_ms),
+	       (long long)(t_end - t_commit), b->line.data,
+	       b->line.len ? "; " : "", dead, fenced,
+	       removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
 	/* Let what the batch queued on the loop (cache fills) go out. */
 	event_base_loop(env->base, EVLOOP_NONBLOCK);
 done:

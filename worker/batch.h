@@ -26,6 +26,13 @@ struct batch_env {
 	struct contexts *contexts;
 	struct consumer *consumer; /* set once the consumer exists */
 	volatile const int *stopping;
+	/* replay: time rules use each record's received-at */
+	bool record_clock;
+	/* replay --dry-run: every batch is rolled back, nothing is
+	 * dead-lettered and no cache key is removed */
+	bool dry_run;
+	/* the one-line batch log at debug level (a terminal shows progress) */
+	bool quiet;
 };
 
 struct batch_totals {

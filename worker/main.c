@@ -1,12 +1,15 @@
 /* sluice-worker: the launcher. Reads the configuration, builds the
- * daemon's objects and runs a mode: consume (the consumer group). The
- * batch logic lives in batch.c, each kind's in handlers/. */
+ * daemon's objects and runs a mode: consume (the consumer group), replay
+ * (a range of the topic under a group of its own) or redrive (the
+ * dead-letter topic back to where it came from). The batch logic lives in
+ * batch.c, each kind's in handlers/. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "../common/kafka.h"
 #include "../common/log.h"
@@ -18,6 +21,8 @@
 #include "contexts.h"
 #include "dlq.h"
 #include "pgsink.h"
+#include "redrive.h"
+#include "replay.h"
 #include "settings.h"
 
 static volatile sig_atomic_t stop_signal;
@@ -34,12 +39,24 @@ static void usage(FILE *out)
 {
 	fprintf(
 	    out,
-	    "usage: sluice-worker -c FILE [--check-config]\n"
+	    "usage: sluice-worker [consume] -c FILE [--check-config]\n"
+	    "       sluice-worker replay -c FILE --from TIME|PARTITION:OFFSET\n"
+	    "                     [--to TIME|PARTITION:OFFSET] [--group NAME]\n"
+	    "                     [--dry-run] [--rate N]\n"
+	    "       sluice-worker redrive -c FILE [--dry-run] "
+	    "[--max-attempts N]\n"
 	    "       sluice-worker --help | --version | --list-keys\n"
 	    "\n"
-	    "Consumes sluice events from Kafka in a consumer group and writes\n"
-	    "them to PostgreSQL, one transaction per batch with the offsets,\n"
-	    "then invalidates the affected Redis keys.\n"
+	    "consume (the default) reads sluice events from Kafka in a "
+	    "consumer\n"
+	    "group and writes them to PostgreSQL, one transaction per batch "
+	    "with\n"
+	    "the offsets, then invalidates the affected Redis keys.\n"
+	    "replay applies a range of the topic again through the same "
+	    "handlers\n"
+	    "and transaction, under a group of its own, and stops at its end.\n"
+	    "redrive sends the dead-letter topic's records back to their "
+	    "topic.\n"
 	    "\n"
 	    "  -c, --config FILE   configuration file (see "
 	    "docs/configuration.md)\n"
@@ -47,6 +64,22 @@ static void usage(FILE *out)
 	    "      --list-keys     print every configuration key\n"
 	    "  -h, --help          this text\n"
 	    "  -V, --version       print the version\n"
+	    "replay:\n"
+	    "      --from POS      where to start: an RFC 3339 time (every\n"
+	    "                      partition, by record timestamp) or\n"
+	    "                      PARTITION:OFFSET[,PARTITION:OFFSET...]\n"
+	    "      --to POS        where to stop (exclusive; default: the end\n"
+	    "                      of each partition when the replay starts)\n"
+	    "      --group NAME    the replay's group (default "
+	    "GROUP_ID-replay);\n"
+	    "                      run again with it to resume\n"
+	    "      --dry-run       count what would change, write nothing\n"
+	    "      --rate N        apply at most N records per second\n"
+	    "redrive:\n"
+	    "      --dry-run       report what would be sent back, send "
+	    "nothing\n"
+	    "      --max-attempts N  a record sent back N times stays dead\n"
+	    "                      (default 5)\n"
 	    "\n"
 	    "Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, "
 	    "SLUICE_POSTGRES_DSN,\n"
@@ -66,7 +99,9 @@ struct worker {
 	struct consumer *consumer;
 };
 
-static bool worker_setup(struct worker *w, char *err, size_t errsz)
+/* consume builds the group consumer too; replay brings its own. */
+static bool worker_setup(struct worker *w, bool consumer, char *err,
+			 size_t errsz)
 {
 	char *staging = batch_staging_sql();
 
@@ -103,6 +138,8 @@ static bool worker_setup(struct worker *w, char *err, size_t errsz)
 	    .stopping = &stopping,
 	};
 	w->batch = batch_new(&w->env);
+	if (!consumer)
+		return true;
 	w->consumer = consume_new(&w->cfg, w->ps, &stopping, batch_process,
 				  batch_wait, w->batch, err, errsz);
 	if (!w->consumer)
@@ -172,45 +209,176 @@ static int run_consume(struct worker *w)
 	return fatal ? 1 : 0;
 }
 
-int main(int argc, char **argv)
+enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE };
+
+struct cli {
+	enum mode mode;
+	const char *config_path;
+	bool check_only;
+	const char *from, *to, *group;
+	bool dry_run;
+	double rate;
+	int max_attempts;
+	struct replay_opts replay;
+};
+
+/* Parses argv; returns -1 to go on, else the exit status. */
+static int parse_cli(int argc, char **argv, struct cli *cli)
 {
+	enum {
+		OPT_CHECK = 256,
+		OPT_LIST,
+		OPT_FROM,
+		OPT_TO,
+		OPT_GROUP,
+		OPT_DRY,
+		OPT_RATE,
+		OPT_MAX
+	};
 	static const struct option opts[] = {
 	    {"config", required_argument, NULL, 'c'},
-	    {"check-config", no_argument, NULL, 'k'},
-	    {"list-keys", no_argument, NULL, 'l'},
+	    {"check-config", no_argument, NULL, OPT_CHECK},
+	    {"list-keys", no_argument, NULL, OPT_LIST},
 	    {"help", no_argument, NULL, 'h'},
 	    {"version", no_argument, NULL, 'V'},
+	    {"from", required_argument, NULL, OPT_FROM},
+	    {"to", required_argument, NULL, OPT_TO},
+	    {"group", required_argument, NULL, OPT_GROUP},
+	    {"dry-run", no_argument, NULL, OPT_DRY},
+	    {"rate", required_argument, NULL, OPT_RATE},
+	    {"max-attempts", required_argument, NULL, OPT_MAX},
 	    {NULL, 0, NULL, 0}};
-	const char *config_path = NULL;
-	bool check_only = false;
-	char err[1024];
-	struct sigaction sa;
-	static struct worker w;
-	int c, rc;
+	const char *bad = NULL;
+	char err[256], *end;
+	int c;
 
+	cli->max_attempts = 5;
+	if (argc > 1 && argv[1][0] != '-') {
+		if (strcmp(argv[1], "consume") == 0)
+			cli->mode = MODE_CONSUME;
+		else if (strcmp(argv[1], "replay") == 0)
+			cli->mode = MODE_REPLAY;
+		else if (strcmp(argv[1], "redrive") == 0)
+			cli->mode = MODE_REDRIVE;
+		else {
+			fprintf(stderr, "sluice-worker: unknown mode \"%s\"\n",
+				argv[1]);
+			usage(stderr);
+			return 2;
+		}
+		argv++;
+		argc--;
+	}
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
-		case 'c': config_path = optarg; break;
-		case 'k': check_only = true; break;
-		case 'l': cfg_list_keys(worker_settings, stdout); return 0;
+		case 'c': cli->config_path = optarg; break;
+		case OPT_CHECK: cli->check_only = true; break;
+		case OPT_LIST: cfg_list_keys(worker_settings, stdout); return 0;
 		case 'h': usage(stdout); return 0;
 		case 'V':
 			printf("sluice-worker %s (librdkafka %s)\n",
 			       SLUICE_VERSION, rd_kafka_version_str());
 			return 0;
+		case OPT_FROM: cli->from = optarg; break;
+		case OPT_TO: cli->to = optarg; break;
+		case OPT_GROUP: cli->group = optarg; break;
+		case OPT_DRY: cli->dry_run = true; break;
+		case OPT_RATE:
+			cli->rate = strtod(optarg, &end);
+			if (end == optarg || *end || !(cli->rate > 0))
+				bad = "--rate needs a number of records per "
+				      "second above 0";
+			break;
+		case OPT_MAX:
+			cli->max_attempts = (int)strtol(optarg, &end, 10);
+			if (end == optarg || *end || cli->max_attempts < 1)
+				bad = "--max-attempts needs a whole number "
+				      "of at least 1";
+			break;
 		default: usage(stderr); return 2;
 		}
 	}
-	if (optind < argc || !config_path) {
+	if (!bad && cli->mode != MODE_REPLAY &&
+	    (cli->from || cli->to || cli->group || cli->rate > 0))
+		bad = "--from, --to, --group and --rate belong to replay";
+	if (!bad && cli->mode == MODE_CONSUME && cli->dry_run)
+		bad = "--dry-run belongs to replay and redrive";
+	if (!bad && cli->mode != MODE_REDRIVE && cli->max_attempts != 5)
+		bad = "--max-attempts belongs to redrive";
+	if (!bad && cli->mode == MODE_REPLAY && !cli->from)
+		bad = "replay needs --from";
+	if (!bad && cli->mode == MODE_REPLAY && !cli->check_only) {
+		struct replay_opts *r = &cli->replay;
+
+		r->dry_run = cli->dry_run;
+		r->rate = cli->rate;
+		if (!replay_pos_parse(cli->from, &r->from, err, sizeof(err))) {
+			fprintf(stderr, "sluice-worker: --from: %s\n", err);
+			return 2;
+		}
+		r->has_to = cli->to != NULL;
+		if (r->has_to &&
+		    !replay_pos_parse(cli->to, &r->to, err, sizeof(err))) {
+			fprintf(stderr, "sluice-worker: --to: %s\n", err);
+			return 2;
+		}
+		if (r->has_to && r->from.is_time && r->to.is_time &&
+		    r->to.time_ms <= r->from.time_ms)
+			bad = "--to must be later than --from";
+	}
+	if (bad) {
+		fprintf(stderr, "sluice-worker: %s\n", bad);
+		return 2;
+	}
+	if (optind < argc || !cli->config_path) {
 		usage(stderr);
 		return 2;
 	}
-	if (!worker_config_load(&w.cfg, config_path, err, sizeof(err))) {
+	return -1;
+}
+
+/* The group a side mode works under: --group, else GROUP_ID-suffix. */
+static void side_group(struct worker_config *cfg, const char *group,
+		       const char *suffix)
+{
+	char *g;
+
+	if (group) {
+		g = strdup(group);
+	} else {
+		size_t n = strlen(cfg->group_id) + strlen(suffix) + 2;
+
+		g = malloc(n);
+		if (g)
+			snprintf(g, n, "%s-%s", cfg->group_id, suffix);
+	}
+	if (!g)
+		abort();
+	free(cfg->group_id);
+	cfg->group_id = g;
+}
+
+int main(int argc, char **argv)
+{
+	struct cli cli = {.mode = MODE_CONSUME};
+	char err[1024];
+	struct sigaction sa;
+	static struct worker w;
+	int rc;
+
+	rc = parse_cli(argc, argv, &cli);
+	if (rc >= 0)
+		return rc;
+	if (!worker_config_load(&w.cfg, cli.config_path, err, sizeof(err))) {
 		fprintf(stderr, "sluice-worker: %s\n", err);
 		worker_config_free(&w.cfg);
 		return 1;
 	}
-	if (check_only) {
+	if (cli.mode == MODE_REPLAY)
+		side_group(&w.cfg, cli.group, "replay");
+	else if (cli.mode == MODE_REDRIVE)
+		side_group(&w.cfg, NULL, "redrive");
+	if (cli.check_only) {
 		worker_config_dump(&w.cfg);
 		printf("configuration ok\n");
 		worker_config_free(&w.cfg);
@@ -223,14 +391,32 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
+	/* Nothing to reload; a closed terminal must not end it undrained. */
+	signal(SIGHUP, SIG_IGN);
 
-	if (!worker_setup(&w, err, sizeof(err))) {
+	if (cli.mode == MODE_REDRIVE) {
+		struct redrive_opts ro = {.dry_run = cli.dry_run,
+					  .max_attempts = cli.max_attempts};
+
+		rc = redrive_run(&w.cfg, w.cfg.group_id, &ro, &stopping);
+		worker_config_free(&w.cfg);
+		return rc;
+	}
+	if (!worker_setup(&w, cli.mode == MODE_CONSUME, err, sizeof(err))) {
 		log_error("%s", err);
 		worker_cleanup(&w);
 		worker_config_free(&w.cfg);
 		return 1;
 	}
-	rc = run_consume(&w);
+	if (cli.mode == MODE_REPLAY) {
+		w.env.record_clock = true;
+		w.env.dry_run = cli.dry_run;
+		w.env.quiet = isatty(STDERR_FILENO);
+		pgsink_set_dry_run(w.ps, cli.dry_run);
+		rc = replay_run(&w.env, w.batch, &cli.replay);
+	} else {
+		rc = run_consume(&w);
+	}
 	worker_cleanup(&w);
 	worker_config_free(&w.cfg);
 	return rc;

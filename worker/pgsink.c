@@ -17,6 +17,7 @@ struct pgsink {
 	char *staging_sql; /* every handler's temp tables */
 	int idle_tx_timeout_ms;
 	bool prepared;
+	bool dry_run;
 };
 
 static const char SQL_LOAD_OFFSETS[] =
@@ -308,9 +309,14 @@ PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
 	return NULL;
 }
 
-bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
-		   const int64_t *next_offsets, int n, char *errstr,
-		   size_t errstr_size)
+void pgsink_set_dry_run(struct pgsink *ps, bool dry_run)
+{
+	ps->dry_run = dry_run;
+}
+
+static bool store_and_commit(struct pgsink *ps, const int32_t *parts,
+			     const int64_t *next_offsets, int n, char *errstr,
+			     size_t errstr_size)
 {
 	char *pa = int_array(parts, n);
 	char *oa = bigint_array(next_offsets, n);
@@ -322,9 +328,21 @@ bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
 	     exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
 	free(pa);
 	free(oa);
-	if (!ok)
-		pgsink_rollback(ps);
 	return ok;
+}
+
+bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
+		   const int64_t *next_offsets, int n, char *errstr,
+		   size_t errstr_size)
+{
+	if (ps->dry_run) {
+		pgsink_rollback(ps);
+		return true;
+	}
+	if (store_and_commit(ps, parts, next_offsets, n, errstr, errstr_size))
+		return true;
+	pgsink_rollback(ps);
+	return false;
 }
 
 void pgsink_rollback(struct pgsink *ps)

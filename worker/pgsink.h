@@ -48,6 +48,10 @@ PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
 		       char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* A dry run (replay --dry-run): pgsink_commit() rolls back instead, so
+ * the handlers' statements report what they would change. */
+void pgsink_set_dry_run(struct pgsink *ps, bool dry_run);
+
 /* Stores the offsets (never below what is stored already: a batch whose
  * records were all applied by a later owner must not move them back),
  * then COMMITs; rolls back on failure. */

@@ -28,7 +28,8 @@ import pytest
 try:
     import psycopg
     import redis
-    from confluent_kafka import Consumer, TopicPartition, OFFSET_BEGINNING
+    from confluent_kafka import (Consumer, KafkaError, KafkaException,
+                                 TopicPartition, OFFSET_BEGINNING)
     from confluent_kafka.admin import AdminClient
 except ImportError as exc:  # pragma: no cover - environment problem
     raise ImportError(
@@ -232,6 +233,17 @@ def event(cid, event_type, type_key="event_type"):
 
 # ---------------------------------------------------------------- services
 
+_TRANSIENT = ("NOT_LEADER", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC",
+              "not found: ")
+
+
+def _transient(exc):
+    """A Kafka error that goes away once a new topic's leaders are up."""
+    if isinstance(exc, KafkaException) and exc.args and isinstance(
+            exc.args[0], KafkaError):
+        return any(m in exc.args[0].name() for m in _TRANSIENT)
+    return any(m in str(exc) for m in _TRANSIENT)
+
 class Services:
     def __init__(self, directory, env):
         self.dir = Path(directory)
@@ -296,13 +308,22 @@ class Services:
                       "group.id": f"probe-{uuid.uuid4().hex}",
                       "enable.auto.commit": False, "log_level": 0})
         try:
-            md = c.list_topics(topic, timeout=timeout)
-            t = md.topics.get(topic)
-            assert t is not None and t.error is None, (
-                f"topic {topic} not found: {t and t.error}")
-            return {p: c.get_watermark_offsets(TopicPartition(topic, p),
-                                               timeout=timeout)
-                    for p in t.partitions}
+            # A topic created a moment ago may not have its leaders yet:
+            # those errors pass, so retry them until the timeout.
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    md = c.list_topics(topic, timeout=timeout)
+                    t = md.topics.get(topic)
+                    assert t is not None and t.error is None, (
+                        f"topic {topic} not found: {t and t.error}")
+                    return {p: c.get_watermark_offsets(
+                        TopicPartition(topic, p), timeout=timeout)
+                        for p in t.partitions}
+                except (KafkaException, AssertionError) as exc:
+                    if time.monotonic() >= deadline or not _transient(exc):
+                        raise
+                    time.sleep(0.2)
         finally:
             c.close()
 

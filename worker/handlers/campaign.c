@@ -103,6 +103,7 @@ struct crec {
 	struct campaign_batch b;
 	char *campaign_id;
 	int64_t seq;
+	int64_t received_ms;
 };
 
 struct campaign_state {
@@ -192,6 +193,7 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 	}
 	cr->doc = doc;
 	cr->seq = r->seq;
+	cr->received_ms = r->received_ms;
 	cr->campaign_id =
 	    strdup(r->campaign_id && r->campaign_id[0] ? r->campaign_id
 		   : cr->b.campaign_id		       ? cr->b.campaign_id
@@ -314,7 +316,9 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 	for (size_t i = 0; i < c->n; i++) {
 		const struct crec *cr = &c->recs[i];
 		struct rule_input in = {
-		    .now_ms = now,
+		    .now_ms = c->env.record_clock && cr->received_ms > 0
+				  ? cr->received_ms
+				  : now,
 		    .end_time_ms = cr->b.end_time_ms,
 		    .inbox = inbox_of(m, cr->b.inbox_id),
 		    .template_text = cr->b.template_text,

@@ -34,6 +34,10 @@ struct handler_env {
 	const struct worker_config *cfg;
 	struct event_base *base;
 	struct contexts *contexts;
+	/* Rules that depend on the time (a run's end_time) use the record's
+	 * received-at instead of the clock: a replay then decides as the
+	 * live worker did. */
+	bool record_clock;
 };
 
 struct handler {

@@ -1,0 +1,114 @@
+# `sluice-worker redrive`: dead-lettered records go back to the topic they
+# came from, with an attempt count; one sent back too often stays dead and
+# is reported.
+
+import json
+import re
+import subprocess
+import uuid
+
+from confluent_kafka import Producer
+
+from conftest import BUILD_DIR, SOURCE, transcript, wait_until
+
+
+def redrive(pipeline, *args, timeout=120):
+    cfg = pipeline._write(f"redrive-{uuid.uuid4().hex[:6]}.conf",
+                          pipeline.worker_settings())
+    r = subprocess.run([str(BUILD_DIR / "sluice-worker"), "redrive", "-c",
+                        str(cfg), *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout,
+                       env=pipeline.env)
+    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert marker not in r.stderr, r.stderr[-4000:]
+    return r
+
+
+def produce(brokers, topic, key, value, headers):
+    p = Producer({"bootstrap.servers": brokers})
+    p.produce(topic, key=key.encode(), value=value,
+              headers=[(k, v.encode()) for k, v in headers])
+    assert p.flush(30) == 0
+
+
+def summary(out):
+    m = re.search(r"redrive (done|stopped): (\d+) records read, (\d+) "
+                  r"(?:would be )?sent back, (\d+) stay dead", out)
+    assert m, out
+    return int(m.group(2)), int(m.group(3)), int(m.group(4))
+
+
+def test_redrive_sends_back_counts_attempts_and_keeps_the_hopeless(pipeline):
+    s = pipeline.services
+    dlq = f"{pipeline.topic}.dlq"
+    worker = pipeline.start_worker()
+    cid_bad = pipeline.cid("bad")
+    cid_fixed = pipeline.cid("fixed")
+
+    # 1. a record the worker can never take: dead-lettered with its origin
+    produce(s.brokers, pipeline.topic, cid_bad, b"not json",
+            [("kind", "transcript"), ("source", SOURCE)])
+    wait_until(lambda: s.dlq_count(pipeline.topic) == 1, 60, 0.2,
+               "the bad record in the dead-letter topic")
+    # 2. one an older worker dead-lettered for a reason fixed since: a
+    # valid transcript, as the dead-letter topic holds it
+    body = json.dumps(transcript(cid_fixed, [("e1", "user", "back again")]))
+    produce(s.brokers, dlq, cid_fixed, body.encode(),
+            [("kind", "transcript"), ("source", SOURCE),
+             ("dlq-reason", "unknown kind \"transcript\""),
+             ("dlq-origin", f"{pipeline.topic}/0@0")])
+    topic_before = s.topic_count(pipeline.topic)
+
+    # dry run: reports, sends nothing, moves nothing
+    r = redrive(pipeline, "--dry-run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (2, 2, 0), r.stdout
+    assert s.topic_count(pipeline.topic) == topic_before
+
+    r = redrive(pipeline)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (2, 2, 0), r.stdout
+    assert s.topic_count(pipeline.topic) == topic_before + 2
+    back = [m for m in s.topic_records(pipeline.topic)
+            if m["headers"].get("redrive-attempts")]
+    assert sorted(m["key"].decode() for m in back) == sorted(
+        [cid_bad, cid_fixed])
+    for m in back:
+        assert m["headers"]["redrive-attempts"] == b"1"
+        assert m["headers"]["kind"] == b"transcript"
+        assert "dlq-reason" not in m["headers"]
+        assert m["headers"]["redrive-of"].startswith(dlq.encode() + b"/")
+
+    # the fixed one becomes its row; the bad one is dead again, counted
+    wait_until(lambda: pipeline.message_count(cid_fixed) == 1, 60, 0.2,
+               "the redriven transcript in PostgreSQL")
+    wait_until(lambda: s.dlq_count(pipeline.topic) == 3, 60, 0.2,
+               "the bad record dead-lettered again")
+    again = [m for m in s.topic_records(dlq)
+             if m["headers"].get("redrive-attempts")]
+    assert len(again) == 1 and again[0]["key"] == cid_bad.encode()
+    assert again[0]["headers"]["redrive-attempts"] == b"1"
+    assert again[0]["headers"]["dlq-origin"].startswith(
+        pipeline.topic.encode() + b"/")
+
+    # only what is new since the last run is read; at the limit it stays
+    r = redrive(pipeline, "--max-attempts", "1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (1, 0, 1), r.stdout
+    assert re.search(r"stays dead: \S+ \(from \S+\) after 1 attempts; "
+                     r"reason: value is not a JSON object", r.stdout), r.stdout
+    assert s.topic_count(pipeline.topic) == topic_before + 2
+
+    r = redrive(pipeline)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (0, 0, 0), r.stdout
+    assert pipeline.message_count(cid_fixed) == 1
+    worker.assert_alive()
+
+
+def test_redrive_without_dead_letters(pipeline):
+    pipeline.start_worker()
+    r = redrive(pipeline)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "nothing to redrive" in r.stdout or \
+        summary(r.stdout) == (0, 0, 0), r.stdout

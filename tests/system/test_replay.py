@@ -1,0 +1,394 @@
+# `sluice-worker replay`: a range of the topic applied again through the
+# same handlers and transaction, under a group of its own.
+#
+# Each test gets two fresh databases on the test PostgreSQL server: "live"
+# (the consumer group writes it) and "empty" (a replay fills it), both
+# migrated with deploy/migrate.sh, so the tables can be compared whole.
+
+import re
+import signal
+import subprocess
+import time
+import uuid
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from campaign_util import (CAMPAIGN_SOURCE, LEADS_SOURCE, batch, msg,
+                           post_batch, when)
+from chat_util import CHAT_SOURCE, post_chat, status, text_message, webhook
+from confluent_kafka import Producer
+
+from conftest import BUILD_DIR, REPO, SOURCE, event, transcript, wait_until
+
+MIGRATE = REPO / "deploy" / "migrate.sh"
+
+# Columns a replay cannot reproduce: sequence ids and the moment a row was
+# written or last touched.
+VOLATILE = {"id", "created_at", "updated_at", "inserted_at", "finished_at"}
+TABLES = {
+    "conversations": "id",
+    "messages": "conversation_id, position, external_event_id",
+    "campaign_runs": "id",
+    "campaign_messages": "message_id",
+    "chat_messages": "provider_message_id",
+    "chat_statuses": "provider_message_id, status",
+    "chat_turns": "business_number, sender, first_message_at",
+}
+
+
+def _dsn_for(dsn, db):
+    u = urlsplit(dsn)
+    return urlunsplit((u.scheme, u.netloc, f"/{db}", u.query, u.fragment))
+
+
+class Database:
+    def __init__(self, services, tag):
+        self.name = f"replay_{tag}_{uuid.uuid4().hex[:8]}"
+        self.admin = services.pg_dsn
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{self.name}"')
+        self.dsn = _dsn_for(services.pg_dsn, self.name)
+        r = subprocess.run([str(MIGRATE), self.dsn], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+
+    def query(self, sql, params=None):
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            cur = c.execute(sql, params)
+            return cur.fetchall() if cur.description else []
+
+    def scalar(self, sql, params=None):
+        rows = self.query(sql, params)
+        return rows[0][0] if rows else None
+
+    def checksums(self):
+        """{table: (rows, md5 of the reproducible columns in key order)}"""
+        out = {}
+        for table, order in TABLES.items():
+            cols = [r[0] for r in self.query(
+                "SELECT column_name FROM information_schema.columns"
+                " WHERE table_name = %s ORDER BY ordinal_position",
+                (table,)) if r[0] not in VOLATILE]
+            sel = ", ".join(f'"{c}"' for c in cols)
+            out[table] = tuple(self.query(
+                f"SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n'"
+                f" ORDER BY r::text), '')) FROM (SELECT {sel}"
+                f" FROM {table}) r")[0])
+        return out
+
+    def drop(self):
+        with psycopg.connect(self.admin, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{self.name}"'
+                      " WITH (FORCE)")
+
+
+@pytest.fixture
+def dbs(services):
+    made = []
+
+    def make(tag):
+        d = Database(services, tag)
+        made.append(d)
+        return d
+    yield make
+    for d in made:
+        d.drop()
+
+
+def replay(pipeline, db, *args, timeout=120, wait=True):
+    """Runs `sluice-worker replay` against db with the pipeline's worker
+    settings; returns the CompletedProcess (or the Popen when wait=False)."""
+    cfg = pipeline._write(f"replay-{uuid.uuid4().hex[:6]}.conf",
+                          pipeline.worker_settings(postgres_dsn=db.dsn))
+    cmd = [str(BUILD_DIR / "sluice-worker"), "replay", "-c", str(cfg),
+           *args]
+    if not wait:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=pipeline.env)
+    r = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True,
+                       text=True, timeout=timeout, env=pipeline.env)
+    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert marker not in r.stderr, r.stderr[-4000:]
+    return r
+
+
+def seed(db, leads, inbox):
+    db.query("INSERT INTO inboxes (id, workspace_id, name, connected)"
+             " VALUES (%s, 'ws-test', 'inbox', true)", (inbox,))
+    for lid, name, deleted in leads:
+        db.query("INSERT INTO leads (id, workspace_id, name, attributes,"
+                 " deleted_at) VALUES (%s, 'ws-test', %s, '{}'::jsonb, %s)",
+                 (lid, name, "2026-01-01T00:00:00Z" if deleted else None))
+
+
+def traffic(pipeline, ingest, tag):
+    """Every kind the worker handles, with duplicates and a dead letter;
+    returns what the live database should end up with."""
+    cids = [pipeline.cid(f"{tag}{i}") for i in range(6)]
+    for i, cid in enumerate(cids):
+        entries = [(f"e{k}", "user" if k % 2 else "replica", f"{cid} says {k}")
+                   for k in range(5)] if i % 2 else \
+            [("user", f"{cid} no id {k}") for k in range(4)]
+        assert ingest.post(transcript(cid, entries)).status == 202
+        assert ingest.post(transcript(cid, entries)).status == 202  # again
+        assert ingest.post(event(cid, "system.replica_joined")).status == 202
+    assert ingest.post(event(cids[0], "system.shutdown")).status == 202
+    # a record no handler can take (written around the front door, as an
+    # older ingest might have): dead-lettered, not a row
+    p = Producer({"bootstrap.servers": pipeline.services.brokers})
+    p.produce(pipeline.topic, key=cids[0].encode(), value=b"not json",
+              headers=[("kind", b"transcript"), ("source", SOURCE.encode())])
+    assert p.flush(30) == 0
+    return cids
+
+
+@pytest.fixture
+def stack(pipeline, dbs):
+    """A live database, a worker writing it, an ingest with every kind."""
+    live = dbs("live")
+    tag = uuid.uuid4().hex[:6]
+    leads = [(f"rl-{tag}-{i}", f"Lead {i}", i == 3) for i in range(5)]
+    inbox = f"rin-{tag}"
+    seed(live, leads, inbox)
+    ingest = pipeline.start_ingest(**{
+        f"source__{CAMPAIGN_SOURCE}__kind": "campaign",
+        f"source__{CAMPAIGN_SOURCE}__signature": "none",
+        f"source__{LEADS_SOURCE}__kind": "lead_updated",
+        f"source__{LEADS_SOURCE}__signature": "none",
+        f"source__{CHAT_SOURCE}__kind": "chat",
+        f"source__{CHAT_SOURCE}__signature": "none"})
+    worker = pipeline.start_worker(postgres_dsn=live.dsn)
+    return {"live": live, "leads": leads, "inbox": inbox, "tag": tag,
+            "ingest": ingest, "worker": worker}
+
+
+def send_all(pipeline, st):
+    ingest, tag = st["ingest"], st["tag"]
+    cids = traffic(pipeline, ingest, "a")
+    run = f"run-{tag}"
+    messages = [msg(f"m-{tag}-{i}", st["leads"][i % 5][0]) for i in range(10)]
+    body = batch(run, messages[:6], st["inbox"], run_total=10,
+                 end_time=when(3600))
+    post_batch(ingest, body)
+    post_batch(ingest, body)  # a re-post changes nothing
+    post_batch(ingest, batch(run, messages[6:], st["inbox"], run_total=10,
+                             end_time=body["end_time"]))
+    # an expired run: its end is past when the live worker sees it
+    post_batch(ingest, batch(f"old-{tag}", [msg(f"o-{tag}", st["leads"][0][0])],
+                             st["inbox"], end_time=when(-60)))
+    business = "1555" + tag.encode().hex()[:7]
+    sender = "4477" + tag.encode().hex()[:8]
+    for k in range(3):
+        post_chat(ingest, webhook(business, [text_message(
+            f"wamid.{tag}{k}", sender, f"hello {k}")]))
+    post_chat(ingest, webhook(business, statuses=[
+        status(f"wamid.out{tag}", "delivered", sender)]))
+    return cids, run
+
+
+def caught_up(pipeline, db, group=None, timeout=90):
+    """db's stored offsets of group (the live one) reach the topic's ends."""
+    group = group or pipeline.group
+
+    def done():
+        if pipeline.worker is not None:
+            pipeline.worker.assert_alive()
+        stored = dict(db.query(
+            "SELECT partition, next_offset FROM sluice_offsets"
+            " WHERE group_id = %s AND topic = %s", (group, pipeline.topic)))
+        marks = pipeline.services.watermarks(pipeline.topic)
+        return all(stored.get(p, 0) >= hi for p, (lo, hi) in marks.items()
+                   if hi > lo)
+    wait_until(done, timeout, 0.2, f"group {group} to reach the ends")
+
+
+def wait_live(pipeline, st):
+    caught_up(pipeline, st["live"])
+
+
+def test_replay_into_empty_database_reproduces_tables(pipeline, stack, dbs):
+    cids, run = send_all(pipeline, stack)
+    wait_live(pipeline, stack)
+    live = stack["live"]
+    assert live.scalar("SELECT status FROM campaign_runs WHERE id = %s",
+                       (run,)) == "finished"
+    assert live.scalar("SELECT count(*) FROM messages") == 3 * 5 + 3 * 4
+    want = live.checksums()
+    assert all(n > 0 for n, _ in want.values()), want
+
+    empty = dbs("empty")
+    seed(empty, stack["leads"], stack["inbox"])
+    r = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = empty.checksums()
+    assert got == want, {t: (got[t], want[t]) for t in want
+                         if got[t] != want[t]}
+    # progress and the summary, as plain lines (not a terminal)
+    assert re.search(r"replay: \d+/\d+ records \(100\.0%\)", r.stderr), \
+        r.stderr[-2000:]
+    assert "replay done:" in r.stderr
+    # offsets under the replay's own group, none under the live group's
+    groups = dict(empty.query(
+        "SELECT group_id, sum(next_offset) FROM sluice_offsets GROUP BY 1"))
+    assert list(groups) == [f"{pipeline.group}-replay"], groups
+    assert groups[f"{pipeline.group}-replay"] == sum(
+        hi for lo, hi in pipeline.services.watermarks(pipeline.topic).values())
+
+
+def test_replay_over_full_database_changes_nothing(pipeline, stack):
+    cids, run = send_all(pipeline, stack)
+    wait_live(pipeline, stack)
+    live = stack["live"]
+    before = live.checksums()
+    counters = live.query("SELECT id, total, processed, failed, paused,"
+                          " expired, status FROM campaign_runs ORDER BY id")
+    dead_before = pipeline.services.dlq_count(pipeline.topic)
+
+    r = replay(pipeline, live, "--from", "1970-01-01T00:00:00Z",
+               "--group", f"{pipeline.group}-again")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert live.checksums() == before
+    assert live.query("SELECT id, total, processed, failed, paused,"
+                      " expired, status FROM campaign_runs ORDER BY id"
+                      ) == counters
+    assert re.search(r"replay done: \d+ records in \d+ batches, 0 "
+                     r"transcript messages saved, [1-9]\d* duplicates",
+                     r.stderr), r.stderr[-2000:]
+    # the record that can never succeed is dead-lettered again, with its
+    # origin, and the replay still reached the end
+    assert pipeline.services.dlq_count(pipeline.topic) >= dead_before
+
+
+def test_dry_run_counts_and_writes_nothing(pipeline, stack, dbs):
+    send_all(pipeline, stack)
+    wait_live(pipeline, stack)
+    empty = dbs("empty")
+    seed(empty, stack["leads"], stack["inbox"])
+    dead_before = pipeline.services.dlq_count(pipeline.topic)
+    r = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z",
+               "--dry-run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = re.search(r"dry run: (\d+) records read, (\d+) messages would be "
+                  r"saved, (\d+) duplicates skipped, (\d+) records would be "
+                  r"dead-lettered; nothing was written", r.stdout)
+    assert m, r.stdout + r.stderr[-2000:]
+    records = sum(hi for lo, hi in
+                  pipeline.services.watermarks(pipeline.topic).values())
+    assert int(m.group(1)) == records
+    # each batch is counted against the database as it is (rolled back),
+    # so at least the distinct messages would be saved
+    assert 27 <= int(m.group(2)) <= 54
+    for table in TABLES:
+        assert empty.scalar(f"SELECT count(*) FROM {table}") == 0, table
+    assert empty.scalar("SELECT count(*) FROM sluice_offsets") == 0
+    assert pipeline.services.dlq_count(pipeline.topic) == dead_before
+
+
+def test_range_by_time_and_offsets(pipeline, stack, dbs):
+    ingest = stack["ingest"]
+    first = [pipeline.cid(f"early{i}") for i in range(3)]
+    for cid in first:
+        assert ingest.post(transcript(cid, [("e1", "user", "x")])).status \
+            == 202
+    caught_up(pipeline, stack["live"])
+    time.sleep(1.5)
+    cut = time.time()
+    time.sleep(1.5)
+    later = [pipeline.cid(f"late{i}") for i in range(3)]
+    for cid in later:
+        assert ingest.post(transcript(cid, [("e1", "user", "y")])).status \
+            == 202
+    caught_up(pipeline, stack["live"])
+    iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(cut)) + \
+        f".{int(cut * 1000) % 1000:03d}Z"
+
+    empty = dbs("time")
+    r = replay(pipeline, empty, "--from", iso)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {c for (c,) in empty.query("SELECT id FROM conversations")}
+    assert got == set(later), got
+
+    # --to by time: only the early ones
+    early = dbs("to")
+    r = replay(pipeline, early, "--from", "2000-01-01T00:00:00Z", "--to",
+               iso)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {c for (c,) in early.query("SELECT id FROM conversations")}
+    assert got == set(first), got
+
+    # explicit offsets: one partition, its first record only
+    marks = pipeline.services.watermarks(pipeline.topic)
+    p = next(p for p, (lo, hi) in marks.items() if hi - lo >= 1)
+    one = dbs("offsets")
+    r = replay(pipeline, one, "--from", f"{p}:0", "--to", f"{p}:1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert one.scalar("SELECT count(*) FROM conversations") == 1
+    assert one.query("SELECT partition, next_offset FROM sluice_offsets") \
+        == [(p, 1)]
+
+
+def test_stopped_replay_resumes_with_its_group(pipeline, stack, dbs):
+    ingest = stack["ingest"]
+    cids = [pipeline.cid(f"r{i}") for i in range(120)]
+    for cid in cids:
+        assert ingest.post(transcript(cid, [("e1", "user", cid)])).status \
+            == 202
+    caught_up(pipeline, stack["live"])
+    empty = dbs("resume")
+    proc = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z",
+                  "--rate", "20", wait=False)
+    try:
+        wait_until(lambda: empty.scalar("SELECT count(*) FROM messages")
+                   >= 20, 30, 0.2, "the slow replay to apply 20 records")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "run it again with --group" in err
+    done = empty.scalar("SELECT count(*) FROM messages")
+    assert 20 <= done < len(cids), done
+    # a plain progress line with the rate, what is left and the ETA
+    assert re.search(r"replay: \d+/120 records .* records/s, \d+ left, ETA",
+                     err), err[-2000:]
+
+    r = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming there" in r.stderr
+    assert empty.scalar("SELECT count(*) FROM messages") == len(cids)
+    assert empty.scalar("SELECT count(DISTINCT conversation_id)"
+                        " FROM messages") == len(cids)
+    applied = sum(int(n) for n in re.findall(r"replay done: (\d+) records",
+                                             r.stderr))
+    assert applied == len(cids) - done, r.stderr[-2000:]
+
+
+def test_bad_arguments_are_refused(pipeline, dbs):
+    cfg = pipeline._write("bad.conf", pipeline.worker_settings())
+    binary = str(BUILD_DIR / "sluice-worker")
+    for args, text in [
+            (["replay", "-c", str(cfg)], "replay needs --from"),
+            (["replay", "-c", str(cfg), "--from", "yesterday"],
+             "RFC 3339"),
+            (["replay", "-c", str(cfg), "--from", "0:0", "--rate", "0"],
+             "--rate"),
+            (["replay", "-c", str(cfg), "--from", "2026-01-02T00:00:00Z",
+              "--to", "2026-01-01T00:00:00Z"], "later than"),
+            (["-c", str(cfg), "--from", "0:0"], "belong to replay"),
+            (["redrive", "-c", str(cfg), "--max-attempts", "x"],
+             "--max-attempts"),
+            (["rewind", "-c", str(cfg)], "unknown mode")]:
+        r = subprocess.run([binary, *args], capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 2, (args, r.stderr)
+        assert text in r.stderr, (args, r.stderr)
+    # a partition the topic does not have
+    pipeline.start_worker()  # creates the topic
+    db = dbs("bad")
+    r = replay(pipeline, db, "--from", "77:0")
+    assert r.returncode == 1 and "partition 77" in r.stderr, r.stderr
