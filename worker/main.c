@@ -83,7 +83,7 @@ static void usage(FILE *out)
 	    "\n"
 	    "Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, "
 	    "SLUICE_POSTGRES_DSN,\n"
-	    "SLUICE_REDIS_URL override the file.\n");
+	    "SLUICE_REDIS_URL, SLUICE_GROUP_INSTANCE_ID override the file.\n");
 }
 
 /* The daemon's objects, built in order and torn down in reverse. */
