@@ -29,7 +29,8 @@ struct batch {
 struct partmap {
 	int32_t *parts;
 	int64_t *next;
-	int64_t *fence;
+	int64_t *fence;	 /* stored offsets read as the batch is built */
+	int64_t *locked; /* the same, under the transaction's row locks */
 	int n;
 };
 
@@ -158,7 +159,13 @@ static void batch_prepare(struct batch *b)
 }
 
 /* Builds and writes one attempt at the batch. false = transient failure
- * (nothing committed); the caller retries. */
+ * (nothing committed); the caller retries.
+ *
+ * The transaction opens only once the rows are built and the lookups are
+ * in: it holds the partitions' offset rows locked, and a worker that
+ * stalls while holding them (stopped, partitioned away) would block their
+ * next owner. The fence read before it is checked again under the locks;
+ * if another owner committed in between, the batch is built again. */
 static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 			  struct partmap *pm, size_t *dead, size_t *fenced,
 			  int64_t *prepare_ms, char *err, size_t errsz)
@@ -172,7 +179,8 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		handlers[i]->reset(b->state[i]);
 		b->used[i] = false;
 	}
-	if (!pgsink_begin(env->ps, pm->parts, pm->n, pm->fence, err, errsz))
+	if (!pgsink_load_offsets(env->ps, pm->parts, pm->n, pm->fence, err,
+				 errsz))
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		rd_kafka_message_t *m = msgs[i];
@@ -219,20 +227,31 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		} else if (!dlq_send(env->dlq, m, reason)) {
 			snprintf(err, errsz,
 				 "dead-letter topic refused a record");
-			pgsink_rollback(env->ps);
 			return false;
 		}
 		dlq_count++;
 	}
 	if (dlq_count > 0 && !dlq_flush(env->dlq, 10000)) {
 		snprintf(err, errsz, "dead-letter topic did not confirm");
-		pgsink_rollback(env->ps);
 		return false;
 	}
 	*dead = dlq_count;
 	t = util_mono_ms();
 	batch_prepare(b);
 	*prepare_ms += util_mono_ms() - t;
+	if (!pgsink_begin(env->ps, pm->parts, pm->n, pm->locked, err, errsz))
+		return false;
+	for (int i = 0; i < pm->n; i++)
+		if (pm->locked[i] != pm->fence[i]) {
+			snprintf(err, errsz,
+				 "the stored offset of partition %d moved from "
+				 "%lld to %lld while the batch was built "
+				 "(another owner committed); building it again",
+				 (int)pm->parts[i], (long long)pm->fence[i],
+				 (long long)pm->locked[i]);
+			pgsink_rollback(env->ps);
+			return false;
+		}
 	for (size_t i = 0; i < b->n_handlers; i++)
 		if (b->used[i] && handlers[i]->write &&
 		    !handlers[i]->write(b->state[i], env->ps, err, errsz)) {
@@ -279,7 +298,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	pm.parts = calloc(n, sizeof(*pm.parts));
 	pm.next = calloc(n, sizeof(*pm.next));
 	pm.fence = calloc(n, sizeof(*pm.fence));
-	if (!pm.parts || !pm.next || !pm.fence)
+	pm.locked = calloc(n, sizeof(*pm.locked));
+	if (!pm.parts || !pm.next || !pm.fence || !pm.locked)
 		abort();
 	for (size_t i = 0; i < n; i++) {
 		int pi = partmap_index(&pm, msgs[i]->partition);
@@ -357,4 +377,5 @@ done:
 	free(pm.parts);
 	free(pm.next);
 	free(pm.fence);
+	free(pm.locked);
 }

@@ -25,6 +25,7 @@ struct consumer {
 	rd_kafka_message_t **msgs; /* the batch being collected */
 	size_t n;
 	int assigned;
+	bool fatal; /* librdkafka's consumer can never work again */
 	/* Next offsets committed to PostgreSQL but not yet told to Kafka:
 	 * Kafka's copy only serves lag monitoring, so it is sent at most
 	 * once a second instead of once a batch. */
@@ -123,8 +124,21 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		consume_flush_pending(c);
 		if (!rd_kafka_assignment_lost(rk))
 			consume_commit_flush(c);
-		log_info("revoked %d partitions%s", parts->cnt,
-			 rd_kafka_assignment_lost(rk) ? " (lost)" : "");
+		{
+			/* Named, as "assigned" lines are, so an operator
+			 * can follow each partition across the fleet. */
+			struct buf names;
+
+			buf_init(&names);
+			buf_puts(&names, "");
+			for (int i = 0; i < parts->cnt; i++)
+				buf_printf(&names, " [%d]",
+					   (int)parts->elems[i].partition);
+			log_info("revoked %d partitions%s:%s", parts->cnt,
+				 rd_kafka_assignment_lost(rk) ? " (lost)" : "",
+				 names.data);
+			buf_free(&names);
+		}
 		if (cooperative)
 			error = rd_kafka_incremental_unassign(rk, parts);
 		else
@@ -183,7 +197,8 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	    "cooperative-sticky", "fetch.wait.max.ms", "100",
 	    /* broker states for /readyz */
 	    "statistics.interval.ms", "1000", NULL};
-	const char *kv[sizeof(settings) / sizeof(settings[0])];
+	enum { N_SETTINGS = sizeof(settings) / sizeof(settings[0]) };
+	const char *kv[N_SETTINGS + 2]; /* room for group.instance.id */
 	struct consumer *c = calloc(1, sizeof(*c));
 	struct kafka_client_spec spec = {
 	    .type = RD_KAFKA_CONSUMER,
@@ -201,8 +216,18 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 
 	if (!c)
 		abort();
-	memcpy(kv, settings, sizeof(kv));
+	memcpy(kv, settings, sizeof(settings));
 	kv[1] = cfg->group_id;
+	/* Static membership (KIP-345): a worker restarted under the same id
+	 * takes its member's place, and its partitions, without waiting for
+	 * the old session to time out. librdkafka then sends no LeaveGroup
+	 * on close, so a stopped static member's partitions wait for
+	 * session.timeout.ms (docs/operations.md). */
+	if (cfg->group_instance_id[0]) {
+		kv[N_SETTINGS - 1] = "group.instance.id";
+		kv[N_SETTINGS] = cfg->group_instance_id;
+		kv[N_SETTINGS + 1] = NULL;
+	}
 	c->cfg = cfg;
 	c->ps = ps;
 	c->stop = stop;
@@ -217,6 +242,9 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	if (!c->rk)
 		goto fail;
 	rd_kafka_poll_set_consumer(c->rk);
+	if (cfg->group_instance_id[0])
+		log_info("joining group %s as static member %s", cfg->group_id,
+			 cfg->group_instance_id);
 	if (!kafka_ensure_topic(c->rk, cfg->topic, cfg->topic_partitions, 5000,
 				e, sizeof(e)))
 		log_warn("could not ensure topic: %s", e);
@@ -242,9 +270,22 @@ fail:
 /* Takes one polled message into the batch, or logs a consumer event. */
 static bool take(struct consumer *c, rd_kafka_message_t *m)
 {
+	if (m->err == RD_KAFKA_RESP_ERR__FATAL && !c->fatal) {
+		char reason[512];
+		rd_kafka_resp_err_t orig =
+		    rd_kafka_fatal_error(c->rk, reason, sizeof(reason));
+
+		log_error("kafka consumer failed for good: %s%s", reason,
+			  orig == RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID
+			      ? " (another worker runs with the same "
+				"group_instance_id)"
+			      : "");
+		c->fatal = true;
+	} else if (m->err && m->err != RD_KAFKA_RESP_ERR__FATAL &&
+		   m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+		log_warn("consumer: %s", rd_kafka_message_errstr(m));
+	}
 	if (m->err) {
-		if (m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF)
-			log_warn("consumer: %s", rd_kafka_message_errstr(m));
 		rd_kafka_message_destroy(m);
 		return false;
 	}
@@ -376,6 +417,11 @@ static void consume_unwatch(struct consumer *c)
 int consume_assigned(const struct consumer *c)
 {
 	return c->assigned;
+}
+
+bool consume_fatal(const struct consumer *c)
+{
+	return c->fatal;
 }
 
 void consume_close(struct consumer *c)

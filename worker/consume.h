@@ -45,6 +45,9 @@ void consume_offsets(const struct consumer *c, int32_t partition, int64_t *low,
  * then consume_batch(c, 0) when the loop returns. */
 bool consume_watch(struct consumer *c, struct event_base *base, char *errstr,
 		   size_t errstr_size) __attribute__((warn_unused_result));
+/* A fatal consumer error (e.g. fenced by another worker with the same
+ * group_instance_id): the worker should exit. */
+bool consume_fatal(const struct consumer *c);
 void consume_close(struct consumer *c);
 
 #endif

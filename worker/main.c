@@ -85,7 +85,7 @@ static void usage(FILE *out)
 	    "\n"
 	    "Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, "
 	    "SLUICE_POSTGRES_DSN,\n"
-	    "SLUICE_REDIS_URL override the file.\n");
+	    "SLUICE_REDIS_URL, SLUICE_GROUP_INSTANCE_ID override the file.\n");
 }
 
 /* The daemon's objects, built in order and torn down in reverse. */
@@ -128,6 +128,7 @@ static bool worker_setup(struct worker *w, bool consumer, char *err,
 	w->ps = pgsink_new(w->cfg.postgres_dsn, w->cfg.group_id, w->cfg.topic,
 			   staging);
 	free(staging);
+	pgsink_set_idle_tx_timeout(w->ps, w->cfg.pg_idle_tx_timeout_ms);
 	w->cache = cache_new(w->base, w->cfg.redis_url, w->cfg.redis_timeout_ms,
 			     err, errsz);
 	if (!w->cache)
@@ -223,6 +224,7 @@ static int run_consume(struct worker *w)
 {
 	struct batch_totals t;
 	const struct timeval idle = {0, 100 * 1000};
+	bool fatal = false;
 
 	log_info("consuming %s as group %s on %s", w->cfg.topic,
 		 w->cfg.group_id, w->cfg.brokers);
@@ -236,7 +238,7 @@ static int run_consume(struct worker *w)
 		    event_new(w->base, -1, EV_PERSIST, handle_watchdog, w);
 		event_add(w->watchdog_ev, &tv);
 	}
-	while (!stopping) {
+	while (!stopping && !consume_fatal(w->consumer)) {
 		size_t n = consume_batch(w->consumer, 0);
 
 		if (n == 0) {
@@ -248,8 +250,12 @@ static int run_consume(struct worker *w)
 		}
 		watchdog_ping(w);
 	}
-	log_info("received %s: finishing the batch and leaving the group",
-		 strsignal(stop_signal ? stop_signal : SIGTERM));
+	if (!stopping)
+		fatal = true; /* consume_fatal(): logged, exit 1 */
+	else
+		log_info("received %s: finishing the batch and leaving the "
+			 "group",
+			 strsignal(stop_signal ? stop_signal : SIGTERM));
 	sdnotify("STOPPING=1");
 	consume_close(w->consumer);
 	w->consumer = NULL;
@@ -257,7 +263,7 @@ static int run_consume(struct worker *w)
 	log_info("stopped: %llu batches, %llu records, %llu rows saved, %llu "
 		 "duplicates skipped, %llu dead-lettered",
 		 t.batches, t.records, t.saved, t.skipped, t.dead);
-	return 0;
+	return fatal ? 1 : 0;
 }
 
 enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE };

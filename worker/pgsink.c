@@ -15,6 +15,7 @@ struct pgsink {
 	char *group_id;
 	char *topic;
 	char *staging_sql; /* every handler's temp tables */
+	int idle_tx_timeout_ms;
 	bool prepared;
 	bool dry_run;
 };
@@ -23,16 +24,34 @@ static const char SQL_LOAD_OFFSETS[] =
     "SELECT partition, next_offset FROM sluice_offsets"
     " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])";
 
+/* A partition's first batch has no row to lock: -1 (nothing stored)
+ * placeholders make one, so two owners of a partition serialize on it even
+ * then. The batch's upsert replaces it; a rollback removes it. Rows are
+ * taken in partition order so two batches never wait on each other in a
+ * cycle. */
+static const char SQL_CLAIM[] =
+    "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
+    " SELECT $1, $2, p, -1 FROM unnest($3::int[]) AS u(p) ORDER BY p"
+    " ON CONFLICT (group_id, topic, partition) DO NOTHING";
+
 static const char SQL_FENCE[] =
     "SELECT partition, next_offset FROM sluice_offsets"
     " WHERE group_id = $1 AND topic = $2 AND partition = ANY($3::int[])"
-    " FOR UPDATE";
+    " ORDER BY partition FOR UPDATE";
 
 static const char SQL_OFFSETS[] =
     "INSERT INTO sluice_offsets (group_id, topic, partition, next_offset)"
     " SELECT $1, $2, p, o FROM unnest($3::int[], $4::bigint[]) AS u(p, o)"
     " ON CONFLICT (group_id, topic, partition) DO UPDATE"
-    " SET next_offset = EXCLUDED.next_offset, updated_at = now()";
+    " SET next_offset = GREATEST(sluice_offsets.next_offset,"
+    " EXCLUDED.next_offset), updated_at = now()";
+
+/* A batch's transaction is open only while it writes, so it is never idle
+ * for long unless its worker is stopped or cut off; the server then ends
+ * it, and the partitions' next owner is not blocked behind its row locks
+ * (docs/operations.md, "Zombie workers"). */
+static const char SQL_IDLE_TIMEOUT[] =
+    "SELECT set_config('idle_in_transaction_session_timeout', $1, false)";
 
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
 			  const char *topic, const char *staging_sql)
@@ -99,8 +118,29 @@ bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size)
 		return false;
 	}
 	PQclear(res);
+	if (ps->idle_tx_timeout_ms > 0) {
+		char ms[32];
+		const char *params[1] = {ms};
+
+		snprintf(ms, sizeof(ms), "%d", ps->idle_tx_timeout_ms);
+		res = PQexecParams(ps->conn, SQL_IDLE_TIMEOUT, 1, NULL, params,
+				   NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+			PQclear(res);
+			set_err(ps, "idle_in_transaction_session_timeout",
+				errstr, errstr_size);
+			drop_conn(ps);
+			return false;
+		}
+		PQclear(res);
+	}
 	ps->prepared = true;
 	return true;
+}
+
+void pgsink_set_idle_tx_timeout(struct pgsink *ps, int ms)
+{
+	ps->idle_tx_timeout_ms = ms;
 }
 
 /* "{1,2,3}" */
@@ -185,11 +225,25 @@ static bool exec_ok(struct pgsink *ps, const char *sql, const char *what,
 bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 		  int64_t *fence, char *errstr, size_t errstr_size)
 {
+	char *arr;
+	const char *params[3];
+	bool claimed;
+
 	if (!pgsink_connect(ps, errstr, errstr_size))
 		return false;
-	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size) ||
-	    !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
-			   errstr_size)) {
+	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size)) {
+		pgsink_rollback(ps);
+		return false;
+	}
+	arr = int_array(parts, n);
+	params[0] = ps->group_id;
+	params[1] = ps->topic;
+	params[2] = arr;
+	claimed = pgsink_exec(ps, SQL_CLAIM, 3, params, "offsets", errstr,
+			      errstr_size) >= 0;
+	free(arr);
+	if (!claimed || !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
+				       errstr_size)) {
 		pgsink_rollback(ps);
 		return false;
 	}

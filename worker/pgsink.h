@@ -17,6 +17,9 @@ struct pgsink;
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
 			  const char *topic, const char *staging_sql);
 void pgsink_destroy(struct pgsink *ps);
+/* idle_in_transaction_session_timeout of the sessions opened from now on
+ * (0 = the server's default). */
+void pgsink_set_idle_tx_timeout(struct pgsink *ps, int ms);
 /* (Re)connects when needed; false while the database is unreachable. */
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size);
 
@@ -49,7 +52,9 @@ PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
  * the handlers' statements report what they would change. */
 void pgsink_set_dry_run(struct pgsink *ps, bool dry_run);
 
-/* Stores the offsets, then COMMITs; rolls back on failure. */
+/* Stores the offsets (never below what is stored already: a batch whose
+ * records were all applied by a later owner must not move them back),
+ * then COMMITs; rolls back on failure. */
 bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
 		   const int64_t *next_offsets, int n, char *errstr,
 		   size_t errstr_size) __attribute__((warn_unused_result));

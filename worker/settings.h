@@ -14,6 +14,7 @@ struct worker_config {
 	char *topic;
 	int topic_partitions;
 	char *group_id;
+	char *group_instance_id; /* "" = dynamic membership */
 	char *dlq_topic;
 	char *postgres_dsn;
 	char *redis_url;
@@ -38,6 +39,7 @@ struct worker_config {
 	int lc_cache_ttl_s;
 	int lc_lease_ms;
 	int lc_lease_wait_ms;
+	int pg_idle_tx_timeout_ms;
 	struct cfg_kv *kafka;
 };
 
