@@ -44,6 +44,10 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n);
  * slices so a stop request is seen within 100 ms; a consume_wait_fn. */
 void batch_wait(void *arg, int ms);
 void batch_totals(const struct batch *b, struct batch_totals *out);
+/* Between batches (and once the consumer is closed): the outbox's upkeep,
+ * deleting confirmed rows and performing owed invalidations once Redis
+ * answers (owed.c). */
+void batch_idle(struct batch *b);
 /* The staging tables of every handler, for pgsink_new(). */
 char *batch_staging_sql(void);
 

@@ -21,6 +21,7 @@ struct consumer {
 	rd_kafka_message_t **msgs; /* the batch being collected */
 	size_t n;
 	int assigned;
+	unsigned assign_gen; /* see consume_assign_gen() */
 	/* Next offsets committed to PostgreSQL but not yet told to Kafka:
 	 * Kafka's copy only serves lag monitoring, so it is sent at most
 	 * once a second instead of once a batch. */
@@ -108,6 +109,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		else
 			ret = rd_kafka_assign(rk, parts);
 		c->assigned += parts->cnt;
+		c->assign_gen++;
 	} else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
 		/* Finish what was fetched before the partitions go: its
 		 * effects and offsets commit together, so the next owner
@@ -124,9 +126,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		c->assigned -= parts->cnt;
 		if (c->assigned < 0)
 			c->assigned = 0;
+		c->assign_gen++;
 	} else {
 		log_error("rebalance failed: %s", rd_kafka_err2str(err));
 		ret = rd_kafka_assign(rk, NULL);
+		c->assign_gen++;
 	}
 	if (error) {
 		log_error("incremental rebalance: %s",
@@ -286,6 +290,29 @@ void consume_commit_async(struct consumer *c, const int32_t *parts,
 int consume_assigned(const struct consumer *c)
 {
 	return c->assigned;
+}
+
+unsigned consume_assign_gen(const struct consumer *c)
+{
+	return c->assign_gen;
+}
+
+int consume_assignment(struct consumer *c, int32_t **parts)
+{
+	rd_kafka_topic_partition_list_t *l = NULL;
+	int n = 0;
+
+	*parts = NULL;
+	if (rd_kafka_assignment(c->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || !l)
+		return 0;
+	*parts = calloc((size_t)l->cnt + 1, sizeof(**parts));
+	if (!*parts)
+		abort();
+	for (int i = 0; i < l->cnt; i++)
+		if (strcmp(l->elems[i].topic, c->cfg->topic) == 0)
+			(*parts)[n++] = l->elems[i].partition;
+	rd_kafka_topic_partition_list_destroy(l);
+	return n;
 }
 
 void consume_close(struct consumer *c)

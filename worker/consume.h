@@ -35,6 +35,11 @@ size_t consume_batch(struct consumer *c, int timeout_ms);
 void consume_commit_async(struct consumer *c, const int32_t *parts,
 			  const int64_t *next_offsets, int n);
 int consume_assigned(const struct consumer *c);
+/* Moves on every assignment and revocation, so a caller can tell that the
+ * partitions held changed without a callback into it. */
+unsigned consume_assign_gen(const struct consumer *c);
+/* The topic's partitions held now, into *parts (malloc'd); their number. */
+int consume_assignment(struct consumer *c, int32_t **parts);
 void consume_close(struct consumer *c);
 
 #endif

@@ -114,8 +114,9 @@ static void worker_cleanup(struct worker *w)
 {
 	if (w->consumer)
 		consume_close(w->consumer); /* may flush a last batch */
-	if (w->cache)
-		cache_retry(w->cache);
+	w->env.consumer = NULL;
+	if (w->batch)
+		batch_idle(w->batch); /* the outbox's last upkeep */
 	dlq_destroy(w->dlq);
 	batch_destroy(w->batch);
 	contexts_destroy(w->contexts);
@@ -139,7 +140,7 @@ static int run_consume(struct worker *w)
 		size_t n = consume_batch(w->consumer, 100);
 
 		if (n == 0) {
-			cache_retry(w->cache);
+			batch_idle(w->batch);
 			/* serve what is left on the loop (late replies) */
 			event_base_loop(w->base, EVLOOP_NONBLOCK);
 		}
@@ -158,6 +159,7 @@ static int run_consume(struct worker *w)
 	sdnotify("STOPPING=1");
 	consume_close(w->consumer);
 	w->consumer = NULL;
+	w->env.consumer = NULL;
 	batch_totals(w->batch, &t);
 	log_info(
 	    "stopped: %llu batches, %llu records, %llu transcript messages "

@@ -17,6 +17,9 @@ struct pgsink;
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
 			  const char *topic, const char *staging_sql);
 void pgsink_destroy(struct pgsink *ps);
+/* The group and topic whose offsets it keeps. */
+const char *pgsink_group_id(const struct pgsink *ps);
+const char *pgsink_topic(const struct pgsink *ps);
 /* (Re)connects when needed; false while the database is unreachable. */
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size);
 
