@@ -10,34 +10,40 @@
 #include "../common/log.h"
 #include "../common/util.h"
 
-/* Rows read and performed per round when catching up. */
-#define OWED_PAGE 5000
-#define OWED_PAGE_S "5000"
+/* Batches' rows read and performed per round when catching up (each holds
+ * at most batch_max records' keys). */
+#define OWED_PAGE 10
+#define OWED_PAGE_S "10"
 
-/* The batch's keys in, the rows confirmed since the last commit out, in
- * one statement: the DELETE piggybacks on the INSERT, so a confirmed
- * invalidation costs no round trip of its own under load. A data-modifying
- * WITH runs whether or not the query reads it. */
+/* The batch's keys in, as one row (arrays: one tuple and one index entry
+ * per batch, where a row per key cost several times more on the hot
+ * path), and the rows confirmed since the last commit out, in one
+ * statement: the DELETE piggybacks on the INSERT, so a confirmed
+ * invalidation costs no round trip of its own under load. A
+ * data-modifying WITH runs whether or not the query reads it. */
 static const char SQL_WRITE[] =
     "WITH done AS (DELETE FROM sluice_owed_invalidations"
-    " WHERE id = ANY($6::bigint[])),"
-    " ins AS (INSERT INTO sluice_owed_invalidations"
-    " (group_id, topic, partitions, key, op)"
-    " SELECT $1, $2, $3::int[], k, o"
-    " FROM unnest($4::text[], $5::text[]) AS u(k, o) RETURNING id)"
-    " SELECT string_agg(id::text, ',') FROM ins";
+    " WHERE id = ANY($6::bigint[]))"
+    " INSERT INTO sluice_owed_invalidations"
+    " (group_id, topic, partitions, keys, ops)"
+    " SELECT $1, $2, $3::int[], $4::text[], $5::text[]"
+    " WHERE cardinality($4::text[]) > 0 RETURNING id";
 
 static const char SQL_DELETE[] =
     "DELETE FROM sluice_owed_invalidations WHERE id = ANY($1::bigint[])";
 
-/* In id order, so a page ends where the next begins. */
+/* A page of batches in id order (so a page ends where the next begins),
+ * one result row per key. */
 static const char SQL_SCAN[] =
-    "SELECT id, key, op FROM sluice_owed_invalidations"
+    "SELECT b.id, u.k, u.o FROM (SELECT id, keys, ops"
+    " FROM sluice_owed_invalidations"
     " WHERE group_id = $1 AND topic = $2 AND partitions && $3::int[]"
-    " AND id > $4::bigint ORDER BY id LIMIT " OWED_PAGE_S;
+    " AND id > $4::bigint ORDER BY id LIMIT " OWED_PAGE_S ") AS b,"
+    " unnest(b.keys, b.ops) AS u(k, o) ORDER BY b.id";
 
 static const char SQL_COUNT[] =
-    "SELECT count(*) FROM sluice_owed_invalidations"
+    "SELECT coalesce(sum(cardinality(keys)), 0)"
+    " FROM sluice_owed_invalidations"
     " WHERE group_id = $1 AND topic = $2 AND partitions && $3::int[]";
 
 /* A small set of partitions. */
@@ -49,7 +55,7 @@ struct partset {
 struct owed {
 	struct pgsink *ps;
 	struct cache *cache;
-	/* The open transaction's rows ("1,2,3"), its number of keys and its
+	/* The open transaction's row (its id), its number of keys and its
 	 * partitions; tx_n > 0 also means a transaction wrote rows whose
 	 * fate owed_committed() has not told yet. */
 	struct buf tx_ids;
@@ -366,8 +372,9 @@ static void owed_count_rows(struct owed *o)
 }
 
 /* Performs every row owed for the partitions held, a page at a time: one
- * read, the page's keys in pipelined round trips (as a batch's are), one
- * delete. Stops (rows stay owed) when Redis or PostgreSQL fails. */
+ * read, the page's keys in pipelined round trips (as a batch's are, made
+ * unique across its batches), one delete. Stops (rows stay owed) when
+ * Redis or PostgreSQL fails. */
 static void owed_catch_up(struct owed *o)
 {
 	char *scope, last[24] = "0", err[512];
@@ -385,7 +392,7 @@ static void owed_catch_up(struct owed *o)
 		struct cache_keys k = {0};
 		struct buf ids;
 		PGresult *res;
-		int nr;
+		int nr, batches;
 		long long r;
 
 		params[3] = last;
@@ -398,15 +405,18 @@ static void owed_catch_up(struct owed *o)
 		}
 		nr = PQntuples(res);
 		buf_init(&ids);
+		batches = 0;
 		for (int i = 0; i < nr; i++) {
-			list_append(&ids, PQgetvalue(res, i, 0),
-				    (size_t)PQgetlength(res, i, 0));
+			const char *id = PQgetvalue(res, i, 0);
+
+			if (strcmp(id, last) != 0) { /* the next batch */
+				list_append(&ids, id, strlen(id));
+				snprintf(last, sizeof(last), "%s", id);
+				batches++;
+			}
 			cache_keys_push(&k, PQgetvalue(res, i, 1),
 					op_parse(PQgetvalue(res, i, 2)));
 		}
-		if (nr > 0)
-			snprintf(last, sizeof(last), "%s",
-				 PQgetvalue(res, nr - 1, 0));
 		PQclear(res);
 		r = cache_invalidate(o->cache, &k);
 		cache_keys_free(&k);
@@ -424,7 +434,7 @@ static void owed_catch_up(struct owed *o)
 		removed += r;
 		o->n = o->n > (size_t)nr ? o->n - (size_t)nr : 0;
 		owed_publish(o);
-		if (nr < OWED_PAGE)
+		if (batches < OWED_PAGE)
 			break;
 	}
 	o->catch_up = false;

@@ -7,6 +7,10 @@
 -- down, or the worker died first. A worker performs the rows of the
 -- partitions it is assigned (on assignment, and when Redis comes back), so
 -- they survive a restart instead of waiting for the keys' TTL.
+--
+-- One row per batch, its keys as arrays: a row per key cost several times
+-- more on every batch's insert and delete (one tuple and one index entry
+-- each), and the rows normally live for one batch only.
 
 CREATE TABLE IF NOT EXISTS sluice_owed_invalidations (
     id          bigserial PRIMARY KEY,
@@ -16,12 +20,14 @@ CREATE TABLE IF NOT EXISTS sluice_owed_invalidations (
     group_id    text NOT NULL,
     topic       text NOT NULL,
     partitions  integer[] NOT NULL,
-    -- What cache_keys holds: a key to UNLINK, a SCAN MATCH pattern whose
-    -- matches are unlinked, or a version key to INCR.
-    key         text NOT NULL,
-    op          text NOT NULL CHECK (op IN ('key', 'pattern', 'bump')),
-    created_at  timestamptz NOT NULL DEFAULT now()
+    -- What cache_keys holds, keys[i] with ops[i]: 'key' (UNLINK it),
+    -- 'pattern' (SCAN MATCH it, UNLINK the matches) or 'bump' (INCR a
+    -- version key).
+    keys        text[] NOT NULL,
+    ops         text[] NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    CHECK (cardinality(keys) = cardinality(ops)),
+    CHECK (ops <@ ARRAY['key', 'pattern', 'bump'])
 );
--- No other index: rows normally live for one batch, and every extra index
--- is paid on each batch's insert and delete. The scans that read them go
--- by id (the primary key) and filter the rest.
+-- No other index: every one is paid on each batch's insert and delete. The
+-- catch-up reads go by id (the primary key) and filter the rest.
