@@ -55,8 +55,8 @@ struct partset {
 struct owed {
 	struct pgsink *ps;
 	struct cache *cache;
-	/* The open transaction's row (its id), its number of keys and its
-	 * partitions; tx_n > 0 also means a transaction wrote rows whose
+	/* The open transaction's row id, its number of keys and its
+	 * partitions; tx_n > 0 also means a transaction wrote a row whose
 	 * fate owed_committed() has not told yet. */
 	struct buf tx_ids;
 	size_t tx_n;
@@ -68,9 +68,13 @@ struct owed {
 	 * group assignment; a partition revoked meanwhile is performed by
 	 * both owners, which is harmless). */
 	struct partset held, mine;
-	bool catch_up;	     /* rows in scope may be owed: perform them */
+	bool catch_up;	 /* rows in scope may be owed: perform them */
+	char cursor[24]; /* the catch-up went up to this id */
+	size_t cu_rows;	 /* and performed these keys since cu_t0 */
+	long long cu_removed;
+	int64_t cu_t0;
 	bool recount;	     /* n is not known for the scope yet */
-	size_t n;	     /* rows in scope owed */
+	size_t n;	     /* keys in scope owed */
 	int64_t retry_at_ms; /* PostgreSQL failed: no upkeep before this */
 	int backoff_ms;
 };
@@ -130,6 +134,7 @@ struct owed *owed_new(struct pgsink *ps, struct cache *cache)
 	o->cache = cache;
 	buf_init(&o->tx_ids);
 	buf_init(&o->done);
+	strcpy(o->cursor, "0");
 	o->backoff_ms = 100;
 	return o;
 }
@@ -294,6 +299,7 @@ void owed_committed(struct owed *o, bool confirmed)
 void owed_assign(struct owed *o, const int32_t *parts, int n)
 {
 	partset_set(&o->held, parts, n);
+	strcpy(o->cursor, "0"); /* new partitions' rows may be older */
 	o->catch_up = !scope_empty(o);
 	o->recount = o->catch_up;
 	if (!o->catch_up) {
@@ -371,31 +377,38 @@ static void owed_count_rows(struct owed *o)
 	free(scope);
 }
 
-/* Performs every row owed for the partitions held, a page at a time: one
- * read, the page's keys in pipelined round trips (as a batch's are, made
- * unique across its batches), one delete. Stops (rows stay owed) when
- * Redis or PostgreSQL fails. */
-static void owed_catch_up(struct owed *o)
+/* Performs what is owed for the partitions held, a page at a time, at
+ * most max_pages (so a long outage's debts do not hold the partitions'
+ * new records back; the next call goes on from the cursor): one read, the
+ * page's keys in pipelined round trips (as a batch's are, made unique
+ * across its batches), one delete. Stops (rows stay owed) when Redis or
+ * PostgreSQL fails. */
+static void owed_catch_up(struct owed *o, int max_pages)
 {
-	char *scope, last[24] = "0", err[512];
+	char *scope, err[512];
 	const char *params[4] = {pgsink_group_id(o->ps), pgsink_topic(o->ps),
 				 NULL, NULL};
-	size_t rows = 0;
-	long long removed = 0;
-	int64_t t0 = util_mono_ms();
 
 	if (!owed_pg_ready(o) || !delete_ids(o, &o->done))
 		return;
+	if (o->cu_rows == 0)
+		o->cu_t0 = util_mono_ms();
 	scope = scope_array(o);
 	params[2] = scope;
-	for (;;) {
+	for (int page = 0;; page++) {
 		struct cache_keys k = {0};
 		struct buf ids;
+		char last[24];
 		PGresult *res;
 		int nr, batches;
 		long long r;
 
-		params[3] = last;
+		if (page == max_pages) {
+			free(scope);
+			return; /* more to go */
+		}
+		snprintf(last, sizeof(last), "%s", o->cursor);
+		params[3] = o->cursor;
 		res = pgsink_query(o->ps, SQL_SCAN, 4, params,
 				   "owed invalidations", err, sizeof(err));
 		if (!res) {
@@ -422,46 +435,47 @@ static void owed_catch_up(struct owed *o)
 		cache_keys_free(&k);
 		if (r < 0 || !delete_ids(o, &ids)) {
 			buf_free(&ids);
-			if (rows > 0)
-				log_info("performed %zu owed invalidations "
-					 "before redis failed again",
-					 rows);
 			free(scope);
-			return;
+			return; /* the page stays owed */
 		}
 		buf_free(&ids);
-		rows += (size_t)nr;
-		removed += r;
+		snprintf(o->cursor, sizeof(o->cursor), "%s", last);
+		o->cu_rows += (size_t)nr;
+		o->cu_removed += r;
 		o->n = o->n > (size_t)nr ? o->n - (size_t)nr : 0;
 		owed_publish(o);
 		if (batches < OWED_PAGE)
 			break;
 	}
 	o->catch_up = false;
+	strcpy(o->cursor, "0");
 	o->recount = false;
 	o->n = 0;
 	o->mine.n = 0;
 	o->backoff_ms = 100;
 	owed_publish(o);
-	if (rows > 0)
+	if (o->cu_rows > 0)
 		log_info(
 		    "performed %zu owed invalidations for partitions %s in "
 		    "%lld ms: %lld cache keys removed",
-		    rows, scope, (long long)(util_mono_ms() - t0), removed);
+		    o->cu_rows, scope, (long long)(util_mono_ms() - o->cu_t0),
+		    o->cu_removed);
+	o->cu_rows = 0;
+	o->cu_removed = 0;
 	free(scope);
 }
 
 void owed_after_batch(struct owed *o)
 {
 	if (o->catch_up && !scope_empty(o))
-		owed_catch_up(o);
+		owed_catch_up(o, 1);
 }
 
 void owed_idle(struct owed *o)
 {
 	if (o->catch_up && !scope_empty(o)) {
 		if (cache_ping(o->cache)) {
-			owed_catch_up(o);
+			owed_catch_up(o, 10);
 			return;
 		}
 		if (o->recount && owed_pg_ready(o))

@@ -118,7 +118,8 @@ def test_owed_performed_when_redis_returns(pipeline, services):
     pipeline.start_worker(redis_timeout_ms=200)
     pipeline.start_ingest()
     r = services.redis()
-    during = [pipeline.cid(f"d{i}") for i in range(4)]
+    # One batch each: more than one page (ten batches) of the catch-up.
+    during = [pipeline.cid(f"d{i}") for i in range(12)]
     stale = [k for c in during for k in _populate(r, c)]
     sentinel = _stop_redis_keeping(services, r, stale)
     try:
