@@ -212,7 +212,8 @@ static char *id_array(const struct buf *list)
 
 	buf_init(&b);
 	buf_puts(&b, "{");
-	buf_append(&b, list->data, list->len);
+	if (list->len > 0)
+		buf_append(&b, list->data, list->len);
 	buf_puts(&b, "}");
 	return b.data;
 }
