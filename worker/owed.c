@@ -76,6 +76,9 @@ struct owed {
 	bool recount;	     /* n is not known for the scope yet */
 	size_t n;	     /* keys in scope owed */
 	int64_t retry_at_ms; /* PostgreSQL failed: no upkeep before this */
+	/* What the outbox costs the batches, for the log at exit. */
+	unsigned long long writes, write_keys;
+	double write_s;
 	int backoff_ms;
 };
 
@@ -143,6 +146,11 @@ void owed_destroy(struct owed *o)
 {
 	if (!o)
 		return;
+	if (o->writes > 0)
+		log_info("outbox: %llu statements wrote %llu keys in %.0f ms "
+			 "(%.2f ms a statement)",
+			 o->writes, o->write_keys, o->write_s * 1000,
+			 o->write_s * 1000 / (double)o->writes);
 	buf_free(&o->tx_ids);
 	buf_free(&o->done);
 	free(o->tx_parts.v);
@@ -234,6 +242,7 @@ bool owed_write(struct owed *o, const int32_t *parts, int n,
 	char *pa, *done;
 	const char *params[6];
 	PGresult *res;
+	double t0;
 
 	/* A write whose commit never reported back: the commit may still
 	 * have landed (its answer lost), and its rows with it. */
@@ -260,14 +269,18 @@ bool owed_write(struct owed *o, const int32_t *parts, int n,
 	params[3] = k.data;
 	params[4] = ops.data;
 	params[5] = done;
+	t0 = util_mono_s();
 	res = pgsink_query(o->ps, SQL_WRITE, 6, params, "owed invalidations",
 			   errstr, errstr_size);
 	buf_free(&k);
 	buf_free(&ops);
 	free(pa);
 	free(done);
+	o->write_s += util_mono_s() - t0;
 	if (!res)
 		return false;
+	o->writes++;
+	o->write_keys += keys->n;
 	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
 		buf_append(&o->tx_ids, PQgetvalue(res, 0, 0),
 			   (size_t)PQgetlength(res, 0, 0));
