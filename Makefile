@@ -34,6 +34,7 @@ INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \
+              worker/owed.c \
               worker/contexts.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c

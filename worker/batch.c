@@ -12,6 +12,7 @@
 #include "../common/util.h"
 #include "handlers/handler.h"
 #include "metrics.h"
+#include "owed.h"
 
 #define MAX_HANDLERS 16
 
@@ -21,6 +22,8 @@ struct batch {
 	void *state[MAX_HANDLERS]; /* per handler, in handlers[] order */
 	bool used[MAX_HANDLERS];   /* had a record in this attempt */
 	struct cache_keys keys;
+	struct owed *owed;   /* the keys' durable copy until Redis confirms */
+	unsigned assign_gen; /* the consumer's, when last told to owed */
 	struct buf line;
 	struct batch_totals t;
 };
@@ -67,6 +70,7 @@ struct batch *batch_new(struct batch_env *env)
 		b->state[i] = handlers[i]->create(&henv);
 		b->n_handlers++;
 	}
+	b->owed = owed_new(env->ps, env->cache);
 	buf_init(&b->line);
 	return b;
 }
@@ -78,6 +82,7 @@ void batch_destroy(struct batch *b)
 	for (size_t i = 0; i < b->n_handlers; i++)
 		handlers[i]->destroy(b->state[i]);
 	cache_keys_free(&b->keys);
+	owed_destroy(b->owed);
 	buf_free(&b->line);
 	free(b);
 }
@@ -258,7 +263,49 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 			pgsink_rollback(env->ps);
 			return false;
 		}
+	/* The keys depend only on what the handlers took, so they are known
+	 * before the commit and go into the outbox with it: a worker that
+	 * dies before Redis confirms leaves them to the next owner. */
+	cache_keys_clear(&b->keys);
+	for (size_t i = 0; i < b->n_handlers; i++)
+		if (b->used[i] && handlers[i]->keys)
+			handlers[i]->keys(b->state[i], &b->keys);
+	cache_keys_unique(&b->keys);
+	if (!env->dry_run &&
+	    !owed_write(b->owed, pm->parts, pm->n, &b->keys, err, errsz)) {
+		pgsink_rollback(env->ps);
+		return false;
+	}
 	return pgsink_commit(env->ps, pm->parts, pm->next, pm->n, err, errsz);
+}
+
+/* Tells owed the partitions held when the consumer's assignment moved
+ * (none once the consumer is gone). */
+static void batch_sync_assignment(struct batch *b)
+{
+	int32_t *parts = NULL;
+	int n = 0;
+
+	if (b->env->consumer) {
+		unsigned gen = consume_assign_gen(b->env->consumer);
+
+		if (gen == b->assign_gen)
+			return;
+		b->assign_gen = gen;
+		n = consume_assignment(b->env->consumer, &parts);
+	} else if (b->assign_gen == (unsigned)-1) {
+		return;
+	} else {
+		b->assign_gen = (unsigned)-1;
+	}
+	owed_assign(b->owed, parts, n);
+	free(parts);
+}
+
+void batch_idle(struct batch *b)
+{
+	batch_sync_assignment(b);
+	owed_idle(b->owed);
 }
 
 /* Waits on the event_base (lookups and Redis keep being served), in
@@ -333,12 +380,12 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	if (env->consumer)
 		consume_commit_async(env->consumer, pm.parts, pm.next, pm.n);
 
-	/* After the commit: every key the handlers name, in one pipeline. */
-	cache_keys_clear(&b->keys);
-	for (size_t i = 0; i < b->n_handlers; i++)
-		if (b->used[i] && handlers[i]->keys)
-			handlers[i]->keys(b->state[i], &b->keys);
+	/* Right after the commit: every key the handlers named, in one
+	 * pipeline; confirmed, their outbox rows go with the next commit.
+	 * A dry run committed nothing, so it owes nothing. */
 	removed = env->dry_run ? 0 : cache_invalidate(env->cache, &b->keys);
+	if (!env->dry_run)
+		owed_committed(b->owed, removed >= 0);
 	t_end = util_mono_ms();
 
 	buf_reset(&b->line);
@@ -371,6 +418,12 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	       (long long)(t_end - t_commit), b->line.data,
 	       b->line.len ? "; " : "", dead, fenced,
 	       removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
+	/* Redis answers again, or partitions came with an earlier owner's
+	 * debts: perform what is owed (only then; nothing on the usual
+	 * path). */
+	batch_sync_assignment(b);
+	if (removed >= 0 && !env->dry_run)
+		owed_after_batch(b->owed);
 	/* Let what the batch queued on the loop (cache fills) go out. */
 	event_base_loop(env->base, EVLOOP_NONBLOCK);
 done:

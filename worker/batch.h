@@ -57,6 +57,10 @@ void batch_kind_totals(const struct batch *b,
 				  unsigned long long saved,
 				  unsigned long long skipped),
 		       void *arg);
+/* Between batches (and once the consumer is closed): the outbox's upkeep,
+ * deleting confirmed rows and performing owed invalidations once Redis
+ * answers (owed.c). */
+void batch_idle(struct batch *b);
 /* The staging tables of every handler, for pgsink_new(). */
 char *batch_staging_sql(void);
 

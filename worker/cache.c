@@ -1,5 +1,6 @@
 /* Redis invalidation after commit: every key of the affected
- * conversations, in pipelined round trips (SCAN + UNLINK, never KEYS). */
+ * conversations, in pipelined round trips (SCAN + UNLINK, never KEYS).
+ * What Redis could not confirm stays owed in PostgreSQL (owed.c). */
 #include "cache.h"
 
 #include <hiredis/adapters/libevent.h>
@@ -15,7 +16,6 @@
 
 #define SCAN_COUNT "1000"
 #define UNLINK_CHUNK 512
-#define PENDING_MAX 100000
 #define BUMP_TTL_S "86400"
 
 struct cache {
@@ -26,9 +26,8 @@ struct cache {
 	char lost[128];	     /* why the connection went, for the log */
 	int64_t retry_at_ms; /* no connection attempt before this */
 	int backoff_ms;
-	struct cache_keys pending; /* deferred while Redis was down */
-	bool pending_overflow_logged;
 	unsigned long long done, removed; /* totals, for the metrics */
+	size_t owed; /* what owed.c counts as still owed to Redis */
 };
 
 struct strvec {
@@ -192,6 +191,11 @@ void cache_keys_bump(struct cache_keys *k, const char *key)
 	keys_push(k, strdup(key), CACHE_BUMP);
 }
 
+void cache_keys_push(struct cache_keys *k, const char *key, enum cache_op op)
+{
+	keys_push(k, strdup(key), op);
+}
+
 void cache_keys_clear(struct cache_keys *k)
 {
 	for (size_t i = 0; i < k->n; i++)
@@ -216,7 +220,7 @@ static int cmp_key(const void *a, const void *b)
 
 /* Sorts and drops repeats: a conversation in 500 records of a batch is
  * invalidated once. */
-static void keys_unique(struct cache_keys *k)
+void cache_keys_unique(struct cache_keys *k)
 {
 	size_t out = 0;
 
@@ -258,14 +262,18 @@ void cache_destroy(struct cache *c)
 		c->ac = NULL;
 		redisAsyncFree(ac);
 	}
-	cache_keys_free(&c->pending);
 	redis_addr_free(&c->addr);
 	free(c);
 }
 
 size_t cache_pending(const struct cache *c)
 {
-	return c->pending.n;
+	return c->owed;
+}
+
+void cache_set_owed(struct cache *c, size_t n)
+{
+	c->owed = n;
 }
 
 void cache_totals(const struct cache *c, unsigned long long *done,
@@ -325,7 +333,7 @@ static void cache_fail(struct cache *c, const char *why)
 {
 	redisAsyncContext *ac = c->ac;
 
-	log_warn("redis %s:%d: %s; invalidation deferred, retrying in %d ms",
+	log_warn("redis %s:%d: %s; invalidation owed, retrying in %d ms",
 		 c->addr.host, c->addr.port, why, c->backoff_ms);
 	c->ac = NULL;
 	if (ac)
@@ -408,7 +416,7 @@ static void unlink_cb(redisAsyncContext *ac, void *reply, void *priv)
 	}
 }
 
-/* hiredis, on the loop: INCR or EXPIRE answered. */
+/* hiredis, on the loop: INCR, EXPIRE or PING answered. */
 static void bump_cb(redisAsyncContext *ac, void *reply, void *priv)
 {
 	struct run *r = priv;
@@ -569,57 +577,24 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 	return ok ? removed : -1;
 }
 
-static void cache_defer(struct cache *c, const struct cache_keys *k)
+bool cache_ping(struct cache *c)
 {
-	for (size_t i = 0; i < k->n; i++) {
-		if (c->pending.n >= PENDING_MAX) {
-			if (!c->pending_overflow_logged)
-				log_error("redis down: more than %d deferred "
-					  "invalidations, dropping the rest "
-					  "(their keys expire by TTL)",
-					  PENDING_MAX);
-			c->pending_overflow_logged = true;
-			return;
-		}
-		keys_push(&c->pending, strdup(k->v[i].key), k->v[i].op);
-	}
-}
+	const char *argv[1] = {"PING"};
+	struct run r;
 
-void cache_retry(struct cache *c)
-{
-	struct cache_keys k = c->pending;
-	long long removed;
-
-	if (k.n == 0 || !cache_connect(c))
-		return;
-	memset(&c->pending, 0, sizeof(c->pending));
-	keys_unique(&k);
-	removed = cache_run(c, &k);
-	if (removed < 0) {
-		cache_defer(c, &k);
-	} else {
-		log_info("redis back: ran %zu deferred invalidations, removed "
-			 "%lld keys",
-			 k.n, removed);
-		c->pending_overflow_logged = false;
-	}
-	cache_keys_free(&k);
+	if (!cache_connect(c))
+		return false;
+	memset(&r, 0, sizeof(r));
+	send_cmd(c, &r, bump_cb, &r, 1, argv);
+	return !r.failed && await_run(c, &r);
 }
 
 long long cache_invalidate(struct cache *c, struct cache_keys *k)
 {
-	long long removed;
-
 	if (k->n == 0)
 		return 0;
-	keys_unique(k);
-	cache_retry(c);
-	if (!cache_connect(c)) {
-		cache_defer(c, k);
+	cache_keys_unique(k);
+	if (!cache_connect(c))
 		return -1;
-	}
-	removed = cache_run(c, k);
-	if (removed < 0)
-		cache_defer(c, k);
-	return removed;
+	return cache_run(c, k);
 }

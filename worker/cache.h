@@ -51,6 +51,10 @@ void cache_keys_add(struct cache_keys *k, char *const *templates,
 		    size_t n_templates, const char *placeholder,
 		    const char *id);
 void cache_keys_bump(struct cache_keys *k, const char *key);
+/* Adds a copy of key. */
+void cache_keys_push(struct cache_keys *k, const char *key, enum cache_op op);
+/* Sorts and drops repeats. */
+void cache_keys_unique(struct cache_keys *k);
 void cache_keys_clear(struct cache_keys *k);
 void cache_keys_free(struct cache_keys *k);
 
@@ -66,18 +70,22 @@ struct cache *cache_new(struct event_base *base, const char *url,
 			int timeout_ms, char *errstr, size_t errstr_size);
 void cache_destroy(struct cache *c);
 
-/* Removes the keys (sorted and made unique first). When Redis is
- * unreachable they are kept and retried by later calls; the data is
- * already committed. Returns the number of keys removed, or -1 when it had
- * to defer. */
+/* Removes the keys (sorted and made unique first). Returns the number of
+ * keys removed, or -1 when Redis is unreachable (or within the back-off
+ * after a failure, so a Redis that is down costs a batch nothing): the
+ * caller keeps them owed (owed.c holds them in PostgreSQL). */
 long long cache_invalidate(struct cache *c, struct cache_keys *k);
-/* Retries deferred invalidations (call when idle). */
-void cache_retry(struct cache *c);
+/* One PING round trip (within the back-off: false at once). */
+bool cache_ping(struct cache *c);
+/* Invalidations still owed to Redis, as owed.c counts them (the rows of
+ * sluice_owed_invalidations of this worker's partitions): the gauge
+ * sluice_worker_invalidations_owed. */
 size_t cache_pending(const struct cache *c);
 /* Invalidations carried out (keys, patterns, version bumps; deferred ones
  * when they finally ran) and the keys they removed, since start. */
 void cache_totals(const struct cache *c, unsigned long long *done,
 		  unsigned long long *removed);
+void cache_set_owed(struct cache *c, size_t n);
 
 /* Expands a template: each placeholder ("{conversation_id}") becomes id. A
  * template holding a glob character is a SCAN pattern, and the id is

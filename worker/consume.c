@@ -25,7 +25,8 @@ struct consumer {
 	rd_kafka_message_t **msgs; /* the batch being collected */
 	size_t n;
 	int assigned;
-	bool fatal; /* librdkafka's consumer can never work again */
+	bool fatal;	     /* librdkafka's consumer can never work again */
+	unsigned assign_gen; /* see consume_assign_gen() */
 	/* Next offsets committed to PostgreSQL but not yet told to Kafka:
 	 * Kafka's copy only serves lag monitoring, so it is sent at most
 	 * once a second instead of once a batch. */
@@ -117,6 +118,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			ret = rd_kafka_assign(rk, parts);
 		c->assigned += parts->cnt;
 		metrics_rebalance(true, parts);
+		c->assign_gen++;
 	} else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
 		/* Finish what was fetched before the partitions go: its
 		 * effects and offsets commit together, so the next owner
@@ -147,9 +149,11 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		metrics_rebalance(false, parts);
 		if (c->assigned < 0)
 			c->assigned = 0;
+		c->assign_gen++;
 	} else {
 		log_error("rebalance failed: %s", rd_kafka_err2str(err));
 		ret = rd_kafka_assign(rk, NULL);
+		c->assign_gen++;
 	}
 	if (error) {
 		log_error("incremental rebalance: %s",
@@ -422,6 +426,29 @@ int consume_assigned(const struct consumer *c)
 bool consume_fatal(const struct consumer *c)
 {
 	return c->fatal;
+}
+
+unsigned consume_assign_gen(const struct consumer *c)
+{
+	return c->assign_gen;
+}
+
+int consume_assignment(struct consumer *c, int32_t **parts)
+{
+	rd_kafka_topic_partition_list_t *l = NULL;
+	int n = 0;
+
+	*parts = NULL;
+	if (rd_kafka_assignment(c->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || !l)
+		return 0;
+	*parts = calloc((size_t)l->cnt + 1, sizeof(**parts));
+	if (!*parts)
+		abort();
+	for (int i = 0; i < l->cnt; i++)
+		if (strcmp(l->elems[i].topic, c->cfg->topic) == 0)
+			(*parts)[n++] = l->elems[i].partition;
+	rd_kafka_topic_partition_list_destroy(l);
+	return n;
 }
 
 void consume_close(struct consumer *c)

@@ -48,6 +48,11 @@ bool consume_watch(struct consumer *c, struct event_base *base, char *errstr,
 /* A fatal consumer error (e.g. fenced by another worker with the same
  * group_instance_id): the worker should exit. */
 bool consume_fatal(const struct consumer *c);
+/* Moves on every assignment and revocation, so a caller can tell that the
+ * partitions held changed without a callback into it. */
+unsigned consume_assign_gen(const struct consumer *c);
+/* The topic's partitions held now, into *parts (malloc'd); their number. */
+int consume_assignment(struct consumer *c, int32_t **parts);
 void consume_close(struct consumer *c);
 
 #endif

@@ -180,8 +180,9 @@ static void worker_cleanup(struct worker *w)
 		event_free(w->watchdog_ev);
 	if (w->consumer)
 		consume_close(w->consumer); /* may flush a last batch */
-	if (w->cache)
-		cache_retry(w->cache);
+	w->env.consumer = NULL;
+	if (w->batch)
+		batch_idle(w->batch); /* the outbox's last upkeep */
 	dlq_destroy(w->dlq);
 	batch_destroy(w->batch);
 	contexts_destroy(w->contexts);
@@ -242,7 +243,7 @@ static int run_consume(struct worker *w)
 		size_t n = consume_batch(w->consumer, 0);
 
 		if (n == 0) {
-			cache_retry(w->cache);
+			batch_idle(w->batch);
 			/* Idle: wait on the loop (HTTP, late replies) until
 			 * the consumer queue wakes it, at most 100 ms. */
 			evtimer_add(w->idle_ev, &idle);
@@ -259,6 +260,7 @@ static int run_consume(struct worker *w)
 	sdnotify("STOPPING=1");
 	consume_close(w->consumer);
 	w->consumer = NULL;
+	w->env.consumer = NULL;
 	batch_totals(w->batch, &t);
 	log_info("stopped: %llu batches, %llu records, %llu rows saved, %llu "
 		 "duplicates skipped, %llu dead-lettered",

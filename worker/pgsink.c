@@ -80,6 +80,16 @@ void pgsink_destroy(struct pgsink *ps)
 	free(ps);
 }
 
+const char *pgsink_group_id(const struct pgsink *ps)
+{
+	return ps->group_id;
+}
+
+const char *pgsink_topic(const struct pgsink *ps)
+{
+	return ps->topic;
+}
+
 static void set_err(struct pgsink *ps, const char *what, char *errstr,
 		    size_t errstr_size)
 {

@@ -20,6 +20,9 @@ void pgsink_destroy(struct pgsink *ps);
 /* idle_in_transaction_session_timeout of the sessions opened from now on
  * (0 = the server's default). */
 void pgsink_set_idle_tx_timeout(struct pgsink *ps, int ms);
+/* The group and topic whose offsets it keeps. */
+const char *pgsink_group_id(const struct pgsink *ps);
+const char *pgsink_topic(const struct pgsink *ps);
 /* (Re)connects when needed; false while the database is unreachable. */
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size);
 

@@ -507,6 +507,14 @@ int replay_run(struct batch_env *env, struct batch *b,
 		pace(&r);
 	}
 	progress(&r, true);
+	/* The last batches' outbox rows go once Redis confirmed them. */
+	batch_idle(b);
+	if (cache_pending(env->cache) > 0)
+		log_warn(
+		    "%zu invalidations are still owed to Redis under group "
+		    "%s: run the replay again with that --group once Redis "
+		    "answers, or the keys expire by their TTL",
+		    cache_pending(env->cache), env->cfg->group_id);
 	batch_totals(b, &t);
 	if (!all_done(&r)) {
 		log_warn("replay stopped with %lld records left; run it again "

@@ -37,8 +37,9 @@ int main(void)
 	CHECK(c != NULL, "%s", err);
 	CHECK(cache_new(base, "http://x", 50, err, sizeof(err)) == NULL,
 	      "non-redis url accepted");
-	/* Nothing listens on port 1: the keys are kept for later, each
-	 * once however often a batch names it. */
+	/* Nothing listens on port 1: the invalidation fails (the caller
+	 * keeps the keys owed, in PostgreSQL), each key named once however
+	 * often a batch names it, and nothing is kept in memory. */
 	{
 		char *tmpl[] = {(char *)"a:{conversation_id}",
 				(char *)"m:{conversation_id}:*"};
@@ -50,7 +51,11 @@ int main(void)
 		cache_keys_bump(&k, "v:c1");
 		CHECK(k.n == 7, "keys %zu", k.n);
 		CHECK(cache_invalidate(c, &k) == -1, "invalidate succeeded");
-		CHECK(cache_pending(c) == 5, "pending %zu", cache_pending(c));
+		CHECK(k.n == 5, "unique keys %zu", k.n);
+		CHECK(cache_pending(c) == 0, "pending %zu", cache_pending(c));
+		CHECK(!cache_ping(c), "ping answered");
+		cache_set_owed(c, 5);
+		CHECK(cache_pending(c) == 5, "owed %zu", cache_pending(c));
 		cache_keys_free(&k);
 	}
 	/* URLs: credentials, database, defaults. */

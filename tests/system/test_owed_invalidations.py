@@ -1,0 +1,191 @@
+# Owed invalidations are durable: the keys a batch invalidates are written
+# to sluice_owed_invalidations in the batch's own transaction and deleted
+# once Redis confirms them. What Redis could not take (it was down) survives
+# a kill -9 of the worker and is performed by the next owner of the
+# partitions, without new traffic for those conversations.
+#
+# Stops and starts Redis: run it without SLUICE_TEST_SERVICES_DIR (a private
+# stack).
+
+import time
+
+from conftest import transcript, wait_until
+
+# Static membership: a restarted worker takes the killed one's place at
+# once instead of waiting for its session to time out.
+def _crash_tuning(pipeline):
+    return {"kafka__group.instance.id": f"{pipeline.group}-w",
+            "kafka__session.timeout.ms": 6000,
+            "kafka__heartbeat.interval.ms": 1000}
+
+
+def _populate(r, cid, pages=5):
+    keys = [f"messages:{cid}:{page}:50" for page in range(1, pages + 1)]
+    keys.append(f"conversation:{cid}")
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.set(k, b'{"cached":true}')
+        p.execute()
+    return keys
+
+
+def _existing(r, keys):
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.exists(k)
+        return [k for k, e in zip(keys, p.execute()) if e]
+
+
+def _owed(pipeline):
+    """The group's owed keys in the outbox (a row per batch):
+    [(key, op, partitions)]."""
+    return pipeline.services.query(
+        "SELECT u.k, u.o, partitions FROM sluice_owed_invalidations,"
+        " unnest(keys, ops) AS u(k, o)"
+        " WHERE group_id = %s AND topic = %s ORDER BY id",
+        (pipeline.group, pipeline.topic))
+
+
+def _owed_ids_issued(pipeline):
+    return pipeline.services.scalar(
+        "SELECT CASE WHEN is_called THEN last_value ELSE 0 END"
+        " FROM sluice_owed_invalidations_id_seq")
+
+
+def _post_and_land(pipeline, cid):
+    r = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
+                                              ("assistant", "Hello!")]))
+    assert r.status == 202, r
+    wait_until(lambda: pipeline.message_count(cid) == 2, 30,
+               message=f"2 messages of {cid} in PostgreSQL",
+               describe=lambda: f"{pipeline.message_count(cid)} rows; worker "
+               f"log tail:\n{pipeline.worker.log_tail(10)}")
+
+
+def _wait_outbox_empty(pipeline, timeout=10):
+    wait_until(lambda: not _owed(pipeline), timeout,
+               message="the outbox of the group to be empty",
+               describe=lambda: f"{len(_owed(pipeline))} rows left, e.g. "
+               f"{_owed(pipeline)[:3]}")
+
+
+def _stop_redis_keeping(services, r, keys):
+    """SAVE first so the keys come back with Redis, as in a real restart;
+    a sentinel tells the dump was reloaded."""
+    sentinel = f"sentinel:{keys[0]}"
+    r.set(sentinel, b"1")
+    r.save()
+    services.stop_redis()
+    return sentinel
+
+
+def test_outbox_empty_with_redis_up(pipeline, services):
+    """Every batch writes its keys to the outbox and they are deleted once
+    Redis confirmed them: nothing is left behind, batch after batch."""
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    r = services.redis()
+    before = _owed_ids_issued(pipeline)
+    cids = [pipeline.cid(f"up{i}") for i in range(5)]
+    for cid in cids:            # one batch each
+        keys = _populate(r, cid)
+        _post_and_land(pipeline, cid)
+        wait_until(lambda: not _existing(r, keys), 10,
+                   message=f"the cached keys of {cid} to be deleted")
+        _wait_outbox_empty(pipeline, 5)
+    # And a burst: batches delete the previous batch's rows in their own
+    # transaction; the last ones go once the worker is idle.
+    burst = [pipeline.cid(f"burst{i}") for i in range(60)]
+    for cid in burst:
+        assert pipeline.ingest.post(
+            transcript(cid, [("user", "Hi")])).status == 202
+    wait_until(lambda: pipeline.message_count() == 2 * len(cids) + len(burst),
+               30, message="the burst to land")
+    pipeline.wait_caught_up()
+    _wait_outbox_empty(pipeline, 5)
+    # The rows were written (one per batch), not skipped.
+    issued = _owed_ids_issued(pipeline) - before
+    assert issued >= len(cids) + 1, (
+        f"only {issued} outbox rows were written for at least "
+        f"{len(cids) + 1} batches")
+    pipeline.worker.assert_alive()
+
+
+def test_owed_performed_when_redis_returns(pipeline, services):
+    """Redis down, then back, same worker: the rows owed meanwhile are
+    performed from the outbox (no new traffic for those conversations)
+    and deleted."""
+    pipeline.start_worker(redis_timeout_ms=200)
+    pipeline.start_ingest()
+    r = services.redis()
+    # One batch each: more than one page (ten batches) of the catch-up.
+    during = [pipeline.cid(f"d{i}") for i in range(12)]
+    stale = [k for c in during for k in _populate(r, c)]
+    sentinel = _stop_redis_keeping(services, r, stale)
+    try:
+        for cid in during:
+            _post_and_land(pipeline, cid)
+        owed = _owed(pipeline)
+        assert {k for k, _, _ in owed} >= {
+            f"conversation:{c}" for c in during}, owed
+        assert {op for _, op, _ in owed} == {"key", "pattern"}, owed
+    finally:
+        services.start_redis()
+    r = services.redis()
+    assert r.exists(sentinel), "the Redis dump was not reloaded"
+    wait_until(lambda: not _existing(r, stale), 20,
+               message="the invalidations owed while Redis was down",
+               describe=lambda: f"still there: {_existing(r, stale)[:5]}; "
+               f"worker log tail:\n{pipeline.worker.log_tail(10)}")
+    _wait_outbox_empty(pipeline)
+    pipeline.worker.wait_log(r"performed \d+ owed invalidations", timeout=5)
+    # And it goes on as usual.
+    after = pipeline.cid("after")
+    keys = _populate(r, after)
+    _post_and_land(pipeline, after)
+    wait_until(lambda: not _existing(r, keys), 10,
+               message=f"the cached keys of {after} to be deleted")
+    _wait_outbox_empty(pipeline, 5)
+    r.delete(sentinel)
+
+
+def test_owed_survive_kill_9(pipeline, services):
+    """Redis down, rows land, the worker is killed before Redis returns:
+    a new worker performs what the dead one owed, with no new traffic for
+    those conversations, and the outbox ends empty."""
+    worker = pipeline.start_worker(redis_timeout_ms=200,
+                                   **_crash_tuning(pipeline))
+    pipeline.start_ingest()
+    r = services.redis()
+    cids = [pipeline.cid(f"k{i}") for i in range(6)]
+    stale = [k for c in cids for k in _populate(r, c)]
+    bystander = f"messages:{pipeline.prefix}other:1:50"
+    r.set(bystander, b"keep")
+    sentinel = _stop_redis_keeping(services, r, stale)
+    try:
+        for cid in cids:
+            _post_and_land(pipeline, cid)
+        pipeline.wait_caught_up()
+        owed = _owed(pipeline)
+        assert {f"conversation:{c}" for c in cids} <= {
+            k for k, _, _ in owed}, owed
+        worker.kill9()
+    finally:
+        services.start_redis()
+    r = services.redis()
+    assert r.exists(sentinel), "the Redis dump was not reloaded"
+    # Nobody performed them yet: the dead worker owed them.
+    assert len(_existing(r, stale)) == len(stale)
+    time.sleep(0.5)
+    pipeline.restart(worker)
+    wait_until(lambda: not _existing(r, stale), 30,
+               message="the dead worker's owed invalidations",
+               describe=lambda: f"still there: {_existing(r, stale)[:5]}; "
+               f"worker log tail:\n{worker.log_tail(10)}")
+    _wait_outbox_empty(pipeline)
+    assert r.exists(bystander), "a key outside the patterns was deleted"
+    # No new record was consumed: the offsets stayed where the dead
+    # worker left them, and no message is doubled.
+    assert not pipeline.duplicates()
+    assert pipeline.message_count() == 2 * len(cids)
+    r.delete(sentinel, bystander)
