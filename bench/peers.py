@@ -67,8 +67,8 @@ def loadgen(port, rate, seconds, conns=256):
 def create_topic(brokers, topic, partitions=4):
     """The topic as sluice-ingest creates its own (topic_partitions = 4)."""
     from confluent_kafka.admin import AdminClient, NewTopic
-    fut = AdminClient({"bootstrap.servers": brokers}).create_topics(
-        [NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    admin = AdminClient({"bootstrap.servers": brokers})  # alive until the result
+    fut = admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
     fut[topic].result(30)
 
 
@@ -331,5 +331,5 @@ batch.size=2000
           f" {nbytes} bytes, upsert)")
     print(f"  ratio                            {s_rate / rate:10.2f}   (goal >= 3)")
     print(f"  both tables hold the same {len(rows)} rows (md5 {want[1]})")
-    row("worker rows/s vs Kafka Connect", s_rate, "rows/s", "Connect + Debezium JDBC sink",
+    row("worker rows/s vs Kafka Connect", s_rate, "rows/s", "Connect+Debezium JDBC sink",
         rate, s_rate / rate, ">= 3x the peer")

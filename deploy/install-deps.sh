@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install everything sluice needs to build, run and test on Debian 12:
 #   - Debian packages (compilers, libraries, PostgreSQL, Redis, wrk, linters,
-#     nginx-light for the benchmark baseline, a JRE and Maven if missing);
+#     nginx-light for the benchmark baseline, a JDK and Maven if missing);
 #   - the Apache Kafka broker jars (deploy/kafka/fetch.sh, cached);
 #   - a Python venv at $REPO/.venv with tests/requirements.txt.
 #
@@ -28,6 +28,8 @@ packages=(
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
+# javac builds the Camel route that bench/peers.py measures sluice against.
+command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
 
 python="${SLUICE_PYTHON:-python3}"
 if ! command -v "$python" >/dev/null 2>&1; then
