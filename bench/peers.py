@@ -5,8 +5,8 @@ same run (bench/bench.py --only peers, and every full `make bench`).
   HTTP -> Kafka: an Apache Camel route (bench/peers/camel: platform-http on
       Vert.x -> kafka, acks=all, idempotent producer, 202 after the ack)
       against sluice-ingest: wrk with bench/post.lua (closed loop, 256
-      connections), then bench/loadgen at one fixed rate (half the peer's
-      maximum, so both can hold it) for the p99.
+      connections), then bench/loadgen at one fixed rate (half the smaller
+      of the two maxima, so both can hold it) for the p99.
   Kafka -> PostgreSQL: Kafka Connect (standalone) with Debezium's JDBC sink
       connector in upsert mode against sluice-worker: the rows sluice-worker
       wrote from its transcript records, given to Connect as one record per
