@@ -10,8 +10,12 @@ same run, on the same machine, and printed as a ratio.
           same records and settings (bench/kproduce.c), and sluice-ingest
           against librdkafka's mock cluster (no broker JVM on the cores),
           next to sluice against the real broker in the same run.
+  peers:  sluice next to what a team would otherwise deploy, same records,
+          same run (bench/peers.py): an Apache Camel route for ingest,
+          Kafka Connect with Debezium's JDBC sink for the worker.
 
-Usage: bench/bench.py [--seconds N] [--rows N] [--only ingest|worker|e2e|ceilings]
+Usage: bench/bench.py [--seconds N] [--rows N]
+                      [--only ingest|worker|e2e|ceilings|peers]
 """
 import argparse
 import json
@@ -233,11 +237,14 @@ def bench_worker(env, tmp, rows):
         db.execute("DROP TABLE bench_messages")
 
     topic = f"bench-w-{run}"
+    nbytes = 0
     p = Producer({"bootstrap.servers": env["SLUICE_KAFKA_BROKERS"], "linger.ms": 20})
     now_ms = str(int(time.time() * 1000))
     for c in range(convs):
         cid = f"w{run}-{c}"
-        p.produce(topic, key=cid, value=transcript(cid, per),
+        value = transcript(cid, per)
+        nbytes += len(cid) + len(value)
+        p.produce(topic, key=cid, value=value,
                   headers=[("source", "tavus"), ("kind", "transcript"),
                            ("event-type", "application.transcription_ready"),
                            ("webhook-id", cid), ("received-at", now_ms), ("request-id", cid)])
@@ -280,6 +287,9 @@ def bench_worker(env, tmp, rows):
     row("worker rows/s", worker_rate, "rows/s", "naive INSERT loop", naive_rate,
         worker_rate / naive_rate, ">= 30")
     bench_replay(env, tmp, wconf, convs, per, worker_rate)
+    # What bench/peers.py gives Kafka Connect: the same rows.
+    return {"prefix": f"w{run}-", "rows": convs * per, "records": convs, "bytes": nbytes,
+            "rate": worker_rate}
 
 
 def bench_replay(env, tmp, wconf, records, per, live_rate):
@@ -400,7 +410,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rows", type=int, default=100000)
-    ap.add_argument("--only", choices=["ingest", "worker", "e2e", "ceilings"])
+    ap.add_argument("--only", choices=["ingest", "worker", "e2e", "ceilings", "peers"])
     a = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if a.only != "worker" and not shutil.which(tool):
@@ -410,12 +420,16 @@ def main():
     try:
         if a.only in (None, "ingest"):
             bench_ingest(env, tmp, a.seconds)
-        if a.only in (None, "worker"):
-            bench_worker(env, tmp, a.rows)
+        if a.only in (None, "worker", "peers"):
+            worker = bench_worker(env, tmp, a.rows)
         if a.only in (None, "e2e"):
             bench_e2e(env, tmp, max(a.seconds, 10))
         if a.only in (None, "ceilings"):
             bench_ceilings(env, tmp, a.seconds)
+        if a.only in (None, "peers"):
+            import peers
+            peers.bench_peer_ingest(env, tmp, a.seconds, row)
+            peers.bench_peer_worker(env, tmp, worker, row)
     finally:
         end_services(tmp, svc)
     out = os.path.join(REPO, "bench", "out")

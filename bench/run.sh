@@ -2,7 +2,7 @@
 # make bench: the benchmarks, with the project's venv.
 #   bench/run.sh [ARGS]           bench/bench.py ARGS, then bench/contexts.py
 #                                 and bench/chat.py (both skipped when ARGS
-#                                 pick one with --only)
+#                                 pick one with --only, e.g. --only peers)
 #   bench/run.sh contexts [ARGS]  only bench/contexts.py ARGS
 #   bench/run.sh chat [ARGS]      only bench/chat.py ARGS
 # A full run ends with bench/summary.py: one table of every figure next to

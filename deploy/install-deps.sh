@@ -3,7 +3,7 @@
 #   - Debian packages (compilers, libraries, PostgreSQL, Redis, wrk, linters,
 #     nginx-light for the benchmark baseline, debhelper and lintian for
 #     `make deb`, systemd-analyze and man for the unit and man page checks,
-#     a JRE and Maven if missing);
+#     a JDK and Maven if missing);
 #   - the Apache Kafka broker jars (deploy/kafka/fetch.sh, cached);
 #   - a Python venv at $REPO/.venv with tests/requirements.txt.
 #
@@ -31,6 +31,8 @@ packages=(
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
+# javac builds the Camel route that bench/peers.py measures sluice against.
+command -v javac >/dev/null 2>&1 || packages+=(default-jdk-headless)
 
 python="${SLUICE_PYTHON:-python3}"
 if ! command -v "$python" >/dev/null 2>&1; then
