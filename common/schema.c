@@ -176,20 +176,7 @@ static bool fail(struct vctx *c, size_t pathlen, const char *fmt,
 static size_t path_push(struct vctx *c, size_t pathlen, const char *key,
 			int index)
 {
-	int n;
-
-	if (pathlen >= c->pathsz)
-		return pathlen;
-	if (key)
-		n = snprintf(c->path + pathlen, c->pathsz - pathlen, ".%s",
-			     key);
-	else
-		n = snprintf(c->path + pathlen, c->pathsz - pathlen, "[%d]",
-			     index);
-	if (n < 0)
-		return pathlen;
-	pathlen += (size_t)n;
-	return pathlen < c->pathsz ? pathlen : c->pathsz - 1;
+	return util_path_append(c->path, c->pathsz, pathlen, key, index);
 }
 
 static bool validate_type(const cJSON *type, const cJSON *v, struct vctx *c,
@@ -209,21 +196,82 @@ static bool validate_type(const cJSON *type, const cJSON *v, struct vctx *c,
 	return fail(c, pathlen, "has the wrong type%s", "");
 }
 
+/* The keywords validate_node() applies, found in one pass over the schema
+ * object rather than one lookup (a scan of every key) each. */
+struct keywords {
+	const cJSON *type, *enum_, *minLength, *maxLength, *required,
+	    *properties, *minItems, *maxItems, *items, *anyOf;
+};
+
+static void keywords_of(const cJSON *schema, struct keywords *k)
+{
+	const cJSON *kw;
+
+	memset(k, 0, sizeof(*k));
+	cJSON_ArrayForEach(kw, schema)
+	{
+		const char *n = kw->string;
+
+		if (!n)
+			continue;
+		switch (n[0]) {
+		case 't':
+			if (strcmp(n, "type") == 0)
+				k->type = k->type ? k->type : kw;
+			break;
+		case 'e':
+			if (strcmp(n, "enum") == 0)
+				k->enum_ = k->enum_ ? k->enum_ : kw;
+			break;
+		case 'm':
+			if (strcmp(n, "minLength") == 0)
+				k->minLength = k->minLength ? k->minLength : kw;
+			else if (strcmp(n, "maxLength") == 0)
+				k->maxLength = k->maxLength ? k->maxLength : kw;
+			else if (strcmp(n, "minItems") == 0)
+				k->minItems = k->minItems ? k->minItems : kw;
+			else if (strcmp(n, "maxItems") == 0)
+				k->maxItems = k->maxItems ? k->maxItems : kw;
+			break;
+		case 'r':
+			if (strcmp(n, "required") == 0)
+				k->required = k->required ? k->required : kw;
+			break;
+		case 'p':
+			if (strcmp(n, "properties") == 0)
+				k->properties =
+				    k->properties ? k->properties : kw;
+			break;
+		case 'i':
+			if (strcmp(n, "items") == 0)
+				k->items = k->items ? k->items : kw;
+			break;
+		case 'a':
+			if (strcmp(n, "anyOf") == 0)
+				k->anyOf = k->anyOf ? k->anyOf : kw;
+			break;
+		default: break;
+		}
+	}
+}
+
 static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 			  size_t pathlen)
 {
 	const cJSON *kw;
+	struct keywords k;
 
 	c->path[pathlen] = '\0';
 	/* A boolean schema: true accepts anything, false nothing. */
 	if (cJSON_IsBool(schema))
 		return cJSON_IsTrue(schema) ||
 		       fail(c, pathlen, "is not allowed here%s", "");
-	kw = cJSON_GetObjectItemCaseSensitive(schema, "type");
+	keywords_of(schema, &k);
+	kw = k.type;
 	if (kw && !validate_type(kw, v, c, pathlen))
 		return false;
 
-	kw = cJSON_GetObjectItemCaseSensitive(schema, "enum");
+	kw = k.enum_;
 	if (kw) {
 		const cJSON *e;
 		bool found = false;
@@ -238,12 +286,12 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 	if (cJSON_IsString(v)) {
 		size_t len = utf8_length(v->valuestring);
 
-		kw = cJSON_GetObjectItemCaseSensitive(schema, "minLength");
+		kw = k.minLength;
 		if (kw && (double)len < kw->valuedouble)
 			return fail(
 			    c, pathlen,
 			    len ? "is too short%s" : "must not be empty%s", "");
-		kw = cJSON_GetObjectItemCaseSensitive(schema, "maxLength");
+		kw = k.maxLength;
 		if (kw && (double)len > kw->valuedouble)
 			return fail(c, pathlen, "is too long%s", "");
 	}
@@ -251,7 +299,7 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 	if (cJSON_IsObject(v)) {
 		const cJSON *props, *p;
 
-		kw = cJSON_GetObjectItemCaseSensitive(schema, "required");
+		kw = k.required;
 		cJSON_ArrayForEach(p, kw)
 		{
 			if (!cJSON_IsString(p))
@@ -264,7 +312,7 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 				return fail(c, l, "is required%s", "");
 			}
 		}
-		props = cJSON_GetObjectItemCaseSensitive(schema, "properties");
+		props = k.properties;
 		cJSON_ArrayForEach(p, props)
 		{
 			const cJSON *child =
@@ -281,13 +329,13 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 		int n = cJSON_GetArraySize(v), i = 0;
 		const cJSON *item;
 
-		kw = cJSON_GetObjectItemCaseSensitive(schema, "minItems");
+		kw = k.minItems;
 		if (kw && n < kw->valuedouble)
 			return fail(c, pathlen, "has too few items%s", "");
-		kw = cJSON_GetObjectItemCaseSensitive(schema, "maxItems");
+		kw = k.maxItems;
 		if (kw && n > kw->valuedouble)
 			return fail(c, pathlen, "has too many items%s", "");
-		kw = cJSON_GetObjectItemCaseSensitive(schema, "items");
+		kw = k.items;
 		if (kw) {
 			cJSON_ArrayForEach(item, v)
 			{
@@ -300,7 +348,7 @@ static bool validate_node(const cJSON *schema, const cJSON *v, struct vctx *c,
 		}
 	}
 
-	kw = cJSON_GetObjectItemCaseSensitive(schema, "anyOf");
+	kw = k.anyOf;
 	if (kw) {
 		const cJSON *alt;
 		char first_path[256] = "";

@@ -2,12 +2,15 @@
 #include "util.h"
 
 #include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <openssl/rand.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int64_t util_now_ms(void)
 {
@@ -33,23 +36,88 @@ double util_mono_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-void util_random_id(char *out, size_t outsz, const char *prefix)
+/* 128 random bits drawn once per process, to which each id adds one: ids
+ * are unique across processes and restarts (as unlikely to meet as two
+ * random ones), and cost a few instructions instead of a call into the
+ * DRBG on every request. They are names, not secrets. */
+static uint64_t id_base_hi, id_base_lo;
+static _Atomic uint64_t id_counter;
+static pthread_once_t id_once = PTHREAD_ONCE_INIT;
+
+static void id_seed(void)
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char raw[16];
-	size_t n;
 
 	if (RAND_bytes(raw, sizeof(raw)) != 1) {
 		/* The DRBG failing is not worth losing a request over. */
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		srand((unsigned)(ts.tv_nsec ^ ts.tv_sec ^ getpid()));
 		for (size_t i = 0; i < sizeof(raw); i++)
 			raw[i] = (unsigned char)rand();
 	}
-	n = (size_t)snprintf(out, outsz, "%s", prefix);
-	for (size_t i = 0; i < sizeof(raw) && n + 2 < outsz; i++) {
-		out[n++] = hex[raw[i] >> 4];
-		out[n++] = hex[raw[i] & 15];
+	for (int i = 0; i < 8; i++) {
+		id_base_hi = id_base_hi << 8 | raw[i];
+		id_base_lo = id_base_lo << 8 | raw[8 + i];
 	}
-	out[n < outsz ? n : outsz - 1] = '\0';
+}
+
+void util_random_id(char *out, size_t outsz, const char *prefix)
+{
+	static const char hex[] = "0123456789abcdef";
+	uint64_t n = atomic_fetch_add(&id_counter, 1) + 1;
+	uint64_t lo, hi;
+	size_t len = strlen(prefix), k = 0;
+
+	pthread_once(&id_once, id_seed);
+	lo = id_base_lo + n;
+	hi = id_base_hi + (lo < n); /* carry */
+	if (outsz == 0)
+		return;
+	if (len > outsz - 1)
+		len = outsz - 1;
+	memcpy(out, prefix, len);
+	for (int i = 60; i >= 0 && len + k + 1 < outsz; i -= 4)
+		out[len + k++] = hex[(hi >> i) & 15];
+	for (int i = 60; i >= 0 && len + k + 1 < outsz; i -= 4)
+		out[len + k++] = hex[(lo >> i) & 15];
+	out[len + k] = '\0';
+}
+
+size_t util_path_append(char *path, size_t pathsz, size_t pathlen,
+			const char *key, int index)
+{
+	char num[16];
+	size_t n, room;
+	const char *add;
+
+	if (pathlen + 1 >= pathsz)
+		return pathlen;
+	room = pathsz - 1 - pathlen;
+	if (key) {
+		path[pathlen++] = '.';
+		room--;
+		add = key;
+		n = strlen(key);
+	} else {
+		int k = (int)sizeof(num);
+		unsigned u = index < 0 ? 0 : (unsigned)index;
+
+		num[--k] = ']';
+		do
+			num[--k] = (char)('0' + u % 10);
+		while ((u /= 10) && k > 1);
+		num[--k] = '[';
+		add = num + k;
+		n = sizeof(num) - (size_t)k;
+	}
+	if (n > room)
+		n = room;
+	memcpy(path + pathlen, add, n);
+	pathlen += n;
+	path[pathlen] = '\0';
+	return pathlen;
 }
 
 bool util_utf8_valid(const char *str, size_t len)

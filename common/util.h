@@ -12,6 +12,12 @@ int64_t util_now_ms(void);  /* wall clock, ms since the epoch */
 int64_t util_mono_ms(void); /* monotonic, for durations */
 double util_mono_s(void);
 
+/* Appends ".key" (key not NULL) or "[index]" to the JSON path in
+ * path[0..pathlen), cut to pathsz; returns the new length. No printf: it
+ * runs for every node a validator walks. */
+size_t util_path_append(char *path, size_t pathsz, size_t pathlen,
+			const char *key, int index);
+
 /* Random id: prefix then 32 hex digits; out must hold prefix + 33 bytes. */
 void util_random_id(char *out, size_t outsz, const char *prefix);
 

@@ -35,6 +35,37 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Whether an object repeats a key: pairwise for the small objects
+ * webhooks are made of (no allocation), sorted beyond. */
+static const char *repeated_key(const cJSON *node)
+{
+	enum { SMALL = 24 };
+	const cJSON *a, *b;
+	int n = 0, i;
+	const char **names;
+	const char *dup = NULL;
+
+	cJSON_ArrayForEach(a, node) n++;
+	if (n <= SMALL) {
+		for (a = node->child; a; a = a->next)
+			for (b = a->next; b; b = b->next)
+				if (strcmp(a->string, b->string) == 0)
+					return a->string;
+		return NULL;
+	}
+	names = calloc((size_t)n + 1, sizeof(*names));
+	if (!names)
+		abort();
+	i = 0;
+	cJSON_ArrayForEach(a, node) names[i++] = a->string;
+	qsort(names, (size_t)n, sizeof(*names), cmp_str);
+	for (i = 1; i < n && !dup; i++)
+		if (strcmp(names[i - 1], names[i]) == 0)
+			dup = names[i];
+	free(names);
+	return dup;
+}
+
 /* Depth-first; path gets the JSON path of the first object with a repeated
  * key. */
 static bool no_duplicates(const cJSON *node, char *path, size_t pathsz,
@@ -44,43 +75,25 @@ static bool no_duplicates(const cJSON *node, char *path, size_t pathsz,
 	int i = 0;
 
 	if (cJSON_IsObject(node)) {
-		int n = cJSON_GetArraySize(node);
-		const char **names = calloc((size_t)n + 1, sizeof(*names));
+		const char *dup = repeated_key(node);
 
-		if (!names)
-			abort();
-		cJSON_ArrayForEach(child, node) names[i++] = child->string;
-		qsort(names, (size_t)n, sizeof(*names), cmp_str);
-		for (i = 1; i < n; i++)
-			if (strcmp(names[i - 1], names[i]) == 0) {
-				snprintf(msg, msgsz,
-					 "the key \"%.100s\" appears twice",
-					 names[i]);
-				path[pathlen < pathsz ? pathlen : pathsz - 1] =
-				    '\0';
-				free(names);
-				return false;
-			}
-		free(names);
+		if (dup) {
+			snprintf(msg, msgsz, "the key \"%.100s\" appears twice",
+				 dup);
+			path[pathlen < pathsz ? pathlen : pathsz - 1] = '\0';
+			return false;
+		}
 	}
-	i = 0;
 	cJSON_ArrayForEach(child, node)
 	{
-		size_t n = pathlen;
-		int w;
+		if (cJSON_IsObject(child) || cJSON_IsArray(child)) {
+			size_t n = util_path_append(
+			    path, pathsz, pathlen,
+			    cJSON_IsObject(node) ? child->string : NULL, i);
 
-		if (cJSON_IsObject(node))
-			w = snprintf(path + pathlen, pathsz - pathlen, ".%s",
-				     child->string);
-		else
-			w = snprintf(path + pathlen, pathsz - pathlen, "[%d]",
-				     i);
-		if (w > 0)
-			n = pathlen + (size_t)w < pathsz ? pathlen + (size_t)w
-							 : pathsz - 1;
-		if ((cJSON_IsObject(child) || cJSON_IsArray(child)) &&
-		    !no_duplicates(child, path, pathsz, n, msg, msgsz))
-			return false;
+			if (!no_duplicates(child, path, pathsz, n, msg, msgsz))
+				return false;
+		}
 		i++;
 	}
 	path[pathlen < pathsz ? pathlen : pathsz - 1] = '\0';

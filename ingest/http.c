@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <strings.h>
 #include <unistd.h>
 
@@ -73,42 +74,70 @@ static const char *reason_phrase(int code)
 
 /* A HEAD answer has the headers a GET would get and no body: a body would
  * be read as the start of the next response on a kept-alive connection. */
+/* RFC 7231's Date, formatted once a second rather than by libevent for
+ * every answer (it adds its own only when the header is absent). */
+static const char *http_date(void)
+{
+	static char date[64];
+	static time_t last;
+	time_t now = time(NULL);
+
+	if (now != last) {
+		struct tm tm;
+
+		gmtime_r(&now, &tm);
+		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+		last = now;
+	}
+	return date;
+}
+
 static void send_reply(struct ingest *ing, struct evhttp_request *req, int code,
 		       const char *reason, struct evbuffer *body)
 {
+	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+
 	conn_answered(ing, req);
+	evhttp_add_header(out, "Date", http_date());
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
 		char len[24];
 
 		snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
-		evhttp_add_header(evhttp_request_get_output_headers(req),
-				  "Content-Length", len);
+		evhttp_add_header(out, "Content-Length", len);
 		evhttp_send_reply(req, code, reason, NULL);
 		return;
 	}
 	evhttp_send_reply(req, code, reason, body);
 }
 
+/* Every JSON answer: printed into a stack buffer when it fits (they are
+ * small), through one evbuffer the loop reuses (evhttp_send_reply moves
+ * its contents out). Runs on the event loop thread only. */
 static void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 		       cJSON *body)
 {
-	struct evbuffer *out = evbuffer_new();
-	char *text = cJSON_PrintUnformatted(body);
+	static struct evbuffer *out;
+	char stack[2048];
+	char *text = NULL;
 
+	if (!out)
+		out = evbuffer_new();
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 			  "Content-Type", "application/json");
-	if (text) {
+	if (cJSON_PrintPreallocated(body, stack, (int)sizeof(stack) - 1, 0)) {
+		evbuffer_add(out, stack, strlen(stack));
+		evbuffer_add(out, "\n", 1);
+	} else if ((text = cJSON_PrintUnformatted(body)) != NULL) {
 		evbuffer_add(out, text, strlen(text));
 		evbuffer_add(out, "\n", 1);
 	}
 	send_reply(ing, req, code, reason_phrase(code), out);
-	evbuffer_free(out);
+	evbuffer_drain(out, evbuffer_get_length(out));
 	cJSON_free(text);
 	cJSON_Delete(body);
 	ing->m.responses[status_slot(code)]++;
 }
 
-/* {"error": code, "message": ..., "path": ...} */
 static void reply_error(struct ingest *ing, struct evhttp_request *req,
 			int status, const char *code, const char *message,
 			const char *path)
