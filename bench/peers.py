@@ -26,7 +26,7 @@ import time
 import urllib.request
 import uuid
 
-from benchlib import BUILD, REPO, daemon, free_port, wait_http
+from benchlib import BUILD, REPO, daemon, free_port, stop, wait_http
 
 JAVA = os.path.join(os.environ["JAVA_HOME"], "bin", "java") if os.environ.get("JAVA_HOME") else "java"
 HEAP = ["-Xms256m", "-Xmx1g"]
@@ -106,15 +106,6 @@ def wait_post(port, proc, what, timeout=180):
             return
         time.sleep(0.5)
     raise SystemExit(f"{what} did not answer a POST with 202 in {timeout} s")
-
-
-def stop(proc, timeout=60):
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def start_camel(base, env, tmp, port, topic):
