@@ -20,7 +20,6 @@ The jars come from Maven Central through bench/peers/fetch.sh (cached).
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.request
