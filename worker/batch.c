@@ -302,6 +302,12 @@ static void batch_sync_assignment(struct batch *b)
 	free(parts);
 }
 
+void batch_hold(struct batch *b, const int32_t *parts, int n)
+{
+	b->assign_gen = (unsigned)-1; /* batch_sync_assignment: no consumer */
+	owed_assign(b->owed, parts, n);
+}
+
 void batch_idle(struct batch *b)
 {
 	batch_sync_assignment(b);

@@ -61,6 +61,9 @@ void batch_kind_totals(const struct batch *b,
  * deleting confirmed rows and performing owed invalidations once Redis
  * answers (owed.c). */
 void batch_idle(struct batch *b);
+/* Without a consumer (replay): the partitions it holds, whose owed
+ * invalidations under its group it performs. */
+void batch_hold(struct batch *b, const int32_t *parts, int n);
 /* The staging tables of every handler, for pgsink_new(). */
 char *batch_staging_sql(void);
 

@@ -251,6 +251,10 @@ static bool resume_from_stored(struct replay *r)
 			      ? r->env->cfg->retry_backoff_max_ms
 			      : backoff * 2;
 	}
+	/* What an earlier run of this group still owes Redis is performed
+	 * like a consumer's debts on its partitions. */
+	if (!r->o->dry_run)
+		batch_hold(r->b, ids, r->n);
 	for (int i = 0; i < r->n; i++) {
 		struct rpart *p = &r->parts[i];
 

@@ -7,6 +7,7 @@
 # Stops and starts Redis: run it without SLUICE_TEST_SERVICES_DIR (a private
 # stack).
 
+import re
 import time
 
 from conftest import transcript, wait_until
@@ -189,3 +190,57 @@ def test_owed_survive_kill_9(pipeline, services):
     assert not pipeline.duplicates()
     assert pipeline.message_count() == 2 * len(cids)
     r.delete(sentinel, bystander)
+
+
+def test_replay_owes_while_redis_is_down(pipeline, services):
+    """A replay that ends while Redis is down says what it still owes;
+    run again with its group once Redis answers, it performs them."""
+    import subprocess
+
+    from conftest import BUILD_DIR
+
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    cids = [pipeline.cid(f"rp{i}") for i in range(4)]
+    for cid in cids:
+        _post_and_land(pipeline, cid)
+    pipeline.wait_caught_up()
+    group = f"{pipeline.group}-rp"
+    cfg = pipeline._write("replay.conf", pipeline.worker_settings(
+        redis_timeout_ms=200))
+
+    def replay():
+        return subprocess.run(
+            [str(BUILD_DIR / "sluice-worker"), "replay", "-c", str(cfg),
+             "--from", "1970-01-01T00:00:00Z", "--group", group],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=120, env=pipeline.env)
+
+    def owed():
+        return services.query(
+            "SELECT u.k FROM sluice_owed_invalidations,"
+            " unnest(keys) AS u(k) WHERE group_id = %s", (group,))
+
+    r = services.redis()
+    stale = [k for c in cids for k in _populate(r, c)]
+    sentinel = _stop_redis_keeping(services, r, stale)
+    try:
+        first = replay()
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert re.search(r"\d+ invalidations are still owed to Redis under "
+                         rf"group {group}", first.stderr), first.stderr[-2000:]
+        assert {f"conversation:{c}" for c in cids} <= {k for (k,) in owed()}
+    finally:
+        services.start_redis()
+    r = services.redis()
+    assert r.exists(sentinel), "the Redis dump was not reloaded"
+    assert len(_existing(r, stale)) == len(stale)
+    second = replay()
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "still owed" not in second.stderr, second.stderr[-2000:]
+    assert not _existing(r, stale), _existing(r, stale)
+    assert not owed()
+    # A replay over the full database doubled nothing.
+    assert not pipeline.duplicates()
+    assert pipeline.message_count() == 2 * len(cids)
+    r.delete(sentinel)
