@@ -224,6 +224,8 @@ void cache_keys_unique(struct cache_keys *k)
 {
 	size_t out = 0;
 
+	if (k->n < 2)
+		return; /* also: qsort's array must not be NULL, even empty */
 	qsort(k->v, k->n, sizeof(*k->v), cmp_key);
 	for (size_t i = 0; i < k->n; i++) {
 		if (out > 0 && cmp_key(&k->v[out - 1], &k->v[i]) == 0) {
