@@ -231,6 +231,30 @@ def event(cid, event_type, type_key="event_type"):
     }
 
 
+# ---------------------------------------------------------------- Redis keys
+
+def populate_keys(r, cid, pages=10, extra=0):
+    """Cache keys of conversation cid as a reader would leave them, set in
+    one pipeline: messages:{cid}:{page}:50 for each page, `extra` more
+    under the same pattern, and conversation:{cid}. Returns their names."""
+    keys = [f"messages:{cid}:{page}:50" for page in range(1, pages + 1)]
+    keys += [f"messages:{cid}:x{n}:50" for n in range(extra)]
+    keys.append(f"conversation:{cid}")
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.set(k, b'{"cached":true}')
+        p.execute()
+    return keys
+
+
+def existing_keys(r, keys):
+    """Those of keys that Redis still holds."""
+    with r.pipeline(transaction=False) as p:
+        for k in keys:
+            p.exists(k)
+        return [k for k, e in zip(keys, p.execute()) if e]
+
+
 # ---------------------------------------------------------------- services
 
 _TRANSIENT = ("NOT_LEADER", "LEADER_NOT_AVAILABLE", "UNKNOWN_TOPIC",

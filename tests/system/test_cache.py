@@ -3,25 +3,9 @@
 
 import socket
 
+from conftest import existing_keys as _existing
+from conftest import populate_keys as _populate
 from conftest import transcript, wait_until
-
-
-def _populate(r, cid, pages=10, extra=0):
-    keys = [f"messages:{cid}:{page}:50" for page in range(1, pages + 1)]
-    keys += [f"messages:{cid}:x{n}:50" for n in range(extra)]
-    keys.append(f"conversation:{cid}")
-    with r.pipeline(transaction=False) as p:
-        for k in keys:
-            p.set(k, b'{"cached":true}')
-        p.execute()
-    return keys
-
-
-def _existing(r, keys):
-    with r.pipeline(transaction=False) as p:
-        for k in keys:
-            p.exists(k)
-        return [k for k, e in zip(keys, p.execute()) if e]
 
 
 def _check_invalidation(pipeline, services, cid, other, extra=0):

@@ -10,7 +10,8 @@
 import re
 import time
 
-from conftest import transcript, wait_until
+from conftest import existing_keys as _existing
+from conftest import populate_keys, transcript, wait_until
 
 # Static membership: a restarted worker takes the killed one's place at
 # once instead of waiting for its session to time out.
@@ -20,21 +21,8 @@ def _crash_tuning(pipeline):
             "kafka__heartbeat.interval.ms": 1000}
 
 
-def _populate(r, cid, pages=5):
-    keys = [f"messages:{cid}:{page}:50" for page in range(1, pages + 1)]
-    keys.append(f"conversation:{cid}")
-    with r.pipeline(transaction=False) as p:
-        for k in keys:
-            p.set(k, b'{"cached":true}')
-        p.execute()
-    return keys
-
-
-def _existing(r, keys):
-    with r.pipeline(transaction=False) as p:
-        for k in keys:
-            p.exists(k)
-        return [k for k, e in zip(keys, p.execute()) if e]
+def _populate(r, cid):
+    return populate_keys(r, cid, pages=5)
 
 
 def _owed(pipeline):
