@@ -18,6 +18,13 @@ ifeq ($(SANITIZE),1)
 BUILD   := build/asan
 CFLAGS  += -O1 -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS += -fsanitize=address,undefined
+else
+# sluice-ingest allocates and frees evhttp's requests, headers and buffers
+# for every webhook; with glibc's malloc that was a fifth of its CPU.
+# mimalloc (Debian's libmimalloc) replaces malloc for the whole process:
+# +22% webhooks/s in bench/bench.py. Not under the sanitizers, which bring
+# their own allocator.
+INGEST_MALLOC := -Wl,--push-state,--no-as-needed -lmimalloc -Wl,--pop-state
 endif
 
 ifeq ($(V),1)
@@ -55,7 +62,7 @@ all: $(BUILD)/sluice-ingest $(BUILD)/sluice-worker
 
 $(BUILD)/sluice-ingest: $(INGEST_OBJ)
 	@echo "  LD  $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(INGEST_MALLOC) $(LDLIBS)
 
 $(BUILD)/sluice-worker: $(WORKER_OBJ)
 	@echo "  LD  $@"
@@ -214,7 +221,7 @@ $(INST)/ingest/settings.o: ingest/settings.c FORCE
 $(INST)/sluice-ingest: $(filter-out $(BUILD)/ingest/settings.o,$(INGEST_OBJ)) \
 		$(INST)/ingest/settings.o
 	@echo "  LD  $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $^ $(INGEST_MALLOC) $(LDLIBS)
 
 # The units name their binaries by path and /etc/sluice by default.
 UNIT_SED := -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/sluice|$(SYSCONFDIR)/sluice|g'

@@ -24,6 +24,7 @@ die() { echo "install-deps.sh: error: $*" >&2; exit 1; }
 packages=(
     build-essential pkg-config
     librdkafka-dev libhiredis-dev libcjson-dev libevent-dev libssl-dev libpq-dev
+    libmimalloc-dev
     postgresql redis-server
     wrk clang-format cppcheck nginx-light json-schema-test-suite clang
     libclang-rt-14-dev

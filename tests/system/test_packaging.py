@@ -20,7 +20,7 @@ BINARIES = ("sluice-ingest", "sluice-worker", "sluice-migrate")
 UNITS = ("sluice-ingest.service", "sluice-worker@.service")
 # The shared libraries the daemons link, as Debian 12 packages them.
 RUNTIME_PACKAGES = ("librdkafka1", "libpq5", "libhiredis0.14", "libcjson1",
-                    "libevent-2.1-7", "libssl3")
+                    "libevent-2.1-7", "libssl3", "libmimalloc2.0")
 LINTIAN_TIMEOUT = 180
 
 INGEST_CONF = """listen = 127.0.0.1:1
