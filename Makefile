@@ -22,7 +22,8 @@ else
 # sluice-ingest allocates and frees evhttp's requests, headers and buffers
 # for every webhook; with glibc's malloc that was a fifth of its CPU.
 # mimalloc (Debian's libmimalloc) replaces malloc for the whole process:
-# +22% webhooks/s in bench/bench.py. Not under the sanitizers, which bring
+# about +20% webhooks/s in alternated runs against a warm broker. Not
+# under the sanitizers, which bring
 # their own allocator.
 INGEST_MALLOC := -Wl,--push-state,--no-as-needed -lmimalloc -Wl,--pop-state
 endif
