@@ -23,8 +23,7 @@ else
 # for every webhook; with glibc's malloc that was a fifth of its CPU.
 # mimalloc (Debian's libmimalloc) replaces malloc for the whole process:
 # about +20% webhooks/s in alternated runs against a warm broker. Not
-# under the sanitizers, which bring
-# their own allocator.
+# under the sanitizers, which bring their own allocator.
 INGEST_MALLOC := -Wl,--push-state,--no-as-needed -lmimalloc -Wl,--pop-state
 endif
 
