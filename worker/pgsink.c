@@ -260,14 +260,15 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 	return true;
 }
 
-bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
-		 char *errstr, size_t errstr_size)
+/* COPY, with the SQLSTATE of a refusal in state ("" when it worked or
+ * the connection failed). */
+static bool copy_in(struct pgsink *ps, const char *sql, const struct buf *b,
+		    char state[6], char *errstr, size_t errstr_size)
 {
 	PGresult *res;
 	bool ok;
 
-	if (b->len == 0)
-		return true;
+	state[0] = '\0';
 	res = PQexec(ps->conn, sql);
 	if (PQresultStatus(res) != PGRES_COPY_IN) {
 		PQclear(res);
@@ -279,14 +280,51 @@ bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 	     PQputCopyEnd(ps->conn, NULL) == 1;
 	res = PQgetResult(ps->conn);
 	ok = ok && PQresultStatus(res) == PGRES_COMMAND_OK;
-	if (!ok)
+	if (!ok) {
+		const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+		if (s)
+			snprintf(state, 6, "%s", s);
 		set_err(ps, "copy", errstr, errstr_size);
+	}
 	PQclear(res);
 	/* Drain anything left so the connection is ready for the next
 	 * command. */
 	while ((res = PQgetResult(ps->conn)) != NULL)
 		PQclear(res);
 	return ok;
+}
+
+bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
+		 char *errstr, size_t errstr_size)
+{
+	char state[6];
+
+	return b->len == 0 || copy_in(ps, sql, b, state, errstr, errstr_size);
+}
+
+enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
+					   const struct buf *b, char *errstr,
+					   size_t errstr_size)
+{
+	char state[6];
+
+	if (b->len == 0)
+		return PGSINK_COPIED;
+	if (!exec_ok(ps, "SAVEPOINT sluice_copy", "savepoint", errstr,
+		     errstr_size))
+		return PGSINK_FAILED;
+	if (copy_in(ps, sql, b, state, errstr, errstr_size))
+		return exec_ok(ps, "RELEASE SAVEPOINT sluice_copy", "savepoint",
+			       errstr, errstr_size)
+			   ? PGSINK_COPIED
+			   : PGSINK_FAILED;
+	if (strcmp(state, "23505") != 0) /* unique_violation */
+		return PGSINK_FAILED;
+	return exec_ok(ps, "ROLLBACK TO SAVEPOINT sluice_copy", "savepoint",
+		       errstr, errstr_size)
+		   ? PGSINK_CONFLICT
+		   : PGSINK_FAILED;
 }
 
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,

@@ -41,6 +41,16 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 		 char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
+/* The same, all or nothing under a savepoint, for a fast path that a
+ * unique key can refuse: PGSINK_CONFLICT = a row broke a unique
+ * constraint, the savepoint was rolled back and the transaction goes on
+ * as if the COPY had not run; PGSINK_FAILED = errstr, the transaction is
+ * lost. */
+enum pgsink_copy_result { PGSINK_COPIED, PGSINK_CONFLICT, PGSINK_FAILED };
+enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
+					   const struct buf *b, char *errstr,
+					   size_t errstr_size)
+    __attribute__((warn_unused_result));
 /* A statement's affected rows, or -1 (errstr). */
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
 		      const char *const *params, const char *what, char *errstr,

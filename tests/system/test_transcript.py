@@ -113,6 +113,45 @@ def test_vendor_shape_without_ids_lands_once(pipeline):
         f"duplicates; expected 4 and 12")
 
 
+def test_batch_of_new_and_known_rows(pipeline):
+    """A batch whose messages go straight into the table with COPY meets a
+    row that is there already: the batch is written again the staged way,
+    and every new row lands once, the known one is skipped, nothing else is
+    lost. Its timestamps are the records' receipt times either way."""
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    known = pipeline.cid("known")
+    t0 = time.time()
+    _accepted(pipeline.ingest.post(transcript(
+        known, [("k-1", "user", "first"), ("k-2", "assistant", "second")])),
+        known)
+    _wait_rows(pipeline, known, 2)
+    # The worker away, three records wait for it: one batch when it is back.
+    pipeline.worker.stop()
+    fresh, other = pipeline.cid("fresh"), pipeline.cid("other")
+    _accepted(pipeline.ingest.post(transcript(
+        fresh, [("user", "a\tb"), ("assistant", "c\\d"), ("user", "e\nf")])),
+        fresh)
+    _accepted(pipeline.ingest.post(transcript(
+        known, [("k-1", "user", "first"), ("k-2", "assistant", "second"),
+                ("k-3", "user", "third")])), known)
+    _accepted(pipeline.ingest.post(transcript(
+        other, [("o-1", "user", "x"), ("o-2", "user", "y")])), other)
+    pipeline.restart(pipeline.worker)
+    pipeline.wait_caught_up()
+    t1 = time.time()
+    assert [r[2] for r in pipeline.messages(fresh)] == ["a\tb", "c\\d", "e\nf"]
+    assert [r[3] for r in pipeline.messages(known)] == ["k-1", "k-2", "k-3"]
+    assert [r[3] for r in pipeline.messages(other)] == ["o-1", "o-2"]
+    assert pipeline.duplicates() == []
+    assert pipeline.worker.batch_totals() == (2 + 3 + 1 + 2, 2)
+    stamps = [r[0] for r in pipeline.services.query(
+        "SELECT extract(epoch FROM created_at) FROM messages"
+        " WHERE starts_with(conversation_id, %s)", (pipeline.prefix,))]
+    assert len(stamps) == 8 and all(
+        t0 - 1 <= float(s) <= t1 + 1 for s in stamps), (t0, t1, stamps)
+
+
 def test_type_spelling_first(pipeline):
     """A sender that only ever says "type" is handled like "event_type"."""
     pipeline.start_worker()

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../../common/validate.h"
 #include "../pgsink.h"
@@ -74,6 +75,22 @@ static const char *str_field(const cJSON *o, const char *name)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
+/* received_ms as a timestamptz literal in UTC, for COPY. */
+static void ms_timestamp(int64_t ms, char out[48])
+{
+	int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
+	time_t tt = (time_t)secs;
+	struct tm tm;
+
+	if (!gmtime_r(&tt, &tm)) {
+		snprintf(out, 48, "epoch");
+		return;
+	}
+	snprintf(out, 48, "%04d-%02d-%02d %02d:%02d:%02d.%03d+00",
+		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		 tm.tm_min, tm.tm_sec, (int)(ms - secs * 1000));
+}
+
 static bool text_ok(const char *s, size_t max)
 {
 	size_t n = strlen(s);
@@ -94,6 +111,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	bool is_ready;
 	cJSON *doc;
 	int position = 0;
+	char created[48];
 
 	*conversation_id = NULL;
 	if (!value || len == 0) {
@@ -133,6 +151,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	is_ready = strcmp(event_type, TRANSCRIPT_EVENT_READY) == 0;
 
 	if (is_ready) {
+		ms_timestamp(received_ms, created);
 		props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
 		transcript =
 		    cJSON_GetObjectItemCaseSensitive(props, "transcript");
@@ -186,8 +205,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 			buf_copy_escape(&rows->messages, role);
 			buf_puts(&rows->messages, "\t");
 			buf_copy_escape(&rows->messages, content);
-			buf_printf(&rows->messages, "\t%lld\n",
-				   (long long)received_ms);
+			buf_printf(&rows->messages, "\t%s\n", created);
 			n_msgs++;
 			position++;
 		}
@@ -233,7 +251,8 @@ static const char SQL_STAGING[] =
     " transcript boolean, received_ms bigint) ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_msg ("
     " conversation_id text, external_event_id text, position integer,"
-    " role text, content text, created_ms bigint) ON COMMIT DELETE ROWS;";
+    " role text, content text, created_at timestamptz)"
+    " ON COMMIT DELETE ROWS;";
 
 /* One row per conversation of the batch: the last event wins, a status is
  * taken from the last event that sets one, the transcript flag sticks. */
@@ -267,17 +286,33 @@ static const char SQL_INSERT_MSG[] =
     "INSERT INTO messages (conversation_id, external_event_id, position,"
     "   role, content, created_at)"
     " SELECT conversation_id, external_event_id, position, role, content,"
-    "   to_timestamp(created_ms / 1000.0) FROM sluice_stage_msg"
+    "   created_at FROM sluice_stage_msg"
     " ON CONFLICT (conversation_id, external_event_id) DO NOTHING";
+
+/* The messages of a batch in which no conversation brings messages twice
+ * are COPYed straight into the table: no staging, no ON CONFLICT, which is
+ * most of the statement's cost (it checks each row against the unique
+ * index before inserting it, then inserts it into the index again). A row
+ * already there (a transcript sent again, a replay) makes that COPY fail
+ * on the unique key; its savepoint is rolled back and the batch takes the
+ * staged INSERT ... ON CONFLICT DO NOTHING instead, as do the next
+ * FAST_PAUSE batches, so a stream of repeats costs one failed COPY in
+ * FAST_PAUSE + 1 batches. */
+#define FAST_PAUSE 8
+
+struct strlist {
+	char **v;
+	size_t n, cap;
+};
 
 struct transcript_state {
 	struct transcript_rows rows;
 	char **templates; /* invalidate_keys */
 	size_t n_templates;
-	struct strlist {
-		char **v;
-		size_t n, cap;
-	} conv_ids;
+	struct strlist conv_ids;
+	struct strlist with_msgs; /* conv_ids' strings that brought messages */
+	int fast_pause;		  /* batches left before the fast path again */
+	unsigned long long fast_refused; /* total: the fast path hit a repeat */
 	long long inserted;
 	size_t records;
 	unsigned long long saved, skipped; /* totals */
@@ -303,6 +338,7 @@ static void transcript_reset(void *st)
 	for (size_t i = 0; i < t->conv_ids.n; i++)
 		free(t->conv_ids.v[i]);
 	t->conv_ids.n = 0;
+	t->with_msgs.n = 0;
 	t->inserted = 0;
 	t->records = 0;
 }
@@ -313,60 +349,38 @@ static void transcript_destroy(void *st)
 
 	transcript_reset(t);
 	free(t->conv_ids.v);
+	free(t->with_msgs.v);
 	transcript_rows_free(&t->rows);
 	cache_templates_free(t->templates, t->n_templates);
 	free(t);
+}
+
+static void strlist_add(struct strlist *l, char *s)
+{
+	if (l->n == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 64;
+		l->v = realloc(l->v, l->cap * sizeof(char *));
+		if (!l->v)
+			abort();
+	}
+	l->v[l->n++] = s;
 }
 
 static bool transcript_add(void *st, const struct record *r, char *reason,
 			   size_t reason_size)
 {
 	struct transcript_state *t = st;
+	size_t before = t->rows.n_messages;
 	char *cid = NULL;
 
 	if (!transcript_handle(r->value, r->len, r->source, r->received_ms,
 			       r->seq, &t->rows, &cid, reason, reason_size))
 		return false;
-	if (t->conv_ids.n == t->conv_ids.cap) {
-		t->conv_ids.cap = t->conv_ids.cap ? t->conv_ids.cap * 2 : 64;
-		t->conv_ids.v =
-		    realloc(t->conv_ids.v, t->conv_ids.cap * sizeof(char *));
-		if (!t->conv_ids.v)
-			abort();
-	}
-	t->conv_ids.v[t->conv_ids.n++] = cid;
+	strlist_add(&t->conv_ids, cid);
+	if (t->rows.n_messages > before)
+		strlist_add(&t->with_msgs, cid);
 	t->records++;
 	return true;
-}
-
-static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
-			     size_t errstr_size)
-{
-	struct transcript_state *t = st;
-
-	if (t->rows.n_conversations == 0)
-		return true;
-	if (!pgsink_copy(ps, "COPY sluice_stage_conv FROM STDIN",
-			 &t->rows.conversations, errstr, errstr_size) ||
-	    !pgsink_copy(ps, "COPY sluice_stage_msg FROM STDIN",
-			 &t->rows.messages, errstr, errstr_size) ||
-	    pgsink_exec(ps, SQL_UPSERT_CONV, 0, NULL, "conversations", errstr,
-			errstr_size) < 0)
-		return false;
-	if (t->rows.n_messages > 0 &&
-	    (t->inserted = pgsink_exec(ps, SQL_INSERT_MSG, 0, NULL, "messages",
-				       errstr, errstr_size)) < 0)
-		return false;
-	return true;
-}
-
-static void transcript_keys(void *st, struct cache_keys *out)
-{
-	struct transcript_state *t = st;
-
-	for (size_t i = 0; i < t->conv_ids.n; i++)
-		cache_keys_add(out, t->templates, t->n_templates,
-			       "{conversation_id}", t->conv_ids.v[i]);
 }
 
 static int cmp_str(const void *a, const void *b)
@@ -383,6 +397,70 @@ static size_t distinct(char **v, size_t n)
 	for (size_t i = 0; i < n; i++)
 		d += i == 0 || strcmp(v[i - 1], v[i]) != 0;
 	return d;
+}
+
+static const char SQL_COPY_MSG[] =
+    "COPY messages (conversation_id, external_event_id, position, role,"
+    " content, created_at) FROM STDIN";
+
+/* The messages straight into the table; false = take the staged path. */
+static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
+			  bool *failed, char *errstr, size_t errstr_size)
+{
+	*failed = false;
+	if (t->fast_pause > 0) {
+		t->fast_pause--;
+		return false;
+	}
+	if (distinct(t->with_msgs.v, t->with_msgs.n) != t->with_msgs.n)
+		return false; /* the batch repeats itself */
+	switch (pgsink_copy_unique(ps, SQL_COPY_MSG, &t->rows.messages, errstr,
+				   errstr_size)) {
+	case PGSINK_COPIED:
+		t->inserted = (long long)t->rows.n_messages;
+		return true;
+	case PGSINK_CONFLICT:
+		t->fast_pause = FAST_PAUSE;
+		t->fast_refused++;
+		return false;
+	case PGSINK_FAILED: break;
+	}
+	*failed = true;
+	return false;
+}
+
+static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
+			     size_t errstr_size)
+{
+	struct transcript_state *t = st;
+	bool failed;
+
+	if (t->rows.n_conversations == 0)
+		return true;
+	if (!pgsink_copy(ps, "COPY sluice_stage_conv FROM STDIN",
+			 &t->rows.conversations, errstr, errstr_size) ||
+	    pgsink_exec(ps, SQL_UPSERT_CONV, 0, NULL, "conversations", errstr,
+			errstr_size) < 0)
+		return false;
+	if (t->rows.n_messages == 0 ||
+	    messages_fast(t, ps, &failed, errstr, errstr_size))
+		return true;
+	if (failed ||
+	    !pgsink_copy(ps, "COPY sluice_stage_msg FROM STDIN",
+			 &t->rows.messages, errstr, errstr_size) ||
+	    (t->inserted = pgsink_exec(ps, SQL_INSERT_MSG, 0, NULL, "messages",
+				       errstr, errstr_size)) < 0)
+		return false;
+	return true;
+}
+
+static void transcript_keys(void *st, struct cache_keys *out)
+{
+	struct transcript_state *t = st;
+
+	for (size_t i = 0; i < t->conv_ids.n; i++)
+		cache_keys_add(out, t->templates, t->n_templates,
+			       "{conversation_id}", t->conv_ids.v[i]);
 }
 
 static void transcript_summary(void *st, struct buf *line)

@@ -17,7 +17,7 @@ struct transcript_rows {
 	struct buf conversations; /* seq, id, source, event_type, status,
 				     transcript, received_ms */
 	struct buf messages;	  /* conversation_id, external_event_id,
-				     position, role, content, created_ms */
+				     position, role, content, created_at */
 	size_t n_conversations;
 	size_t n_messages;
 };
