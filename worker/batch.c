@@ -121,6 +121,50 @@ static size_t handler_index(const char *kind)
 	return (size_t)-1;
 }
 
+static int cmp_key(const void *a, const void *b)
+{
+	const rd_kafka_message_t *x = *(rd_kafka_message_t *const *)a;
+	const rd_kafka_message_t *y = *(rd_kafka_message_t *const *)b;
+	size_t n = x->key_len < y->key_len ? x->key_len : y->key_len;
+	int c = n ? memcmp(x->key, y->key, n) : 0;
+
+	return c ? c : (x->key_len > y->key_len) - (x->key_len < y->key_len);
+}
+
+/* Whether the batch streams: every record goes to a handler that can
+ * (it has no lookups, so nothing is waited for with the transaction
+ * open) and no two records share a key (a conversation sent twice
+ * repeats its rows, which the handlers' direct COPY would refuse). Such a
+ * batch opens its transaction before its records are decoded, and each
+ * handler sends its rows on while the next ones are built: decoding and
+ * the database's work overlap instead of adding up. */
+static bool batch_streams(rd_kafka_message_t **msgs, size_t n)
+{
+	rd_kafka_message_t **v;
+	bool ok = true;
+
+	for (size_t i = 0; i < n && ok; i++) {
+		char kind[32];
+		size_t h;
+
+		kafka_header(msgs[i], HDR_KIND, kind, sizeof(kind));
+		h = handler_index(kind);
+		ok = h != (size_t)-1 && handlers[h]->stream &&
+		     msgs[i]->key_len > 0;
+	}
+	if (!ok || n < 2)
+		return ok;
+	v = malloc(n * sizeof(*v));
+	if (!v)
+		abort();
+	memcpy(v, msgs, n * sizeof(*v));
+	qsort(v, n, sizeof(*v), cmp_key);
+	for (size_t i = 1; i < n && ok; i++)
+		ok = cmp_key(&v[i - 1], &v[i]) != 0;
+	free(v);
+	return ok;
+}
+
 /* Runs the event_base until every handler's lookups are in. */
 static void batch_prepare(struct batch *b)
 {
@@ -170,10 +214,13 @@ static void batch_prepare(struct batch *b)
  * in: it holds the partitions' offset rows locked, and a worker that
  * stalls while holding them (stopped, partitioned away) would block their
  * next owner. The fence read before it is checked again under the locks;
- * if another owner committed in between, the batch is built again. */
+ * if another owner committed in between, the batch is built again. A
+ * batch that streams (no lookups) opens it first and reads the fence
+ * under the locks once. */
 static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
-			  struct partmap *pm, size_t *dead, size_t *fenced,
-			  int64_t *prepare_ms, char *err, size_t errsz)
+			  bool stream, struct partmap *pm, size_t *dead,
+			  size_t *fenced, int64_t *prepare_ms, char *err,
+			  size_t errsz)
 {
 	struct batch_env *env = b->env;
 	size_t dlq_count = 0;
@@ -184,8 +231,10 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		handlers[i]->reset(b->state[i]);
 		b->used[i] = false;
 	}
-	if (!pgsink_load_offsets(env->ps, pm->parts, pm->n, pm->fence, err,
-				 errsz))
+	if (stream ? !pgsink_begin(env->ps, pm->parts, pm->n, pm->fence, err,
+				   errsz)
+		   : !pgsink_load_offsets(env->ps, pm->parts, pm->n, pm->fence,
+					  err, errsz))
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		rd_kafka_message_t *m = msgs[i];
@@ -224,6 +273,9 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		} else if (handlers[h]->add(b->state[h], &rec, reason,
 					    sizeof(reason))) {
 			b->used[h] = true;
+			if (stream && !handlers[h]->stream(b->state[h], env->ps,
+							   err, errsz))
+				goto fail;
 			continue;
 		}
 		if (env->dry_run) {
@@ -232,21 +284,22 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		} else if (!dlq_send(env->dlq, m, reason)) {
 			snprintf(err, errsz,
 				 "dead-letter topic refused a record");
-			return false;
+			goto fail;
 		}
 		dlq_count++;
 	}
 	if (dlq_count > 0 && !dlq_flush(env->dlq, 10000)) {
 		snprintf(err, errsz, "dead-letter topic did not confirm");
-		return false;
+		goto fail;
 	}
 	*dead = dlq_count;
 	t = util_mono_ms();
 	batch_prepare(b);
 	*prepare_ms += util_mono_ms() - t;
-	if (!pgsink_begin(env->ps, pm->parts, pm->n, pm->locked, err, errsz))
+	if (!stream &&
+	    !pgsink_begin(env->ps, pm->parts, pm->n, pm->locked, err, errsz))
 		return false;
-	for (int i = 0; i < pm->n; i++)
+	for (int i = 0; i < pm->n && !stream; i++)
 		if (pm->locked[i] != pm->fence[i]) {
 			snprintf(err, errsz,
 				 "the stored offset of partition %d moved from "
@@ -277,6 +330,10 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		return false;
 	}
 	return pgsink_commit(env->ps, pm->parts, pm->next, pm->n, err, errsz);
+fail:
+	if (stream)
+		pgsink_rollback(env->ps);
+	return false;
 }
 
 /* Tells owed the partitions held when the consumer's assignment moved
@@ -346,6 +403,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	size_t dead = 0, fenced = 0;
 	int64_t t0 = util_mono_ms(), prepare_ms = 0, t_commit, t_end;
 	long long removed;
+	bool stream;
 	char err[1024];
 
 	pm.parts = calloc(n, sizeof(*pm.parts));
@@ -366,8 +424,9 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			pm.next[pi] = msgs[i]->offset + 1;
 	}
 	contexts_reset(env->contexts);
-	while (!batch_attempt(b, msgs, n, &pm, &dead, &fenced, &prepare_ms, err,
-			      sizeof(err))) {
+	stream = batch_streams(msgs, n);
+	while (!batch_attempt(b, msgs, n, stream, &pm, &dead, &fenced,
+			      &prepare_ms, err, sizeof(err))) {
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",
 			 n, err, backoff);

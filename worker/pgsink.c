@@ -18,6 +18,7 @@ struct pgsink {
 	int idle_tx_timeout_ms;
 	bool prepared;
 	bool dry_run;
+	bool copying; /* a pgsink_copy_start() COPY is open */
 };
 
 static const char SQL_LOAD_OFFSETS[] =
@@ -105,6 +106,7 @@ static void drop_conn(struct pgsink *ps)
 		PQfinish(ps->conn);
 	ps->conn = NULL;
 	ps->prepared = false;
+	ps->copying = false;
 }
 
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size)
@@ -260,24 +262,48 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 	return true;
 }
 
-/* COPY, with the SQLSTATE of a refusal in state ("" when it worked or
- * the connection failed). */
-static bool copy_in(struct pgsink *ps, const char *sql, const struct buf *b,
-		    char state[6], char *errstr, size_t errstr_size)
+static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
+		      size_t errstr_size)
 {
-	PGresult *res;
-	bool ok;
+	PGresult *res = PQexec(ps->conn, sql);
 
-	state[0] = '\0';
-	res = PQexec(ps->conn, sql);
 	if (PQresultStatus(res) != PGRES_COPY_IN) {
 		PQclear(res);
 		set_err(ps, "copy", errstr, errstr_size);
 		return false;
 	}
 	PQclear(res);
-	ok = PQputCopyData(ps->conn, b->data, (int)b->len) == 1 &&
-	     PQputCopyEnd(ps->conn, NULL) == 1;
+	ps->copying = true;
+	return true;
+}
+
+bool pgsink_copy_start(struct pgsink *ps, const char *sql, char *errstr,
+		       size_t errstr_size)
+{
+	return exec_ok(ps, "SAVEPOINT sluice_copy", "savepoint", errstr,
+		       errstr_size) &&
+	       copy_open(ps, sql, errstr, errstr_size);
+}
+
+bool pgsink_copy_put(struct pgsink *ps, const char *data, size_t len,
+		     char *errstr, size_t errstr_size)
+{
+	if (len == 0 || PQputCopyData(ps->conn, data, (int)len) == 1)
+		return true;
+	set_err(ps, "copy", errstr, errstr_size);
+	return false;
+}
+
+/* Ends the COPY ps->copying says is open; abandon = error it out. */
+static bool copy_finish(struct pgsink *ps, const char *abandon, char state[6],
+			char *errstr, size_t errstr_size)
+{
+	PGresult *res;
+	bool ok;
+
+	state[0] = '\0';
+	ps->copying = false;
+	ok = PQputCopyEnd(ps->conn, abandon) == 1;
 	res = PQgetResult(ps->conn);
 	ok = ok && PQresultStatus(res) == PGRES_COMMAND_OK;
 	if (!ok) {
@@ -288,8 +314,6 @@ static bool copy_in(struct pgsink *ps, const char *sql, const struct buf *b,
 		set_err(ps, "copy", errstr, errstr_size);
 	}
 	PQclear(res);
-	/* Drain anything left so the connection is ready for the next
-	 * command. */
 	while ((res = PQgetResult(ps->conn)) != NULL)
 		PQclear(res);
 	return ok;
@@ -300,21 +324,18 @@ bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 {
 	char state[6];
 
-	return b->len == 0 || copy_in(ps, sql, b, state, errstr, errstr_size);
+	return b->len == 0 ||
+	       (copy_open(ps, sql, errstr, errstr_size) &&
+		pgsink_copy_put(ps, b->data, b->len, errstr, errstr_size) &&
+		copy_finish(ps, NULL, state, errstr, errstr_size));
 }
 
-enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
-					   const struct buf *b, char *errstr,
-					   size_t errstr_size)
+enum pgsink_copy_result pgsink_copy_end(struct pgsink *ps, char *errstr,
+					size_t errstr_size)
 {
 	char state[6];
 
-	if (b->len == 0)
-		return PGSINK_COPIED;
-	if (!exec_ok(ps, "SAVEPOINT sluice_copy", "savepoint", errstr,
-		     errstr_size))
-		return PGSINK_FAILED;
-	if (copy_in(ps, sql, b, state, errstr, errstr_size))
+	if (copy_finish(ps, NULL, state, errstr, errstr_size))
 		return exec_ok(ps, "RELEASE SAVEPOINT sluice_copy", "savepoint",
 			       errstr, errstr_size)
 			   ? PGSINK_COPIED
@@ -325,6 +346,18 @@ enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
 		       errstr, errstr_size)
 		   ? PGSINK_CONFLICT
 		   : PGSINK_FAILED;
+}
+
+enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
+					   const struct buf *b, char *errstr,
+					   size_t errstr_size)
+{
+	if (b->len == 0)
+		return PGSINK_COPIED;
+	if (!pgsink_copy_start(ps, sql, errstr, errstr_size) ||
+	    !pgsink_copy_put(ps, b->data, b->len, errstr, errstr_size))
+		return PGSINK_FAILED;
+	return pgsink_copy_end(ps, errstr, errstr_size);
 }
 
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
@@ -402,6 +435,12 @@ void pgsink_rollback(struct pgsink *ps)
 	if (PQstatus(ps->conn) != CONNECTION_OK) {
 		drop_conn(ps);
 		return;
+	}
+	if (ps->copying) {
+		char state[6], err[64];
+
+		(void)copy_finish(ps, "the batch is abandoned", state, err,
+				  sizeof(err));
 	}
 	res = PQexec(ps->conn, "ROLLBACK");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)

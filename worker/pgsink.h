@@ -51,6 +51,17 @@ enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
 					   const struct buf *b, char *errstr,
 					   size_t errstr_size)
     __attribute__((warn_unused_result));
+/* The same, sent as it is built: start (the savepoint and the COPY),
+ * put rows as often as needed, end. Nothing else runs on the connection
+ * in between; pgsink_rollback() ends an open COPY too. */
+bool pgsink_copy_start(struct pgsink *ps, const char *sql, char *errstr,
+		       size_t errstr_size) __attribute__((warn_unused_result));
+bool pgsink_copy_put(struct pgsink *ps, const char *data, size_t len,
+		     char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+enum pgsink_copy_result pgsink_copy_end(struct pgsink *ps, char *errstr,
+					size_t errstr_size)
+    __attribute__((warn_unused_result));
 /* A statement's affected rows, or -1 (errstr). */
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
 		      const char *const *params, const char *what, char *errstr,

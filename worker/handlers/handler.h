@@ -53,6 +53,12 @@ struct handler {
 	 * and nothing of it was kept. */
 	bool (*add)(void *st, const struct record *r, char *reason,
 		    size_t reason_size);
+	/* Optional, for a kind with no lookups: called after each record
+	 * add() took when the batch streams (its transaction is open
+	 * already), to send the rows built so far while the next records
+	 * are decoded. false: a transient failure (errstr). */
+	bool (*stream)(void *st, struct pgsink *ps, char *errstr,
+		       size_t errstr_size);
 	/* Optional: starts asynchronous lookups on env->base once every
 	 * record is added; the batch runs the loop until prepared() is
 	 * true. */

@@ -312,6 +312,8 @@ struct transcript_state {
 	struct strlist conv_ids;
 	struct strlist with_msgs; /* conv_ids' strings that brought messages */
 	int fast_pause;		  /* batches left before the fast path again */
+	bool streaming;		  /* the fast path's COPY is open */
+	size_t sent;		  /* bytes of rows.messages sent on it */
 	unsigned long long fast_refused; /* total: the fast path hit a repeat */
 	long long inserted;
 	size_t records;
@@ -339,6 +341,8 @@ static void transcript_reset(void *st)
 		free(t->conv_ids.v[i]);
 	t->conv_ids.n = 0;
 	t->with_msgs.n = 0;
+	t->streaming = false;
+	t->sent = 0;
 	t->inserted = 0;
 	t->records = 0;
 }
@@ -403,7 +407,14 @@ static const char SQL_COPY_MSG[] =
     "COPY messages (conversation_id, external_event_id, position, role,"
     " content, created_at) FROM STDIN";
 
-/* The messages straight into the table; false = take the staged path. */
+static void fast_refused(struct transcript_state *t)
+{
+	t->fast_pause = FAST_PAUSE;
+	t->fast_refused++;
+}
+
+/* The messages straight into the table, all at once; false = take the
+ * staged path (*failed: the transaction is lost). */
 static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
 			  bool *failed, char *errstr, size_t errstr_size)
 {
@@ -419,22 +430,52 @@ static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
 	case PGSINK_COPIED:
 		t->inserted = (long long)t->rows.n_messages;
 		return true;
-	case PGSINK_CONFLICT:
-		t->fast_pause = FAST_PAUSE;
-		t->fast_refused++;
-		return false;
+	case PGSINK_CONFLICT: fast_refused(t); return false;
 	case PGSINK_FAILED: break;
 	}
 	*failed = true;
 	return false;
 }
 
+/* The fast path, record by record: the batch has no repeated key, so
+ * rows are sent as they are built. */
+static bool transcript_stream(void *st, struct pgsink *ps, char *errstr,
+			      size_t errstr_size)
+{
+	struct transcript_state *t = st;
+	const struct buf *m = &t->rows.messages;
+
+	if (t->fast_pause > 0 || m->len == t->sent)
+		return true;
+	if (!t->streaming) {
+		if (!pgsink_copy_start(ps, SQL_COPY_MSG, errstr, errstr_size))
+			return false;
+		t->streaming = true;
+	}
+	if (!pgsink_copy_put(ps, m->data + t->sent, m->len - t->sent, errstr,
+			     errstr_size))
+		return false;
+	t->sent = m->len;
+	return true;
+}
+
 static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 			     size_t errstr_size)
 {
 	struct transcript_state *t = st;
-	bool failed;
+	bool streamed = t->streaming, copied = false, failed;
 
+	if (streamed) {
+		t->streaming = false;
+		switch (pgsink_copy_end(ps, errstr, errstr_size)) {
+		case PGSINK_COPIED:
+			t->inserted = (long long)t->rows.n_messages;
+			copied = true;
+			break;
+		case PGSINK_CONFLICT: fast_refused(t); break;
+		case PGSINK_FAILED: return false;
+		}
+	}
 	if (t->rows.n_conversations == 0)
 		return true;
 	if (!pgsink_copy(ps, "COPY sluice_stage_conv FROM STDIN",
@@ -442,10 +483,11 @@ static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 	    pgsink_exec(ps, SQL_UPSERT_CONV, 0, NULL, "conversations", errstr,
 			errstr_size) < 0)
 		return false;
-	if (t->rows.n_messages == 0 ||
-	    messages_fast(t, ps, &failed, errstr, errstr_size))
+	if (t->rows.n_messages == 0 || copied)
 		return true;
-	if (failed ||
+	if (!streamed && messages_fast(t, ps, &failed, errstr, errstr_size))
+		return true;
+	if ((!streamed && failed) ||
 	    !pgsink_copy(ps, "COPY sluice_stage_msg FROM STDIN",
 			 &t->rows.messages, errstr, errstr_size) ||
 	    (t->inserted = pgsink_exec(ps, SQL_INSERT_MSG, 0, NULL, "messages",
@@ -495,6 +537,7 @@ const struct handler transcript_handler = {
     .destroy = transcript_destroy,
     .reset = transcript_reset,
     .add = transcript_add,
+    .stream = transcript_stream,
     .write = transcript_write,
     .keys = transcript_keys,
     .summary = transcript_summary,
