@@ -42,6 +42,8 @@ void buf_append(struct buf *b, const void *data, size_t len);
 void buf_puts(struct buf *b, const char *s);
 void buf_printf(struct buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Appends v in decimal. */
+void buf_put_int(struct buf *b, long long v);
 /* Appends s escaped for PostgreSQL COPY's text format. */
 void buf_copy_escape(struct buf *b, const char *s);
 

@@ -4,6 +4,7 @@
 #include <cjson/cJSON.h>
 #include <math.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,25 +33,38 @@ void transcript_rows_free(struct transcript_rows *r)
 	buf_free(&r->messages);
 }
 
+/* SHA-256, fetched from the provider once: a fetch per digest takes the
+ * provider's locks each time, and there are twenty digests a record. */
+static const EVP_MD *sha256;
+static pthread_once_t sha256_once = PTHREAD_ONCE_INIT;
+
+static void sha256_fetch(void)
+{
+	sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
+
 void transcript_entry_id(const char *conversation_id, int position,
 			 char out[TRANSCRIPT_ID_LEN])
 {
 	static const char hex[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
-	char pos[16];
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	size_t n = strlen(conversation_id);
+	char stack[512], *in = n + 16 <= sizeof(stack) ? stack : malloc(n + 16);
+	int len;
 
-	snprintf(pos, sizeof(pos), "%d", position);
+	if (!in)
+		abort();
+	pthread_once(&sha256_once, sha256_fetch);
 	/* The unit separator keeps ("a1", 2) and ("a", 12) apart. */
-	if (!ctx || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1 ||
-	    EVP_DigestUpdate(ctx, conversation_id, strlen(conversation_id)) !=
-		1 ||
-	    EVP_DigestUpdate(ctx, "\x1f", 1) != 1 ||
-	    EVP_DigestUpdate(ctx, pos, strlen(pos)) != 1 ||
-	    EVP_DigestFinal_ex(ctx, md, &mdlen) != 1 || mdlen < 16)
+	memcpy(in, conversation_id, n);
+	len = (int)n + snprintf(in + n, 16, "\x1f%d", position);
+	if (!sha256 ||
+	    EVP_Digest(in, (size_t)len, md, &mdlen, sha256, NULL) != 1 ||
+	    mdlen < 16)
 		abort(); /* SHA-256 missing from libcrypto: nothing to do */
-	EVP_MD_CTX_free(ctx);
+	if (in != stack)
+		free(in);
 	memcpy(out, "gen-", 4);
 	for (int i = 0; i < 16; i++) {
 		out[4 + 2 * i] = hex[md[i] >> 4];
@@ -75,7 +89,8 @@ static const char *str_field(const cJSON *o, const char *name)
 	return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-/* received_ms as a timestamptz literal in UTC, for COPY. */
+/* received_ms as a timestamptz literal in UTC: the last column of a COPY
+ * row, with its tab and newline. */
 static void ms_timestamp(int64_t ms, char out[48])
 {
 	int64_t secs = ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000);
@@ -83,10 +98,10 @@ static void ms_timestamp(int64_t ms, char out[48])
 	struct tm tm;
 
 	if (!gmtime_r(&tt, &tm)) {
-		snprintf(out, 48, "epoch");
+		snprintf(out, 48, "\tepoch\n");
 		return;
 	}
-	snprintf(out, 48, "%04d-%02d-%02d %02d:%02d:%02d.%03d+00",
+	snprintf(out, 48, "\t%04d-%02d-%02d %02d:%02d:%02d.%03d+00\n",
 		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
 		 tm.tm_min, tm.tm_sec, (int)(ms - secs * 1000));
 }
@@ -112,6 +127,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	cJSON *doc;
 	int position = 0;
 	char created[48];
+	size_t created_len = 0;
 
 	*conversation_id = NULL;
 	if (!value || len == 0) {
@@ -152,6 +168,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 
 	if (is_ready) {
 		ms_timestamp(received_ms, created);
+		created_len = strlen(created);
 		props = cJSON_GetObjectItemCaseSensitive(doc, "properties");
 		transcript =
 		    cJSON_GetObjectItemCaseSensitive(props, "transcript");
@@ -199,13 +216,15 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 				goto fail;
 			}
 			buf_copy_escape(&rows->messages, cid);
-			buf_puts(&rows->messages, "\t");
+			buf_append(&rows->messages, "\t", 1);
 			buf_copy_escape(&rows->messages, ext_id);
-			buf_printf(&rows->messages, "\t%d\t", position);
+			buf_append(&rows->messages, "\t", 1);
+			buf_put_int(&rows->messages, position);
+			buf_append(&rows->messages, "\t", 1);
 			buf_copy_escape(&rows->messages, role);
-			buf_puts(&rows->messages, "\t");
+			buf_append(&rows->messages, "\t", 1);
 			buf_copy_escape(&rows->messages, content);
-			buf_printf(&rows->messages, "\t%s\n", created);
+			buf_append(&rows->messages, created, created_len);
 			n_msgs++;
 			position++;
 		}
