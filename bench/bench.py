@@ -130,6 +130,10 @@ def bench_ingest(env, tmp, seconds):
         finally:
             proc.terminate()
             proc.wait(timeout=10)
+        # And librdkafka's producer alone at that rate, the same records and
+        # settings: the acknowledgement's own latency, under any ingest
+        # that answers only once the record is durable.
+        kp = kproduce_latency(env, seconds, i_rps / 2)
         nginx_rate = results["auto"][0]
         rss = vm_hwm_mb(ingest.pid)
     finally:
@@ -148,13 +152,28 @@ def bench_ingest(env, tmp, seconds):
             (f"sluice at {i_rps / 2:7.0f}/s", sluice_own_half),
             (f"nginx  at {i_rps / 2:7.0f}/s", nginx_own_half)):
         print(f"  {name}: achieved {ach:7.0f}/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ok {ok} other {other}")
+    print(f"  librdkafka producer alone at {i_rps / 2:7.0f}/s, producev to delivery report:"
+          f" p50 {kp[0]:6.2f} ms  p99 {kp[1]:6.2f} ms")
     print(f"  target: sluice p99 < 5 ms at half of its own rate")
     print(f"ingest: peak RSS {rss:.1f} MB (target < 64 MB)")
     row("ingest req/s", i_rps, "req/s", "nginx static 202", nginx_rate,
         i_rps / nginx_rate, ">= 0.5")
     row("ingest p99 at half its max", sluice_own_half[1], "ms",
         "nginx static 202 at that rate", nginx_own_half[1], None, "< 5 ms")
+    row("Kafka ack p99 at that rate (producer alone)", kp[1], "ms", None, None, None,
+        "floor of the p99")
     row("ingest peak RSS", rss, "MB", None, None, None, "< 64 MB")
+
+
+def kproduce_latency(env, seconds, rate):
+    """(p50, p99) ms of librdkafka's producer alone at `rate` records/s."""
+    out = subprocess.run([os.path.join(BUILD, "kproduce"), env["SLUICE_KAFKA_BROKERS"],
+                          f"bench-kl-{uuid.uuid4().hex[:8]}", str(seconds), str(int(rate))],
+                         check=True, capture_output=True, text=True).stdout
+    m = re.search(r"latency p50 ([\d.]+) p99 ([\d.]+) ms", out)
+    if not m:
+        raise SystemExit(f"kproduce printed no latency: {out!r}")
+    return float(m.group(1)), float(m.group(2))
 
 
 def ingest_conf(tmp, name, port, extra=""):

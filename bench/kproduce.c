@@ -3,24 +3,22 @@
  * records (the transcript body wrk posts, a header set like the ingest's),
  * as fast as the broker confirms them for a number of seconds.
  *
- * Usage: kproduce BROKERS TOPIC SECONDS   → prints "rate N delivered N" */
+ * Usage: kproduce BROKERS TOPIC SECONDS         → "rate N delivered N"
+ *        kproduce BROKERS TOPIC SECONDS RATE    → the same at RATE records/s,
+ *          sent each millisecond, and "latency p50 X p99 Y ms" from
+ *          producev to the delivery report: the floor of an ingest that
+ *          answers once the record is acknowledged. */
 #include <librdkafka/rdkafka.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 static long delivered, failed;
-
-static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-	(void)rk;
-	(void)opaque;
-	if (m->err)
-		failed++;
-	else
-		delivered++;
-}
+static double *lat; /* ms, one per delivery report while measuring */
+static long n_lat, cap_lat;
+static double measure_from;
 
 static double now_s(void)
 {
@@ -30,16 +28,37 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+static void dr_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
+{
+	double sent_at = (double)(intptr_t)m->_private / 1e6;
+
+	(void)rk;
+	(void)opaque;
+	if (m->err)
+		failed++;
+	else
+		delivered++;
+	if (lat && n_lat < cap_lat && sent_at >= measure_from)
+		lat[n_lat++] = (now_s() - sent_at) * 1000.0;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return (x > y) - (x < y);
+}
+
 int main(int argc, char **argv)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char err[512], body[512], key[64];
 	rd_kafka_t *rk;
-	double t0, t1, until;
+	double t0, t1, until, rate = argc == 5 ? atof(argv[4]) : 0, next = 0;
 	long sent = 0, at_start;
 
-	if (argc != 4) {
-		fprintf(stderr, "usage: kproduce BROKERS TOPIC SECONDS\n");
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: kproduce BROKERS TOPIC SECONDS [RATE]\n");
 		return 2;
 	}
 	if (rd_kafka_conf_set(conf, "bootstrap.servers", argv[1], err,
@@ -61,10 +80,29 @@ int main(int argc, char **argv)
 	 * known before measuring. */
 	until = now_s() + atof(argv[3]) + 1.0;
 	t0 = now_s() + 1.0;
+	measure_from = t0;
 	at_start = -1;
+	if (rate > 0) {
+		cap_lat = (long)(rate * atof(argv[3])) + 1000;
+		lat = malloc((size_t)cap_lat * sizeof(*lat));
+		if (!lat)
+			return 1;
+		next = now_s();
+	}
 	while ((t1 = now_s()) < until) {
-		rd_kafka_headers_t *h = rd_kafka_headers_new(6);
-		int n = snprintf(
+		rd_kafka_headers_t *h;
+		int n;
+
+		if (rate > 0 && (double)sent >= (t1 - next) * rate) {
+			/* ahead of the rate: let a millisecond pass */
+			struct timespec ms = {0, 1000000};
+
+			rd_kafka_poll(rk, 0);
+			nanosleep(&ms, NULL);
+			continue;
+		}
+		h = rd_kafka_headers_new(6);
+		n = snprintf(
 		    body, sizeof(body),
 		    "{\"conversation_id\":\"kp-%ld\",\"event_type\":"
 		    "\"application.transcription_ready\",\"message_type\":"
@@ -91,6 +129,8 @@ int main(int argc, char **argv)
 				      RD_KAFKA_V_VALUE(body, (size_t)n),
 				      RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 				      RD_KAFKA_V_HEADERS(h),
+				      RD_KAFKA_V_OPAQUE(
+					  (void *)(intptr_t)(now_s() * 1e6)),
 				      RD_KAFKA_V_END) != 0) {
 			rd_kafka_headers_destroy(h);
 			rd_kafka_poll(rk, 1); /* queue full: let reports in */
@@ -105,6 +145,12 @@ int main(int argc, char **argv)
 	       (double)(delivered - at_start) / atof(argv[3]), delivered,
 	       failed);
 	rd_kafka_flush(rk, 10000);
+	if (lat && n_lat > 0) {
+		qsort(lat, (size_t)n_lat, sizeof(*lat), cmp_double);
+		printf("latency p50 %.2f p99 %.2f ms (%ld reports)\n",
+		       lat[n_lat / 2], lat[(long)((double)n_lat * 0.99)], n_lat);
+	}
+	free(lat);
 	rd_kafka_destroy(rk);
 	return 0;
 }
