@@ -151,12 +151,21 @@ def bench_peer_ingest(env, tmp, seconds, row):
         acked["sluice"] += ok
         c_rps, c_p99, ok = wrk(cport, seconds, 256)
         acked["camel"] += ok
-        # One rate both can hold: half of the peer's maximum.
+        # One rate both can hold: half of the peer's maximum. Each side
+        # runs twice in the order sluice, Camel, Camel, sluice, after a
+        # pause for what the last closed-loop run left (the broker's and
+        # the JVMs' collections), and keeps its better p99: whoever runs
+        # right after the other's saturation is not the one that pays.
         rate = max(50, min(c_rps, s_rps) / 2)
-        s_fixed = loadgen(iport, rate, seconds)
-        c_fixed = loadgen(cport, rate, seconds)
-        acked["sluice"] += s_fixed["ok"]
-        acked["camel"] += c_fixed["ok"]
+        fixed = {"sluice": [], "camel": []}
+        for name, port in (("sluice", iport), ("camel", cport),
+                           ("camel", cport), ("sluice", iport)):
+            time.sleep(3)
+            r = loadgen(port, rate, seconds)
+            acked[name] += r["ok"]
+            fixed[name].append(r)
+        s_fixed = min(fixed["sluice"], key=lambda r: r["p99"])
+        c_fixed = min(fixed["camel"], key=lambda r: r["p99"])
         s_n = check_landed(brokers, s_topic, acked["sluice"], "sluice-ingest")
         c_n = check_landed(brokers, c_topic, acked["camel"], "the Camel route")
     finally:
@@ -166,9 +175,10 @@ def bench_peer_ingest(env, tmp, seconds, row):
     print(f"  sluice-ingest         {s_rps:10.0f} req/s  p99 {s_p99:8.2f} ms  (wrk, 256 connections)")
     print(f"  Camel platform-http   {c_rps:10.0f} req/s  p99 {c_p99:8.2f} ms")
     print(f"  ratio                 {s_rps / c_rps:10.2f}   (goal >= 3)")
-    for name, r in (("sluice-ingest", s_fixed), ("Camel route", c_fixed)):
+    for name, key, r in (("sluice-ingest", "sluice", s_fixed), ("Camel route", "camel", c_fixed)):
         print(f"  {name:14} at {rate:6.0f}/s: achieved {r['rate']:7.0f}/s  p50 {r['p50']:7.2f} ms"
-              f"  p99 {r['p99']:8.2f} ms  ok {r['ok']} other {r['other']}")
+              f"  p99 {r['p99']:8.2f} ms  ok {r['ok']} other {r['other']}"
+              f"  (better of p99s {', '.join('%.2f' % x['p99'] for x in fixed[key])})")
     print(f"  every 202 is in Kafka: sluice {acked['sluice']} answers, {s_n} records;"
           f" Camel {acked['camel']} answers, {c_n} records")
     row("ingest req/s vs Camel", s_rps, "req/s", "Camel platform-http->kafka", c_rps,
