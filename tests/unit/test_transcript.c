@@ -138,6 +138,40 @@ int main(void)
 		free(c1);
 		free(c2);
 	}
+	/* created_at: the receipt time as a UTC literal, ms kept; a time
+	 * PostgreSQL cannot store is refused, not left to fail the COPY. */
+	{
+		static const struct {
+			long long ms;
+			const char *want; /* NULL: refused */
+		} times[] = {
+		    {1700000000123LL, "\t2023-11-14 22:13:20.123+00\n"},
+		    {0, "\t1970-01-01 00:00:00.000+00\n"},
+		    {-1, "\t1969-12-31 23:59:59.999+00\n"},
+		    {253402300799999LL, "\t9999-12-31 23:59:59.999+00\n"},
+		    {253402300800000LL, NULL},
+		    {-62135596800001LL, NULL},
+		};
+		const char *j = cases[1].json;
+
+		for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+			char *c = NULL;
+			bool ok;
+
+			transcript_rows_reset(&rows);
+			ok = transcript_handle(j, strlen(j), "s", times[i].ms,
+					       0, &rows, &c, err, sizeof(err));
+			CHECK(ok == (times[i].want != NULL), "%lld ms: %s",
+			      times[i].ms, ok ? "taken" : err);
+			if (ok && times[i].want)
+				CHECK(strstr(rows.messages.data,
+					     times[i].want) != NULL,
+				      "%lld ms: rows lack [%s]:\n%s",
+				      times[i].ms, times[i].want,
+				      rows.messages.data);
+			free(c);
+		}
+	}
 	transcript_rows_free(&rows);
 	return check_done("test_transcript");
 }

@@ -165,6 +165,16 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 		goto fail;
 	}
 	is_ready = strcmp(event_type, TRANSCRIPT_EVENT_READY) == 0;
+	/* A time PostgreSQL cannot store would fail the batch's COPY on
+	 * every retry (sluice-ingest stamps its own clock; another producer
+	 * might not). */
+	if (received_ms < -62135596800000LL ||
+	    received_ms > 253402300799999LL) {
+		snprintf(errstr, errstr_size,
+			 "received time %lld ms is outside the years 1-9999",
+			 (long long)received_ms);
+		goto fail;
+	}
 
 	if (is_ready) {
 		ms_timestamp(received_ms, created);
