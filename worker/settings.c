@@ -35,7 +35,7 @@ const struct cfg_setting worker_settings[] = {
     {"invalidate_keys", CFG_STR, F(invalidate_keys),
      "messages:{conversation_id}:*,conversation:{conversation_id}", 0, 0, NULL,
      NULL, "keys removed after each commit"},
-    {"batch_max", CFG_INT, F(batch_max), "1000", 1, 100000, NULL, NULL,
+    {"batch_max", CFG_INT, F(batch_max), "2000", 1, 100000, NULL, NULL,
      "most records in one batch"},
     {"batch_wait_ms", CFG_INT, F(batch_wait_ms), "0", 0, 10000, NULL, NULL,
      "extra time to let a batch fill"},
