@@ -160,7 +160,7 @@ def bench_ingest(env, tmp, seconds):
         i_rps / nginx_rate, ">= 0.5")
     row("ingest p99 at half its max", sluice_own_half[1], "ms",
         "nginx static 202 at that rate", nginx_own_half[1], None, "< 5 ms")
-    row("Kafka ack p99 at that rate (producer alone)", kp[1], "ms", None, None, None,
+    row("Kafka ack p99, producer alone", kp[1], "ms", None, None, None,
         "floor of the p99")
     row("ingest peak RSS", rss, "MB", None, None, None, "< 64 MB")
 
