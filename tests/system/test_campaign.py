@@ -142,7 +142,7 @@ def test_bounded_concurrency_cache_and_redis_down(pipeline, services,
         post_batch(ingest, b3)
         got = wait_rows(services, run, 300, timeout=60, worker=worker)
         worker.assert_alive()
-        third = {m: r for m, r in got.items() if "-c" in m}
+        third = {m: r for m, r in got.items() if m.startswith(f"{run}-c")}
         assert len(third) == 100
         bad = {m: (r["status"], r["parts"], r["error"])
                for m, r in third.items()

@@ -216,9 +216,11 @@ def test_broker_killed_under_load(cpipeline, cluster):
     assert before > 0, summary
     assert in_outage > 0, "no 202 while a broker was down: " + summary
     assert longest <= MAX_BLIP_S, summary
-    # After the blip, every second of the outage has its 202s.
-    assert all(secs.get(s, 0) > 0 for s in range(MAX_BLIP_S, outage_s)), (
-        summary)
+    # After the blip, every second of the outage has its 202s. The kill's
+    # own second has the 202s that came before it, so a blip of MAX_BLIP_S
+    # seconds ends with second MAX_BLIP_S.
+    assert all(secs.get(s, 0) > 0
+               for s in range(MAX_BLIP_S + 1, outage_s)), summary
     assert after_isr > 0, summary
     assert not given_up, summary
 
