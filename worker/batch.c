@@ -141,16 +141,21 @@ static int cmp_key(const void *a, const void *b)
 static bool batch_streams(rd_kafka_message_t **msgs, size_t n)
 {
 	rd_kafka_message_t **v;
+	size_t first = (size_t)-1;
 	bool ok = true;
 
+	/* One kind: a handler's stream holds the connection until its
+	 * write. */
 	for (size_t i = 0; i < n && ok; i++) {
 		char kind[32];
 		size_t h;
 
 		kafka_header(msgs[i], HDR_KIND, kind, sizeof(kind));
 		h = handler_index(kind);
-		ok = h != (size_t)-1 && handlers[h]->stream &&
-		     msgs[i]->key_len > 0;
+		if (i == 0)
+			first = h;
+		ok = h != (size_t)-1 && h == first && handlers[h]->stream &&
+		     !handlers[h]->prepare && msgs[i]->key_len > 0;
 	}
 	if (!ok || n < 2)
 		return ok;
@@ -216,25 +221,31 @@ static void batch_prepare(struct batch *b)
  * next owner. The fence read before it is checked again under the locks;
  * if another owner committed in between, the batch is built again. A
  * batch that streams (no lookups) opens it first and reads the fence
- * under the locks once. */
+ * under the locks once; between its chunks of rows the session is idle
+ * in the transaction, so the server's idle timeout still ends it if the
+ * worker stalls. A record to dead-letter stops the stream: the batch is
+ * built again the usual way, so the dead-letter topic's confirmation is
+ * never awaited with the transaction open. */
 static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
-			  bool stream, struct partmap *pm, size_t *dead,
+			  bool *stream, struct partmap *pm, size_t *dead,
 			  size_t *fenced, int64_t *prepare_ms, char *err,
 			  size_t errsz)
 {
 	struct batch_env *env = b->env;
-	size_t dlq_count = 0;
+	size_t dlq_count;
 	int64_t t;
 
+again:
+	dlq_count = 0;
 	*dead = *fenced = 0;
 	for (size_t i = 0; i < b->n_handlers; i++) {
 		handlers[i]->reset(b->state[i]);
 		b->used[i] = false;
 	}
-	if (stream ? !pgsink_begin(env->ps, pm->parts, pm->n, pm->fence, err,
-				   errsz)
-		   : !pgsink_load_offsets(env->ps, pm->parts, pm->n, pm->fence,
-					  err, errsz))
+	if (*stream ? !pgsink_begin(env->ps, pm->parts, pm->n, pm->fence, err,
+				    errsz)
+		    : !pgsink_load_offsets(env->ps, pm->parts, pm->n, pm->fence,
+					   err, errsz))
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		rd_kafka_message_t *m = msgs[i];
@@ -273,10 +284,15 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		} else if (handlers[h]->add(b->state[h], &rec, reason,
 					    sizeof(reason))) {
 			b->used[h] = true;
-			if (stream && !handlers[h]->stream(b->state[h], env->ps,
-							   err, errsz))
+			if (*stream && !handlers[h]->stream(
+					   b->state[h], env->ps, err, errsz))
 				goto fail;
 			continue;
+		}
+		if (*stream) {
+			pgsink_rollback(env->ps);
+			*stream = false;
+			goto again;
 		}
 		if (env->dry_run) {
 			log_ctx_info(kind, "dry run: would dead-letter: %s",
@@ -296,10 +312,10 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 	t = util_mono_ms();
 	batch_prepare(b);
 	*prepare_ms += util_mono_ms() - t;
-	if (!stream &&
+	if (!*stream &&
 	    !pgsink_begin(env->ps, pm->parts, pm->n, pm->locked, err, errsz))
 		return false;
-	for (int i = 0; i < pm->n && !stream; i++)
+	for (int i = 0; i < pm->n && !*stream; i++)
 		if (pm->locked[i] != pm->fence[i]) {
 			snprintf(err, errsz,
 				 "the stored offset of partition %d moved from "
@@ -331,7 +347,7 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 	}
 	return pgsink_commit(env->ps, pm->parts, pm->next, pm->n, err, errsz);
 fail:
-	if (stream)
+	if (*stream)
 		pgsink_rollback(env->ps);
 	return false;
 }
@@ -425,7 +441,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	}
 	contexts_reset(env->contexts);
 	stream = batch_streams(msgs, n);
-	while (!batch_attempt(b, msgs, n, stream, &pm, &dead, &fenced,
+	while (!batch_attempt(b, msgs, n, &stream, &pm, &dead, &fenced,
 			      &prepare_ms, err, sizeof(err))) {
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",

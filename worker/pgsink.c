@@ -18,7 +18,10 @@ struct pgsink {
 	int idle_tx_timeout_ms;
 	bool prepared;
 	bool dry_run;
-	bool copying; /* a pgsink_copy_start() COPY is open */
+	bool copying;	      /* a COPY is open */
+	bool pending;	      /* a COPY ended; its result is not read yet */
+	char stream_state[6]; /* the SQLSTATE that refused a chunk, or "" */
+	char stream_err[256];
 };
 
 static const char SQL_LOAD_OFFSETS[] =
@@ -107,6 +110,7 @@ static void drop_conn(struct pgsink *ps)
 	ps->conn = NULL;
 	ps->prepared = false;
 	ps->copying = false;
+	ps->pending = false;
 }
 
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size)
@@ -277,35 +281,47 @@ static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
 	return true;
 }
 
-bool pgsink_copy_start(struct pgsink *ps, const char *sql, char *errstr,
-		       size_t errstr_size)
-{
-	return exec_ok(ps, "SAVEPOINT sluice_copy", "savepoint", errstr,
-		       errstr_size) &&
-	       copy_open(ps, sql, errstr, errstr_size);
-}
-
-bool pgsink_copy_put(struct pgsink *ps, const char *data, size_t len,
+/* PQputCopyData takes an int: larger rows go in pieces. */
+static bool copy_put(struct pgsink *ps, const char *data, size_t len,
 		     char *errstr, size_t errstr_size)
 {
-	if (len == 0 || PQputCopyData(ps->conn, data, (int)len) == 1)
+	enum { PIECE = 1 << 20 };
+
+	while (len > 0) {
+		size_t n = len < PIECE ? len : PIECE;
+
+		if (PQputCopyData(ps->conn, data, (int)n) != 1) {
+			set_err(ps, "copy", errstr, errstr_size);
+			return false;
+		}
+		data += n;
+		len -= n;
+	}
+	return true;
+}
+
+/* Ends the open COPY (abandon: error it out); its result is pending. */
+static bool copy_end(struct pgsink *ps, const char *abandon, char *errstr,
+		     size_t errstr_size)
+{
+	ps->copying = false;
+	ps->pending = true;
+	if (PQputCopyEnd(ps->conn, abandon) == 1)
 		return true;
 	set_err(ps, "copy", errstr, errstr_size);
 	return false;
 }
 
-/* Ends the COPY ps->copying says is open; abandon = error it out. */
-static bool copy_finish(struct pgsink *ps, const char *abandon, char state[6],
-			char *errstr, size_t errstr_size)
+/* The pending COPY's result; state gets the SQLSTATE of a refusal (""
+ * when it worked or the connection failed). */
+static bool copy_result(struct pgsink *ps, char state[6], char *errstr,
+			size_t errstr_size)
 {
-	PGresult *res;
-	bool ok;
+	PGresult *res = PQgetResult(ps->conn);
+	bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 
 	state[0] = '\0';
-	ps->copying = false;
-	ok = PQputCopyEnd(ps->conn, abandon) == 1;
-	res = PQgetResult(ps->conn);
-	ok = ok && PQresultStatus(res) == PGRES_COMMAND_OK;
+	ps->pending = false;
 	if (!ok) {
 		const char *s = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
@@ -314,6 +330,8 @@ static bool copy_finish(struct pgsink *ps, const char *abandon, char state[6],
 		set_err(ps, "copy", errstr, errstr_size);
 	}
 	PQclear(res);
+	/* Drain anything left so the connection is ready for the next
+	 * command. */
 	while ((res = PQgetResult(ps->conn)) != NULL)
 		PQclear(res);
 	return ok;
@@ -326,22 +344,59 @@ bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 
 	return b->len == 0 ||
 	       (copy_open(ps, sql, errstr, errstr_size) &&
-		pgsink_copy_put(ps, b->data, b->len, errstr, errstr_size) &&
-		copy_finish(ps, NULL, state, errstr, errstr_size));
+		copy_put(ps, b->data, b->len, errstr, errstr_size) &&
+		copy_end(ps, NULL, errstr, errstr_size) &&
+		copy_result(ps, state, errstr, errstr_size));
 }
 
-enum pgsink_copy_result pgsink_copy_end(struct pgsink *ps, char *errstr,
-					size_t errstr_size)
+bool pgsink_stream_begin(struct pgsink *ps, char *errstr, size_t errstr_size)
+{
+	ps->stream_state[0] = '\0';
+	return exec_ok(ps, "SAVEPOINT sluice_copy", "savepoint", errstr,
+		       errstr_size);
+}
+
+/* The previous chunk's result: false = the connection failed; a refusal
+ * is kept in stream_state and ends the stream. */
+static bool stream_collect(struct pgsink *ps, char *errstr, size_t errstr_size)
 {
 	char state[6];
 
-	if (copy_finish(ps, NULL, state, errstr, errstr_size))
+	if (!ps->pending || copy_result(ps, state, errstr, errstr_size))
+		return true;
+	if (!state[0])
+		return false;
+	memcpy(ps->stream_state, state, sizeof(state));
+	snprintf(ps->stream_err, sizeof(ps->stream_err), "%s", errstr);
+	return true;
+}
+
+bool pgsink_stream_chunk(struct pgsink *ps, const char *sql, const char *data,
+			 size_t len, char *errstr, size_t errstr_size)
+{
+	if (!stream_collect(ps, errstr, errstr_size))
+		return false;
+	if (len == 0 || ps->stream_state[0])
+		return true; /* refused already: the rest is not sent */
+	return copy_open(ps, sql, errstr, errstr_size) &&
+	       copy_put(ps, data, len, errstr, errstr_size) &&
+	       copy_end(ps, NULL, errstr, errstr_size);
+}
+
+enum pgsink_copy_result pgsink_stream_end(struct pgsink *ps, char *errstr,
+					  size_t errstr_size)
+{
+	if (!stream_collect(ps, errstr, errstr_size))
+		return PGSINK_FAILED;
+	if (!ps->stream_state[0])
 		return exec_ok(ps, "RELEASE SAVEPOINT sluice_copy", "savepoint",
 			       errstr, errstr_size)
 			   ? PGSINK_COPIED
 			   : PGSINK_FAILED;
-	if (strcmp(state, "23505") != 0) /* unique_violation */
+	if (strcmp(ps->stream_state, "23505") != 0) { /* unique_violation */
+		snprintf(errstr, errstr_size, "%s", ps->stream_err);
 		return PGSINK_FAILED;
+	}
 	return exec_ok(ps, "ROLLBACK TO SAVEPOINT sluice_copy", "savepoint",
 		       errstr, errstr_size)
 		   ? PGSINK_CONFLICT
@@ -354,10 +409,10 @@ enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
 {
 	if (b->len == 0)
 		return PGSINK_COPIED;
-	if (!pgsink_copy_start(ps, sql, errstr, errstr_size) ||
-	    !pgsink_copy_put(ps, b->data, b->len, errstr, errstr_size))
+	if (!pgsink_stream_begin(ps, errstr, errstr_size) ||
+	    !pgsink_stream_chunk(ps, sql, b->data, b->len, errstr, errstr_size))
 		return PGSINK_FAILED;
-	return pgsink_copy_end(ps, errstr, errstr_size);
+	return pgsink_stream_end(ps, errstr, errstr_size);
 }
 
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
@@ -437,11 +492,13 @@ void pgsink_rollback(struct pgsink *ps)
 		return;
 	}
 	if (ps->copying) {
-		char state[6], err[64];
+		char err[64];
 
-		(void)copy_finish(ps, "the batch is abandoned", state, err,
-				  sizeof(err));
+		(void)copy_end(ps, "the batch is abandoned", err, sizeof(err));
 	}
+	while ((res = PQgetResult(ps->conn)) != NULL) /* a pending COPY's */
+		PQclear(res);
+	ps->pending = false;
 	res = PQexec(ps->conn, "ROLLBACK");
 	if (PQresultStatus(res) != PGRES_COMMAND_OK)
 		drop_conn(ps);

@@ -51,16 +51,24 @@ enum pgsink_copy_result pgsink_copy_unique(struct pgsink *ps, const char *sql,
 					   const struct buf *b, char *errstr,
 					   size_t errstr_size)
     __attribute__((warn_unused_result));
-/* The same, sent as it is built: start (the savepoint and the COPY),
- * put rows as often as needed, end. Nothing else runs on the connection
- * in between; pgsink_rollback() ends an open COPY too. */
-bool pgsink_copy_start(struct pgsink *ps, const char *sql, char *errstr,
-		       size_t errstr_size) __attribute__((warn_unused_result));
-bool pgsink_copy_put(struct pgsink *ps, const char *data, size_t len,
-		     char *errstr, size_t errstr_size)
+/* The same, sent in chunks while the rows are still being built: begin
+ * (the savepoint), chunks, end. Each chunk is a COPY of its own that
+ * ends once its rows are sent and is answered while the next chunk is
+ * built, so the server works on the rows meanwhile; in between the
+ * session is idle in its transaction, and
+ * idle_in_transaction_session_timeout still ends the transaction of a
+ * worker stopped while building (a COPY left open would count as a
+ * running statement). After a refused chunk the rest are not sent.
+ * Nothing else runs on the connection until pgsink_stream_end();
+ * pgsink_rollback() ends a stream too. false / PGSINK_FAILED = errstr,
+ * the transaction is lost. */
+bool pgsink_stream_begin(struct pgsink *ps, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
-enum pgsink_copy_result pgsink_copy_end(struct pgsink *ps, char *errstr,
-					size_t errstr_size)
+bool pgsink_stream_chunk(struct pgsink *ps, const char *sql, const char *data,
+			 size_t len, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+enum pgsink_copy_result pgsink_stream_end(struct pgsink *ps, char *errstr,
+					  size_t errstr_size)
     __attribute__((warn_unused_result));
 /* A statement's affected rows, or -1 (errstr). */
 long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,

@@ -152,6 +152,42 @@ def test_batch_of_new_and_known_rows(pipeline):
         t0 - 1 <= float(s) <= t1 + 1 for s in stamps), (t0, t1, stamps)
 
 
+def test_dead_letter_in_a_streamed_batch(pipeline):
+    """A batch of distinct conversations sends its rows while it decodes;
+    a record it can never take, late in the batch, stops that stream and
+    the batch is built again: every good row lands once and the bad record
+    is dead-lettered once."""
+    from confluent_kafka import Producer
+    s = pipeline.services
+    worker = pipeline.start_worker()
+    worker.stop()
+    cids = [pipeline.cid(f"big{i}") for i in range(4)]
+    p = Producer({"bootstrap.servers": s.brokers, "linger.ms": 50})
+    headers = [("kind", b"transcript"), ("source", SOURCE.encode()),
+               ("received-at", str(int(time.time() * 1000)).encode())]
+    # Over 256 KiB of rows before the bad record, all on one partition so
+    # that they are one batch.
+    for cid in cids:
+        body = transcript(cid, [("user", f"entry {i} " + "x" * 900)
+                                for i in range(100)])
+        p.produce(pipeline.topic, key=cid.encode(), partition=0,
+                  value=json.dumps(body).encode(), headers=headers)
+    bad = pipeline.cid("bad")
+    p.produce(pipeline.topic, key=bad.encode(), partition=0,
+              value=b"not json", headers=headers)
+    assert p.flush(30) == 0
+    pipeline.restart(worker)
+    pipeline.wait_caught_up()
+    for cid in cids:
+        assert pipeline.message_count(cid) == 100, cid
+    assert pipeline.duplicates() == []
+    wait_until(lambda: s.dlq_count(pipeline.topic) == 1, 30, 0.2,
+               "the bad record in the dead-letter topic")
+    time.sleep(1)
+    assert s.dlq_count(pipeline.topic) == 1, "dead-lettered more than once"
+    assert worker.batch_totals() == (400, 0)
+
+
 def test_type_spelling_first(pipeline):
     """A sender that only ever says "type" is handled like "event_type"."""
     pipeline.start_worker()

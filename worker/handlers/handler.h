@@ -53,10 +53,13 @@ struct handler {
 	 * and nothing of it was kept. */
 	bool (*add)(void *st, const struct record *r, char *reason,
 		    size_t reason_size);
-	/* Optional, for a kind with no lookups: called after each record
-	 * add() took when the batch streams (its transaction is open
-	 * already), to send the rows built so far while the next records
-	 * are decoded. false: a transient failure (errstr). */
+	/* Optional, for a kind with no lookups (no prepare): called after
+	 * each record add() took when the batch streams (all its records of
+	 * this one kind, no key twice; its transaction is open already), to
+	 * send the rows built so far while the next records are decoded.
+	 * It may leave its rows' stream open (pgsink_stream_*); write() must
+	 * end it before any other statement. false: a transient failure
+	 * (errstr). */
 	bool (*stream)(void *st, struct pgsink *ps, char *errstr,
 		       size_t errstr_size);
 	/* Optional: starts asynchronous lookups on env->base once every

@@ -167,9 +167,11 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 	is_ready = strcmp(event_type, TRANSCRIPT_EVENT_READY) == 0;
 	/* A time PostgreSQL cannot store would fail the batch's COPY on
 	 * every retry (sluice-ingest stamps its own clock; another producer
-	 * might not). */
+	 * might not); nor is one a 32-bit time_t cannot hold written
+	 * wrong. */
 	if (received_ms < -62135596800000LL ||
-	    received_ms > 253402300799999LL) {
+	    received_ms > 253402300799999LL ||
+	    (int64_t)(time_t)(received_ms / 1000) != received_ms / 1000) {
 		snprintf(errstr, errstr_size,
 			 "received time %lld ms is outside the years 1-9999",
 			 (long long)received_ms);
@@ -343,7 +345,6 @@ struct transcript_state {
 	int fast_pause;		  /* batches left before the fast path again */
 	bool streaming;		  /* the fast path's COPY is open */
 	size_t sent;		  /* bytes of rows.messages sent on it */
-	unsigned long long fast_refused; /* total: the fast path hit a repeat */
 	long long inserted;
 	size_t records;
 	unsigned long long saved, skipped; /* totals */
@@ -439,7 +440,6 @@ static const char SQL_COPY_MSG[] =
 static void fast_refused(struct transcript_state *t)
 {
 	t->fast_pause = FAST_PAUSE;
-	t->fast_refused++;
 }
 
 /* The messages straight into the table, all at once; false = take the
@@ -466,26 +466,36 @@ static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
 	return false;
 }
 
-/* The fast path, record by record: the batch has no repeated key, so
- * rows are sent as they are built. */
+/* The fast path, chunk by chunk: the batch has no repeated key, so its
+ * rows are sent as they are built, STREAM_CHUNK bytes or more at a time
+ * (about a hundred transcripts of twenty entries). */
+#define STREAM_CHUNK (256 * 1024)
+
+static bool stream_send(struct transcript_state *t, struct pgsink *ps,
+			char *errstr, size_t errstr_size)
+{
+	const struct buf *m = &t->rows.messages;
+
+	if (!t->streaming) {
+		if (!pgsink_stream_begin(ps, errstr, errstr_size))
+			return false;
+		t->streaming = true;
+	}
+	if (!pgsink_stream_chunk(ps, SQL_COPY_MSG, m->data + t->sent,
+				 m->len - t->sent, errstr, errstr_size))
+		return false;
+	t->sent = m->len;
+	return true;
+}
+
 static bool transcript_stream(void *st, struct pgsink *ps, char *errstr,
 			      size_t errstr_size)
 {
 	struct transcript_state *t = st;
-	const struct buf *m = &t->rows.messages;
 
-	if (t->fast_pause > 0 || m->len == t->sent)
+	if (t->fast_pause > 0 || t->rows.messages.len - t->sent < STREAM_CHUNK)
 		return true;
-	if (!t->streaming) {
-		if (!pgsink_copy_start(ps, SQL_COPY_MSG, errstr, errstr_size))
-			return false;
-		t->streaming = true;
-	}
-	if (!pgsink_copy_put(ps, m->data + t->sent, m->len - t->sent, errstr,
-			     errstr_size))
-		return false;
-	t->sent = m->len;
-	return true;
+	return stream_send(t, ps, errstr, errstr_size);
 }
 
 static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
@@ -495,8 +505,11 @@ static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 	bool streamed = t->streaming, copied = false, failed;
 
 	if (streamed) {
+		/* what is left after the last full chunk */
+		if (!stream_send(t, ps, errstr, errstr_size))
+			return false;
 		t->streaming = false;
-		switch (pgsink_copy_end(ps, errstr, errstr_size)) {
+		switch (pgsink_stream_end(ps, errstr, errstr_size)) {
 		case PGSINK_COPIED:
 			t->inserted = (long long)t->rows.n_messages;
 			copied = true;
