@@ -159,17 +159,19 @@ def test_dead_letter_in_a_streamed_batch(pipeline):
     is dead-lettered once."""
     from confluent_kafka import Producer
     s = pipeline.services
-    worker = pipeline.start_worker()
+    # One fetch takes the whole partition, so the records are one batch.
+    worker = pipeline.start_worker(
+        kafka__max__partition__fetch__bytes=16 << 20)
     worker.stop()
-    cids = [pipeline.cid(f"big{i}") for i in range(4)]
+    cids = [pipeline.cid(f"big{i}") for i in range(8)]
     p = Producer({"bootstrap.servers": s.brokers, "linger.ms": 50})
     headers = [("kind", b"transcript"), ("source", SOURCE.encode()),
                ("received-at", str(int(time.time() * 1000)).encode())]
-    # Over 256 KiB of rows before the bad record, all on one partition so
-    # that they are one batch.
+    # Over 1 MiB of rows (a chunk) before the bad record, all on one
+    # partition so that they are one batch.
     for cid in cids:
-        body = transcript(cid, [("user", f"entry {i} " + "x" * 900)
-                                for i in range(100)])
+        body = transcript(cid, [("user", f"entry {i} " + "x" * 1000)
+                                for i in range(150)])
         p.produce(pipeline.topic, key=cid.encode(), partition=0,
                   value=json.dumps(body).encode(), headers=headers)
     bad = pipeline.cid("bad")
@@ -179,13 +181,13 @@ def test_dead_letter_in_a_streamed_batch(pipeline):
     pipeline.restart(worker)
     pipeline.wait_caught_up()
     for cid in cids:
-        assert pipeline.message_count(cid) == 100, cid
+        assert pipeline.message_count(cid) == 150, cid
     assert pipeline.duplicates() == []
     wait_until(lambda: s.dlq_count(pipeline.topic) == 1, 30, 0.2,
                "the bad record in the dead-letter topic")
     time.sleep(1)
     assert s.dlq_count(pipeline.topic) == 1, "dead-lettered more than once"
-    assert worker.batch_totals() == (400, 0)
+    assert worker.batch_totals() == (1200, 0)
 
 
 def test_type_spelling_first(pipeline):

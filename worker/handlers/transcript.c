@@ -468,8 +468,10 @@ static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
 
 /* The fast path, chunk by chunk: the batch has no repeated key, so its
  * rows are sent as they are built, STREAM_CHUNK bytes or more at a time
- * (about a hundred transcripts of twenty entries). */
-#define STREAM_CHUNK (256 * 1024)
+ * (about four hundred transcripts of twenty entries): fewer and each
+ * COPY statement costs its start, more and less of the decoding is
+ * overlapped. */
+#define STREAM_CHUNK (1024 * 1024)
 
 static bool stream_send(struct transcript_state *t, struct pgsink *ps,
 			char *errstr, size_t errstr_size)
