@@ -460,7 +460,7 @@ def bench_e2e(env, tmp, seconds, rate=2000, probes=300):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--rows", type=int, default=100000)
+    ap.add_argument("--rows", type=int, default=300000)
     ap.add_argument("--only", choices=["ingest", "worker", "e2e", "ceilings", "peers"])
     a = ap.parse_args()
     for tool in ("wrk", "nginx"):
