@@ -343,8 +343,8 @@ struct transcript_state {
 	struct strlist conv_ids;
 	struct strlist with_msgs; /* conv_ids' strings that brought messages */
 	int fast_pause;		  /* batches left before the fast path again */
-	bool streaming;		  /* the fast path's COPY is open */
-	size_t sent;		  /* bytes of rows.messages sent on it */
+	bool streaming;		  /* the fast path's chunks have begun */
+	size_t sent;		  /* bytes of rows.messages sent in them */
 	long long inserted;
 	size_t records;
 	unsigned long long saved, skipped; /* totals */
@@ -437,35 +437,6 @@ static const char SQL_COPY_MSG[] =
     "COPY messages (conversation_id, external_event_id, position, role,"
     " content, created_at) FROM STDIN";
 
-static void fast_refused(struct transcript_state *t)
-{
-	t->fast_pause = FAST_PAUSE;
-}
-
-/* The messages straight into the table, all at once; false = take the
- * staged path (*failed: the transaction is lost). */
-static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
-			  bool *failed, char *errstr, size_t errstr_size)
-{
-	*failed = false;
-	if (t->fast_pause > 0) {
-		t->fast_pause--;
-		return false;
-	}
-	if (distinct(t->with_msgs.v, t->with_msgs.n) != t->with_msgs.n)
-		return false; /* the batch repeats itself */
-	switch (pgsink_copy_unique(ps, SQL_COPY_MSG, &t->rows.messages, errstr,
-				   errstr_size)) {
-	case PGSINK_COPIED:
-		t->inserted = (long long)t->rows.n_messages;
-		return true;
-	case PGSINK_CONFLICT: fast_refused(t); return false;
-	case PGSINK_FAILED: break;
-	}
-	*failed = true;
-	return false;
-}
-
 /* The fast path, chunk by chunk: the batch has no repeated key, so its
  * rows are sent as they are built, STREAM_CHUNK bytes or more at a time
  * (about four hundred transcripts of twenty entries): fewer and each
@@ -500,28 +471,55 @@ static bool transcript_stream(void *st, struct pgsink *ps, char *errstr,
 	return stream_send(t, ps, errstr, errstr_size);
 }
 
+/* The messages straight into the table: the rest of a stream, or all at
+ * once. false = take the staged path (*failed: the transaction is
+ * lost). */
+static bool messages_fast(struct transcript_state *t, struct pgsink *ps,
+			  bool *failed, char *errstr, size_t errstr_size)
+{
+	enum pgsink_copy_result r;
+
+	*failed = false;
+	if (t->streaming) {
+		if (!stream_send(t, ps, errstr, errstr_size)) {
+			*failed = true;
+			return false;
+		}
+		t->streaming = false;
+		r = pgsink_stream_end(ps, errstr, errstr_size);
+	} else if (t->fast_pause > 0) {
+		t->fast_pause--;
+		return false;
+	} else if (distinct(t->with_msgs.v, t->with_msgs.n) != t->with_msgs.n) {
+		return false; /* the batch repeats itself */
+	} else {
+		r = pgsink_copy_unique(ps, SQL_COPY_MSG, &t->rows.messages,
+				       errstr, errstr_size);
+	}
+	switch (r) {
+	case PGSINK_COPIED:
+		t->inserted = (long long)t->rows.n_messages;
+		return true;
+	case PGSINK_CONFLICT: t->fast_pause = FAST_PAUSE; return false;
+	case PGSINK_FAILED: break;
+	}
+	*failed = true;
+	return false;
+}
+
 static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 			     size_t errstr_size)
 {
 	struct transcript_state *t = st;
-	bool streamed = t->streaming, copied = false, failed;
+	bool copied, failed;
 
-	if (streamed) {
-		/* what is left after the last full chunk */
-		if (!stream_send(t, ps, errstr, errstr_size))
-			return false;
-		t->streaming = false;
-		switch (pgsink_stream_end(ps, errstr, errstr_size)) {
-		case PGSINK_COPIED:
-			t->inserted = (long long)t->rows.n_messages;
-			copied = true;
-			break;
-		case PGSINK_CONFLICT: fast_refused(t); break;
-		case PGSINK_FAILED: return false;
-		}
-	}
 	if (t->rows.n_conversations == 0)
 		return true;
+	/* The messages first: a stream holds the connection until it ends. */
+	copied = t->rows.n_messages > 0 &&
+		 messages_fast(t, ps, &failed, errstr, errstr_size);
+	if (t->rows.n_messages > 0 && !copied && failed)
+		return false;
 	if (!pgsink_copy(ps, "COPY sluice_stage_conv FROM STDIN",
 			 &t->rows.conversations, errstr, errstr_size) ||
 	    pgsink_exec(ps, SQL_UPSERT_CONV, 0, NULL, "conversations", errstr,
@@ -529,15 +527,11 @@ static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 		return false;
 	if (t->rows.n_messages == 0 || copied)
 		return true;
-	if (!streamed && messages_fast(t, ps, &failed, errstr, errstr_size))
-		return true;
-	if ((!streamed && failed) ||
-	    !pgsink_copy(ps, "COPY sluice_stage_msg FROM STDIN",
-			 &t->rows.messages, errstr, errstr_size) ||
-	    (t->inserted = pgsink_exec(ps, SQL_INSERT_MSG, 0, NULL, "messages",
-				       errstr, errstr_size)) < 0)
-		return false;
-	return true;
+	return pgsink_copy(ps, "COPY sluice_stage_msg FROM STDIN",
+			   &t->rows.messages, errstr, errstr_size) &&
+	       (t->inserted = pgsink_exec(ps, SQL_INSERT_MSG, 0, NULL,
+					  "messages", errstr, errstr_size)) >=
+		   0;
 }
 
 static void transcript_keys(void *st, struct cache_keys *out)
