@@ -28,6 +28,8 @@ BEFORE_S = 3.0          # load before the kill
 OUTAGE_S = 8.0          # load while the broker is down
 AFTER_S = 2.0           # load once the ISR is whole again
 MAX_BLIP_S = 6          # longest run of seconds without a 202 after the kill
+MOVE_LIMIT_S = 30       # the cluster moves the dead broker's partitions by then
+AFTER_MOVE_S = 4.0      # load on the moved partitions before the restart
 GIVE_UP_S = 30.0        # a 503'd message is retried for this long at most
 DELIVERY_TIMEOUT_MS = 5000
 CONVERSATIONS = 24      # spread over the 4 partitions
@@ -159,9 +161,23 @@ def test_broker_killed_under_load(cpipeline, cluster):
         time.sleep(BEFORE_S)
         t_kill = time.monotonic()
         cluster._run(f"kill-kafka{victim}")
-        time.sleep(OUTAGE_S)
-        # Leadership moved off the dead broker meanwhile.
-        during = partitions(admin, pipeline.topic)
+        # The cluster fences the dead broker (broker.session.timeout.ms,
+        # plus a controller election when it was the active controller)
+        # and moves its partitions; that time is Kafka's, not sluice's, and
+        # on two loaded cores it can exceed the usual 3-4 s. Poll for it.
+        def moved():
+            now = partitions(admin, pipeline.topic)
+            ok = all(now[p][0] not in (victim, -1) and victim not in now[p][2]
+                     for p in led)
+            return now if ok else None
+        during = wait_until(moved, MOVE_LIMIT_S, 0.25,
+                            message=f"partitions {led} to move off broker "
+                            f"{victim} and its replica to leave their ISR",
+                            describe=lambda: partitions(admin, pipeline.topic))
+        t_moved = time.monotonic()
+        # The outage lasts OUTAGE_S, and at least AFTER_MOVE_S past the move.
+        time.sleep(max(t_kill + OUTAGE_S, t_moved + AFTER_MOVE_S)
+                   - time.monotonic())
         t_restart = time.monotonic()
         cluster._run(f"start-kafka{victim}")
         t_back = time.monotonic()
@@ -182,9 +198,7 @@ def test_broker_killed_under_load(cpipeline, cluster):
 
     assert not bad, f"answers other than 202 or a proper 503: {bad[:5]}"
     for p in led:
-        assert during[p][0] not in (victim, -1), (
-            f"partition {p} still led by {during[p][0]} with broker "
-            f"{victim} down: {during}")
+        assert during[p][0] not in (victim, -1), (p, during)
 
     # 202s per second, relative to the kill.
     times = sorted(acked.values())
@@ -194,13 +208,18 @@ def test_broker_killed_under_load(cpipeline, cluster):
         secs[s] = secs.get(s, 0) + 1
     first_s, last_s = math.floor(t0 - t_kill), math.floor(t_end - t_kill)
     outage_s = int(t_restart - t_kill)
+    moved_s = math.ceil(t_moved - t_kill)
     per_second = [(s, secs.get(s, 0)) for s in range(first_s, last_s + 1)]
     before = sum(1 for ts in times if ts < t_kill)
     in_outage = sum(1 for ts in times if t_kill <= ts < t_restart)
     in_restart = sum(1 for ts in times if t_restart <= ts < t_isr)
     after_isr = sum(1 for ts in times if ts >= t_isr)
+    # sluice's blip: from the kill, or from the move when the cluster took
+    # longer than MAX_BLIP_S - 2 to fence the broker (metadata refresh and
+    # the first retried batch take the rest).
+    blip_from = max(0, moved_s - (MAX_BLIP_S - 2))
     gap, longest = 0, 0
-    for s in range(0, outage_s):
+    for s in range(blip_from, outage_s):
         gap = gap + 1 if secs.get(s, 0) == 0 else 0
         longest = max(longest, gap)
     summary = (f"victim broker {victim} (led partitions {led}); 202s: "
@@ -208,6 +227,7 @@ def test_broker_killed_under_load(cpipeline, cluster):
                f"{t_restart - t_kill:.1f} s outage, {in_restart} while it "
                f"restarted ({t_back - t_restart:.1f} s) and its replicas "
                f"caught up ({t_isr - t_back:.1f} s), {after_isr} after; "
+               f"partitions moved {t_moved - t_kill:.1f} s after the kill; "
                f"longest run without a 202 after the kill {longest} s; "
                f"messages that got a 503: {len(first_503)} "
                f"({sum(first_503.values())} 503s), given up {len(given_up)}; "
@@ -220,7 +240,7 @@ def test_broker_killed_under_load(cpipeline, cluster):
     # own second has the 202s that came before it, so a blip of MAX_BLIP_S
     # seconds ends with second MAX_BLIP_S.
     assert all(secs.get(s, 0) > 0
-               for s in range(MAX_BLIP_S + 1, outage_s)), summary
+               for s in range(blip_from + MAX_BLIP_S + 1, outage_s)), summary
     assert after_isr > 0, summary
     assert not given_up, summary
 
