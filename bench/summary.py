@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """make bench's one table: every figure next to its baseline from the same
-run, the ratio and the goal, gathered from bench/out/{bench,contexts,chat}.json;
+run, the ratio and the goal, gathered from bench/out/{bench,contexts,chat,invalidate}.json;
 written as bench/out/summary.json and, when matplotlib is there, as the chart
 bench/out/summary.png (ratio to goal per figure)."""
 import json
@@ -40,6 +40,14 @@ def rows():
                         "baseline_value": chat["seed_buffer_ms"],
                         "ratio": round(chat["seed_buffer_ms"] / lat[q], 1),
                         "goal": "(baseline/sluice)"})
+    inv = load("invalidate.json")
+    if inv:
+        out.append({"figure": f"invalidate {inv['conversations']} conversations",
+                    "value": inv["sluice_cache_ms"], "unit": "ms",
+                    "baseline": f"SCAN per pattern, {inv['keyspace'] // 1000}k keys",
+                    "baseline_value": inv["baseline_cache_ms"],
+                    "ratio": round(inv["baseline_cache_ms"] / max(inv["sluice_cache_ms"], 1), 1),
+                    "goal": "(baseline/sluice)"})
     return out
 
 

@@ -20,6 +20,7 @@
 
 struct cache {
 	struct event_base *base;
+	bool no_script; /* EVAL refused once: per-pattern SCANs from then on */
 	struct redis_addr addr;
 	int timeout_ms;
 	redisAsyncContext *ac;
@@ -388,9 +389,42 @@ struct run;
 
 struct scan_job {
 	struct run *run;
-	char *pattern;
+	char *pattern; /* SCAN MATCH it; for the merged job, the MATCH */
 	char cursor[32];
+	struct cache *cache;
+	char **prefixes; /* the merged job's literal prefixes, else NULL */
+	size_t n_prefixes;
 };
+
+/* Every "literal*" pattern of a run at once: Redis walks its keyspace
+ * once per invalidation instead of once per conversation (a SCAN costs
+ * Redis about 0.85 us a key whatever it matches), and UNLINKs what starts
+ * with one of the prefixes without sending the keys back. A step walks
+ * MERGED_COUNT keys, about 4 ms of Redis time, so it never holds up
+ * Redis's other clients for long. ARGV: cursor, MATCH, COUNT, prefixes.
+ * Grouping the prefixes by length makes each key one table look-up per
+ * distinct length. */
+#define MERGED_COUNT "5000"
+static const char merged_scan_lua[] =
+    "local byl = {}\n"
+    "for i = 4, #ARGV do\n"
+    "  local p = ARGV[i]\n"
+    "  local s = byl[#p]\n"
+    "  if not s then s = {}; byl[#p] = s end\n"
+    "  s[p] = true\n"
+    "end\n"
+    "local r = redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', "
+    "ARGV[3])\n"
+    "local n = 0\n"
+    "for _, k in ipairs(r[2]) do\n"
+    "  for l, s in pairs(byl) do\n"
+    "    if s[string.sub(k, 1, l)] then\n"
+    "      n = n + redis.call('UNLINK', k)\n"
+    "      break\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return {r[1], n}\n";
 
 /* One round trip's replies, gathered by the callbacks below. */
 struct run {
@@ -455,6 +489,85 @@ static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
 		job->cursor[0] = '\0'; /* done */
 }
 
+/* hiredis, on the loop: the merged SCAN step answered {cursor, removed}. */
+static void merged_cb(redisAsyncContext *ac, void *reply, void *priv)
+{
+	struct scan_job *job = priv;
+	struct run *r = job->run;
+	redisReply *rep = reply;
+
+	(void)ac;
+	r->outstanding--;
+	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+	    rep->element[0]->type != REDIS_REPLY_STRING ||
+	    rep->element[1]->type != REDIS_REPLY_INTEGER) {
+		if (rep && rep->type == REDIS_REPLY_ERROR) {
+			/* Scripting disabled or refused (ACL, an old
+			 * server): this invalidation stays owed and the next
+			 * one scans pattern by pattern. */
+			log_warn("redis: merged SCAN refused (%s); scanning "
+				 "each pattern from now on",
+				 rep->str);
+			job->cache->no_script = true;
+		}
+		r->failed = true;
+		return;
+	}
+	snprintf(job->cursor, sizeof(job->cursor), "%s", rep->element[0]->str);
+	r->removed += rep->element[1]->integer;
+	if (strcmp(job->cursor, "0") == 0)
+		job->cursor[0] = '\0'; /* done */
+}
+
+/* A "literal*" pattern's literal (glob escapes undone), or NULL when the
+ * pattern has another wildcard or does not end in one unescaped "*". */
+char *cache_prefix_of(const char *pattern)
+{
+	size_t n = strlen(pattern), o = 0;
+	char *lit = malloc(n + 1);
+
+	if (!lit)
+		abort();
+	for (size_t i = 0; i < n; i++) {
+		if (pattern[i] == '\\' && i + 1 < n) {
+			lit[o++] = pattern[++i];
+		} else if (pattern[i] == '*' && i + 1 == n) {
+			lit[o] = '\0';
+			return lit;
+		} else if (strchr("*?[]\\", pattern[i])) {
+			break;
+		} else {
+			lit[o++] = pattern[i];
+		}
+	}
+	free(lit);
+	return NULL;
+}
+
+/* The MATCH of the merged job: the prefixes' common start, escaped, then
+ * "*" (Redis filters what it can before the script looks). */
+static char *common_match(char **prefixes, size_t n)
+{
+	size_t len = strlen(prefixes[0]);
+	struct buf b;
+
+	for (size_t i = 1; i < n; i++) {
+		size_t k = 0;
+
+		while (k < len && prefixes[i][k] == prefixes[0][k])
+			k++;
+		len = k;
+	}
+	buf_init(&b);
+	for (size_t i = 0; i < len; i++) {
+		if (strchr("*?[]\\", prefixes[0][i]))
+			buf_append(&b, "\\", 1);
+		buf_append(&b, &prefixes[0][i], 1);
+	}
+	buf_puts(&b, "*");
+	return b.data;
+}
+
 /* Loop timer: Redis did not answer a round trip in time. */
 static void handle_timeout(evutil_socket_t fd, short what, void *arg)
 {
@@ -500,6 +613,35 @@ static bool await_run(struct cache *c, struct run *r)
 	return true;
 }
 
+/* EVAL of the merged step: script, no keys, cursor, MATCH, COUNT and the
+ * prefixes, with their lengths (a prefix may hold any byte). */
+static void send_merged(struct cache *c, struct run *r, struct scan_job *job)
+{
+	size_t argc = 6 + job->n_prefixes;
+	const char **argv = malloc(argc * sizeof(*argv));
+	size_t *lens = malloc(argc * sizeof(*lens));
+
+	if (!argv || !lens)
+		abort();
+	argv[0] = "EVAL";
+	argv[1] = merged_scan_lua;
+	argv[2] = "0";
+	argv[3] = job->cursor;
+	argv[4] = job->pattern;
+	argv[5] = MERGED_COUNT;
+	for (size_t i = 0; i < job->n_prefixes; i++)
+		argv[6 + i] = job->prefixes[i];
+	for (size_t i = 0; i < argc; i++)
+		lens[i] = strlen(argv[i]);
+	if (!c->ac || redisAsyncCommandArgv(c->ac, merged_cb, job, (int)argc,
+					    argv, lens) != REDIS_OK)
+		r->failed = true;
+	else
+		r->outstanding++;
+	free(argv);
+	free(lens);
+}
+
 /* One pipelined round trip per SCAN step: the first carries the exact keys'
  * UNLINK, the version bumps and every pattern's first SCAN; later ones carry
  * the UNLINK of what the previous SCANs found and their next steps. */
@@ -512,17 +654,41 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 	long long removed = 0;
 	bool ok = true, first = true, active = true;
 
+	struct strvec prefixes = {0};
+
 	for (size_t i = 0; i < in->n; i++) {
+		char *lit;
+
 		if (in->v[i].op == CACHE_KEY) {
 			strvec_push(&keys, strdup(in->v[i].key));
 		} else if (in->v[i].op == CACHE_PATTERN) {
+			lit =
+			    c->no_script ? NULL : cache_prefix_of(in->v[i].key);
+			if (lit) {
+				strvec_push(&prefixes, lit);
+				continue;
+			}
 			jobs = realloc(jobs, (n_jobs + 1) * sizeof(*jobs));
 			if (!jobs)
 				abort();
+			memset(&jobs[n_jobs], 0, sizeof(*jobs));
 			jobs[n_jobs].pattern = strdup(in->v[i].key);
 			strcpy(jobs[n_jobs].cursor, "0");
 			n_jobs++;
 		}
+	}
+	if (prefixes.n > 0) {
+		/* All the "literal*" patterns: one walk of the keyspace. */
+		jobs = realloc(jobs, (n_jobs + 1) * sizeof(*jobs));
+		if (!jobs)
+			abort();
+		memset(&jobs[n_jobs], 0, sizeof(*jobs));
+		jobs[n_jobs].pattern = common_match(prefixes.v, prefixes.n);
+		jobs[n_jobs].cache = c;
+		jobs[n_jobs].prefixes = prefixes.v;
+		jobs[n_jobs].n_prefixes = prefixes.n;
+		strcpy(jobs[n_jobs].cursor, "0");
+		n_jobs++;
 	}
 	while (ok && (active || keys.n > 0 || first)) {
 		memset(&r, 0, sizeof(r));
@@ -558,7 +724,10 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 			if (!jobs[j].cursor[0])
 				continue;
 			jobs[j].run = &r;
-			send_cmd(c, &r, scan_cb, &jobs[j], 6, argv);
+			if (jobs[j].prefixes)
+				send_merged(c, &r, &jobs[j]);
+			else
+				send_cmd(c, &r, scan_cb, &jobs[j], 6, argv);
 		}
 		ok = !r.failed && await_run(c, &r);
 		if (ok)
@@ -572,6 +741,7 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 	for (size_t j = 0; j < n_jobs; j++)
 		free(jobs[j].pattern);
 	free(jobs);
+	strvec_free(&prefixes);
 	if (ok) {
 		c->done += in->n;
 		c->removed += (unsigned long long)removed;

@@ -58,6 +58,11 @@ void cache_keys_unique(struct cache_keys *k);
 void cache_keys_clear(struct cache_keys *k);
 void cache_keys_free(struct cache_keys *k);
 
+/* The literal of a pattern that is a literal then one "*" (escapes
+ * undone), malloc'd; NULL for any other pattern. Such patterns are matched
+ * together in one walk of the keyspace. */
+char *cache_prefix_of(const char *pattern);
+
 /* "a:{x}:*, b:{x}" → templates; returns how many. */
 size_t cache_templates_parse(const char *list, char ***out);
 void cache_templates_free(char **t, size_t n);

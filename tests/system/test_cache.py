@@ -151,3 +151,68 @@ def test_redis_restart(pipeline, services):
 
     # And it goes on invalidating as usual.
     check_gone(pipeline.cid("after"))
+
+
+def _post_all(pipeline, cids):
+    for c in cids:
+        r = pipeline.ingest.post(transcript(c, [("user", "Hi")]))
+        assert r.status == 202, r
+
+
+def test_one_walk_of_the_keyspace_for_many_conversations(pipeline, services):
+    """A batch of several conversations walks Redis's keyspace once (one
+    script step per SCAN step), not once per conversation; each
+    conversation's keys go, and a conversation whose id merely starts with
+    another's keeps its own."""
+    r = services.redis()
+    base = pipeline.cid("w")
+    cids = [base + s for s in ("a", "ab", "abc", "b", "b*", "long-" * 8)]
+    mine = [k for c in cids for k in _populate(r, c, extra=200)]
+    bystanders = [k for c in (base + "abcd", base + "c", base + "b-")
+                  for k in _populate(r, c)]
+    pipeline.start_ingest()
+    _post_all(pipeline, cids)           # all waiting before the worker reads
+    r.config_resetstat()
+    pipeline.start_worker()
+    wait_until(lambda: pipeline.message_count() == len(cids), 30,
+               message=f"{len(cids)} messages in PostgreSQL")
+    wait_until(lambda: not _existing(r, mine), 10,
+               message="every cached key of the conversations to be deleted",
+               describe=lambda: f"still there: {_existing(r, mine)[:8]}")
+    gone = sorted(set(bystanders) - set(_existing(r, bystanders)))
+    assert not gone, f"keys of other conversations were deleted: {gone[:10]}"
+    stats = r.info("commandstats")
+    scans = stats.get("cmdstat_scan", {}).get("calls", 0)
+    evals = stats.get("cmdstat_eval", {}).get("calls", 0)
+    assert evals >= 1, stats
+    assert scans == evals, (
+        f"{scans} SCANs for {evals} script steps: the keyspace was walked "
+        f"more than once")
+
+
+def test_scripting_refused_falls_back_to_a_scan_per_pattern(pipeline,
+                                                            services):
+    """A Redis user that may not run scripts: the worker says so once,
+    the invalidation stays owed, and it goes pattern by pattern after."""
+    r = services.redis()
+    user = f"noscript-{pipeline.prefix}".replace(":", "-")
+    r.acl_setuser(user, enabled=True, passwords=["+s3cret-pw"], keys=["*"],
+                  channels=["*"], commands=["+@all", "-@scripting"])
+    try:
+        url = services.redis_url.replace("redis://", f"redis://{user}:s3cret-pw@")
+        cids = [pipeline.cid("n1"), pipeline.cid("n2")]
+        mine = [k for c in cids for k in _populate(r, c)]
+        pipeline.start_ingest()
+        _post_all(pipeline, cids)
+        pipeline.start_worker(redis_url=url, redis_timeout_ms=500)
+        wait_until(lambda: pipeline.message_count() == len(cids), 30,
+                   message=f"{len(cids)} messages in PostgreSQL")
+        wait_until(lambda: not _existing(r, mine), 20,
+                   message="the keys to be deleted by per-pattern SCANs",
+                   describe=lambda: f"still there: {_existing(r, mine)[:8]}"
+                   f"; worker log:\n{pipeline.worker.log_tail(10)}")
+        log = pipeline.worker.log_text()
+        assert log.count("merged SCAN refused") == 1, log[-3000:]
+        assert "s3cret-pw" not in log
+    finally:
+        r.acl_deluser(user)

@@ -17,6 +17,23 @@ static const struct {
     {"static-key", "q", "static-key", false},
 };
 
+/* Which patterns join the one walk of the keyspace, and their prefix. */
+static const struct {
+	const char *pattern, *prefix; /* NULL: scanned on its own */
+} prefixes[] = {
+    {"messages:c1:*", "messages:c1:"},
+    {"messages:a\\*b\\?\\[c\\]\\\\:*", "messages:a*b?[c]\\:"},
+    {"x:\\\\*", "x:\\"}, /* an escaped backslash, then the star */
+    {"*", ""},
+    {"x:\\*", NULL}, /* the star is escaped: an exact key */
+    {"a*b*", NULL},
+    {"a?*", NULL},
+    {"a[bc]*", NULL},
+    {"messages:c1", NULL},
+    {"", NULL},
+    {"trailing\\", NULL},
+};
+
 int main(void)
 {
 	char err[128];
@@ -30,6 +47,16 @@ int main(void)
 
 		CHECK_STR(got, cases[i].want, cases[i].tmpl);
 		CHECK(pattern == cases[i].pattern, "case %zu pattern flag", i);
+		free(got);
+	}
+	for (size_t i = 0; i < sizeof(prefixes) / sizeof(prefixes[0]); i++) {
+		char *got = cache_prefix_of(prefixes[i].pattern);
+
+		if (prefixes[i].prefix)
+			CHECK_STR(got, prefixes[i].prefix, prefixes[i].pattern);
+		else
+			CHECK(got == NULL, "%s: prefix %s", prefixes[i].pattern,
+			      got);
 		free(got);
 	}
 	base = event_base_new();
