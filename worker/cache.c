@@ -398,7 +398,7 @@ struct scan_job {
 
 /* Every "literal*" pattern of a run at once: Redis walks its keyspace
  * once per invalidation instead of once per conversation (a SCAN costs
- * Redis about 0.85 us a key whatever it matches), and UNLINKs what starts
+ * Redis 0.4-0.9 us a key whatever it matches), and UNLINKs what starts
  * with one of the prefixes without sending the keys back. A step walks
  * MERGED_COUNT keys, about 4 ms of Redis time, so it never holds up
  * Redis's other clients for long. ARGV: cursor, MATCH, COUNT, prefixes.
@@ -614,14 +614,13 @@ static bool await_run(struct cache *c, struct run *r)
 }
 
 /* EVAL of the merged step: script, no keys, cursor, MATCH, COUNT and the
- * prefixes, with their lengths (a prefix may hold any byte). */
+ * prefixes. */
 static void send_merged(struct cache *c, struct run *r, struct scan_job *job)
 {
 	size_t argc = 6 + job->n_prefixes;
 	const char **argv = malloc(argc * sizeof(*argv));
-	size_t *lens = malloc(argc * sizeof(*lens));
 
-	if (!argv || !lens)
+	if (!argv)
 		abort();
 	argv[0] = "EVAL";
 	argv[1] = merged_scan_lua;
@@ -631,15 +630,8 @@ static void send_merged(struct cache *c, struct run *r, struct scan_job *job)
 	argv[5] = MERGED_COUNT;
 	for (size_t i = 0; i < job->n_prefixes; i++)
 		argv[6 + i] = job->prefixes[i];
-	for (size_t i = 0; i < argc; i++)
-		lens[i] = strlen(argv[i]);
-	if (!c->ac || redisAsyncCommandArgv(c->ac, merged_cb, job, (int)argc,
-					    argv, lens) != REDIS_OK)
-		r->failed = true;
-	else
-		r->outstanding++;
+	send_cmd(c, r, merged_cb, job, (int)argc, argv);
 	free(argv);
-	free(lens);
 }
 
 /* One pipelined round trip per SCAN step: the first carries the exact keys'
