@@ -16,6 +16,10 @@ BATCHES = 20
 PER_BATCH = 50
 KILLS = 3
 REPOST_EVERY = 4     # every 4th batch is posted twice, as a retrying sender
+# The last batches wait until the last kill has happened: a restarted worker
+# drains its backlog in a fraction of a second, and without this hold the
+# last kill could land after the run had already finished.
+HELD = 4
 
 
 @pytest.mark.parametrize("source", ["http", "postgres"])
@@ -63,10 +67,13 @@ def test_kill_9_mid_run(pipeline, services, leadstub, source):
     ingest = campaign_ingest(pipeline)
 
     errors = []
+    killed = threading.Event()
 
     def send():
         try:
             for i, body in enumerate(bodies):
+                if i == BATCHES - HELD:
+                    assert killed.wait(120), "the kills never finished"
                 post_batch(ingest, body)
                 if i % REPOST_EVERY == 0:
                     post_batch(ingest, body)
@@ -79,6 +86,7 @@ def test_kill_9_mid_run(pipeline, services, leadstub, source):
 
     rnd = random.Random(0xCA4)
     kills = []
+    assert 650 < (BATCHES - HELD) * PER_BATCH, "a kill point is held back"
     for k, at in enumerate((150, 400, 650)[:KILLS]):
         deadline = time.monotonic() + 60
         while row_count(services, run) < at:
@@ -92,6 +100,7 @@ def test_kill_9_mid_run(pipeline, services, leadstub, source):
         kills.append((round(time.monotonic() - t0, 2),
                       row_count(services, run)))
         pipeline.restart(worker)
+    killed.set()
 
     sender.join(120)
     assert not sender.is_alive() and not errors, errors
