@@ -299,13 +299,17 @@ def test_two_workers_share_one_cold_lead(pipeline, services, leadstub):
     inbox = add_inbox(services, uid("inbox-"))
     shared = f"{pipeline.prefix}shared"
     leadstub.set(shared, {"lead": {"name": "Shared"}})
-    leadstub.set_delay(shared, 1.0)
+    # The fetch lasts long enough (3 s) that the second worker reaches the
+    # lead while it is in flight even on a slow, loaded box; a shorter one
+    # let the second worker find the filled cache instead of the lease.
+    leadstub.set_delay(shared, 3.0)
     own = {}
     for tag in ("a", "b"):
         own[tag] = f"{pipeline.prefix}own-{tag}"
         leadstub.set(own[tag], {"lead": {"name": f"Own{tag}"}})
-    a = Pair(pipeline, "a", leadstub, wait=False)
-    b = Pair(pipeline, "b", leadstub, wait=False)
+    slow = {"lead_context__timeout_ms": 15000, "lead_context__lease_ms": 15000}
+    a = Pair(pipeline, "a", leadstub, worker_over=slow, wait=False)
+    b = Pair(pipeline, "b", leadstub, worker_over=slow, wait=False)
     a.worker.wait_log(r"assigned")
     b.worker.wait_log(r"assigned")
 

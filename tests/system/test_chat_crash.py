@@ -19,12 +19,17 @@ PER_SENDER = 40                 # 2,000 messages
 THREADS = 10                    # each owns SENDERS / THREADS people
 PACE_S = 0.1                    # pause between one thread's webhooks
 KILLS_AT = (300, 800, 1300)     # stored messages at which to kill -9
+# Each thread sends its last quarter of messages only after the last kill: a
+# restarted worker drains its backlog fast, and without this hold the last
+# kill could land after everything had been stored.
+HELD_SHARE = 0.25
 TWO_SENDERS = 0.3               # share of webhooks carrying two people
 
 
 def _plan(rnd, biz, senders, ts0):
-    """The webhooks of one thread (raw bodies, in sending order) and, per
-    sender, the message ids in the order sent."""
+    """The webhooks of one thread (raw bodies with their number of people
+    and of messages, in sending order) and, per sender, the message ids in
+    the order sent."""
     queues = {}
     order = {}
     for s in senders:
@@ -55,7 +60,7 @@ def _plan(rnd, biz, senders, ts0):
                 merged.append(part2[j])
                 j += 1
         bodies.append((raw(webhook(biz, merged)),
-                       len({m["from"] for m in merged})))
+                       len({m["from"] for m in merged}), len(merged)))
     return bodies, order
 
 
@@ -74,8 +79,18 @@ def test_kill_9_mid_stream(pipeline, services):
         plans.append(bodies)
         order.update(o)
     assert sum(len(v) for v in order.values()) == total
-    assert any(n == 2 for p in plans for _, n in p)
-    want_records = sum(n for p in plans for _, n in p)
+    assert any(n == 2 for p in plans for _, n, _m in p)
+    want_records = sum(n for p in plans for _, n, _m in p)
+    held_from = []                  # per thread: the first body held back
+    for p in plans:
+        mine, upto = sum(m for _, _n, m in p), 0
+        for i, (_, _n, m) in enumerate(p):
+            if upto >= (1 - HELD_SHARE) * mine:
+                break
+            upto += m
+        held_from.append(i)
+    unheld = sum(m for p, h in zip(plans, held_from) for _, _n, m in p[:h])
+    assert KILLS_AT[-1] < unheld < total, (unheld, KILLS_AT)
 
     # A killed worker may hold a lead-lookup lease: keep its wait short.
     crash_tuning = {"lead_context__lease_ms": 1000,
@@ -113,11 +128,14 @@ def test_kill_9_mid_stream(pipeline, services):
     # -- The senders.
     send_errors = []
     statuses = Counter()
+    killed = threading.Event()
 
     def send(t):
         client = Client(ingest.port, timeout=30)
         try:
-            for body, _n in plans[t]:
+            for i, (body, _n, _m) in enumerate(plans[t]):
+                if i == held_from[t]:
+                    assert killed.wait(120), "the kills never finished"
                 for attempt in range(20):
                     r = client.post(body, retries=3, source=CHAT_SOURCE)
                     statuses[r.status] += 1
@@ -155,6 +173,7 @@ def test_kill_9_mid_stream(pipeline, services):
         kills.append((round(time.monotonic() - t0, 2),
                       message_count(services, biz)))
         pipeline.restart(worker)
+    killed.set()
 
     for th in threads:
         th.join(90)

@@ -195,7 +195,9 @@ def test_rate_limit_per_source(pipeline, services):
     conn = http.client.HTTPConnection("127.0.0.1", ingest.port, timeout=10)
     statuses = []
     t0 = time.monotonic()
-    for i in range(105):
+    # 130 requests: even at 30 ms per acknowledged request the refill (one
+    # token every 0.6 s) cannot keep up with them.
+    for i in range(130):
         body = json.dumps(transcript(pipeline.cid(f"r{i}"), [("user", "x")]))
         conn.request("POST", "/v1/webhooks/tavus", body,
                      {"Content-Type": "application/json"})
@@ -295,7 +297,9 @@ def test_kafka_outage_under_load_answers_by_the_deadline(pipeline, services):
         assert all(s == 503 for _, s in times), sorted(set(
             s for _, s in times))
         worst = max(t for t, _ in times)
-        assert worst < deadline_ms / 1000 + 0.5, (
+        # 2 s of slack for 20 Python threads on a loaded box; the defect
+        # this guards against answered after 8-15 s.
+        assert worst < deadline_ms / 1000 + 2.0, (
             f"slowest 503 after {worst:.2f} s, deadline {deadline_ms} ms")
     finally:
         services.start_kafka()
@@ -319,3 +323,4 @@ def test_topic_record_limit_is_413(pipeline, services):
     ok = ingest.post(transcript(pipeline.cid("ok"), [("user", "x" * 50_000)]))
     assert ok.status == 202, ok
     assert services.topic_count(pipeline.topic) == 1
+

@@ -74,8 +74,9 @@ def test_probes_and_metrics_match_postgres(pipeline, services):
         if r.elapsed > 0.05:
             slow.append(round(r.elapsed * 1000))
         time.sleep(0.01)
-    # (A blocking 100 ms poll made the median about 90 ms.)
-    assert len(slow) <= 5, f"idle /healthz answers over 50 ms: {slow} ms"
+    # (A blocking 100 ms poll made the median about 90 ms; a loaded box
+    # makes a few answers slow, not the median.)
+    assert len(slow) <= 15, f"idle /healthz answers over 50 ms: {slow} ms"
 
     # N transcripts of M entries through a real ingest.
     N, M = 12, 3
@@ -172,7 +173,7 @@ def test_lead_context_metrics_and_answers_during_lookups(pipeline, services,
     leads = [f"{pipeline.prefix}L{i}" for i in range(L)]
     for i, lead in enumerate(leads):
         leadstub.set(lead, {"lead": {"name": f"Name{i}"}})
-    leadstub.delay = 0.5
+    leadstub.delay = 1.0
     http_worker(pipeline, leadstub, lead_context__concurrency=K,
                 listen=listen)
     ingest = campaign_ingest(pipeline)
@@ -181,8 +182,9 @@ def test_lead_context_metrics_and_answers_during_lookups(pipeline, services,
     post_batch(ingest, batch(run, [msg(f"{run}-a{i}", lead)
                                    for i, lead in enumerate(leads)], inbox,
                              run_total=2 * L))
-    # While the batch waits on its lookups (two waves of 0.5 s), the
-    # endpoint is served by the same loop.
+    # While the batch waits on its lookups (two waves of 1 s), the
+    # endpoint is served by the same loop: a loop blocked on a lookup would
+    # answer after up to 1 s.
     wait_until(lambda: leadstub.in_flight() > 0, 10, 0.01,
                "the worker's lookups to reach the stub")
     times = []
