@@ -31,6 +31,21 @@ bool kafka_conf_apply(rd_kafka_conf_t *conf, const struct cfg_kv *kv,
 	return true;
 }
 
+/* Runs on the thread that calls rd_kafka_poll()/rd_kafka_flush() on the
+ * producer: its owner's. */
+static void deliveries_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
+			  void *opaque)
+{
+	struct kafka_deliveries *d = opaque;
+
+	(void)rk;
+	if (m->err) {
+		d->failed++;
+		log_warn("%s delivery failed: %s", d->what,
+			 rd_kafka_err2str(m->err));
+	}
+}
+
 rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
 			     size_t errstr_size)
 {
@@ -57,6 +72,10 @@ rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
 	}
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_opaque(conf, spec->opaque);
+	if (spec->deliveries) {
+		rd_kafka_conf_set_opaque(conf, spec->deliveries);
+		rd_kafka_conf_set_dr_msg_cb(conf, deliveries_cb);
+	}
 	if (spec->callbacks)
 		spec->callbacks(conf);
 	rk = rd_kafka_new(spec->type, conf, err, sizeof(err));

@@ -31,6 +31,13 @@ bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
 		    char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* A side producer's delivery failures since its owner last looked (its
+ * flush): what a producer that only needs "did everything arrive" counts. */
+struct kafka_deliveries {
+	const char *what; /* "dead-letter", prefixes the log line */
+	int failed;
+};
+
 /* What differs between sluice's Kafka clients; kafka_client_new() does the
  * rest the same way for all (bootstrap servers, client id, the kafka.*
  * passthrough, log routing, opaque). */
@@ -46,6 +53,9 @@ struct kafka_client_spec {
 	bool connection_only;
 	void *opaque;
 	void (*callbacks)(rd_kafka_conf_t *conf); /* optional */
+	/* Producers: count failed deliveries there. It becomes the client's
+	 * opaque, so it excludes .opaque and a dr_msg_cb of .callbacks. */
+	struct kafka_deliveries *deliveries;
 };
 
 rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,

@@ -12,26 +12,10 @@
 struct dlq {
 	rd_kafka_t *rk;
 	char *topic;
-	int failed; /* delivery failures since the last flush */
+	/* Failures since the last flush, counted on the worker thread (from
+	 * rd_kafka_flush()/rd_kafka_poll()). */
+	struct kafka_deliveries dr;
 };
-
-/* Runs on the worker thread, from rd_kafka_flush()/rd_kafka_poll(). */
-static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-	struct dlq *d = opaque;
-
-	(void)rk;
-	if (m->err) {
-		d->failed++;
-		log_warn("dead-letter delivery failed: %s",
-			 rd_kafka_err2str(m->err));
-	}
-}
-
-static void dlq_callbacks(rd_kafka_conf_t *conf)
-{
-	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-}
 
 struct dlq *dlq_new(const char *brokers, const char *topic,
 		    const struct cfg_kv *kafka, int partitions, char *errstr,
@@ -48,13 +32,13 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 	    .settings = settings,
 	    .passthrough = kafka,
 	    .connection_only = true,
-	    .opaque = d,
-	    .callbacks = dlq_callbacks,
+	    .deliveries = &d->dr,
 	};
 	char err[512];
 
 	if (!d)
 		abort();
+	d->dr.what = "dead-letter";
 	d->rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!d->rk) {
 		free(d);
@@ -101,7 +85,7 @@ bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason)
 				RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
 	if (err) {
 		rd_kafka_headers_destroy(h);
-		d->failed++;
+		d->dr.failed++;
 		return false;
 	}
 	log_ctx_warn(origin, "dead-lettered to %s: %s", d->topic, reason);
@@ -113,7 +97,7 @@ bool dlq_flush(struct dlq *d, int timeout_ms)
 	bool ok;
 
 	rd_kafka_flush(d->rk, timeout_ms);
-	ok = d->failed == 0 && rd_kafka_outq_len(d->rk) == 0;
-	d->failed = 0;
+	ok = d->dr.failed == 0 && rd_kafka_outq_len(d->rk) == 0;
+	d->dr.failed = 0;
 	return ok;
 }

@@ -33,28 +33,12 @@ struct redrive {
 	rd_kafka_t *consumer, *producer;
 	struct rdpart *parts;
 	int n;
-	int delivery_failed; /* since the last flush */
+	/* Failures since the last flush, counted on the main thread (from
+	 * rd_kafka_flush()). */
+	struct kafka_deliveries dr;
 	unsigned long long read, sent, dead, unknown;
 	char errstr[512];
 };
-
-/* Runs on the main thread, from rd_kafka_flush(). */
-static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
-{
-	struct redrive *r = opaque;
-
-	(void)rk;
-	if (m->err) {
-		r->delivery_failed++;
-		log_warn("redrive: delivery failed: %s",
-			 rd_kafka_err2str(m->err));
-	}
-}
-
-static void producer_callbacks(rd_kafka_conf_t *conf)
-{
-	rd_kafka_conf_set_dr_msg_cb(conf, dr_msg_cb);
-}
 
 static struct rdpart *part_find(struct redrive *r, int32_t id)
 {
@@ -235,11 +219,11 @@ static bool confirm_and_commit(struct redrive *r)
 	if (r->o->dry_run)
 		return true;
 	rd_kafka_flush(r->producer, 30000);
-	if (r->delivery_failed || rd_kafka_outq_len(r->producer) > 0) {
+	if (r->dr.failed || rd_kafka_outq_len(r->producer) > 0) {
 		snprintf(r->errstr, sizeof(r->errstr),
 			 "Kafka did not confirm %d records sent back; the "
 			 "redrive position is not moved",
-			 r->delivery_failed + rd_kafka_outq_len(r->producer));
+			 r->dr.failed + rd_kafka_outq_len(r->producer));
 		return false;
 	}
 	l = rd_kafka_topic_partition_list_new(r->n);
@@ -303,7 +287,7 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 				   "enable.partition.eof",
 				   "true",
 				   NULL};
-	struct redrive r = {.cfg = cfg, .o = o};
+	struct redrive r = {.cfg = cfg, .o = o, .dr = {.what = "redrive"}};
 	struct kafka_client_spec cspec = {
 	    .type = RD_KAFKA_CONSUMER,
 	    .what = "redrive consumer",
@@ -321,8 +305,7 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 	    .settings = psettings,
 	    .passthrough = cfg->kafka,
 	    .connection_only = true,
-	    .opaque = &r,
-	    .callbacks = producer_callbacks,
+	    .deliveries = &r.dr,
 	};
 	int rc = 1;
 
