@@ -188,6 +188,7 @@ def test_one_walk_of_the_keyspace_for_many_conversations(pipeline, services):
     assert scans == evals, (
         f"{scans} SCANs for {evals} script steps: the keyspace was walked "
         f"more than once")
+    assert "cmdstat_keys" not in stats, stats["cmdstat_keys"]
 
 
 def test_scripting_refused_falls_back_to_a_scan_per_pattern(pipeline,

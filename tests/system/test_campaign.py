@@ -293,6 +293,28 @@ def test_finished_exactly_at_run_total(pipeline, services):
         rr["finished_at"], last)
 
 
+def test_default_concurrency_is_five(pipeline, services, leadstub):
+    """Without lead_context.concurrency, at most 5 lookups are in flight,
+    and the source does see 5 at once (a batch does not go one by one)."""
+    inbox = add_inbox(services, uid("inbox-"))
+    leads = [f"{pipeline.prefix}D{i}" for i in range(20)]
+    for i, lead in enumerate(leads):
+        leadstub.set(lead, {"lead": {"name": f"D{i}"}})
+    leadstub.delay = 0.3
+    worker = http_worker(pipeline, leadstub)
+    ingest = campaign_ingest(pipeline)
+    run = uid("run-")
+    post_batch(ingest, batch(run, [msg(f"{run}-{i}", lead) for i, lead in
+                                   enumerate(leads)], inbox))
+    got = wait_rows(services, run, len(leads), timeout=60, worker=worker)
+    assert all(r["status"] == "ready" for r in got.values()), got
+    snap = leadstub.snapshot()
+    assert all(leadstub.calls_for(lead) == 1 for lead in leads), snap["calls"]
+    assert snap["peak"] == 5, (
+        f"peak lookups in flight {snap['peak']} with the default "
+        "lead_context.concurrency (5)")
+
+
 def test_two_workers_share_one_cold_lead(pipeline, services, leadstub):
     """Two workers (own groups, own topics) take the same cold lead at the
     same moment: one lease, one fetch, both outcomes ready."""

@@ -627,3 +627,41 @@ def test_same_instance_id_twice(pipeline):
         first.log_text()), first.log_tail()
     assert not first.crash_lines(), first.log_tail(60)
     second.assert_alive()
+
+
+# ---------------------------------------------------------------- protocol
+
+def test_cooperative_rebalance_moves_only_what_changes_hands(pipeline,
+                                                             services):
+    """The group speaks cooperative-sticky: when a second worker joins, the
+    first gives up only the partitions that move to it and keeps working on
+    the others (an eager protocol revokes all six, then reassigns)."""
+    from confluent_kafka.admin import AdminClient
+    group = f"{pipeline.group}_coop"
+    over = dict(topic_partitions=6, group_id=group, **GROUP_TUNING)
+    a = pipeline.start_worker(**over)
+    wait_until(lambda: len(assigned_partitions(a)) == 6, 60, 0.2,
+               "the first worker to hold all six partitions")
+    mark = len(a.log.read_bytes())
+    b = pipeline.start_worker(**over)
+
+    def split():
+        pa, pb = assigned_partitions(a), assigned_partitions(b)
+        return pa and pb and not (pa & pb) and len(pa | pb) == 6
+    wait_until(split, 60, 0.2, "two members sharing six partitions")
+    moved = assigned_partitions(b)
+    after = a.log.read_bytes()[mark:].decode("utf-8", "replace")
+    revoked = [int(p) for m in re.finditer(
+        r"revoked \d+ partitions[^:]*:(.*)", after)
+        for p in re.findall(r"\[(\d+)\]", m.group(1))]
+    assert sorted(revoked) == sorted(moved), (
+        f"the first worker revoked {sorted(revoked)} while only "
+        f"{sorted(moved)} moved")
+
+    admin = AdminClient({"bootstrap.servers": services.brokers})
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    assert desc.partition_assignor == "cooperative-sticky", (
+        desc.partition_assignor)
+    assert len(desc.members) == 2, desc.members
+    assert a.stop() == 0, a.log_tail()
+    assert b.stop() == 0, b.log_tail()

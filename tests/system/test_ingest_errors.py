@@ -238,3 +238,54 @@ def test_boundaries_accepted(pipeline, services):
     assert not failures, "\n".join(failures)
     n = services.topic_count(pipeline.topic)
     assert n == len(accepted), f"{len(accepted)} accepted, {n} records"
+
+
+def test_a_source_goes_unsigned_only_when_configured(pipeline, tmp_path):
+    """The daemon refuses to start with a source that says nothing of its
+    signature, or that names a scheme but gives no usable secret; it names
+    the source and the setting, never the secret, and leaves the port
+    free. `signature = none` is the one way to accept unsigned requests."""
+    import socket
+    import subprocess
+
+    from conftest import BUILD_DIR, _format_config
+    base = pipeline.ingest_settings()
+    listen = base["listen"]
+    host, port = listen.rsplit(":", 1)
+    bad = {
+        "no signature setting": (
+            {"source.nosig.kind": "transcript"},
+            "source nosig: signature must be set"),
+        "standard-webhooks without a secret": (
+            {"source.nosecret.kind": "transcript",
+             "source.nosecret.signature": "standard-webhooks"},
+            "source nosecret: signature standard-webhooks needs secret"),
+        "empty secret": (
+            {"source.empty.kind": "transcript",
+             "source.empty.signature": "standard-webhooks",
+             "source.empty.secret": ""},
+            "source empty:"),
+        "secret that is not whsec_ base64": (
+            {"source.garbled.kind": "transcript",
+             "source.garbled.signature": "standard-webhooks",
+             "source.garbled.secret": "whsec_%%%not-base64%%%"},
+            "source garbled:"),
+    }
+    for what, (over, want) in bad.items():
+        cfg = tmp_path / "bad.conf"
+        cfg.write_text(_format_config(dict(base, **over)))
+        r = subprocess.run([str(BUILD_DIR / "sluice-ingest"), "-c", str(cfg)],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode != 0, f"{what}: started:\n{r.stderr[-2000:]}"
+        assert want in r.stderr, f"{what}: {want!r} not in:\n{r.stderr}"
+        assert "not-base64" not in r.stderr, f"{what}: secret in the log"
+        with socket.socket() as s:
+            s.settimeout(1)
+            assert s.connect_ex((host, int(port))) != 0, (
+                f"{what}: something listens on {listen}")
+    # The explicit way: an unsigned source starts and accepts.
+    ingest = pipeline.start_ingest(source__open__kind="transcript",
+                                   source__open__signature="none")
+    cid = pipeline.cid("open")
+    r = ingest.post(transcript(cid, [("user", "Hi")]), source="open")
+    assert r.status == 202, r

@@ -324,3 +324,51 @@ def test_topic_record_limit_is_413(pipeline, services):
     assert ok.status == 202, ok
     assert services.topic_count(pipeline.topic) == 1
 
+
+def test_readyz_unready_while_inflight_is_full(pipeline, services):
+    """/readyz answers 503 while max_inflight records wait for Kafka (the
+    broker up, the producer holding them back: linger.ms 8 s), a further
+    POST gets 503 at once, the waiting ones get 503 at their deadline,
+    never a 202. Their records still count until Kafka reports on them
+    (the producer's queue is what max_inflight bounds); then /readyz is
+    200 again and the late reports are counted."""
+    import threading
+    deadline_ms = 3000
+    ingest = pipeline.start_ingest(max_inflight=3,
+                                   delivery_timeout_ms=deadline_ms,
+                                   kafka__linger__ms=8000,
+                                   kafka__message__timeout__ms=60000)
+    results, errors = [], []
+
+    def send(i):
+        try:
+            results.append(ingest.post(
+                transcript(pipeline.cid(f"w{i}"), [("user", "x")]),
+                timeout=30).status)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(3)]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    r = wait_until(lambda: (lambda r: r.status == 503 and r)(
+                       ingest.request("GET", "/readyz")), deadline_ms / 1000,
+                   0.05, "/readyz to answer 503 with three in flight")
+    assert r.json["inflight"] == 3 and r.json["kafka"] is True, r.json
+    assert r.json["status"] == "unavailable", r.json
+    over = ingest.post(transcript(pipeline.cid("x"), [("user", "x")]))
+    assert over.status == 503, over
+    assert over.json["error"] == "unavailable", over.json
+    assert "in flight" in over.json["message"], over.json
+    assert time.monotonic() - t0 < deadline_ms / 1000, (
+        "the fourth POST was not refused before the deadline")
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert results == [503] * 3, f"answers to the unconfirmed: {results}"
+    wait_until(lambda: ingest.request("GET", "/readyz").status == 200, 30,
+               0.1, "/readyz to be 200 once Kafka reported on the records",
+               describe=lambda: ingest.request("GET", "/readyz"))
+    assert ingest.request("GET", "/readyz").json["inflight"] == 0
+    assert _metric(ingest, "sluice_ingest_late_deliveries_total") == 3
+    assert services.topic_count(pipeline.topic) == 3
