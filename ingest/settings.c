@@ -1,6 +1,7 @@
 /* sluice-ingest's settings: the table of every key, and the sources. */
 #include "settings.h"
 
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -227,37 +228,48 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 }
 
 /* "whsec_<base64>" → raw key bytes. */
+/* whsec_<base64>, the prefix optional and the padding too: the Standard
+ * Webhooks reference libraries pad an unpadded secret before decoding it,
+ * so a secret they accept is accepted here. */
 static bool source_decode_secret(struct source *src, const char *secret,
 				 char *errstr, size_t errstr_size)
 {
-	const char *b64 = secret;
-	size_t len, outlen;
-	int n;
+	const char *text = secret;
+	char *b64;
+	size_t len, padded;
 
-	if (strncmp(b64, "whsec_", 6) == 0)
-		b64 += 6;
-	len = strlen(b64);
-	if (len == 0 || len % 4 != 0) {
+	if (strncmp(text, "whsec_", 6) == 0)
+		text += 6;
+	len = strlen(text);
+	while (len > 0 && text[len - 1] == '=')
+		len--;
+	/* 4n+1 characters cannot be base64 of anything. */
+	if (len == 0 || len % 4 == 1 || len > 4096) {
 		snprintf(errstr, errstr_size,
 			 "source %s: secret is not whsec_<base64>", src->name);
 		return false;
 	}
-	src->key = malloc(len);
-	if (!src->key)
+	padded = (len + 3) / 4 * 4;
+	b64 = malloc(padded + 1);
+	src->key = malloc(padded);
+	if (!b64 || !src->key)
 		abort();
-	n = EVP_DecodeBlock(src->key, (const unsigned char *)b64, (int)len);
-	if (n < 0) {
+	memcpy(b64, text, len);
+	memset(b64 + len, '=', padded - len);
+	b64[padded] = '\0';
+	if (EVP_DecodeBlock(src->key, (const unsigned char *)b64, (int)padded) <
+	    0) {
 		snprintf(errstr, errstr_size,
 			 "source %s: secret is not valid base64", src->name);
+		OPENSSL_cleanse(b64, padded);
+		free(b64);
 		return false;
 	}
-	outlen = (size_t)n;
-	/* EVP_DecodeBlock counts padding bytes as output. */
-	if (b64[len - 1] == '=')
-		outlen--;
-	if (b64[len - 2] == '=')
-		outlen--;
-	src->key_len = outlen;
+	OPENSSL_cleanse(b64, padded);
+	free(b64);
+	/* EVP_DecodeBlock counts the padding as output; these are the bytes
+	 * the characters carry. */
+	src->key_len = len * 3 / 4;
 	return true;
 }
 
