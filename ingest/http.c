@@ -475,13 +475,34 @@ static void publish_chat(struct ingest *ing, struct evhttp_request *req,
 /* Every POST that becomes a Kafka record: the checks all kinds share,
  * cheapest first, then the kind's own, then the record. campaign_id is the
  * path's for campaign batches, NULL otherwise. */
+/* Standard Webhooks' three headers. Senders built on Svix, where the
+ * scheme comes from, name them svix-id, svix-timestamp and svix-signature
+ * with the same meaning and signature; those are taken, as a set, when
+ * webhook-id is absent (as Svix's own verifiers do). */
+struct sw_headers {
+	const char *id, *timestamp, *signature;
+};
+
+static void sw_headers_find(struct evkeyvalq *in, struct sw_headers *h)
+{
+	h->id = evhttp_find_header(in, "webhook-id");
+	if (h->id || !(h->id = evhttp_find_header(in, "svix-id"))) {
+		h->timestamp = evhttp_find_header(in, "webhook-timestamp");
+		h->signature = evhttp_find_header(in, "webhook-signature");
+	} else {
+		h->timestamp = evhttp_find_header(in, "svix-timestamp");
+		h->signature = evhttp_find_header(in, "svix-signature");
+	}
+}
+
 static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 			   struct source *src, const char *campaign_id)
 {
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
 	struct evbuffer *body = evhttp_request_get_input_buffer(req);
 	size_t len = evbuffer_get_length(body);
-	const char *whid = evhttp_find_header(in, "webhook-id");
+	struct sw_headers sw;
+	const char *whid;
 	char path[256], msg[256], request_id[40], gen_id[40];
 	const char *data, *end;
 	struct extracted ex;
@@ -489,6 +510,8 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	rd_kafka_resp_err_t err;
 	cJSON *doc;
 
+	sw_headers_find(in, &sw);
+	whid = sw.id;
 	if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Allow", "POST");
@@ -544,10 +567,8 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	data = (const char *)evbuffer_pullup(body, -1);
 	if (src->signature == SIG_STANDARD_WEBHOOKS) {
 		enum verify_result vr = verify_signature(
-		    src->key, src->key_len, whid,
-		    evhttp_find_header(in, "webhook-timestamp"),
-		    evhttp_find_header(in, "webhook-signature"), data, len,
-		    util_now_ms() / 1000);
+		    src->key, src->key_len, whid, sw.timestamp, sw.signature,
+		    data, len, util_now_ms() / 1000);
 
 		if (vr != VERIFY_OK) {
 			reply_error(ing, req, 401, "bad_signature",

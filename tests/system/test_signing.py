@@ -94,3 +94,35 @@ def test_reference_signer_refusals(pipeline):
         assert r.json["error"], r.json
     assert pipeline.services.topic_count(pipeline.topic) == 1
 
+
+def test_svix_header_names(pipeline):
+    """A sender built on Svix sends the same scheme under svix-* names."""
+    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
+    ingest = pipeline.start_ingest(
+        source__svix__kind="transcript",
+        source__svix__signature="standard-webhooks",
+        source__svix__secret=secret)
+    cid = pipeline.cid("svix")
+    body = json.dumps(transcript(cid, [("user", "Hi")])).encode()
+    h = {k.replace("webhook-", "svix-"): v
+         for k, v in _signed(secret, body).items()}
+    r = ingest.post(body, source="svix", headers=h)
+    assert r.status == 202, r
+    assert r.json["id"] == h["svix-id"], r.json
+    rec = [m for m in pipeline.services.topic_records(pipeline.topic)
+           if m["key"] == cid.encode()]
+    assert len(rec) == 1 and rec[0]["value"] == body
+    assert rec[0]["headers"]["webhook-id"] == h["svix-id"].encode()
+    # The names are one set: a svix-id with webhook-* signature headers
+    # (or the other way round) is not mixed into one verification.
+    h2 = _signed(secret, body)
+    mixed = {"svix-id": h2["webhook-id"],
+             "webhook-timestamp": h2["webhook-timestamp"],
+             "webhook-signature": h2["webhook-signature"]}
+    r = ingest.post(body, source="svix", headers=mixed)
+    assert r.status == 401, r
+    # Both present: the webhook-* set is the one verified.
+    both = dict(h2, **{"svix-id": "msg_other", "svix-signature": "v1,AAAA"})
+    r = ingest.post(body, source="svix", headers=both)
+    assert r.status == 202, r
+    assert r.json["id"] == h2["webhook-id"], r.json
