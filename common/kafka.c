@@ -219,3 +219,18 @@ int kafka_topic_config_max_bytes(rd_kafka_queue_t *q, long *max)
 	rd_kafka_event_destroy(ev);
 	return ret;
 }
+
+rd_kafka_resp_err_t kafka_produce_copy(rd_kafka_t *rk, const char *topic,
+				       const rd_kafka_message_t *m,
+				       rd_kafka_headers_t *h)
+{
+	rd_kafka_resp_err_t err = rd_kafka_producev(
+	    rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_KEY(m->key, m->key_len),
+	    RD_KAFKA_V_VALUE(m->payload, m->len),
+	    RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_HEADERS(h),
+	    RD_KAFKA_V_END);
+
+	if (err)
+		rd_kafka_headers_destroy(h);
+	return err;
+}

@@ -78,6 +78,12 @@ rd_kafka_queue_t *kafka_topic_config_ask(rd_kafka_t *rk, const char *topic,
  * topic's max.message.bytes, -1 the request failed. */
 int kafka_topic_config_max_bytes(rd_kafka_queue_t *q, long *max);
 
+/* Produces a copy of m's key and value to topic with headers h, which rk
+ * owns from then on; on failure h is destroyed here. */
+rd_kafka_resp_err_t kafka_produce_copy(rd_kafka_t *rk, const char *topic,
+				       const rd_kafka_message_t *m,
+				       rd_kafka_headers_t *h);
+
 /* The value of header name as a NUL-terminated copy in out ("" if absent). */
 bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
 		  size_t outsz);

@@ -78,13 +78,8 @@ bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason)
 		 (long long)m->offset);
 	rd_kafka_header_add(h, HDR_DLQ_REASON, -1, reason, -1);
 	rd_kafka_header_add(h, HDR_DLQ_ORIGIN, -1, origin, -1);
-	err = rd_kafka_producev(d->rk, RD_KAFKA_V_TOPIC(d->topic),
-				RD_KAFKA_V_KEY(m->key, m->key_len),
-				RD_KAFKA_V_VALUE(m->payload, m->len),
-				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-				RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+	err = kafka_produce_copy(d->rk, d->topic, m, h);
 	if (err) {
-		rd_kafka_headers_destroy(h);
 		d->dr.failed++;
 		return false;
 	}

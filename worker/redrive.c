@@ -193,13 +193,8 @@ static bool redrive_one(struct redrive *r, const rd_kafka_message_t *m)
 	if (r->o->dry_run)
 		return true;
 	h = headers_back(m, attempts + 1, where);
-	err = rd_kafka_producev(r->producer, RD_KAFKA_V_TOPIC(origin),
-				RD_KAFKA_V_KEY(m->key, m->key_len),
-				RD_KAFKA_V_VALUE(m->payload, m->len),
-				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-				RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_END);
+	err = kafka_produce_copy(r->producer, origin, m, h);
 	if (err) {
-		rd_kafka_headers_destroy(h);
 		snprintf(r->errstr, sizeof(r->errstr),
 			 "producing to %.200s: %s", origin,
 			 rd_kafka_err2str(err));
