@@ -37,6 +37,19 @@ def _signed(secret, body, wid=None, when=None):
             "webhook-signature": wh.sign(wid, when, body)}
 
 
+def _one_source(pipeline, name, nbytes=32):
+    """An ingest with one standard-webhooks source `name` and a fresh
+    secret: (ingest, secret, conversation id, a transcript body)."""
+    secret = "whsec_" + base64.b64encode(os.urandom(nbytes)).decode()
+    ingest = pipeline.start_ingest(**{
+        f"source__{name}__kind": "transcript",
+        f"source__{name}__signature": "standard-webhooks",
+        f"source__{name}__secret": secret})
+    cid = pipeline.cid(name)
+    body = json.dumps(transcript(cid, [("user", "Hi")])).encode()
+    return ingest, secret, cid, body
+
+
 def test_reference_signer_every_secret_shape(pipeline):
     secrets = _secrets()
     over = {}
@@ -58,14 +71,8 @@ def test_reference_signer_every_secret_shape(pipeline):
 
 
 def test_reference_signer_refusals(pipeline):
-    secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
+    ingest, secret, _cid, body = _one_source(pipeline, "ref")
     other = "whsec_" + base64.b64encode(os.urandom(32)).decode()
-    ingest = pipeline.start_ingest(
-        source__ref__kind="transcript",
-        source__ref__signature="standard-webhooks",
-        source__ref__secret=secret)
-    cid = pipeline.cid("ref")
-    body = json.dumps(transcript(cid, [("user", "Hi")])).encode()
     now = datetime.now(tz=timezone.utc)
 
     # Several signatures, one of them right (a secret being rotated).
@@ -97,13 +104,7 @@ def test_reference_signer_refusals(pipeline):
 
 def test_svix_header_names(pipeline):
     """A sender built on Svix sends the same scheme under svix-* names."""
-    secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
-    ingest = pipeline.start_ingest(
-        source__svix__kind="transcript",
-        source__svix__signature="standard-webhooks",
-        source__svix__secret=secret)
-    cid = pipeline.cid("svix")
-    body = json.dumps(transcript(cid, [("user", "Hi")])).encode()
+    ingest, secret, cid, body = _one_source(pipeline, "svix", 24)
     h = {k.replace("webhook-", "svix-"): v
          for k, v in _signed(secret, body).items()}
     r = ingest.post(body, source="svix", headers=h)
