@@ -128,8 +128,10 @@ def test_postgres_down_watchdog_keeps_going_and_lag_shows(pipeline,
                 time.sleep(0.1)
             pings = sd.watchdogs(t0)
             gaps = [b - a for a, b in zip([t0] + pings, pings)]
-            # Without the loop's timer: none at all until the commit.
-            assert len(pings) >= 5 and max(gaps) < 1.5, \
+            # Without the loop's timer: none at all until the commit. The
+            # pace is 500-750 ms (whole-millisecond clock), so 4 s holds
+            # 5-8; one late ping on a loaded box must not fail the count.
+            assert len(pings) >= 4 and max(gaps) < 1.5, \
                 f"{len(pings)} WATCHDOG=1 in 4 s of retries, gaps {gaps}"
             assert len(slow) <= 1, f"/healthz slow during retries: {slow}"
             s, _ = scrape(port)
