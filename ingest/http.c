@@ -472,9 +472,6 @@ static void publish_chat(struct ingest *ing, struct evhttp_request *req,
 	}
 }
 
-/* Every POST that becomes a Kafka record: the checks all kinds share,
- * cheapest first, then the kind's own, then the record. campaign_id is the
- * path's for campaign batches, NULL otherwise. */
 /* Standard Webhooks' three headers. Senders built on Svix, where the
  * scheme comes from, name them svix-id, svix-timestamp and svix-signature
  * with the same meaning and signature; those are taken, as a set, when
@@ -495,6 +492,9 @@ static void sw_headers_find(struct evkeyvalq *in, struct sw_headers *h)
 	}
 }
 
+/* Every POST that becomes a Kafka record: the checks all kinds share,
+ * cheapest first, then the kind's own, then the record. campaign_id is the
+ * path's for campaign batches, NULL otherwise. */
 static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 			   struct source *src, const char *campaign_id)
 {

@@ -227,10 +227,9 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 	return true;
 }
 
-/* "whsec_<base64>" → raw key bytes. */
-/* whsec_<base64>, the prefix optional and the padding too: the Standard
- * Webhooks reference libraries pad an unpadded secret before decoding it,
- * so a secret they accept is accepted here. */
+/* "whsec_<base64>" → raw key bytes. The prefix is optional, and so is the
+ * padding: the Standard Webhooks reference libraries pad an unpadded
+ * secret before decoding it, so a secret they accept is accepted here. */
 static bool source_decode_secret(struct source *src, const char *secret,
 				 char *errstr, size_t errstr_size)
 {
