@@ -220,6 +220,30 @@ def transcript(cid, entries, event_type=TRANSCRIPT_READY, type_key="event_type",
     }
 
 
+def ping_pong(cid):
+    """A two-entry transcript with entry ids, for load tests that count
+    rows: (webhook id, body)."""
+    return f"wh-{cid}", transcript(cid, [(f"{cid}-a", "user", "ping"),
+                                         (f"{cid}-b", "assistant", "pong")])
+
+
+def assert_accepted_in_kafka(services, topic, accepted):
+    """Every accepted webhook (webhook id -> conversation id) is a record
+    in topic under its conversation's key. Returns every record's
+    webhook id -> key."""
+    in_kafka = {}
+    for rec in services.topic_records(topic):
+        wid = rec["headers"].get("webhook-id", b"").decode()
+        in_kafka[wid] = rec["key"].decode()
+    missing = [w for w in accepted if w not in in_kafka]
+    assert not missing, (f"{len(missing)} of {len(accepted)} accepted "
+                         f"requests are not in Kafka, e.g. {missing[:5]}")
+    wrong = [(w, c, in_kafka[w]) for w, c in accepted.items()
+             if in_kafka[w] != c]
+    assert not wrong, f"records under the wrong key: {wrong[:5]}"
+    return in_kafka
+
+
 def event(cid, event_type, type_key="event_type"):
     """A lifecycle callback without a transcript."""
     return {

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from conftest import Client, transcript, wait_until
+from conftest import Client, assert_accepted_in_kafka, ping_pong, wait_until
 
 THREADS = 4
 KILLS = 2
@@ -30,9 +30,7 @@ def test_kill_9_under_load(pipeline, services):
             while not stop.is_set():
                 cid = pipeline.cid(f"k{t}-{n}")
                 n += 1
-                wid = f"wh-{cid}"
-                body = transcript(cid, [(f"{cid}-a", "user", "ping"),
-                                        (f"{cid}-b", "assistant", "pong")])
+                wid, body = ping_pong(cid)
                 try:
                     r = client.post(body, headers={"webhook-id": wid})
                 except (OSError, http.client.HTTPException):
@@ -77,15 +75,7 @@ def test_kill_9_under_load(pipeline, services):
     print(f"\n{len(accepted)} accepted, {cut[0]} cut off, kills at {kills}")
 
     # Every 202 is durable in Kafka, under its conversation's key.
-    in_kafka = {}
-    for rec in services.topic_records(pipeline.topic):
-        wid = rec["headers"].get("webhook-id", b"").decode()
-        in_kafka[wid] = rec["key"].decode()
-    missing = [w for w in accepted if w not in in_kafka]
-    assert not missing, (f"{len(missing)} of {len(accepted)} accepted "
-                         f"requests are not in Kafka, e.g. {missing[:5]}")
-    wrong = [w for w, c in accepted.items() if in_kafka[w] != c]
-    assert not wrong, f"records under the wrong key: {wrong[:5]}"
+    in_kafka = assert_accepted_in_kafka(services, pipeline.topic, accepted)
 
     # ... and in PostgreSQL once each, with nothing but what is in Kafka.
     want = set(accepted.values())
