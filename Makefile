@@ -11,7 +11,7 @@ SCHEMA_DIR ?= $(CURDIR)/schemas
 CFLAGS  += -DSCHEMA_DIR=\"$(SCHEMA_DIR)\"
 CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -MMD -MP
 CFLAGS  += $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm
+LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -lpthread
 
 BUILD   ?= build
 ifeq ($(SANITIZE),1)
@@ -38,7 +38,7 @@ COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/validate.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c ingest/conn.c
-WORKER_SRC := worker/main.c worker/settings.c worker/consume.c \
+WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \
               worker/owed.c \

@@ -14,18 +14,25 @@
 #include "metrics.h"
 #include "owed.h"
 
-#define MAX_HANDLERS 16
-
 struct batch {
 	struct batch_env *env;
 	size_t n_handlers;
-	void *state[MAX_HANDLERS]; /* per handler, in handlers[] order */
-	bool used[MAX_HANDLERS];   /* had a record in this attempt */
+	void *state[MAX_KINDS]; /* per handler, in handlers[] order */
+	bool used[MAX_KINDS];	/* had a record in this attempt */
 	struct cache_keys keys;
 	struct owed *owed;   /* the keys' durable copy until Redis confirms */
 	unsigned assign_gen; /* the consumer's, when last told to owed */
 	struct buf line;
 	struct batch_totals t;
+	/* Offsets of batches that held only other pipelines' records, not
+	 * committed yet: they go with the next commit, or on their own once
+	 * a second (batch_idle()), so passing over a busy topic costs no
+	 * transaction per batch. Dropped when the assignment moves. */
+	int32_t *dparts;
+	int64_t *dnext;
+	int dn, dcap;
+	unsigned dgen;
+	int64_t last_commit_ms;
 };
 
 /* The batch's partitions and the next offset of each. */
@@ -66,7 +73,7 @@ struct batch *batch_new(struct batch_env *env)
 	if (!b)
 		abort();
 	b->env = env;
-	for (int i = 0; i < MAX_HANDLERS && handlers[i]; i++) {
+	for (int i = 0; i < MAX_KINDS && handlers[i]; i++) {
 		b->state[i] = handlers[i]->create(&henv);
 		b->n_handlers++;
 	}
@@ -82,6 +89,8 @@ void batch_destroy(struct batch *b)
 	for (size_t i = 0; i < b->n_handlers; i++)
 		handlers[i]->destroy(b->state[i]);
 	cache_keys_free(&b->keys);
+	free(b->dparts);
+	free(b->dnext);
 	owed_destroy(b->owed);
 	buf_free(&b->line);
 	free(b);
@@ -121,6 +130,19 @@ static size_t handler_index(const char *kind)
 	return (size_t)-1;
 }
 
+/* Whether this pipeline applies m. */
+static bool batch_owns(const struct batch *b, const rd_kafka_message_t *m)
+{
+	char kind[32];
+	size_t h;
+
+	kafka_header(m, HDR_KIND, kind, sizeof(kind));
+	h = handler_index(kind);
+	if (h == (size_t)-1)
+		return b->env->owns_unknown;
+	return !b->env->kinds || (b->env->kinds >> h & 1u);
+}
+
 static int cmp_key(const void *a, const void *b)
 {
 	const rd_kafka_message_t *x = *(rd_kafka_message_t *const *)a;
@@ -138,34 +160,39 @@ static int cmp_key(const void *a, const void *b)
  * batch opens its transaction before its records are decoded, and each
  * handler sends its rows on while the next ones are built: decoding and
  * the database's work overlap instead of adding up. */
-static bool batch_streams(rd_kafka_message_t **msgs, size_t n)
+static bool batch_streams(const struct batch *b, rd_kafka_message_t **msgs,
+			  size_t n)
 {
 	rd_kafka_message_t **v;
-	size_t first = (size_t)-1;
+	size_t first = (size_t)-1, nv = 0;
 	bool ok = true;
 
+	v = malloc((n + 1) * sizeof(*v));
+	if (!v)
+		abort();
 	/* One kind: a handler's stream holds the connection until its
-	 * write. */
+	 * write. Other pipelines' records are only passed over. */
 	for (size_t i = 0; i < n && ok; i++) {
 		char kind[32];
 		size_t h;
 
+		if (!batch_owns(b, msgs[i]))
+			continue;
 		kafka_header(msgs[i], HDR_KIND, kind, sizeof(kind));
 		h = handler_index(kind);
-		if (i == 0)
+		if (nv == 0)
 			first = h;
 		ok = h != (size_t)-1 && h == first && handlers[h]->stream &&
 		     !handlers[h]->prepare && msgs[i]->key_len > 0;
+		v[nv++] = msgs[i];
 	}
-	if (!ok || n < 2)
-		return ok;
-	v = malloc(n * sizeof(*v));
-	if (!v)
-		abort();
-	memcpy(v, msgs, n * sizeof(*v));
-	qsort(v, n, sizeof(*v), cmp_key);
-	for (size_t i = 1; i < n && ok; i++)
-		ok = cmp_key(&v[i - 1], &v[i]) != 0;
+	if (nv == 0)
+		ok = false; /* nothing to stream */
+	if (ok && nv >= 2) {
+		qsort(v, nv, sizeof(*v), cmp_key);
+		for (size_t i = 1; i < nv && ok; i++)
+			ok = cmp_key(&v[i - 1], &v[i]) != 0;
+	}
 	free(v);
 	return ok;
 }
@@ -228,8 +255,8 @@ static void batch_prepare(struct batch *b)
  * never awaited with the transaction open. */
 static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 			  bool *stream, struct partmap *pm, size_t *dead,
-			  size_t *fenced, int64_t *prepare_ms, char *err,
-			  size_t errsz)
+			  size_t *fenced, size_t *passed, int64_t *prepare_ms,
+			  char *err, size_t errsz)
 {
 	struct batch_env *env = b->env;
 	size_t dlq_count;
@@ -237,7 +264,7 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 
 again:
 	dlq_count = 0;
-	*dead = *fenced = 0;
+	*dead = *fenced = *passed = 0;
 	for (size_t i = 0; i < b->n_handlers; i++) {
 		handlers[i]->reset(b->state[i]);
 		b->used[i] = false;
@@ -258,6 +285,10 @@ again:
 
 		if (pm->fence[pi] >= 0 && m->offset < pm->fence[pi]) {
 			(*fenced)++; /* applied by an earlier owner */
+			continue;
+		}
+		if (!batch_owns(b, m)) {
+			(*passed)++; /* another pipeline's */
 			continue;
 		}
 		kafka_header(m, HDR_KIND, kind, sizeof(kind));
@@ -352,6 +383,8 @@ fail:
 	return false;
 }
 
+static void batch_defer_check(struct batch *b);
+
 /* Tells owed the partitions held when the consumer's assignment moved
  * (none once the consumer is gone). */
 static void batch_sync_assignment(struct batch *b)
@@ -383,6 +416,10 @@ void batch_hold(struct batch *b, const int32_t *parts, int n)
 
 void batch_idle(struct batch *b)
 {
+	batch_defer_check(b);
+	/* Passed-over records' offsets, at most a second late. */
+	if (b->dn > 0 && util_mono_ms() - b->last_commit_ms >= 1000)
+		batch_process(b, NULL, 0);
 	batch_sync_assignment(b);
 	owed_idle(b->owed);
 }
@@ -410,22 +447,66 @@ void batch_wait(void *arg, int ms)
 	}
 }
 
+/* Adds the offsets of a batch that had nothing for this pipeline to the
+ * ones waiting for a commit. */
+static void batch_defer(struct batch *b, const struct partmap *pm)
+{
+	for (int i = 0; i < pm->n; i++) {
+		int j;
+
+		for (j = 0; j < b->dn; j++)
+			if (b->dparts[j] == pm->parts[i])
+				break;
+		if (j == b->dn) {
+			if (b->dn == b->dcap) {
+				b->dcap = b->dcap ? b->dcap * 2 : 8;
+				b->dparts =
+				    realloc(b->dparts, (size_t)b->dcap *
+							   sizeof(*b->dparts));
+				b->dnext =
+				    realloc(b->dnext, (size_t)b->dcap *
+							  sizeof(*b->dnext));
+				if (!b->dparts || !b->dnext)
+					abort();
+			}
+			b->dparts[j] = pm->parts[i];
+			b->dnext[j] = pm->next[i];
+			b->dn++;
+		} else if (pm->next[i] > b->dnext[j]) {
+			b->dnext[j] = pm->next[i];
+		}
+	}
+}
+
+/* The assignment moved since the offsets were put aside: the next owner
+ * passes over those records again, harmlessly, so they are dropped. */
+static void batch_defer_check(struct batch *b)
+{
+	unsigned gen =
+	    b->env->consumer ? consume_assign_gen(b->env->consumer) : 0;
+
+	if (gen != b->dgen)
+		b->dn = 0;
+	b->dgen = gen;
+}
+
 void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 {
 	struct batch *b = arg;
 	struct batch_env *env = b->env;
 	struct partmap pm = {.n = 0};
 	int backoff = env->cfg->retry_backoff_min_ms;
-	size_t dead = 0, fenced = 0;
+	size_t dead = 0, fenced = 0, passed = 0, own = 0;
 	int64_t t0 = util_mono_ms(), prepare_ms = 0, t_commit, t_end;
 	long long removed;
 	bool stream;
 	char err[1024];
 
-	pm.parts = calloc(n, sizeof(*pm.parts));
-	pm.next = calloc(n, sizeof(*pm.next));
-	pm.fence = calloc(n, sizeof(*pm.fence));
-	pm.locked = calloc(n, sizeof(*pm.locked));
+	batch_defer_check(b);
+	pm.parts = calloc(n + (size_t)b->dn + 1, sizeof(*pm.parts));
+	pm.next = calloc(n + (size_t)b->dn + 1, sizeof(*pm.next));
+	pm.fence = calloc(n + (size_t)b->dn + 1, sizeof(*pm.fence));
+	pm.locked = calloc(n + (size_t)b->dn + 1, sizeof(*pm.locked));
 	if (!pm.parts || !pm.next || !pm.fence || !pm.locked)
 		abort();
 	for (size_t i = 0; i < n; i++) {
@@ -438,14 +519,33 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		}
 		if (msgs[i]->offset + 1 > pm.next[pi])
 			pm.next[pi] = msgs[i]->offset + 1;
+		own += batch_owns(b, msgs[i]);
+	}
+	if (own == 0 && n > 0 && t0 - b->last_commit_ms < 1000) {
+		/* Only other pipelines' records: their offsets wait for
+		 * the next commit. */
+		batch_defer(b, &pm);
+		b->t.passed += n;
+		goto done;
+	}
+	for (int j = 0; j < b->dn; j++) {
+		int pi = partmap_index(&pm, b->dparts[j]);
+
+		if (pi < 0) {
+			pi = pm.n++;
+			pm.parts[pi] = b->dparts[j];
+			pm.next[pi] = 0;
+		}
+		if (b->dnext[j] > pm.next[pi])
+			pm.next[pi] = b->dnext[j];
 	}
 	contexts_reset(env->contexts);
-	stream = batch_streams(msgs, n);
-	while (!batch_attempt(b, msgs, n, &stream, &pm, &dead, &fenced,
+	stream = batch_streams(b, msgs, n);
+	while (!batch_attempt(b, msgs, n, &stream, &pm, &dead, &fenced, &passed,
 			      &prepare_ms, err, sizeof(err))) {
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",
-			 n, err, backoff);
+			 own, err, backoff);
 		if (*env->stopping) {
 			log_warn("stopping: the batch stays uncommitted and "
 				 "will be consumed again");
@@ -456,6 +556,18 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		backoff = backoff * 2 > env->cfg->retry_backoff_max_ms
 			      ? env->cfg->retry_backoff_max_ms
 			      : backoff * 2;
+		batch_defer_check(b); /* a rebalance while waiting */
+	}
+	b->dn = 0;
+	b->last_commit_ms = util_mono_ms();
+	b->t.passed += passed;
+	if (own == 0) {
+		/* Offsets only: nothing to log, count or invalidate. */
+		if (env->consumer)
+			consume_commit_async(env->consumer, pm.parts, pm.next,
+					     pm.n);
+		metrics_committed(pm.parts, pm.next, pm.n);
+		goto done;
 	}
 	t_commit = util_mono_ms();
 	if (env->consumer)
@@ -485,15 +597,15 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		}
 	}
 	b->t.batches++;
-	b->t.records += n;
+	b->t.records += own;
 	b->t.dead += dead;
 	metrics_committed(pm.parts, pm.next, pm.n);
-	metrics_batch(n, t_end - t0, contexts_stats(env->contexts));
+	metrics_batch(own, t_end - t0, contexts_stats(env->contexts));
 	log_at(env->quiet ? LOG_DEBUG : LOG_INFO, NULL,
 	       "%sbatch of %zu records in %lld ms (lookups %lld ms, database "
 	       "%lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already "
 	       "applied, %s%lld cache keys removed",
-	       env->dry_run ? "dry run (rolled back): " : "", n,
+	       env->dry_run ? "dry run (rolled back): " : "", own,
 	       (long long)(t_end - t0), (long long)prepare_ms,
 	       (long long)(t_commit - t0 - prepare_ms),
 	       (long long)(t_end - t_commit), b->line.data,

@@ -8,6 +8,7 @@
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cache.h"
 #include "consume.h"
@@ -33,10 +34,18 @@ struct batch_env {
 	bool dry_run;
 	/* the one-line batch log at debug level (a terminal shows progress) */
 	bool quiet;
+	/* The kinds this pipeline applies: bit i = handlers[i], 0 = every
+	 * kind. A record of another kind is passed over: its offset moves
+	 * with the pipeline's next commit, nothing else happens. */
+	uint32_t kinds;
+	/* Records of a kind no handler knows, and empty ones, are
+	 * dead-lettered here: by exactly one pipeline of a worker. */
+	bool owns_unknown;
 };
 
 struct batch_totals {
 	unsigned long long batches, records, saved, skipped, dead;
+	unsigned long long passed; /* other pipelines' records */
 };
 
 struct batch;

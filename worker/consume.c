@@ -73,7 +73,7 @@ static void seek_to_stored(struct consumer *c,
 		abort();
 	for (int i = 0; i < n; i++)
 		ids[i] = parts->elems[i].partition;
-	while (!pgsink_load_offsets(c->ps, ids, n, offs, err, sizeof(err))) {
+	while (!pgsink_load_start(c->ps, ids, n, offs, err, sizeof(err))) {
 		if (*c->stop) {
 			log_warn(
 			    "stopping before stored offsets could be read");
@@ -90,10 +90,10 @@ static void seek_to_stored(struct consumer *c,
 	for (int i = 0; i < n; i++) {
 		parts->elems[i].offset =
 		    offs[i] >= 0 ? offs[i] : RD_KAFKA_OFFSET_INVALID;
-		log_info("assigned %s [%d] from %s %lld", parts->elems[i].topic,
-			 (int)parts->elems[i].partition,
+		log_info("assigned %s [%d] from %s %lld (group %s)",
+			 parts->elems[i].topic, (int)parts->elems[i].partition,
 			 offs[i] >= 0 ? "stored offset" : "group offset",
-			 (long long)offs[i]);
+			 (long long)offs[i], c->cfg->group_id);
 	}
 done:
 	free(ids);

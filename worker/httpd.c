@@ -16,7 +16,6 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "cache.h"
-#include "consume.h"
 #include "metrics.h"
 
 /* A probe runs once a second and gives up after PROBE_TIMEOUT_MS, so what
@@ -34,9 +33,6 @@ struct probe {
 struct httpd {
 	struct event_base *base;
 	const struct worker_config *cfg;
-	const struct batch *batch;
-	const struct consumer *consumer;
-	const struct cache *cache;
 	struct evhttp *http;
 	struct event *tick;
 	/* PostgreSQL: its own connection, "SELECT 1" once a second. */
@@ -331,23 +327,33 @@ static void handle_readyz(struct httpd *h, struct evhttp_request *req)
 	cJSON *o = cJSON_CreateObject(), *k;
 	char kwhy[200] = "";
 	bool kafka = metrics_kafka_up(kwhy, sizeof(kwhy));
-	bool ok = h->pg.ok && h->redis.ok && kafka;
+	struct buf stalled;
+	bool flowing, ok;
 
+	/* A partition behind and without a commit for stall_alert_s: a
+	 * pipeline stuck on a record or a dependency, which no probe of a
+	 * service would show. */
+	buf_init(&stalled);
+	buf_puts(&stalled, "");
+	flowing = metrics_stalled(h->cfg->stall_alert_s * 1000, &stalled) == 0;
+	ok = h->pg.ok && h->redis.ok && kafka && flowing;
 	cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
 	check_json(o, "postgres", h->pg.ok, h->pg.error);
 	check_json(o, "redis", h->redis.ok, h->redis.error);
 	k = check_json(o, "kafka", kafka, kwhy);
-	cJSON_AddNumberToObject(k, "assigned", consume_assigned(h->consumer));
+	cJSON_AddNumberToObject(k, "assigned", metrics_assigned());
+	check_json(o, "partitions", flowing, stalled.data);
+	buf_free(&stalled);
 	reply_json(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", o);
 }
 
-static void handle_metrics(struct httpd *h, struct evhttp_request *req)
+static void handle_metrics(struct evhttp_request *req)
 {
 	struct buf b;
 	struct evbuffer *out = evbuffer_new();
 
 	buf_init(&b);
-	metrics_render(&b, h->batch, h->consumer, h->cache);
+	metrics_render(&b);
 	evbuffer_add(out, b.data, b.len);
 	reply(req, 200, "OK", "text/plain; version=0.0.4; charset=utf-8", out);
 	evbuffer_free(out);
@@ -379,7 +385,7 @@ static void handle_request(struct evhttp_request *req, void *arg)
 		reply_error(req, 405, "Method Not Allowed",
 			    "method_not_allowed", "use GET");
 	} else if (path[1] == 'm') {
-		handle_metrics(h, req);
+		handle_metrics(req);
 	} else if (path[1] == 'r') {
 		handle_readyz(h, req);
 	} else {
@@ -391,9 +397,8 @@ static void handle_request(struct evhttp_request *req, void *arg)
 }
 
 struct httpd *httpd_new(struct event_base *base,
-			const struct worker_config *cfg, const struct batch *b,
-			const struct consumer *c, const struct cache *cache,
-			char *errstr, size_t errstr_size)
+			const struct worker_config *cfg, char *errstr,
+			size_t errstr_size)
 {
 	struct httpd *h = calloc(1, sizeof(*h));
 	const char *colon = strrchr(cfg->listen, ':');
@@ -407,9 +412,6 @@ struct httpd *httpd_new(struct event_base *base,
 		abort();
 	h->base = base;
 	h->cfg = cfg;
-	h->batch = b;
-	h->consumer = c;
-	h->cache = cache;
 	if (!colon || hlen == 0 || hlen >= sizeof(host) || port < 0 ||
 	    port > 65535) {
 		snprintf(errstr, errstr_size, "listen: bad address \"%s\"",

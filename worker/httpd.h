@@ -10,19 +10,14 @@
 
 #include "settings.h"
 
-struct batch;
-struct cache;
-struct consumer;
-
 struct httpd;
 
 /* Binds cfg->listen on base (false: bad address or port taken) and starts
- * the probes. What /metrics and /readyz read: the batch, the consumer and
- * the cache, all owned by the caller and outliving the httpd. */
+ * the probes. /metrics and /readyz read what the pipelines copied into
+ * metrics.c, never the pipelines' objects, which live on other threads. */
 struct httpd *httpd_new(struct event_base *base,
-			const struct worker_config *cfg, const struct batch *b,
-			const struct consumer *c, const struct cache *cache,
-			char *errstr, size_t errstr_size);
+			const struct worker_config *cfg, char *errstr,
+			size_t errstr_size);
 void httpd_destroy(struct httpd *h);
 
 #endif

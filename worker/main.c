@@ -20,14 +20,17 @@
 #include "consume.h"
 #include "contexts.h"
 #include "dlq.h"
+#include "handlers/handler.h"
 #include "httpd.h"
 #include "metrics.h"
 #include "pgsink.h"
+#include "pipeline.h"
 #include "redrive.h"
 #include "replay.h"
 #include "settings.h"
 
 static volatile sig_atomic_t stop_signal;
+/* Read by every pipeline's thread. */
 static volatile int stopping;
 
 /* A raw signal handler only sets the flag; the loop does the work. */
@@ -91,80 +94,118 @@ static void usage(FILE *out)
 /* The daemon's objects, built in order and torn down in reverse. */
 struct worker {
 	struct worker_config cfg;
-	struct event_base *base;
-	struct pgsink *ps;
-	struct cache *cache;
-	struct dlq *dlq;
-	struct contexts *contexts;
-	struct batch_env env;
-	struct batch *batch;
-	struct consumer *consumer;
+	struct event_base *base; /* the launcher's: HTTP, watchdog */
+	struct pipeline *pipes[MAX_KINDS + 1];
+	int n_pipes;
 	struct httpd *httpd;	   /* NULL when listen is "" */
-	struct event *idle_ev;	   /* bounds an idle wait on the loop */
-	struct event *watchdog_ev; /* WATCHDOG=1 whenever the loop runs */
+	struct event *tick_ev;	   /* stop flag, pipelines' ends */
+	struct event *watchdog_ev; /* WATCHDOG=1 while every pipeline runs */
 	int64_t wd_ms, last_wd;
 };
 
-/* Loop timer: only ends an idle wait (EVLOOP_ONCE) after 100 ms. */
-static void handle_idle(evutil_socket_t fd, short what, void *arg)
+/* Whether the comma-separated list names kind ("" names every kind). */
+static bool kind_listed(const char *list, const char *kind)
 {
-	(void)fd;
-	(void)what;
-	(void)arg;
+	size_t n = strlen(kind);
+
+	if (!list[0])
+		return true;
+	for (const char *p = list; *p;) {
+		size_t len = strcspn(p, ", ");
+
+		if (len == n && strncmp(p, kind, n) == 0)
+			return true;
+		p += len;
+		p += strspn(p, ", ");
+	}
+	return false;
 }
 
-/* consume builds the group consumer too; replay brings its own. */
+/* A name in `kinds` that no handler has: the configuration is wrong. */
+static bool kinds_check(const char *list, char *err, size_t errsz)
+{
+	for (const char *p = list; *p;) {
+		size_t len = strcspn(p, ", ");
+		bool known = len == 0;
+
+		for (int i = 0; handlers[i] && !known; i++)
+			known = strlen(handlers[i]->kind) == len &&
+				strncmp(p, handlers[i]->kind, len) == 0;
+		if (!known) {
+			snprintf(err, errsz, "kinds: unknown kind \"%.*s\"",
+				 (int)len, p);
+			return false;
+		}
+		p += len;
+		p += strspn(p, ", ");
+	}
+	return true;
+}
+
+static uint32_t all_kinds(void)
+{
+	uint32_t all = 0;
+
+	for (int i = 0; handlers[i]; i++)
+		all |= 1u << i;
+	return all;
+}
+
+/* The pipelines of a consume: one per kind of `kinds`, each under the
+ * consumer group <group_id>.<kind> (pipelines = per_kind), or one for
+ * every kind under group_id (pipelines = shared). Records of a kind no
+ * handler knows are dead-lettered by the first kind's pipeline, so by
+ * exactly one. */
+static bool worker_pipelines(struct worker *w, bool consumer, char *err,
+			     size_t errsz)
+{
+	struct pipeline_spec spec = {
+	    .consumer = consumer, .stopping = &stopping, .owns_unknown = true};
+	bool shared = !consumer || w->cfg.pipelines == PIPELINES_SHARED;
+
+	if (shared) {
+		spec.name = "all";
+		spec.group = w->cfg.group_id;
+		for (int i = 0; handlers[i]; i++)
+			if (kind_listed(w->cfg.kinds, handlers[i]->kind))
+				spec.kinds |= 1u << i;
+		if (spec.kinds == all_kinds())
+			spec.kinds = 0; /* every kind */
+		w->pipes[w->n_pipes] = pipeline_new(&w->cfg, &spec, err, errsz);
+		return w->pipes[w->n_pipes++] != NULL;
+	}
+	for (int i = 0; handlers[i]; i++) {
+		char group[512];
+
+		if (!kind_listed(w->cfg.kinds, handlers[i]->kind))
+			continue;
+		snprintf(group, sizeof(group), "%s.%s", w->cfg.group_id,
+			 handlers[i]->kind);
+		spec.name = handlers[i]->kind;
+		spec.group = group;
+		spec.kinds = 1u << i;
+		spec.owns_unknown = i == 0;
+		w->pipes[w->n_pipes] = pipeline_new(&w->cfg, &spec, err, errsz);
+		if (!w->pipes[w->n_pipes++])
+			return false;
+	}
+	return true;
+}
+
 static bool worker_setup(struct worker *w, bool consumer, char *err,
 			 size_t errsz)
 {
-	char *staging = batch_staging_sql();
-
+	if (!worker_pipelines(w, consumer, err, errsz))
+		return false;
+	if (!consumer)
+		return true;
 	w->base = event_base_new();
 	if (!w->base) {
 		snprintf(err, errsz, "event_base_new failed");
-		free(staging);
 		return false;
 	}
-	w->ps = pgsink_new(w->cfg.postgres_dsn, w->cfg.group_id, w->cfg.topic,
-			   staging);
-	free(staging);
-	pgsink_set_idle_tx_timeout(w->ps, w->cfg.pg_idle_tx_timeout_ms);
-	w->cache = cache_new(w->base, w->cfg.redis_url, w->cfg.redis_timeout_ms,
-			     err, errsz);
-	if (!w->cache)
-		return false;
-	w->contexts = contexts_new(w->base, &w->cfg, err, errsz);
-	if (!w->contexts)
-		return false;
-	if (!pgsink_connect(w->ps, err, errsz))
-		log_warn("postgres not reachable yet: %s (will retry)", err);
-	w->dlq = dlq_new(w->cfg.brokers, w->cfg.dlq_topic, w->cfg.kafka,
-			 w->cfg.topic_partitions, err, errsz);
-	if (!w->dlq)
-		return false;
-	w->env = (struct batch_env){
-	    .cfg = &w->cfg,
-	    .base = w->base,
-	    .ps = w->ps,
-	    .cache = w->cache,
-	    .dlq = w->dlq,
-	    .contexts = w->contexts,
-	    .stopping = &stopping,
-	};
-	w->batch = batch_new(&w->env);
-	if (!consumer)
-		return true;
-	w->consumer = consume_new(&w->cfg, w->ps, &stopping, batch_process,
-				  batch_wait, w->batch, err, errsz);
-	if (!w->consumer)
-		return false;
-	w->env.consumer = w->consumer;
-	if (!consume_watch(w->consumer, w->base, err, errsz))
-		return false;
-	w->idle_ev = evtimer_new(w->base, handle_idle, w);
 	if (w->cfg.listen[0]) {
-		w->httpd = httpd_new(w->base, &w->cfg, w->batch, w->consumer,
-				     w->cache, err, errsz);
+		w->httpd = httpd_new(w->base, &w->cfg, err, errsz);
 		if (!w->httpd)
 			return false;
 	}
@@ -174,42 +215,39 @@ static bool worker_setup(struct worker *w, bool consumer, char *err,
 static void worker_cleanup(struct worker *w)
 {
 	httpd_destroy(w->httpd);
-	if (w->idle_ev)
-		event_free(w->idle_ev);
+	if (w->tick_ev)
+		event_free(w->tick_ev);
 	if (w->watchdog_ev)
 		event_free(w->watchdog_ev);
-	if (w->consumer)
-		consume_close(w->consumer); /* may flush a last batch */
-	w->env.consumer = NULL;
-	if (w->batch)
-		batch_idle(w->batch); /* the outbox's last upkeep */
-	dlq_destroy(w->dlq);
-	batch_destroy(w->batch);
-	contexts_destroy(w->contexts);
-	cache_destroy(w->cache);
-	pgsink_destroy(w->ps);
+	for (int i = w->n_pipes - 1; i >= 0; i--)
+		pipeline_destroy(w->pipes[i]); /* may flush a last batch */
 	if (w->base)
 		event_base_free(w->base);
 	metrics_cleanup();
 }
 
-/* WATCHDOG=1 and the STATUS= line, from the main loop and from a timer on
- * the event_base: the loop also runs inside a batch's lookups and retry
- * waits (a long PostgreSQL outage), so the ping stops only when the loop
- * itself is stuck. */
+/* WATCHDOG=1 and the STATUS= line, from a timer on the launcher's loop,
+ * only while every pipeline's loop turns: a pipeline's loop also runs
+ * inside its batch's lookups and retry waits (a long PostgreSQL outage),
+ * so the ping stops only when a loop itself is stuck. */
 static void watchdog_ping(struct worker *w)
 {
 	struct batch_totals t;
+	int64_t now = util_mono_ms();
 
-	if (w->wd_ms <= 0 || util_mono_ms() - w->last_wd < w->wd_ms)
+	if (w->wd_ms <= 0 || now - w->last_wd < w->wd_ms)
 		return;
-	w->last_wd = util_mono_ms();
-	batch_totals(w->batch, &t);
+	for (int i = 0; i < w->n_pipes; i++)
+		if (!pipeline_done(w->pipes[i]) &&
+		    now - pipeline_beat(w->pipes[i]) > 2 * w->wd_ms)
+			return;
+	w->last_wd = now;
+	metrics_totals(&t);
 	sdnotify("WATCHDOG=1");
 	sdnotify_status("partitions=%d batches=%llu saved=%llu skipped=%llu "
 			"dead=%llu",
-			consume_assigned(w->consumer), t.batches, t.saved,
-			t.skipped, t.dead);
+			metrics_assigned(), t.batches, t.saved, t.skipped,
+			t.dead);
 }
 
 /* Loop timer, every half watchdog interval. */
@@ -220,15 +258,40 @@ static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
 	watchdog_ping(arg);
 }
 
-/* Mode "consume": the consumer group, a batch at a time, until SIGTERM. */
+/* Loop timer, every 100 ms: once the stop flag is up (a signal, or a
+ * pipeline whose consumer failed for good) and every pipeline has
+ * drained, the launcher's loop ends. */
+static void handle_tick(evutil_socket_t fd, short what, void *arg)
+{
+	struct worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	for (int i = 0; i < w->n_pipes; i++)
+		if (!pipeline_done(w->pipes[i]))
+			return;
+	event_base_loopexit(w->base, NULL);
+}
+
+/* Mode "consume": every pipeline on its thread, until SIGTERM; the
+ * launcher's loop serves HTTP and the watchdog meanwhile. */
 static int run_consume(struct worker *w)
 {
 	struct batch_totals t;
-	const struct timeval idle = {0, 100 * 1000};
-	bool fatal = false;
+	const struct timeval tick = {0, 100 * 1000};
+	char err[512];
+	int rc = 0;
 
-	log_info("consuming %s as group %s on %s", w->cfg.topic,
-		 w->cfg.group_id, w->cfg.brokers);
+	log_info("consuming %s as group %s on %s (%d pipeline%s)", w->cfg.topic,
+		 w->cfg.group_id, w->cfg.brokers, w->n_pipes,
+		 w->n_pipes == 1 ? "" : "s");
+	for (int i = 0; i < w->n_pipes; i++)
+		if (!pipeline_start(w->pipes[i], err, sizeof(err))) {
+			log_error("%s", err);
+			stopping = 1;
+			rc = 1;
+			break;
+		}
 	sdnotify("READY=1");
 	w->wd_ms = sdnotify_watchdog_interval_ms();
 	if (w->wd_ms > 0) {
@@ -239,33 +302,22 @@ static int run_consume(struct worker *w)
 		    event_new(w->base, -1, EV_PERSIST, handle_watchdog, w);
 		event_add(w->watchdog_ev, &tv);
 	}
-	while (!stopping && !consume_fatal(w->consumer)) {
-		size_t n = consume_batch(w->consumer, 0);
-
-		if (n == 0) {
-			batch_idle(w->batch);
-			/* Idle: wait on the loop (HTTP, late replies) until
-			 * the consumer queue wakes it, at most 100 ms. */
-			evtimer_add(w->idle_ev, &idle);
-			event_base_loop(w->base, EVLOOP_ONCE);
-		}
-		watchdog_ping(w);
-	}
-	if (!stopping)
-		fatal = true; /* consume_fatal(): logged, exit 1 */
-	else
-		log_info("received %s: finishing the batch and leaving the "
-			 "group",
-			 strsignal(stop_signal ? stop_signal : SIGTERM));
+	w->tick_ev = event_new(w->base, -1, EV_PERSIST, handle_tick, w);
+	event_add(w->tick_ev, &tick);
+	event_base_dispatch(w->base);
+	if (stop_signal)
+		log_info("received %s: finished the batches and left the "
+			 "groups",
+			 strsignal(stop_signal));
 	sdnotify("STOPPING=1");
-	consume_close(w->consumer);
-	w->consumer = NULL;
-	w->env.consumer = NULL;
-	batch_totals(w->batch, &t);
+	for (int i = 0; i < w->n_pipes; i++)
+		if (pipeline_join(w->pipes[i]) != 0)
+			rc = 1; /* consume_fatal(): logged */
+	metrics_totals(&t);
 	log_info("stopped: %llu batches, %llu records, %llu rows saved, %llu "
 		 "duplicates skipped, %llu dead-lettered",
 		 t.batches, t.records, t.saved, t.skipped, t.dead);
-	return fatal ? 1 : 0;
+	return rc;
 }
 
 enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE };
@@ -428,7 +480,8 @@ int main(int argc, char **argv)
 	rc = parse_cli(argc, argv, &cli);
 	if (rc >= 0)
 		return rc;
-	if (!worker_config_load(&w.cfg, cli.config_path, err, sizeof(err))) {
+	if (!worker_config_load(&w.cfg, cli.config_path, err, sizeof(err)) ||
+	    !kinds_check(w.cfg.kinds, err, sizeof(err))) {
 		fprintf(stderr, "sluice-worker: %s\n", err);
 		worker_config_free(&w.cfg);
 		return 1;
@@ -468,11 +521,15 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (cli.mode == MODE_REPLAY) {
-		w.env.record_clock = true;
-		w.env.dry_run = cli.dry_run;
-		w.env.quiet = isatty(STDERR_FILENO);
-		pgsink_set_dry_run(w.ps, cli.dry_run);
-		rc = replay_run(&w.env, w.batch, &cli.replay);
+		struct pipeline *p = w.pipes[0];
+		struct batch_env *env = pipeline_env(p);
+
+		metrics_pipe_enter(NULL);
+		env->record_clock = true;
+		env->dry_run = cli.dry_run;
+		env->quiet = isatty(STDERR_FILENO);
+		pgsink_set_dry_run(pipeline_pgsink(p), cli.dry_run);
+		rc = replay_run(env, pipeline_batch(p), &cli.replay);
 	} else {
 		rc = run_consume(&w);
 	}

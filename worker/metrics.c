@@ -4,6 +4,7 @@
 #include "metrics.h"
 
 #include <cjson/cJSON.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,13 +25,21 @@ static const int64_t ms_le[N_MS_BUCKETS] = {
     5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000};
 
 /* An assigned partition and the next offset PostgreSQL holds for it
- * (-1 while unknown: no stored offset and nothing committed yet). */
+ * (-1 while unknown: no stored offset and nothing committed yet), with
+ * what the pipeline last saw of it (metrics_pipe_snapshot). */
 struct part {
 	int32_t partition;
 	int64_t next;
+	int64_t lag;	  /* -1: not known yet */
+	int64_t since_ms; /* lagging, uncommitted, since then (0: not) */
 };
 
-static struct {
+/* One pipeline's figures. Its thread writes them (the hooks below find it
+ * through a thread-local pointer); the HTTP endpoint, on the launcher's
+ * thread, reads them under the lock. */
+struct metrics_pipe {
+	pthread_mutex_t lock;
+	char kind[32];
 	uint64_t records_le[N_RECORD_BUCKETS + 1]; /* last: +Inf */
 	uint64_t ms_le[N_MS_BUCKETS + 1];
 	uint64_t observed, records_sum;
@@ -44,100 +53,241 @@ static struct {
 	/* Kafka, from the statistics: -1 = nothing known yet. */
 	int brokers_up, brokers;
 	char kafka_why[160];
-} m = {.brokers_up = -1};
+	/* What the pipeline's thread copied at its last snapshot. */
+	struct batch_totals totals;
+	unsigned long long kind_saved[MAX_KINDS];
+	unsigned long long inv, removed, owed;
+	int assigned;
+	struct metrics_pipe *next_pipe;
+};
+
+static pthread_mutex_t pipes_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct metrics_pipe *pipes;
+static _Thread_local struct metrics_pipe *cur;
+
+struct metrics_pipe *metrics_pipe_new(const char *kind)
+{
+	struct metrics_pipe *p = calloc(1, sizeof(*p));
+	struct metrics_pipe **tail;
+
+	if (!p)
+		abort();
+	pthread_mutex_init(&p->lock, NULL);
+	snprintf(p->kind, sizeof(p->kind), "%s", kind);
+	p->brokers_up = -1;
+	pthread_mutex_lock(&pipes_lock);
+	for (tail = &pipes; *tail; tail = &(*tail)->next_pipe)
+		;
+	*tail = p;
+	pthread_mutex_unlock(&pipes_lock);
+	return p;
+}
+
+void metrics_pipe_enter(struct metrics_pipe *p)
+{
+	cur = p;
+}
 
 void metrics_cleanup(void)
 {
-	free(m.parts);
-	m.parts = NULL;
-	m.n_parts = m.cap_parts = 0;
+	pthread_mutex_lock(&pipes_lock);
+	while (pipes) {
+		struct metrics_pipe *p = pipes;
+
+		pipes = p->next_pipe;
+		free(p->parts);
+		pthread_mutex_destroy(&p->lock);
+		free(p);
+	}
+	pthread_mutex_unlock(&pipes_lock);
+	cur = NULL;
+}
+
+/* The calling thread's pipeline, locked; NULL (nothing to count) on a
+ * thread that runs none. */
+static struct metrics_pipe *lock_cur(void)
+{
+	if (cur)
+		pthread_mutex_lock(&cur->lock);
+	return cur;
+}
+
+static void unlock_cur(struct metrics_pipe *m)
+{
+	if (m)
+		pthread_mutex_unlock(&m->lock);
 }
 
 void metrics_batch(size_t records, int64_t ms, const struct contexts_stats *s)
 {
+	struct metrics_pipe *m = lock_cur();
 	int i;
 
+	if (!m)
+		return;
 	for (i = 0; i < N_RECORD_BUCKETS && (long)records > record_le[i]; i++)
 		;
-	m.records_le[i]++;
+	m->records_le[i]++;
 	for (i = 0; i < N_MS_BUCKETS && ms > ms_le[i]; i++)
 		;
-	m.ms_le[i]++;
-	m.observed++;
-	m.records_sum += records;
-	m.ms_sum += ms;
-	if (!s)
-		return;
-	m.leads += s->leads;
-	m.lookups += s->lookups;
-	m.lookup_failures += s->failures;
-	m.hits += s->hits;
-	m.misses += s->misses;
-	m.lease_waits += s->lease_waits;
-	if (s->peak_inflight > m.peak_inflight)
-		m.peak_inflight = s->peak_inflight;
+	m->ms_le[i]++;
+	m->observed++;
+	m->records_sum += records;
+	m->ms_sum += ms;
+	if (s) {
+		m->leads += s->leads;
+		m->lookups += s->lookups;
+		m->lookup_failures += s->failures;
+		m->hits += s->hits;
+		m->misses += s->misses;
+		m->lease_waits += s->lease_waits;
+		if (s->peak_inflight > m->peak_inflight)
+			m->peak_inflight = s->peak_inflight;
+	}
+	unlock_cur(m);
 }
 
-static struct part *part_find(int32_t p)
+static struct part *part_find(struct metrics_pipe *m, int32_t p)
 {
-	for (int i = 0; i < m.n_parts; i++)
-		if (m.parts[i].partition == p)
-			return &m.parts[i];
+	for (int i = 0; i < m->n_parts; i++)
+		if (m->parts[i].partition == p)
+			return &m->parts[i];
 	return NULL;
 }
 
 void metrics_committed(const int32_t *parts, const int64_t *next, int n)
 {
-	for (int i = 0; i < n; i++) {
-		struct part *p = part_find(parts[i]);
+	struct metrics_pipe *m = lock_cur();
+	int64_t now = util_mono_ms();
 
-		if (p)
+	for (int i = 0; m && i < n; i++) {
+		struct part *p = part_find(m, parts[i]);
+
+		if (p) {
 			p->next = next[i];
+			if (p->since_ms)
+				p->since_ms = now; /* moved: a new period */
+		}
 	}
+	unlock_cur(m);
 }
 
 void metrics_consumed(int32_t partition, int64_t offset)
 {
-	struct part *p = part_find(partition);
+	struct metrics_pipe *m = lock_cur();
+	struct part *p = m ? part_find(m, partition) : NULL;
 
 	if (p && p->next < 0)
 		p->next = offset;
+	unlock_cur(m);
 }
 
 void metrics_retry(void)
 {
-	m.retries++;
+	struct metrics_pipe *m = lock_cur();
+
+	if (m)
+		m->retries++;
+	unlock_cur(m);
 }
 
 void metrics_rebalance(bool assign, const rd_kafka_topic_partition_list_t *l)
 {
+	struct metrics_pipe *m = lock_cur();
+
+	if (!m)
+		return;
 	if (assign)
-		m.assigns++;
+		m->assigns++;
 	else
-		m.revokes++;
+		m->revokes++;
 	for (int i = 0; i < l->cnt; i++) {
 		int32_t id = l->elems[i].partition;
-		struct part *p = part_find(id);
+		struct part *p = part_find(m, id);
 
 		if (!assign) {
 			if (p)
-				*p = m.parts[--m.n_parts];
+				*p = m->parts[--m->n_parts];
 			continue;
 		}
 		if (!p) {
-			if (m.n_parts == m.cap_parts) {
-				m.cap_parts = m.cap_parts ? m.cap_parts * 2 : 8;
-				m.parts =
-				    realloc(m.parts, (size_t)m.cap_parts *
-							 sizeof(*m.parts));
-				if (!m.parts)
+			if (m->n_parts == m->cap_parts) {
+				m->cap_parts =
+				    m->cap_parts ? m->cap_parts * 2 : 8;
+				m->parts =
+				    realloc(m->parts, (size_t)m->cap_parts *
+							  sizeof(*m->parts));
+				if (!m->parts)
 					abort();
 			}
-			p = &m.parts[m.n_parts++];
+			p = &m->parts[m->n_parts++];
 			p->partition = id;
 		}
 		p->next = l->elems[i].offset >= 0 ? l->elems[i].offset : -1;
+		p->lag = -1;
+		p->since_ms = 0;
 	}
+	unlock_cur(m);
+}
+
+/* One kind's rows, into the snapshot. */
+static void take_kind(void *arg, const char *kind, unsigned long long saved,
+		      unsigned long long skipped)
+{
+	struct metrics_pipe *m = arg;
+
+	(void)skipped;
+	for (int i = 0; i < MAX_KINDS && handlers[i]; i++)
+		if (strcmp(handlers[i]->kind, kind) == 0)
+			m->kind_saved[i] = saved;
+}
+
+void metrics_pipe_snapshot(const struct batch *b, const struct consumer *c,
+			   const struct cache *cache)
+{
+	struct metrics_pipe *m = cur;
+	struct batch_totals t = {0};
+	unsigned long long inv = 0, removed = 0, owed = 0;
+	int64_t now = util_mono_ms();
+
+	if (!m)
+		return;
+	/* Read on this thread, where they are written, then copied. */
+	if (b)
+		batch_totals(b, &t);
+	if (cache) {
+		cache_totals(cache, &inv, &removed);
+		owed = (unsigned long long)cache_pending(cache);
+	}
+	pthread_mutex_lock(&m->lock);
+	m->totals = t;
+	if (b)
+		batch_kind_totals(b, take_kind, m);
+	m->inv = inv;
+	m->removed = removed;
+	m->owed = owed;
+	m->assigned = c ? consume_assigned(c) : 0;
+	for (int i = 0; c && i < m->n_parts; i++) {
+		struct part *p = &m->parts[i];
+		int64_t lo, hi, pos, next = p->next;
+
+		consume_offsets(c, p->partition, &lo, &hi, &pos);
+		if (hi < 0) {
+			p->lag = -1; /* nothing fetched yet: unknown */
+			continue;
+		}
+		/* Nothing stored and nothing consumed yet: consumption
+		 * starts where librdkafka says (its position, else the log
+		 * start). */
+		if (next < 0)
+			next = pos >= 0 ? pos : lo;
+		p->lag = next >= 0 && hi > next ? hi - next : 0;
+		if (p->lag == 0)
+			p->since_ms = 0;
+		else if (!p->since_ms)
+			p->since_ms = now;
+	}
+	pthread_mutex_unlock(&m->lock);
 }
 
 /* Runs on the worker thread inside rd_kafka_consumer_poll(). Brokers with
@@ -151,6 +301,7 @@ void metrics_kafka_stats(const char *json, size_t len)
 	const cJSON *b;
 	int up = 0, n = 0, boot_up = 0, boot = 0;
 	char states[96] = "";
+	struct metrics_pipe *m;
 
 	if (!cJSON_IsObject(brokers)) {
 		cJSON_Delete(doc);
@@ -188,36 +339,105 @@ void metrics_kafka_stats(const char *json, size_t len)
 		n = boot;
 		up = boot_up;
 	}
-	m.brokers = n;
-	m.brokers_up = up;
+	cJSON_Delete(doc);
+	m = lock_cur();
+	if (!m)
+		return;
+	m->brokers = n;
+	m->brokers_up = up;
 	if (up == 0)
-		snprintf(m.kafka_why, sizeof(m.kafka_why),
+		snprintf(m->kafka_why, sizeof(m->kafka_why),
 			 "no broker up (%d known%s%s)", n,
 			 states[0] ? ": " : "", states);
-	cJSON_Delete(doc);
+	unlock_cur(m);
 }
 
 void metrics_kafka_down(const char *reason)
 {
-	m.brokers_up = 0;
-	snprintf(m.kafka_why, sizeof(m.kafka_why), "no broker up (%s)", reason);
+	struct metrics_pipe *m = lock_cur();
+
+	if (!m)
+		return;
+	m->brokers_up = 0;
+	snprintf(m->kafka_why, sizeof(m->kafka_why), "no broker up (%s)",
+		 reason);
+	unlock_cur(m);
 }
 
 bool metrics_kafka_up(char *why, size_t why_size)
 {
-	if (m.brokers_up != 0)
-		return true;
-	snprintf(why, why_size, "%s", m.kafka_why);
-	return false;
+	bool up = true;
+
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *m = pipes; m && up; m = m->next_pipe) {
+		pthread_mutex_lock(&m->lock);
+		if (m->brokers_up == 0) {
+			up = false;
+			snprintf(why, why_size, "%s", m->kafka_why);
+		}
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_unlock(&pipes_lock);
+	return up;
 }
 
-/* One kind's line of sluice_worker_rows_written_total. */
-static void put_kind(void *arg, const char *kind, unsigned long long saved,
-		     unsigned long long skipped)
+int metrics_assigned(void)
 {
-	(void)skipped;
-	buf_printf(arg, "sluice_worker_rows_written_total{kind=\"%s\"} %llu\n",
-		   kind, saved);
+	int most = 0;
+
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		pthread_mutex_lock(&m->lock);
+		if (m->assigned > most)
+			most = m->assigned;
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_unlock(&pipes_lock);
+	return most;
+}
+
+int metrics_stalled(int stall_ms, struct buf *why)
+{
+	int64_t now = util_mono_ms();
+	int stalled = 0;
+
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		pthread_mutex_lock(&m->lock);
+		for (int i = 0; i < m->n_parts; i++) {
+			const struct part *p = &m->parts[i];
+
+			if (!p->since_ms || now - p->since_ms <= stall_ms)
+				continue;
+			if (stalled++ < 8)
+				buf_printf(why,
+					   "%s%s [%d]: %lld records behind, "
+					   "nothing committed for %lld s",
+					   why->len ? "; " : "", m->kind,
+					   (int)p->partition, (long long)p->lag,
+					   (long long)(now - p->since_ms) /
+					       1000);
+		}
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_unlock(&pipes_lock);
+	return stalled;
+}
+
+void metrics_totals(struct batch_totals *out)
+{
+	memset(out, 0, sizeof(*out));
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		pthread_mutex_lock(&m->lock);
+		out->batches += m->totals.batches;
+		out->records += m->totals.records;
+		out->saved += m->totals.saved;
+		out->skipped += m->totals.skipped;
+		out->dead += m->totals.dead;
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_unlock(&pipes_lock);
 }
 
 static void put_counter(struct buf *out, const char *name, const char *help,
@@ -234,31 +454,125 @@ static void put_gauge(struct buf *out, const char *name, const char *help,
 		   name, name, v);
 }
 
-static void put_lag(struct buf *out, const struct consumer *c)
-{
-	buf_puts(out, "# HELP sluice_worker_partition_lag Records in an "
-		      "assigned partition not yet committed to PostgreSQL.\n"
-		      "# TYPE sluice_worker_partition_lag gauge\n");
-	for (int i = 0; c && i < m.n_parts; i++) {
-		int64_t lo, hi, pos, next = m.parts[i].next, lag;
+/* The figures of every pipeline added up (histograms bucket by bucket),
+ * and each partition's lag as the largest any pipeline has. */
+struct sum {
+	struct metrics_pipe all;
+	struct part parts[1024];
+	int n_parts;
+};
 
-		consume_offsets(c, m.parts[i].partition, &lo, &hi, &pos);
-		if (hi < 0)
-			continue; /* nothing fetched yet: unknown */
-		/* Nothing stored and nothing consumed yet: consumption
-		 * starts where librdkafka says (its position, else the log
-		 * start). */
-		if (next < 0)
-			next = pos >= 0 ? pos : lo;
-		lag = next >= 0 && hi > next ? hi - next : 0;
-		buf_printf(out,
-			   "sluice_worker_partition_lag{partition=\"%d\"} "
-			   "%lld\n",
-			   (int)m.parts[i].partition, (long long)lag);
+static void sum_pipe(struct sum *s, const struct metrics_pipe *m)
+{
+	struct metrics_pipe *a = &s->all;
+
+	for (int i = 0; i <= N_RECORD_BUCKETS; i++)
+		a->records_le[i] += m->records_le[i];
+	for (int i = 0; i <= N_MS_BUCKETS; i++)
+		a->ms_le[i] += m->ms_le[i];
+	a->observed += m->observed;
+	a->records_sum += m->records_sum;
+	a->ms_sum += m->ms_sum;
+	a->retries += m->retries;
+	a->assigns += m->assigns;
+	a->revokes += m->revokes;
+	a->leads += m->leads;
+	a->lookups += m->lookups;
+	a->lookup_failures += m->lookup_failures;
+	a->hits += m->hits;
+	a->misses += m->misses;
+	a->lease_waits += m->lease_waits;
+	if (m->peak_inflight > a->peak_inflight)
+		a->peak_inflight = m->peak_inflight;
+	a->totals.batches += m->totals.batches;
+	a->totals.records += m->totals.records;
+	a->totals.skipped += m->totals.skipped;
+	a->totals.dead += m->totals.dead;
+	for (int i = 0; i < MAX_KINDS; i++)
+		a->kind_saved[i] += m->kind_saved[i];
+	a->inv += m->inv;
+	a->removed += m->removed;
+	a->owed += m->owed;
+	if (m->assigned > a->assigned)
+		a->assigned = m->assigned;
+	if (a->brokers_up < 0 ||
+	    (m->brokers_up >= 0 && m->brokers_up < a->brokers_up))
+		a->brokers_up = m->brokers_up;
+	for (int i = 0; i < m->n_parts; i++) {
+		const struct part *p = &m->parts[i];
+		int j;
+
+		if (p->lag < 0)
+			continue;
+		for (j = 0; j < s->n_parts; j++)
+			if (s->parts[j].partition == p->partition)
+				break;
+		if (j == s->n_parts) {
+			if (s->n_parts ==
+			    (int)(sizeof(s->parts) / sizeof(s->parts[0])))
+				continue;
+			s->parts[s->n_parts++] = *p;
+		} else if (p->lag > s->parts[j].lag) {
+			s->parts[j].lag = p->lag;
+		}
 	}
 }
 
-static void put_histograms(struct buf *out)
+static void put_lag(struct buf *out, const struct sum *s)
+{
+	buf_puts(out, "# HELP sluice_worker_partition_lag Records in an "
+		      "assigned partition not yet committed to PostgreSQL "
+		      "(by the pipeline furthest behind).\n"
+		      "# TYPE sluice_worker_partition_lag gauge\n");
+	for (int i = 0; i < s->n_parts; i++)
+		buf_printf(out,
+			   "sluice_worker_partition_lag{partition=\"%d\"} "
+			   "%lld\n",
+			   (int)s->parts[i].partition,
+			   (long long)s->parts[i].lag);
+}
+
+/* Each pipeline's own lag and how long its oldest uncommitted record has
+ * waited: where a kind stuck on its dependency shows. */
+static void put_pipelines(struct buf *out)
+{
+	int64_t now = util_mono_ms();
+
+	buf_puts(out, "# HELP sluice_worker_pipeline_lag Records the "
+		      "pipeline has not committed yet, all its partitions.\n"
+		      "# TYPE sluice_worker_pipeline_lag gauge\n");
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		long long lag = 0;
+
+		pthread_mutex_lock(&m->lock);
+		for (int i = 0; i < m->n_parts; i++)
+			lag += m->parts[i].lag > 0 ? m->parts[i].lag : 0;
+		pthread_mutex_unlock(&m->lock);
+		buf_printf(out,
+			   "sluice_worker_pipeline_lag{pipeline=\"%s\"} "
+			   "%lld\n",
+			   m->kind, lag);
+	}
+	buf_puts(out, "# HELP sluice_worker_pipeline_stalled_seconds How long "
+		      "the pipeline has been behind without committing.\n"
+		      "# TYPE sluice_worker_pipeline_stalled_seconds gauge\n");
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		int64_t oldest = 0;
+
+		pthread_mutex_lock(&m->lock);
+		for (int i = 0; i < m->n_parts; i++)
+			if (m->parts[i].since_ms &&
+			    now - m->parts[i].since_ms > oldest)
+				oldest = now - m->parts[i].since_ms;
+		pthread_mutex_unlock(&m->lock);
+		buf_printf(out,
+			   "sluice_worker_pipeline_stalled_seconds{pipeline="
+			   "\"%s\"} %.3f\n",
+			   m->kind, (double)oldest / 1000.0);
+	}
+}
+
+static void put_histograms(struct buf *out, const struct metrics_pipe *m)
 {
 	uint64_t cum = 0;
 
@@ -266,7 +580,7 @@ static void put_histograms(struct buf *out)
 		 "# HELP sluice_worker_batch_records Records per committed "
 		 "batch.\n# TYPE sluice_worker_batch_records histogram\n");
 	for (int i = 0; i <= N_RECORD_BUCKETS; i++) {
-		cum += m.records_le[i];
+		cum += m->records_le[i];
 		if (i < N_RECORD_BUCKETS)
 			buf_printf(out,
 				   "sluice_worker_batch_records_bucket{le=\"%"
@@ -281,8 +595,8 @@ static void put_histograms(struct buf *out)
 	buf_printf(out,
 		   "sluice_worker_batch_records_sum %llu\n"
 		   "sluice_worker_batch_records_count %llu\n",
-		   (unsigned long long)m.records_sum,
-		   (unsigned long long)m.observed);
+		   (unsigned long long)m->records_sum,
+		   (unsigned long long)m->observed);
 	cum = 0;
 	buf_puts(out,
 		 "# HELP sluice_worker_batch_duration_seconds Time from "
@@ -290,7 +604,7 @@ static void put_histograms(struct buf *out)
 		 "invalidation, retries included.\n"
 		 "# TYPE sluice_worker_batch_duration_seconds histogram\n");
 	for (int i = 0; i <= N_MS_BUCKETS; i++) {
-		cum += m.ms_le[i];
+		cum += m->ms_le[i];
 		if (i < N_MS_BUCKETS)
 			buf_printf(
 			    out,
@@ -307,79 +621,92 @@ static void put_histograms(struct buf *out)
 	buf_printf(out,
 		   "sluice_worker_batch_duration_seconds_sum %.3f\n"
 		   "sluice_worker_batch_duration_seconds_count %llu\n",
-		   (double)m.ms_sum / 1000.0, (unsigned long long)m.observed);
+		   (double)m->ms_sum / 1000.0, (unsigned long long)m->observed);
 }
 
-void metrics_render(struct buf *out, const struct batch *b,
-		    const struct consumer *c, const struct cache *cache)
+void metrics_render(struct buf *out)
 {
-	struct batch_totals t = {0};
-	unsigned long long inv = 0, removed = 0;
+	struct sum *s = calloc(1, sizeof(*s));
+	const struct metrics_pipe *a;
 
-	if (b)
-		batch_totals(b, &t);
-	if (cache)
-		cache_totals(cache, &inv, &removed);
-	put_lag(out, c);
-	put_histograms(out);
+	if (!s)
+		abort();
+	s->all.brokers_up = -1;
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		pthread_mutex_lock(&m->lock);
+		sum_pipe(s, m);
+		pthread_mutex_unlock(&m->lock);
+	}
+	a = &s->all;
+	put_lag(out, s);
+	put_pipelines(out);
+	pthread_mutex_unlock(&pipes_lock);
+	put_histograms(out, a);
 	put_counter(out, "sluice_worker_batches_total",
-		    "Batches committed to PostgreSQL.", t.batches);
+		    "Batches committed to PostgreSQL.", a->totals.batches);
 	put_counter(out, "sluice_worker_records_total",
-		    "Kafka records in committed batches.", t.records);
+		    "Kafka records in committed batches.", a->totals.records);
 	buf_puts(out, "# HELP sluice_worker_rows_written_total Rows a kind's "
 		      "records added or changed (transcript messages, campaign "
 		      "outbox rows, chat messages).\n"
 		      "# TYPE sluice_worker_rows_written_total counter\n");
-	if (b)
-		batch_kind_totals(b, put_kind, out);
+	for (int i = 0; i < MAX_KINDS && handlers[i]; i++)
+		if (handlers[i]->totals)
+			buf_printf(out,
+				   "sluice_worker_rows_written_total{kind=\"%"
+				   "s\"} %llu\n",
+				   handlers[i]->kind, a->kind_saved[i]);
 	put_counter(out, "sluice_worker_duplicates_total",
 		    "Rows skipped because they were already stored.",
-		    t.skipped);
+		    a->totals.skipped);
 	put_counter(out, "sluice_worker_dead_letters_total",
-		    "Records sent to the dead-letter topic.", t.dead);
+		    "Records sent to the dead-letter topic.", a->totals.dead);
 	put_counter(out, "sluice_worker_retries_total",
 		    "Transient failures retried with back-off (a batch, "
 		    "reading stored offsets).",
-		    m.retries);
+		    a->retries);
 	buf_printf(out,
 		   "# HELP sluice_worker_rebalances_total Partition "
 		   "assignments and revocations.\n"
 		   "# TYPE sluice_worker_rebalances_total counter\n"
 		   "sluice_worker_rebalances_total{type=\"assign\"} %llu\n"
 		   "sluice_worker_rebalances_total{type=\"revoke\"} %llu\n",
-		   (unsigned long long)m.assigns,
-		   (unsigned long long)m.revokes);
+		   (unsigned long long)a->assigns,
+		   (unsigned long long)a->revokes);
 	put_counter(out, "sluice_worker_invalidations_total",
 		    "Invalidations carried out in Redis after commits (keys, "
 		    "patterns, version bumps), deferred ones included.",
-		    inv);
+		    a->inv);
 	put_counter(out, "sluice_worker_cache_keys_removed_total",
-		    "Redis keys the invalidations removed.", removed);
+		    "Redis keys the invalidations removed.", a->removed);
 	put_gauge(out, "sluice_worker_invalidations_owed",
 		  "Invalidations deferred while Redis is unreachable.",
-		  cache ? (long long)cache_pending(cache) : 0);
+		  (long long)a->owed);
 	put_counter(out, "sluice_worker_lead_contexts_total",
-		    "Distinct lead contexts batches asked for.", m.leads);
+		    "Distinct lead contexts batches asked for.", a->leads);
 	put_counter(out, "sluice_worker_lead_lookups_total",
 		    "Calls to the lead-context source, retries included.",
-		    m.lookups);
+		    a->lookups);
 	put_counter(out, "sluice_worker_lead_lookup_failures_total",
 		    "Lead-context source calls that failed or timed out.",
-		    m.lookup_failures);
+		    a->lookup_failures);
 	put_counter(out, "sluice_worker_lead_cache_hits_total",
-		    "Lead contexts served by Redis.", m.hits);
+		    "Lead contexts served by Redis.", a->hits);
 	put_counter(out, "sluice_worker_lead_cache_misses_total",
-		    "Lead contexts not in Redis (or Redis down).", m.misses);
+		    "Lead contexts not in Redis (or Redis down).", a->misses);
 	put_counter(out, "sluice_worker_lead_lease_waits_total",
 		    "Waits for another worker's fill of a lead context.",
-		    m.lease_waits);
+		    a->lease_waits);
 	put_gauge(out, "sluice_worker_lead_lookups_peak_in_flight",
 		  "Most lead-context lookups in flight at once in any batch.",
-		  m.peak_inflight);
+		  a->peak_inflight);
 	put_gauge(out, "sluice_worker_partitions_assigned",
-		  "Partitions this worker owns.", c ? consume_assigned(c) : 0);
+		  "Partitions this worker owns (in its busiest pipeline).",
+		  a->assigned);
 	put_gauge(out, "sluice_worker_kafka_brokers_up",
 		  "Kafka brokers up, by librdkafka's statistics (-1 = not "
 		  "known yet).",
-		  m.brokers_up);
+		  a->brokers_up);
+	free(s);
 }

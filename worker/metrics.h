@@ -1,7 +1,8 @@
 /* The worker's counters for GET /metrics: what the batch, the consumer and
  * the cache report through one-line hooks, plus what they already count,
- * rendered in the Prometheus text format. Everything runs on the worker
- * thread, so nothing here needs a lock. */
+ * rendered in the Prometheus text format. Each pipeline (one per kind, on
+ * a thread of its own) has its own figures: the hooks find the calling
+ * thread's through metrics_pipe_enter(), and the endpoint adds them up. */
 #ifndef SLUICE_METRICS_H
 #define SLUICE_METRICS_H
 
@@ -17,6 +18,19 @@ struct cache;
 struct consumer;
 struct contexts_stats;
 
+struct batch_totals;
+struct metrics_pipe;
+
+/* A pipeline's figures, registered for the endpoint; kind names it in
+ * the per-pipeline series. Freed by metrics_cleanup(). */
+struct metrics_pipe *metrics_pipe_new(const char *kind);
+/* The hooks called on this thread from now on count into p. */
+void metrics_pipe_enter(struct metrics_pipe *p);
+/* On the pipeline's thread, between batches: copies what the batch, the
+ * consumer and the cache count (and each partition's lag) for the
+ * endpoint, which never touches them itself. */
+void metrics_pipe_snapshot(const struct batch *b, const struct consumer *c,
+			   const struct cache *cache);
 void metrics_cleanup(void);
 
 /* A batch committed: its size, its duration and its lead-context figures
@@ -41,8 +55,15 @@ void metrics_kafka_down(const char *reason);
  * broker is up. true while nothing is known yet. */
 bool metrics_kafka_up(char *why, size_t why_size);
 
+/* Partitions held, by the pipeline that holds most. */
+int metrics_assigned(void);
+/* Partitions behind and without a commit for longer than stall_ms: how
+ * many, each described in why. */
+int metrics_stalled(int stall_ms, struct buf *why);
+/* Every pipeline's batch totals added up (as of their snapshots). */
+void metrics_totals(struct batch_totals *out);
+
 /* The whole exposition. */
-void metrics_render(struct buf *out, const struct batch *b,
-		    const struct consumer *c, const struct cache *cache);
+void metrics_render(struct buf *out);
 
 #endif

@@ -15,6 +15,7 @@ struct pgsink {
 	char *group_id;
 	char *topic;
 	char *staging_sql; /* every handler's temp tables */
+	char *start_group; /* pgsink_set_start_group() */
 	int idle_tx_timeout_ms;
 	bool prepared;
 	bool dry_run;
@@ -81,6 +82,7 @@ void pgsink_destroy(struct pgsink *ps)
 	free(ps->group_id);
 	free(ps->topic);
 	free(ps->staging_sql);
+	free(ps->start_group);
 	free(ps);
 }
 
@@ -224,6 +226,48 @@ bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
 		return true;
 	drop_conn(ps);
 	return false;
+}
+
+void pgsink_set_start_group(struct pgsink *ps, const char *group)
+{
+	free(ps->start_group);
+	ps->start_group = NULL;
+	if (group) {
+		ps->start_group = strdup(group);
+		if (!ps->start_group)
+			abort();
+	}
+}
+
+bool pgsink_load_start(struct pgsink *ps, const int32_t *parts, int n,
+		       int64_t *out, char *errstr, size_t errstr_size)
+{
+	int64_t *other;
+	char *own;
+	bool missing = false, ok;
+
+	if (!pgsink_load_offsets(ps, parts, n, out, errstr, errstr_size))
+		return false;
+	for (int i = 0; i < n; i++)
+		missing |= out[i] < 0;
+	if (!missing || !ps->start_group)
+		return true;
+	other = calloc((size_t)n + 1, sizeof(*other));
+	if (!other)
+		abort();
+	/* The same query under the other group's name. */
+	own = ps->group_id;
+	ps->group_id = ps->start_group;
+	ok = query_offsets(ps, SQL_LOAD_OFFSETS, parts, n, other, errstr,
+			   errstr_size);
+	ps->group_id = own;
+	if (!ok)
+		drop_conn(ps);
+	for (int i = 0; ok && i < n; i++)
+		if (out[i] < 0)
+			out[i] = other[i];
+	free(other);
+	return ok;
 }
 
 static bool exec_ok(struct pgsink *ps, const char *sql, const char *what,

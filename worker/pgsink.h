@@ -31,6 +31,15 @@ bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
 			 int64_t *out, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* Where consumption starts: the stored offsets, and for a partition
+ * without one, start_group's (pgsink_set_start_group()): a pipeline of
+ * its own for a kind takes over where the worker's shared pipeline
+ * stopped, instead of reading the topic again from its start. */
+void pgsink_set_start_group(struct pgsink *ps, const char *group);
+bool pgsink_load_start(struct pgsink *ps, const int32_t *parts, int n,
+		       int64_t *out, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
 /* BEGIN, then lock the offsets rows of the batch's partitions and return
  * what is stored (-1 for none): records below it were applied already. */
 bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,

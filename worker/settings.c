@@ -10,6 +10,7 @@
 #include <string.h>
 
 static const char *const lc_source_names[] = {"postgres", "http", NULL};
+static const char *const pipelines_names[] = {"per_kind", "shared", NULL};
 
 #define F(x) offsetof(struct worker_config, x)
 const struct cfg_setting worker_settings[] = {
@@ -24,6 +25,14 @@ const struct cfg_setting worker_settings[] = {
     {"group_instance_id", CFG_STR, F(group_instance_id), "", 0, 0, NULL,
      "SLUICE_GROUP_INSTANCE_ID",
      "static group membership id, unique per worker (default dynamic)"},
+    {"pipelines", CFG_ENUM, F(pipelines), "per_kind", 0, 0, pipelines_names,
+     NULL,
+     "per_kind: each kind in a pipeline of its own, consumer group "
+     "<group_id>.<kind>; shared: every kind in one, group group_id"},
+    {"kinds", CFG_STR, F(kinds), "", 0, 0, NULL, NULL,
+     "kinds this worker applies, comma-separated (default every kind)"},
+    {"stall_alert_s", CFG_INT, F(stall_alert_s), "300", 1, 86400, NULL, NULL,
+     "/readyz fails for a partition behind and not committed for this long"},
     {"dlq_topic", CFG_STR, F(dlq_topic), "", 0, 0, NULL, NULL,
      "dead-letter topic (default <topic>.dlq)"},
     {"postgres_dsn", CFG_STR, F(postgres_dsn), "postgresql:///sluice", 0, 0,

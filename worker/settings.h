@@ -8,6 +8,7 @@
 #include "../common/config.h"
 
 enum lc_source { LC_SOURCE_POSTGRES = 0, LC_SOURCE_HTTP };
+enum pipelines { PIPELINES_PER_KIND = 0, PIPELINES_SHARED };
 
 struct worker_config {
 	char *brokers;
@@ -15,6 +16,9 @@ struct worker_config {
 	int topic_partitions;
 	char *group_id;
 	char *group_instance_id; /* "" = dynamic membership */
+	int pipelines;		 /* enum pipelines */
+	char *kinds;		 /* "" = every kind */
+	int stall_alert_s;
 	char *dlq_topic;
 	char *postgres_dsn;
 	char *redis_url;

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import Pipeline, wait_until
+from conftest import Pipeline, committed_offsets, wait_until
 
 CAMPAIGN_SOURCE = "camp"
 LEADS_SOURCE = "leadupd"
@@ -165,9 +165,7 @@ def wait_run(services, run_id, pred, timeout=30, what="run state",
 
 
 def committed(services, group, topic):
-    return dict(services.query(
-        "SELECT partition, next_offset FROM sluice_offsets"
-        " WHERE group_id = %s AND topic = %s", (group, topic)))
+    return committed_offsets(services, group, topic)
 
 
 def wait_caught_up(services, group, topic, worker=None, timeout=30):

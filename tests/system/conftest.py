@@ -95,6 +95,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+KINDS = ("transcript", "campaign", "lead_updated", "chat")
+
+
+def worker_groups(group, pipelines="per_kind", kinds=""):
+    """The consumer groups (and keys of sluice_offsets) of a worker run
+    with these settings."""
+    if pipelines == "shared":
+        return [group]
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()] or KINDS
+    return [f"{group}.{k}" for k in KINDS if k in wanted]
+
+
+def committed_offsets(services, group, topic, groups=None):
+    """{partition: next offset} that every pipeline of the worker has
+    committed (the lowest among its groups; a group without a row for a
+    partition has committed nothing there)."""
+    groups = groups or worker_groups(group)
+    rows = services.query(
+        "SELECT group_id, partition, next_offset FROM sluice_offsets"
+        " WHERE group_id = ANY(%s) AND topic = %s", (list(groups), topic))
+    per = {}
+    for g, p, o in rows:
+        per.setdefault(p, {})[g] = o
+    return {p: min(got.get(g, 0) for g in groups) for p, got in per.items()}
+
+
 def unique_name(request, prefix):
     """t_<testname>_<rand>: a valid Kafka topic / group name, unique."""
     name = re.sub(r"[^A-Za-z0-9_]+", "_", request.node.name)
@@ -654,6 +680,7 @@ class Pipeline:
         self.daemons = []
         self.ingest = None
         self.worker = None
+        self.last_worker_settings = None
         self._n = 0
         # The connection points come from the config files alone: drop any
         # SLUICE_* variable so the environment cannot redirect a daemon.
@@ -712,6 +739,7 @@ class Pipeline:
 
     def start_worker(self, wait=True, **over):
         s = self.worker_settings(**over)
+        self.last_worker_settings = s
         i = len([d for d in self.daemons if d.kind == "worker"])
         cfg = self._write(f"worker{i}.conf", s)
         # Restarts of the same worker share a log, so the "saved/skipped"
@@ -761,9 +789,17 @@ class Pipeline:
             " GROUP BY 1, 2 HAVING count(*) > 1 LIMIT 20", (self.prefix,))
 
     def committed_offsets(self):
-        return dict(self.services.query(
-            "SELECT partition, next_offset FROM sluice_offsets"
-            " WHERE group_id = %s AND topic = %s", (self.group, self.topic)))
+        return committed_offsets(self.services, self.group, self.topic,
+                                 self.worker_groups())
+
+    def worker_groups(self):
+        """The consumer groups of the last worker started: one per kind
+        (<group>.<kind>, the default pipelines = per_kind), or the group
+        itself (pipelines = shared)."""
+        s = self.last_worker_settings or {}
+        return worker_groups(s.get("group_id", self.group),
+                             s.get("pipelines", "per_kind"),
+                             s.get("kinds", ""))
 
     def wait_caught_up(self, timeout=60.0):
         """Wait until the worker's committed offsets (sluice_offsets) reach

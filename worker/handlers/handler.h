@@ -81,6 +81,8 @@ struct handler {
 };
 
 /* Every handler, in the order their rows are written. */
+/* The handlers, NULL-terminated; at most MAX_KINDS of them. */
+#define MAX_KINDS 16
 extern const struct handler *const handlers[];
 
 const struct handler *handler_find(const char *kind);
