@@ -447,6 +447,91 @@ void batch_wait(void *arg, int ms)
 	}
 }
 
+/* One attempt at msgs[0..n) that is rolled back whatever happens, with
+ * nothing dead-lettered: 0 = it would commit, 1 = refused for its data,
+ * -1 = another failure (the database went away...). */
+static int batch_probe(struct batch *b, rd_kafka_message_t **msgs, size_t n,
+		       struct partmap *pm)
+{
+	struct batch_env *env = b->env;
+	size_t dead, fenced, passed;
+	int64_t prepare_ms = 0;
+	bool stream = false, ok;
+	char err[1024];
+
+	env->dry_run = true;
+	pgsink_set_dry_run(env->ps, true);
+	pgsink_clear_error(env->ps);
+	ok = batch_attempt(b, msgs, n, &stream, pm, &dead, &fenced, &passed,
+			   &prepare_ms, err, sizeof(err));
+	env->dry_run = false;
+	pgsink_set_dry_run(env->ps, false);
+	if (ok)
+		return 0;
+	return pgsink_data_error(env->ps) ? 1 : -1;
+}
+
+/* The batch was refused for its data (a value PostgreSQL cannot store, a
+ * constraint), which no retry fixes. The record to blame is found by
+ * bisection over prefixes of the pipeline's records, each tried and
+ * rolled back: the shortest prefix refused ends with it (so a record
+ * refused only beside an earlier one is the one blamed). It goes to the
+ * dead-letter topic with the error and is left out of the batch, whose
+ * offsets still cover it. false = nothing isolated (another failure came
+ * up meanwhile): the batch is retried as usual. */
+static bool batch_isolate(struct batch *b, rd_kafka_message_t **live, size_t *n,
+			  struct partmap *pm, const char *error, size_t *dead)
+{
+	struct batch_env *env = b->env;
+	rd_kafka_message_t **own = malloc((*n + 1) * sizeof(*own));
+	size_t k = 0, lo = 0, hi, bad;
+	char reason[1100];
+	int r;
+
+	if (!own)
+		abort();
+	for (size_t i = 0; i < *n; i++)
+		if (batch_owns(b, live[i]))
+			own[k++] = live[i];
+	hi = k; /* own[0..lo) is accepted, own[0..hi) refused */
+	while (hi - lo > 1) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		r = batch_probe(b, own, mid, pm);
+		if (r < 0)
+			break;
+		if (r == 1)
+			hi = mid;
+		else
+			lo = mid;
+	}
+	if (hi == 0 || hi - lo != 1 || batch_probe(b, own, hi, pm) != 1) {
+		free(own);
+		return false;
+	}
+	bad = hi - 1;
+	snprintf(reason, sizeof(reason), "refused by PostgreSQL: %s", error);
+	log_warn("record %s [%d] @%lld: %s; dead-lettered, the rest of the "
+		 "batch goes on",
+		 rd_kafka_topic_name(own[bad]->rkt), (int)own[bad]->partition,
+		 (long long)own[bad]->offset, reason);
+	if (!dlq_send(env->dlq, own[bad], reason) ||
+	    !dlq_flush(env->dlq, 10000)) {
+		free(own);
+		return false;
+	}
+	for (size_t i = 0; i < *n; i++)
+		if (live[i] == own[bad]) {
+			memmove(&live[i], &live[i + 1],
+				(*n - i - 1) * sizeof(*live));
+			(*n)--;
+			break;
+		}
+	(*dead)++;
+	free(own);
+	return true;
+}
+
 /* Adds the offsets of a batch that had nothing for this pipeline to the
  * ones waiting for a commit. */
 static void batch_defer(struct batch *b, const struct partmap *pm)
@@ -496,7 +581,9 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	struct batch_env *env = b->env;
 	struct partmap pm = {.n = 0};
 	int backoff = env->cfg->retry_backoff_min_ms;
-	size_t dead = 0, fenced = 0, passed = 0, own = 0;
+	size_t dead = 0, fenced = 0, passed = 0, own = 0, isolated = 0;
+	size_t n_live = 0;
+	rd_kafka_message_t **live = NULL;
 	int64_t t0 = util_mono_ms(), prepare_ms = 0, t_commit, t_end;
 	long long removed;
 	bool stream;
@@ -540,9 +627,25 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			pm.next[pi] = b->dnext[j];
 	}
 	contexts_reset(env->contexts);
-	stream = batch_streams(b, msgs, n);
-	while (!batch_attempt(b, msgs, n, &stream, &pm, &dead, &fenced, &passed,
-			      &prepare_ms, err, sizeof(err))) {
+	/* The records the attempts see: all of them, less those a data
+	 * error was traced to (their offsets stay in pm). */
+	live = malloc((n + 1) * sizeof(*live));
+	if (!live)
+		abort();
+	if (n)
+		memcpy(live, msgs, n * sizeof(*live));
+	n_live = n;
+	stream = batch_streams(b, live, n_live);
+	for (;;) {
+		pgsink_clear_error(env->ps);
+		if (batch_attempt(b, live, n_live, &stream, &pm, &dead, &fenced,
+				  &passed, &prepare_ms, err, sizeof(err)))
+			break;
+		if (pgsink_data_error(env->ps) && !env->dry_run &&
+		    batch_isolate(b, live, &n_live, &pm, err, &isolated)) {
+			stream = false;
+			continue;
+		}
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",
 			 own, err, backoff);
@@ -561,8 +664,10 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	b->dn = 0;
 	b->last_commit_ms = util_mono_ms();
 	b->t.passed += passed;
+	dead += isolated;
 	if (own == 0) {
 		/* Offsets only: nothing to log, count or invalidate. */
+		b->t.dead += dead;
 		if (env->consumer)
 			consume_commit_async(env->consumer, pm.parts, pm.next,
 					     pm.n);
@@ -620,6 +725,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	/* Let what the batch queued on the loop (cache fills) go out. */
 	event_base_loop(env->base, EVLOOP_NONBLOCK);
 done:
+	free(live);
 	free(pm.parts);
 	free(pm.next);
 	free(pm.fence);

@@ -22,6 +22,7 @@ struct pgsink {
 	bool copying;	      /* a COPY is open */
 	bool pending;	      /* a COPY ended; its result is not read yet */
 	char stream_state[6]; /* the SQLSTATE that refused a chunk, or "" */
+	char last_state[6];   /* of the last statement refused, or "" */
 	char stream_err[256];
 };
 
@@ -94,6 +95,14 @@ const char *pgsink_group_id(const struct pgsink *ps)
 const char *pgsink_topic(const struct pgsink *ps)
 {
 	return ps->topic;
+}
+
+/* Keeps the SQLSTATE of a refused statement for pgsink_data_error(). */
+static void note_state(struct pgsink *ps, const PGresult *res)
+{
+	const char *s = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+
+	snprintf(ps->last_state, sizeof(ps->last_state), "%s", s ? s : "");
 }
 
 static void set_err(struct pgsink *ps, const char *what, char *errstr,
@@ -201,6 +210,7 @@ static bool query_offsets(struct pgsink *ps, const char *sql,
 	free(arr);
 	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
 	if (!ok) {
+		note_state(ps, res);
 		set_err(ps, "offsets", errstr, errstr_size);
 	} else {
 		for (int r = 0; r < PQntuples(res); r++) {
@@ -276,8 +286,10 @@ static bool exec_ok(struct pgsink *ps, const char *sql, const char *what,
 	PGresult *res = PQexec(ps->conn, sql);
 	bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
 
-	if (!ok)
+	if (!ok) {
+		note_state(ps, res);
 		set_err(ps, what, errstr, errstr_size);
+	}
 	PQclear(res);
 	return ok;
 }
@@ -316,6 +328,7 @@ static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
 	PGresult *res = PQexec(ps->conn, sql);
 
 	if (PQresultStatus(res) != PGRES_COPY_IN) {
+		note_state(ps, res);
 		PQclear(res);
 		set_err(ps, "copy", errstr, errstr_size);
 		return false;
@@ -371,6 +384,7 @@ static bool copy_result(struct pgsink *ps, char state[6], char *errstr,
 
 		if (s)
 			snprintf(state, 6, "%s", s);
+		note_state(ps, res);
 		set_err(ps, "copy", errstr, errstr_size);
 	}
 	PQclear(res);
@@ -467,10 +481,12 @@ long long pgsink_exec(struct pgsink *ps, const char *sql, int nparams,
 	    PQexecParams(ps->conn, sql, nparams, NULL, params, NULL, NULL, 0);
 	long long n = -1;
 
-	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+	if (PQresultStatus(res) == PGRES_COMMAND_OK) {
 		n = atoll(PQcmdTuples(res));
-	else
+	} else {
+		note_state(ps, res);
 		set_err(ps, what, errstr, errstr_size);
+	}
 	PQclear(res);
 	return n;
 }
@@ -484,9 +500,24 @@ PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
 
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 		return res;
+	note_state(ps, res);
 	set_err(ps, what, errstr, errstr_size);
 	PQclear(res);
 	return NULL;
+}
+
+bool pgsink_data_error(const struct pgsink *ps)
+{
+	/* 22: data exception (invalid text for its type, an invalid byte
+	 * sequence for the encoding, a value out of range); 23: integrity
+	 * constraint violation. Neither goes away by trying again. */
+	return strncmp(ps->last_state, "22", 2) == 0 ||
+	       strncmp(ps->last_state, "23", 2) == 0;
+}
+
+void pgsink_clear_error(struct pgsink *ps)
+{
+	ps->last_state[0] = '\0';
 }
 
 void pgsink_set_dry_run(struct pgsink *ps, bool dry_run)

@@ -89,6 +89,12 @@ PGresult *pgsink_query(struct pgsink *ps, const char *sql, int nparams,
 		       char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
+/* Whether the last statement refused was refused for its data (SQLSTATE
+ * classes 22 and 23), which trying again cannot fix; cleared by
+ * pgsink_clear_error(). */
+bool pgsink_data_error(const struct pgsink *ps);
+void pgsink_clear_error(struct pgsink *ps);
+
 /* A dry run (replay --dry-run): pgsink_commit() rolls back instead, so
  * the handlers' statements report what they would change. */
 void pgsink_set_dry_run(struct pgsink *ps, bool dry_run);
