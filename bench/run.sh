@@ -6,6 +6,7 @@
 #   bench/run.sh contexts [ARGS]  only bench/contexts.py ARGS
 #   bench/run.sh chat [ARGS]      only bench/chat.py ARGS
 #   bench/run.sh invalidate [ARGS] only bench/invalidate.py ARGS
+#   bench/run.sh stuck [ARGS]     only bench/stuck.py ARGS
 # A full run ends with bench/summary.py: one table of every figure next to
 # its baseline, as bench/out/summary.json and summary.png (matplotlib is
 # installed into the venv for it when missing).
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 case "${1:-}" in
-contexts | chat | invalidate)
+contexts | chat | invalidate | stuck)
 	name=$1
 	shift
 	exec "$py" "bench/$name.py" "$@"
@@ -26,6 +27,7 @@ esac
 "$py" bench/contexts.py
 "$py" bench/chat.py
 "$py" bench/invalidate.py
+"$py" bench/stuck.py
 "$py" -c 'import matplotlib' 2>/dev/null || "$py" -m pip install -q matplotlib ||
 	echo "bench: matplotlib not installed; the summary has no chart" >&2
 exec "$py" bench/summary.py

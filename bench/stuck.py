@@ -19,9 +19,10 @@ They are measured in phases of SECONDS each, in one run:
   model       campaign batches of 100 leads whose source answers in 1 s,
               K=5, one after the other: the campaign pipeline is busy
               the whole phase, as model composition keeps it;
-  shared      `hung` again against a worker with pipelines = shared (every
-              kind in one pipeline, as before kinds had pipelines of their
-              own; lookups time out after 5 s), for contrast.
+  shared      10 hung leads against a worker with pipelines = shared
+              (every kind in one pipeline, as before kinds had pipelines
+              of their own; lookups time out after 5 s, K=5: the batch
+              takes 10 s), for contrast.
 
 Printed: p50 and p99 of each probe per phase and the p99 next to the
 unloaded one as a ratio (the goal: at most 1.5x). Results:
@@ -240,7 +241,7 @@ def main():
 
         iport, w, i = start("per_kind", 60000, f"bench-stuck-{tag}")
         print("per-kind pipelines (the default):")
-        phase("warm-up", iport, dsn, 3)
+        phase("warm-up", iport, dsn, 5)
         results["unloaded"] = phase("unloaded", iport, dsn, a.seconds)
         campaign(iport, [f"hung-{tag}-{n}" for n in range(50)], "hung")
         time.sleep(0.5)
@@ -264,7 +265,7 @@ def main():
         iport, w, i = start("shared", 5000, f"bench-stuck-shared-{tag}")
         print("one shared pipeline (pipelines = shared), for contrast:")
         phase("warm-up", iport, dsn, 3)
-        campaign(iport, [f"hung-{tag}-s{n}" for n in range(50)], "shared")
+        campaign(iport, [f"hung-{tag}-s{n}" for n in range(10)], "shared")
         time.sleep(0.5)
         results["shared_hung"] = phase("shared", iport, dsn, a.seconds)
         stub.hang = 0

@@ -27,8 +27,18 @@ from psycopg import sql
 from conftest import (Client, WorkerDaemon, transcript, wait_until)
 
 SESSION_MS = 6000
+# The fleet applies transcripts only (kinds = transcript, as a fleet that
+# runs a worker per kind does): one pipeline per worker, the consumer group
+# <group>.transcript, whose rebalances and offsets these tests follow.
 GROUP_TUNING = {"kafka__session.timeout.ms": SESSION_MS,
-                "kafka__heartbeat.interval.ms": 1000}
+                "kafka__heartbeat.interval.ms": 1000,
+                "kinds": "transcript"}
+
+
+def kg(group):
+    """The consumer group (and sluice_offsets key) of the transcript
+    pipeline of workers configured with group_id = group."""
+    return f"{group}.transcript"
 
 
 # ---------------------------------------------------------------- helpers
@@ -188,7 +198,7 @@ class Load:
 def offsets_sum(pipeline, group):
     return pipeline.services.scalar(
         "SELECT coalesce(sum(next_offset), 0) FROM sluice_offsets"
-        " WHERE group_id = %s AND topic = %s", (group, pipeline.topic))
+        " WHERE group_id = %s AND topic = %s", (kg(group), pipeline.topic))
 
 
 def wait_all_committed(pipeline, group, timeout=90.0):
@@ -197,7 +207,7 @@ def wait_all_committed(pipeline, group, timeout=90.0):
         marks = pipeline.services.watermarks(pipeline.topic)
         got = dict(pipeline.services.query(
             "SELECT partition, next_offset FROM sluice_offsets"
-            " WHERE group_id = %s AND topic = %s", (group, pipeline.topic)))
+            " WHERE group_id = %s AND topic = %s", (kg(group), pipeline.topic)))
         return all(got.get(p, 0) >= hi for p, (lo, hi) in marks.items()
                    if hi > lo)
     wait_until(done, timeout, 0.2,
@@ -244,7 +254,7 @@ def test_fleet_under_churn(pipeline, services):
     def at():
         return round(time.monotonic() - t0, 1)
 
-    with OffsetWatch(services, pipeline.group) as watch:
+    with OffsetWatch(services, kg(pipeline.group)) as watch:
         workers = [pipeline.start_worker(**over)]
         joins.append((at(), 0))
         ingest = pipeline.start_ingest(topic_partitions=6)
@@ -356,13 +366,13 @@ def test_restart_to_first_commit(pipeline, services):
             left = dict(services.query(
                 "SELECT partition, next_offset FROM sluice_offsets WHERE"
                 " group_id = %s AND topic = %s AND partition = ANY(%s)",
-                (group, pipeline.topic, mine)))
+                (kg(group), pipeline.topic, mine)))
 
             def moved():
                 now = dict(services.query(
                     "SELECT partition, next_offset FROM sluice_offsets WHERE"
                     " group_id = %s AND topic = %s AND partition = ANY(%s)",
-                    (group, pipeline.topic, mine)))
+                    (kg(group), pipeline.topic, mine)))
                 return any(now.get(p, -1) > left.get(p, -1) for p in mine)
             wait_until(moved, SESSION_MS / 1000 * 3 + 30, 0.05,
                        f"another member to commit on {mine}")
@@ -434,7 +444,7 @@ def test_zombie_is_fenced(pipeline, services):
     slow_cid = pipeline.cid("slow")
     tag = uuid.uuid4().hex[:8]     # application_name keeps 63 bytes
     names = [f"sluice-fleet-{tag}-a", f"sluice-fleet-{tag}-b"]
-    with OffsetWatch(services, pipeline.group) as watch, \
+    with OffsetWatch(services, kg(pipeline.group)) as watch, \
             SlowInsert(services, slow_cid, 3):
         workers = [start_worker_as(pipeline, n, **over) for n in names]
         ingest = pipeline.start_ingest(topic_partitions=6)
@@ -536,7 +546,7 @@ def test_zombie_without_idle_timeout_blocks_its_successor(pipeline,
     slow_cid = pipeline.cid("slow")
     tag = uuid.uuid4().hex[:8]     # application_name keeps 63 bytes
     names = [f"sluice-fleet-{tag}-a", f"sluice-fleet-{tag}-b"]
-    with OffsetWatch(services, pipeline.group) as watch, \
+    with OffsetWatch(services, kg(pipeline.group)) as watch, \
             SlowInsert(services, slow_cid, 2):
         workers = [start_worker_as(pipeline, n, **over) for n in names]
         ingest = pipeline.start_ingest(topic_partitions=6)
