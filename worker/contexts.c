@@ -6,8 +6,13 @@
  * A lead moves through: REDIS (MGET of its context and version, pipelined
  * with every other lead's) → LEASE (SET lock NX PX) → either QUEUED for the
  * source (lease won, Redis down, or waited too long) or WAIT (another
- * worker fills it; poll with back-off) → FOUND / NOT_FOUND / UNAVAILABLE.
- * Every callback below runs on the worker thread, inside the event_base. */
+ * worker fills it; poll with back-off) → FOUND / NOT_FOUND / UNAVAILABLE /
+ * INVALID. Every context, from the source or from Redis, is checked before
+ * it is cached or used (see ctx_check). A batch's lookups end within
+ * lead_context.batch_budget_ms; a PostgreSQL lookup that ends early (its
+ * timeout, the budget) is cancelled on the server, never just abandoned.
+ * Every callback below runs on the worker thread, inside the event_base,
+ * except cancel_main (a short-lived thread of its own). */
 #include "contexts.h"
 
 #include <event2/buffer.h>
@@ -16,12 +21,15 @@
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "../common/validate.h"
 #include "cache.h"
 
 /* What each way of naming a lead reads: its Redis keys, its placeholder in
@@ -38,6 +46,15 @@ static const struct ns_def {
 #define WAIT_MIN_MS 100
 #define WAIT_MAX_MS 2000
 #define REDIS_RETRY_MAX_MS 5000
+/* Cancel requests in flight at once (each a thread for a moment); past
+ * it, statement_timeout alone ends the query. */
+#define CANCELS_MAX 64
+
+/* Run once on each new lookup connection: the server itself ends a lookup
+ * that outlives its timeout, even if the cancel request never gets there.
+ * A query, not a startup option, so poolers that refuse "options" work. */
+static const char SQL_SETUP[] =
+    "SELECT set_config('statement_timeout', $1, false)";
 
 /* Fill only when no invalidation bumped the version since it was read, and
  * release the lease if it is still ours. */
@@ -48,6 +65,8 @@ static const char LUA_FILL[] =
     "if redis.call('GET', KEYS[3]) == ARGV[4] then redis.call('DEL', "
     "KEYS[3]) end\n"
     "return 1";
+/* Deletes KEYS[1] if it still holds ARGV[1]: our lease, or a cached
+ * context found unusable (not one somebody wrote since). */
 static const char LUA_RELEASE[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', "
     "KEYS[1]) end return 0";
@@ -98,6 +117,11 @@ struct slot {
 	PGconn *pg;
 	struct event *pg_ev;
 	bool pg_ready; /* connected, no query running */
+	bool pg_setup; /* the query running is SQL_SETUP */
+	/* A cancelled query has not ended yet: the slot takes no lookup until
+	 * it has (or DRAIN bound passed), so a worker never has more than K
+	 * lookups running on the server. */
+	bool draining;
 };
 
 struct contexts {
@@ -127,12 +151,21 @@ struct contexts {
 	size_t unresolved;
 	bool resetting; /* replies arriving now belong to no batch */
 	int64_t started_ms;
+	struct event *budget; /* lead_context.batch_budget_ms after fetching */
 	struct contexts_stats st;
 };
 
 static void pump(struct contexts *c);
 static void lead_finish(struct lead *l, enum ctx_state st, cJSON *ctx);
 static void lead_to_source(struct lead *l);
+static void lead_store(struct lead *l, const char *json);
+
+static struct timeval ms_tv(int ms)
+{
+	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+
+	return tv;
+}
 
 static char *key_of(const char *prefix, const char *id)
 {
@@ -273,6 +306,65 @@ static cJSON *parse_ctx(const char *s, size_t len)
 	return NULL;
 }
 
+/* A JSON object that parse_ctx accepted: false (and why) when its content
+ * cannot be used. PostgreSQL refuses text that is not UTF-8, so one such
+ * context would fail the whole batch's COPY on every retry; a NUL, raw or
+ * as \u0000, would cut a value short without a word; a key given twice
+ * reads differently here (first wins) and in PostgreSQL (last wins). No
+ * retry can mend any of these, so the lead is not asked again. */
+static bool ctx_usable(const char *s, size_t len, const cJSON *doc, char *why,
+		       size_t whysz)
+{
+	char path[128], msg[160];
+
+	if (memchr(s, '\0', len)) {
+		snprintf(why, whysz, "a NUL byte");
+		return false;
+	}
+	if (!util_utf8_valid(s, len)) {
+		snprintf(why, whysz, "not valid UTF-8");
+		return false;
+	}
+	if (!json_check(s, len, doc, path, sizeof(path), msg, sizeof(msg))) {
+		snprintf(why, whysz, "%s: %s", path, msg);
+		return false;
+	}
+	return true;
+}
+
+/* A context read from Redis: NULL when absent or unusable. An unusable one
+ * (cached by an older sluice) counts as a miss and is deleted, unless it
+ * was replaced meanwhile; the fill that follows never writes a bad one. */
+static cJSON *cached_ctx(struct lead *l, const redisReply *v)
+{
+	struct contexts *c = l->c;
+	cJSON *ctx;
+	char why[300];
+	char *key;
+
+	if (!v || v->type != REDIS_REPLY_STRING)
+		return NULL;
+	ctx = parse_ctx(v->str, v->len);
+	if (ctx && ctx_usable(v->str, v->len, ctx, why, sizeof(why)))
+		return ctx;
+	if (!ctx)
+		snprintf(why, sizeof(why), "not a JSON object");
+	cJSON_Delete(ctx);
+	log_warn("lead %s: the cached context is unusable (%s); deleting it "
+		 "and asking the source",
+		 l->id, why);
+	key = key_of(ns_defs[l->ns].ctx, l->id);
+	if (c->ac) {
+		const char *argv[5] = {"EVAL", LUA_RELEASE, "1", key, v->str};
+		size_t lens[5] = {4, strlen(LUA_RELEASE), 1, strlen(key),
+				  v->len};
+
+		redisAsyncCommandArgv(c->ac, NULL, NULL, 5, argv, lens);
+	}
+	free(key);
+	return NULL;
+}
+
 static void lead_wait(struct lead *l);
 
 /* Reply to SET lock NX PX. */
@@ -285,6 +377,11 @@ static void lease_cb(redisAsyncContext *ac, void *reply, void *priv)
 	redis_got(l->c, r);
 	if (l->c->resetting)
 		return;
+	if (l->phase == PH_DONE) { /* given up meanwhile: let it go */
+		l->leased = r && r->type == REDIS_REPLY_STATUS;
+		lead_store(l, NULL);
+		return;
+	}
 	if (r && r->type == REDIS_REPLY_STATUS) {
 		l->leased = true;
 		lead_to_source(l);
@@ -321,13 +418,11 @@ static void read_cb(redisAsyncContext *ac, void *reply, void *priv)
 
 	(void)ac;
 	redis_got(l->c, r);
-	if (l->c->resetting)
+	if (l->c->resetting || l->phase == PH_DONE)
 		return;
 	if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
 		redisReply *v = r->element[0], *ver = r->element[1];
-		cJSON *ctx = v->type == REDIS_REPLY_STRING
-				 ? parse_ctx(v->str, v->len)
-				 : NULL;
+		cJSON *ctx = cached_ctx(l, v);
 
 		if (ctx) {
 			l->c->st.hits++;
@@ -372,14 +467,21 @@ static void poll_cb(redisAsyncContext *ac, void *reply, void *priv)
 	redis_got(l->c, r);
 	if (l->c->resetting)
 		return;
+	if (l->phase == PH_DONE) { /* given up meanwhile */
+		l->leased = r && r->type == REDIS_REPLY_ARRAY &&
+			    r->elements >= 1 &&
+			    r->element[0]->type == REDIS_REPLY_INTEGER &&
+			    r->element[0]->integer == 2;
+		lead_store(l, NULL);
+		return;
+	}
 	if (r && r->type == REDIS_REPLY_ARRAY && r->elements >= 1 &&
 	    r->element[0]->type == REDIS_REPLY_INTEGER) {
 		long long what = r->element[0]->integer;
 		cJSON *ctx = NULL;
 
-		if (what == 1 && r->elements == 2 &&
-		    r->element[1]->type == REDIS_REPLY_STRING)
-			ctx = parse_ctx(r->element[1]->str, r->element[1]->len);
+		if (what == 1 && r->elements == 2)
+			ctx = cached_ctx(l, r->element[1]);
 		if (ctx) {
 			lead_finish(l, CTX_FOUND, ctx);
 			return;
@@ -524,10 +626,18 @@ static void lead_retry_later(struct lead *l)
 	evtimer_add(l->retry, &tv);
 }
 
+/* The slot's lookup is over for its lead. A draining slot keeps its timer
+ * as the bound on the wait for the cancelled query's end: the query's own
+ * statement_timeout (armed after the lookup's timer) ends it by then. */
 static void slot_release(struct slot *s)
 {
-	if (s->timeout)
+	if (s->timeout && s->draining) {
+		struct timeval tv = ms_tv(s->c->cfg->lc_timeout_ms + 1000);
+
+		evtimer_add(s->timeout, &tv);
+	} else if (s->timeout) {
 		evtimer_del(s->timeout);
+	}
 	s->lead = NULL;
 	s->req = NULL;
 	s->c->inflight--;
@@ -540,12 +650,25 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 	struct lead *l = s->lead;
 	struct contexts *c = s->c;
 	cJSON *ctx = NULL;
+	char bad[300];
 
 	if (ok && found) {
 		ctx = parse_ctx(json, len);
 		if (!ctx) { /* like any other failed lookup: retried */
 			ok = false;
 			why = "the context is not a JSON object";
+		} else if (!ctx_usable(json, len, ctx, bad, sizeof(bad))) {
+			cJSON_Delete(ctx);
+			slot_release(s);
+			c->st.invalid++;
+			log_warn("lead %s: the source's context is unusable "
+				 "(%s); its messages fail as context_invalid, "
+				 "nothing is cached",
+				 l->id, bad);
+			lead_store(l, NULL); /* lets the lease go */
+			lead_finish(l, CTX_INVALID, NULL);
+			pump(c);
+			return;
 		}
 	}
 	slot_release(s);
@@ -636,8 +759,7 @@ static bool http_start(struct slot *s)
 	const char *query = evhttp_uri_get_query(c->uri[ns]);
 	const char *ph = ns_defs[ns].placeholder;
 	const char *hit;
-	struct timeval tv = {c->cfg->lc_timeout_ms / 1000,
-			     (c->cfg->lc_timeout_ms % 1000) * 1000};
+	struct timeval tv = ms_tv(c->cfg->lc_timeout_ms);
 	struct buf path;
 
 	if (!s->hc[ns]) {
@@ -687,6 +809,89 @@ static void pg_drop(struct slot *s)
 		PQfinish(s->pg);
 	s->pg = NULL;
 	s->pg_ready = false;
+	s->pg_setup = false;
+}
+
+static atomic_int cancels_running;
+
+/* Its own thread: PQcancel connects to the server and waits for it to
+ * close, which must not happen on the event loop. libpq 17's
+ * PQcancelStart/PQcancelPoll would do it on the loop; Debian 12 has 15. */
+static void *cancel_main(void *arg)
+{
+	PGcancel *cn = arg;
+	char err[256];
+
+	if (!PQcancel(cn, err, sizeof(err)))
+		log_warn("lead contexts: cancelling a lookup: %.*s",
+			 (int)strcspn(err, "\n"), err);
+	PQfreeCancel(cn);
+	atomic_fetch_sub(&cancels_running, 1);
+	return NULL;
+}
+
+/* Asks the server to stop the query running on s->pg, without waiting. */
+static void pg_cancel_send(struct slot *s)
+{
+	PGcancel *cn;
+	pthread_attr_t attr;
+	pthread_t t;
+	int err;
+
+	if (atomic_fetch_add(&cancels_running, 1) >= CANCELS_MAX) {
+		atomic_fetch_sub(&cancels_running, 1);
+		log_warn("lead contexts: %d cancel requests in flight; this "
+			 "lookup ends by statement_timeout",
+			 CANCELS_MAX);
+		return;
+	}
+	cn = PQgetCancel(s->pg);
+	if (!cn) {
+		atomic_fetch_sub(&cancels_running, 1);
+		return;
+	}
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	err = pthread_create(&t, &attr, cancel_main, cn);
+	pthread_attr_destroy(&attr);
+	if (err != 0) {
+		log_warn("lead contexts: cannot start a cancel request: %s; "
+			 "this lookup ends by statement_timeout",
+			 strerror(err));
+		PQfreeCancel(cn);
+		atomic_fetch_sub(&cancels_running, 1);
+	}
+}
+
+/* The slot's lookup ends before its query did (its timeout, the budget,
+ * a reset). Closing the connection would not stop the server, which runs
+ * the query to its end: a backend per lookup given up, until PostgreSQL
+ * refuses connections. So a running query is cancelled and the slot
+ * drains: it waits for the query's end before its next connection. */
+static void pg_abandon(struct slot *s)
+{
+	if (!s->pg || s->draining)
+		return;
+	if (PQstatus(s->pg) != CONNECTION_OK) {
+		pg_drop(s); /* still connecting: nothing runs yet */
+		return;
+	}
+	if (s->pg_ready)
+		return; /* idle */
+	s->c->st.cancels++;
+	s->draining = true;
+	pg_cancel_send(s);
+}
+
+/* The cancelled query ended (or the bound passed). The connection is not
+ * reused: a cancel request still on its way would hit the next lookup. */
+static void pg_drain_end(struct slot *s)
+{
+	s->draining = false;
+	if (s->timeout)
+		evtimer_del(s->timeout);
+	pg_drop(s);
+	pump(s->c);
 }
 
 static void pg_watch(struct slot *s, short what);
@@ -698,27 +903,90 @@ static void pg_fail(struct slot *s, const char *what)
 
 	snprintf(why, sizeof(why), "%s: %.*s", what, (int)strcspn(msg, "\n"),
 		 msg);
+	if (s->draining) {
+		pg_drain_end(s);
+		return;
+	}
 	pg_drop(s);
-	lookup_done(s, false, false, NULL, 0, why);
+	if (s->lead)
+		lookup_done(s, false, false, NULL, 0, why);
 }
 
-static bool pg_send(struct slot *s)
+/* Sends the lookup of s->lead, or SQL_SETUP on a new connection. */
+static bool pg_send(struct slot *s, bool setup)
 {
-	const char *params[1] = {s->lead->id};
+	char ms[24];
+	const char *params[1];
+	const char *sql;
 
-	if (!PQsendQueryParams(s->pg, ns_defs[s->lead->ns].sql, 1, NULL, params,
-			       NULL, NULL, 0))
+	if (setup) {
+		snprintf(ms, sizeof(ms), "%d", s->c->cfg->lc_timeout_ms);
+		params[0] = ms;
+		sql = SQL_SETUP;
+	} else {
+		params[0] = s->lead->id;
+		sql = ns_defs[s->lead->ns].sql;
+	}
+	if (!PQsendQueryParams(s->pg, sql, 1, NULL, params, NULL, NULL, 0))
 		return false;
 	s->pg_ready = false;
+	s->pg_setup = setup;
 	pg_watch(s, PQflush(s->pg) == 1 ? EV_WRITE | EV_READ : EV_READ);
 	return true;
+}
+
+/* The query's results are in: the lookup's answer, the end of SQL_SETUP or
+ * of a cancelled query. */
+static void pg_result(struct slot *s)
+{
+	bool ok = false, found = false;
+	char *text = NULL;
+	char why[256] = "no result";
+	PGresult *res;
+
+	while ((res = PQgetResult(s->pg)) != NULL) {
+		if (PQresultStatus(res) == PGRES_TUPLES_OK &&
+		    PQntuples(res) == 1) {
+			ok = true;
+			found = !PQgetisnull(res, 0, 0);
+			if (found && !text)
+				text = strndup(PQgetvalue(res, 0, 0),
+					       (size_t)PQgetlength(res, 0, 0));
+		} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+			const char *m = PQresultErrorMessage(res);
+
+			snprintf(why, sizeof(why), "%.*s",
+				 (int)strcspn(m, "\n"), m);
+		}
+		PQclear(res);
+	}
+	if (s->draining) {
+		free(text);
+		pg_drain_end(s);
+		return;
+	}
+	s->pg_ready = PQstatus(s->pg) == CONNECTION_OK;
+	if (s->pg_setup) {
+		s->pg_setup = false;
+		free(text);
+		if (!ok || !s->pg_ready) {
+			pg_fail(s, "statement_timeout");
+		} else if (s->lead && !pg_send(s, false)) {
+			pg_fail(s, "send");
+		}
+		return;
+	}
+	if (!s->pg_ready)
+		pg_drop(s);
+	if (s->lead)
+		lookup_done(s, ok, found, text, text ? strlen(text) : 0, why);
+	free(text);
 }
 
 /* libpq's socket, on the loop: connecting, sending or reading a result. */
 static void handle_pg(evutil_socket_t fd, short what, void *arg)
 {
 	struct slot *s = arg;
-	PGresult *res;
 
 	(void)fd;
 	if (!s->pg_ready && PQstatus(s->pg) != CONNECTION_OK) {
@@ -727,8 +995,7 @@ static void handle_pg(evutil_socket_t fd, short what, void *arg)
 		case PGRES_POLLING_WRITING: pg_watch(s, EV_WRITE); return;
 		case PGRES_POLLING_OK:
 			PQsetnonblocking(s->pg, 1);
-			s->pg_ready = true;
-			if (s->lead && !pg_send(s))
+			if (!pg_send(s, true))
 				pg_fail(s, "send");
 			return;
 		default: pg_fail(s, "connect"); return;
@@ -757,34 +1024,7 @@ static void handle_pg(evutil_socket_t fd, short what, void *arg)
 		pg_watch(s, EV_READ);
 		return;
 	}
-	{
-		bool ok = false, found = false;
-		char *text = NULL;
-		char why[256] = "no result";
-
-		while ((res = PQgetResult(s->pg)) != NULL) {
-			if (PQresultStatus(res) == PGRES_TUPLES_OK &&
-			    PQntuples(res) == 1) {
-				ok = true;
-				found = !PQgetisnull(res, 0, 0);
-				if (found)
-					text = strdup(PQgetvalue(res, 0, 0));
-			} else if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-				const char *m = PQresultErrorMessage(res);
-
-				snprintf(why, sizeof(why), "%.*s",
-					 (int)strcspn(m, "\n"), m);
-			}
-			PQclear(res);
-		}
-		s->pg_ready = PQstatus(s->pg) == CONNECTION_OK;
-		if (!s->pg_ready)
-			pg_drop(s);
-		if (s->lead)
-			lookup_done(s, ok, found, text, text ? strlen(text) : 0,
-				    why);
-		free(text);
-	}
+	pg_result(s);
 }
 
 static void pg_watch(struct slot *s, short what)
@@ -802,7 +1042,7 @@ static bool pg_start(struct slot *s)
 			      : s->c->cfg->postgres_dsn;
 
 	if (s->pg && s->pg_ready)
-		return pg_send(s);
+		return pg_send(s, false);
 	if (s->pg)
 		pg_drop(s);
 	s->pg = PQconnectStart(dsn);
@@ -814,15 +1054,10 @@ static bool pg_start(struct slot *s)
 	return true;
 }
 
-/* Loop timer: a lookup over lead_context.timeout_ms is abandoned. */
-static void handle_lookup_timeout(evutil_socket_t fd, short what, void *arg)
+/* Ends the slot's lookup before its answer: the HTTP request is dropped,
+ * the PostgreSQL query cancelled. The caller releases the slot. */
+static void slot_abandon(struct slot *s)
 {
-	struct slot *s = arg;
-
-	(void)fd;
-	(void)what;
-	if (!s->lead)
-		return;
 	if (s->req) {
 		struct evhttp_request *req = s->req;
 
@@ -830,7 +1065,26 @@ static void handle_lookup_timeout(evutil_socket_t fd, short what, void *arg)
 		evhttp_cancel_request(req); /* no callback after this */
 	}
 	if (!s->c->http)
-		pg_drop(s); /* the query may still run: start afresh */
+		pg_abandon(s);
+}
+
+/* Loop timer: a lookup over lead_context.timeout_ms is given up; or a
+ * draining slot's cancelled query outlived its bound. */
+static void handle_lookup_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct slot *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (!s->lead) {
+		if (s->draining) {
+			log_warn("lead contexts: a cancelled lookup did not "
+				 "end in time; closing its connection");
+			pg_drain_end(s);
+		}
+		return;
+	}
+	slot_abandon(s);
 	lookup_done(s, false, false, NULL, 0, "timed out");
 }
 
@@ -841,12 +1095,11 @@ static void pump(struct contexts *c)
 	while (c->q_head && c->inflight < c->k) {
 		struct lead *l = c->q_head;
 		struct slot *s = NULL;
-		struct timeval tv = {c->cfg->lc_timeout_ms / 1000,
-				     (c->cfg->lc_timeout_ms % 1000) * 1000};
+		struct timeval tv = ms_tv(c->cfg->lc_timeout_ms);
 		bool started;
 
 		for (int i = 0; i < c->k && !s; i++)
-			if (!c->slots[i].lead)
+			if (!c->slots[i].lead && !c->slots[i].draining)
 				s = &c->slots[i];
 		if (!s)
 			return;
@@ -876,6 +1129,8 @@ static void pump(struct contexts *c)
 }
 
 /* ------------------------------------------------------------ the API */
+
+static void handle_budget(evutil_socket_t fd, short what, void *arg);
 
 struct contexts *contexts_new(struct event_base *base,
 			      const struct worker_config *cfg, char *errstr,
@@ -927,6 +1182,9 @@ struct contexts *contexts_new(struct event_base *base,
 		c->slots[i].c = c;
 	c->redis_watch = event_new(base, -1, EV_PERSIST, handle_redis_watch, c);
 	event_add(c->redis_watch, &tv);
+	c->budget = evtimer_new(base, handle_budget, c);
+	if (!c->redis_watch || !c->budget)
+		abort();
 	return c;
 }
 
@@ -950,6 +1208,8 @@ void contexts_destroy(struct contexts *c)
 	free(c->slots);
 	if (c->redis_watch)
 		event_free(c->redis_watch);
+	if (c->budget)
+		event_free(c->budget);
 	if (c->ac) {
 		redisAsyncContext *ac = c->ac;
 
@@ -974,14 +1234,7 @@ static void slots_abandon(struct contexts *c)
 
 		if (!s->lead)
 			continue;
-		if (s->req) {
-			struct evhttp_request *req = s->req;
-
-			s->req = NULL;
-			evhttp_cancel_request(req); /* no callback after */
-		}
-		if (!c->http)
-			pg_drop(s); /* the query may still run: start afresh */
+		slot_abandon(s);
 		slot_release(s);
 	}
 }
@@ -1001,6 +1254,8 @@ static void lead_free(struct lead *l)
 void contexts_reset(struct contexts *c)
 {
 	c->resetting = true;
+	if (c->budget)
+		evtimer_del(c->budget);
 	/* Lookups still running belong to leads about to go (only when a
 	 * batch was given up while stopping). */
 	slots_abandon(c);
@@ -1091,6 +1346,13 @@ void contexts_fetch(struct contexts *c)
 	}
 	if (c->unresolved == 0)
 		return;
+	/* Each attempt at the batch gets the budget: one retried after a
+	 * database failure asks again for what was unavailable. */
+	{
+		struct timeval tv = ms_tv(c->cfg->lc_batch_budget_ms);
+
+		evtimer_add(c->budget, &tv);
+	}
 	/* One pipelined round trip reads every lead's context and version:
 	 * hiredis writes all the queued commands in one go. */
 	for (size_t i = 0; i < c->n_leads; i++) {
@@ -1106,24 +1368,57 @@ void contexts_fetch(struct contexts *c)
 	pump(c);
 }
 
-void contexts_give_up(struct contexts *c)
+/* Every lead still unresolved becomes CTX_UNAVAILABLE; its lease is let
+ * go, its lookup cancelled. A Redis reply still to come for one of them
+ * finds it done and changes nothing. */
+static void give_up_rest(struct contexts *c, bool budget)
 {
+	size_t left = 0;
+
 	for (size_t i = 0; i < c->n_leads; i++) {
 		struct lead *l = c->leads[i];
 
 		if (l->phase == PH_DONE)
 			continue;
-		log_warn("lead %s: no context after the batch's deadline",
-			 l->id);
+		left++;
+		if (budget)
+			c->st.over_budget++;
+		else
+			log_warn(
+			    "lead %s: no context after the batch's deadline",
+			    l->id);
 		if (l->timer)
 			evtimer_del(l->timer);
 		if (l->retry)
 			evtimer_del(l->retry);
+		lead_store(l, NULL);
 		lead_finish(l, CTX_UNAVAILABLE, NULL);
 	}
-	/* Lookups still running answer into nothing: drop them. */
+	if (budget && left > 0)
+		log_warn("lead contexts: the batch's lookup budget "
+			 "(lead_context.batch_budget_ms = %d) ran out with %zu "
+			 "of %zu leads unresolved; their messages fail as "
+			 "context_unavailable",
+			 c->cfg->lc_batch_budget_ms, left, c->n_leads);
+	/* Lookups still running answer into nothing: cancel them. */
 	slots_abandon(c);
 	c->q_head = c->q_tail = NULL;
+}
+
+/* Loop timer: lead_context.batch_budget_ms since contexts_fetch(). */
+static void handle_budget(evutil_socket_t fd, short what, void *arg)
+{
+	struct contexts *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (c->unresolved > 0)
+		give_up_rest(c, true);
+}
+
+void contexts_give_up(struct contexts *c)
+{
+	give_up_rest(c, false);
 }
 
 bool contexts_done(const struct contexts *c)

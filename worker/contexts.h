@@ -22,7 +22,10 @@ enum ctx_state {
 	CTX_PENDING = 0,
 	CTX_FOUND,	 /* *ctx is the context object */
 	CTX_NOT_FOUND,	 /* the source says the lead does not exist */
-	CTX_UNAVAILABLE, /* the source failed, retries exhausted */
+	CTX_UNAVAILABLE, /* the source failed, retries exhausted, or the
+			    batch's lookup budget ran out */
+	CTX_INVALID,	 /* the source answered a context that cannot be
+			    used: not UTF-8, a NUL, not one JSON object */
 };
 
 struct contexts_stats {
@@ -33,6 +36,9 @@ struct contexts_stats {
 	size_t redis_errors; /* Redis replies that never came */
 	size_t lookups;	     /* calls to the source, retries included */
 	size_t failures;     /* calls that failed or timed out */
+	size_t invalid;	     /* leads whose context was refused */
+	size_t over_budget;  /* leads given up when the budget ran out */
+	size_t cancels;	     /* running PostgreSQL lookups cancelled */
 	int peak_inflight;
 	int64_t ms; /* wall time from the first read to the last answer */
 };
@@ -47,7 +53,9 @@ void contexts_reset(struct contexts *c);
 /* Adds a lead to the batch's set; asking twice costs nothing. */
 void contexts_want(struct contexts *c, enum ctx_ns ns, const char *key);
 /* Starts resolving every wanted lead not resolved yet; returns at once.
- * The event_base then runs until contexts_done(). */
+ * The event_base then runs until contexts_done(), which is at most
+ * lead_context.batch_budget_ms away: the budget starts here, and when it
+ * runs out every lead still unresolved becomes CTX_UNAVAILABLE. */
 void contexts_fetch(struct contexts *c);
 bool contexts_done(const struct contexts *c);
 /* A safety net: every lead still unresolved becomes CTX_UNAVAILABLE. */

@@ -77,6 +77,10 @@ const struct cfg_setting worker_settings[] = {
     {"lead_context.lease_wait_ms", CFG_INT, F(lc_lease_wait_ms), "10000", 0,
      600000, NULL, NULL,
      "how long to wait for another worker's fill before fetching"},
+    {"lead_context.batch_budget_ms", CFG_INT, F(lc_batch_budget_ms), "60000",
+     100, 3600000, NULL, NULL,
+     "most time one batch waits for its lookups; the rest fail "
+     "context_unavailable"},
     {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
      "host:port of /healthz, /readyz and /metrics; empty = off"},
     {"postgres_idle_tx_timeout_ms", CFG_INT, F(pg_idle_tx_timeout_ms), "10000",

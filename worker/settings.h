@@ -43,6 +43,7 @@ struct worker_config {
 	int lc_cache_ttl_s;
 	int lc_lease_ms;
 	int lc_lease_wait_ms;
+	int lc_batch_budget_ms;
 	int pg_idle_tx_timeout_ms;
 	struct cfg_kv *kafka;
 };

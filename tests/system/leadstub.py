@@ -3,7 +3,8 @@
 # - 200 with the JSON context a test set (`stub.set(lead, ctx)`; ctx None
 #   answers the body `null`), 404 for a lead it does not know;
 #   `stub.set_raw(lead, body, status)` answers a body as is;
-# - a delay per lead or for every lead (time.sleep in the handler thread);
+# - a delay per lead or for every lead (a wait in the handler thread that
+#   stop() cuts short, so a "hung" source leaves no thread behind);
 # - a failure mode per lead: answer 500 the next N calls (None: always);
 # - counters: total calls, calls per lead, requests in flight now and at
 #   most (peak), all under one lock.
@@ -15,7 +16,6 @@
 import json
 import socket
 import threading
-import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
@@ -65,7 +65,7 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, delay = stub._begin(lead, raw)
         try:
             if delay > 0:
-                time.sleep(delay)
+                stub._stopping.wait(delay)
         finally:
             stub._end(lead)
         self._send(status, body)
@@ -95,6 +95,7 @@ class LeadStub:
         self._server = None
         self._thread = None
         self.port = None
+        self._stopping = threading.Event()
 
     # -- set-up by the test
     def set(self, lead, ctx):
@@ -172,6 +173,7 @@ class LeadStub:
 
     # -- life cycle
     def start(self):
+        self._stopping.clear()
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.stub = self
         self.port = self._server.server_address[1]
@@ -182,6 +184,7 @@ class LeadStub:
         return self
 
     def stop(self):
+        self._stopping.set()            # hung handlers answer now
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -342,6 +342,7 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 
 			in.lead = cs == CTX_FOUND	? LEAD_FOUND
 				  : cs == CTX_NOT_FOUND ? LEAD_NOT_FOUND
+				  : cs == CTX_INVALID	? LEAD_INVALID
 							: LEAD_UNAVAILABLE;
 			in.ctx = ctx;
 			in.vars = msg->vars;

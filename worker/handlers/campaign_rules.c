@@ -230,6 +230,10 @@ void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
 		snprintf(out->error, sizeof(out->error), "context_unavailable");
 		return;
 	}
+	if (in->lead == LEAD_INVALID) {
+		snprintf(out->error, sizeof(out->error), "context_invalid");
+		return;
+	}
 	if (in->lead == LEAD_NOT_FOUND || !in->ctx) {
 		snprintf(out->error, sizeof(out->error), "lead_not_found");
 		return;

@@ -16,7 +16,12 @@ extern const char *const msg_status_names[]; /* "ready", ... */
 
 enum inbox_state { INBOX_MISSING = 0, INBOX_DISCONNECTED, INBOX_CONNECTED };
 
-enum lead_ctx { LEAD_FOUND = 0, LEAD_NOT_FOUND, LEAD_UNAVAILABLE };
+enum lead_ctx {
+	LEAD_FOUND = 0,
+	LEAD_NOT_FOUND,
+	LEAD_UNAVAILABLE,
+	LEAD_INVALID
+};
 
 struct rule_input {
 	int64_t now_ms;
