@@ -26,13 +26,14 @@ def _populate(r, cid):
 
 
 def _owed(pipeline):
-    """The group's owed keys in the outbox (a row per batch):
+    """The worker's owed keys in the outbox (a row per batch, of any of
+    its pipelines' groups):
     [(key, op, partitions)]."""
     return pipeline.services.query(
         "SELECT u.k, u.o, partitions FROM sluice_owed_invalidations,"
         " unnest(keys, ops) AS u(k, o)"
-        " WHERE group_id = %s AND topic = %s ORDER BY id",
-        (pipeline.group, pipeline.topic))
+        " WHERE group_id = ANY(%s) AND topic = %s ORDER BY id",
+        (pipeline.worker_groups(), pipeline.topic))
 
 
 def _owed_ids_issued(pipeline):
