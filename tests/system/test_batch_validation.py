@@ -156,6 +156,44 @@ def test_paused_message_reposted_under_another_run(pipeline, services):
         stub.stop()
 
 
+def test_message_of_two_runs_in_one_worker_batch(pipeline, services):
+    """x1 and x2 both name m in records the worker reads in one go: m is
+    x1's (the first to name it), x1 finishes, x2 counts nothing of it."""
+    stub = LeadStub().start()
+    try:
+        p = _pair(pipeline, "onebatch", stub)
+        inbox = add_inbox(services, uid("inbox-"))
+        lead = _lead(stub, "Di")
+        p.worker.stop()         # the records wait, then come in one poll
+        x1, x2 = uid("run-x1-"), uid("run-x2-")
+        m = f"{x1}-shared"
+        headers = [("kind", b"campaign"),
+                   ("source", CAMPAIGN_SOURCE.encode()),
+                   ("event-type", b"campaign.batch"),
+                   ("campaign-id", b"cmp-test")]
+        prod = Producer({"bootstrap.servers": services.brokers,
+                         "linger.ms": 50})
+        for run, ids, total in ((x1, [m, f"{x1}-own"], 2),
+                                (x2, [m, f"{x2}-own"], 2)):
+            body = batch(run, [msg(i, lead) for i in ids], inbox,
+                         run_total=total)
+            prod.produce(p.topic, key=run.encode(), partition=0,
+                         headers=headers, value=json.dumps(body).encode())
+        assert prod.flush(30) == 0
+        pipeline.restart(p.worker)
+        p.caught_up(services)
+        assert set(rows(services, x1)) == {m, f"{x1}-own"}
+        assert set(rows(services, x2)) == {f"{x2}-own"}
+        assert counters(services, x1)["status"] == "finished", \
+            counters(services, x1)
+        assert counters(services, x2) == {
+            "total": 2, "processed": 1, "failed": 0, "paused": 0,
+            "expired": 0, "status": "running"}
+        check_counters(services, [x1, x2])
+    finally:
+        stub.stop()
+
+
 # ---------------------------------------------------------------- numbers
 
 def test_integer_vars_and_context_numbers(pipeline, services):

@@ -36,13 +36,18 @@ static const char SQL_INBOXES[] =
  * wrote it first: a paused one re-posted under another run keeps its
  * run_id, and the counters that move are its own run's (the "own" update,
  * for runs this batch does not name), so every run's counters stay equal
- * to its outbox rows. The run finishes in the same statement when its
+ * to its outbox rows. Within one batch the same holds: a message id named
+ * by several records takes the run (and lead) of the first, the outcome
+ * of the last. The run finishes in the same statement when its
  * terminal messages reach its total. The end time comes as UTC text with
  * microseconds, read without floating point. */
 static const char SQL_WRITE[] =
     "WITH s AS ("
-    "  SELECT DISTINCT ON (message_id) run_id, message_id, lead_id, status,"
-    "   parts, error FROM sluice_stage_cmsg ORDER BY message_id, seq DESC),"
+    "  SELECT DISTINCT ON (message_id) message_id, status, parts, error,"
+    "   first_value(run_id) OVER w AS run_id,"
+    "   first_value(lead_id) OVER w AS lead_id"
+    "  FROM sluice_stage_cmsg WINDOW w AS (PARTITION BY message_id"
+    "   ORDER BY seq) ORDER BY message_id, seq DESC),"
     " prev AS ("
     "  SELECT m.message_id, m.status FROM campaign_messages m"
     "  JOIN s USING (message_id)),"
