@@ -40,6 +40,22 @@ static int64_t days_from_civil(int64_t y, int m, int d)
 	return era * 146097 + doe - 719468;
 }
 
+/* The inverse of days_from_civil. */
+static void civil_from_days(int64_t z, int *y, int *m, int *d)
+{
+	int64_t era, doe, yoe, doy, mp;
+
+	z += 719468;
+	era = (z >= 0 ? z : z - 146096) / 146097;
+	doe = z - era * 146097;
+	yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+	doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+	mp = (5 * doy + 2) / 153;
+	*d = (int)(doy - (153 * mp + 2) / 5 + 1);
+	*m = (int)(mp < 10 ? mp + 3 : mp - 9);
+	*y = (int)(yoe + era * 400 + (*m <= 2));
+}
+
 static bool digits(const char *s, int n, int *out)
 {
 	int v = 0;
@@ -53,14 +69,46 @@ static bool digits(const char *s, int n, int *out)
 	return true;
 }
 
-bool campaign_time_parse(const char *s, int64_t *ms)
+/* The UTC days that ended in a positive leap second (23:59:60), from the
+ * IERS list (Bulletin C); none has been inserted since 2016-12-31. */
+static const struct {
+	short y;
+	char m, d;
+} leap_days[] = {
+    {1972, 6, 30},  {1972, 12, 31}, {1973, 12, 31}, {1974, 12, 31},
+    {1975, 12, 31}, {1976, 12, 31}, {1977, 12, 31}, {1978, 12, 31},
+    {1979, 12, 31}, {1981, 6, 30},  {1982, 6, 30},  {1983, 6, 30},
+    {1985, 6, 30},  {1987, 12, 31}, {1989, 12, 31}, {1990, 12, 31},
+    {1992, 6, 30},  {1993, 6, 30},  {1994, 6, 30},  {1995, 12, 31},
+    {1997, 6, 30},  {1998, 12, 31}, {2005, 12, 31}, {2008, 12, 31},
+    {2012, 6, 30},  {2015, 6, 30},  {2016, 12, 31},
+};
+
+static bool leap_day(int64_t utc_day)
+{
+	for (size_t i = 0; i < sizeof(leap_days) / sizeof(leap_days[0]); i++)
+		if (days_from_civil(leap_days[i].y, leap_days[i].m,
+				    leap_days[i].d) == utc_day)
+			return true;
+	return false;
+}
+
+#define US_PER_S 1000000LL
+#define US_PER_DAY (86400LL * US_PER_S)
+
+bool campaign_time_parse_us(const char *s, int64_t *us, const char **why)
 {
 	static const int mdays[] = {31, 28, 31, 30, 31, 30,
 				    31, 31, 30, 31, 30, 31};
-	int y, mo, d, h, mi, sec, frac_ms = 0, oh = 0, om = 0, sign = 0;
-	const char *p;
+	int y, mo, d, h, mi, sec, frac_us = 0, oh = 0, om = 0, sign = 0;
+	int64_t t;
+	const char *p, *dummy;
 	bool leap;
 
+	if (!why)
+		why = &dummy;
+	*why = "must be an RFC 3339 date-time with an offset, e.g. "
+	       "2026-11-23T20:00:00+01:00";
 	if (strlen(s) < 20 || !digits(s, 4, &y) || s[4] != '-' ||
 	    !digits(s + 5, 2, &mo) || s[7] != '-' || !digits(s + 8, 2, &d) ||
 	    (s[10] != 'T' && s[10] != 't' && s[10] != ' ') ||
@@ -71,13 +119,16 @@ bool campaign_time_parse(const char *s, int64_t *ms)
 	if (*p == '.') {
 		int n = 0;
 
+		/* Microseconds are kept; finer digits are cut, never rounded
+		 * up, so the instant never moves past the one sent (nor into
+		 * the next second, day or year). */
 		for (p++; *p >= '0' && *p <= '9'; p++, n++)
-			if (n < 3)
-				frac_ms = frac_ms * 10 + (*p - '0');
+			if (n < 6)
+				frac_us = frac_us * 10 + (*p - '0');
 		if (n == 0)
 			return false;
-		for (; n < 3; n++)
-			frac_ms *= 10;
+		for (; n < 6; n++)
+			frac_us *= 10;
 	}
 	if (*p == 'Z' || *p == 'z') {
 		p++;
@@ -97,13 +148,58 @@ bool campaign_time_parse(const char *s, int64_t *ms)
 	    d > mdays[mo - 1] + (mo == 2 && leap) || h > 23 || mi > 59 ||
 	    sec > 60)
 		return false;
-	if (sec == 60)
-		sec = 59; /* a leap second is the end of its minute */
-	*ms = ((days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec) -
-	       sign * (oh * 3600 + om * 60)) *
-		  1000 +
-	      frac_ms;
+	/* Whole seconds in UTC, all in integers: exact to the microsecond. */
+	t = days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 +
+	    (sec == 60 ? 59 : sec) - sign * (oh * 3600 + om * 60);
+	if (sec == 60) {
+		/* Only the leap seconds UTC really had: 23:59:60 in UTC (any
+		 * offset) on a day of the IERS list. The leap second is kept
+		 * as the last microsecond of its minute, so it still sorts
+		 * after 23:59:59 and before the next day. */
+		int64_t day = (t >= 0 ? t : t - 86399) / 86400;
+
+		if (t - day * 86400 != 86399 || !leap_day(day)) {
+			*why = "is a leap second (:60) that UTC never had";
+			return false;
+		}
+		frac_us = (int)(US_PER_S - 1);
+	}
+	*us = t * US_PER_S + frac_us;
+	if (*us < days_from_civil(1, 1, 1) * US_PER_DAY ||
+	    *us >= days_from_civil(10000, 1, 1) * US_PER_DAY) {
+		*why = "must fall within the years 0001 to 9999 in UTC";
+		return false;
+	}
 	return true;
+}
+
+/* Milliseconds, rounded toward the past like the microseconds were. */
+static int64_t floor_ms(int64_t us)
+{
+	return us >= 0 ? us / 1000 : -((-us + 999) / 1000);
+}
+
+bool campaign_time_parse(const char *s, int64_t *ms)
+{
+	int64_t us;
+
+	if (!campaign_time_parse_us(s, &us, NULL))
+		return false;
+	*ms = floor_ms(us);
+	return true;
+}
+
+void campaign_time_format(int64_t us, char out[CAMPAIGN_TIME_TEXT])
+{
+	int64_t day = (us >= 0 ? us : us - (US_PER_DAY - 1)) / US_PER_DAY;
+	int64_t rest = us - day * US_PER_DAY;
+	int64_t s = rest / US_PER_S;
+	int y, m, d;
+
+	civil_from_days(day, &y, &m, &d);
+	snprintf(out, CAMPAIGN_TIME_TEXT, "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ",
+		 y, m, d, (int)(s / 3600), (int)(s / 60 % 60), (int)(s % 60),
+		 (int)(rest % US_PER_S));
 }
 
 /* A text field: a non-empty valid UTF-8 string of at most max bytes. */
@@ -189,6 +285,54 @@ static const char *id_field(struct checker *ck, const cJSON *o,
 	return text_field(ck, o, name, CAMPAIGN_ID_MAX, true, index, path);
 }
 
+struct id_at {
+	const char *id;
+	int index;
+};
+
+/* By id, then by index, so the first of a repeated id comes first. */
+static int cmp_id_at(const void *a, const void *b)
+{
+	const struct id_at *x = a, *y = b;
+	int c = strcmp(x->id, y->id);
+
+	return c ? c : (x->index > y->index) - (x->index < y->index);
+}
+
+/* message_id is the outbox's key: a batch naming one twice would write one
+ * row for two of the run's messages. The ids are compared as stored (an
+ * integer as its decimal text), so 7 and "7" are the same id. Every later
+ * copy is reported with the path of the first. */
+static void check_unique(struct checker *ck, const struct campaign_batch *b)
+{
+	struct id_at *v = calloc(b->n_messages + 1, sizeof(*v));
+	size_t n = 0;
+
+	if (!v)
+		abort();
+	for (size_t i = 0; i < b->n_messages; i++)
+		if (b->messages[i].message_id)
+			v[n++] =
+			    (struct id_at){b->messages[i].message_id, (int)i};
+	qsort(v, n, sizeof(*v), cmp_id_at);
+	for (size_t k = 1, first = 0; k < n; k++) {
+		char path[96], msg[160];
+
+		if (strcmp(v[k].id, v[first].id) != 0) {
+			first = k;
+			continue;
+		}
+		snprintf(path, sizeof(path), "$.messages[%d].message_id",
+			 v[k].index);
+		snprintf(msg, sizeof(msg),
+			 "repeats $.messages[%d].message_id: message ids must "
+			 "be unique within a batch",
+			 v[first].index);
+		problem(ck, v[k].index, path, msg);
+	}
+	free(v);
+}
+
 static void check_messages(struct checker *ck, const cJSON *doc,
 			   size_t max_messages, struct campaign_batch *out)
 {
@@ -243,6 +387,7 @@ static void check_messages(struct checker *ck, const cJSON *doc,
 		i++;
 	}
 	out->n_messages = (size_t)n;
+	check_unique(ck, out);
 }
 
 bool campaign_parse(const cJSON *doc, size_t max_messages,
@@ -267,11 +412,15 @@ bool campaign_parse(const cJSON *doc, size_t max_messages,
 	out->campaign_id = text_field(&ck, doc, "campaign_id", CAMPAIGN_ID_MAX,
 				      false, -1, "$");
 	out->end_time = text_field(&ck, doc, "end_time", 64, true, -1, "$");
-	if (out->end_time &&
-	    !campaign_time_parse(out->end_time, &out->end_time_ms))
-		problem(&ck, -1, "$.end_time",
-			"must be an RFC 3339 date-time with an offset, e.g. "
-			"2026-11-23T20:00:00+01:00");
+	if (out->end_time) {
+		const char *why;
+
+		if (campaign_time_parse_us(out->end_time, &out->end_time_us,
+					   &why))
+			out->end_time_ms = floor_ms(out->end_time_us);
+		else
+			problem(&ck, -1, "$.end_time", why);
+	}
 	out->template_text = text_field(&ck, doc, "template",
 					CAMPAIGN_TEMPLATE_MAX, true, -1, "$");
 	if (int_field(&ck, doc, "run_total", 1, 1000000000, true, 0, &v))

@@ -29,7 +29,8 @@ struct campaign_batch {
 	const char *workspace_id;
 	const char *inbox_id;
 	const char *end_time;	 /* as sent */
-	int64_t end_time_ms;	 /* the instant, ms since the epoch */
+	int64_t end_time_us;	 /* the instant, µs since the epoch, exact */
+	int64_t end_time_ms;	 /* the same, rounded toward the past */
 	const char *campaign_id; /* from the body, NULL when absent */
 	const char *template_text;
 	long long run_total;
@@ -55,9 +56,25 @@ bool campaign_parse(const cJSON *doc, size_t max_messages,
     __attribute__((warn_unused_result));
 void campaign_batch_free(struct campaign_batch *b);
 
-/* RFC 3339 date-time with a mandatory offset ("Z" or "+hh:mm"). */
+/* RFC 3339 date-time with a mandatory offset ("Z" or "+hh:mm"), as µs
+ * since the epoch. Refused: an instant outside 0001-01-01T00:00:00Z ..
+ * 9999-12-31T23:59:59.999999Z, and a leap second (:60) other than the
+ * real ones (23:59:60 UTC on a day of the IERS list), which is kept as
+ * 23:59:59.999999. Digits finer than a microsecond are cut (rounded
+ * toward the past). On false, *why (if why is not NULL) says what is
+ * wrong, as a JSON-path message. */
+bool campaign_time_parse_us(const char *s, int64_t *us, const char **why)
+    __attribute__((warn_unused_result));
+
+/* The same, in ms since the epoch (rounded toward the past). */
 bool campaign_time_parse(const char *s, int64_t *ms)
     __attribute__((warn_unused_result));
+
+/* An instant from campaign_time_parse_us as RFC 3339 in UTC with six
+ * fractional digits ("0001-01-01T00:00:00.000000Z"): PostgreSQL reads it
+ * into a timestamptz exactly. */
+#define CAMPAIGN_TIME_TEXT 64
+void campaign_time_format(int64_t us, char out[CAMPAIGN_TIME_TEXT]);
 
 /* A lead_updated event: {"lead_id": "..."} (a string or an integer). */
 bool lead_update_parse(const cJSON *doc, const char **lead_id, char text[24],

@@ -79,6 +79,20 @@ static bool id_ok(const char *s)
 	return true;
 }
 
+/* What Meta's statuses object documents for "status". Anything else is
+ * refused rather than stored: a status sluice does not know is never
+ * recorded as one it does. */
+static const char *const known_statuses[] = {
+    "sent", "delivered", "read", "failed", "deleted", "warning", NULL};
+
+static bool status_known(const char *s)
+{
+	for (size_t i = 0; known_statuses[i]; i++)
+		if (strcmp(s, known_statuses[i]) == 0)
+			return true;
+	return false;
+}
+
 static bool check_items(const cJSON *value, const char *name, bool status,
 			const char *prefix, char *path, size_t pathsz,
 			char *msg, size_t msgsz)
@@ -114,6 +128,9 @@ static bool check_items(const cJSON *value, const char *name, bool status,
 			 status ? "status" : "type");
 		if (!text_ok(str_of(it, status ? "status" : "type"), 64))
 			FAIL("must be a non-empty string of at most 64 bytes");
+		if (status && !status_known(str_of(it, "status")))
+			FAIL("must be one of sent, delivered, read, failed, "
+			     "deleted, warning");
 		snprintf(path, pathsz, "%s.%s[%d].timestamp", prefix, name, i);
 		if (!timestamp_of(it, &ms))
 			FAIL("must be seconds since the epoch");
@@ -144,6 +161,12 @@ bool chat_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
 	snprintf(path, pathsz, "$");
 	if (!cJSON_IsObject(doc))
 		FAIL("must be an object");
+	/* Another product's webhook (a Page, Instagram) has other shapes:
+	 * acknowledging it would lose it without a trace. */
+	snprintf(path, pathsz, "$.object");
+	if (!str_of(doc, "object") ||
+	    strcmp(str_of(doc, "object"), CHAT_OBJECT) != 0)
+		FAIL("must be \"" CHAT_OBJECT "\"");
 	entries = cJSON_GetObjectItemCaseSensitive(doc, "entry");
 	snprintf(path, pathsz, "$.entry");
 	if (!cJSON_IsArray(entries))

@@ -9,7 +9,8 @@
 #include <stdint.h>
 
 #define CHAT_EVENT_TYPE "whatsapp.messages"
-#define CHAT_ID_MAX 256	    /* bytes: message ids */
+#define CHAT_OBJECT "whatsapp_business_account" /* the body's "object" */
+#define CHAT_ID_MAX 256				/* bytes: message ids */
 #define CHAT_PHONE_MAX 64   /* bytes: wa_id, display numbers */
 #define CHAT_TEXT_MAX 65536 /* bytes: a text body */
 
@@ -24,7 +25,9 @@ struct chat_item {
 	int64_t at_ms; /* its "timestamp" (seconds) in ms, 0 if absent */
 };
 
-/* false with the JSON path and what is wrong. */
+/* false with the JSON path and what is wrong. Refused too: an "object"
+ * other than CHAT_OBJECT, and a status outside Meta's documented values
+ * (sent, delivered, read, failed, deleted, warning). */
 bool chat_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
 		   size_t msgsz) __attribute__((warn_unused_result));
 

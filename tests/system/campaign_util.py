@@ -164,6 +164,59 @@ def wait_run(services, run_id, pred, timeout=30, what="run state",
                       describe=lambda: f"{counters(services, run_id)}")
 
 
+def counter_mismatches(services, run_ids=None):
+    """Runs whose counters disagree with their outbox rows, read in one
+    statement (one snapshot, so a commit in between cannot confuse it):
+    processed/failed/paused/expired against
+    `SELECT run_id, status, count(*) FROM campaign_messages GROUP BY 1, 2`,
+    rows of a run that does not exist, and `finished` against
+    processed + failed + expired >= total. Every run when run_ids is None.
+    Returns {run_id: description}."""
+    out = services.query(
+        "SELECT coalesce(r.id, m.run_id), r.id IS NOT NULL, r.total,"
+        " r.processed, r.failed, r.paused, r.expired, r.status,"
+        " m.status, m.n"
+        " FROM campaign_runs r FULL JOIN ("
+        "  SELECT run_id, status, count(*) AS n FROM campaign_messages"
+        "  GROUP BY 1, 2) m ON m.run_id = r.id"
+        " WHERE %s::text[] IS NULL OR coalesce(r.id, m.run_id) = ANY(%s)",
+        (run_ids and list(run_ids), run_ids and list(run_ids)))
+    runs, rows = {}, {}
+    for (rid, exists, total, processed, failed, paused, expired, status,
+         mstatus, n) in out:
+        if exists:
+            runs[rid] = {"total": total, "ready": processed,
+                         "failed": failed, "paused": paused,
+                         "expired": expired, "status": status}
+        rows.setdefault(rid, {})
+        if mstatus is not None:
+            rows[rid][mstatus] = n
+    bad = {}
+    for rid, got in rows.items():
+        run = runs.get(rid)
+        if run is None:
+            bad[rid] = f"outbox rows {got} but no campaign_runs row"
+            continue
+        counted = {k: run[k] for k in ("ready", "failed", "paused",
+                                       "expired")}
+        want = {k: got.get(k, 0) for k in counted}
+        if counted != want:
+            bad[rid] = f"counters {counted}, outbox rows {want}"
+            continue
+        done = run["ready"] + run["failed"] + run["expired"] >= run["total"]
+        if done != (run["status"] == "finished"):
+            bad[rid] = (f"status {run['status']} with {counted} of "
+                        f"total {run['total']}")
+    return bad
+
+
+def check_counters(services, run_ids=None):
+    """Fails when any run's counters disagree with its outbox rows."""
+    bad = counter_mismatches(services, run_ids)
+    assert not bad, "runs whose counters disagree with campaign_messages:\n" \
+        + "\n".join(f"  {k}: {v}" for k, v in sorted(bad.items())[:20])
+
+
 def committed(services, group, topic):
     return committed_offsets(services, group, topic)
 

@@ -97,6 +97,21 @@ BAD = [
     ("vars an array", _msgs({0: {"vars": [1]}}), [(0, "$.messages[0].vars")]),
     ("message not an object", _with(messages=[msg("m-ok", "l-ok"), "m-2"]),
      [(1, "$.messages[1]")]),
+    # message ids are unique within a batch; 7 and "7" are the same id
+    ("message_id repeated as 7 and \"7\"",
+     _msgs({0: {"message_id": 7}, 2: {"message_id": "7"}}),
+     [(2, "$.messages[2].message_id")]),
+    ("message_id three times",
+     _msgs({1: {"message_id": "m"}, 2: {"message_id": "m"},
+            3: {"message_id": "m"}}),
+     [(2, "$.messages[2].message_id"), (3, "$.messages[3].message_id")]),
+    # end_time: 0001..9999 in UTC, real leap seconds only
+    ("end_time year 10000 in UTC",
+     _with(end_time="9999-12-31T23:59:59-23:59"), [(None, "$.end_time")]),
+    ("end_time year 0 in UTC",
+     _with(end_time="0001-01-01T00:00:00+00:01"), [(None, "$.end_time")]),
+    ("end_time leap second on an ordinary day",
+     _with(end_time="2026-06-30T23:59:60Z"), [(None, "$.end_time")]),
 ]
 
 

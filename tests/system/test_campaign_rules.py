@@ -14,7 +14,8 @@ from urllib.parse import unquote
 import pytest
 
 from campaign_util import (add_inbox, add_lead, batch, campaign_ingest,
-                           campaign_lines, counters, finish_pipeline,
+                           campaign_lines, check_counters, counters,
+                           finish_pipeline,
                            http_worker, module_pipeline, msg, post_batch,
                            post_lead_updated, rows, run_row, statuses, uid,
                            wait_rows, when)
@@ -50,6 +51,8 @@ def env(request, services, tmp_path_factory):
         e.inbox = add_inbox(services, uid("inbox-"))
         e.tag = e.pipeline.prefix
         yield e
+        # Whatever the tests did, no run's counters disagree with its rows.
+        check_counters(services)
     finally:
         try:
             finish_pipeline(e.pipeline)

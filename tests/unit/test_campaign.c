@@ -26,6 +26,47 @@ static const struct {
     {"2026-11-23", false, 0},
     {"2026-11-23T20:00:00Zjunk", false, 0},
     {"2026-11-23T20:00:00.Z", false, 0},
+    {"2026-11-23T20:00:00.999999999Z", true, 1795464000999LL},
+    {"1969-12-31T23:59:59.9995Z", true, -1}, /* floor, not toward 0 */
+};
+
+/* The exact instant, in µs, and why one is refused. */
+static const struct {
+	const char *text;
+	long long us;	 /* when why is NULL */
+	const char *why; /* a word of the reason, NULL when accepted */
+	const char *utc; /* campaign_time_format, when accepted */
+} times_us[] = {
+    {"2026-11-23T20:00:00.999999999Z", 1795464000999999LL, NULL,
+     "2026-11-23T20:00:00.999999Z"},
+    {"2026-11-23T20:00:00.1234567+00:00", 1795464000123456LL, NULL,
+     "2026-11-23T20:00:00.123456Z"},
+    {"9999-12-31T23:59:59.999999Z", 253402300799999999LL, NULL,
+     "9999-12-31T23:59:59.999999Z"},
+    {"9999-12-31T23:59:59.9999999Z", 253402300799999999LL, NULL,
+     "9999-12-31T23:59:59.999999Z"}, /* cut, never rounded into 10000 */
+    {"0001-01-01T00:00:00Z", -62135596800000000LL, NULL,
+     "0001-01-01T00:00:00.000000Z"},
+    {"0000-12-31T23:00:00-01:00", -62135596800000000LL, NULL,
+     "0001-01-01T00:00:00.000000Z"},
+    {"1969-12-31T23:59:59.5Z", -500000LL, NULL, "1969-12-31T23:59:59.500000Z"},
+    {"9999-12-31T23:59:59-23:59", 0, "0001 to 9999", NULL},
+    {"0001-01-01T00:00:00+00:01", 0, "0001 to 9999", NULL},
+    {"0000-06-01T00:00:00Z", 0, "0001 to 9999", NULL},
+    /* leap seconds: only the real ones, 23:59:60 in UTC */
+    {"2016-12-31T23:59:60Z", 1483228799999999LL, NULL,
+     "2016-12-31T23:59:59.999999Z"},
+    {"2017-01-01T00:59:60+01:00", 1483228799999999LL, NULL,
+     "2016-12-31T23:59:59.999999Z"},
+    {"1972-06-30T23:59:60.5Z", 78796799999999LL, NULL,
+     "1972-06-30T23:59:59.999999Z"},
+    {"2015-06-30T18:59:60-05:00", 1435708799999999LL, NULL,
+     "2015-06-30T23:59:59.999999Z"},
+    {"2026-11-23T23:59:60Z", 0, "leap second", NULL},
+    {"2016-12-31T23:58:60Z", 0, "leap second", NULL},
+    {"2016-12-31T23:59:60+01:00", 0, "leap second", NULL},
+    {"1980-12-31T23:59:60Z", 0, "leap second", NULL}, /* none that year */
+    {"2026-11-23T20:00:00", 0, "RFC 3339", NULL},
 };
 
 static const char *const bad_batches[][2] = {
@@ -59,7 +100,103 @@ static const char *const bad_batches[][2] = {
      "\"template\":\"t\",\"messages\":[{\"message_id\":\"m\","
      "\"lead_id\":\"\"}]}",
      "$.messages[0].lead_id"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"9999-12-31T23:59:59-23:59\",\"run_total\":1,"
+     "\"template\":\"t\",\"messages\":[{\"message_id\":\"m\","
+     "\"lead_id\":\"l\"}]}",
+     "$.end_time"},
+    {"{\"run_id\":\"r\",\"workspace_id\":\"w\",\"inbox_id\":\"i\","
+     "\"end_time\":\"2026-01-01T00:00:00Z\",\"run_total\":2,"
+     "\"template\":\"t\",\"messages\":[{\"message_id\":7,"
+     "\"lead_id\":\"l\"},{\"message_id\":\"7\",\"lead_id\":\"l\"}]}",
+     "$.messages[1].message_id"},
 };
+
+/* Repeated message ids: the path of each later copy, the first's path in
+ * its message. */
+static const struct {
+	const char *ids; /* the message_id values, as JSON */
+	size_t n_errs;
+	const char *path[2];
+	const char *first[2];
+} dups[] = {
+    {"\"a\",\"b\",\"c\"", 0, {NULL}, {NULL}},
+    {"7,\"7\"", 1, {"$.messages[1].message_id"}, {"$.messages[0]"}},
+    {"\"7\",7", 1, {"$.messages[1].message_id"}, {"$.messages[0]"}},
+    {"\"x\",\"y\",\"x\",\"x\"",
+     2,
+     {"$.messages[2].message_id", "$.messages[3].message_id"},
+     {"$.messages[0]", "$.messages[0]"}},
+    {"\"07\",7,\"7.0\"", 0, {NULL}, {NULL}}, /* different texts */
+    {"1e2,100", 1, {"$.messages[1].message_id"}, {"$.messages[0]"}},
+};
+
+static void test_unique(void)
+{
+	for (size_t i = 0; i < sizeof(dups) / sizeof(dups[0]); i++) {
+		char body[1024], list[512] = "", one[128];
+		const char *p = dups[i].ids;
+		struct campaign_error errs[4];
+		struct campaign_batch b;
+		size_t n = 0, k = 0;
+		cJSON *doc;
+		bool ok;
+
+		/* {"message_id": <id>, "lead_id": "l"} for each id */
+		while (*p) {
+			const char *comma = strchr(p, ',');
+			size_t len = comma ? (size_t)(comma - p) : strlen(p);
+
+			snprintf(one, sizeof(one),
+				 "%s{\"message_id\":%.*s,\"lead_id\":\"l\"}",
+				 k++ ? "," : "", (int)len, p);
+			strncat(list, one, sizeof(list) - strlen(list) - 1);
+			p += len + (comma ? 1 : 0);
+		}
+		snprintf(body, sizeof(body),
+			 "{\"run_id\":\"r\",\"workspace_id\":\"w\","
+			 "\"inbox_id\":\"i\",\"end_time\":"
+			 "\"2026-01-01T00:00:00Z\",\"run_total\":9,"
+			 "\"template\":\"t\",\"messages\":[%s]}",
+			 list);
+		doc = cJSON_Parse(body);
+		CHECK(doc != NULL, "dups %zu parses: %s", i, body);
+		ok = campaign_parse(doc, 1000, &b, errs, 4, &n);
+		CHECK(ok == (dups[i].n_errs == 0), "dups %zu: ok %d", i, ok);
+		CHECK(n == dups[i].n_errs, "dups %zu: %zu errors", i, n);
+		for (size_t e = 0; e < n && e < dups[i].n_errs; e++) {
+			CHECK_STR(errs[e].path, dups[i].path[e], "dup path");
+			CHECK(strstr(errs[e].message, dups[i].first[e]) != NULL,
+			      "dups %zu: \"%s\" names %s", i, errs[e].message,
+			      dups[i].first[e]);
+		}
+		campaign_batch_free(&b);
+		cJSON_Delete(doc);
+	}
+}
+
+static void test_times_us(void)
+{
+	for (size_t i = 0; i < sizeof(times_us) / sizeof(times_us[0]); i++) {
+		int64_t us = -1;
+		const char *why = NULL;
+		char text[CAMPAIGN_TIME_TEXT];
+		bool ok = campaign_time_parse_us(times_us[i].text, &us, &why);
+
+		CHECK(ok == (times_us[i].why == NULL), "%s: parsed %d (%s)",
+		      times_us[i].text, ok, why ? why : "");
+		if (!ok && times_us[i].why)
+			CHECK(why && strstr(why, times_us[i].why),
+			      "%s: why \"%s\" lacks \"%s\"", times_us[i].text,
+			      why ? why : "(null)", times_us[i].why);
+		if (!ok || times_us[i].why)
+			continue;
+		CHECK(us == times_us[i].us, "%s: %lld", times_us[i].text,
+		      (long long)us);
+		campaign_time_format(us, text);
+		CHECK_STR(text, times_us[i].utc, times_us[i].text);
+	}
+}
 
 static void test_parse(void)
 {
@@ -123,13 +260,14 @@ static void test_parse(void)
 
 static const char CTX[] =
     "{\"lead\":{\"id\":\"l1\",\"name\":\"Ana\",\"deleted_at\":null,"
-    "\"score\":7},\"last_conversation\":{\"status\":\"ended\"},"
+    "\"score\":7,\"attributes\":{\"n\":12345678901234567890}},\"last_"
+    "conversation\":{\"status\":\"ended\"},"
     "\"tags\":[\"a\",\"b\"]}";
 
 static const struct {
 	const char *tmpl;
-	const char *want; /* NULL: fails with missing = want_missing */
-	const char *want_missing;
+	const char *want; /* NULL: fails with this error */
+	const char *want_error;
 } renders[] = {
     {"Hi {{lead.name}}!", "Hi Ana!", NULL},
     {"{{ lead.name }} / {{last_conversation.status}}", "Ana / ended", NULL},
@@ -138,30 +276,46 @@ static const struct {
     {"{{tags.1}}", "b", NULL},
     {"no placeholders", "no placeholders", NULL},
     {"open {{ never closed", "open {{ never closed", NULL},
-    {"{{lead.phone}}", NULL, "lead.phone"},
-    {"{{lead.deleted_at}}", NULL, "lead.deleted_at"}, /* null */
-    {"{{lead}}", NULL, "lead"},			      /* an object */
-    {"{{vars.name}}", NULL, "vars.name"},
+    {"{{lead.phone}}", NULL, "missing_var:lead.phone"},
+    {"{{lead.deleted_at}}", NULL, "missing_var:lead.deleted_at"}, /* null */
+    {"{{lead}}", NULL, "missing_var:lead"}, /* an object */
+    {"{{vars.name}}", NULL, "missing_var:vars.name"},
+    /* numbers: integers in full, without exponent, up to 2^53 */
+    {"{{vars.big}}", "9007199254740991", NULL},
+    {"{{vars.neg}}", "-9007199254740991", NULL},
+    {"{{vars.e}}", "1000000", NULL}, /* sent as 1e6 */
+    {"{{vars.f}}", "1500", NULL},    /* sent as 1500.0 */
+    {"{{vars.mz}}", "0", NULL},	     /* sent as -0 */
+    {"{{vars.half}}", "0.5", NULL},
+    {"{{vars.pi}}", "3.14159", NULL},
+    {"{{vars.t}} {{vars.no}}", "true false", NULL},
+    {"{{vars.huge}}", NULL, "inexact_number:vars.huge"},
+    {"{{vars.two53}}", NULL, "inexact_number:vars.two53"},
+    {"{{lead.attributes.n}}", NULL, "inexact_number:lead.attributes.n"},
 };
 
 static void test_render(void)
 {
 	cJSON *ctx = cJSON_Parse(CTX);
-	cJSON *vars = cJSON_Parse("{\"offer\":\"20% off\"}");
+	cJSON *vars = cJSON_Parse(
+	    "{\"offer\":\"20% off\",\"big\":9007199254740991,"
+	    "\"neg\":-9007199254740991,\"e\":1e6,\"f\":1500.0,\"mz\":-0,"
+	    "\"half\":0.5,\"pi\":3.14159,\"t\":true,\"no\":false,"
+	    "\"huge\":12345678901234567890,\"two53\":9007199254740992}");
 	struct buf out;
-	char missing[64];
+	char error[64];
 
 	buf_init(&out);
 	for (size_t i = 0; i < sizeof(renders) / sizeof(renders[0]); i++) {
 		bool ok = campaign_render(renders[i].tmpl, ctx, vars, &out,
-					  missing, sizeof(missing));
+					  error, sizeof(error));
 
 		if (renders[i].want) {
-			CHECK(ok, "render %zu failed at %s", i, missing);
+			CHECK(ok, "render %zu failed: %s", i, error);
 			CHECK_STR(out.data, renders[i].want, renders[i].tmpl);
 		} else {
 			CHECK(!ok, "render %zu succeeded", i);
-			CHECK_STR(missing, renders[i].want_missing,
+			CHECK_STR(error, renders[i].want_error,
 				  renders[i].tmpl);
 		}
 	}
@@ -354,7 +508,9 @@ int main(void)
 			CHECK(ms == times[i].ms, "%s: %lld", times[i].text,
 			      (long long)ms);
 	}
+	test_times_us();
 	test_parse();
+	test_unique();
 	test_render();
 	test_split();
 	test_evaluate();

@@ -16,9 +16,11 @@
 	"{\"from\":\"" from "\",\"id\":\"" id                                  \
 	"\",\"timestamp\":\"1732350000\","                                     \
 	"\"type\":\"text\",\"text\":{\"body\":\"" body "\"}}"
-#define STATUS(to, id)                                                         \
-	"{\"id\":\"" id "\",\"status\":\"read\",\"timestamp\":\"1732350001\"," \
-	"\"recipient_id\":\"" to "\"}"
+#define STATUS(to, id) STATUS_OF(to, id, "read")
+#define STATUS_OF(to, id, st)                                                  \
+	"{\"id\":\"" id "\",\"status\":\"" st                                  \
+	"\",\"timestamp\":\"1732350001\",\"recipient_id\":\"" to "\"}"
+#define STATUS_PATH "$.entry[0].changes[0].value.statuses[0].status"
 
 static const struct {
 	const char *json;
@@ -27,10 +29,30 @@ static const struct {
 } cases[] = {
     {HEAD "\"messages\":[" MSG("1", "a", "hi") "]" TAIL, true, NULL},
     {HEAD "\"statuses\":[" STATUS("1", "o") "]" TAIL, true, NULL},
-    {"{\"object\":\"x\",\"entry\":[{\"changes\":[{\"field\":\"other\","
-     "\"value\":{}}]}]}",
+    {"{\"object\":\"whatsapp_business_account\",\"entry\":[{\"changes\":"
+     "[{\"field\":\"other\",\"value\":{}}]}]}",
      true, NULL},
-    {"{\"object\":\"x\"}", false, "$.entry"},
+    {"{\"object\":\"whatsapp_business_account\"}", false, "$.entry"},
+    /* another product's webhook, even one with nothing for sluice */
+    {"{\"object\":\"page\",\"entry\":[{\"changes\":[{\"field\":\"feed\","
+     "\"value\":{}}]}]}",
+     false, "$.object"},
+    {"{\"object\":\"x\"}", false, "$.object"},
+    {"{\"object\":7,\"entry\":[]}", false, "$.object"},
+    {"{\"entry\":[]}", false, "$.object"},
+    /* statuses: Meta's documented values only */
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "sent") "]" TAIL, true, NULL},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "delivered") "]" TAIL, true,
+     NULL},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "failed") "]" TAIL, true, NULL},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "deleted") "]" TAIL, true, NULL},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "warning") "]" TAIL, true, NULL},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "exploded") "]" TAIL, false,
+     STATUS_PATH},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "Read") "]" TAIL, false,
+     STATUS_PATH},
+    {HEAD "\"statuses\":[" STATUS_OF("1", "o", "read ") "]" TAIL, false,
+     STATUS_PATH},
     {HEAD "\"messages\":[{\"id\":\"a\",\"type\":\"text\"}]" TAIL, false,
      "$.entry[0].changes[0].value.messages[0].from"},
     {HEAD "\"messages\":[" MSG("12/34\\n5", "a", "x") "]" TAIL, false,
@@ -45,8 +67,8 @@ static const struct {
     {HEAD "\"messages\":[{\"from\":\"1\",\"id\":\"a\",\"type\":\"text\","
 	  "\"text\":{\"body\":5}}]" TAIL,
      false, "$.entry[0].changes[0].value.messages[0].text.body"},
-    {"{\"entry\":[{\"changes\":[{\"value\":{\"messages\":[" MSG("1", "a",
-								"x") "]}}]}]}",
+    {"{\"object\":\"whatsapp_business_account\",\"entry\":[{\"changes\":[{"
+     "\"value\":{\"messages\":[" MSG("1", "a", "x") "]}}]}]}",
      false, "$.entry[0].changes[0].value.metadata.display_phone_number"},
 };
 

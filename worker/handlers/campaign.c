@@ -22,7 +22,7 @@ static const char SQL_STAGING[] =
     " parts text[], error text) ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_crun ("
     " seq bigint, run_id text, campaign_id text, workspace_id text,"
-    " inbox_id text, end_time_ms bigint, total integer)"
+    " inbox_id text, end_time text, total integer)"
     " ON COMMIT DELETE ROWS;";
 
 static const char SQL_INBOXES[] =
@@ -32,12 +32,22 @@ static const char SQL_INBOXES[] =
  * first batch; the outbox rows go in (a message id already there is left
  * alone unless it is paused), and each run's counters move by exactly the
  * rows that changed, read from what the INSERT returned, so a replayed or
- * re-posted batch never counts twice. The run finishes in the same
- * statement when its terminal messages reach its total. */
+ * re-posted batch never counts twice. A message id belongs to the run that
+ * wrote it first: a paused one re-posted under another run keeps its
+ * run_id, and the counters that move are its own run's (the "own" update,
+ * for runs this batch does not name), so every run's counters stay equal
+ * to its outbox rows. Within one batch the same holds: a message id named
+ * by several records takes the run (and lead) of the first, the outcome
+ * of the last. The run finishes in the same statement when its
+ * terminal messages reach its total. The end time comes as UTC text with
+ * microseconds, read without floating point. */
 static const char SQL_WRITE[] =
     "WITH s AS ("
-    "  SELECT DISTINCT ON (message_id) run_id, message_id, lead_id, status,"
-    "   parts, error FROM sluice_stage_cmsg ORDER BY message_id, seq DESC),"
+    "  SELECT DISTINCT ON (message_id) message_id, status, parts, error,"
+    "   first_value(run_id) OVER w AS run_id,"
+    "   first_value(lead_id) OVER w AS lead_id"
+    "  FROM sluice_stage_cmsg WINDOW w AS (PARTITION BY message_id"
+    "   ORDER BY seq) ORDER BY message_id, seq DESC),"
     " prev AS ("
     "  SELECT m.message_id, m.status FROM campaign_messages m"
     "  JOIN s USING (message_id)),"
@@ -60,7 +70,7 @@ static const char SQL_WRITE[] =
     "  FROM up LEFT JOIN prev USING (message_id) GROUP BY up.run_id),"
     " r AS ("
     "  SELECT DISTINCT ON (run_id) run_id, campaign_id, workspace_id,"
-    "   inbox_id, end_time_ms, total FROM sluice_stage_crun"
+    "   inbox_id, end_time, total FROM sluice_stage_crun"
     "  ORDER BY run_id, seq DESC),"
     " n AS ("
     "  SELECT r.*, coalesce(d.processed, 0) AS dp,"
@@ -72,7 +82,7 @@ static const char SQL_WRITE[] =
     "   inbox_id, end_time, total, processed, failed, paused, expired,"
     "   status, finished_at)"
     "  SELECT run_id, campaign_id, workspace_id, inbox_id,"
-    "   to_timestamp(end_time_ms / 1000.0), total, dp, df, dpa, de,"
+    "   end_time::timestamptz, total, dp, df, dpa, de,"
     "   CASE WHEN dp + df + de >= total THEN 'finished'"
     "        WHEN de > 0 THEN 'expired' WHEN dpa > 0 THEN 'paused'"
     "        ELSE 'running' END,"
@@ -95,8 +105,30 @@ static const char SQL_WRITE[] =
     "    WHEN c.processed + EXCLUDED.processed + c.failed + EXCLUDED.failed"
     "     + c.expired + EXCLUDED.expired >= c.total THEN now() END,"
     "   updated_at = now()"
-    "  RETURNING c.id, c.status)"
-    " SELECT ins.id, ins.status, n.dc FROM ins JOIN n ON n.run_id = ins.id";
+    "  RETURNING c.id, c.status),"
+    " own AS ("
+    "  UPDATE campaign_runs AS c SET"
+    "   processed = c.processed + d.processed,"
+    "   failed = c.failed + d.failed,"
+    "   paused = greatest(c.paused + d.paused, 0),"
+    "   expired = c.expired + d.expired,"
+    "   status = CASE"
+    "    WHEN c.status = 'finished' THEN 'finished'"
+    "    WHEN c.processed + d.processed + c.failed + d.failed"
+    "     + c.expired + d.expired >= c.total THEN 'finished'"
+    "    WHEN c.status = 'expired' OR d.expired > 0 THEN 'expired'"
+    "    WHEN c.paused + d.paused > 0 THEN 'paused'"
+    "    ELSE 'running' END,"
+    "   finished_at = CASE"
+    "    WHEN c.finished_at IS NOT NULL THEN c.finished_at"
+    "    WHEN c.processed + d.processed + c.failed + d.failed"
+    "     + c.expired + d.expired >= c.total THEN now() END,"
+    "   updated_at = now()"
+    "  FROM d WHERE c.id = d.run_id"
+    "   AND NOT EXISTS (SELECT 1 FROM r WHERE r.run_id = d.run_id)"
+    "  RETURNING c.id, c.status, d.changed)"
+    " SELECT ins.id, ins.status, n.dc FROM ins JOIN n ON n.run_id = ins.id"
+    " UNION ALL SELECT id, status, changed FROM own";
 
 struct crec {
 	cJSON *doc;
@@ -326,14 +358,16 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 		    .max_split_parts = cr->b.max_split_parts,
 		    .split_max_chars = cr->b.split_max_chars,
 		};
+		char end_time[CAMPAIGN_TIME_TEXT];
 
 		buf_printf(&c->stage_runs, "%lld\t", (long long)cr->seq);
 		copy_field(&c->stage_runs, cr->b.run_id, false);
 		copy_field(&c->stage_runs, cr->campaign_id, false);
 		copy_field(&c->stage_runs, cr->b.workspace_id, false);
 		copy_field(&c->stage_runs, cr->b.inbox_id, false);
-		buf_printf(&c->stage_runs, "%lld\t%lld\n",
-			   (long long)cr->b.end_time_ms, cr->b.run_total);
+		campaign_time_format(cr->b.end_time_us, end_time);
+		buf_printf(&c->stage_runs, "%s\t%lld\n", end_time,
+			   cr->b.run_total);
 		for (size_t k = 0; k < cr->b.n_messages; k++) {
 			const struct campaign_message *msg = &cr->b.messages[k];
 			const cJSON *ctx = NULL;

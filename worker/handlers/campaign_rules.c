@@ -2,6 +2,7 @@
  * end time, the inbox, the lead's context, the template, the split. */
 #include "campaign_rules.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,8 +70,35 @@ static const cJSON *lookup(const cJSON *ctx, const cJSON *vars,
 	return NULL;
 }
 
+/* Integers beyond this are not exact in the double cJSON parsed them
+ * into: 12345678901234567890 arrives as 12345678901234567168. */
+#define EXACT_INT_LIMIT 9007199254740992.0 /* 2^53 */
+
+/* A number as a message shows it: an integer in full (no exponent, no
+ * ".0"), a fraction as cJSON prints it (the shortest text that reads back
+ * as the same double). false for an integer past 2^53, whose digits as
+ * sent cannot be known any more: it fails rather than render others. */
+static bool render_number(const cJSON *v, struct buf *out)
+{
+	double d = v->valuedouble;
+	char *s;
+
+	if (!isfinite(d) || fabs(d) >= EXACT_INT_LIMIT)
+		return false;
+	if (floor(d) == d) {
+		buf_put_int(out, (long long)d); /* -0 becomes 0 */
+		return true;
+	}
+	s = cJSON_PrintUnformatted(v);
+	if (!s)
+		abort();
+	buf_puts(out, s);
+	cJSON_free(s);
+	return true;
+}
+
 bool campaign_render(const char *tmpl, const cJSON *ctx, const cJSON *vars,
-		     struct buf *out, char *missing, size_t missing_size)
+		     struct buf *out, char *error, size_t error_size)
 {
 	const char *p = tmpl, *open;
 
@@ -92,14 +120,18 @@ bool campaign_render(const char *tmpl, const cJSON *ctx, const cJSON *vars,
 		v = lookup(ctx, vars, a, (size_t)(z - a));
 		if (cJSON_IsString(v)) {
 			buf_puts(out, v->valuestring);
-		} else if (cJSON_IsNumber(v) || cJSON_IsBool(v)) {
-			char *s = cJSON_PrintUnformatted(v);
-
-			buf_puts(out, s ? s : "");
-			cJSON_free(s);
+		} else if (cJSON_IsBool(v)) {
+			buf_puts(out, cJSON_IsTrue(v) ? "true" : "false");
+		} else if (cJSON_IsNumber(v)) {
+			if (!render_number(v, out)) {
+				snprintf(error, error_size,
+					 "inexact_number:%.*s", (int)(z - a),
+					 a);
+				return false;
+			}
 		} else {
-			snprintf(missing, missing_size, "%.*s", (int)(z - a),
-				 a);
+			snprintf(error, error_size, "missing_var:%.*s",
+				 (int)(z - a), a);
 			return false;
 		}
 		p = close + 2;
@@ -209,7 +241,6 @@ void campaign_split(struct rule_result *r, int max_chars)
 void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
 {
 	const cJSON *lead, *deleted;
-	char missing[256];
 
 	out->error[0] = '\0';
 	out->n_parts = 0;
@@ -246,11 +277,8 @@ void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
 		return;
 	}
 	if (!campaign_render(in->template_text, in->ctx, in->vars, &out->text,
-			     missing, sizeof(missing))) {
-		snprintf(out->error, sizeof(out->error), "missing_var:%s",
-			 missing);
+			     out->error, sizeof(out->error)))
 		return;
-	}
 	campaign_split(out, in->split_max_chars);
 	if (out->n_parts == 0) {
 		snprintf(out->error, sizeof(out->error), "empty_message");

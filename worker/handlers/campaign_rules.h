@@ -51,9 +51,11 @@ void rule_result_free(struct rule_result *r);
 void campaign_evaluate(const struct rule_input *in, struct rule_result *out);
 
 /* Renders {{path}} placeholders from ctx (and vars as "vars"). false with
- * the first missing path in missing. */
+ * the first placeholder that cannot be rendered, as the message's error:
+ * "missing_var:<path>" (absent, null, an object or an array) or
+ * "inexact_number:<path>" (an integer of magnitude 2^53 or more). */
 bool campaign_render(const char *tmpl, const cJSON *ctx, const cJSON *vars,
-		     struct buf *out, char *missing, size_t missing_size);
+		     struct buf *out, char *error, size_t error_size);
 
 /* Splits r->text at whitespace into parts of at most max_chars code
  * points (a longer word is cut). */
