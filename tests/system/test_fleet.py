@@ -669,7 +669,8 @@ def test_cooperative_rebalance_moves_only_what_changes_hands(pipeline,
         f"{sorted(moved)} moved")
 
     admin = AdminClient({"bootstrap.servers": services.brokers})
-    desc = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    desc = admin.describe_consumer_groups([kg(group)])[kg(group)].result(
+        timeout=30)
     assert desc.partition_assignor == "cooperative-sticky", (
         desc.partition_assignor)
     assert len(desc.members) == 2, desc.members
