@@ -65,10 +65,10 @@ struct conn {
 	bool attached; /* evhttp's connection is known and ours is hooked */
 	bool busy;    /* a request is with sluice: no deadline until answered */
 	bool refused; /* over max_connections: answered 503 */
-	bool replaced;		      /* evhttp's own error answer was */
+	bool replaced;			 /* swapping evhttp's error page */
 	struct evbuffer_cb_entry *watch; /* on the output: evhttp's errors */
-	struct event *replace_ev;	      /* replaces one; made when needed */
-	struct conn *prev, *next; /* every open one, for shutdown */
+	struct event *replace_ev;	 /* replaces one; made when needed */
+	struct conn *prev, *next;	 /* every open one, for shutdown */
 };
 
 static void conn_release(struct conn *c)
@@ -146,11 +146,11 @@ static void conn_expire(struct conn *c)
 	ing->m.request_timeouts++;
 	if (begun && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		char answer[1024];
-		size_t n = http_raw_error(
-		    ing, 408, "request_timeout",
-		    "the request was not received whole within "
-		    "request_timeout_s",
-		    answer, sizeof(answer));
+		size_t n =
+		    http_raw_error(ing, 408, "request_timeout",
+				   "the request was not received whole within "
+				   "request_timeout_s",
+				   answer, sizeof(answer));
 
 		if (send(c->fd, answer, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
 			ing->m.responses[ST_408]++;
@@ -178,6 +178,7 @@ static void handle_replace(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	/* "HTTP/1.1 400 Bad Request": evhttp's own status line. */
+	c->replaced = false;
 	if (evbuffer_copyout(out, head, 12) != 12 ||
 	    memcmp(head, "HTTP/1.", 7) != 0)
 		return;
@@ -186,16 +187,18 @@ static void handle_replace(evutil_socket_t fd, short what, void *arg)
 			return;
 		status = status * 10 + (head[i] - '0');
 	}
+	c->replaced = true;
 	n = http_evhttp_error(c->ing, status, answer, sizeof(answer));
 	evbuffer_drain(out, evbuffer_get_length(out));
-	evbuffer_add(out, answer, n);
+	evbuffer_add(out, answer, n); /* conn_watch skips it: replaced */
+	c->replaced = false;
 }
 
 /* Output buffer callback (loop thread), on every change to what the
  * connection is to send: only its first bytes written while no request
  * of sluice's is being answered are looked at. */
-static void conn_watch(struct evbuffer *buf, const struct evbuffer_cb_info *info,
-		       void *arg)
+static void conn_watch(struct evbuffer *buf,
+		       const struct evbuffer_cb_info *info, void *arg)
 {
 	struct conn *c = arg;
 	char head[13];
@@ -208,7 +211,8 @@ static void conn_watch(struct evbuffer *buf, const struct evbuffer_cb_info *info
 		return; /* a 100 Continue: the body follows */
 	c->replaced = true;
 	if (!c->replace_ev)
-		c->replace_ev = event_new(c->ing->base, -1, 0, handle_replace, c);
+		c->replace_ev =
+		    event_new(c->ing->base, -1, 0, handle_replace, c);
 	if (!c->replace_ev)
 		abort();
 	event_active(c->replace_ev, EV_TIMEOUT, 0);
@@ -278,7 +282,8 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
 	if (!c->bev || !c->timer)
 		abort();
 	bufferevent_incref(c->bev);
-	c->watch = evbuffer_add_cb(bufferevent_get_output(c->bev), conn_watch, c);
+	c->watch =
+	    evbuffer_add_cb(bufferevent_get_output(c->bev), conn_watch, c);
 	if (!c->watch)
 		abort();
 	if (ing->conns - ing->conns_refused_open >= ing->max_connections) {

@@ -148,8 +148,7 @@ size_t http_raw_error(struct ingest *ing, int status, const char *code,
 
 /* evhttp answers these itself, before any handler of sluice's sees the
  * request (see conn.c); only the status tells which case it was. */
-size_t http_evhttp_error(struct ingest *ing, int status, char *buf,
-			 size_t size)
+size_t http_evhttp_error(struct ingest *ing, int status, char *buf, size_t size)
 {
 	char msg[320];
 
@@ -1063,8 +1062,9 @@ static bool framing_ok(struct evhttp_request *req)
 
 /* evhttp reads a body only for POST, PUT and PATCH: any other request's
  * body stays in the input and would be parsed as the next request, one a
- * proxy in front never saw (request smuggling). So a request of another
- * method that declares a body is refused and its connection closed. */
+ * proxy in front never saw (request smuggling). So the connection of a
+ * request of another method that declares a body is closed after its
+ * answer, the body unread; a GET or HEAD is refused outright (400). */
 static bool body_declared_without_reading(struct evhttp_request *req)
 {
 	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
@@ -1073,10 +1073,8 @@ static bool body_declared_without_reading(struct evhttp_request *req)
 	switch (evhttp_request_get_command(req)) {
 	case EVHTTP_REQ_POST:
 	case EVHTTP_REQ_PUT:
-	case EVHTTP_REQ_PATCH:
-		return false;
-	default:
-		break;
+	case EVHTTP_REQ_PATCH: return false;
+	default: break;
 	}
 	if (evhttp_find_header(in, "Transfer-Encoding"))
 		return true;
@@ -1088,9 +1086,9 @@ static bool body_declared_without_reading(struct evhttp_request *req)
 
 static bool probe_path(const char *path)
 {
-	return path && (strcmp(path, "/healthz") == 0 ||
-			strcmp(path, "/readyz") == 0 ||
-			strcmp(path, "/metrics") == 0);
+	return path &&
+	       (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+		strcmp(path, "/metrics") == 0);
 }
 
 /* Every request, on the event loop thread. */
@@ -1128,12 +1126,15 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	if (body_declared_without_reading(req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Connection", "close");
-		reply_error(ing, req, 400, "body_not_allowed",
-			    "only POST takes a body: a request of another "
-			    "method with Content-Length or Transfer-Encoding is "
-			    "refused and its connection closed",
+		if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) {
+			reply_error(
+			    ing, req, 400, "body_not_allowed",
+			    "a GET or HEAD request must not have a body "
+			    "(Content-Length or Transfer-Encoding); the "
+			    "connection is closed",
 			    NULL);
-		return;
+			return;
+		}
 	}
 	if (!path) {
 		/* evhttp answers a request it could not parse itself (conn.c
@@ -1147,14 +1148,16 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	    !strchr(path + strlen(WEBHOOK_PREFIX), '/')) {
 		const char *raw = path + strlen(WEBHOOK_PREFIX);
 		char problem[160];
-		char *name = segment_decode(raw, strlen(raw), problem,
-					    sizeof(problem));
+		char *name =
+		    segment_decode(raw, strlen(raw), problem, sizeof(problem));
 
 		if (!name) {
 			char msg[200];
 
-			snprintf(msg, sizeof(msg), "the source name in the "
-				 "path: %s", problem);
+			snprintf(msg, sizeof(msg),
+				 "the source name in the "
+				 "path: %s",
+				 problem);
 			reply_error(ing, req, 400, "bad_path", msg, NULL);
 			return;
 		}

@@ -87,15 +87,15 @@ struct ingest {
 	int inflight;
 	bool draining;
 	bool kafka_up;
-	int max_record_bytes;	    /* what Kafka takes: bodies above get 413 */
-	long max_record_kafka;	    /* the Kafka setting it comes from, */
+	int max_record_bytes;  /* what Kafka takes: bodies above get 413 */
+	long max_record_kafka; /* the Kafka setting it comes from, */
 	const char *max_record_whose; /* and that setting's name */
 	struct event *probe_ev;	      /* asks Kafka while it seems down */
 	rd_kafka_queue_t *probe_q;    /* that question's answer, awaited */
-	struct event *limit_ev;	    /* asks the topic's own limit */
-	rd_kafka_queue_t *limit_q;  /* its answer, while awaited */
-	int limit_asks;		    /* failed asks so far */
-	struct event *accept_retry; /* re-enables accepting after an error */
+	struct event *limit_ev;	      /* asks the topic's own limit */
+	rd_kafka_queue_t *limit_q;    /* its answer, while awaited */
+	int limit_asks;		      /* failed asks so far */
+	struct event *accept_retry;   /* re-enables accepting after an error */
 	int accept_backoff_ms;
 	int64_t accept_logged_ms;
 	int spare_fd; /* closed to shed a connection when out of fds */
