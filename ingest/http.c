@@ -1251,7 +1251,10 @@ void http_apply_settings(struct ingest *ing)
 	 * far larger ones. */
 	evhttp_set_max_body_size(
 	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
-	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
+	/* A second more than conn.c's whole-request deadline, which thus
+	 * always comes first and answers 408; evhttp's own read timeout
+	 * would close without a word. It still bounds writes. */
+	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s + 1);
 	conn_apply_settings(ing);
 }
 

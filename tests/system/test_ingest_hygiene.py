@@ -215,13 +215,31 @@ def test_libevent_errors_are_json(pipeline, services):
 
 
 def test_request_timeout_is_json(pipeline, services):
-    """A request not received whole within request_timeout_s: 408 JSON."""
-    ingest = pipeline.start_ingest(request_timeout_s=1)
-    # the last header line unfinished, so part of a request is waiting
-    r = raw_request(ingest.port, _POST + b"Content-Type: applic", timeout=15)
-    assert r.status == 408, r
-    j = _json_error(r, "408")
-    assert j["error"] == "request_timeout", j
+    """A request not received whole within request_timeout_s, its bytes
+    dripping in: 408 with sluice's JSON."""
+    ingest = pipeline.start_ingest(request_timeout_s=2)
+    with socket.create_connection(("127.0.0.1", ingest.port)) as s:
+        s.sendall(_POST + b"Content-Type: applic")
+        s.settimeout(0.5)
+        data = b""
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            except socket.timeout:
+                try:
+                    s.sendall(b"a")  # one byte every half second
+                except OSError:
+                    break
+            except OSError:
+                break
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 "), data
+    assert re.search(rb"(?mi)^content-type: application/json", head), data
+    assert json.loads(body)["error"] == "request_timeout", data
 
 
 # ------------------------------------------------------------ percent-encoding
