@@ -147,7 +147,7 @@ static void conn_expire(struct conn *c)
 	if (begun && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		char answer[1024];
 		size_t n =
-		    http_raw_error(ing, 408, "request_timeout",
+		    http_raw_error(408, "request_timeout",
 				   "the request was not received whole within "
 				   "request_timeout_s",
 				   answer, sizeof(answer));

@@ -119,8 +119,8 @@ static void send_reply(struct ingest *ing, struct evhttp_request *req, int code,
 	conn_answered(ing, c);
 }
 
-size_t http_raw_error(struct ingest *ing, int status, const char *code,
-		      const char *message, char *buf, size_t size)
+size_t http_raw_error(int status, const char *code, const char *message,
+		      char *buf, size_t size)
 {
 	cJSON *o = cJSON_CreateObject();
 	char body[768];
@@ -141,7 +141,6 @@ size_t http_raw_error(struct ingest *ing, int status, const char *code,
 		     strlen(body) + 1, body);
 	if (n < 0 || (size_t)n >= size) /* the body is bounded above */
 		abort();
-	ing->m.responses[status_slot(status)]++;
 	log_debug("%d %s: %s", status, code, message);
 	return (size_t)n;
 }
@@ -152,10 +151,11 @@ size_t http_evhttp_error(struct ingest *ing, int status, char *buf, size_t size)
 {
 	char msg[320];
 
+	ing->m.responses[status_slot(status)]++;
 	switch (status) {
 	case 400:
 		return http_raw_error(
-		    ing, 400, "bad_request",
+		    400, "bad_request",
 		    "the request could not be parsed: a malformed request "
 		    "line, header, Content-Length or Transfer-Encoding, or a "
 		    "Content-Length beside a Transfer-Encoding",
@@ -173,23 +173,21 @@ size_t http_evhttp_error(struct ingest *ing, int status, char *buf, size_t size)
 			 ing->cfg.max_body_bytes < ing->max_record_bytes
 			     ? ing->cfg.max_body_bytes
 			     : ing->max_record_bytes);
-		return http_raw_error(ing, 413, "payload_too_large", msg, buf,
-				      size);
+		return http_raw_error(413, "payload_too_large", msg, buf, size);
 	case 417:
-		return http_raw_error(ing, 417, "expectation_failed",
+		return http_raw_error(417, "expectation_failed",
 				      "the only Expect supported is "
 				      "100-continue",
 				      buf, size);
 	case 501:
-		return http_raw_error(ing, 501, "not_implemented",
+		return http_raw_error(501, "not_implemented",
 				      "unknown or unsupported method; "
 				      "sluice-ingest serves GET, HEAD and POST",
 				      buf, size);
 	default:
 		snprintf(msg, sizeof(msg), "the request was refused (%d)",
 			 status);
-		return http_raw_error(ing, status, "bad_request", msg, buf,
-				      size);
+		return http_raw_error(status, "bad_request", msg, buf, size);
 	}
 }
 

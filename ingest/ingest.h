@@ -130,11 +130,11 @@ void http_cleanup(struct ingest *ing);
 void http_apply_settings(struct ingest *ing);
 /* A whole error answer (status line, headers, JSON body) in buf, for the
  * places that write to a socket or buffer without evhttp's help; returns
- * its length. Counts the status in the metrics. */
-size_t http_raw_error(struct ingest *ing, int status, const char *code,
-		      const char *message, char *buf, size_t size);
+ * its length. The caller counts it once sent. */
+size_t http_raw_error(int status, const char *code, const char *message,
+		      char *buf, size_t size);
 /* sluice's JSON answer for an error evhttp answers itself (status is the
- * one evhttp chose), as http_raw_error. */
+ * one evhttp chose), as http_raw_error, and counted. */
 size_t http_evhttp_error(struct ingest *ing, int status, char *buf,
 			 size_t size);
 struct conn;

@@ -207,6 +207,11 @@ def test_libevent_errors_are_json(pipeline, services):
         except (AssertionError, OSError) as exc:
             failures.append(f"{name}: {exc}")
     assert not failures, "\n".join(failures)
+    # counted like sluice's own answers
+    page = ingest.request("GET", "/metrics").body.decode()
+    n400 = int(re.search(r'(?m)^sluice_ingest_responses_total\{code="400"\} '
+                         r'(\d+)', page).group(1))
+    assert n400 == sum(1 for x in LIBEVENT_SHAPES if x[2] == 400), page
     r = raw_request(ingest.port, LIBEVENT_SHAPES[-1][1])
     # the number that was applied: 4 x 65536 + 65536
     assert "327680" in r.json["message"], r.json
