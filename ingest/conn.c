@@ -20,6 +20,19 @@
  * Over max_connections a connection is still read, but with a short
  * deadline, and its request is answered 503 with Retry-After and
  * Connection: close, so the refusal is an HTTP answer and not a reset.
+ * The probes (/healthz, /readyz, /metrics) are the exception: they are
+ * answered on such a connection as on any other (then it is closed), so a
+ * connection flood never makes a liveness check fail.
+ *
+ * libevent 2.1 answers some requests itself, with an HTML page and no hook
+ * (an unparsable request line or header, a bad Content-Length or chunked
+ * body, a declared length over the memory guard, an unknown method, an
+ * Expect it does not support). Every answer of sluice's is written while
+ * its request is marked busy here; so bytes that reach an idle
+ * connection's output can only be one of evhttp's own error pages (or its
+ * 100 Continue, which is left alone). A callback on the output buffer
+ * notices them, and an event that runs before the socket is next writable
+ * replaces the page with sluice's JSON answer for the same status.
  *
  * Per request the cost is two array look-ups by descriptor and a clock
  * read (bench/callgrind_requests.py counts it). Everything runs on the
@@ -52,7 +65,10 @@ struct conn {
 	bool attached; /* evhttp's connection is known and ours is hooked */
 	bool busy;    /* a request is with sluice: no deadline until answered */
 	bool refused; /* over max_connections: answered 503 */
-	struct conn *prev, *next; /* every open one, for shutdown */
+	bool replaced;			 /* swapping evhttp's error page */
+	struct evbuffer_cb_entry *watch; /* on the output: evhttp's errors */
+	struct event *replace_ev;	 /* replaces one; made when needed */
+	struct conn *prev, *next;	 /* every open one, for shutdown */
 };
 
 static void conn_release(struct conn *c)
@@ -71,6 +87,9 @@ static void conn_release(struct conn *c)
 	ing->conns--;
 	if (c->refused)
 		ing->conns_refused_open--;
+	evbuffer_remove_cb_entry(bufferevent_get_output(c->bev), c->watch);
+	if (c->replace_ev)
+		event_free(c->replace_ev);
 	event_free(c->timer);
 	bufferevent_decref(c->bev);
 	free(c);
@@ -119,9 +138,6 @@ static bool conn_slot(struct ingest *ing, evutil_socket_t fd)
  * not a reset that discards it. */
 static void conn_expire(struct conn *c)
 {
-	static const char answer[] = "HTTP/1.1 408 Request Timeout\r\n"
-				     "Connection: close\r\n"
-				     "Content-Length: 0\r\n\r\n";
 	struct ingest *ing = c->ing;
 	char sink[4096];
 	bool begun = evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
@@ -129,8 +145,14 @@ static void conn_expire(struct conn *c)
 
 	ing->m.request_timeouts++;
 	if (begun && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-		if (send(c->fd, answer, sizeof(answer) - 1,
-			 MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+		char answer[1024];
+		size_t n =
+		    http_raw_error(408, "request_timeout",
+				   "the request was not received whole within "
+				   "request_timeout_s",
+				   answer, sizeof(answer));
+
+		if (send(c->fd, answer, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
 			ing->m.responses[ST_408]++;
 	}
 	for (int i = 0; i < 16; i++)
@@ -139,6 +161,61 @@ static void conn_expire(struct conn *c)
 	log_debug("closed connection %d: no whole request within the deadline",
 		  (int)c->fd);
 	evhttp_connection_free(c->evcon); /* calls conn_closed: c is gone */
+}
+
+/* Loop event, activated by conn_watch in the same loop turn evhttp wrote
+ * its error page, so before the socket can take any of it: the page is
+ * swapped for sluice's JSON answer with the same status. evhttp closes the
+ * connection once its output is written, as it would have. */
+static void handle_replace(evutil_socket_t fd, short what, void *arg)
+{
+	struct conn *c = arg;
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	char head[16], answer[1024];
+	int status = 0;
+	size_t n;
+
+	(void)fd;
+	(void)what;
+	/* "HTTP/1.1 400 Bad Request": evhttp's own status line. */
+	c->replaced = false;
+	if (evbuffer_copyout(out, head, 12) != 12 ||
+	    memcmp(head, "HTTP/1.", 7) != 0)
+		return;
+	for (int i = 9; i < 12; i++) {
+		if (head[i] < '0' || head[i] > '9')
+			return;
+		status = status * 10 + (head[i] - '0');
+	}
+	c->replaced = true;
+	n = http_evhttp_error(c->ing, status, answer, sizeof(answer));
+	evbuffer_drain(out, evbuffer_get_length(out));
+	evbuffer_add(out, answer, n); /* conn_watch skips it: replaced */
+	c->replaced = false;
+}
+
+/* Output buffer callback (loop thread), on every change to what the
+ * connection is to send: only its first bytes written while no request
+ * of sluice's is being answered are looked at. */
+static void conn_watch(struct evbuffer *buf,
+		       const struct evbuffer_cb_info *info, void *arg)
+{
+	struct conn *c = arg;
+	char head[13];
+
+	if (c->busy || c->replaced || info->orig_size != 0 ||
+	    info->n_added == 0 || evbuffer_copyout(buf, head, 12) != 12)
+		return;
+	head[12] = '\0';
+	if (memcmp(head, "HTTP/1.", 7) != 0 || strcmp(head + 8, " 100") == 0)
+		return; /* a 100 Continue: the body follows */
+	c->replaced = true;
+	if (!c->replace_ev)
+		c->replace_ev =
+		    event_new(c->ing->base, -1, 0, handle_replace, c);
+	if (!c->replace_ev)
+		abort();
+	event_active(c->replace_ev, EV_TIMEOUT, 0);
 }
 
 /* The connection's timer (loop thread): right after accept it attaches to
@@ -205,6 +282,10 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
 	if (!c->bev || !c->timer)
 		abort();
 	bufferevent_incref(c->bev);
+	c->watch =
+	    evbuffer_add_cb(bufferevent_get_output(c->bev), conn_watch, c);
+	if (!c->watch)
+		abort();
 	if (ing->conns - ing->conns_refused_open >= ing->max_connections) {
 		c->refused = true;
 		ing->conns_refused_open++;
@@ -256,11 +337,16 @@ bool conn_request(struct ingest *ing, struct evhttp_request *req)
 	return !c->refused;
 }
 
-void conn_answered(struct ingest *ing, struct evhttp_request *req)
+struct conn *conn_answering(struct ingest *ing, struct evhttp_request *req)
 {
 	struct conn *c = conn_of(ing, req);
 
-	if (!c || !c->busy)
+	return c && c->busy ? c : NULL;
+}
+
+void conn_answered(struct ingest *ing, struct conn *c)
+{
+	if (!c)
 		return;
 	c->busy = false;
 	c->deadline_ms = util_mono_ms() + ing->conn_timeout_ms;

@@ -5,6 +5,7 @@
 #include <event2/listener.h>
 #include <openssl/crypto.h>
 #include <event2/keyvalq_struct.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -62,18 +63,19 @@ static const char *reason_phrase(int code)
 	case 404: return "Not Found";
 	case 405: return "Method Not Allowed";
 	case 411: return "Length Required";
+	case 408: return "Request Timeout";
 	case 413: return "Payload Too Large";
 	case 415: return "Unsupported Media Type";
+	case 417: return "Expectation Failed";
 	case 429: return "Too Many Requests";
 	case 422: return "Unprocessable Entity";
 	case 500: return "Internal Server Error";
+	case 501: return "Not Implemented";
 	case 503: return "Service Unavailable";
 	default: return "Error";
 	}
 }
 
-/* A HEAD answer has the headers a GET would get and no body: a body would
- * be read as the start of the next response on a kept-alive connection. */
 /* RFC 7231's Date, formatted once a second rather than by libevent for
  * every answer (it adds its own only when the header is absent). */
 static const char *http_date(void)
@@ -92,12 +94,18 @@ static const char *http_date(void)
 	return date;
 }
 
+/* A HEAD answer has the headers a GET would get and no body: a body would
+ * be read as the start of the next response on a kept-alive connection.
+ * The connection is marked answered only after evhttp has written the
+ * answer (conn.c tells sluice's output from evhttp's own that way); it is
+ * looked up first because evhttp frees a request whose connection is gone
+ * in evhttp_send_reply. */
 static void send_reply(struct ingest *ing, struct evhttp_request *req, int code,
 		       const char *reason, struct evbuffer *body)
 {
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+	struct conn *c = conn_answering(ing, req);
 
-	conn_answered(ing, req);
 	evhttp_add_header(out, "Date", http_date());
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
 		char len[24];
@@ -105,9 +113,82 @@ static void send_reply(struct ingest *ing, struct evhttp_request *req, int code,
 		snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
 		evhttp_add_header(out, "Content-Length", len);
 		evhttp_send_reply(req, code, reason, NULL);
-		return;
+	} else {
+		evhttp_send_reply(req, code, reason, body);
 	}
-	evhttp_send_reply(req, code, reason, body);
+	conn_answered(ing, c);
+}
+
+size_t http_raw_error(int status, const char *code, const char *message,
+		      char *buf, size_t size)
+{
+	cJSON *o = cJSON_CreateObject();
+	char body[768];
+	int n;
+
+	cJSON_AddStringToObject(o, "error", code);
+	cJSON_AddStringToObject(o, "message", message);
+	if (!cJSON_PrintPreallocated(o, body, (int)sizeof(body) - 1, 0))
+		snprintf(body, sizeof(body), "{\"error\":\"%s\"}", code);
+	cJSON_Delete(o);
+	n = snprintf(buf, size,
+		     "HTTP/1.1 %d %s\r\n"
+		     "Content-Type: application/json\r\n"
+		     "Connection: close\r\n"
+		     "Date: %s\r\n"
+		     "Content-Length: %zu\r\n\r\n%s\n",
+		     status, reason_phrase(status), http_date(),
+		     strlen(body) + 1, body);
+	if (n < 0 || (size_t)n >= size) /* the body is bounded above */
+		abort();
+	log_debug("%d %s: %s", status, code, message);
+	return (size_t)n;
+}
+
+/* evhttp answers these itself, before any handler of sluice's sees the
+ * request (see conn.c); only the status tells which case it was. */
+size_t http_evhttp_error(struct ingest *ing, int status, char *buf, size_t size)
+{
+	char msg[320];
+
+	ing->m.responses[status_slot(status)]++;
+	switch (status) {
+	case 400:
+		return http_raw_error(
+		    400, "bad_request",
+		    "the request could not be parsed: a malformed request "
+		    "line, header, Content-Length or Transfer-Encoding, or a "
+		    "Content-Length beside a Transfer-Encoding",
+		    buf, size);
+	case 413:
+		/* libevent also ends a chunked body whose chunk size does
+		 * not parse this way. */
+		snprintf(msg, sizeof(msg),
+			 "the declared body length (Content-Length or a chunk "
+			 "size) is over %lld bytes, the most sluice-ingest "
+			 "reads (4 x max_body_bytes + 65536), or a chunk size "
+			 "is malformed; bodies over %d bytes are refused in "
+			 "any case",
+			 (long long)ing->cfg.max_body_bytes * 4 + 65536,
+			 ing->cfg.max_body_bytes < ing->max_record_bytes
+			     ? ing->cfg.max_body_bytes
+			     : ing->max_record_bytes);
+		return http_raw_error(413, "payload_too_large", msg, buf, size);
+	case 417:
+		return http_raw_error(417, "expectation_failed",
+				      "the only Expect supported is "
+				      "100-continue",
+				      buf, size);
+	case 501:
+		return http_raw_error(501, "not_implemented",
+				      "unknown or unsupported method; "
+				      "sluice-ingest serves GET, HEAD and POST",
+				      buf, size);
+	default:
+		snprintf(msg, sizeof(msg), "the request was refused (%d)",
+			 status);
+		return http_raw_error(status, "bad_request", msg, buf, size);
+	}
 }
 
 /* Every JSON answer: printed into a stack buffer when it fits (they are
@@ -161,6 +242,36 @@ static void reply_error(struct ingest *ing, struct evhttp_request *req,
 	log_debug("%d %s: %s%s%s", status, code, message, path ? " at " : "",
 		  path ? path : "");
 	reply_json(ing, req, status, o);
+}
+
+/* 413 naming the limit that was applied, its figure and where it comes
+ * from: max_body_bytes, or Kafka's record limit when that is lower (the
+ * producer's message.max.bytes or the topic's max.message.bytes, less
+ * room for the key and headers). len is 0 when Kafka itself refused. */
+static void reply_too_large(struct ingest *ing, struct evhttp_request *req,
+			    size_t len)
+{
+	char msg[300];
+
+	if (len == 0)
+		snprintf(msg, sizeof(msg),
+			 "Kafka refused the event as larger than it takes "
+			 "(%s is %ld bytes, including the key and headers)",
+			 ing->max_record_whose, ing->max_record_kafka);
+	else if (ing->cfg.max_body_bytes <= ing->max_record_bytes)
+		snprintf(msg, sizeof(msg),
+			 "the body (%zu bytes) exceeds max_body_bytes (%d)",
+			 len, ing->cfg.max_body_bytes);
+	else
+		snprintf(msg, sizeof(msg),
+			 "the body (%zu bytes) exceeds %d bytes, the most "
+			 "Kafka takes: %s is %ld, less %d bytes kept for the "
+			 "key and headers (max_body_bytes is %d)",
+			 len, ing->max_record_bytes, ing->max_record_whose,
+			 ing->max_record_kafka,
+			 (int)(ing->max_record_kafka - ing->max_record_bytes),
+			 ing->cfg.max_body_bytes);
+	reply_error(ing, req, 413, "payload_too_large", msg, NULL);
 }
 
 static void pending_destroy(struct pending *p)
@@ -244,9 +355,7 @@ void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
 		ing->m.late_deliveries++;
 	} else if (p->req) {
 		if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
-			reply_error(ing, p->req, 413, "payload_too_large",
-				    "the event is larger than Kafka accepts",
-				    NULL);
+			reply_too_large(ing, p->req, 0);
 		} else if (err) {
 			char msg[256];
 
@@ -547,8 +656,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	}
 	if (len > (size_t)ing->cfg.max_body_bytes ||
 	    len > (size_t)ing->max_record_bytes) {
-		reply_error(ing, req, 413, "payload_too_large",
-			    "the body exceeds max_body_bytes", NULL);
+		reply_too_large(ing, req, len);
 		return;
 	}
 	if (!content_type_json(evhttp_find_header(in, "Content-Type"))) {
@@ -673,8 +781,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 
 	err = publish_record(ing, p, src, data, len, request_id, util_now_ms());
 	if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE) {
-		reply_error(ing, req, 413, "payload_too_large",
-			    "the event is larger than Kafka accepts", NULL);
+		reply_too_large(ing, req, 0);
 		pending_destroy(p);
 		return;
 	}
@@ -737,6 +844,50 @@ static void handle_handshake(struct ingest *ing, struct evhttp_request *req,
 	evhttp_clear_headers(&params);
 }
 
+/* A path segment, percent-decoded: NULL with *problem set when a '%' is not
+ * followed by two hex digits or a byte decodes to NUL (either would make
+ * the id differ between sluice, its logs and whoever reads them). */
+static char *segment_decode(const char *raw, size_t len, char *problem,
+			    size_t problem_size)
+{
+	char *copy, *decoded;
+	size_t n = 0;
+
+	for (size_t i = 0; i < len; i++) {
+		if (raw[i] != '%')
+			continue;
+		if (i + 2 >= len || !isxdigit((unsigned char)raw[i + 1]) ||
+		    !isxdigit((unsigned char)raw[i + 2])) {
+			int shown = 1;
+
+			while (shown < 3 && i + (size_t)shown < len &&
+			       isgraph((unsigned char)raw[i + shown]))
+				shown++;
+			snprintf(problem, problem_size,
+				 "bad percent-encoding \"%.*s\" at byte %zu: "
+				 "'%%' must be followed by two hex digits",
+				 shown, raw + i, i);
+			return NULL;
+		}
+		if (raw[i + 1] == '0' && raw[i + 2] == '0') {
+			snprintf(problem, problem_size,
+				 "%%00 at byte %zu decodes to a NUL byte, "
+				 "which is not allowed",
+				 i);
+			return NULL;
+		}
+		i += 2;
+	}
+	copy = strndup(raw, len);
+	if (!copy)
+		abort();
+	decoded = evhttp_uridecode(copy, 0, &n);
+	free(copy);
+	if (!decoded)
+		abort();
+	return decoded;
+}
+
 static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 			   const char *name)
 {
@@ -761,14 +912,20 @@ static void handle_campaign(struct ingest *ing, struct evhttp_request *req,
 			    const char *id, size_t id_len)
 {
 	struct source *src = ingest_source_of_kind(&ing->cfg, KIND_CAMPAIGN);
-	char *raw = strndup(id, id_len);
-	char *decoded = evhttp_uridecode(raw, 0, NULL);
+	char problem[160];
+	char *decoded = segment_decode(id, id_len, problem, sizeof(problem));
 	size_t n = decoded ? strlen(decoded) : 0;
 
 	if (!src) {
 		reply_error(ing, req, 404, "not_found",
 			    "no campaign source is configured", NULL);
-	} else if (!decoded || n == 0 || n > CAMPAIGN_ID_MAX ||
+	} else if (!decoded) {
+		char msg[200];
+
+		snprintf(msg, sizeof(msg), "the campaign id in the path: %s",
+			 problem);
+		reply_error(ing, req, 400, "bad_path", msg, NULL);
+	} else if (n == 0 || n > CAMPAIGN_ID_MAX ||
 		   !util_utf8_valid(decoded, n)) {
 		reply_error(ing, req, 404, "not_found",
 			    "the campaign id in the path is empty, too long "
@@ -777,7 +934,6 @@ static void handle_campaign(struct ingest *ing, struct evhttp_request *req,
 	} else {
 		handle_publish(ing, req, src, decoded);
 	}
-	free(raw);
 	free(decoded);
 }
 
@@ -902,6 +1058,37 @@ static bool framing_ok(struct evhttp_request *req)
 	return !(cl && te);
 }
 
+/* evhttp reads a body only for POST, PUT and PATCH: any other request's
+ * body stays in the input and would be parsed as the next request, one a
+ * proxy in front never saw (request smuggling). So the connection of a
+ * request of another method that declares a body is closed after its
+ * answer, the body unread; a GET or HEAD is refused outright (400). */
+static bool body_declared_without_reading(struct evhttp_request *req)
+{
+	struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+	const char *cl = evhttp_find_header(in, "Content-Length");
+
+	switch (evhttp_request_get_command(req)) {
+	case EVHTTP_REQ_POST:
+	case EVHTTP_REQ_PUT:
+	case EVHTTP_REQ_PATCH: return false;
+	default: break;
+	}
+	if (evhttp_find_header(in, "Transfer-Encoding"))
+		return true;
+	if (!cl)
+		return false;
+	cl += strspn(cl, "0"); /* "0", "00": no body */
+	return *cl != '\0';
+}
+
+static bool probe_path(const char *path)
+{
+	return path &&
+	       (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
+		strcmp(path, "/metrics") == 0);
+}
+
 /* Every request, on the event loop thread. */
 static void handle_request(struct evhttp_request *req, void *arg)
 {
@@ -909,15 +1096,21 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	bool probe = probe_path(path) &&
+		     (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD);
 
+	/* Over max_connections only the probes are served: a liveness
+	 * check must not fail because of a flood it is not part of. */
 	if (!conn_request(ing, req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Connection", "close");
-		reply_error(ing, req, 503, "too_many_connections",
-			    "too many open connections (max_connections); "
-			    "retry later",
-			    NULL);
-		return;
+		if (!probe) {
+			reply_error(ing, req, 503, "too_many_connections",
+				    "too many open connections "
+				    "(max_connections); retry later",
+				    NULL);
+			return;
+		}
 	}
 	if (!framing_ok(req)) {
 		evhttp_add_header(evhttp_request_get_output_headers(req),
@@ -928,21 +1121,46 @@ static void handle_request(struct evhttp_request *req, void *arg)
 			    NULL);
 		return;
 	}
+	if (body_declared_without_reading(req)) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Connection", "close");
+		if (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD) {
+			reply_error(
+			    ing, req, 400, "body_not_allowed",
+			    "a GET or HEAD request must not have a body "
+			    "(Content-Length or Transfer-Encoding); the "
+			    "connection is closed",
+			    NULL);
+			return;
+		}
+	}
 	if (!path) {
-		/* evhttp calls back without a URI when it gave up on the
-		 * request itself, e.g. a body over max_body_bytes. */
-		if (evhttp_request_get_response_code(req) == 413)
-			reply_error(ing, req, 413, "payload_too_large",
-				    "the body exceeds max_body_bytes", NULL);
-		else
-			reply_error(ing, req, 400, "bad_request",
-				    "unparsable request", NULL);
+		/* evhttp answers a request it could not parse itself (conn.c
+		 * turns that answer into JSON); this is a safety net. */
+		reply_error(ing, req, 400, "bad_request", "unparsable request",
+			    NULL);
 		return;
 	}
 	if (strncmp(path, WEBHOOK_PREFIX, strlen(WEBHOOK_PREFIX)) == 0 &&
 	    path[strlen(WEBHOOK_PREFIX)] &&
 	    !strchr(path + strlen(WEBHOOK_PREFIX), '/')) {
-		handle_webhook(ing, req, path + strlen(WEBHOOK_PREFIX));
+		const char *raw = path + strlen(WEBHOOK_PREFIX);
+		char problem[160];
+		char *name =
+		    segment_decode(raw, strlen(raw), problem, sizeof(problem));
+
+		if (!name) {
+			char msg[200];
+
+			snprintf(msg, sizeof(msg),
+				 "the source name in the "
+				 "path: %s",
+				 problem);
+			reply_error(ing, req, 400, "bad_path", msg, NULL);
+			return;
+		}
+		handle_webhook(ing, req, name);
+		free(name);
 		return;
 	}
 	if (strncmp(path, CAMPAIGN_PREFIX, strlen(CAMPAIGN_PREFIX)) == 0) {
@@ -955,8 +1173,7 @@ static void handle_request(struct evhttp_request *req, void *arg)
 			return;
 		}
 	}
-	if (strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
-	    strcmp(path, "/metrics") == 0) {
+	if (probe_path(path)) {
 		if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
 			evhttp_add_header(
 			    evhttp_request_get_output_headers(req), "Allow",
@@ -1032,7 +1249,10 @@ void http_apply_settings(struct ingest *ing)
 	 * far larger ones. */
 	evhttp_set_max_body_size(
 	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
-	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s);
+	/* A second more than conn.c's whole-request deadline, which thus
+	 * always comes first and answers 408; evhttp's own read timeout
+	 * would close without a word. It still bounds writes. */
+	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s + 1);
 	conn_apply_settings(ing);
 }
 

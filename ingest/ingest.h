@@ -87,11 +87,15 @@ struct ingest {
 	int inflight;
 	bool draining;
 	bool kafka_up;
-	int max_record_bytes;	    /* what Kafka takes: bodies above get 413 */
-	struct event *limit_ev;	    /* asks the topic's own limit */
-	rd_kafka_queue_t *limit_q;  /* its answer, while awaited */
-	int limit_asks;		    /* failed asks so far */
-	struct event *accept_retry; /* re-enables accepting after an error */
+	int max_record_bytes;  /* what Kafka takes: bodies above get 413 */
+	long max_record_kafka; /* the Kafka setting it comes from, */
+	const char *max_record_whose; /* and that setting's name */
+	struct event *probe_ev;	      /* asks Kafka while it seems down */
+	rd_kafka_queue_t *probe_q;    /* that question's answer, awaited */
+	struct event *limit_ev;	      /* asks the topic's own limit */
+	rd_kafka_queue_t *limit_q;    /* its answer, while awaited */
+	int limit_asks;		      /* failed asks so far */
+	struct event *accept_retry;   /* re-enables accepting after an error */
 	int accept_backoff_ms;
 	int64_t accept_logged_ms;
 	int spare_fd; /* closed to shed a connection when out of fds */
@@ -124,6 +128,16 @@ void http_stop_accepting(struct ingest *ing);
 void http_cleanup(struct ingest *ing);
 /* After a reload: settings evhttp holds (timeouts, body limits). */
 void http_apply_settings(struct ingest *ing);
+/* A whole error answer (status line, headers, JSON body) in buf, for the
+ * places that write to a socket or buffer without evhttp's help; returns
+ * its length. The caller counts it once sent. */
+size_t http_raw_error(int status, const char *code, const char *message,
+		      char *buf, size_t size);
+/* sluice's JSON answer for an error evhttp answers itself (status is the
+ * one evhttp chose), as http_raw_error, and counted. */
+size_t http_evhttp_error(struct ingest *ing, int status, char *buf,
+			 size_t size);
+struct conn;
 /* conn.c: per-connection request deadline and the connection cap. */
 void conn_setup(struct ingest *ing);
 void conn_apply_settings(struct ingest *ing);
@@ -131,8 +145,12 @@ void conn_cleanup(struct ingest *ing);
 /* A whole request was read: its deadline stops. False when the
  * connection is over max_connections and the request must get a 503. */
 bool conn_request(struct ingest *ing, struct evhttp_request *req);
+/* The request is about to be answered: its connection (NULL when it is
+ * gone), to pass to conn_answered once the answer is written. Until then
+ * output on the connection is known to be sluice's. */
+struct conn *conn_answering(struct ingest *ing, struct evhttp_request *req);
 /* The request was answered: the next one's deadline starts. */
-void conn_answered(struct ingest *ing, struct evhttp_request *req);
+void conn_answered(struct ingest *ing, struct conn *c);
 
 /* Answers the request behind p after its delivery report (loop thread);
  * frees p. */

@@ -24,6 +24,11 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 		ing->m.delivery_failed++;
 		log_ctx_warn(p ? p->id : NULL, "delivery failed: %s",
 			     rd_kafka_err2str(m->err));
+		/* Not confirmed in message.timeout.ms: not ready until the
+		 * probe hears from a broker again. */
+		if (m->err == RD_KAFKA_RESP_ERR__MSG_TIMED_OUT ||
+		    m->err == RD_KAFKA_RESP_ERR__TRANSPORT)
+			ing->kafka_up = false;
 	} else {
 		ing->m.delivered++;
 		ing->kafka_up = true;
@@ -68,6 +73,48 @@ static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
 	handle_wake(((struct ingest *)arg)->wake_fds[0], 0, arg);
 }
 
+/* Loop timer, every PROBE_MS: while Kafka is thought down, ask a broker
+ * something (the topic's configuration, an admin request answered
+ * asynchronously on probe_q) and take any answer that came from a broker
+ * as "up", so /readyz recovers without waiting for a POST to succeed.
+ * Only a request that timed out or lost its connection means still down;
+ * a refusal (no DescribeConfigs right, no such topic) is a broker
+ * answering. Nothing here waits: the queue is polled with a 0 timeout. */
+#define PROBE_MS 500
+#define PROBE_TIMEOUT_MS 3000
+
+static void handle_probe(evutil_socket_t fd, short what, void *arg)
+{
+	struct ingest *ing = arg;
+	rd_kafka_event_t *ev;
+	rd_kafka_resp_err_t err;
+
+	(void)fd;
+	(void)what;
+	if (!ing->probe_q) {
+		if (!ing->kafka_up && ing->rk)
+			ing->probe_q = kafka_topic_config_ask(
+			    ing->rk, ing->cfg.topic, PROBE_TIMEOUT_MS);
+		return;
+	}
+	ev = rd_kafka_queue_poll(ing->probe_q, 0);
+	if (!ev)
+		return;
+	err = rd_kafka_event_error(ev);
+	rd_kafka_event_destroy(ev);
+	rd_kafka_queue_destroy(ing->probe_q);
+	ing->probe_q = NULL;
+	if (err == RD_KAFKA_RESP_ERR__TIMED_OUT ||
+	    err == RD_KAFKA_RESP_ERR__TRANSPORT ||
+	    err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+	    err == RD_KAFKA_RESP_ERR__DESTROY)
+		return;
+	if (!ing->kafka_up)
+		log_info("kafka answers again (%s): ready",
+			 err ? rd_kafka_err2name(err) : "probe");
+	ing->kafka_up = true;
+}
+
 /* A body Kafka would refuse must get a 413, not a 503 the sender retries
  * forever: the limit is the producer's message.max.bytes less room for
  * the key and headers (each at most a few hundred bytes). */
@@ -76,6 +123,8 @@ static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
 static void record_limit_set(struct ingest *ing, long max, const char *whose)
 {
 	ing->max_record_bytes = (int)(max - RECORD_OVERHEAD);
+	ing->max_record_kafka = max;
+	ing->max_record_whose = whose; /* a string literal */
 	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
 		log_warn("max_body_bytes %d is above what Kafka takes (%s "
 			 "%ld): bodies over %d bytes get 413",
@@ -131,7 +180,7 @@ static void record_limit(struct ingest *ing)
 	if (rd_kafka_conf_get(rd_kafka_conf(ing->rk), "message.max.bytes", v,
 			      &n) == RD_KAFKA_CONF_OK)
 		max = atol(v);
-	record_limit_set(ing, max, "message.max.bytes");
+	record_limit_set(ing, max, "the producer's message.max.bytes");
 	ing->limit_ev = evtimer_new(ing->base, handle_topic_limit, ing);
 	evtimer_add(ing->limit_ev, &now);
 }
@@ -208,6 +257,10 @@ static void handle_rebuild(evutil_socket_t fd, short what, void *arg)
 			 "producer never reported",
 			 rd_kafka_outq_len(old));
 	ing->rk = fresh;
+	if (ing->probe_q) { /* the old producer's too */
+		rd_kafka_queue_destroy(ing->probe_q);
+		ing->probe_q = NULL;
+	}
 	if (ing->limit_q) { /* a queue of the old producer's: ask again */
 		struct timeval now = {0, 0};
 
@@ -245,6 +298,13 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	    event_new(ing->base, -1, EV_PERSIST, handle_poll_timer, ing);
 	event_add(ing->poll_ev, &tv);
 
+	{
+		struct timeval every = {0, PROBE_MS * 1000};
+
+		ing->probe_ev =
+		    event_new(ing->base, -1, EV_PERSIST, handle_probe, ing);
+		event_add(ing->probe_ev, &every);
+	}
 	if (!kafka_ensure_topic(ing->rk, ing->cfg.topic,
 				ing->cfg.topic_partitions, 5000, err,
 				sizeof(err))) {
@@ -305,6 +365,10 @@ void publish_cleanup(struct ingest *ing, int flush_ms)
 			log_warn("shutdown: %d records not confirmed by Kafka "
 				 "within %d ms (their requests got no 202)",
 				 left, flush_ms);
+		/* The producer's own queues go before it does. */
+		if (ing->probe_q)
+			rd_kafka_queue_destroy(ing->probe_q);
+		ing->probe_q = NULL;
 		rd_kafka_destroy(ing->rk);
 		ing->rk = NULL;
 	}
@@ -314,6 +378,12 @@ void publish_cleanup(struct ingest *ing, int flush_ms)
 	if (ing->limit_ev)
 		event_free(ing->limit_ev);
 	ing->limit_ev = NULL;
+	if (ing->probe_ev)
+		event_free(ing->probe_ev);
+	ing->probe_ev = NULL;
+	if (ing->probe_q)
+		rd_kafka_queue_destroy(ing->probe_q);
+	ing->probe_q = NULL;
 	if (ing->limit_q)
 		rd_kafka_queue_destroy(ing->limit_q);
 	ing->limit_q = NULL;
