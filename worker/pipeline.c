@@ -57,6 +57,8 @@ static void handle_idle(evutil_socket_t fd, short what, void *arg)
 	(void)arg;
 }
 
+/* Also while a batch waits (lookups, retries with PostgreSQL down): the
+ * endpoint's figures, lag above all, keep up with it. */
 static void handle_beat(evutil_socket_t fd, short what, void *arg)
 {
 	struct pipeline *p = arg;
@@ -64,6 +66,8 @@ static void handle_beat(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	atomic_store(&p->beat_ms, util_mono_ms());
+	if (p->consumer)
+		metrics_pipe_snapshot(p->batch, p->consumer, p->cache);
 }
 
 struct pipeline *pipeline_new(const struct worker_config *cfg,

@@ -191,19 +191,25 @@ def send_all(pipeline, st):
 
 
 def caught_up(pipeline, db, group=None, timeout=90):
-    """db's stored offsets of group (the live one) reach the topic's ends."""
-    group = group or pipeline.group
+    """db's stored offsets of group (by default the live worker's groups,
+    one per kind's pipeline) reach the topic's ends."""
+    groups = [group] if group else pipeline.worker_groups()
 
     def done():
         if pipeline.worker is not None:
             pipeline.worker.assert_alive()
-        stored = dict(db.query(
-            "SELECT partition, next_offset FROM sluice_offsets"
-            " WHERE group_id = %s AND topic = %s", (group, pipeline.topic)))
+        per = {}
+        for g, p, o in db.query(
+                "SELECT group_id, partition, next_offset FROM sluice_offsets"
+                " WHERE group_id = ANY(%s) AND topic = %s",
+                (groups, pipeline.topic)):
+            per.setdefault(p, {})[g] = o
+        stored = {p: min(got.get(g, 0) for g in groups)
+                  for p, got in per.items()}
         marks = pipeline.services.watermarks(pipeline.topic)
         return all(stored.get(p, 0) >= hi for p, (lo, hi) in marks.items()
                    if hi > lo)
-    wait_until(done, timeout, 0.2, f"group {group} to reach the ends")
+    wait_until(done, timeout, 0.2, f"groups {groups} to reach the ends")
 
 
 def wait_live(pipeline, st):
