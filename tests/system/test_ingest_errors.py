@@ -182,9 +182,10 @@ def test_rejections_reach_no_record(pipeline, services):
 def test_declared_length_far_over_limit(pipeline, services):
     """A Content-Length far over max_body_bytes (beyond 4x) is refused from
     the headers alone, before any body is buffered. libevent 2.1 answers
-    these itself, so the status is 413 but the body is its own HTML page
-    (docs/architecture.md); bodies up to 4x the limit get sluice's JSON 413,
-    checked in test_rejections_reach_no_record."""
+    these itself; sluice replaces its HTML page with its own JSON before it
+    is sent (docs/architecture.md, checked in test_ingest_hygiene); bodies
+    up to 4x the limit get the JSON 413 of the request's handler, checked
+    in test_rejections_reach_no_record."""
     ingest = pipeline.start_ingest(max_body_bytes=MAX_BODY)
     for declared in (100 * MAX_BODY, 2**31):
         r = raw_request(ingest.port, _raw_post(
