@@ -146,11 +146,7 @@ static void conn_expire(struct conn *c)
 	ing->m.request_timeouts++;
 	if (begun && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		char answer[1024];
-		size_t n =
-		    http_raw_error(408, "request_timeout",
-				   "the request was not received whole within "
-				   "request_timeout_s",
-				   answer, sizeof(answer));
+		size_t n = ing->conn_error(ing, 408, answer, sizeof(answer));
 
 		if (send(c->fd, answer, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
 			ing->m.responses[ST_408]++;
@@ -188,7 +184,7 @@ static void handle_replace(evutil_socket_t fd, short what, void *arg)
 		status = status * 10 + (head[i] - '0');
 	}
 	c->replaced = true;
-	n = http_evhttp_error(c->ing, status, answer, sizeof(answer));
+	n = c->ing->conn_error(c->ing, status, answer, sizeof(answer));
 	evbuffer_drain(out, evbuffer_get_length(out));
 	evbuffer_add(out, answer, n); /* conn_watch skips it: replaced */
 	c->replaced = false;
@@ -371,8 +367,9 @@ void conn_apply_settings(struct ingest *ing)
 }
 
 /* After http_apply_settings, which applies conn's settings too. */
-void conn_setup(struct ingest *ing)
+void conn_setup(struct ingest *ing, conn_error_fn error)
 {
+	ing->conn_error = error;
 	evhttp_set_bevcb(ing->http, conn_new, ing);
 }
 

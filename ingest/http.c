@@ -151,6 +151,11 @@ size_t http_evhttp_error(struct ingest *ing, int status, char *buf, size_t size)
 {
 	char msg[320];
 
+	if (status == 408) /* conn.c counts it once it is sent */
+		return http_raw_error(408, "request_timeout",
+				      "the request was not received whole "
+				      "within request_timeout_s",
+				      buf, size);
 	ing->m.responses[status_slot(status)]++;
 	switch (status) {
 	case 400:
@@ -1276,7 +1281,7 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		return false;
 	}
 	http_apply_settings(ing);
-	conn_setup(ing);
+	conn_setup(ing, http_evhttp_error);
 	evhttp_set_max_headers_size(ing->http, 64 * 1024);
 	evhttp_set_allowed_methods(
 	    ing->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |

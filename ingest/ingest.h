@@ -73,9 +73,22 @@ struct ingest_metrics {
 	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
 };
 
+struct ingest;
+struct pending;
+/* sluice's whole JSON error answer for a status (status line, headers,
+ * body) in buf, for what writes to a socket or buffer without evhttp's
+ * help: an error evhttp answers itself, the 408 of the request deadline;
+ * returns its length. */
+typedef size_t (*conn_error_fn)(struct ingest *ing, int status, char *buf,
+				size_t size);
+
 struct ingest {
 	struct ingest_config cfg;
 	struct event_base *base;
+	conn_error_fn conn_error; /* conn.c's error answers (conn_setup) */
+	/* publish.c hands each delivery report's request to it (main.c
+	 * wires http_delivered): the answer is http.c's business. */
+	void (*delivered)(struct pending *p, rd_kafka_resp_err_t err);
 	struct evhttp *http;
 	struct evhttp_bound_socket *bound;
 	rd_kafka_t *rk;
@@ -133,13 +146,15 @@ void http_apply_settings(struct ingest *ing);
  * its length. The caller counts it once sent. */
 size_t http_raw_error(int status, const char *code, const char *message,
 		      char *buf, size_t size);
-/* sluice's JSON answer for an error evhttp answers itself (status is the
- * one evhttp chose), as http_raw_error, and counted. */
+/* A conn_error_fn: sluice's JSON answer for an error evhttp answers
+ * itself (status is the one evhttp chose), counted, or for the request
+ * deadline's 408 (counted by conn.c once sent). */
 size_t http_evhttp_error(struct ingest *ing, int status, char *buf,
 			 size_t size);
 struct conn;
-/* conn.c: per-connection request deadline and the connection cap. */
-void conn_setup(struct ingest *ing);
+/* conn.c: per-connection request deadline and the connection cap; its
+ * error answers come from error. */
+void conn_setup(struct ingest *ing, conn_error_fn error);
 void conn_apply_settings(struct ingest *ing);
 void conn_cleanup(struct ingest *ing);
 /* A whole request was read: its deadline stops. False when the

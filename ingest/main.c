@@ -223,6 +223,7 @@ int main(int argc, char **argv)
 		log_error("event_base_new failed");
 		return 1;
 	}
+	ing.delivered = http_delivered;
 	if (!publish_setup(&ing, err, sizeof(err)) ||
 	    !http_setup(&ing, err, sizeof(err))) {
 		log_error("%s", err);

@@ -34,7 +34,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 		ing->kafka_up = true;
 	}
 	if (p)
-		http_delivered(p, m->err);
+		ing->delivered(p, m->err);
 }
 
 /* Runs on the event loop thread, from rd_kafka_poll(). */

@@ -228,7 +228,7 @@ static void worker_cleanup(struct worker *w)
  * so the ping stops only when a loop itself is stuck. */
 static void watchdog_ping(struct worker *w)
 {
-	struct batch_totals t;
+	struct metrics_totals t;
 	int64_t now = util_mono_ms();
 
 	if (w->wd_ms <= 0 || now - w->last_wd < w->wd_ms)
@@ -273,7 +273,7 @@ static void handle_tick(evutil_socket_t fd, short what, void *arg)
  * launcher's loop serves HTTP and the watchdog meanwhile. */
 static int run_consume(struct worker *w)
 {
-	struct batch_totals t;
+	struct metrics_totals t;
 	const struct timeval tick = {0, 100 * 1000};
 	char err[512];
 	int rc = 0;

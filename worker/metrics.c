@@ -10,11 +10,10 @@
 #include <string.h>
 
 #include "../common/log.h"
-#include "batch.h"
-#include "cache.h"
-#include "consume.h"
 #include "contexts.h"
 #include "handlers/handler.h"
+
+_Static_assert(METRICS_KINDS == MAX_KINDS, "one figure per handler");
 
 #define N_RECORD_BUCKETS 12
 #define N_MS_BUCKETS 12
@@ -26,7 +25,7 @@ static const int64_t ms_le[N_MS_BUCKETS] = {
 
 /* An assigned partition and the next offset PostgreSQL holds for it
  * (-1 while unknown: no stored offset and nothing committed yet), with
- * what the pipeline last saw of it (metrics_pipe_snapshot). */
+ * what the pipeline last saw of it (metrics_pipe_report). */
 struct part {
 	int32_t partition;
 	int64_t next;
@@ -53,8 +52,8 @@ struct metrics_pipe {
 	/* Kafka, from the statistics: -1 = nothing known yet. */
 	int brokers_up, brokers;
 	char kafka_why[160];
-	/* What the pipeline's thread copied at its last snapshot. */
-	struct batch_totals totals;
+	/* What the pipeline's thread reported last. */
+	struct metrics_totals totals;
 	unsigned long long kind_saved[MAX_KINDS];
 	unsigned long long inv, removed, owed;
 	int assigned;
@@ -230,48 +229,26 @@ void metrics_rebalance(bool assign, const rd_kafka_topic_partition_list_t *l)
 	unlock_cur(m);
 }
 
-/* One kind's rows, into the snapshot. */
-static void take_kind(void *arg, const char *kind, unsigned long long saved,
-		      unsigned long long skipped)
-{
-	struct metrics_pipe *m = arg;
-
-	(void)skipped;
-	for (int i = 0; i < MAX_KINDS && handlers[i]; i++)
-		if (strcmp(handlers[i]->kind, kind) == 0)
-			m->kind_saved[i] = saved;
-}
-
-void metrics_pipe_snapshot(const struct batch *b, const struct consumer *c,
-			   const struct cache *cache)
+void metrics_pipe_report(const struct metrics_figures *f,
+			 metrics_offsets_fn offsets, void *arg)
 {
 	struct metrics_pipe *m = cur;
-	struct batch_totals t = {0};
-	unsigned long long inv = 0, removed = 0, owed = 0;
 	int64_t now = util_mono_ms();
 
 	if (!m)
 		return;
-	/* Read on this thread, where they are written, then copied. */
-	if (b)
-		batch_totals(b, &t);
-	if (cache) {
-		cache_totals(cache, &inv, &removed);
-		owed = (unsigned long long)cache_pending(cache);
-	}
 	pthread_mutex_lock(&m->lock);
-	m->totals = t;
-	if (b)
-		batch_kind_totals(b, take_kind, m);
-	m->inv = inv;
-	m->removed = removed;
-	m->owed = owed;
-	m->assigned = c ? consume_assigned(c) : 0;
-	for (int i = 0; c && i < m->n_parts; i++) {
+	m->totals = f->totals;
+	memcpy(m->kind_saved, f->kind_saved, sizeof(m->kind_saved));
+	m->inv = f->invalidations;
+	m->removed = f->keys_removed;
+	m->owed = f->owed;
+	m->assigned = f->assigned;
+	for (int i = 0; offsets && i < m->n_parts; i++) {
 		struct part *p = &m->parts[i];
 		int64_t lo, hi, pos, next = p->next;
 
-		consume_offsets(c, p->partition, &lo, &hi, &pos);
+		offsets(arg, p->partition, &lo, &hi, &pos);
 		if (hi < 0) {
 			p->lag = -1; /* nothing fetched yet: unknown */
 			continue;
@@ -424,7 +401,7 @@ int metrics_stalled(int stall_ms, struct buf *why)
 	return stalled;
 }
 
-void metrics_totals(struct batch_totals *out)
+void metrics_totals(struct metrics_totals *out)
 {
 	memset(out, 0, sizeof(*out));
 	pthread_mutex_lock(&pipes_lock);

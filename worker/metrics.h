@@ -13,24 +13,38 @@
 
 #include "../common/util.h"
 
-struct batch;
-struct cache;
-struct consumer;
 struct contexts_stats;
 
-struct batch_totals;
 struct metrics_pipe;
+
+#define METRICS_KINDS 16 /* handler.h's MAX_KINDS */
+
+/* A pipeline's running totals (batch.c's, the handlers', the cache's). */
+struct metrics_totals {
+	unsigned long long batches, records, saved, skipped, dead;
+};
+struct metrics_figures {
+	struct metrics_totals totals;
+	unsigned long long kind_saved[METRICS_KINDS]; /* by handlers[] index */
+	unsigned long long invalidations, keys_removed, owed;
+	int assigned;
+};
+/* A partition's log start, high watermark and position as the pipeline's
+ * consumer last heard them (-1 each when unknown). */
+typedef void (*metrics_offsets_fn)(void *arg, int32_t partition, int64_t *low,
+				   int64_t *high, int64_t *position);
 
 /* A pipeline's figures, registered for the endpoint; kind names it in
  * the per-pipeline series. Freed by metrics_cleanup(). */
 struct metrics_pipe *metrics_pipe_new(const char *kind);
 /* The hooks called on this thread from now on count into p. */
 void metrics_pipe_enter(struct metrics_pipe *p);
-/* On the pipeline's thread, between batches: copies what the batch, the
- * consumer and the cache count (and each partition's lag) for the
- * endpoint, which never touches them itself. */
-void metrics_pipe_snapshot(const struct batch *b, const struct consumer *c,
-			   const struct cache *cache);
+/* On the pipeline's thread, between batches and while a batch waits: what
+ * its batch, handlers and cache count, and through offsets (NULL: none)
+ * each assigned partition's watermarks, for the endpoint, which never
+ * touches the pipeline's objects itself. */
+void metrics_pipe_report(const struct metrics_figures *f,
+			 metrics_offsets_fn offsets, void *arg);
 void metrics_cleanup(void);
 
 /* A batch committed: its size, its duration and its lead-context figures
@@ -60,8 +74,8 @@ int metrics_assigned(void);
 /* Partitions behind and without a commit for longer than stall_ms: how
  * many, each described in why. */
 int metrics_stalled(int stall_ms, struct buf *why);
-/* Every pipeline's batch totals added up (as of their snapshots). */
-void metrics_totals(struct batch_totals *out);
+/* Every pipeline's totals added up (as of their last reports). */
+void metrics_totals(struct metrics_totals *out);
 
 /* The whole exposition. */
 void metrics_render(struct buf *out);

@@ -18,6 +18,7 @@
 #include "consume.h"
 #include "contexts.h"
 #include "dlq.h"
+#include "handlers/handler.h"
 #include "metrics.h"
 #include "pgsink.h"
 
@@ -49,6 +50,41 @@ struct pipeline {
 	atomic_bool done;
 };
 
+static void kind_saved(void *arg, const char *kind, unsigned long long saved,
+		       unsigned long long skipped)
+{
+	struct metrics_figures *f = arg;
+
+	(void)skipped;
+	for (int i = 0; i < MAX_KINDS && handlers[i]; i++)
+		if (strcmp(handlers[i]->kind, kind) == 0)
+			f->kind_saved[i] = saved;
+}
+
+static void partition_offsets(void *arg, int32_t partition, int64_t *low,
+			      int64_t *high, int64_t *position)
+{
+	consume_offsets(arg, partition, low, high, position);
+}
+
+/* What the endpoint shows of this pipeline, handed to metrics.c from the
+ * pipeline's own thread. */
+static void pipeline_report(struct pipeline *p)
+{
+	struct metrics_figures f = {0};
+	struct batch_totals t;
+
+	batch_totals(p->batch, &t);
+	f.totals = (struct metrics_totals){t.batches, t.records, t.saved,
+					   t.skipped, t.dead};
+	batch_kind_totals(p->batch, kind_saved, &f);
+	cache_totals(p->cache, &f.invalidations, &f.keys_removed);
+	f.owed = (unsigned long long)cache_pending(p->cache);
+	f.assigned = p->consumer ? consume_assigned(p->consumer) : 0;
+	metrics_pipe_report(&f, p->consumer ? partition_offsets : NULL,
+			    p->consumer);
+}
+
 /* Loop timer: only ends an idle wait (EVLOOP_ONCE) after 100 ms. */
 static void handle_idle(evutil_socket_t fd, short what, void *arg)
 {
@@ -67,7 +103,7 @@ static void handle_beat(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	atomic_store(&p->beat_ms, util_mono_ms());
 	if (p->consumer)
-		metrics_pipe_snapshot(p->batch, p->consumer, p->cache);
+		pipeline_report(p);
 }
 
 struct pipeline *pipeline_new(const struct worker_config *cfg,
@@ -175,7 +211,7 @@ static void *pipeline_main(void *arg)
 			event_base_loop(p->base, EVLOOP_ONCE);
 		}
 		atomic_store(&p->beat_ms, util_mono_ms());
-		metrics_pipe_snapshot(p->batch, p->consumer, p->cache);
+		pipeline_report(p);
 	}
 	if (!*p->stopping) {
 		p->fatal = true;  /* consume_fatal(): logged */
@@ -185,7 +221,7 @@ static void *pipeline_main(void *arg)
 	p->consumer = NULL;
 	p->env.consumer = NULL;
 	batch_idle(p->batch); /* the outbox's last upkeep */
-	metrics_pipe_snapshot(p->batch, NULL, p->cache);
+	pipeline_report(p);
 	batch_totals(p->batch, &t);
 	log_info("pipeline %s stopped: %llu batches, %llu records, %llu rows "
 		 "saved, %llu duplicates skipped, %llu dead-lettered",

@@ -84,6 +84,7 @@ static void setup(void)
 		abort();
 	ing.spare_fd = -1;
 	ing.base = event_base_new();
+	ing.delivered = http_delivered;
 	if (!publish_setup(&ing, err, sizeof(err)) ||
 	    !http_setup(&ing, err, sizeof(err))) {
 		fprintf(stderr, "fuzz setup: %s\n", err);

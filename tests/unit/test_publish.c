@@ -13,8 +13,8 @@
 static int reports, failures;
 static rd_kafka_resp_err_t last_err;
 
-/* Stands in for http.c: the reply a request would get. */
-void http_delivered(struct pending *p, rd_kafka_resp_err_t err)
+/* Stands in for http.c's http_delivered: the reply a request would get. */
+static void delivered(struct pending *p, rd_kafka_resp_err_t err)
 {
 	reports++;
 	if (err)
@@ -63,6 +63,7 @@ int main(void)
 	ing.cfg.max_body_bytes = 1048576;
 	ing.cfg.kafka = kafka;
 	ing.base = event_base_new();
+	ing.delivered = delivered;
 	CHECK(publish_setup(&ing, err, sizeof(err)), "setup: %s", err);
 
 	CHECK(send_one(&src) == 0, "produce");
