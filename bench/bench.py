@@ -273,57 +273,69 @@ def bench_worker(env, tmp, rows):
         naive_rate = len(sample) / (time.perf_counter() - t)
         db.execute("DROP TABLE bench_naive")
 
-    topic = f"bench-w-{run}"
-    nbytes = 0
-    p = Producer({"bootstrap.servers": env["SLUICE_KAFKA_BROKERS"], "linger.ms": 20})
-    now_ms = str(int(time.time() * 1000))
-    for c in range(convs):
-        cid = f"w{run}-{c}"
-        value = transcript(cid, per)
-        nbytes += len(cid) + len(value)
-        p.produce(topic, key=cid, value=value,
-                  headers=[("source", "tavus"), ("kind", "transcript"),
-                           ("event-type", "application.transcription_ready"),
-                           ("webhook-id", cid), ("received-at", now_ms), ("request-id", cid)])
-        if c % 1000 == 0:
-            p.poll(0)
-    p.flush(60)
+    def worker_rows_per_s(prefix, topic, pipelines):
+        """Produces the records of conversations PREFIX-0.., runs a worker
+        with `pipelines` over them: (its rows/s, its config, the records'
+        bytes)."""
+        nbytes = 0
+        p = Producer({"bootstrap.servers": env["SLUICE_KAFKA_BROKERS"], "linger.ms": 20})
+        now_ms = str(int(time.time() * 1000))
+        for c in range(convs):
+            cid = f"{prefix}-{c}"
+            value = transcript(cid, per)
+            nbytes += len(cid) + len(value)
+            p.produce(topic, key=cid, value=value,
+                      headers=[("source", "tavus"), ("kind", "transcript"),
+                               ("event-type", "application.transcription_ready"),
+                               ("webhook-id", cid), ("received-at", now_ms), ("request-id", cid)])
+            if c % 1000 == 0:
+                p.poll(0)
+        p.flush(60)
+        group = f"bench-{topic}"
+        wconf = os.path.join(tmp, f"worker-{pipelines}.conf")
+        with open(wconf, "w") as f:
+            f.write(f"topic = {topic}\ngroup_id = {group}\nlog_level = info\n"
+                    f"pipelines = {pipelines}\n")
+        # The transcript pipeline writes the rows; with per-kind pipelines
+        # the others pass over the same records meanwhile, as they do in
+        # production.
+        offsets_of = f"{group}.transcript" if pipelines == "per_kind" else group
+        t = time.perf_counter()
+        worker = daemon("sluice-worker", wconf, env, os.path.join(tmp, f"worker-{pipelines}.log"))
+        try:
+            with psycopg.connect(dsn, autocommit=True) as db:
+                # Time from the first batch committed to the last, so group
+                # join and assignment do not count against the worker.
+                # Progress is read from the worker's committed offsets (one
+                # row per partition), not by counting messages: a count(*)
+                # every 20 ms over a table growing to 300,000 rows kept a
+                # PostgreSQL backend busy beside the worker, which the
+                # baselines did not have.
+                progress = ("SELECT coalesce(sum(greatest(next_offset, 0)), 0)::bigint"
+                            " FROM sluice_offsets WHERE group_id = %s AND topic = %s")
+                first = None
+                while True:
+                    done = db.execute(progress, (offsets_of, topic)).fetchone()[0]
+                    if done > 0 and first is None:
+                        first = (time.perf_counter(), done)
+                    if done >= convs:
+                        break
+                    if time.perf_counter() - t > 300:
+                        raise SystemExit(f"worker stalled at {done} of {convs} records")
+                    time.sleep(0.02)
+                rate = (done - first[1]) * per / (time.perf_counter() - first[0])
+                return rate, wconf, nbytes
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(timeout=60)
 
-    wconf = os.path.join(tmp, "worker.conf")
-    with open(wconf, "w") as f:
-        f.write(f"topic = {topic}\ngroup_id = bench-{run}\nlog_level = info\n")
-    t = time.perf_counter()
-    worker = daemon("sluice-worker", wconf, env, os.path.join(tmp, "worker.log"))
-    try:
-        with psycopg.connect(dsn, autocommit=True) as db:
-            # Time from the first batch committed to the last, so group
-            # join and assignment do not count against the worker. Progress
-            # is read from the worker's committed offsets (one row per
-            # partition), not by counting messages: a count(*) every 20 ms
-            # over a table growing to 300,000 rows kept a PostgreSQL backend
-            # busy beside the worker, which the baselines did not have.
-            progress = ("SELECT coalesce(sum(greatest(next_offset, 0)), 0)::bigint"
-                        " FROM sluice_offsets WHERE group_id = %s AND topic = %s")
-            first = None
-            while True:
-                done = db.execute(progress, (f"bench-{run}", topic)).fetchone()[0]
-                if done > 0 and first is None:
-                    first = (time.perf_counter(), done)
-                if done >= convs:
-                    break
-                if time.perf_counter() - t > 300:
-                    raise SystemExit(f"worker stalled at {done} of {convs} records")
-                time.sleep(0.02)
-            worker_rate = (done - first[1]) * per / (time.perf_counter() - first[0])
-    finally:
-        worker.send_signal(signal.SIGTERM)
-        worker.wait(timeout=60)
+    worker_rate, wconf, nbytes = worker_rows_per_s(f"w{run}", f"bench-w-{run}", "per_kind")
     with psycopg.connect(dsn, autocommit=True) as db:
         # The baseline copied the very rows the worker wrote.
         same = ("SELECT count(*), md5(string_agg(concat_ws('|', conversation_id, external_event_id,"
                 " position, role, content), ',' ORDER BY conversation_id, external_event_id)) FROM {}")
-        ours = db.execute(same.format("messages") + " WHERE conversation_id LIKE %s",
-                          (f"w{run}-%",)).fetchone()
+        ours = db.execute(same.format("messages") + " WHERE starts_with(conversation_id, %s)",
+                          (f"w{run}-",)).fetchone()
         base = db.execute(same.format("bench_messages")).fetchone()
         db.execute("DROP TABLE bench_messages")
         if ours != base:
