@@ -40,59 +40,30 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.parse
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
+from benchlib import (REPO, daemon, end_services, free_port,  # noqa: E402
                       start_services, stop, wait_http)
+from contexts import Stub  # noqa: E402
 
 OUT = os.path.join(REPO, "bench", "out", "stuck.json")
 BUSINESS = "15550007777"
 
 
-class Stub:
-    """GET /leads/{id}: a context after `delay` seconds (a lead whose id
-    starts with "hung-" sleeps `hang` seconds)."""
+class Latency:
+    """bench/contexts.py's Stub answers a lead after latency[lead] seconds;
+    here every lead is known: one whose id starts with "hung-" sleeps
+    `hang` seconds, any other `delay`."""
 
     def __init__(self):
         self.delay, self.hang = 0.0, 600.0
-        stub = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            disable_nagle_algorithm = True
-            timeout = 700
+    def __contains__(self, lead):
+        return True
 
-            def do_GET(self):
-                lead = urllib.parse.unquote(self.path.rsplit("/", 1)[-1])
-                time.sleep(stub.hang if lead.startswith("hung-") else stub.delay)
-                body = json.dumps({"lead": {"id": lead, "name": "Lead"}}).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass    # the worker gave up on it
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-            request_queue_size = 256
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    def __getitem__(self, lead):
+        return self.hang if lead.startswith("hung-") else self.delay
 
 
 def pct(xs, p):
@@ -207,7 +178,8 @@ def main():
     svc, env = start_services(tmp, a.services)
     env.pop("SLUICE_TOPIC", None)
     dsn = env["SLUICE_POSTGRES_DSN"]
-    stub = Stub()
+    lat = Latency()
+    stub = Stub(lat)
     tag = f"{uuid.uuid4().int % 10**6:06d}"
     procs, results = [], {}
     try:
@@ -246,8 +218,8 @@ def main():
         campaign(iport, [f"hung-{tag}-{n}" for n in range(50)], "hung")
         time.sleep(0.5)
         results["hung"] = phase("hung", iport, dsn, a.seconds)
-        stub.hang = 0       # what still sleeps ends with its timeout
-        stub.delay = 1.0
+        lat.hang = 0        # what still sleeps ends with its timeout
+        lat.delay = 1.0
         state = {"next": 0.0}
 
         def model_load():
@@ -260,7 +232,7 @@ def main():
         results["model"] = phase("model", iport, dsn, a.seconds, model_load)
         for p in (i, w):
             stop(p, timeout=120)
-        stub.delay, stub.hang = 0.0, 600.0
+        lat.delay, lat.hang = 0.0, 600.0
 
         iport, w, i = start("shared", 5000, f"bench-stuck-shared-{tag}")
         print("one shared pipeline (pipelines = shared), for contrast:")
@@ -268,7 +240,7 @@ def main():
         campaign(iport, [f"hung-{tag}-s{n}" for n in range(10)], "shared")
         time.sleep(0.5)
         results["shared_hung"] = phase("shared", iport, dsn, a.seconds)
-        stub.hang = 0
+        lat.hang = 0
     finally:
         for p in procs:
             if p.poll() is None:
