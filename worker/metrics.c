@@ -46,6 +46,7 @@ struct metrics_pipe {
 	uint64_t retries;
 	uint64_t assigns, revokes;
 	uint64_t leads, lookups, lookup_failures, hits, misses, lease_waits;
+	uint64_t invalid, over_budget, cancels;
 	int peak_inflight;
 	struct part *parts;
 	int n_parts, cap_parts;
@@ -140,6 +141,9 @@ void metrics_batch(size_t records, int64_t ms, const struct contexts_stats *s)
 		m->hits += s->hits;
 		m->misses += s->misses;
 		m->lease_waits += s->lease_waits;
+		m->invalid += s->invalid;
+		m->over_budget += s->over_budget;
+		m->cancels += s->cancels;
 		if (s->peak_inflight > m->peak_inflight)
 			m->peak_inflight = s->peak_inflight;
 	}
@@ -459,6 +463,9 @@ static void sum_pipe(struct sum *s, const struct metrics_pipe *m)
 	a->hits += m->hits;
 	a->misses += m->misses;
 	a->lease_waits += m->lease_waits;
+	a->invalid += m->invalid;
+	a->over_budget += m->over_budget;
+	a->cancels += m->cancels;
 	if (m->peak_inflight > a->peak_inflight)
 		a->peak_inflight = m->peak_inflight;
 	a->totals.batches += m->totals.batches;
@@ -675,6 +682,17 @@ void metrics_render(struct buf *out)
 	put_counter(out, "sluice_worker_lead_lease_waits_total",
 		    "Waits for another worker's fill of a lead context.",
 		    a->lease_waits);
+	put_counter(out, "sluice_worker_lead_contexts_invalid_total",
+		    "Lead contexts refused (not UTF-8, a NUL, a repeated key); "
+		    "never cached.",
+		    a->invalid);
+	put_counter(out, "sluice_worker_lead_contexts_over_budget_total",
+		    "Leads given up when a batch's lookup budget ran out.",
+		    a->over_budget);
+	put_counter(out, "sluice_worker_lead_lookups_cancelled_total",
+		    "PostgreSQL lookups cancelled on the server after their "
+		    "timeout or the budget.",
+		    a->cancels);
 	put_gauge(out, "sluice_worker_lead_lookups_peak_in_flight",
 		  "Most lead-context lookups in flight at once in any batch.",
 		  a->peak_inflight);

@@ -86,6 +86,9 @@ def test_unusable_context_fails_only_its_lead(pipeline, services, stub):
     bad = {kind: (got[f"{run}-{kind}"]["status"], got[f"{run}-{kind}"]["error"])
            for kind in UNUSABLE}
     assert bad == {kind: ("failed", "context_invalid") for kind in UNUSABLE}, bad
+    # Counted where an operator looks: the batch line.
+    assert sum(d.get("invalid", 0) for d in campaign_lines(
+        worker.log_text())) == len(UNUSABLE), worker.log_text()[-1500:]
     c, by = _agree(services, run)
     assert c == {"total": 5, "processed": 1, "failed": 4, "paused": 0,
                  "expired": 0, "status": "finished"}, c
@@ -275,6 +278,8 @@ def test_budget_bounds_a_hung_source(pipeline, services, stub):
     assert budget_ms - 100 <= line["lookup_ms"] < budget_ms + 3000, \
         line["line"]
     assert line["peak"] == k and line["lookups"] == k, line["line"]
+    # Every lead was given up by the budget: k in flight, the rest unasked.
+    assert line["over_budget"] == n, line["line"]
     assert stub.snapshot()["total"] == k, stub.snapshot()
     assert "lookup budget" in worker.log_text()
     # The leases of the leads given up are let go at once.

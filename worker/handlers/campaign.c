@@ -464,12 +464,14 @@ static void campaign_summary(void *st, struct buf *line)
 		   "campaign: %zu runs (%zu finished), %zu messages (%zu "
 		   "changed), %zu leads, cache %zu hits %zu misses %zu lease "
 		   "waits %zu redis errors, %zu lookups (peak %d in flight, "
-		   "%lld ms), %zu ready %zu failed %zu paused %zu expired",
+		   "%lld ms, %zu invalid, %zu over budget, %zu cancelled), "
+		   "%zu ready %zu failed %zu paused %zu expired",
 		   c->runs, c->finished, c->messages, c->changed, s->leads,
 		   s->hits, s->misses, s->lease_waits, s->redis_errors,
-		   s->lookups, s->peak_inflight, (long long)s->ms,
-		   c->outcome[MSG_READY], c->outcome[MSG_FAILED],
-		   c->outcome[MSG_PAUSED], c->outcome[MSG_EXPIRED]);
+		   s->lookups, s->peak_inflight, (long long)s->ms, s->invalid,
+		   s->over_budget, s->cancels, c->outcome[MSG_READY],
+		   c->outcome[MSG_FAILED], c->outcome[MSG_PAUSED],
+		   c->outcome[MSG_EXPIRED]);
 }
 
 static void campaign_totals(void *st, unsigned long long *saved,
