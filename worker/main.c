@@ -155,8 +155,12 @@ static uint32_t all_kinds(void)
 static bool worker_pipelines(struct worker *w, bool consumer, char *err,
 			     size_t errsz)
 {
-	struct pipeline_spec spec = {
-	    .consumer = consumer, .stopping = &stopping, .owns_unknown = true};
+	/* Replay (no consumer) judges time rules by each record's
+	 * received-at. */
+	struct pipeline_spec spec = {.consumer = consumer,
+				     .stopping = &stopping,
+				     .owns_unknown = true,
+				     .record_clock = !consumer};
 	bool shared = !consumer || w->cfg.pipelines == PIPELINES_SHARED;
 
 	if (shared) {
@@ -521,7 +525,6 @@ int main(int argc, char **argv)
 		struct batch_env *env = pipeline_env(p);
 
 		metrics_pipe_enter(NULL);
-		env->record_clock = true;
 		env->dry_run = cli.dry_run;
 		env->quiet = isatty(STDERR_FILENO);
 		pgsink_set_dry_run(pipeline_pgsink(p), cli.dry_run);

@@ -159,6 +159,7 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	    .stopping = spec->stopping,
 	    .kinds = spec->kinds,
 	    .owns_unknown = spec->owns_unknown,
+	    .record_clock = spec->record_clock,
 	};
 	p->batch = batch_new(&p->env);
 	p->beat_ev = event_new(p->base, -1, EV_PERSIST, handle_beat, p);

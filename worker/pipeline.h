@@ -21,6 +21,9 @@ struct pipeline_spec {
 	uint32_t kinds;	   /* batch_env.kinds */
 	bool owns_unknown; /* batch_env.owns_unknown */
 	bool consumer;	   /* join the group (consume); replay brings its own */
+	/* batch_env.record_clock (replay): set before the handlers are made,
+	 * since they keep a copy of it */
+	bool record_clock;
 	/* The stop flag, shared by every pipeline: set by a signal, or by a
 	 * pipeline whose consumer failed for good. */
 	volatile int *stopping;

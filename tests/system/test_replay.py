@@ -245,6 +245,34 @@ def test_replay_into_empty_database_reproduces_tables(pipeline, stack, dbs):
         hi for lo, hi in pipeline.services.watermarks(pipeline.topic).values())
 
 
+def test_replay_judges_end_time_by_the_record(pipeline, stack, dbs):
+    """A run's end_time that passed after the live worker applied its
+    batch: the replay reproduces "ready", as judged when the record was
+    received, not "expired" by today's clock."""
+    tag, live = stack["tag"], stack["live"]
+    run = f"soon-{tag}"
+    post_batch(stack["ingest"], batch(
+        run, [msg(f"s-{tag}-{i}", stack["leads"][i][0]) for i in range(2)],
+        stack["inbox"], end_time=when(4)))
+    wait_live(pipeline, stack)
+    want = live.query("SELECT message_id, status, error FROM"
+                      " campaign_messages WHERE run_id = %s ORDER BY 1",
+                      (run,))
+    assert [st for _, st, _ in want] == ["ready", "ready"], want
+    time.sleep(5)       # the run's end is past now
+
+    empty = dbs("empty")
+    seed(empty, stack["leads"], stack["inbox"])
+    r = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = empty.query("SELECT message_id, status, error FROM"
+                      " campaign_messages WHERE run_id = %s ORDER BY 1",
+                      (run,))
+    assert got == want, (got, want)
+    runs = "SELECT processed, expired, status FROM campaign_runs WHERE id = %s"
+    assert empty.query(runs, (run,)) == live.query(runs, (run,))
+
+
 def test_replay_over_full_database_changes_nothing(pipeline, stack):
     cids, run = send_all(pipeline, stack)
     wait_live(pipeline, stack)
