@@ -207,3 +207,28 @@ bool transcript_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
 	}
 	return true;
 }
+
+cJSON *json_parse_whole(const char *text, size_t len, long *bad_at)
+{
+	const char *end = NULL;
+	cJSON *doc = cJSON_ParseWithLengthOpts(text, len, &end, 0);
+
+	if (doc) {
+		while (end < text + len && (*end == ' ' || *end == '\n' ||
+					    *end == '\r' || *end == '\t'))
+			end++;
+		if (end == text + len)
+			return doc;
+		cJSON_Delete(doc);
+		if (bad_at)
+			*bad_at = (long)(end - text);
+		return NULL;
+	}
+	/* cJSON's error position is global: only asked for when wanted (the
+	 * ingest's single thread). */
+	if (bad_at)
+		*bad_at = cJSON_GetErrorPtr()
+			      ? (long)(cJSON_GetErrorPtr() - text)
+			      : 0;
+	return NULL;
+}

@@ -16,6 +16,12 @@
 #define TRANSCRIPT_CONTENT_MAX (1 << 24)
 #define TRANSCRIPT_INT_ID_LIMIT 1e15 /* |id| below this, exact in a double */
 
+/* text[0..len) parsed as one JSON value with nothing but white space
+ * after it (cJSON alone stops at the end of the value and ignores the
+ * rest); NULL when it is not, with *bad_at (when not NULL) the byte where
+ * it went wrong. */
+cJSON *json_parse_whole(const char *text, size_t len, long *bad_at);
+
 /* A body cJSON parsed from text[0..len): refuses what cJSON would let
  * through silently, a \u0000 escape (C strings would cut the text there)
  * and an object with the same key twice (cJSON keeps both, readers take

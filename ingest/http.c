@@ -618,7 +618,8 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	struct sw_headers sw;
 	const char *whid;
 	char path[256], msg[256], request_id[40], gen_id[40];
-	const char *data, *end;
+	const char *data;
+	long bad_at = 0;
 	struct extracted ex;
 	struct pending *p;
 	rd_kafka_resp_err_t err;
@@ -704,19 +705,10 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 			    "the body is not valid UTF-8", NULL);
 		return;
 	}
-	doc = cJSON_ParseWithLengthOpts(data, len, &end, 0);
-	if (doc) {
-		while (end < data + len && (*end == ' ' || *end == '\n' ||
-					    *end == '\r' || *end == '\t'))
-			end++;
-	}
-	if (!doc || end != data + len) {
+	doc = json_parse_whole(data, len, &bad_at);
+	if (!doc) {
 		snprintf(msg, sizeof(msg), "malformed JSON at byte %ld",
-			 doc ? (long)(end - data)
-			     : (long)(cJSON_GetErrorPtr()
-					  ? cJSON_GetErrorPtr() - data
-					  : 0));
-		cJSON_Delete(doc);
+			 bad_at);
 		reply_error(ing, req, 400, "malformed_json", msg, NULL);
 		return;
 	}

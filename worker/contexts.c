@@ -296,9 +296,11 @@ static void redis_got(struct contexts *c, const redisReply *r)
 	}
 }
 
+/* A JSON object and nothing after it: an answer with trailing bytes is
+ * not a context, whatever cJSON would make of its start. */
 static cJSON *parse_ctx(const char *s, size_t len)
 {
-	cJSON *doc = cJSON_ParseWithLength(s, len);
+	cJSON *doc = json_parse_whole(s, len, NULL);
 
 	if (doc && cJSON_IsObject(doc))
 		return doc;

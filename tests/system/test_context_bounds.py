@@ -104,6 +104,25 @@ def test_unusable_context_fails_only_its_lead(pipeline, services, stub):
         "a lease outlived its lookup"
 
 
+def test_answer_with_bytes_after_its_json_is_not_a_context(pipeline,
+                                                          services, stub):
+    """`{...} junk` is a broken answer, not the object at its start: the
+    lookup fails like any other answer that is not one JSON object
+    (retried, then context_unavailable), and nothing is cached."""
+    worker = http_worker(pipeline, stub, lead_context__retries=1)
+    ingest = campaign_ingest(pipeline)
+    inbox = add_inbox(services, uid("inbox-"))
+    lead = uid(f"{pipeline.prefix}junk-")
+    stub.set_raw(lead, b'{"lead":{"name":"Start"}} junk')
+    run = uid("run-")
+    post_batch(ingest, batch(run, [msg(f"{run}-0", lead)], inbox))
+    got = wait_rows(services, run, 1, worker=worker)
+    assert (got[f"{run}-0"]["status"], got[f"{run}-0"]["error"]) == \
+        ("failed", "context_unavailable"), got
+    assert stub.calls_for(lead) == 2, stub.snapshot()
+    assert services.redis().exists(f"lead_ctx:{lead}") == 0
+
+
 def test_unusable_context_in_redis_is_a_miss(pipeline, services, stub):
     """Values an older sluice cached: read as a miss, then overwritten by
     the source's good context or deleted."""

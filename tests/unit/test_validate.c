@@ -32,6 +32,22 @@ static const struct {
      true, NULL},
 };
 
+/* One JSON value and nothing but white space after it. */
+static const struct {
+	const char *text;
+	bool ok;
+	long bad_at; /* when refused */
+} whole[] = {
+    {"{\"a\":1}", true, 0},
+    {"{\"a\":1} \r\n\t", true, 0},
+    {"  [1, 2]", true, 0},
+    {"{\"a\":1} junk", false, 8},
+    {"{\"a\":1}{\"b\":2}", false, 7},
+    {"{\"a\":1} x", false, 8},
+    {"{\"a\":", false, 4},
+    {"", false, 0},
+};
+
 static char *repeat(const char *unit, int n, const char *pre, const char *post)
 {
 	size_t len = strlen(pre) + strlen(unit) * (size_t)n + strlen(post) + 1;
@@ -48,6 +64,19 @@ int main(void)
 {
 	char path[128], msg[160];
 
+	for (size_t i = 0; i < sizeof(whole) / sizeof(whole[0]); i++) {
+		long bad_at = -1;
+		cJSON *doc = json_parse_whole(whole[i].text,
+					      strlen(whole[i].text), &bad_at);
+
+		CHECK((doc != NULL) == whole[i].ok, "whole %zu: %s", i,
+		      whole[i].text);
+		if (!doc && !whole[i].ok)
+			CHECK(bad_at == whole[i].bad_at,
+			      "whole %zu: bad at %ld, want %ld", i, bad_at,
+			      whole[i].bad_at);
+		cJSON_Delete(doc);
+	}
 	for (size_t i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
 		cJSON *doc = cJSON_Parse(raw[i].json);
 		bool ok = json_check(raw[i].json, strlen(raw[i].json), doc,
