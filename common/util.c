@@ -300,3 +300,132 @@ void buf_copy_escape(struct buf *b, const char *s)
 	}
 	buf_append(b, run, (size_t)(s - run));
 }
+
+void buf_pg_array(struct buf *b, const char *const *v, size_t n)
+{
+	buf_puts(b, "{");
+	for (size_t i = 0; i < n; i++) {
+		const char *run = v[i];
+
+		buf_puts(b, i ? ",\"" : "\"");
+		for (const char *s = v[i]; *s; s++) {
+			if (*s != '"' && *s != '\\')
+				continue;
+			buf_append(b, run, (size_t)(s - run));
+			buf_append(b, "\\", 1);
+			run = s;
+		}
+		buf_puts(b, run);
+		buf_puts(b, "\"");
+	}
+	buf_puts(b, "}");
+}
+
+static void out_of_memory(size_t size)
+{
+	fprintf(stderr, "sluice: out of memory (%zu bytes)\n", size);
+	abort();
+}
+
+void *xmalloc(size_t size)
+{
+	void *p = malloc(size ? size : 1);
+
+	if (!p)
+		out_of_memory(size);
+	return p;
+}
+
+void *xcalloc(size_t n, size_t size)
+{
+	void *p = calloc(n ? n : 1, size ? size : 1);
+
+	if (!p)
+		out_of_memory(n * size);
+	return p;
+}
+
+void *xrealloc(void *p, size_t size)
+{
+	void *q = realloc(p, size ? size : 1);
+
+	if (!q)
+		out_of_memory(size);
+	return q;
+}
+
+char *xstrdup(const char *s)
+{
+	char *p = strdup(s);
+
+	if (!p)
+		out_of_memory(strlen(s) + 1);
+	return p;
+}
+
+char *xstrndup(const char *s, size_t n)
+{
+	char *p = strndup(s, n);
+
+	if (!p)
+		out_of_memory(n + 1);
+	return p;
+}
+
+struct timeval util_ms_tv(int64_t ms)
+{
+	struct timeval tv;
+
+	if (ms < 0)
+		ms = 0;
+	tv.tv_sec = (time_t)(ms / 1000);
+	tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+	return tv;
+}
+
+uint32_t util_rand(uint32_t n)
+{
+	/* xorshift32, seeded once per thread from the clock and the thread's
+	 * address: jitter needs spread across processes, not secrecy. */
+	static _Thread_local uint32_t state;
+	uint32_t x;
+
+	if (n == 0)
+		return 0;
+	if (state == 0) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		state = (uint32_t)ts.tv_nsec ^ (uint32_t)getpid() ^
+			(uint32_t)(uintptr_t)&state;
+		if (state == 0)
+			state = 2463534242u;
+	}
+	x = state;
+	x ^= x << 13;
+	x ^= x >> 17;
+	x ^= x << 5;
+	state = x;
+	return x % n;
+}
+
+void backoff_init(struct backoff *b, int min_ms, int max_ms)
+{
+	b->min_ms = min_ms > 0 ? min_ms : 1;
+	b->max_ms = max_ms > b->min_ms ? max_ms : b->min_ms;
+	b->step_ms = b->min_ms;
+}
+
+int backoff_next(struct backoff *b)
+{
+	int step = b->step_ms;
+	int wait = step / 2 + (int)util_rand((uint32_t)(step - step / 2) + 1);
+
+	b->step_ms = step > b->max_ms / 2 ? b->max_ms : step * 2;
+	return wait > 0 ? wait : 1;
+}
+
+void backoff_reset(struct backoff *b)
+{
+	b->step_ms = b->min_ms;
+}

@@ -5,6 +5,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/time.h>
 
 #define SLUICE_VERSION "0.1.0"
 
@@ -46,5 +47,33 @@ void buf_printf(struct buf *b, const char *fmt, ...)
 void buf_put_int(struct buf *b, long long v);
 /* Appends s escaped for PostgreSQL COPY's text format. */
 void buf_copy_escape(struct buf *b, const char *s);
+
+/* Appends a PostgreSQL array literal, {"a","b\\"c"}, for a text[] query
+ * parameter: one round trip for any number of keys. */
+void buf_pg_array(struct buf *b, const char *const *v, size_t n);
+
+/* Checked allocation. Running out of memory is not a state a daemon can
+ * serve through, so these say so and abort instead of every caller
+ * checking (and some forgetting). */
+void *xmalloc(size_t size);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* ms as a timeval, for event_add() and evhttp timeouts. */
+struct timeval util_ms_tv(int64_t ms);
+
+/* Capped exponential back-off with jitter: each wait is drawn between half
+ * and all of the current step, which then doubles up to max_ms. The jitter
+ * keeps a fleet that lost the same dependency from retrying in step. */
+struct backoff {
+	int min_ms, max_ms, step_ms;
+};
+void backoff_init(struct backoff *b, int min_ms, int max_ms);
+int backoff_next(struct backoff *b); /* the wait to use now */
+void backoff_reset(struct backoff *b);
+/* A number in [0, n), from a per-thread generator (not for secrets). */
+uint32_t util_rand(uint32_t n);
 
 #endif

@@ -60,6 +60,74 @@ int main(void)
 	CHECK(!util_utf8_valid("\xc3", 1), "a cut sequence is not");
 	CHECK(!util_utf8_valid("\xed\xa0\x80", 3), "a surrogate is not");
 	CHECK(!util_utf8_valid("\xc0\xaf", 2), "an overlong form is not");
+	{
+		/* The PostgreSQL array literal, quotes and backslashes
+		 * escaped. */
+		static const struct {
+			const char *v[3];
+			size_t n;
+			const char *want;
+		} arrays[] = {
+		    {{NULL}, 0, "{}"},
+		    {{"a"}, 1, "{\"a\"}"},
+		    {{"a", "b c", ""}, 3, "{\"a\",\"b c\",\"\"}"},
+		    {{"q\"x", "b\\s"}, 2, "{\"q\\\"x\",\"b\\\\s\"}"},
+		    {{"NULL", "{,}"}, 2, "{\"NULL\",\"{,}\"}"},
+		};
+		for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) {
+			struct buf b;
+
+			buf_init(&b);
+			buf_pg_array(&b, arrays[i].v, arrays[i].n);
+			CHECK_STR(b.data, arrays[i].want, "pg array");
+			buf_free(&b);
+		}
+	}
+	{
+		struct timeval tv = util_ms_tv(2500);
+
+		CHECK(tv.tv_sec == 2 && tv.tv_usec == 500000, "2500 ms");
+		tv = util_ms_tv(-5);
+		CHECK(tv.tv_sec == 0 && tv.tv_usec == 0, "negative is 0");
+	}
+	{
+		/* Back-off: each wait within [step/2, step], steps doubling
+		 * to the cap, and reset back to the first. */
+		struct backoff bo;
+		int steps[] = {100, 200, 400, 800, 1000, 1000};
+		bool spread = false;
+		int first = -1;
+
+		backoff_init(&bo, 100, 1000);
+		for (size_t i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+			int w = backoff_next(&bo);
+
+			CHECK(w >= steps[i] / 2 && w <= steps[i],
+			      "wait %zu: %d not in [%d, %d]", i, w,
+			      steps[i] / 2, steps[i]);
+		}
+		backoff_reset(&bo);
+		for (int i = 0; i < 50; i++) {
+			int w = backoff_next(&bo);
+
+			CHECK(w >= 50 && w <= 100, "after reset: %d", w);
+			if (first < 0)
+				first = w;
+			else if (w != first)
+				spread = true;
+			backoff_reset(&bo);
+		}
+		CHECK(spread, "jitter: 50 first waits all %d", first);
+	}
+	{
+		char *d = xstrndup("abcdef", 3);
+
+		CHECK_STR(d, "abc", "xstrndup");
+		free(d);
+		d = xstrdup("");
+		CHECK_STR(d, "", "xstrdup of empty");
+		free(d);
+	}
 	free(ids);
 	return check_done("test_util");
 }
