@@ -153,6 +153,8 @@ struct contexts {
 	int64_t started_ms;
 	struct event *budget; /* lead_context.batch_budget_ms after fetching */
 	struct contexts_stats st;
+	contexts_lead_fn on_lead; /* a lead resolved (the composer starts) */
+	void *on_lead_arg;
 };
 
 static void pump(struct contexts *c);
@@ -587,6 +589,14 @@ static void lead_finish(struct lead *l, enum ctx_state st, cJSON *ctx)
 	l->ctx = ctx;
 	if (c->unresolved > 0 && --c->unresolved == 0)
 		c->st.ms = util_mono_ms() - c->started_ms;
+	if (c->on_lead && !c->resetting)
+		c->on_lead(c->on_lead_arg, l->ns, l->id);
+}
+
+void contexts_set_listener(struct contexts *c, contexts_lead_fn fn, void *arg)
+{
+	c->on_lead = fn;
+	c->on_lead_arg = arg;
 }
 
 static void lead_to_source(struct lead *l)

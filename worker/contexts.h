@@ -65,4 +65,11 @@ enum ctx_state contexts_get(const struct contexts *c, enum ctx_ns ns,
 			    const char *key, const cJSON **ctx);
 const struct contexts_stats *contexts_stats(const struct contexts *c);
 
+/* Called on the event_base each time one of the batch's leads resolves
+ * (contexts_get() then answers for it), so work per lead (a message's
+ * composition) starts at once instead of after the whole batch. */
+typedef void (*contexts_lead_fn)(void *arg, enum ctx_ns ns, const char *key);
+void contexts_set_listener(struct contexts *c, contexts_lead_fn fn,
+			   void *arg);
+
 #endif
