@@ -10,6 +10,7 @@
 #include "../common/kafka.h"
 #include "../common/log.h"
 #include "../common/util.h"
+#include "composer.h"
 #include "handlers/handler.h"
 #include "metrics.h"
 #include "owed.h"
