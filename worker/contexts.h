@@ -43,8 +43,12 @@ struct contexts_stats {
 	int64_t ms; /* wall time from the first read to the last answer */
 };
 
+struct httpc;
+
+/* httpc: the HTTP source's client (the caller's, outlives the service). */
 struct contexts *contexts_new(struct event_base *base,
-			      const struct worker_config *cfg, char *errstr,
+			      const struct worker_config *cfg,
+			      struct httpc *httpc, char *errstr,
 			      size_t errstr_size);
 void contexts_destroy(struct contexts *c);
 

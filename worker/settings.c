@@ -103,6 +103,9 @@ const struct cfg_setting worker_settings[] = {
      "model when neither the batch nor workspaces.ai_model names one"},
     {"composer.model_cache_ttl_s", CFG_INT, F(composer_model_cache_ttl_s),
      "300", 1, 86400, NULL, NULL, "TTL of workspace:{id} in Redis"},
+    {"http.ca_file", CFG_STR, F(http_ca_file), "", 0, 0, NULL, NULL,
+     "CA certificates (PEM) that https:// calls trust; empty = the system's "
+     "trust store"},
     {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
      "host:port of /healthz, /readyz and /metrics; empty = off"},
     {"postgres_idle_tx_timeout_ms", CFG_INT, F(pg_idle_tx_timeout_ms), "10000",
@@ -159,7 +162,8 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 		struct evhttp_uri *u = evhttp_uri_parse_with_flags(
 		    cfg->lc_url, EVHTTP_URI_NONCONFORMANT);
 		bool ok = u && evhttp_uri_get_scheme(u) &&
-			  strcmp(evhttp_uri_get_scheme(u), "http") == 0 &&
+			  (strcmp(evhttp_uri_get_scheme(u), "http") == 0 ||
+			   strcmp(evhttp_uri_get_scheme(u), "https") == 0) &&
 			  evhttp_uri_get_host(u) && evhttp_uri_get_host(u)[0];
 
 		if (u)
@@ -168,7 +172,7 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			snprintf(
 			    errstr, errstr_size,
 			    "lead_context.url: expected "
-			    "http://host[:port]/path/{lead_id}, got \"%s\"",
+			    "http(s)://host[:port]/path/{lead_id}, got \"%s\"",
 			    cfg->lc_url);
 			return false;
 		}

@@ -44,6 +44,7 @@ struct worker_config {
 	int lc_lease_ms;
 	int lc_lease_wait_ms;
 	int lc_batch_budget_ms;
+	char *http_ca_file;
 	int pg_idle_tx_timeout_ms;
 	/* the composer (campaign messages written by a model) */
 	char *composer_base_url;
