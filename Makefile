@@ -39,7 +39,8 @@ COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/extract.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
-              worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
+              worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
+              worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \
               worker/owed.c worker/httpc.c \
               worker/contexts.c worker/composer.c worker/handlers/handler.c \
@@ -77,7 +78,8 @@ $(BUILD)/%.o: %.c
 $(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o
 $(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
 	$(BUILD)/worker/handlers/transcript.o $(BUILD)/worker/pgsink.o \
-	$(BUILD)/worker/cache.o $(BUILD)/common/util.o $(BUILD)/common/log.o \
+	$(BUILD)/worker/cache.o $(BUILD)/worker/redisconn.o $(BUILD)/common/util.o \
+	$(BUILD)/common/log.o \
 	$(BUILD)/common/validate.o
 $(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(BUILD)/ingest/extract.o \
 	$(BUILD)/common/campaign.o $(BUILD)/common/validate.o $(BUILD)/common/util.o
@@ -85,6 +87,7 @@ $(BUILD)/tests/test_verify: $(BUILD)/tests/unit/test_verify.o $(BUILD)/ingest/ve
 $(BUILD)/tests/test_schema: $(BUILD)/tests/unit/test_schema.o $(BUILD)/common/schema.o \
 	$(BUILD)/common/util.o
 $(BUILD)/tests/test_cache: $(BUILD)/tests/unit/test_cache.o $(BUILD)/worker/cache.o \
+	$(BUILD)/worker/redisconn.o \
 	$(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_campaign: $(BUILD)/tests/unit/test_campaign.o \
 	$(BUILD)/common/campaign.o $(BUILD)/worker/handlers/campaign_rules.o \

@@ -3,16 +3,14 @@
  * What Redis could not confirm stays owed in PostgreSQL (owed.c). */
 #include "cache.h"
 
-#include <hiredis/adapters/libevent.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "redisconn.h"
 
 #define SCAN_COUNT "1000"
 #define UNLINK_CHUNK 512
@@ -21,12 +19,7 @@
 struct cache {
 	struct event_base *base;
 	bool no_script; /* EVAL refused once: per-pattern SCANs from then on */
-	struct redis_addr addr;
-	int timeout_ms;
-	redisAsyncContext *ac;
-	char lost[128];	     /* why the connection went, for the log */
-	int64_t retry_at_ms; /* no connection attempt before this */
-	int backoff_ms;
+	struct rconn *redis;
 	unsigned long long done, removed; /* totals, for the metrics */
 	size_t owed; /* what owed.c counts as still owed to Redis */
 };
@@ -54,57 +47,6 @@ static void strvec_free(struct strvec *s)
 	free(s->v);
 	s->v = NULL;
 	s->n = s->cap = 0;
-}
-
-bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
-		      size_t errstr_size)
-{
-	const char *hp = url + strlen("redis://");
-	const char *colon, *slash;
-
-	memset(a, 0, sizeof(*a));
-	if (strncmp(url, "redis://", 8) != 0) {
-		snprintf(errstr, errstr_size, "redis_url: expected redis://");
-		return false;
-	}
-	if (strchr(hp, '@') &&
-	    (!strchr(hp, '/') || strchr(hp, '@') < strchr(hp, '/'))) {
-		const char *at = strchr(hp, '@');
-		const char *sep = memchr(hp, ':', (size_t)(at - hp));
-
-		if (sep) {
-			if (sep > hp)
-				a->user = strndup(hp, (size_t)(sep - hp));
-			a->password = strndup(sep + 1, (size_t)(at - sep - 1));
-		} else {
-			a->password = strndup(hp, (size_t)(at - hp));
-		}
-		hp = at + 1;
-	}
-	slash = strchr(hp, '/');
-	colon = strchr(hp, ':');
-	if (colon && slash && colon > slash)
-		colon = NULL;
-	a->host = strndup(hp, (size_t)((colon	? colon
-					: slash ? slash
-						: hp + strlen(hp)) -
-				       hp));
-	a->port = colon ? atoi(colon + 1) : 6379;
-	a->db = slash ? atoi(slash + 1) : 0;
-	if (!a->host[0] || a->port <= 0 || a->port > 65535) {
-		snprintf(errstr, errstr_size, "redis_url: bad host or port");
-		redis_addr_free(a);
-		return false;
-	}
-	return true;
-}
-
-void redis_addr_free(struct redis_addr *a)
-{
-	free(a->host);
-	free(a->user);
-	free(a->password);
-	memset(a, 0, sizeof(*a));
 }
 
 char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
@@ -241,17 +183,15 @@ void cache_keys_unique(struct cache_keys *k)
 struct cache *cache_new(struct event_base *base, const char *url,
 			int timeout_ms, char *errstr, size_t errstr_size)
 {
-	struct cache *c = calloc(1, sizeof(*c));
+	struct cache *c = xcalloc(1, sizeof(*c));
 
-	if (!c)
-		abort();
-	if (!redis_addr_parse(url, &c->addr, errstr, errstr_size)) {
+	c->redis =
+	    rconn_new(base, url, timeout_ms, "cache", errstr, errstr_size);
+	if (!c->redis) {
 		free(c);
 		return NULL;
 	}
 	c->base = base;
-	c->timeout_ms = timeout_ms;
-	c->backoff_ms = 100;
 	return c;
 }
 
@@ -259,13 +199,7 @@ void cache_destroy(struct cache *c)
 {
 	if (!c)
 		return;
-	if (c->ac) {
-		redisAsyncContext *ac = c->ac;
-
-		c->ac = NULL;
-		redisAsyncFree(ac);
-	}
-	redis_addr_free(&c->addr);
+	rconn_destroy(c->redis);
 	free(c);
 }
 
@@ -284,105 +218,6 @@ void cache_totals(const struct cache *c, unsigned long long *done,
 {
 	*done = c->done;
 	*removed = c->removed;
-}
-
-/* hiredis, on the loop: AUTH or SELECT answered. */
-static void setup_cb(redisAsyncContext *ac, void *reply, void *priv)
-{
-	redisReply *r = reply;
-
-	(void)priv;
-	if (r && r->type == REDIS_REPLY_ERROR)
-		log_warn("redis %s: %s", ac->c.tcp.host ? ac->c.tcp.host : "",
-			 r->str);
-}
-
-redisAsyncContext *redis_async_open(struct event_base *base,
-				    const struct redis_addr *a, void *data,
-				    redisConnectCallback *on_connect,
-				    redisDisconnectCallback *on_disconnect,
-				    char *errstr, size_t errstr_size)
-{
-	redisAsyncContext *ac = redisAsyncConnect(a->host, a->port);
-
-	if (!ac || ac->err) {
-		snprintf(errstr, errstr_size, "%s",
-			 ac ? ac->errstr : "cannot allocate");
-		if (ac)
-			redisAsyncFree(ac);
-		return NULL;
-	}
-	ac->data = data;
-	redisLibeventAttach(ac, base);
-	redisAsyncSetConnectCallback(ac, on_connect);
-	redisAsyncSetDisconnectCallback(ac, on_disconnect);
-	/* Queued first, so they run first once connected. */
-	if (a->password) {
-		if (a->user)
-			redisAsyncCommand(ac, setup_cb, NULL, "AUTH %s %s",
-					  a->user, a->password);
-		else
-			redisAsyncCommand(ac, setup_cb, NULL, "AUTH %s",
-					  a->password);
-	}
-	if (a->db != 0)
-		redisAsyncCommand(ac, setup_cb, NULL, "SELECT %d", a->db);
-	return ac;
-}
-
-/* Drops the connection (never from inside a hiredis callback): pending
- * callbacks get a NULL reply, the next attempt waits for the back-off. */
-static void cache_fail(struct cache *c, const char *why)
-{
-	redisAsyncContext *ac = c->ac;
-
-	log_warn("redis %s:%d: %s; invalidation owed, retrying in %d ms",
-		 c->addr.host, c->addr.port, why, c->backoff_ms);
-	c->ac = NULL;
-	if (ac)
-		redisAsyncFree(ac);
-	c->retry_at_ms = util_mono_ms() + c->backoff_ms;
-	c->backoff_ms = c->backoff_ms * 2 > 5000 ? 5000 : c->backoff_ms * 2;
-}
-
-/* hiredis, on the loop. */
-static void cache_connect_cb(const redisAsyncContext *ac, int status)
-{
-	struct cache *c = ac->data;
-
-	if (status != REDIS_OK && c->ac == ac) {
-		snprintf(c->lost, sizeof(c->lost), "%s", ac->errstr);
-		c->ac = NULL; /* hiredis frees it */
-	}
-}
-
-static void cache_disconnect_cb(const redisAsyncContext *ac, int status)
-{
-	struct cache *c = ac->data;
-
-	if (c->ac == ac) {
-		snprintf(c->lost, sizeof(c->lost), "%s",
-			 status == REDIS_OK ? "connection closed" : ac->errstr);
-		c->ac = NULL;
-	}
-}
-
-static bool cache_connect(struct cache *c)
-{
-	char err[256];
-
-	if (c->ac)
-		return true;
-	if (util_mono_ms() < c->retry_at_ms)
-		return false;
-	c->lost[0] = '\0';
-	c->ac = redis_async_open(c->base, &c->addr, c, cache_connect_cb,
-				 cache_disconnect_cb, err, sizeof(err));
-	if (!c->ac) {
-		cache_fail(c, err);
-		return false;
-	}
-	return true;
 }
 
 struct run;
@@ -436,12 +271,10 @@ struct run {
 };
 
 /* hiredis, on the loop: UNLINK answered. */
-static void unlink_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void unlink_cb(void *priv, const redisReply *rep)
 {
 	struct run *r = priv;
-	redisReply *rep = reply;
 
-	(void)ac;
 	r->outstanding--;
 	if (!rep || rep->type == REDIS_REPLY_ERROR) {
 		if (rep)
@@ -453,25 +286,21 @@ static void unlink_cb(redisAsyncContext *ac, void *reply, void *priv)
 }
 
 /* hiredis, on the loop: INCR, EXPIRE or PING answered. */
-static void bump_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void bump_cb(void *priv, const redisReply *rep)
 {
 	struct run *r = priv;
-	redisReply *rep = reply;
 
-	(void)ac;
 	r->outstanding--;
 	if (!rep || rep->type == REDIS_REPLY_ERROR)
 		r->failed = true;
 }
 
 /* hiredis, on the loop: SCAN answered. */
-static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void scan_cb(void *priv, const redisReply *rep)
 {
 	struct scan_job *job = priv;
 	struct run *r = job->run;
-	redisReply *rep = reply;
 
-	(void)ac;
 	r->outstanding--;
 	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
 		if (rep && rep->type == REDIS_REPLY_ERROR)
@@ -490,13 +319,11 @@ static void scan_cb(redisAsyncContext *ac, void *reply, void *priv)
 }
 
 /* hiredis, on the loop: the merged SCAN step answered {cursor, removed}. */
-static void merged_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void merged_cb(void *priv, const redisReply *rep)
 {
 	struct scan_job *job = priv;
 	struct run *r = job->run;
-	redisReply *rep = reply;
 
-	(void)ac;
 	r->outstanding--;
 	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
 	    rep->element[0]->type != REDIS_REPLY_STRING ||
@@ -568,49 +395,30 @@ static char *common_match(char **prefixes, size_t n)
 	return b.data;
 }
 
-/* Loop timer: Redis did not answer a round trip in time. */
-static void handle_timeout(evutil_socket_t fd, short what, void *arg)
-{
-	struct run *r = arg;
-
-	(void)fd;
-	(void)what;
-	r->timed_out = true;
-}
-
-static void send_cmd(struct cache *c, struct run *r, redisCallbackFn *fn,
+static void send_cmd(struct cache *c, struct run *r, rconn_reply_fn fn,
 		     void *priv, int argc, const char **argv)
 {
-	if (!c->ac || redisAsyncCommandArgv(c->ac, fn, priv, argc, argv,
-					    NULL) != REDIS_OK) {
+	if (!rconn_command(c->redis, fn, priv, argc, argv, NULL)) {
 		r->failed = true;
 		return;
 	}
 	r->outstanding++;
 }
 
-/* Runs the loop until every reply of the round trip is in, Redis is lost,
- * or redis_timeout_ms passes. */
+/* Runs the loop until every reply of the round trip is in: the connection
+ * layer answers each command, with NULL when Redis is lost or a reply is
+ * overdue by redis_timeout_ms (it then drops the connection and backs
+ * off, so a Redis that stays down costs the next batches nothing). */
 static bool await_run(struct cache *c, struct run *r)
 {
-	struct timeval tv = {c->timeout_ms / 1000,
-			     (c->timeout_ms % 1000) * 1000};
-	struct event *t = evtimer_new(c->base, handle_timeout, r);
-
-	evtimer_add(t, &tv);
-	while (r->outstanding > 0 && c->ac && !r->timed_out)
+	while (r->outstanding > 0)
 		event_base_loop(c->base, EVLOOP_ONCE);
-	event_free(t);
-	if (r->outstanding > 0 || r->failed) {
-		/* Callbacks still pending get NULL replies from the free, so
-		 * nothing refers to r afterwards. */
-		cache_fail(c, r->timed_out ? "no answer in time"
-			      : c->lost[0] ? c->lost
-					   : "command failed");
-		r->outstanding = 0;
-		return false;
-	}
-	return true;
+	if (r->failed)
+		log_warn("redis (cache): invalidation not confirmed%s%s; it "
+			 "stays owed",
+			 rconn_error(c->redis)[0] ? ": " : "",
+			 rconn_error(c->redis));
+	return !r->failed;
 }
 
 /* EVAL of the merged step: script, no keys, cursor, MATCH, COUNT and the
@@ -721,7 +529,7 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 			else
 				send_cmd(c, &r, scan_cb, &jobs[j], 6, argv);
 		}
-		ok = !r.failed && await_run(c, &r);
+		ok = await_run(c, &r);
 		if (ok)
 			removed += r.removed;
 		strvec_free(&keys);
@@ -746,8 +554,6 @@ bool cache_ping(struct cache *c)
 	const char *argv[1] = {"PING"};
 	struct run r;
 
-	if (!cache_connect(c))
-		return false;
 	memset(&r, 0, sizeof(r));
 	send_cmd(c, &r, bump_cb, &r, 1, argv);
 	return !r.failed && await_run(c, &r);
@@ -758,7 +564,7 @@ long long cache_invalidate(struct cache *c, struct cache_keys *k)
 	if (k->n == 0)
 		return 0;
 	cache_keys_unique(k);
-	if (!cache_connect(c))
-		return -1;
+	if (!rconn_up(c->redis))
+		return -1; /* in the back-off: nothing sent */
 	return cache_run(c, k);
 }

@@ -5,29 +5,12 @@
 #define SLUICE_CACHE_H
 
 #include <event2/event.h>
-#include <hiredis/async.h>
 #include <stdbool.h>
 #include <stddef.h>
 
-/* redis://[[user]:password@]host[:port][/db] */
-struct redis_addr {
-	char *host;
-	int port;
-	int db;
-	char *user;	/* optional */
-	char *password; /* never logged */
-};
-
-bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
-		      size_t errstr_size) __attribute__((warn_unused_result));
-void redis_addr_free(struct redis_addr *a);
-
-/* A hiredis connection on the event_base, AUTH and SELECT queued first. */
-redisAsyncContext *redis_async_open(struct event_base *base,
-				    const struct redis_addr *a, void *data,
-				    redisConnectCallback *on_connect,
-				    redisDisconnectCallback *on_disconnect,
-				    char *errstr, size_t errstr_size);
+/* redis_addr_parse and redis_async_open, for the users of cache.h that
+ * keep a connection of their own (the /readyz probe). */
+#include "redisconn.h"
 
 enum cache_op {
 	CACHE_KEY,     /* UNLINK the key */

@@ -18,7 +18,6 @@
 #include <event2/buffer.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <libpq-fe.h>
 #include <pthread.h>
@@ -30,8 +29,8 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "../common/validate.h"
-#include "cache.h"
 #include "httpc.h"
+#include "redisconn.h"
 
 /* What each way of naming a lead reads: its Redis keys, its placeholder in
  * the HTTP source's URL, its PostgreSQL function. */
@@ -46,7 +45,6 @@ static const struct ns_def {
 };
 #define WAIT_MIN_MS 100
 #define WAIT_MAX_MS 2000
-#define REDIS_RETRY_MAX_MS 5000
 /* Cancel requests in flight at once (each a thread for a moment); past
  * it, statement_timeout alone ends the query. */
 #define CANCELS_MAX 64
@@ -127,14 +125,9 @@ struct slot {
 struct contexts {
 	struct event_base *base;
 	const struct worker_config *cfg;
-	struct redis_addr raddr;
-	redisAsyncContext *ac;
-	int64_t redis_retry_at;
-	int redis_backoff_ms;
-	int redis_outstanding; /* replies the batch waits for */
-	int64_t redis_last_ms; /* last send or reply */
-	struct event *redis_watch;
-	char token[48]; /* this worker's lease value */
+	struct rconn *redis;
+	struct ticket *tickets; /* commands whose reply a lead waits for */
+	char token[48];		/* this worker's lease value */
 	/* the source */
 	bool http;
 	struct httpc *httpc;		      /* the pipeline's */
@@ -182,120 +175,82 @@ static char *key_of(const char *prefix, const char *id)
 
 /* ------------------------------------------------------------ Redis */
 
-static void redis_drop(struct contexts *c, const char *why)
+/* A command whose reply a lead waits for. The reply may come after the
+ * lead's batch was reset (a lead given up with its reply still due): the
+ * ticket outlives the lead, and its reply then changes nothing. */
+struct ticket {
+	struct contexts *c;
+	struct lead *l; /* NULL once the batch is reset */
+	void (*fn)(struct lead *l, const redisReply *r);
+	struct ticket *prev, *next;
+};
+
+static void ticket_unlink(struct ticket *t)
 {
-	redisAsyncContext *ac = c->ac;
-
-	if (!ac)
-		return;
-	log_warn("redis %s:%d (lead contexts): %s; going to the source, "
-		 "reconnecting in %d ms",
-		 c->raddr.host, c->raddr.port, why, c->redis_backoff_ms);
-	c->ac = NULL;
-	c->redis_retry_at = util_mono_ms() + c->redis_backoff_ms;
-	c->redis_backoff_ms = c->redis_backoff_ms * 2 > REDIS_RETRY_MAX_MS
-				  ? REDIS_RETRY_MAX_MS
-				  : c->redis_backoff_ms * 2;
-	c->redis_outstanding = 0;
-	/* Calls every pending callback with a NULL reply. */
-	redisAsyncFree(ac);
-}
-
-/* hiredis, on the loop: the connection went away by itself. */
-static void redis_disconnect_cb(const redisAsyncContext *ac, int status)
-{
-	struct contexts *c = ac->data;
-
-	if (c && c->ac == ac) {
-		c->ac = NULL;
-		c->redis_outstanding = 0;
-		c->redis_retry_at = util_mono_ms() + c->redis_backoff_ms;
-		if (status != REDIS_OK)
-			log_warn("redis (lead contexts): disconnected: %s",
-				 ac->errstr);
-	}
-}
-
-static void redis_connect_cb(const redisAsyncContext *ac, int status)
-{
-	struct contexts *c = ac->data;
-
-	if (status != REDIS_OK) {
-		if (c && c->ac == ac) {
-			log_warn("redis (lead contexts): connect: %s",
-				 ac->errstr);
-			c->ac = NULL;
-			c->redis_outstanding = 0;
-			c->redis_retry_at =
-			    util_mono_ms() + c->redis_backoff_ms;
-		}
-		return;
-	}
-	if (c)
-		c->redis_backoff_ms = 100;
-}
-
-/* Loop timer: a Redis that stopped answering is dropped, so its leads go
- * to the source instead of waiting on it. */
-static void handle_redis_watch(evutil_socket_t fd, short what, void *arg)
-{
-	struct contexts *c = arg;
-
-	(void)fd;
-	(void)what;
-	if (c->ac && c->redis_outstanding > 0 &&
-	    util_mono_ms() - c->redis_last_ms > c->cfg->redis_timeout_ms)
-		redis_drop(c, "no answer in time");
-}
-
-static bool redis_ready(struct contexts *c)
-{
-	char err[256];
-
-	if (c->ac)
-		return true;
-	if (util_mono_ms() < c->redis_retry_at)
-		return false;
-	c->ac = redis_async_open(c->base, &c->raddr, c, redis_connect_cb,
-				 redis_disconnect_cb, err, sizeof(err));
-	if (!c->ac) {
-		log_warn("redis (lead contexts): %s", err);
-		c->redis_retry_at = util_mono_ms() + c->redis_backoff_ms;
-		return false;
-	}
-	return true;
-}
-
-/* Sends a command whose reply the batch waits for; false when Redis is
- * not available (the callback is then not called). */
-static bool redis_send(struct contexts *c, redisCallbackFn *fn, void *priv,
-		       int argc, const char **argv, const size_t *lens)
-{
-	/* Redis down (or backing off) counts as an error for each lead
-	 * that had to go without it. */
-	if (!redis_ready(c) || redisAsyncCommandArgv(c->ac, fn, priv, argc,
-						     argv, lens) != REDIS_OK) {
-		c->st.redis_errors++;
-		return false;
-	}
-	if (fn) {
-		c->redis_outstanding++;
-		c->redis_last_ms = util_mono_ms();
-	}
-	return true;
+	if (t->prev)
+		t->prev->next = t->next;
+	else
+		t->c->tickets = t->next;
+	if (t->next)
+		t->next->prev = t->prev;
 }
 
 static void redis_got(struct contexts *c, const redisReply *r)
 {
-	if (c->redis_outstanding > 0)
-		c->redis_outstanding--;
-	c->redis_last_ms = util_mono_ms();
 	if (!r) {
 		c->st.redis_errors++;
 	} else if (r->type == REDIS_REPLY_ERROR) {
 		c->st.redis_errors++;
 		log_warn("redis (lead contexts): %s", r->str);
 	}
+}
+
+/* The connection layer, on the loop: a reply, or NULL when Redis went or
+ * did not answer within redis_timeout_ms (the lead then goes to the
+ * source). */
+static void ticket_cb(void *arg, const redisReply *r)
+{
+	struct ticket *t = arg;
+
+	ticket_unlink(t);
+	if (t->l) {
+		redis_got(t->c, r);
+		t->fn(t->l, r);
+	}
+	free(t);
+}
+
+/* Sends a command whose reply the lead waits for; false when Redis is not
+ * available (fn is then not called). */
+static bool redis_send(struct contexts *c,
+		       void (*fn)(struct lead *, const redisReply *),
+		       struct lead *l, int argc, const char **argv)
+{
+	struct ticket *t = xcalloc(1, sizeof(*t));
+
+	t->c = c;
+	t->l = l;
+	t->fn = fn;
+	if (!rconn_command(c->redis, ticket_cb, t, argc, argv, NULL)) {
+		/* Redis down (or backing off) counts as an error for each
+		 * lead that had to go without it. */
+		free(t);
+		c->st.redis_errors++;
+		return false;
+	}
+	t->next = c->tickets;
+	if (t->next)
+		t->next->prev = t;
+	c->tickets = t;
+	return true;
+}
+
+/* A command nobody waits for (a fill, a lease let go): sent if Redis is
+ * there, else the lease runs out by itself. */
+static void redis_forget(struct contexts *c, int argc, const char **argv,
+			 const size_t *lens)
+{
+	(void)rconn_command(c->redis, NULL, NULL, argc, argv, lens);
 }
 
 /* A JSON object and nothing after it: an answer with trailing bytes is
@@ -358,12 +313,12 @@ static cJSON *cached_ctx(struct lead *l, const redisReply *v)
 		 "and asking the source",
 		 l->id, why);
 	key = key_of(ns_defs[l->ns].ctx, l->id);
-	if (c->ac) {
+	{
 		const char *argv[5] = {"EVAL", LUA_RELEASE, "1", key, v->str};
 		size_t lens[5] = {4, strlen(LUA_RELEASE), 1, strlen(key),
 				  v->len};
 
-		redisAsyncCommandArgv(c->ac, NULL, NULL, 5, argv, lens);
+		redis_forget(c, 5, argv, lens);
 	}
 	free(key);
 	return NULL;
@@ -372,13 +327,8 @@ static cJSON *cached_ctx(struct lead *l, const redisReply *v)
 static void lead_wait(struct lead *l);
 
 /* Reply to SET lock NX PX. */
-static void lease_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void lease_cb(struct lead *l, const redisReply *r)
 {
-	struct lead *l = priv;
-	redisReply *r = reply;
-
-	(void)ac;
-	redis_got(l->c, r);
 	if (l->c->resetting)
 		return;
 	if (l->phase == PH_DONE) { /* given up meanwhile: let it go */
@@ -409,19 +359,14 @@ static void lead_lease(struct lead *l)
 
 	snprintf(px, sizeof(px), "%d", c->cfg->lc_lease_ms);
 	l->phase = PH_LEASE;
-	if (!redis_send(c, lease_cb, l, 6, argv, NULL))
+	if (!redis_send(c, lease_cb, l, 6, argv))
 		lead_to_source(l);
 	free(lock);
 }
 
 /* Reply to MGET lead_ctx:id lead_ctx_ver:id. */
-static void read_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void read_cb(struct lead *l, const redisReply *r)
 {
-	struct lead *l = priv;
-	redisReply *r = reply;
-
-	(void)ac;
-	redis_got(l->c, r);
 	if (l->c->resetting || l->phase == PH_DONE)
 		return;
 	if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
@@ -454,7 +399,7 @@ static void lead_read(struct lead *l)
 	const char *argv[3] = {"MGET", k1, k2};
 
 	l->phase = PH_REDIS;
-	if (!redis_send(l->c, read_cb, l, 3, argv, NULL)) {
+	if (!redis_send(l->c, read_cb, l, 3, argv)) {
 		l->c->st.misses++;
 		lead_to_source(l);
 	}
@@ -462,13 +407,8 @@ static void lead_read(struct lead *l)
 	free(k2);
 }
 
-static void poll_cb(redisAsyncContext *ac, void *reply, void *priv)
+static void poll_cb(struct lead *l, const redisReply *r)
 {
-	struct lead *l = priv;
-	redisReply *r = reply;
-
-	(void)ac;
-	redis_got(l->c, r);
 	if (l->c->resetting)
 		return;
 	if (l->phase == PH_DONE) { /* given up meanwhile */
@@ -519,7 +459,7 @@ static void handle_wait(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	snprintf(px, sizeof(px), "%d", c->cfg->lc_lease_ms);
-	if (!redis_send(c, poll_cb, l, 7, argv, NULL)) {
+	if (!redis_send(c, poll_cb, l, 7, argv)) {
 		lead_to_source(l);
 		pump(c);
 	}
@@ -551,7 +491,7 @@ static void lead_store(struct lead *l, const char *json)
 
 	snprintf(ttl, sizeof(ttl), "%lld",
 		 (long long)c->cfg->lc_cache_ttl_s * 1000LL);
-	if (json && l->version_known && c->ac) {
+	if (json && l->version_known) {
 		const char *argv[10] = {"EVAL",
 					LUA_FILL,
 					"3",
@@ -563,11 +503,11 @@ static void lead_store(struct lead *l, const char *json)
 					ttl,
 					c->token};
 
-		redisAsyncCommandArgv(c->ac, NULL, NULL, 10, argv, NULL);
-	} else if (l->leased && c->ac) {
+		redis_forget(c, 10, argv, NULL);
+	} else if (l->leased) {
 		const char *argv[5] = {"EVAL", LUA_RELEASE, "1", k3, c->token};
 
-		redisAsyncCommandArgv(c->ac, NULL, NULL, 5, argv, NULL);
+		redis_forget(c, 5, argv, NULL);
 	}
 	free(k1);
 	free(k2);
@@ -1139,16 +1079,16 @@ struct contexts *contexts_new(struct event_base *base,
 			      size_t errstr_size)
 {
 	struct contexts *c = calloc(1, sizeof(*c));
-	struct timeval tv = {0, 50 * 1000};
 
 	if (!c)
 		abort();
 	c->base = base;
 	c->cfg = cfg;
 	c->k = cfg->lc_concurrency;
-	c->redis_backoff_ms = 100;
 	util_random_id(c->token, sizeof(c->token), "lease_");
-	if (!redis_addr_parse(cfg->redis_url, &c->raddr, errstr, errstr_size)) {
+	c->redis = rconn_new(base, cfg->redis_url, cfg->redis_timeout_ms,
+			     "lead contexts", errstr, errstr_size);
+	if (!c->redis) {
 		free(c);
 		return NULL;
 	}
@@ -1192,10 +1132,8 @@ struct contexts *contexts_new(struct event_base *base,
 		abort();
 	for (int i = 0; i < c->k; i++)
 		c->slots[i].c = c;
-	c->redis_watch = event_new(base, -1, EV_PERSIST, handle_redis_watch, c);
-	event_add(c->redis_watch, &tv);
 	c->budget = evtimer_new(base, handle_budget, c);
-	if (!c->redis_watch || !c->budget)
+	if (!c->budget)
 		abort();
 	return c;
 }
@@ -1215,15 +1153,15 @@ void contexts_destroy(struct contexts *c)
 			event_free(s->timeout);
 	}
 	free(c->slots);
-	if (c->redis_watch)
-		event_free(c->redis_watch);
 	if (c->budget)
 		event_free(c->budget);
-	if (c->ac) {
-		redisAsyncContext *ac = c->ac;
+	/* No reply callback runs from here on: the tickets go with it. */
+	rconn_destroy(c->redis);
+	while (c->tickets) {
+		struct ticket *t = c->tickets;
 
-		c->ac = NULL;
-		redisAsyncFree(ac);
+		ticket_unlink(t);
+		free(t);
 	}
 	for (int ns = 0; ns < CTX_NS_COUNT; ns++) {
 		if (c->uri[ns])
@@ -1231,7 +1169,6 @@ void contexts_destroy(struct contexts *c)
 		free(c->url_origin[ns]);
 	}
 	free(c->leads);
-	redis_addr_free(&c->raddr);
 	free(c);
 }
 
@@ -1268,8 +1205,10 @@ void contexts_reset(struct contexts *c)
 	/* Lookups still running belong to leads about to go (only when a
 	 * batch was given up while stopping). */
 	slots_abandon(c);
-	if (c->ac && c->redis_outstanding > 0)
-		redis_drop(c, "batch abandoned");
+	/* Replies still due for these leads (given up while Redis was slow)
+	 * find no lead; the connection stays. */
+	for (struct ticket *t = c->tickets; t; t = t->next)
+		t->l = NULL;
 	for (size_t i = 0; i < c->n_leads; i++)
 		lead_free(c->leads[i]);
 	c->n_leads = c->sorted = c->unresolved = 0;

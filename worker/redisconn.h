@@ -8,6 +8,7 @@
 #define SLUICE_REDISCONN_H
 
 #include <event2/event.h>
+#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -39,5 +40,26 @@ bool rconn_up(const struct rconn *r);
 int rconn_pending(const struct rconn *r);
 /* The last error, "" if none (never contains the password). */
 const char *rconn_error(const struct rconn *r);
+
+/* The pieces underneath, for a client that keeps its own connection (the
+ * /readyz probe). redis://[[user]:password@]host[:port][/db] */
+struct redis_addr {
+	char *host;
+	int port;
+	int db;
+	char *user;	/* optional */
+	char *password; /* never logged */
+};
+
+bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
+		      size_t errstr_size) __attribute__((warn_unused_result));
+void redis_addr_free(struct redis_addr *a);
+
+/* A hiredis connection on the event_base, AUTH and SELECT queued first. */
+redisAsyncContext *redis_async_open(struct event_base *base,
+				    const struct redis_addr *a, void *data,
+				    redisConnectCallback *on_connect,
+				    redisDisconnectCallback *on_disconnect,
+				    char *errstr, size_t errstr_size);
 
 #endif
