@@ -18,7 +18,9 @@
 #include "consume.h"
 #include "contexts.h"
 #include "dlq.h"
+#include "composer.h"
 #include "httpc.h"
+#include "redisconn.h"
 #include "handlers/handler.h"
 #include "metrics.h"
 #include "pgsink.h"
@@ -37,7 +39,9 @@ struct pipeline {
 	struct pgsink *ps;
 	struct cache *cache;
 	struct dlq *dlq;
-	struct httpc *httpc; /* the lead source's (and composer's) */
+	struct httpc *httpc; /* the lead source's and the composer's */
+	struct composer *composer;
+	struct rconn *redis; /* the handlers' reads (the model cache) */
 	struct contexts *contexts;
 	struct batch_env env;
 	struct batch *batch;
@@ -81,6 +85,7 @@ static void pipeline_report(struct pipeline *p)
 					   t.skipped, t.dead};
 	batch_kind_totals(p->batch, kind_saved, &f);
 	cache_totals(p->cache, &f.invalidations, &f.keys_removed);
+	composer_figures(p->composer, &f.composer);
 	f.owed = (unsigned long long)cache_pending(p->cache);
 	f.assigned = p->consumer ? consume_assigned(p->consumer) : 0;
 	metrics_pipe_report(&f, p->consumer ? partition_offsets : NULL,
@@ -143,12 +148,23 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 		goto fail;
 	/* One HTTP client per pipeline, on its event_base: the services
 	 * that call out share its connections. */
-	p->httpc = httpc_new(p->base, cfg->lc_concurrency, cfg->http_ca_file,
+	p->httpc = httpc_new(p->base,
+			     cfg->lc_concurrency > cfg->composer_concurrency
+				 ? cfg->lc_concurrency
+				 : cfg->composer_concurrency,
+			     cfg->http_ca_file,
 			     err, errsz);
 	if (!p->httpc)
 		goto fail;
 	p->contexts = contexts_new(p->base, &p->cfg, p->httpc, err, errsz);
 	if (!p->contexts)
+		goto fail;
+	p->composer = composer_new(p->base, p->httpc, &p->cfg, err, errsz);
+	if (!p->composer)
+		goto fail;
+	p->redis = rconn_new(p->base, cfg->redis_url, cfg->redis_timeout_ms,
+			     "campaign models", err, errsz);
+	if (!p->redis)
 		goto fail;
 	if (!pgsink_connect(p->ps, err, errsz))
 		log_warn("%s: postgres not reachable yet: %s (will retry)",
@@ -164,6 +180,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	    .cache = p->cache,
 	    .dlq = p->dlq,
 	    .contexts = p->contexts,
+	    .composer = p->composer,
+	    .redis = p->redis,
 	    .stopping = spec->stopping,
 	    .kinds = spec->kinds,
 	    .owns_unknown = spec->owns_unknown,
@@ -290,6 +308,8 @@ void pipeline_destroy(struct pipeline *p)
 	dlq_destroy(p->dlq);
 	batch_destroy(p->batch);
 	contexts_destroy(p->contexts);
+	composer_destroy(p->composer);
+	rconn_destroy(p->redis);
 	httpc_destroy(p->httpc);
 	cache_destroy(p->cache);
 	pgsink_destroy(p->ps);
