@@ -2,7 +2,7 @@
 # the two commands a newcomer needs; see README.md.
 
 CC      ?= cc
-PKGS    := rdkafka libpq hiredis libcjson libevent openssl
+PKGS    := rdkafka libpq hiredis libcjson libevent libevent_openssl openssl
 CFLAGS  ?= -O2 -g
 # The JSON Schemas' directory compiled in as schema_dir's default: the
 # source tree's for the binaries in $(BUILD); `make install` relinks
@@ -41,8 +41,8 @@ INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \
-              worker/owed.c \
-              worker/contexts.c worker/handlers/handler.c \
+              worker/owed.c worker/httpc.c \
+              worker/contexts.c worker/composer.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
 WORKER_SRC += worker/httpd.c worker/metrics.c

@@ -390,6 +390,101 @@ static void check_messages(struct checker *ck, const cJSON *doc,
 	check_unique(ck, out);
 }
 
+/* A number field within [lo, hi], not required; false when absent. */
+static bool num_field(struct checker *ck, const cJSON *o, const char *name,
+		      double lo, double hi, double *out)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, name);
+	char path[96], msg[160];
+
+	snprintf(path, sizeof(path), "$.%s", name);
+	if (!v)
+		return false;
+	if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
+	    v->valuedouble < lo || v->valuedouble > hi) {
+		snprintf(msg, sizeof(msg), "must be a number from %g to %g", lo,
+			 hi);
+		problem(ck, -1, path, msg);
+		return false;
+	}
+	*out = v->valuedouble;
+	return true;
+}
+
+/* The fields that tune a model's call: they mean nothing to a template. */
+static const char *const model_fields[] = {"model", "max_tokens",
+					   "temperature"};
+
+/* {"system": "...", "user": "..."}: user required, nothing else allowed,
+ * so a misspelt member is refused rather than silently not sent. */
+static void check_prompt(struct checker *ck, const cJSON *prompt,
+			 struct campaign_batch *out)
+{
+	const cJSON *m;
+
+	if (!cJSON_IsObject(prompt)) {
+		problem(ck, -1, "$.prompt", "must be an object");
+		return;
+	}
+	cJSON_ArrayForEach(m, prompt)
+	{
+		char path[96];
+
+		if (strcmp(m->string, "system") == 0 ||
+		    strcmp(m->string, "user") == 0)
+			continue;
+		snprintf(path, sizeof(path), "$.prompt.%s", m->string);
+		problem(ck, -1, path,
+			"is not allowed: a prompt holds only system and user");
+	}
+	out->prompt_system = text_field(
+	    ck, prompt, "system", CAMPAIGN_TEMPLATE_MAX, false, -1, "$.prompt");
+	out->prompt_user = text_field(ck, prompt, "user", CAMPAIGN_TEMPLATE_MAX,
+				      true, -1, "$.prompt");
+}
+
+/* A batch's text comes from its template (rendered) or from its prompt
+ * (composed by a model): exactly one of the two. With neither, the
+ * template is what is reported missing, as before prompts existed. */
+static void check_text_source(struct checker *ck, const cJSON *doc,
+			      struct campaign_batch *out)
+{
+	const cJSON *prompt = cJSON_GetObjectItemCaseSensitive(doc, "prompt");
+	long long v;
+
+	if (!prompt) {
+		out->template_text = text_field(
+		    ck, doc, "template", CAMPAIGN_TEMPLATE_MAX, true, -1, "$");
+		for (size_t i = 0;
+		     i < sizeof(model_fields) / sizeof(model_fields[0]); i++) {
+			char path[96];
+
+			if (!cJSON_GetObjectItemCaseSensitive(doc,
+							      model_fields[i]))
+				continue;
+			snprintf(path, sizeof(path), "$.%s", model_fields[i]);
+			problem(ck, -1, path,
+				"is allowed only with $.prompt: a template is "
+				"not composed by a model");
+		}
+		return;
+	}
+	if (cJSON_GetObjectItemCaseSensitive(doc, "template"))
+		problem(ck, -1, "$.prompt",
+			"must not be sent with $.template: a batch is "
+			"rendered from a template or composed from a prompt, "
+			"not both");
+	check_prompt(ck, prompt, out);
+	out->model =
+	    text_field(ck, doc, "model", CAMPAIGN_MODEL_MAX, false, -1, "$");
+	if (int_field(ck, doc, "max_tokens", 1, CAMPAIGN_MAX_TOKENS_MAX, false,
+		      0, &v))
+		out->max_tokens = (int)v;
+	out->has_temperature =
+	    num_field(ck, doc, "temperature", 0.0, CAMPAIGN_TEMPERATURE_MAX,
+		      &out->temperature);
+}
+
 bool campaign_parse(const cJSON *doc, size_t max_messages,
 		    struct campaign_batch *out, struct campaign_error *errs,
 		    size_t max_errs, size_t *n_errs)
@@ -421,8 +516,7 @@ bool campaign_parse(const cJSON *doc, size_t max_messages,
 		else
 			problem(&ck, -1, "$.end_time", why);
 	}
-	out->template_text = text_field(&ck, doc, "template",
-					CAMPAIGN_TEMPLATE_MAX, true, -1, "$");
+	check_text_source(&ck, doc, out);
 	if (int_field(&ck, doc, "run_total", 1, 1000000000, true, 0, &v))
 		out->run_total = v;
 	if (int_field(&ck, doc, "max_split_parts", 1, 1000, false,

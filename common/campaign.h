@@ -9,8 +9,11 @@
 #include <stdint.h>
 
 #define CAMPAIGN_EVENT_TYPE "campaign.batch"
-#define CAMPAIGN_ID_MAX 256 /* bytes, for every id */
-#define CAMPAIGN_TEMPLATE_MAX 65536
+#define CAMPAIGN_ID_MAX 256	    /* bytes, for every id */
+#define CAMPAIGN_TEMPLATE_MAX 65536 /* bytes, also each prompt text */
+#define CAMPAIGN_MODEL_MAX 256	    /* bytes */
+#define CAMPAIGN_MAX_TOKENS_MAX 8192
+#define CAMPAIGN_TEMPERATURE_MAX 2.0
 #define CAMPAIGN_DEFAULT_MAX_PARTS 10
 #define CAMPAIGN_DEFAULT_SPLIT_CHARS 1600
 
@@ -28,11 +31,21 @@ struct campaign_batch {
 	const char *run_id;
 	const char *workspace_id;
 	const char *inbox_id;
-	const char *end_time;	 /* as sent */
-	int64_t end_time_us;	 /* the instant, µs since the epoch, exact */
-	int64_t end_time_ms;	 /* the same, rounded toward the past */
-	const char *campaign_id; /* from the body, NULL when absent */
-	const char *template_text;
+	const char *end_time;	   /* as sent */
+	int64_t end_time_us;	   /* the instant, µs since the epoch, exact */
+	int64_t end_time_ms;	   /* the same, rounded toward the past */
+	const char *campaign_id;   /* from the body, NULL when absent */
+	const char *template_text; /* NULL for a prompt batch */
+	/* A batch is rendered from template_text or composed by a model from
+	 * the prompt, never both: exactly one of template_text and
+	 * prompt_user is set. The prompt's texts hold the same {{path}}
+	 * placeholders as a template. */
+	const char *prompt_system; /* NULL when absent */
+	const char *prompt_user;   /* NULL: no prompt (template batch) */
+	const char *model;	   /* NULL when absent */
+	int max_tokens;		   /* 0 when absent */
+	double temperature;
+	bool has_temperature;
 	long long run_total;
 	int max_split_parts;
 	int split_max_chars;

@@ -10,6 +10,7 @@
 #include "../common/kafka.h"
 #include "../common/log.h"
 #include "../common/util.h"
+#include "composer.h"
 #include "handlers/handler.h"
 #include "metrics.h"
 #include "owed.h"
@@ -67,8 +68,14 @@ char *batch_staging_sql(void)
 struct batch *batch_new(struct batch_env *env)
 {
 	struct batch *b = calloc(1, sizeof(*b));
-	struct handler_env henv = {env->cfg, env->base, env->contexts,
-				   env->record_clock};
+	struct handler_env henv = {
+	    .cfg = env->cfg,
+	    .base = env->base,
+	    .contexts = env->contexts,
+	    .composer = env->composer,
+	    .redis = env->redis,
+	    .record_clock = env->record_clock,
+	};
 
 	if (!b)
 		abort();
@@ -197,16 +204,20 @@ static bool batch_streams(const struct batch *b, rd_kafka_message_t **msgs,
 	return ok;
 }
 
-/* Runs the event_base until every handler's lookups are in. */
-static void batch_prepare(struct batch *b)
+/* Runs the event_base until every handler's lookups (and compositions)
+ * are in. false: a handler could not start (err), or a stop request came
+ * first: the batch is left uncommitted for its next owner. */
+static bool batch_prepare(struct batch *b, char *err, size_t errsz)
 {
 	const struct worker_config *cfg = b->env->cfg;
 	int64_t deadline;
-	bool waiting = false;
+	bool waiting = false, gave_up = false;
 
 	for (size_t i = 0; i < b->n_handlers; i++)
 		if (b->used[i] && handlers[i]->prepare) {
-			handlers[i]->prepare(b->state[i]);
+			if (!handlers[i]->prepare(b->state[i], b->env->ps, err,
+						  errsz))
+				return false;
 			waiting = true;
 		}
 	/* Every lookup ends by its own timeout, so this only guards against
@@ -229,14 +240,27 @@ static void batch_prepare(struct batch *b)
 			if (b->used[i] && handlers[i]->prepared &&
 			    !handlers[i]->prepared(b->state[i]))
 				waiting = true;
-		if (waiting && util_mono_ms() > deadline) {
+		if (waiting && *b->env->stopping) {
+			/* Compositions can take minutes: a stop request
+			 * does not wait for them. Nothing of the batch is
+			 * written; its next owner composes it again. */
+			if (b->env->composer)
+				composer_stop(b->env->composer);
+			contexts_give_up(b->env->contexts);
+			snprintf(err, errsz, "stopping while the batch's "
+					     "lookups or compositions ran");
+			return false;
+		}
+		if (waiting && !gave_up && util_mono_ms() > deadline) {
 			log_error("lookups still running after their deadline; "
 				  "the leads left fail as context_unavailable");
 			contexts_give_up(b->env->contexts);
+			gave_up = true;
 		} else if (waiting) {
 			event_base_loop(b->env->base, EVLOOP_ONCE);
 		}
 	}
+	return true;
 }
 
 /* Builds and writes one attempt at the batch. false = transient failure
@@ -341,7 +365,10 @@ again:
 	}
 	*dead = dlq_count;
 	t = util_mono_ms();
-	batch_prepare(b);
+	if (!batch_prepare(b, err, errsz)) {
+		*prepare_ms += util_mono_ms() - t;
+		return false;
+	}
 	*prepare_ms += util_mono_ms() - t;
 	if (!*stream &&
 	    !pgsink_begin(env->ps, pm->parts, pm->n, pm->locked, err, errsz))
@@ -627,6 +654,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			pm.next[pi] = b->dnext[j];
 	}
 	contexts_reset(env->contexts);
+	if (env->composer)
+		composer_reset(env->composer);
 	/* The records the attempts see: all of them, less those a data
 	 * error was traced to (their offsets stay in pm). */
 	live = malloc((n + 1) * sizeof(*live));

@@ -25,6 +25,8 @@ struct batch_env {
 	struct cache *cache;
 	struct dlq *dlq;
 	struct contexts *contexts;
+	struct composer *composer; /* NULL: none (replay's is real too) */
+	struct rconn *redis;	   /* the handlers' reads, NULL: none */
 	struct consumer *consumer; /* set once the consumer exists */
 	volatile const int *stopping;
 	/* replay: time rules use each record's received-at */

@@ -31,6 +31,7 @@
 #include "../common/util.h"
 #include "../common/validate.h"
 #include "cache.h"
+#include "httpc.h"
 
 /* What each way of naming a lead reads: its Redis keys, its placeholder in
  * the HTTP source's URL, its PostgreSQL function. */
@@ -110,9 +111,8 @@ struct slot {
 	struct contexts *c;
 	struct lead *lead; /* NULL when free */
 	struct event *timeout;
-	/* http, one connection per source URL */
-	struct evhttp_connection *hc[CTX_NS_COUNT];
-	struct evhttp_request *req;
+	/* http: the call in flight (the client pools the connections) */
+	struct httpc_call *call;
 	/* postgres */
 	PGconn *pg;
 	struct event *pg_ev;
@@ -137,9 +137,9 @@ struct contexts {
 	char token[48]; /* this worker's lease value */
 	/* the source */
 	bool http;
+	struct httpc *httpc;		      /* the pipeline's */
 	struct evhttp_uri *uri[CTX_NS_COUNT]; /* NULL: no such source */
-	char *url_host[CTX_NS_COUNT];
-	int url_port[CTX_NS_COUNT];
+	char *url_origin[CTX_NS_COUNT];	      /* scheme://host[:port] */
 	struct slot *slots;
 	int k;
 	int inflight;
@@ -153,6 +153,8 @@ struct contexts {
 	int64_t started_ms;
 	struct event *budget; /* lead_context.batch_budget_ms after fetching */
 	struct contexts_stats st;
+	contexts_lead_fn on_lead; /* a lead resolved (the composer starts) */
+	void *on_lead_arg;
 };
 
 static void pump(struct contexts *c);
@@ -587,6 +589,14 @@ static void lead_finish(struct lead *l, enum ctx_state st, cJSON *ctx)
 	l->ctx = ctx;
 	if (c->unresolved > 0 && --c->unresolved == 0)
 		c->st.ms = util_mono_ms() - c->started_ms;
+	if (c->on_lead && !c->resetting)
+		c->on_lead(c->on_lead_arg, l->ns, l->id);
+}
+
+void contexts_set_listener(struct contexts *c, contexts_lead_fn fn, void *arg)
+{
+	c->on_lead = fn;
+	c->on_lead_arg = arg;
 }
 
 static void lead_to_source(struct lead *l)
@@ -641,7 +651,7 @@ static void slot_release(struct slot *s)
 		evtimer_del(s->timeout);
 	}
 	s->lead = NULL;
-	s->req = NULL;
+	s->call = NULL;
 	s->c->inflight--;
 }
 
@@ -700,37 +710,35 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 	pump(c);
 }
 
-/* libevent's HTTP client, on the loop: the CRM answered (or failed). */
-static void http_done_cb(struct evhttp_request *req, void *arg)
+/* The HTTP client, on the loop: the CRM answered (or the call failed). */
+static void http_done_cb(void *arg, const struct httpc_resp *r)
 {
 	struct slot *s = arg;
-	int code = req ? evhttp_request_get_response_code(req) : 0;
-	char why[64];
+	char why[300];
 
+	s->call = NULL; /* the client frees it after this callback */
 	if (!s->lead)
 		return;
-	s->req = NULL; /* freed by evhttp after this callback */
-	if (code == 200) {
-		struct evbuffer *in = evhttp_request_get_input_buffer(req);
-		size_t len = evbuffer_get_length(in);
-		const char *body = (const char *)evbuffer_pullup(in, -1);
+	if (r->status == 200) {
 		size_t i = 0;
 
-		if (!body || len == 0) {
+		if (r->len == 0) {
 			lookup_done(s, false, false, NULL, 0, "empty body");
 			return;
 		}
-		while (i < len && strchr(" \t\r\n", body[i]))
+		while (i < r->len && strchr(" \t\r\n", r->body[i]))
 			i++;
-		if (len - i >= 4 && memcmp(body + i, "null", 4) == 0)
+		if (r->len - i >= 4 && memcmp(r->body + i, "null", 4) == 0)
 			lookup_done(s, true, false, NULL, 0, NULL);
 		else
-			lookup_done(s, true, true, body, len, NULL);
-	} else if (code == 404) {
+			lookup_done(s, true, true, r->body, r->len, NULL);
+	} else if (r->status == 404) {
 		lookup_done(s, true, false, NULL, 0, NULL);
 	} else {
-		snprintf(why, sizeof(why), code ? "HTTP %d" : "no answer",
-			 code);
+		if (r->status)
+			snprintf(why, sizeof(why), "HTTP %d", r->status);
+		else
+			snprintf(why, sizeof(why), "%s", r->error);
 		lookup_done(s, false, false, NULL, 0, why);
 	}
 }
@@ -761,44 +769,33 @@ static bool http_start(struct slot *s)
 	const char *query = evhttp_uri_get_query(c->uri[ns]);
 	const char *ph = ns_defs[ns].placeholder;
 	const char *hit;
-	struct timeval tv = ms_tv(c->cfg->lc_timeout_ms);
-	struct buf path;
+	static const struct httpc_header accept = {"Accept",
+						   "application/json"};
+	char err[256];
+	struct buf url;
 
-	if (!s->hc[ns]) {
-		s->hc[ns] =
-		    evhttp_connection_base_new(c->base, NULL, c->url_host[ns],
-					       (ev_uint16_t)c->url_port[ns]);
-		if (!s->hc[ns])
-			return false;
-		evhttp_connection_set_timeout_tv(s->hc[ns], &tv);
-	}
-	buf_init(&path);
+	buf_init(&url);
+	buf_puts(&url, c->url_origin[ns]);
 	if (!tmpl || !*tmpl)
 		tmpl = "/";
 	while ((hit = strstr(tmpl, ph)) != NULL) {
-		buf_append(&path, tmpl, (size_t)(hit - tmpl));
-		url_encode(&path, s->lead->id);
+		buf_append(&url, tmpl, (size_t)(hit - tmpl));
+		url_encode(&url, s->lead->id);
 		tmpl = hit + strlen(ph);
 	}
-	buf_puts(&path, tmpl);
+	buf_puts(&url, tmpl);
 	if (query) {
-		buf_puts(&path, "?");
-		buf_puts(&path, query);
+		buf_puts(&url, "?");
+		buf_puts(&url, query);
 	}
-	s->req = evhttp_request_new(http_done_cb, s);
-	evhttp_add_header(evhttp_request_get_output_headers(s->req), "Host",
-			  c->url_host[ns]);
-	evhttp_add_header(evhttp_request_get_output_headers(s->req), "Accept",
-			  "application/json");
-	if (evhttp_make_request(s->hc[ns], s->req, EVHTTP_REQ_GET, path.data) !=
-	    0) {
-		/* evhttp freed the request */
-		s->req = NULL;
-		buf_free(&path);
-		return false;
-	}
-	buf_free(&path);
-	return true;
+	/* The call's deadline is the lookup's: the client cancels it. */
+	s->call = httpc_request(c->httpc, "GET", url.data, &accept, 1, NULL, 0,
+				c->cfg->lc_timeout_ms, http_done_cb, s, err,
+				sizeof(err));
+	if (!s->call)
+		log_warn("lead %s: %s", s->lead->id, err);
+	buf_free(&url);
+	return s->call != NULL;
 }
 
 static void pg_drop(struct slot *s)
@@ -1060,11 +1057,11 @@ static bool pg_start(struct slot *s)
  * the PostgreSQL query cancelled. The caller releases the slot. */
 static void slot_abandon(struct slot *s)
 {
-	if (s->req) {
-		struct evhttp_request *req = s->req;
+	if (s->call) {
+		struct httpc_call *call = s->call;
 
-		s->req = NULL;
-		evhttp_cancel_request(req); /* no callback after this */
+		s->call = NULL;
+		httpc_cancel(call); /* no callback after this */
 	}
 	if (!s->c->http)
 		pg_abandon(s);
@@ -1119,7 +1116,9 @@ static void pump(struct contexts *c)
 		if (!s->timeout)
 			s->timeout =
 			    evtimer_new(c->base, handle_lookup_timeout, s);
-		evtimer_add(s->timeout, &tv);
+		/* An HTTP lookup's deadline is its call's (httpc). */
+		if (!c->http)
+			evtimer_add(s->timeout, &tv);
 		started = c->http ? http_start(s) : pg_start(s);
 		if (!started) {
 			/* Counts as a failed attempt; lookup_done pumps. */
@@ -1135,7 +1134,8 @@ static void pump(struct contexts *c)
 static void handle_budget(evutil_socket_t fd, short what, void *arg);
 
 struct contexts *contexts_new(struct event_base *base,
-			      const struct worker_config *cfg, char *errstr,
+			      const struct worker_config *cfg,
+			      struct httpc *httpc, char *errstr,
 			      size_t errstr_size)
 {
 	struct contexts *c = calloc(1, sizeof(*c));
@@ -1153,6 +1153,7 @@ struct contexts *contexts_new(struct event_base *base,
 		return NULL;
 	}
 	c->http = cfg->lc_source == LC_SOURCE_HTTP;
+	c->httpc = httpc;
 	for (int ns = 0; c->http && ns < CTX_NS_COUNT; ns++) {
 		const char *url =
 		    ns == CTX_NS_LEAD ? cfg->lc_url : cfg->lc_phone_url;
@@ -1164,18 +1165,27 @@ struct contexts *contexts_new(struct event_base *base,
 		    evhttp_uri_parse_with_flags(url, EVHTTP_URI_NONCONFORMANT);
 		if (!c->uri[ns] || !evhttp_uri_get_host(c->uri[ns]) ||
 		    !evhttp_uri_get_scheme(c->uri[ns]) ||
-		    strcmp(evhttp_uri_get_scheme(c->uri[ns]), "http") != 0) {
+		    (strcmp(evhttp_uri_get_scheme(c->uri[ns]), "http") != 0 &&
+		     strcmp(evhttp_uri_get_scheme(c->uri[ns]), "https") != 0)) {
 			snprintf(errstr, errstr_size,
 				 "lead context URL: expected "
-				 "http://host[:port]/path/%s, got \"%s\"",
+				 "http(s)://host[:port]/path/%s, got \"%s\"",
 				 ns_defs[ns].placeholder, url);
 			contexts_destroy(c);
 			return NULL;
 		}
-		c->url_host[ns] = strdup(evhttp_uri_get_host(c->uri[ns]));
-		c->url_port[ns] = evhttp_uri_get_port(c->uri[ns]) > 0
-				      ? evhttp_uri_get_port(c->uri[ns])
-				      : 80;
+		{
+			struct buf o;
+
+			buf_init(&o);
+			buf_printf(&o, "%s://%s",
+				   evhttp_uri_get_scheme(c->uri[ns]),
+				   evhttp_uri_get_host(c->uri[ns]));
+			if (evhttp_uri_get_port(c->uri[ns]) > 0)
+				buf_printf(&o, ":%d",
+					   evhttp_uri_get_port(c->uri[ns]));
+			c->url_origin[ns] = o.data;
+		}
 	}
 	c->slots = calloc((size_t)c->k, sizeof(*c->slots));
 	if (!c->slots)
@@ -1198,11 +1208,8 @@ void contexts_destroy(struct contexts *c)
 	for (int i = 0; c->slots && i < c->k; i++) {
 		struct slot *s = &c->slots[i];
 
-		if (s->req)
-			evhttp_cancel_request(s->req);
-		for (int ns = 0; ns < CTX_NS_COUNT; ns++)
-			if (s->hc[ns])
-				evhttp_connection_free(s->hc[ns]);
+		if (s->call)
+			httpc_cancel(s->call);
 		pg_drop(s);
 		if (s->timeout)
 			event_free(s->timeout);
@@ -1221,7 +1228,7 @@ void contexts_destroy(struct contexts *c)
 	for (int ns = 0; ns < CTX_NS_COUNT; ns++) {
 		if (c->uri[ns])
 			evhttp_uri_free(c->uri[ns]);
-		free(c->url_host[ns]);
+		free(c->url_origin[ns]);
 	}
 	free(c->leads);
 	redis_addr_free(&c->raddr);

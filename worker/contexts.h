@@ -43,8 +43,12 @@ struct contexts_stats {
 	int64_t ms; /* wall time from the first read to the last answer */
 };
 
+struct httpc;
+
+/* httpc: the HTTP source's client (the caller's, outlives the service). */
 struct contexts *contexts_new(struct event_base *base,
-			      const struct worker_config *cfg, char *errstr,
+			      const struct worker_config *cfg,
+			      struct httpc *httpc, char *errstr,
 			      size_t errstr_size);
 void contexts_destroy(struct contexts *c);
 
@@ -64,5 +68,12 @@ void contexts_give_up(struct contexts *c);
 enum ctx_state contexts_get(const struct contexts *c, enum ctx_ns ns,
 			    const char *key, const cJSON **ctx);
 const struct contexts_stats *contexts_stats(const struct contexts *c);
+
+/* Called on the event_base each time one of the batch's leads resolves
+ * (contexts_get() then answers for it), so work per lead (a message's
+ * composition) starts at once instead of after the whole batch. */
+typedef void (*contexts_lead_fn)(void *arg, enum ctx_ns ns, const char *key);
+void contexts_set_listener(struct contexts *c, contexts_lead_fn fn,
+			   void *arg);
 
 #endif

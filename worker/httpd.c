@@ -325,7 +325,8 @@ static cJSON *check_json(cJSON *parent, const char *name, bool ok,
 static void handle_readyz(struct httpd *h, struct evhttp_request *req)
 {
 	cJSON *o = cJSON_CreateObject(), *k;
-	char kwhy[200] = "";
+	char kwhy[200] = "", cwhy[160] = "";
+	bool held;
 	bool kafka = metrics_kafka_up(kwhy, sizeof(kwhy));
 	struct buf stalled;
 	bool flowing, ok;
@@ -336,13 +337,22 @@ static void handle_readyz(struct httpd *h, struct evhttp_request *req)
 	buf_init(&stalled);
 	buf_puts(&stalled, "");
 	flowing = metrics_stalled(h->cfg->stall_alert_s * 1000, &stalled) == 0;
-	ok = h->pg.ok && h->redis.ok && kafka && flowing;
+	held = metrics_composer_held(cwhy, sizeof(cwhy));
+	ok = h->pg.ok && h->redis.ok && kafka && flowing && !held;
 	cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
 	check_json(o, "postgres", h->pg.ok, h->pg.error);
 	check_json(o, "redis", h->redis.ok, h->redis.error);
 	k = check_json(o, "kafka", kafka, kwhy);
 	cJSON_AddNumberToObject(k, "assigned", metrics_assigned());
 	check_json(o, "partitions", flowing, stalled.data);
+	if (h->cfg->composer_base_url[0]) {
+		/* The account behind the model endpoint (401, 402, 403):
+		 * campaign batches wait until it is fixed. */
+		char msg[200];
+
+		snprintf(msg, sizeof(msg), "unavailable (%s)", cwhy);
+		check_json(o, "composer", !held, msg);
+	}
 	buf_free(&stalled);
 	reply_json(req, ok ? 200 : 503, ok ? "OK" : "Service Unavailable", o);
 }

@@ -48,6 +48,7 @@ struct metrics_pipe {
 	uint64_t leads, lookups, lookup_failures, hits, misses, lease_waits;
 	uint64_t invalid, over_budget, cancels;
 	int peak_inflight;
+	struct metrics_composer composer;
 	struct part *parts;
 	int n_parts, cap_parts;
 	/* Kafka, from the statistics: -1 = nothing known yet. */
@@ -243,6 +244,7 @@ void metrics_pipe_report(const struct metrics_figures *f,
 		return;
 	pthread_mutex_lock(&m->lock);
 	m->totals = f->totals;
+	m->composer = f->composer;
 	memcpy(m->kind_saved, f->kind_saved, sizeof(m->kind_saved));
 	m->inv = f->invalidations;
 	m->removed = f->keys_removed;
@@ -608,6 +610,155 @@ static void put_histograms(struct buf *out, const struct metrics_pipe *m)
 		   (double)m->ms_sum / 1000.0, (unsigned long long)m->observed);
 }
 
+const char *const metrics_call_names[] = {
+    "ok",	   "refused", "bad_request", "rate_limited", "server_error",
+    "timeout",	   "connect", "bad_answer",  "account",	     NULL};
+const double metrics_compose_le[METRICS_COMPOSE_BUCKETS] = {
+    0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60};
+
+bool metrics_composer_held(char *why, size_t why_size)
+{
+	bool held = false;
+
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *m = pipes; m && !held; m = m->next_pipe) {
+		pthread_mutex_lock(&m->lock);
+		if (m->composer.held) {
+			held = true;
+			snprintf(why, why_size, "%s", m->composer.held_why);
+		}
+		pthread_mutex_unlock(&m->lock);
+	}
+	pthread_mutex_unlock(&pipes_lock);
+	return held;
+}
+
+static void sum_composer(struct metrics_composer *a,
+			 const struct metrics_composer *m)
+{
+	if (!m->present)
+		return;
+	a->present = true;
+	for (int i = 0; i < MC_COUNT; i++)
+		a->calls[i] += m->calls[i];
+	for (int i = 0; i < m->n_models; i++) {
+		int j;
+
+		for (j = 0; j < a->n_models; j++)
+			if (strcmp(a->tokens[j].model, m->tokens[i].model) ==
+			    0)
+				break;
+		if (j == a->n_models) {
+			if (a->n_models == METRICS_MODELS)
+				continue;
+			a->n_models++;
+			snprintf(a->tokens[j].model, sizeof(a->tokens[j].model),
+				 "%s", m->tokens[i].model);
+		}
+		a->tokens[j].prompt += m->tokens[i].prompt;
+		a->tokens[j].completion += m->tokens[i].completion;
+	}
+	for (int i = 0; i <= METRICS_COMPOSE_BUCKETS; i++)
+		a->le[i] += m->le[i];
+	a->lat_count += m->lat_count;
+	a->lat_sum_s += m->lat_sum_s;
+	a->window += m->window;
+	a->inflight += m->inflight;
+	a->composed += m->composed;
+	a->failed += m->failed;
+	a->held_ms += m->held_ms;
+	a->held = a->held || m->held;
+}
+
+/* A model name as a label value: quotes, backslashes and newlines
+ * escaped. */
+static void put_label(struct buf *out, const char *s)
+{
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			buf_append(out, "\\", 1);
+		if (*s == '\n')
+			buf_puts(out, "\\n");
+		else
+			buf_append(out, s, 1);
+	}
+}
+
+static void put_composer(struct buf *out, const struct metrics_composer *c)
+{
+	unsigned long long cum = 0;
+
+	if (!c->present)
+		return;
+	buf_puts(out, "# HELP sluice_worker_composer_calls_total Calls to the "
+		      "model endpoint by outcome, retries and probes "
+		      "included.\n"
+		      "# TYPE sluice_worker_composer_calls_total counter\n");
+	for (int i = 0; i < MC_COUNT; i++)
+		buf_printf(out,
+			   "sluice_worker_composer_calls_total{outcome=\"%s\"}"
+			   " %llu\n",
+			   metrics_call_names[i], c->calls[i]);
+	buf_puts(out, "# HELP sluice_worker_composer_tokens_total Tokens the "
+		      "provider reported, by model and type.\n"
+		      "# TYPE sluice_worker_composer_tokens_total counter\n");
+	for (int i = 0; i < c->n_models; i++) {
+		for (int t = 0; t < 2; t++) {
+			buf_puts(out, "sluice_worker_composer_tokens_total{"
+				      "model=\"");
+			put_label(out, c->tokens[i].model);
+			buf_printf(out, "\",type=\"%s\"} %llu\n",
+				   t ? "completion" : "prompt",
+				   t ? c->tokens[i].completion
+				     : c->tokens[i].prompt);
+		}
+	}
+	buf_puts(out, "# HELP sluice_worker_composer_call_duration_seconds "
+		      "Duration of calls that got an answer.\n"
+		      "# TYPE sluice_worker_composer_call_duration_seconds "
+		      "histogram\n");
+	for (int i = 0; i < METRICS_COMPOSE_BUCKETS; i++) {
+		cum += c->le[i];
+		buf_printf(out,
+			   "sluice_worker_composer_call_duration_seconds_"
+			   "bucket{le=\"%g\"} %llu\n",
+			   metrics_compose_le[i], cum);
+	}
+	cum += c->le[METRICS_COMPOSE_BUCKETS];
+	buf_printf(out,
+		   "sluice_worker_composer_call_duration_seconds_bucket{le=\"+"
+		   "Inf\"} %llu\n"
+		   "sluice_worker_composer_call_duration_seconds_sum %.3f\n"
+		   "sluice_worker_composer_call_duration_seconds_count %llu\n",
+		   cum, c->lat_sum_s, c->lat_count);
+	buf_printf(out,
+		   "# HELP sluice_worker_composer_window Calls the composer "
+		   "lets run at once now (composer.concurrency, lowered by "
+		   "429s).\n"
+		   "# TYPE sluice_worker_composer_window gauge\n"
+		   "sluice_worker_composer_window %.2f\n",
+		   c->window);
+	put_gauge(out, "sluice_worker_composer_in_flight",
+		  "Calls to the model endpoint running now.", c->inflight);
+	put_counter(out, "sluice_worker_composer_rate_limited_total",
+		    "Calls answered 429.", c->calls[MC_RATE_LIMITED]);
+	put_counter(out, "sluice_worker_composer_messages_total",
+		    "Messages the model wrote.", c->composed);
+	put_counter(out, "sluice_worker_composer_messages_failed_total",
+		    "Messages that failed composition (compose_failed, "
+		    "compose_refused).",
+		    c->failed);
+	buf_printf(out,
+		   "# HELP sluice_worker_composer_held_seconds_total Time the "
+		   "composer held every call because of the account (401, "
+		   "402, 403).\n"
+		   "# TYPE sluice_worker_composer_held_seconds_total counter\n"
+		   "sluice_worker_composer_held_seconds_total %.3f\n",
+		   (double)c->held_ms / 1000.0);
+	put_gauge(out, "sluice_worker_composer_held",
+		  "1 while the composer is held (401, 402, 403).", c->held);
+}
+
 void metrics_render(struct buf *out)
 {
 	struct sum *s = calloc(1, sizeof(*s));
@@ -620,6 +771,7 @@ void metrics_render(struct buf *out)
 	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
 		pthread_mutex_lock(&m->lock);
 		sum_pipe(s, m);
+		sum_composer(&s->all.composer, &m->composer);
 		pthread_mutex_unlock(&m->lock);
 	}
 	a = &s->all;
@@ -703,5 +855,6 @@ void metrics_render(struct buf *out)
 		  "Kafka brokers up, by librdkafka's statistics (-1 = not "
 		  "known yet).",
 		  a->brokers_up);
+	put_composer(out, &a->composer);
 	free(s);
 }

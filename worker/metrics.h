@@ -23,8 +23,47 @@ struct metrics_pipe;
 struct metrics_totals {
 	unsigned long long batches, records, saved, skipped, dead;
 };
+/* The composer's calls by outcome. */
+enum metrics_call {
+	MC_OK = 0,
+	MC_REFUSED,	 /* an empty answer, content_filter */
+	MC_BAD_REQUEST,	 /* 400 and other 4xx the message causes */
+	MC_RATE_LIMITED, /* 429 */
+	MC_SERVER_ERROR, /* 5xx */
+	MC_TIMEOUT,
+	MC_CONNECT, /* no answer: connection, TLS, name */
+	MC_BAD_ANSWER, /* not a chat completion */
+	MC_ACCOUNT,    /* 401, 402, 403: the key or the credit */
+	MC_COUNT
+};
+#define METRICS_MODELS 8
+#define METRICS_COMPOSE_BUCKETS 10
+extern const char *const metrics_call_names[];
+extern const double metrics_compose_le[METRICS_COMPOSE_BUCKETS];
+
+/* The composer's running totals (composer_figures). */
+struct metrics_composer {
+	bool present;
+	unsigned long long calls[MC_COUNT];
+	struct {
+		char model[96];
+		unsigned long long prompt, completion;
+	} tokens[METRICS_MODELS]; /* the first models seen; then "other" */
+	int n_models;
+	unsigned long long le[METRICS_COMPOSE_BUCKETS + 1]; /* last: +Inf */
+	unsigned long long lat_count;
+	double lat_sum_s;
+	double window;
+	int inflight;
+	unsigned long long composed, failed;
+	int64_t held_ms; /* in total, the current hold included */
+	bool held;
+	char held_why[160];
+};
+
 struct metrics_figures {
 	struct metrics_totals totals;
+	struct metrics_composer composer;
 	unsigned long long kind_saved[METRICS_KINDS]; /* by handlers[] index */
 	unsigned long long invalidations, keys_removed, owed;
 	int assigned;
@@ -46,6 +85,9 @@ void metrics_pipe_enter(struct metrics_pipe *p);
 void metrics_pipe_report(const struct metrics_figures *f,
 			 metrics_offsets_fn offsets, void *arg);
 void metrics_cleanup(void);
+
+/* The composer is held (401/402/403) in some pipeline: why says so. */
+bool metrics_composer_held(char *why, size_t why_size);
 
 /* A batch committed: its size, its duration and its lead-context figures
  * (contexts_stats of the batch; NULL for none). */

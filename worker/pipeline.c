@@ -18,6 +18,7 @@
 #include "consume.h"
 #include "contexts.h"
 #include "dlq.h"
+#include "httpc.h"
 #include "handlers/handler.h"
 #include "metrics.h"
 #include "pgsink.h"
@@ -36,6 +37,7 @@ struct pipeline {
 	struct pgsink *ps;
 	struct cache *cache;
 	struct dlq *dlq;
+	struct httpc *httpc; /* the lead source's (and composer's) */
 	struct contexts *contexts;
 	struct batch_env env;
 	struct batch *batch;
@@ -139,7 +141,13 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 			     err, errsz);
 	if (!p->cache)
 		goto fail;
-	p->contexts = contexts_new(p->base, &p->cfg, err, errsz);
+	/* One HTTP client per pipeline, on its event_base: the services
+	 * that call out share its connections. */
+	p->httpc = httpc_new(p->base, cfg->lc_concurrency, cfg->http_ca_file,
+			     err, errsz);
+	if (!p->httpc)
+		goto fail;
+	p->contexts = contexts_new(p->base, &p->cfg, p->httpc, err, errsz);
 	if (!p->contexts)
 		goto fail;
 	if (!pgsink_connect(p->ps, err, errsz))
@@ -282,6 +290,7 @@ void pipeline_destroy(struct pipeline *p)
 	dlq_destroy(p->dlq);
 	batch_destroy(p->batch);
 	contexts_destroy(p->contexts);
+	httpc_destroy(p->httpc);
 	cache_destroy(p->cache);
 	pgsink_destroy(p->ps);
 	if (p->base)

@@ -81,6 +81,31 @@ const struct cfg_setting worker_settings[] = {
      100, 3600000, NULL, NULL,
      "most time one batch waits for its lookups; the rest fail "
      "context_unavailable"},
+    {"composer.base_url", CFG_STR, F(composer_base_url), "", 0, 0, NULL,
+     "SLUICE_COMPOSER_BASE_URL",
+     "OpenAI-compatible endpoint of campaign batches with a prompt, e.g. "
+     "https://openrouter.ai/api/v1 (empty = none: they fail "
+     "compose_failed:not_configured)"},
+    {"composer.api_key_file", CFG_STR, F(composer_api_key_file), "", 0, 0,
+     NULL, NULL, "file holding the endpoint's API key (sent as Bearer)"},
+    {"composer.headers", CFG_STR, F(composer_headers), "", 0, 0, NULL, NULL,
+     "extra request headers, \"Name: value; Name: value\""},
+    {"composer.concurrency", CFG_INT, F(composer_concurrency), "5", 1, 1000,
+     NULL, NULL, "most model calls in flight (K)"},
+    {"composer.rate", CFG_INT, F(composer_rate), "0", 0, 1000000, NULL, NULL,
+     "most model calls per minute (0 = no cap)"},
+    {"composer.timeout_ms", CFG_INT, F(composer_timeout_ms), "30000", 100,
+     600000, NULL, NULL, "deadline of one model call"},
+    {"composer.retries", CFG_INT, F(composer_retries), "3", 0, 100, NULL, NULL,
+     "further attempts after a timeout, connection error, 5xx or 429"},
+    {"composer.default_model", CFG_STR, F(composer_default_model), "", 0, 0,
+     NULL, NULL,
+     "model when neither the batch nor workspaces.ai_model names one"},
+    {"composer.model_cache_ttl_s", CFG_INT, F(composer_model_cache_ttl_s),
+     "300", 1, 86400, NULL, NULL, "TTL of workspace:{id} in Redis"},
+    {"http.ca_file", CFG_STR, F(http_ca_file), "", 0, 0, NULL, NULL,
+     "CA certificates (PEM) that https:// calls trust; empty = the system's "
+     "trust store"},
     {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
      "host:port of /healthz, /readyz and /metrics; empty = off"},
     {"postgres_idle_tx_timeout_ms", CFG_INT, F(pg_idle_tx_timeout_ms), "10000",
@@ -137,7 +162,8 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 		struct evhttp_uri *u = evhttp_uri_parse_with_flags(
 		    cfg->lc_url, EVHTTP_URI_NONCONFORMANT);
 		bool ok = u && evhttp_uri_get_scheme(u) &&
-			  strcmp(evhttp_uri_get_scheme(u), "http") == 0 &&
+			  (strcmp(evhttp_uri_get_scheme(u), "http") == 0 ||
+			   strcmp(evhttp_uri_get_scheme(u), "https") == 0) &&
 			  evhttp_uri_get_host(u) && evhttp_uri_get_host(u)[0];
 
 		if (u)
@@ -146,7 +172,7 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			snprintf(
 			    errstr, errstr_size,
 			    "lead_context.url: expected "
-			    "http://host[:port]/path/{lead_id}, got \"%s\"",
+			    "http(s)://host[:port]/path/{lead_id}, got \"%s\"",
 			    cfg->lc_url);
 			return false;
 		}

@@ -44,7 +44,18 @@ struct worker_config {
 	int lc_lease_ms;
 	int lc_lease_wait_ms;
 	int lc_batch_budget_ms;
+	char *http_ca_file;
 	int pg_idle_tx_timeout_ms;
+	/* the composer (campaign messages written by a model) */
+	char *composer_base_url;
+	char *composer_api_key_file;
+	char *composer_headers;
+	int composer_concurrency;
+	int composer_rate; /* calls per minute, 0 = no cap */
+	int composer_timeout_ms;
+	int composer_retries;
+	char *composer_default_model;
+	int composer_model_cache_ttl_s;
 	struct cfg_kv *kafka;
 };
 

@@ -41,6 +41,13 @@ def _msgs(changes):
     return b
 
 
+def _prompt(prompt=None, **changes):
+    """_good(4) composed by a model: prompt instead of template."""
+    return _with(template=DELETE,
+                 prompt=prompt if prompt is not None else {"user": "u"},
+                 **changes)
+
+
 DELETE = object()
 
 # (name, body, [(index or None, path)])
@@ -112,6 +119,57 @@ BAD = [
      _with(end_time="0001-01-01T00:00:00+00:01"), [(None, "$.end_time")]),
     ("end_time leap second on an ordinary day",
      _with(end_time="2026-06-30T23:59:60Z"), [(None, "$.end_time")]),
+    # a template or a prompt (composed by a model), exactly one
+    ("template and prompt", _with(prompt={"user": "u"}),
+     [(None, "$.prompt")]),
+    ("template null and prompt", _with(template=None, prompt={"user": "u"}),
+     [(None, "$.prompt")]),
+    ("prompt a string", _prompt("Write to {{lead.name}}"),
+     [(None, "$.prompt")]),
+    ("prompt null", _with(template=DELETE, prompt=None),
+     [(None, "$.prompt")]),
+    ("prompt without user", _prompt({"system": "s"}),
+     [(None, "$.prompt.user")]),
+    ("prompt.user empty", _prompt({"user": ""}), [(None, "$.prompt.user")]),
+    ("prompt.user a number", _prompt({"user": 1}),
+     [(None, "$.prompt.user")]),
+    ("prompt.user 65537 bytes", _prompt({"user": "u" * 65537}),
+     [(None, "$.prompt.user")]),
+    ("prompt.system empty", _prompt({"user": "u", "system": ""}),
+     [(None, "$.prompt.system")]),
+    ("prompt.system an array", _prompt({"user": "u", "system": ["s"]}),
+     [(None, "$.prompt.system")]),
+    ("prompt.system 65537 bytes",
+     _prompt({"user": "u", "system": "s" * 65537}),
+     [(None, "$.prompt.system")]),
+    ("prompt with another member",
+     _prompt({"user": "u", "assistant": "a"}),
+     [(None, "$.prompt.assistant")]),
+    ("prompt.User misspelt", _prompt({"User": "u"}),
+     [(None, "$.prompt.User"), (None, "$.prompt.user")]),
+    ("model empty", _prompt(model=""), [(None, "$.model")]),
+    ("model a number", _prompt(model=4), [(None, "$.model")]),
+    ("model 257 bytes", _prompt(model="m" * 257), [(None, "$.model")]),
+    ("max_tokens 0", _prompt(max_tokens=0), [(None, "$.max_tokens")]),
+    ("max_tokens 8193", _prompt(max_tokens=8193), [(None, "$.max_tokens")]),
+    ("max_tokens fractional", _prompt(max_tokens=10.5),
+     [(None, "$.max_tokens")]),
+    ("max_tokens a string", _prompt(max_tokens="10"),
+     [(None, "$.max_tokens")]),
+    ("temperature negative", _prompt(temperature=-0.1),
+     [(None, "$.temperature")]),
+    ("temperature 2.01", _prompt(temperature=2.01),
+     [(None, "$.temperature")]),
+    ("temperature a string", _prompt(temperature="0.5"),
+     [(None, "$.temperature")]),
+    # the model's fields mean nothing to a template
+    ("model without prompt", _with(model="openai/gpt-4o-mini"),
+     [(None, "$.model")]),
+    ("max_tokens and temperature without prompt",
+     _with(max_tokens=100, temperature=1),
+     [(None, "$.max_tokens"), (None, "$.temperature")]),
+    ("neither, with a model", _with(template=DELETE, model="m"),
+     [(None, "$.template"), (None, "$.model")]),
 ]
 
 
@@ -222,6 +280,31 @@ def test_accepted_batch_record(pipeline, services, ingest):
     other = [x for x in recs if x["key"] == b"r" * 256]
     assert len(other) == 1 and other[0]["headers"].get("campaign-id") == \
         b"cmp-2", other
+
+
+def test_prompt_batch_accepted(pipeline, services, ingest):
+    """A batch with a prompt instead of a template is one record like any
+    other: at the limits of every field, and with the prompt alone."""
+    full = _prompt({"system": "s" * 65536, "user": "Hi {{lead.name}} " +
+                    "é" * 32000},
+                   model="m" * 256, max_tokens=8192, temperature=2)
+    full["run_id"] = f"{pipeline.prefix}run-prompt-full"
+    low = _prompt({"user": "{{ never closed"}, max_tokens=1, temperature=0)
+    low["run_id"] = f"{pipeline.prefix}run-prompt-low"
+    bare = _prompt()
+    bare["run_id"] = f"{pipeline.prefix}run-prompt-bare"
+    before = services.topic_count(pipeline.topic)
+    sent = []
+    for b in (full, low, bare):
+        raw = json.dumps(b, ensure_ascii=False).encode("utf-8")
+        r = _post(ingest, raw)
+        assert r.status == 202, (b["run_id"], r)
+        assert r.json["runId"] == b["run_id"], r.json
+        sent.append(raw)
+    assert services.topic_count(pipeline.topic) == before + 3
+    values = {x["value"] for x in services.topic_records(pipeline.topic)}
+    assert all(raw in values for raw in sent), \
+        "a prompt batch not published byte for byte"
 
 
 def test_no_campaign_source_404(pipeline, services):

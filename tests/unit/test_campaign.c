@@ -258,6 +258,213 @@ static void test_parse(void)
 	}
 }
 
+/* The text source: template or prompt (exactly one), and the model's
+ * fields only with a prompt. Each body is the batch's top level minus
+ * the text source, followed by these members. */
+#define M64 "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm"
+#define MODEL_256 M64 M64 M64 M64
+
+static const struct {
+	const char *members;
+	const char *path[3]; /* every problem's path, in order; none: valid */
+	/* when valid */
+	const char *system, *user, *model;
+	int max_tokens;
+	bool has_temperature;
+	double temperature;
+} sources[] = {
+    /* valid */
+    {.members = "\"template\":\"Hi {{lead.name}}\""},
+    {.members = "\"prompt\":{\"user\":\"Write to {{lead.name}}\"}",
+     .user = "Write to {{lead.name}}"},
+    {.members =
+	 "\"prompt\":{\"system\":\"Be brief.\",\"user\":\"u {{vars.x}}\"},"
+	 "\"model\":\"openai/gpt-4o-mini\",\"max_tokens\":8192,"
+	 "\"temperature\":0.7",
+     .system = "Be brief.",
+     .user = "u {{vars.x}}",
+     .model = "openai/gpt-4o-mini",
+     .max_tokens = 8192,
+     .has_temperature = true,
+     .temperature = 0.7},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"max_tokens\":1,"
+		"\"temperature\":0",
+     .user = "u",
+     .max_tokens = 1,
+     .has_temperature = true,
+     .temperature = 0.0},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"temperature\":2",
+     .user = "u",
+     .has_temperature = true,
+     .temperature = 2.0},
+    /* an unclosed {{ is text, as in a template */
+    {.members = "\"prompt\":{\"user\":\"open {{ never closed\"}",
+     .user = "open {{ never closed"},
+    /* neither, both */
+    {.members = "\"campaign_id\":\"c\"", .path = {"$.template"}},
+    {.members = "\"template\":\"t\",\"prompt\":{\"user\":\"u\"}",
+     .path = {"$.prompt"}},
+    {.members = "\"template\":null,\"prompt\":{\"user\":\"u\"}",
+     .path = {"$.prompt"}},
+    /* the prompt itself */
+    {.members = "\"prompt\":\"Write to {{lead.name}}\"", .path = {"$.prompt"}},
+    {.members = "\"prompt\":null", .path = {"$.prompt"}},
+    {.members = "\"prompt\":{}", .path = {"$.prompt.user"}},
+    {.members = "\"prompt\":{\"system\":\"s\"}", .path = {"$.prompt.user"}},
+    {.members = "\"prompt\":{\"user\":\"\"}", .path = {"$.prompt.user"}},
+    {.members = "\"prompt\":{\"user\":7}", .path = {"$.prompt.user"}},
+    {.members = "\"prompt\":{\"user\":\"u\",\"system\":\"\"}",
+     .path = {"$.prompt.system"}},
+    {.members = "\"prompt\":{\"user\":\"u\",\"system\":[\"s\"]}",
+     .path = {"$.prompt.system"}},
+    {.members = "\"prompt\":{\"user\":\"u\",\"assistant\":\"a\"}",
+     .path = {"$.prompt.assistant"}},
+    {.members = "\"prompt\":{\"User\":\"u\"}",
+     .path = {"$.prompt.User", "$.prompt.user"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"model\":\"" MODEL_256 "\"",
+     .user = "u",
+     .model = MODEL_256},
+    /* the model's fields */
+    {.members = "\"prompt\":{\"user\":\"u\"},\"model\":\"" MODEL_256 "m\"",
+     .path = {"$.model"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"model\":\"\"",
+     .path = {"$.model"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"model\":5", .path = {"$.model"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"max_tokens\":0",
+     .path = {"$.max_tokens"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"max_tokens\":8193",
+     .path = {"$.max_tokens"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"max_tokens\":100.5",
+     .path = {"$.max_tokens"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"max_tokens\":\"100\"",
+     .path = {"$.max_tokens"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"temperature\":-0.1",
+     .path = {"$.temperature"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"temperature\":2.0001",
+     .path = {"$.temperature"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"temperature\":\"1\"",
+     .path = {"$.temperature"}},
+    {.members = "\"prompt\":{\"user\":\"u\"},\"temperature\":null",
+     .path = {"$.temperature"}},
+    /* ... and without a prompt */
+    {.members = "\"template\":\"t\",\"model\":\"m\"", .path = {"$.model"}},
+    {.members = "\"template\":\"t\",\"max_tokens\":100,\"temperature\":1",
+     .path = {"$.max_tokens", "$.temperature"}},
+    {.members = "\"model\":\"m\"", .path = {"$.template", "$.model"}},
+};
+
+static void test_text_source(void)
+{
+	for (size_t i = 0; i < sizeof(sources) / sizeof(sources[0]); i++) {
+		char body[2048];
+		struct campaign_error errs[4];
+		struct campaign_batch b;
+		size_t n = 0, want = 0;
+		cJSON *doc;
+		bool ok;
+
+		snprintf(body, sizeof(body),
+			 "{\"run_id\":\"r\",\"workspace_id\":\"w\","
+			 "\"inbox_id\":\"i\",\"end_time\":"
+			 "\"2026-01-01T00:00:00Z\",\"run_total\":1,"
+			 "\"messages\":[{\"message_id\":\"m\","
+			 "\"lead_id\":\"l\"}],%s}",
+			 sources[i].members);
+		doc = cJSON_Parse(body);
+		CHECK(doc != NULL, "source %zu parses: %s", i, body);
+		while (want < 3 && sources[i].path[want])
+			want++;
+		ok = campaign_parse(doc, 1000, &b, errs, 4, &n);
+		CHECK(ok == (want == 0), "source %zu (%s): ok %d (%s %s)", i,
+		      sources[i].members, ok, n ? errs[0].path : "",
+		      n ? errs[0].message : "");
+		CHECK(n == want, "source %zu (%s): %zu problems, want %zu", i,
+		      sources[i].members, n, want);
+		for (size_t e = 0; e < n && e < want; e++) {
+			CHECK_STR(errs[e].path, sources[i].path[e],
+				  sources[i].members);
+			CHECK(errs[e].index == -1 && errs[e].message[0],
+			      "source %zu: index %d, message \"%s\"", i,
+			      errs[e].index, errs[e].message);
+		}
+		if (ok && want == 0) {
+			bool is_prompt = sources[i].user != NULL;
+
+			CHECK((b.template_text != NULL) != is_prompt,
+			      "source %zu: exactly one of template and prompt",
+			      i);
+			if (is_prompt)
+				CHECK_STR(b.prompt_user, sources[i].user,
+					  "prompt.user");
+			else
+				CHECK(b.prompt_user == NULL, "no prompt");
+			if (sources[i].system)
+				CHECK_STR(b.prompt_system, sources[i].system,
+					  "prompt.system");
+			else
+				CHECK(b.prompt_system == NULL,
+				      "source %zu: system absent", i);
+			if (sources[i].model)
+				CHECK_STR(b.model, sources[i].model, "model");
+			else
+				CHECK(b.model == NULL,
+				      "source %zu: model absent", i);
+			CHECK(b.max_tokens == sources[i].max_tokens,
+			      "source %zu: max_tokens %d", i, b.max_tokens);
+			CHECK(b.has_temperature == sources[i].has_temperature &&
+				  (!b.has_temperature ||
+				   b.temperature == sources[i].temperature),
+			      "source %zu: temperature %d %g", i,
+			      b.has_temperature, b.temperature);
+		}
+		campaign_batch_free(&b);
+		cJSON_Delete(doc);
+	}
+}
+
+/* Each prompt text is bounded like a template: CAMPAIGN_TEMPLATE_MAX
+ * bytes pass, one more does not. */
+static void test_prompt_size(void)
+{
+	const char *fields[] = {"user", "system"};
+
+	for (size_t f = 0; f < 2; f++) {
+		for (size_t extra = 0; extra < 2; extra++) {
+			size_t len = CAMPAIGN_TEMPLATE_MAX + extra;
+			char *text = xmalloc(len + 1);
+			char path[32];
+			struct campaign_error errs[4];
+			struct campaign_batch b;
+			cJSON *doc, *prompt;
+			size_t n = 0;
+			bool ok;
+
+			memset(text, 'x', len);
+			text[len] = '\0';
+			doc = cJSON_Parse(
+			    "{\"run_id\":\"r\",\"workspace_id\":\"w\","
+			    "\"inbox_id\":\"i\",\"end_time\":"
+			    "\"2026-01-01T00:00:00Z\",\"run_total\":1,"
+			    "\"messages\":[{\"message_id\":\"m\","
+			    "\"lead_id\":\"l\"}]}");
+			prompt = cJSON_AddObjectToObject(doc, "prompt");
+			cJSON_AddStringToObject(prompt, "user",
+						f == 0 ? text : "u");
+			if (f == 1)
+				cJSON_AddStringToObject(prompt, "system", text);
+			ok = campaign_parse(doc, 1000, &b, errs, 4, &n);
+			snprintf(path, sizeof(path), "$.prompt.%s", fields[f]);
+			CHECK(ok == (extra == 0), "%s of %zu bytes: ok %d",
+			      fields[f], len, ok);
+			if (!ok && n)
+				CHECK_STR(errs[0].path, path, "size path");
+			campaign_batch_free(&b);
+			cJSON_Delete(doc);
+			free(text);
+		}
+	}
+}
+
 static const char CTX[] =
     "{\"lead\":{\"id\":\"l1\",\"name\":\"Ana\",\"deleted_at\":null,"
     "\"score\":7,\"attributes\":{\"n\":12345678901234567890}},\"last_"
@@ -511,6 +718,8 @@ int main(void)
 	test_times_us();
 	test_parse();
 	test_unique();
+	test_text_source();
+	test_prompt_size();
 	test_render();
 	test_split();
 	test_evaluate();

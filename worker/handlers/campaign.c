@@ -12,14 +12,18 @@
 #include "../../common/chat.h"
 #include "../../common/log.h"
 #include "../../common/validate.h"
+#include "../composer.h"
 #include "../contexts.h"
+#include "../redisconn.h"
 #include "../pgsink.h"
 #include "campaign_rules.h"
 
 static const char SQL_STAGING[] =
     "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_cmsg ("
     " seq bigint, run_id text, message_id text, lead_id text, status text,"
-    " parts text[], error text) ON COMMIT DELETE ROWS;"
+    " parts text[], error text, model text, prompt_tokens integer,"
+    " completion_tokens integer, compose_ms integer)"
+    " ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS sluice_stage_crun ("
     " seq bigint, run_id text, campaign_id text, workspace_id text,"
     " inbox_id text, end_time text, total integer)"
@@ -27,6 +31,15 @@ static const char SQL_STAGING[] =
 
 static const char SQL_INBOXES[] =
     "SELECT id, connected FROM inboxes WHERE id = ANY($1::text[])";
+
+/* Before composing: what the outbox already holds, so a message written
+ * once (any status but paused) is never sent to the model again. */
+static const char SQL_OUTBOX[] =
+    "SELECT message_id, status FROM campaign_messages"
+    " WHERE message_id = ANY($1::text[])";
+
+static const char SQL_WORKSPACES[] =
+    "SELECT id, ai_model FROM workspaces WHERE id = ANY($1::text[])";
 
 /* One statement: the run's fields (end time, total, inbox) come from its
  * first batch; the outbox rows go in (a message id already there is left
@@ -44,6 +57,7 @@ static const char SQL_INBOXES[] =
 static const char SQL_WRITE[] =
     "WITH s AS ("
     "  SELECT DISTINCT ON (message_id) message_id, status, parts, error,"
+    "   model, prompt_tokens, completion_tokens, compose_ms,"
     "   first_value(run_id) OVER w AS run_id,"
     "   first_value(lead_id) OVER w AS lead_id"
     "  FROM sluice_stage_cmsg WINDOW w AS (PARTITION BY message_id"
@@ -53,10 +67,15 @@ static const char SQL_WRITE[] =
     "  JOIN s USING (message_id)),"
     " up AS ("
     "  INSERT INTO campaign_messages AS m (message_id, run_id, lead_id,"
-    "   status, parts, error)"
-    "  SELECT message_id, run_id, lead_id, status, parts, error FROM s"
+    "   status, parts, error, model, prompt_tokens, completion_tokens,"
+    "   compose_ms)"
+    "  SELECT message_id, run_id, lead_id, status, parts, error, model,"
+    "   prompt_tokens, completion_tokens, compose_ms FROM s"
     "  ON CONFLICT (message_id) DO UPDATE SET status = EXCLUDED.status,"
-    "   parts = EXCLUDED.parts, error = EXCLUDED.error, updated_at = now()"
+    "   parts = EXCLUDED.parts, error = EXCLUDED.error,"
+    "   model = EXCLUDED.model, prompt_tokens = EXCLUDED.prompt_tokens,"
+    "   completion_tokens = EXCLUDED.completion_tokens,"
+    "   compose_ms = EXCLUDED.compose_ms, updated_at = now()"
     "  WHERE m.status = 'paused'"
     "  RETURNING m.message_id, m.run_id, m.status),"
     " d AS ("
@@ -138,10 +157,39 @@ struct crec {
 	int64_t received_ms;
 };
 
+/* id → text, sorted by id: a batch's outbox statuses, its workspaces'
+ * models. */
+struct idmap {
+	char **ids;
+	char **vals; /* NULL: none */
+	size_t n;
+};
+
+/* A message by its lead, for starting compositions as leads resolve. */
+struct lead_msg {
+	const char *lead_id;
+	uint32_t rec, msg;
+};
+
+struct inbox_map {
+	const char **ids;
+	enum inbox_state *state;
+	size_t n;
+};
+
 struct campaign_state {
 	struct handler_env env;
 	struct crec *recs;
 	size_t n, cap;
+	/* composition: what prepare() read, and the messages by lead */
+	bool composing;
+	bool prepared_ok;
+	struct inbox_map inboxes;
+	struct idmap outbox, models;
+	struct lead_msg *by_lead;
+	size_t n_by_lead;
+	struct buf sys, user;
+	int64_t now_ms;
 	char **templates; /* campaign_invalidate_keys */
 	size_t n_templates;
 	struct buf stage_msgs, stage_runs;
@@ -153,19 +201,109 @@ struct campaign_state {
 	unsigned long long saved, skipped; /* totals of committed batches */
 };
 
+static void idmap_free(struct idmap *m)
+{
+	for (size_t i = 0; i < m->n; i++) {
+		free(m->ids[i]);
+		free(m->vals[i]);
+	}
+	free(m->ids);
+	free(m->vals);
+	memset(m, 0, sizeof(*m));
+}
+
+static int cmp_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* The value of id, NULL when absent (or NULL). found: present at all. */
+static const char *idmap_get(const struct idmap *m, const char *id,
+			     bool *found)
+{
+	char **hit = m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str)
+			  : NULL;
+
+	if (found)
+		*found = hit != NULL;
+	return hit ? m->vals[hit - m->ids] : NULL;
+}
+
+/* Sorted unique copies of ids[0..n) as the map's keys, no values. */
+static void idmap_keys(struct idmap *m, const char **ids, size_t n)
+{
+	size_t u = 0;
+
+	idmap_free(m);
+	qsort(ids, n, sizeof(*ids), cmp_str);
+	m->ids = xcalloc(n + 1, sizeof(*m->ids));
+	m->vals = xcalloc(n + 1, sizeof(*m->vals));
+	for (size_t i = 0; i < n; i++)
+		if (u == 0 || strcmp(m->ids[u - 1], ids[i]) != 0)
+			m->ids[u++] = xstrdup(ids[i]);
+	m->n = u;
+}
+
+static void idmap_set(struct idmap *m, const char *id, const char *val)
+{
+	char **hit = m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str)
+			  : NULL;
+
+	if (hit) {
+		free(m->vals[hit - m->ids]);
+		m->vals[hit - m->ids] = val ? xstrdup(val) : NULL;
+	}
+}
+
+/* One query for every key of the map: id → the second column. */
+static bool idmap_load(struct idmap *m, struct pgsink *ps, const char *sql,
+		       const char *what, char *errstr, size_t errstr_size)
+{
+	struct buf arr;
+	const char *params[1];
+	PGresult *res;
+
+	if (m->n == 0)
+		return true;
+	buf_init(&arr);
+	buf_pg_array(&arr, (const char *const *)m->ids, m->n);
+	params[0] = arr.data;
+	res = pgsink_query(ps, sql, 1, params, what, errstr, errstr_size);
+	buf_free(&arr);
+	if (!res)
+		return false;
+	for (int r = 0; r < PQntuples(res); r++)
+		idmap_set(m, PQgetvalue(res, r, 0),
+			  PQgetisnull(res, r, 1) ? NULL
+						 : PQgetvalue(res, r, 1));
+	PQclear(res);
+	return true;
+}
+
+static void on_lead(void *arg, enum ctx_ns ns, const char *lead_id);
+
 static void *campaign_create(const struct handler_env *env)
 {
-	struct campaign_state *c = calloc(1, sizeof(*c));
+	struct campaign_state *c = xcalloc(1, sizeof(*c));
 
-	if (!c)
-		abort();
 	c->env = *env;
 	c->n_templates = cache_templates_parse(
 	    env->cfg->campaign_invalidate_keys, &c->templates);
 	buf_init(&c->stage_msgs);
 	buf_init(&c->stage_runs);
+	buf_init(&c->sys);
+	buf_init(&c->user);
 	rule_result_init(&c->res);
+	if (env->composer)
+		contexts_set_listener(env->contexts, on_lead, c);
 	return c;
+}
+
+static void inbox_map_free(struct inbox_map *m)
+{
+	free(m->ids);
+	free(m->state);
+	memset(m, 0, sizeof(*m));
 }
 
 static void campaign_reset(void *st)
@@ -180,6 +318,13 @@ static void campaign_reset(void *st)
 	c->n = 0;
 	c->messages = c->runs = c->finished = c->changed = 0;
 	memset(c->outcome, 0, sizeof(c->outcome));
+	c->composing = c->prepared_ok = false;
+	inbox_map_free(&c->inboxes);
+	idmap_free(&c->outbox);
+	idmap_free(&c->models);
+	free(c->by_lead);
+	c->by_lead = NULL;
+	c->n_by_lead = 0;
 }
 
 static void campaign_destroy(void *st)
@@ -191,6 +336,8 @@ static void campaign_destroy(void *st)
 	cache_templates_free(c->templates, c->n_templates);
 	buf_free(&c->stage_msgs);
 	buf_free(&c->stage_runs);
+	buf_free(&c->sys);
+	buf_free(&c->user);
 	rule_result_free(&c->res);
 	free(c);
 }
@@ -239,65 +386,17 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 	return true;
 }
 
-static void campaign_prepare(void *st)
-{
-	struct campaign_state *c = st;
-
-	if (c->n > 0)
-		contexts_fetch(c->env.contexts);
-}
-
-static bool campaign_prepared(void *st)
-{
-	struct campaign_state *c = st;
-
-	return c->n == 0 || contexts_done(c->env.contexts);
-}
-
-/* {"a","b"}: a text[] literal for a query parameter. */
-static char *text_array(const char *const *v, size_t n)
-{
-	struct buf b;
-
-	buf_init(&b);
-	buf_puts(&b, "{");
-	for (size_t i = 0; i < n; i++) {
-		buf_puts(&b, i ? ",\"" : "\"");
-		for (const char *s = v[i]; *s; s++) {
-			if (*s == '"' || *s == '\\')
-				buf_append(&b, "\\", 1);
-			buf_append(&b, s, 1);
-		}
-		buf_puts(&b, "\"");
-	}
-	buf_puts(&b, "}");
-	return b.data;
-}
-
-static int cmp_str(const void *a, const void *b)
-{
-	return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
 /* inbox id → state, for the batch's inboxes (one query). */
-struct inbox_map {
-	const char **ids;
-	enum inbox_state *state;
-	size_t n;
-};
-
 static bool load_inboxes(struct campaign_state *c, struct pgsink *ps,
 			 struct inbox_map *m, char *errstr, size_t errstr_size)
 {
 	size_t u = 0;
-	char *arr;
+	struct buf arr;
 	const char *params[1];
 	PGresult *res;
 
-	m->ids = calloc(c->n + 1, sizeof(*m->ids));
-	m->state = calloc(c->n + 1, sizeof(*m->state));
-	if (!m->ids || !m->state)
-		abort();
+	m->ids = xcalloc(c->n + 1, sizeof(*m->ids));
+	m->state = xcalloc(c->n + 1, sizeof(*m->state));
 	for (size_t i = 0; i < c->n; i++)
 		m->ids[i] = c->recs[i].b.inbox_id;
 	qsort(m->ids, c->n, sizeof(*m->ids), cmp_str);
@@ -305,11 +404,12 @@ static bool load_inboxes(struct campaign_state *c, struct pgsink *ps,
 		if (u == 0 || strcmp(m->ids[u - 1], m->ids[i]) != 0)
 			m->ids[u++] = m->ids[i];
 	m->n = u;
-	arr = text_array(m->ids, u);
-	params[0] = arr;
+	buf_init(&arr);
+	buf_pg_array(&arr, m->ids, u);
+	params[0] = arr.data;
 	res = pgsink_query(ps, SQL_INBOXES, 1, params, "inboxes", errstr,
 			   errstr_size);
-	free(arr);
+	buf_free(&arr);
 	if (!res)
 		return false;
 	for (int r = 0; r < PQntuples(res); r++) {
@@ -328,15 +428,360 @@ static bool load_inboxes(struct campaign_state *c, struct pgsink *ps,
 
 static enum inbox_state inbox_of(const struct inbox_map *m, const char *id)
 {
-	const char **hit = bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str);
+	const char **hit = m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids),
+					  cmp_str)
+				: NULL;
 
 	return hit ? m->state[hit - m->ids] : INBOX_MISSING;
+}
+
+/* ------------------------------------------------------ composition */
+
+static int cmp_lead_msg(const void *a, const void *b)
+{
+	return strcmp(((const struct lead_msg *)a)->lead_id,
+		      ((const struct lead_msg *)b)->lead_id);
+}
+
+/* The model of a record's messages: the batch's, the workspace's, the
+ * configured default; NULL: none. */
+static const char *model_of(const struct campaign_state *c,
+			    const struct crec *cr)
+{
+	const char *m;
+
+	if (cr->b.model)
+		return cr->b.model;
+	m = idmap_get(&c->models, cr->b.workspace_id, NULL);
+	if (m && m[0])
+		return m;
+	return c->env.cfg->composer_default_model[0]
+		   ? c->env.cfg->composer_default_model
+		   : NULL;
+}
+
+static void rule_input_of(const struct campaign_state *c,
+			  const struct crec *cr, const struct inbox_map *m,
+			  int64_t now, struct rule_input *in)
+{
+	memset(in, 0, sizeof(*in));
+	in->now_ms =
+	    c->env.record_clock && cr->received_ms > 0 ? cr->received_ms : now;
+	in->end_time_ms = cr->b.end_time_ms;
+	in->inbox = inbox_of(m, cr->b.inbox_id);
+	in->template_text = cr->b.template_text;
+	in->prompt_system = cr->b.prompt_system;
+	in->prompt_user = cr->b.prompt_user;
+	in->has_model = cr->b.prompt_user && model_of(c, cr) != NULL;
+	in->max_split_parts = cr->b.max_split_parts;
+	in->split_max_chars = cr->b.split_max_chars;
+}
+
+static void lead_input(const struct campaign_state *c,
+		       const struct campaign_message *msg, struct rule_input *in)
+{
+	const cJSON *ctx = NULL;
+	enum ctx_state cs =
+	    contexts_get(c->env.contexts, CTX_NS_LEAD, msg->lead_id, &ctx);
+
+	in->lead = cs == CTX_FOUND	 ? LEAD_FOUND
+		   : cs == CTX_NOT_FOUND ? LEAD_NOT_FOUND
+		   : cs == CTX_INVALID	 ? LEAD_INVALID
+					 : LEAD_UNAVAILABLE;
+	in->ctx = ctx;
+	in->vars = msg->vars;
+}
+
+/* A message whose lead just resolved: sent to the model if the rules
+ * get it as far as its text and the outbox does not hold it already. */
+static void compose_msg(struct campaign_state *c, const struct crec *cr,
+			const struct campaign_message *msg)
+{
+	struct rule_input in;
+	struct compose_req req;
+	bool known;
+	const char *st = idmap_get(&c->outbox, msg->message_id, &known);
+
+	if (!cr->b.prompt_user || (known && (!st || strcmp(st, "paused"))))
+		return;
+	rule_input_of(c, cr, &c->inboxes, c->now_ms, &in);
+	lead_input(c, msg, &in);
+	if (!campaign_precheck(&in, &c->res) ||
+	    !campaign_render_prompt(&in, &c->sys, &c->user, &c->res) ||
+	    !in.has_model)
+		return; /* decided without a call: written so at write() */
+	req = (struct compose_req){
+	    .model = model_of(c, cr),
+	    .system = c->sys.len ? c->sys.data : NULL,
+	    .user = c->user.data,
+	    .max_tokens = cr->b.max_tokens,
+	    .temperature = cr->b.temperature,
+	    .has_temperature = cr->b.has_temperature,
+	};
+	composer_want(c->env.composer, msg->message_id, &req);
+}
+
+/* contexts' listener: a lead resolved, its messages start composing. */
+static void on_lead(void *arg, enum ctx_ns ns, const char *lead_id)
+{
+	struct campaign_state *c = arg;
+	struct lead_msg key = {.lead_id = lead_id};
+	struct lead_msg *hit;
+
+	if (ns != CTX_NS_LEAD || !c->prepared_ok || c->n_by_lead == 0)
+		return;
+	hit = bsearch(&key, c->by_lead, c->n_by_lead, sizeof(key),
+		      cmp_lead_msg);
+	if (!hit)
+		return;
+	while (hit > c->by_lead && strcmp(hit[-1].lead_id, lead_id) == 0)
+		hit--;
+	for (; hit < c->by_lead + c->n_by_lead &&
+	       strcmp(hit->lead_id, lead_id) == 0;
+	     hit++) {
+		const struct crec *cr = &c->recs[hit->rec];
+
+		compose_msg(c, cr, &cr->b.messages[hit->msg]);
+	}
+}
+
+static void model_got(void *arg, const redisReply *r)
+{
+	char **slot = arg;
+
+	if (r && r->type == REDIS_REPLY_STRING) {
+		cJSON *doc = cJSON_ParseWithLength(r->str, r->len);
+		const cJSON *m =
+		    cJSON_GetObjectItemCaseSensitive(doc, "ai_model");
+
+		if (cJSON_IsObject(doc) && (cJSON_IsString(m) || cJSON_IsNull(m)))
+			*slot = xstrdup(cJSON_IsString(m) ? m->valuestring : "");
+		cJSON_Delete(doc);
+	}
+	slot[1] = (char *)1; /* answered */
+}
+
+static void model_stored(void *arg, const redisReply *r)
+{
+	(void)arg;
+	(void)r;
+}
+
+/* The workspaces' models, for the batches with a prompt and no model:
+ * workspace:{id} in Redis ({"ai_model": ...}), else workspaces in
+ * PostgreSQL (one query), stored back with composer.model_cache_ttl_s. */
+static bool load_models(struct campaign_state *c, struct pgsink *ps,
+			char *errstr, size_t errstr_size)
+{
+	const char **ids = xcalloc(c->n + 1, sizeof(*ids));
+	size_t n = 0, misses = 0;
+	char **got;
+	struct idmap *m = &c->models;
+
+	for (size_t i = 0; i < c->n; i++)
+		if (c->recs[i].b.prompt_user && !c->recs[i].b.model)
+			ids[n++] = c->recs[i].b.workspace_id;
+	idmap_keys(m, ids, n);
+	free(ids);
+	if (m->n == 0)
+		return true;
+	/* got[2i]: the model read, got[2i+1]: answered */
+	got = xcalloc(2 * m->n, sizeof(*got));
+	if (c->env.redis) {
+		int pending = 0;
+
+		for (size_t i = 0; i < m->n; i++) {
+			struct buf key;
+			const char *argv[2];
+
+			buf_init(&key);
+			buf_printf(&key, "workspace:%s", m->ids[i]);
+			argv[0] = "GET";
+			argv[1] = key.data;
+			if (rconn_command(c->env.redis, model_got, &got[2 * i],
+					  2, argv, NULL))
+				pending++;
+			else
+				got[2 * i + 1] = (char *)1;
+			buf_free(&key);
+		}
+		/* Bounded by redis_timeout_ms: an overdue reply fails. */
+		while (pending > 0) {
+			pending = 0;
+			for (size_t i = 0; i < m->n; i++)
+				pending += got[2 * i + 1] == NULL;
+			if (pending > 0)
+				event_base_loop(c->env.base, EVLOOP_ONCE);
+		}
+	}
+	for (size_t i = 0; i < m->n; i++) {
+		if (got[2 * i]) {
+			m->vals[i] = got[2 * i]; /* the map owns it now */
+			got[2 * i] = NULL;
+			continue;
+		}
+		misses++;
+	}
+	free(got);
+	if (misses == 0)
+		return true;
+	{
+		/* The misses, from the table; hits keep their values. */
+		struct idmap miss = {0};
+		const char **mids = xcalloc(misses + 1, sizeof(*mids));
+		size_t k = 0;
+
+		for (size_t i = 0; i < m->n; i++)
+			if (!m->vals[i])
+				mids[k++] = m->ids[i];
+		idmap_keys(&miss, mids, k);
+		free(mids);
+		if (!idmap_load(&miss, ps, SQL_WORKSPACES, "workspaces",
+				errstr, errstr_size)) {
+			idmap_free(&miss);
+			return false;
+		}
+		for (size_t i = 0; i < miss.n; i++) {
+			cJSON *o = cJSON_CreateObject();
+			char *json, ttl[16];
+			struct buf key;
+			const char *argv[5];
+
+			if (miss.vals[i])
+				cJSON_AddStringToObject(o, "ai_model",
+							miss.vals[i]);
+			else
+				cJSON_AddNullToObject(o, "ai_model");
+			json = cJSON_PrintUnformatted(o);
+			cJSON_Delete(o);
+			if (!json)
+				abort();
+			idmap_set(m, miss.ids[i],
+				  miss.vals[i] ? miss.vals[i] : "");
+			if (c->env.redis) {
+				buf_init(&key);
+				buf_printf(&key, "workspace:%s", miss.ids[i]);
+				snprintf(ttl, sizeof(ttl), "%d",
+					 c->env.cfg->composer_model_cache_ttl_s);
+				argv[0] = "SET";
+				argv[1] = key.data;
+				argv[2] = json;
+				argv[3] = "EX";
+				argv[4] = ttl;
+				(void)rconn_command(c->env.redis, model_stored,
+						    NULL, 5, argv, NULL);
+				buf_free(&key);
+			}
+			free(json);
+		}
+		idmap_free(&miss);
+	}
+	return true;
+}
+
+/* Before the lookups: what composition needs to decide per message
+ * (inboxes, the outbox, the models), then the messages by lead. */
+static bool prepare_compose(struct campaign_state *c, struct pgsink *ps,
+			    char *errstr, size_t errstr_size)
+{
+	const char **ids;
+	size_t n = 0;
+
+	c->composing = false;
+	for (size_t i = 0; i < c->n; i++)
+		if (c->recs[i].b.prompt_user)
+			n += c->recs[i].b.n_messages;
+	if (n == 0)
+		return true;
+	c->composing = true;
+	c->now_ms = util_now_ms();
+	inbox_map_free(&c->inboxes);
+	if (!load_inboxes(c, ps, &c->inboxes, errstr, errstr_size))
+		return false;
+	ids = xcalloc(n + 1, sizeof(*ids));
+	free(c->by_lead);
+	c->by_lead = xcalloc(n + 1, sizeof(*c->by_lead));
+	c->n_by_lead = 0;
+	for (size_t i = 0; i < c->n; i++) {
+		const struct crec *cr = &c->recs[i];
+
+		if (!cr->b.prompt_user)
+			continue;
+		for (size_t k = 0; k < cr->b.n_messages; k++) {
+			ids[c->n_by_lead] = cr->b.messages[k].message_id;
+			c->by_lead[c->n_by_lead++] = (struct lead_msg){
+			    cr->b.messages[k].lead_id, (uint32_t)i,
+			    (uint32_t)k};
+		}
+	}
+	qsort(c->by_lead, c->n_by_lead, sizeof(*c->by_lead), cmp_lead_msg);
+	idmap_keys(&c->outbox, ids, n);
+	free(ids);
+	return idmap_load(&c->outbox, ps, SQL_OUTBOX, "outbox", errstr,
+			  errstr_size) &&
+	       load_models(c, ps, errstr, errstr_size);
+}
+
+static bool campaign_prepare(void *st, struct pgsink *ps, char *errstr,
+			     size_t errstr_size)
+{
+	struct campaign_state *c = st;
+
+	if (c->n == 0)
+		return true;
+	if (c->env.composer && !prepare_compose(c, ps, errstr, errstr_size))
+		return false;
+	c->prepared_ok = c->composing;
+	contexts_fetch(c->env.contexts);
+	/* Leads resolved before (an earlier attempt at this batch): their
+	 * messages start now; the composer knows the ones it has. */
+	for (size_t i = 0; c->composing && i < c->n_by_lead; i++) {
+		const struct crec *cr = &c->recs[c->by_lead[i].rec];
+		const struct campaign_message *msg =
+		    &cr->b.messages[c->by_lead[i].msg];
+
+		if (contexts_get(c->env.contexts, CTX_NS_LEAD, msg->lead_id,
+				 NULL) != CTX_PENDING)
+			compose_msg(c, cr, msg);
+	}
+	return true;
+}
+
+static bool campaign_prepared(void *st)
+{
+	struct campaign_state *c = st;
+
+	return c->n == 0 ||
+	       (contexts_done(c->env.contexts) &&
+		(!c->composing || composer_done(c->env.composer)));
 }
 
 static void copy_field(struct buf *b, const char *s, bool last)
 {
 	buf_copy_escape(b, s);
 	buf_puts(b, last ? "\n" : "\t");
+}
+
+/* The model's figures of a composed message, or four \N. */
+static void copy_compose(struct buf *b, const struct compose_result *r)
+{
+	if (!r || r->state == COMPOSE_PENDING) {
+		buf_puts(b, "\\N\t\\N\t\\N\t\\N\n");
+		return;
+	}
+	if (r->model && r->model[0])
+		copy_field(b, r->model, false);
+	else
+		buf_puts(b, "\\N\t");
+	if (r->prompt_tokens >= 0)
+		buf_printf(b, "%ld\t", r->prompt_tokens);
+	else
+		buf_puts(b, "\\N\t");
+	if (r->completion_tokens >= 0)
+		buf_printf(b, "%ld\t", r->completion_tokens);
+	else
+		buf_puts(b, "\\N\t");
+	buf_printf(b, "%lld\n", (long long)r->ms);
 }
 
 /* Evaluates every message and stages its row and its run's. */
@@ -348,18 +793,10 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 	buf_reset(&c->stage_runs);
 	for (size_t i = 0; i < c->n; i++) {
 		const struct crec *cr = &c->recs[i];
-		struct rule_input in = {
-		    .now_ms = c->env.record_clock && cr->received_ms > 0
-				  ? cr->received_ms
-				  : now,
-		    .end_time_ms = cr->b.end_time_ms,
-		    .inbox = inbox_of(m, cr->b.inbox_id),
-		    .template_text = cr->b.template_text,
-		    .max_split_parts = cr->b.max_split_parts,
-		    .split_max_chars = cr->b.split_max_chars,
-		};
+		struct rule_input in;
 		char end_time[CAMPAIGN_TIME_TEXT];
 
+		rule_input_of(c, cr, m, now, &in);
 		buf_printf(&c->stage_runs, "%lld\t", (long long)cr->seq);
 		copy_field(&c->stage_runs, cr->b.run_id, false);
 		copy_field(&c->stage_runs, cr->campaign_id, false);
@@ -370,16 +807,19 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 			   cr->b.run_total);
 		for (size_t k = 0; k < cr->b.n_messages; k++) {
 			const struct campaign_message *msg = &cr->b.messages[k];
-			const cJSON *ctx = NULL;
-			enum ctx_state cs = contexts_get(
-			    c->env.contexts, CTX_NS_LEAD, msg->lead_id, &ctx);
+			const struct compose_result *cres = NULL;
 
-			in.lead = cs == CTX_FOUND	? LEAD_FOUND
-				  : cs == CTX_NOT_FOUND ? LEAD_NOT_FOUND
-				  : cs == CTX_INVALID	? LEAD_INVALID
-							: LEAD_UNAVAILABLE;
-			in.ctx = ctx;
-			in.vars = msg->vars;
+			lead_input(c, msg, &in);
+			in.composed = NULL;
+			in.compose_error = NULL;
+			if (cr->b.prompt_user && c->env.composer) {
+				cres = composer_get(c->env.composer,
+						    msg->message_id);
+				if (cres && cres->state == COMPOSE_OK)
+					in.composed = cres->text;
+				else if (cres && cres->state != COMPOSE_PENDING)
+					in.compose_error = cres->error;
+			}
 			campaign_evaluate(&in, &c->res);
 			c->outcome[c->res.status]++;
 			buf_printf(&c->stage_msgs, "%lld\t",
@@ -395,9 +835,10 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 				buf_puts(&c->stage_msgs, "\\N");
 			buf_puts(&c->stage_msgs, "\t");
 			if (c->res.error[0])
-				copy_field(&c->stage_msgs, c->res.error, true);
+				copy_field(&c->stage_msgs, c->res.error, false);
 			else
-				buf_puts(&c->stage_msgs, "\\N\n");
+				buf_puts(&c->stage_msgs, "\\N\t");
+			copy_compose(&c->stage_msgs, cres);
 		}
 	}
 }
@@ -436,8 +877,7 @@ static bool campaign_write(void *st, struct pgsink *ps, char *errstr,
 done:
 	if (res)
 		PQclear(res);
-	free(m.ids);
-	free(m.state);
+	inbox_map_free(&m);
 	c->db_ms = util_mono_ms() - t0;
 	return ok;
 }
@@ -472,6 +912,20 @@ static void campaign_summary(void *st, struct buf *line)
 		   s->over_budget, s->cancels, c->outcome[MSG_READY],
 		   c->outcome[MSG_FAILED], c->outcome[MSG_PAUSED],
 		   c->outcome[MSG_EXPIRED]);
+	if (c->composing) {
+		const struct composer_stats *cs =
+		    composer_stats(c->env.composer);
+
+		buf_printf(line,
+			   ", composed %zu (%zu calls, %zu tokens, peak %d in "
+			   "flight, %lld ms%s)",
+			   cs->composed, cs->calls, cs->tokens,
+			   cs->peak_inflight,
+			   (long long)(cs->last_ms > cs->first_ms
+					   ? cs->last_ms - cs->first_ms
+					   : 0),
+			   cs->held_ms ? ", held" : "");
+	}
 }
 
 static void campaign_totals(void *st, unsigned long long *saved,

@@ -238,7 +238,7 @@ void campaign_split(struct rule_result *r, int max_chars)
 		add_part(r, ps, pe - ps);
 }
 
-void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
+bool campaign_precheck(const struct rule_input *in, struct rule_result *out)
 {
 	const cJSON *lead, *deleted;
 
@@ -247,38 +247,86 @@ void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
 	buf_reset(&out->text);
 	if (in->now_ms > in->end_time_ms) {
 		out->status = MSG_EXPIRED;
-		return;
+		return false;
 	}
 	if (in->inbox != INBOX_CONNECTED) {
 		out->status = MSG_PAUSED;
 		snprintf(out->error, sizeof(out->error), "%s",
 			 in->inbox == INBOX_MISSING ? "inbox_missing"
 						    : "inbox_disconnected");
-		return;
+		return false;
 	}
 	out->status = MSG_FAILED;
 	if (in->lead == LEAD_UNAVAILABLE) {
 		snprintf(out->error, sizeof(out->error), "context_unavailable");
-		return;
+		return false;
 	}
 	if (in->lead == LEAD_INVALID) {
 		snprintf(out->error, sizeof(out->error), "context_invalid");
-		return;
+		return false;
 	}
 	if (in->lead == LEAD_NOT_FOUND || !in->ctx) {
 		snprintf(out->error, sizeof(out->error), "lead_not_found");
-		return;
+		return false;
 	}
 	lead = cJSON_GetObjectItemCaseSensitive(in->ctx, "lead");
 	deleted = cJSON_GetObjectItemCaseSensitive(lead, "deleted_at");
 	if (deleted && !cJSON_IsNull(deleted) &&
 	    !(cJSON_IsBool(deleted) && cJSON_IsFalse(deleted))) {
 		snprintf(out->error, sizeof(out->error), "lead_deleted");
+		return false;
+	}
+	return true;
+}
+
+bool campaign_render_prompt(const struct rule_input *in, struct buf *system,
+			    struct buf *user, struct rule_result *out)
+{
+	buf_reset(system);
+	buf_reset(user);
+	buf_puts(system, "");
+	out->status = MSG_FAILED;
+	if (in->prompt_system &&
+	    !campaign_render(in->prompt_system, in->ctx, in->vars, system,
+			     out->error, sizeof(out->error)))
+		return false;
+	return campaign_render(in->prompt_user, in->ctx, in->vars, user,
+			       out->error, sizeof(out->error));
+}
+
+void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
+{
+	if (!campaign_precheck(in, out))
+		return;
+	if (in->prompt_user) {
+		/* The prompt renders (or the message fails missing_var, no
+		 * call made), a model is known, and the model wrote it. */
+		struct buf sys, user;
+		bool ok;
+
+		buf_init(&sys);
+		buf_init(&user);
+		ok = campaign_render_prompt(in, &sys, &user, out);
+		buf_free(&sys);
+		buf_free(&user);
+		if (!ok)
+			return;
+		if (!in->has_model) {
+			snprintf(out->error, sizeof(out->error), "no_model");
+			return;
+		}
+		if (!in->composed) {
+			snprintf(out->error, sizeof(out->error), "%s",
+				 in->compose_error ? in->compose_error
+						   : "compose_failed:none");
+			return;
+		}
+		buf_puts(&out->text, in->composed);
+	} else if (!campaign_render(in->template_text, in->ctx, in->vars,
+				    &out->text, out->error,
+				    sizeof(out->error))) {
 		return;
 	}
-	if (!campaign_render(in->template_text, in->ctx, in->vars, &out->text,
-			     out->error, sizeof(out->error)))
-		return;
 	campaign_split(out, in->split_max_chars);
 	if (out->n_parts == 0) {
 		snprintf(out->error, sizeof(out->error), "empty_message");

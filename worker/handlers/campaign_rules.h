@@ -30,7 +30,13 @@ struct rule_input {
 	enum lead_ctx lead;
 	const cJSON *ctx;  /* the lead's context object when LEAD_FOUND */
 	const cJSON *vars; /* the message's vars, or NULL */
-	const char *template_text;
+	const char *template_text; /* NULL when the model writes it */
+	/* A batch with a prompt: its messages, the model's outcome. */
+	const char *prompt_system; /* NULL: none */
+	const char *prompt_user;   /* NULL: a template batch */
+	bool has_model;		   /* a model was named or found */
+	const char *composed;	   /* the model's text; NULL: none */
+	const char *compose_error; /* why there is none ("compose_...") */
 	int max_split_parts;
 	int split_max_chars;
 };
@@ -49,6 +55,16 @@ void rule_result_free(struct rule_result *r);
 
 /* Applies the rules in order; one message's outcome only. */
 void campaign_evaluate(const struct rule_input *in, struct rule_result *out);
+
+/* The rules before the text (end time, inbox, lead): true when the
+ * message gets as far as its text, i.e. a prompt would be sent. */
+bool campaign_precheck(const struct rule_input *in, struct rule_result *out);
+
+/* Renders the prompt's system (into system, "" for none) and user
+ * messages; false with out->error "missing_var:<path>" as for a
+ * template. */
+bool campaign_render_prompt(const struct rule_input *in, struct buf *system,
+			    struct buf *user, struct rule_result *out);
 
 /* Renders {{path}} placeholders from ctx (and vars as "vars"). false with
  * the first placeholder that cannot be rendered, as the message's error:

@@ -222,12 +222,17 @@ static bool chat_add(void *st, const struct record *r, char *reason,
 	return true;
 }
 
-static void chat_prepare(void *st)
+static bool chat_prepare(void *st, struct pgsink *ps, char *errstr,
+			 size_t errstr_size)
 {
 	struct chat_state *c = st;
 
+	(void)ps;
+	(void)errstr;
+	(void)errstr_size;
 	if (c->n_senders > 0)
 		contexts_fetch(c->env.contexts);
+	return true;
 }
 
 static bool chat_prepared(void *st)

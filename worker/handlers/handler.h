@@ -17,6 +17,8 @@
 
 struct pgsink;
 struct contexts;
+struct composer;
+struct rconn;
 
 /* One record of a batch, as a handler sees it. */
 struct record {
@@ -34,6 +36,8 @@ struct handler_env {
 	const struct worker_config *cfg;
 	struct event_base *base;
 	struct contexts *contexts;
+	struct composer *composer;
+	struct rconn *redis; /* the handlers' own reads (the model cache) */
 	/* Rules that depend on the time (a run's end_time) use the record's
 	 * received-at instead of the clock: a replay then decides as the
 	 * live worker did. */
@@ -64,8 +68,10 @@ struct handler {
 		       size_t errstr_size);
 	/* Optional: starts asynchronous lookups on env->base once every
 	 * record is added; the batch runs the loop until prepared() is
-	 * true. */
-	void (*prepare)(void *st);
+	 * true. It may read the database first (ps, no transaction open).
+	 * false: a transient failure (errstr); the batch is retried. */
+	bool (*prepare)(void *st, struct pgsink *ps, char *errstr,
+			size_t errstr_size);
 	bool (*prepared)(void *st);
 	/* Writes its rows inside the batch's open transaction. false: a
 	 * transient failure (errstr); the batch is retried whole. */
