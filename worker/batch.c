@@ -247,8 +247,9 @@ static bool batch_prepare(struct batch *b, char *err, size_t errsz)
 			if (b->env->composer)
 				composer_stop(b->env->composer);
 			contexts_give_up(b->env->contexts);
-			snprintf(err, errsz, "stopping while the batch's "
-					     "lookups or compositions ran");
+			snprintf(err, errsz,
+				 "stopping while the batch's "
+				 "lookups or compositions ran");
 			return false;
 		}
 		if (waiting && !gave_up && util_mono_ms() > deadline) {

@@ -33,7 +33,7 @@ struct job {
 	char *body;
 	size_t body_len;
 	enum job_state st;
-	int attempts;	 /* calls that failed in a way that counts */
+	int attempts; /* calls that failed in a way that counts */
 	struct backoff bo;
 	int64_t first_ms; /* first call (monotonic) */
 	int64_t call_ms;  /* the running call's start */
@@ -42,8 +42,8 @@ struct job {
 	struct event *retry;
 	struct compose_result res;
 	char *text, *model, *error;
-	struct job *qnext;	 /* the queue */
-	struct job *hnext;	 /* the batch's table */
+	struct job *qnext; /* the queue */
+	struct job *hnext; /* the batch's table */
 };
 
 struct composer {
@@ -166,12 +166,12 @@ static void fig_tokens(struct composer *c, const char *model, long prompt,
 	if (i == f->n_models) {
 		if (f->n_models == METRICS_MODELS) {
 			i = METRICS_MODELS - 1; /* the last slot: "other" */
-			snprintf(f->tokens[i].model,
-				 sizeof(f->tokens[i].model), "other");
+			snprintf(f->tokens[i].model, sizeof(f->tokens[i].model),
+				 "other");
 		} else {
 			f->n_models++;
-			snprintf(f->tokens[i].model,
-				 sizeof(f->tokens[i].model), "%s", model);
+			snprintf(f->tokens[i].model, sizeof(f->tokens[i].model),
+				 "%s", model);
 		}
 	}
 	if (prompt > 0)
@@ -193,8 +193,7 @@ static void fig_latency(struct composer *c, int64_t ms)
 	f->lat_sum_s += s;
 }
 
-static void job_finish(struct job *j, enum compose_state st,
-		       const char *error)
+static void job_finish(struct job *j, enum compose_state st, const char *error)
 {
 	struct composer *c = j->c;
 
@@ -276,8 +275,8 @@ static double served_rate(const struct composer *c, int64_t now)
 	}
 	if (n < 2)
 		return 0;
-	return (double)n * 1000.0 / (double)(now - oldest > 500 ? now - oldest
-								: 500);
+	return (double)n * 1000.0 /
+	       (double)(now - oldest > 500 ? now - oldest : 500);
 }
 
 /* A 429: new calls wait for Retry-After (or the back-off), the window
@@ -330,8 +329,8 @@ static void answered(struct composer *c, int64_t now)
 			c->window = c->cfg->composer_concurrency;
 	}
 	if (c->rate > 0) {
-		c->rate *= 1.0 + RATE_GROWTH * (double)(now - c->rate_grown_ms) /
-				     1000.0;
+		c->rate *= 1.0 + RATE_GROWTH *
+				     (double)(now - c->rate_grown_ms) / 1000.0;
 		c->rate_grown_ms = now;
 		if (c->rate > 10000)
 			c->rate = 0; /* far above anything seen: no pacing */
@@ -383,7 +382,7 @@ static void hold(struct composer *c, struct job *j, int status,
 		c->held_since = now;
 	}
 	snprintf(c->held_why, sizeof(c->held_why), "%d %s%s%s", status,
-		 status == 401   ? "unauthorized"
+		 status == 401	 ? "unauthorized"
 		 : status == 402 ? "payment required"
 				 : "forbidden",
 		 msg[0] ? ": " : "", msg);
@@ -434,12 +433,12 @@ static void parse_answer(struct job *j, const struct httpc_resp *r)
 			j->res.completion_tokens = (long)ct->valuedouble;
 		fig_tokens(c, j->model[0] ? j->model : "unknown",
 			   j->res.prompt_tokens, j->res.completion_tokens);
-		c->st.tokens += (size_t)(j->res.prompt_tokens > 0
-					     ? j->res.prompt_tokens
-					     : 0) +
-				(size_t)(j->res.completion_tokens > 0
-					     ? j->res.completion_tokens
-					     : 0);
+		c->st.tokens +=
+		    (size_t)(j->res.prompt_tokens > 0 ? j->res.prompt_tokens
+						      : 0) +
+		    (size_t)(j->res.completion_tokens > 0
+				 ? j->res.completion_tokens
+				 : 0);
 	}
 	if (!cJSON_IsString(content) || !content->valuestring[0] ||
 	    (cJSON_IsString(finish) &&
@@ -520,10 +519,10 @@ static bool call_start(struct composer *c, struct job *j)
 	j->cut_epoch = c->cut_epoch;
 	j->st = J_RUNNING;
 	c->st.calls++;
-	j->call = httpc_request(c->http, "POST", c->url, c->headers,
-				c->n_headers, j->body, j->body_len,
-				c->cfg->composer_timeout_ms, call_done, j, err,
-				sizeof(err));
+	j->call =
+	    httpc_request(c->http, "POST", c->url, c->headers, c->n_headers,
+			  j->body, j->body_len, c->cfg->composer_timeout_ms,
+			  call_done, j, err, sizeof(err));
 	if (!j->call) {
 		log_warn("composer: cannot call %s: %s", c->url, err);
 		c->fig.calls[MC_CONNECT]++;
@@ -554,9 +553,8 @@ static void wake_at(struct composer *c, int64_t at)
 /* Starts what the window, the pause, the pacing and the hold allow. */
 static void pump(struct composer *c)
 {
-	double cap_rate = c->cfg->composer_rate > 0
-			      ? c->cfg->composer_rate / 60.0
-			      : 0;
+	double cap_rate =
+	    c->cfg->composer_rate > 0 ? c->cfg->composer_rate / 60.0 : 0;
 	double rate = c->rate;
 
 	if (cap_rate > 0 && (rate == 0 || cap_rate < rate))
@@ -636,8 +634,7 @@ static bool parse_headers(struct composer *c, const char *spec, char *errstr,
 	return true;
 }
 
-static void add_header(struct composer *c, const char *name,
-		       const char *value)
+static void add_header(struct composer *c, const char *name, const char *value)
 {
 	c->headers =
 	    xrealloc(c->headers, (c->n_headers + 1) * sizeof(*c->headers));
@@ -665,8 +662,9 @@ struct composer *composer_new(struct event_base *base, struct httpc *http,
 	c->fig.window = c->window;
 	backoff_init(&c->pause_bo, 1000, 30000);
 	backoff_init(&c->hold_bo, 1000,
-		     cfg->retry_backoff_max_ms > 1000 ? cfg->retry_backoff_max_ms
-						      : 1000);
+		     cfg->retry_backoff_max_ms > 1000
+			 ? cfg->retry_backoff_max_ms
+			 : 1000);
 	c->wake = evtimer_new(base, handle_wake, c);
 	if (!c->wake)
 		abort();

@@ -73,7 +73,6 @@ const struct contexts_stats *contexts_stats(const struct contexts *c);
  * (contexts_get() then answers for it), so work per lead (a message's
  * composition) starts at once instead of after the whole batch. */
 typedef void (*contexts_lead_fn)(void *arg, enum ctx_ns ns, const char *key);
-void contexts_set_listener(struct contexts *c, contexts_lead_fn fn,
-			   void *arg);
+void contexts_set_listener(struct contexts *c, contexts_lead_fn fn, void *arg);
 
 #endif

@@ -50,13 +50,11 @@ struct httpc_header {
  * client's), body (may be NULL). The deadline covers everything: name,
  * connection, TLS handshake, request and the whole answer. Returns NULL
  * when the call cannot even start (errstr says why; fn is not called). */
-struct httpc_call *httpc_request(struct httpc *h, const char *method,
-				 const char *url,
-				 const struct httpc_header *headers,
-				 size_t n_headers, const char *body,
-				 size_t body_len, int timeout_ms,
-				 httpc_done_fn fn, void *arg, char *errstr,
-				 size_t errstr_size);
+struct httpc_call *
+httpc_request(struct httpc *h, const char *method, const char *url,
+	      const struct httpc_header *headers, size_t n_headers,
+	      const char *body, size_t body_len, int timeout_ms,
+	      httpc_done_fn fn, void *arg, char *errstr, size_t errstr_size);
 /* Abandons a call; its callback is never called. */
 void httpc_cancel(struct httpc_call *c);
 

@@ -611,8 +611,8 @@ static void put_histograms(struct buf *out, const struct metrics_pipe *m)
 }
 
 const char *const metrics_call_names[] = {
-    "ok",	   "refused", "bad_request", "rate_limited", "server_error",
-    "timeout",	   "connect", "bad_answer",  "account",	     NULL};
+    "ok",      "refused", "bad_request", "rate_limited", "server_error",
+    "timeout", "connect", "bad_answer",	 "account",	 NULL};
 const double metrics_compose_le[METRICS_COMPOSE_BUCKETS] = {
     0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60};
 
@@ -645,8 +645,7 @@ static void sum_composer(struct metrics_composer *a,
 		int j;
 
 		for (j = 0; j < a->n_models; j++)
-			if (strcmp(a->tokens[j].model, m->tokens[i].model) ==
-			    0)
+			if (strcmp(a->tokens[j].model, m->tokens[i].model) == 0)
 				break;
 		if (j == a->n_models) {
 			if (a->n_models == METRICS_MODELS)

@@ -31,7 +31,7 @@ enum metrics_call {
 	MC_RATE_LIMITED, /* 429 */
 	MC_SERVER_ERROR, /* 5xx */
 	MC_TIMEOUT,
-	MC_CONNECT, /* no answer: connection, TLS, name */
+	MC_CONNECT,    /* no answer: connection, TLS, name */
 	MC_BAD_ANSWER, /* not a chat completion */
 	MC_ACCOUNT,    /* 401, 402, 403: the key or the credit */
 	MC_COUNT

@@ -152,8 +152,7 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 			     cfg->lc_concurrency > cfg->composer_concurrency
 				 ? cfg->lc_concurrency
 				 : cfg->composer_concurrency,
-			     cfg->http_ca_file,
-			     err, errsz);
+			     cfg->http_ca_file, err, errsz);
 	if (!p->httpc)
 		goto fail;
 	p->contexts = contexts_new(p->base, &p->cfg, p->httpc, err, errsz);

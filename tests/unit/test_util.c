@@ -74,7 +74,8 @@ int main(void)
 		    {{"q\"x", "b\\s"}, 2, "{\"q\\\"x\",\"b\\\\s\"}"},
 		    {{"NULL", "{,}"}, 2, "{\"NULL\",\"{,}\"}"},
 		};
-		for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++) {
+		for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]);
+		     i++) {
 			struct buf b;
 
 			buf_init(&b);

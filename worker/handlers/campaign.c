@@ -218,11 +218,10 @@ static int cmp_str(const void *a, const void *b)
 }
 
 /* The value of id, NULL when absent (or NULL). found: present at all. */
-static const char *idmap_get(const struct idmap *m, const char *id,
-			     bool *found)
+static const char *idmap_get(const struct idmap *m, const char *id, bool *found)
 {
-	char **hit = m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str)
-			  : NULL;
+	char **hit =
+	    m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str) : NULL;
 
 	if (found)
 		*found = hit != NULL;
@@ -246,8 +245,8 @@ static void idmap_keys(struct idmap *m, const char **ids, size_t n)
 
 static void idmap_set(struct idmap *m, const char *id, const char *val)
 {
-	char **hit = m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str)
-			  : NULL;
+	char **hit =
+	    m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str) : NULL;
 
 	if (hit) {
 		free(m->vals[hit - m->ids]);
@@ -428,9 +427,8 @@ static bool load_inboxes(struct campaign_state *c, struct pgsink *ps,
 
 static enum inbox_state inbox_of(const struct inbox_map *m, const char *id)
 {
-	const char **hit = m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids),
-					  cmp_str)
-				: NULL;
+	const char **hit =
+	    m->n ? bsearch(&id, m->ids, m->n, sizeof(*m->ids), cmp_str) : NULL;
 
 	return hit ? m->state[hit - m->ids] : INBOX_MISSING;
 }
@@ -460,9 +458,9 @@ static const char *model_of(const struct campaign_state *c,
 		   : NULL;
 }
 
-static void rule_input_of(const struct campaign_state *c,
-			  const struct crec *cr, const struct inbox_map *m,
-			  int64_t now, struct rule_input *in)
+static void rule_input_of(const struct campaign_state *c, const struct crec *cr,
+			  const struct inbox_map *m, int64_t now,
+			  struct rule_input *in)
 {
 	memset(in, 0, sizeof(*in));
 	in->now_ms =
@@ -478,7 +476,8 @@ static void rule_input_of(const struct campaign_state *c,
 }
 
 static void lead_input(const struct campaign_state *c,
-		       const struct campaign_message *msg, struct rule_input *in)
+		       const struct campaign_message *msg,
+		       struct rule_input *in)
 {
 	const cJSON *ctx = NULL;
 	enum ctx_state cs =
@@ -499,10 +498,10 @@ static void compose_msg(struct campaign_state *c, const struct crec *cr,
 {
 	struct rule_input in;
 	struct compose_req req;
-	bool known;
-	const char *st = idmap_get(&c->outbox, msg->message_id, &known);
+	const char *st = idmap_get(&c->outbox, msg->message_id, NULL);
 
-	if (!cr->b.prompt_user || (known && (!st || strcmp(st, "paused"))))
+	/* st: the outbox's status, NULL when the message is not there */
+	if (!cr->b.prompt_user || (st && strcmp(st, "paused") != 0))
 		return;
 	rule_input_of(c, cr, &c->inboxes, c->now_ms, &in);
 	lead_input(c, msg, &in);
@@ -530,8 +529,8 @@ static void on_lead(void *arg, enum ctx_ns ns, const char *lead_id)
 
 	if (ns != CTX_NS_LEAD || !c->prepared_ok || c->n_by_lead == 0)
 		return;
-	hit = bsearch(&key, c->by_lead, c->n_by_lead, sizeof(key),
-		      cmp_lead_msg);
+	hit =
+	    bsearch(&key, c->by_lead, c->n_by_lead, sizeof(key), cmp_lead_msg);
 	if (!hit)
 		return;
 	while (hit > c->by_lead && strcmp(hit[-1].lead_id, lead_id) == 0)
@@ -554,8 +553,10 @@ static void model_got(void *arg, const redisReply *r)
 		const cJSON *m =
 		    cJSON_GetObjectItemCaseSensitive(doc, "ai_model");
 
-		if (cJSON_IsObject(doc) && (cJSON_IsString(m) || cJSON_IsNull(m)))
-			*slot = xstrdup(cJSON_IsString(m) ? m->valuestring : "");
+		if (cJSON_IsObject(doc) &&
+		    (cJSON_IsString(m) || cJSON_IsNull(m)))
+			*slot =
+			    xstrdup(cJSON_IsString(m) ? m->valuestring : "");
 		cJSON_Delete(doc);
 	}
 	slot[1] = (char *)1; /* answered */
@@ -636,8 +637,8 @@ static bool load_models(struct campaign_state *c, struct pgsink *ps,
 				mids[k++] = m->ids[i];
 		idmap_keys(&miss, mids, k);
 		free(mids);
-		if (!idmap_load(&miss, ps, SQL_WORKSPACES, "workspaces",
-				errstr, errstr_size)) {
+		if (!idmap_load(&miss, ps, SQL_WORKSPACES, "workspaces", errstr,
+				errstr_size)) {
 			idmap_free(&miss);
 			return false;
 		}
@@ -661,8 +662,9 @@ static bool load_models(struct campaign_state *c, struct pgsink *ps,
 			if (c->env.redis) {
 				buf_init(&key);
 				buf_printf(&key, "workspace:%s", miss.ids[i]);
-				snprintf(ttl, sizeof(ttl), "%d",
-					 c->env.cfg->composer_model_cache_ttl_s);
+				snprintf(
+				    ttl, sizeof(ttl), "%d",
+				    c->env.cfg->composer_model_cache_ttl_s);
 				argv[0] = "SET";
 				argv[1] = key.data;
 				argv[2] = json;
@@ -709,9 +711,9 @@ static bool prepare_compose(struct campaign_state *c, struct pgsink *ps,
 			continue;
 		for (size_t k = 0; k < cr->b.n_messages; k++) {
 			ids[c->n_by_lead] = cr->b.messages[k].message_id;
-			c->by_lead[c->n_by_lead++] = (struct lead_msg){
-			    cr->b.messages[k].lead_id, (uint32_t)i,
-			    (uint32_t)k};
+			c->by_lead[c->n_by_lead++] =
+			    (struct lead_msg){cr->b.messages[k].lead_id,
+					      (uint32_t)i, (uint32_t)k};
 		}
 	}
 	qsort(c->by_lead, c->n_by_lead, sizeof(*c->by_lead), cmp_lead_msg);
@@ -740,8 +742,10 @@ static bool campaign_prepare(void *st, struct pgsink *ps, char *errstr,
 		const struct campaign_message *msg =
 		    &cr->b.messages[c->by_lead[i].msg];
 
+		const cJSON *ctx;
+
 		if (contexts_get(c->env.contexts, CTX_NS_LEAD, msg->lead_id,
-				 NULL) != CTX_PENDING)
+				 &ctx) != CTX_PENDING)
 			compose_msg(c, cr, msg);
 	}
 	return true;
@@ -751,9 +755,8 @@ static bool campaign_prepared(void *st)
 {
 	struct campaign_state *c = st;
 
-	return c->n == 0 ||
-	       (contexts_done(c->env.contexts) &&
-		(!c->composing || composer_done(c->env.composer)));
+	return c->n == 0 || (contexts_done(c->env.contexts) &&
+			     (!c->composing || composer_done(c->env.composer)));
 }
 
 static void copy_field(struct buf *b, const char *s, bool last)
