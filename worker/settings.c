@@ -87,7 +87,7 @@ const struct cfg_setting worker_settings[] = {
      "https://openrouter.ai/api/v1 (empty = none: they fail "
      "compose_failed:not_configured)"},
     {"composer.api_key_file", CFG_STR, F(composer_api_key_file), "", 0, 0, NULL,
-     NULL, "file holding the endpoint's API key (sent as Bearer)"},
+     "SLUICE_COMPOSER_API_KEY_FILE", "file holding the endpoint's API key (sent as Bearer)"},
     {"composer.headers", CFG_STR, F(composer_headers), "", 0, 0, NULL, NULL,
      "extra request headers, \"Name: value; Name: value\""},
     {"composer.concurrency", CFG_INT, F(composer_concurrency), "5", 1, 1000,
@@ -99,7 +99,7 @@ const struct cfg_setting worker_settings[] = {
     {"composer.retries", CFG_INT, F(composer_retries), "3", 0, 100, NULL, NULL,
      "further attempts after a timeout, connection error, 5xx or 429"},
     {"composer.default_model", CFG_STR, F(composer_default_model), "", 0, 0,
-     NULL, NULL,
+     NULL, "SLUICE_COMPOSER_DEFAULT_MODEL",
      "model when neither the batch nor workspaces.ai_model names one"},
     {"composer.model_cache_ttl_s", CFG_INT, F(composer_model_cache_ttl_s),
      "300", 1, 86400, NULL, NULL, "TTL of workspace:{id} in Redis"},
