@@ -6,6 +6,10 @@
 # - a campaign batch whose lead lookups take ~3x the interval lands every
 #   message once, each lead looked up once, with no "maximum poll interval"
 #   warning and no revocation;
+# - a second worker joining the group mid-batch gets its partitions within
+#   seconds (the first one serves the rebalance), including ones of the open
+#   batch: every message is applied once (the run's counters agree with its
+#   rows), whichever worker commits it;
 # - PostgreSQL down for longer than the interval, then back: every record
 #   lands once, and the group never rebalanced (no rejoin storm).
 #
@@ -20,7 +24,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from campaign_util import (add_inbox, batch, campaign_ingest, campaign_lines,
-                           http_worker, msg, post_batch, uid, wait_rows)
+                           check_counters, http_worker, msg, post_batch, uid,
+                           wait_rows)
 from conftest import free_port, http_request, transcript, wait_until
 from leadstub import LeadStub
 
@@ -96,6 +101,48 @@ def test_long_lookup_batch_keeps_its_partitions(pipeline, services, stub):
     assert len(lines) == 1, [d["line"] for d in lines]
     assert all(stub.calls[lead] == 1 for lead in leads), dict(stub.calls)
     _kept_the_group(worker, port)
+
+
+def test_member_joining_mid_batch(pipeline, services, stub):
+    over = dict(lead_context__concurrency=1, lead_context__timeout_ms=10000,
+                lead_context__retries=0, lead_context__batch_budget_ms=120000,
+                **KAFKA)
+    first = http_worker(pipeline, stub, **over)
+    ingest = campaign_ingest(pipeline)
+    inbox = add_inbox(services, uid("inbox-"))
+    stub.delay = 1.0
+    # Runs of campaigns of their own: on several partitions, all in the
+    # first worker's batch.
+    runs = {}
+    for r in range(4):
+        run = uid("run-")
+        leads = [uid(f"{pipeline.prefix}lead{r}{i}-") for i in range(3)]
+        for lead in leads:
+            stub.set(lead, {"lead": {"name": "L"}})
+        runs[run] = [msg(f"{run}-{i}", lead) for i, lead in enumerate(leads)]
+        post_batch(ingest, batch(run, runs[run], inbox),
+                   campaign_id=uid("cmp-"))
+    wait_until(lambda: stub.total >= 2, 30, 0.1,
+               message="the first worker's batch to be looking up")
+    t0 = time.monotonic()
+    second = http_worker(pipeline, stub, **over)   # waits for "assigned"
+    joined = time.monotonic() - t0
+    assert first.running() and "revoked" in first.log_text(), \
+        "the first worker gave no partition away"
+    for run, messages in runs.items():
+        got = wait_rows(services, run, len(messages), timeout=120,
+                        worker=first)
+        wait_until(lambda: {r["status"] for r in
+                            wait_rows(services, run, len(messages))
+                            .values()} == {"ready"}, 60, 0.2,
+                   message=f"the messages of {run} to be ready",
+                   describe=lambda: str(got))
+    check_counters(services, list(runs))
+    for w in (first, second):
+        w.assert_alive()
+        assert not MAX_POLL_RX.search(w.log_text()), w.log_tail(20)
+    # The group rebalanced while the batch ran, not after it.
+    assert joined < 15, f"the second worker waited {joined:.1f} s"
 
 
 def test_postgres_down_longer_than_max_poll(pipeline, services):
