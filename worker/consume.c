@@ -34,12 +34,13 @@ struct consumer {
 	int64_t last_commit_ms;
 	int wake_fds[2]; /* consumer queue → loop (consume_watch) */
 	struct event *wake_ev;
-	/* The flush callback runs: a batch is open (consume_serve()). */
+	/* The flush callback runs: its records are the open batch. */
 	bool in_batch;
 	/* Inside rd_kafka_consumer_poll(), whose callbacks may wait on the
 	 * loop (seek_to_stored): consume_serve() must not poll again. */
 	bool polling;
-	/* Paused by consume_serve() for the open batch, resumed after it. */
+	/* Paused by consume_serve() for the batch running, resumed after it
+	 * (or before the next poll for records). */
 	rd_kafka_topic_partition_list_t *paused;
 	/* Records a poll returned while the batch was open, in their order:
 	 * the next batch starts with them (librdkafka's position is already
@@ -388,6 +389,7 @@ size_t consume_batch(struct consumer *c, int timeout_ms)
 	int64_t deadline;
 	size_t n;
 
+	consume_resume(c); /* paused by a batch run outside the flush */
 	/* Records held back from the last batch come first: they precede
 	 * whatever is fetched now. While some are left, nothing is polled,
 	 * or a batch would carry later offsets of their partition and its
@@ -428,7 +430,9 @@ void consume_serve(struct consumer *c)
 {
 	rd_kafka_message_t *m;
 
-	if (!c->in_batch || c->polling || c->fatal)
+	/* Also outside the flush callback: a batch of passed-over offsets
+	 * only, committed from batch_idle(), retries as long as any. */
+	if (c->polling || c->fatal)
 		return;
 	if (!c->paused) {
 		rd_kafka_topic_partition_list_t *l = NULL;
@@ -597,6 +601,7 @@ void consume_close(struct consumer *c)
 
 	if (!c)
 		return;
+	consume_resume(c);
 	consume_flush_pending(c);
 	consume_commit_flush(c);
 	/* Leaves the group; the revoke callback flushes what is pending. */
