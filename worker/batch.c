@@ -34,6 +34,7 @@ struct batch {
 	int dn, dcap;
 	unsigned dgen;
 	int64_t last_commit_ms;
+	int64_t serve_ms; /* the consumer last served (batch_serve()) */
 };
 
 /* The batch's partitions and the next offset of each. */
@@ -204,6 +205,19 @@ static bool batch_streams(const struct batch *b, rd_kafka_message_t **msgs,
 	return ok;
 }
 
+/* A batch that runs long serves its consumer once a second, so that
+ * librdkafka does not take it for a stuck worker and give its partitions
+ * away (kafka.max.poll.interval.ms); a short batch never does. */
+static void batch_serve(struct batch *b)
+{
+	int64_t now = util_mono_ms();
+
+	if (!b->env->serve || now - b->serve_ms < 1000)
+		return;
+	b->serve_ms = now;
+	b->env->serve(b->env->serve_arg);
+}
+
 /* Runs the event_base until every handler's lookups (and compositions)
  * are in. false: a handler could not start (err), or a stop request came
  * first: the batch is left uncommitted for its next owner. */
@@ -259,6 +273,7 @@ static bool batch_prepare(struct batch *b, char *err, size_t errsz)
 			gave_up = true;
 		} else if (waiting) {
 			event_base_loop(b->env->base, EVLOOP_ONCE);
+			batch_serve(b);
 		}
 	}
 	return true;
@@ -472,6 +487,7 @@ void batch_wait(void *arg, int ms)
 		tv.tv_usec = (suseconds_t)left * 1000;
 		event_base_loopexit(b->env->base, &tv);
 		event_base_dispatch(b->env->base);
+		batch_serve(b);
 	}
 }
 
@@ -618,6 +634,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	char err[1024];
 
 	batch_defer_check(b);
+	b->serve_ms = t0;
 	pm.parts = calloc(n + (size_t)b->dn + 1, sizeof(*pm.parts));
 	pm.next = calloc(n + (size_t)b->dn + 1, sizeof(*pm.next));
 	pm.fence = calloc(n + (size_t)b->dn + 1, sizeof(*pm.fence));

@@ -28,6 +28,12 @@ struct batch_env {
 	struct composer *composer; /* NULL: none (replay's is real too) */
 	struct rconn *redis;	   /* the handlers' reads, NULL: none */
 	struct consumer *consumer; /* set once the consumer exists */
+	/* Keeps the consumer served while a batch waits on its lookups or
+	 * its retries (consume_serve()), so a batch longer than
+	 * kafka.max.poll.interval.ms keeps its partitions; called at most
+	 * once a second with serve_arg. NULL without a consumer (replay). */
+	void (*serve)(void *serve_arg);
+	void *serve_arg;
 	volatile const int *stopping;
 	/* replay: time rules use each record's received-at */
 	bool record_clock;

@@ -34,6 +34,19 @@ struct consumer {
 	int64_t last_commit_ms;
 	int wake_fds[2]; /* consumer queue → loop (consume_watch) */
 	struct event *wake_ev;
+	/* The flush callback runs: its records are the open batch. */
+	bool in_batch;
+	/* Inside rd_kafka_consumer_poll(), whose callbacks may wait on the
+	 * loop (seek_to_stored): consume_serve() must not poll again. */
+	bool polling;
+	/* Paused by consume_serve() for the batch running, resumed after it
+	 * (or before the next poll for records). */
+	rd_kafka_topic_partition_list_t *paused;
+	/* Records a poll returned while the batch was open, in their order:
+	 * the next batch starts with them (librdkafka's position is already
+	 * past them, so they are fetched no second time). */
+	rd_kafka_message_t **held;
+	size_t n_held, cap_held;
 };
 
 static void consume_commit_flush(struct consumer *c)
@@ -46,6 +59,30 @@ static void consume_commit_flush(struct consumer *c)
 	c->last_commit_ms = util_mono_ms();
 }
 
+static rd_kafka_message_t *consume_poll(struct consumer *c, int timeout_ms)
+{
+	rd_kafka_message_t *m;
+
+	c->polling = true;
+	m = rd_kafka_consumer_poll(c->rk, timeout_ms);
+	c->polling = false;
+	return m;
+}
+
+/* The batch ended: its partitions fetch again, from the position after
+ * the last record handed out (librdkafka keeps it across the pause). */
+static void consume_resume(struct consumer *c)
+{
+	if (!c->paused)
+		return;
+	/* A partition revoked meanwhile answers with an error of its own
+	 * in the list; that is fine. */
+	rd_kafka_resume_partitions(c->rk, c->paused);
+	log_debug("resumed %d partitions after a long batch", c->paused->cnt);
+	rd_kafka_topic_partition_list_destroy(c->paused);
+	c->paused = NULL;
+}
+
 /* Hands the records collected so far to the flush callback. */
 static void consume_flush_pending(struct consumer *c)
 {
@@ -53,7 +90,10 @@ static void consume_flush_pending(struct consumer *c)
 
 	if (n == 0)
 		return;
+	c->in_batch = true;
 	c->flush(c->flush_arg, c->msgs, n);
+	c->in_batch = false;
+	consume_resume(c);
 	for (size_t i = 0; i < n; i++)
 		rd_kafka_message_destroy(c->msgs[i]);
 	c->n = 0;
@@ -100,6 +140,43 @@ done:
 	free(offs);
 }
 
+/* Partitions assigned while a batch keeps them paused: paused too, so
+ * the batch's polls hand out none of their records. */
+static void consume_pause_more(struct consumer *c,
+			       rd_kafka_topic_partition_list_t *parts)
+{
+	rd_kafka_topic_partition_list_t *l =
+	    rd_kafka_topic_partition_list_copy(parts);
+
+	rd_kafka_pause_partitions(c->rk, l);
+	for (int i = 0; i < l->cnt; i++)
+		if (!rd_kafka_topic_partition_list_find(
+			c->paused, l->elems[i].topic, l->elems[i].partition))
+			rd_kafka_topic_partition_list_add(
+			    c->paused, l->elems[i].topic,
+			    l->elems[i].partition);
+	rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* Held records of revoked partitions: their next owner reads them from
+ * the offset PostgreSQL holds. */
+static void consume_drop_held(struct consumer *c,
+			      const rd_kafka_topic_partition_list_t *parts)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < c->n_held; i++) {
+		rd_kafka_message_t *m = c->held[i];
+
+		if (rd_kafka_topic_partition_list_find(
+			parts, rd_kafka_topic_name(m->rkt), m->partition))
+			rd_kafka_message_destroy(m);
+		else
+			c->held[k++] = m;
+	}
+	c->n_held = k;
+}
+
 /* Runs on the worker thread inside rd_kafka_consumer_poll(). */
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			 rd_kafka_topic_partition_list_t *parts, void *opaque)
@@ -119,11 +196,19 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		c->assigned += parts->cnt;
 		metrics_rebalance(true, parts);
 		c->assign_gen++;
+		if (c->paused)
+			consume_pause_more(c, parts);
 	} else if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
 		/* Finish what was fetched before the partitions go: its
 		 * effects and offsets commit together, so the next owner
-		 * starts exactly after it. */
-		consume_flush_pending(c);
+		 * starts exactly after it. Unless that batch is the one
+		 * open (this runs inside consume_serve()): it goes on, and
+		 * its commit is fenced by the offsets PostgreSQL holds, so
+		 * whichever of it and the next owner commits second skips
+		 * what the first applied. */
+		if (!c->in_batch)
+			consume_flush_pending(c);
+		consume_drop_held(c, parts);
 		if (!rd_kafka_assignment_lost(rk))
 			consume_commit_flush(c);
 		{
@@ -304,19 +389,34 @@ size_t consume_batch(struct consumer *c, int timeout_ms)
 	int64_t deadline;
 	size_t n;
 
-	m = rd_kafka_consumer_poll(c->rk, timeout_ms);
-	if (!m || !take(c, m)) {
-		if (util_mono_ms() - c->last_commit_ms >= 1000)
-			consume_commit_flush(c);
-		return 0;
+	consume_resume(c); /* paused by a batch run outside the flush */
+	/* Records held back from the last batch come first: they precede
+	 * whatever is fetched now. While some are left, nothing is polled,
+	 * or a batch would carry later offsets of their partition and its
+	 * commit would pass over them. */
+	n = c->n_held < (size_t)c->cfg->batch_max ? c->n_held
+						  : (size_t)c->cfg->batch_max;
+	if (n > 0) {
+		memcpy(c->msgs, c->held, n * sizeof(*c->msgs));
+		memmove(c->held, c->held + n,
+			(c->n_held - n) * sizeof(*c->held));
+		c->n = n;
+		c->n_held -= n;
+	} else {
+		m = consume_poll(c, timeout_ms);
+		if (!m || !take(c, m)) {
+			if (util_mono_ms() - c->last_commit_ms >= 1000)
+				consume_commit_flush(c);
+			return 0;
+		}
 	}
 	/* Whatever is already fetched joins the batch: batches form by
 	 * themselves under load and cost nothing when idle. */
 	deadline = util_mono_ms() + c->cfg->batch_wait_ms;
-	while (c->n > 0 && c->n < (size_t)c->cfg->batch_max) {
+	while (c->n > 0 && c->n < (size_t)c->cfg->batch_max && c->n_held == 0) {
 		int64_t left = deadline - util_mono_ms();
 
-		m = rd_kafka_consumer_poll(c->rk, left > 0 ? (int)left : 0);
+		m = consume_poll(c, left > 0 ? (int)left : 0);
 		if (!m)
 			break;
 		take(c, m);
@@ -324,6 +424,50 @@ size_t consume_batch(struct consumer *c, int timeout_ms)
 	n = c->n;
 	consume_flush_pending(c);
 	return n;
+}
+
+void consume_serve(struct consumer *c)
+{
+	rd_kafka_message_t *m;
+
+	/* Also outside the flush callback: a batch of passed-over offsets
+	 * only, committed from batch_idle(), retries as long as any. */
+	if (c->polling || c->fatal)
+		return;
+	if (!c->paused) {
+		rd_kafka_topic_partition_list_t *l = NULL;
+
+		/* Paused, the partitions fetch nothing, and librdkafka drops
+		 * what it had fetched beyond the batch (it is fetched again
+		 * from the same position on resume): the poll below only
+		 * serves the group, unless it hands out a record anyway. */
+		if (rd_kafka_assignment(c->rk, &l) !=
+			RD_KAFKA_RESP_ERR_NO_ERROR ||
+		    !l)
+			l = rd_kafka_topic_partition_list_new(0);
+		rd_kafka_pause_partitions(c->rk, l);
+		c->paused = l;
+		log_debug("long batch: paused %d partitions, serving the "
+			  "consumer while it runs",
+			  l->cnt);
+	}
+	/* A bounded number of events: the batch has work to get back to. */
+	for (int i = 0; i < 100; i++) {
+		m = consume_poll(c, 0);
+		if (!m)
+			break;
+		if (m->err) {
+			take(c, m); /* logs it, or notes a fatal error */
+			continue;
+		}
+		metrics_consumed(m->partition, m->offset);
+		if (c->n_held == c->cap_held) {
+			c->cap_held = c->cap_held ? 2 * c->cap_held : 16;
+			c->held =
+			    xrealloc(c->held, c->cap_held * sizeof(*c->held));
+		}
+		c->held[c->n_held++] = m;
+	}
 }
 
 void consume_commit_async(struct consumer *c, const int32_t *parts,
@@ -457,6 +601,7 @@ void consume_close(struct consumer *c)
 
 	if (!c)
 		return;
+	consume_resume(c);
 	consume_flush_pending(c);
 	consume_commit_flush(c);
 	/* Leaves the group; the revoke callback flushes what is pending. */
@@ -466,6 +611,10 @@ void consume_close(struct consumer *c)
 	consume_flush_pending(c);
 	if (c->to_commit)
 		rd_kafka_topic_partition_list_destroy(c->to_commit);
+	/* Held records were never applied: the next owner reads them. */
+	for (size_t i = 0; i < c->n_held; i++)
+		rd_kafka_message_destroy(c->held[i]);
+	free(c->held);
 	consume_unwatch(c);
 	rd_kafka_destroy(c->rk);
 	free(c->msgs);

@@ -30,6 +30,14 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
  * takes what is already fetched (plus batch_wait_ms). Processes the batch
  * through the flush callback; returns how many records it had. */
 size_t consume_batch(struct consumer *c, int timeout_ms);
+/* For a batch that runs long (its lookups, its retries), called from it
+ * at most about once a second: pauses the assigned partitions for the
+ * rest of the batch (resumed when the flush callback returns, or by the
+ * next consume_batch()) and polls the consumer once, which tells
+ * librdkafka the worker is alive (kafka.max.poll.interval.ms) and serves
+ * rebalances and errors. A record it is handed anyway starts the next
+ * batch. Does nothing inside a poll's own callbacks. */
+void consume_serve(struct consumer *c);
 /* Tells Kafka the committed positions too, for lag monitoring only (the
  * worker trusts PostgreSQL's copy); sent at most once a second, and on
  * revocation and close. */

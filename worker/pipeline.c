@@ -73,6 +73,12 @@ static void partition_offsets(void *arg, int32_t partition, int64_t *low,
 	consume_offsets(arg, partition, low, high, position);
 }
 
+/* batch_env.serve: on the pipeline's thread, inside its batch. */
+static void serve_consumer(void *arg)
+{
+	consume_serve(arg);
+}
+
 /* What the endpoint shows of this pipeline, handed to metrics.c from the
  * pipeline's own thread. */
 static void pipeline_report(struct pipeline *p)
@@ -201,6 +207,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	if (!p->consumer)
 		goto fail;
 	p->env.consumer = p->consumer;
+	p->env.serve = serve_consumer;
+	p->env.serve_arg = p->consumer;
 	if (!consume_watch(p->consumer, p->base, err, errsz))
 		goto fail;
 	p->idle_ev = evtimer_new(p->base, handle_idle, p);
@@ -246,6 +254,7 @@ static void *pipeline_main(void *arg)
 	consume_close(p->consumer); /* may flush a last batch */
 	p->consumer = NULL;
 	p->env.consumer = NULL;
+	p->env.serve = NULL;
 	batch_idle(p->batch); /* the outbox's last upkeep */
 	pipeline_report(p);
 	batch_totals(p->batch, &t);
@@ -297,6 +306,7 @@ void pipeline_destroy(struct pipeline *p)
 	if (p->consumer)
 		consume_close(p->consumer);
 	p->env.consumer = NULL;
+	p->env.serve = NULL;
 	if (p->batch)
 		batch_idle(p->batch);
 	metrics_pipe_enter(NULL);
