@@ -195,3 +195,30 @@ def test_deadline_ends_a_hung_call(pipeline, services):
             worker.log_tail(20)
     finally:
         stub.stop()
+
+
+def test_stop_while_calls_hang(pipeline, services, certs):
+    """SIGTERM while https calls hang: the batch ends by its budget (a
+    batch waiting on lookups is finished, not dropped, on SIGTERM), the
+    calls still running are cancelled and their TLS connections freed
+    (ASan/LSan-clean under the sanitized build), and the worker exits 0."""
+    stub = LeadStub(tls=(str(certs["cert"]), str(certs["key"]))).start()
+    try:
+        stub.delay = 60
+        worker = http_worker(pipeline, stub,
+                             lead_context__url=stub.url_for("localhost"),
+                             lead_context__concurrency=3,
+                             lead_context__timeout_ms=60000,
+                             lead_context__batch_budget_ms=4000,
+                             http__ca_file=str(certs["ca"]))
+        ingest = campaign_ingest(pipeline)
+        _run(pipeline, services, ingest, stub, 5, "stop")
+        wait_until(lambda: stub.in_flight() == 3, 30, 0.05,
+                   message="three lookups hanging at the source",
+                   describe=stub.snapshot)
+        t = time.monotonic()
+        assert worker.stop() == 0, worker.log_tail(20)
+        assert time.monotonic() - t < 30
+        assert worker.crash_lines() == [], worker.crash_lines()
+    finally:
+        stub.stop()
