@@ -538,6 +538,10 @@ void httpc_destroy(struct httpc *h)
 			struct hc_conn *k = host->conns;
 
 			host->conns = k->next;
+			/* The cancel below closes it: its close callback must
+			 * not hand it to the reaper as well (a double free). */
+			k->dead = true;
+			evhttp_connection_set_closecb(k->evcon, NULL, NULL);
 			if (k->call) {
 				struct httpc_call *c = k->call;
 

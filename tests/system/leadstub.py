@@ -7,7 +7,10 @@
 #   stop() cuts short, so a "hung" source leaves no thread behind);
 # - a failure mode per lead: answer 500 the next N calls (None: always);
 # - counters: total calls, calls per lead, requests in flight now and at
-#   most (peak), all under one lock.
+#   most (peak), TCP connections accepted, all under one lock;
+# - HTTPS (`LeadStub(tls=(certfile, keyfile))`, the handshake in the
+#   connection's own thread) and a dual-stack listener (`host="::"`, for
+#   clients that resolve a name such as localhost to ::1 or 127.0.0.1).
 #
 # The in-flight count drops *before* the response is written, so a client
 # keeping exactly K lookups in flight (a new one starts when one has been
@@ -15,6 +18,7 @@
 
 import json
 import socket
+import ssl
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,8 +33,23 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 512        # the default 5 would drop bursts
 
     def handle_error(self, request, client_address):
-        # A client that timed out and closed the socket: BrokenPipe etc.
+        # A client that timed out and closed the socket: BrokenPipe etc.;
+        # a client refusing our certificate.
         pass
+
+    def get_request(self):
+        sock, addr = super().get_request()
+        with self.stub._lock:
+            self.stub.connections += 1
+        return sock, addr
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -40,6 +59,16 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self):
+        ctx = self.server.stub._ssl
+        if ctx is not None:
+            self.request.settimeout(10)
+            try:
+                self.request = ctx.wrap_socket(self.request, server_side=True)
+            except (ssl.SSLError, OSError):
+                with self.server.stub._lock:
+                    self.server.stub.tls_failures += 1
+                raise
+            self.request.settimeout(None)
         super().setup()
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
@@ -80,8 +109,15 @@ class Raw:
 
 
 class LeadStub:
-    def __init__(self):
+    def __init__(self, tls=None, host="127.0.0.1"):
         self._lock = threading.Lock()
+        self._ssl = None
+        if tls is not None:
+            self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self._ssl.load_cert_chain(*tls)
+        self.host = host
+        self.connections = 0        # TCP connections accepted
+        self.tls_failures = 0       # handshakes that failed
         self.contexts = {}          # lead id -> context (None: body null)
         self.delays = {}            # lead id -> seconds
         self.delay = 0.0            # every lead without its own delay
@@ -126,6 +162,8 @@ class LeadStub:
             self.total = 0
             self.peak = self.inflight
             self.raw_paths.clear()
+            self.connections = 0
+            self.tls_failures = 0
 
     # -- reading the counters
     def calls_for(self, lead):
@@ -141,7 +179,9 @@ class LeadStub:
     def snapshot(self):
         with self._lock:
             return {"total": self.total, "peak": self.peak,
-                    "inflight": self.inflight, "calls": dict(self.calls)}
+                    "inflight": self.inflight, "calls": dict(self.calls),
+                    "connections": self.connections,
+                    "tls_failures": self.tls_failures}
 
     # -- the handler's side
     def _begin(self, lead, raw):
@@ -174,7 +214,8 @@ class LeadStub:
     # -- life cycle
     def start(self):
         self._stopping.clear()
-        self._server = _Server(("127.0.0.1", 0), _Handler)
+        cls = _Server6 if ":" in self.host else _Server
+        self._server = cls((self.host, 0), _Handler)
         self._server.stub = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
@@ -194,7 +235,12 @@ class LeadStub:
     @property
     def url(self):
         """The lead_context.url template for the worker."""
-        return f"http://127.0.0.1:{self.port}{PREFIX}{{lead_id}}"
+        return self.url_for("127.0.0.1")
+
+    def url_for(self, host):
+        """The template naming this stub by `host` (a name or address)."""
+        scheme = "https" if self._ssl is not None else "http"
+        return f"{scheme}://{host}:{self.port}{PREFIX}{{lead_id}}"
 
     def __enter__(self):
         return self.start()
