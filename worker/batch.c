@@ -254,10 +254,12 @@ static bool batch_prepare(struct batch *b, char *err, size_t errsz)
 			if (b->used[i] && handlers[i]->prepared &&
 			    !handlers[i]->prepared(b->state[i]))
 				waiting = true;
-		if (waiting && *b->env->stopping) {
+		if (waiting && *b->env->stopping && b->env->composer &&
+		    !composer_done(b->env->composer)) {
 			/* Compositions can take minutes: a stop request
-			 * does not wait for them. Nothing of the batch is
-			 * written; its next owner composes it again. */
+			 * does not wait for them (lookups, bounded by their
+			 * budget, it does). Nothing of the batch is written;
+			 * its next owner composes it again. */
 			if (b->env->composer)
 				composer_stop(b->env->composer);
 			contexts_give_up(b->env->contexts);
