@@ -68,7 +68,7 @@ char *batch_staging_sql(void)
 
 struct batch *batch_new(struct batch_env *env)
 {
-	struct batch *b = calloc(1, sizeof(*b));
+	struct batch *b = xcalloc(1, sizeof(*b));
 	struct handler_env henv = {
 	    .cfg = env->cfg,
 	    .base = env->base,
@@ -78,8 +78,6 @@ struct batch *batch_new(struct batch_env *env)
 	    .record_clock = env->record_clock,
 	};
 
-	if (!b)
-		abort();
 	b->env = env;
 	for (int i = 0; i < MAX_KINDS && handlers[i]; i++) {
 		b->state[i] = handlers[i]->create(&henv);
@@ -175,9 +173,7 @@ static bool batch_streams(const struct batch *b, rd_kafka_message_t **msgs,
 	size_t first = (size_t)-1, nv = 0;
 	bool ok = true;
 
-	v = malloc((n + 1) * sizeof(*v));
-	if (!v)
-		abort();
+	v = xmalloc((n + 1) * sizeof(*v));
 	/* One kind: a handler's stream holds the connection until its
 	 * write. Other pipelines' records are only passed over. */
 	for (size_t i = 0; i < n && ok; i++) {
@@ -527,13 +523,11 @@ static bool batch_isolate(struct batch *b, rd_kafka_message_t **live, size_t *n,
 			  struct partmap *pm, const char *error, size_t *dead)
 {
 	struct batch_env *env = b->env;
-	rd_kafka_message_t **own = malloc((*n + 1) * sizeof(*own));
+	rd_kafka_message_t **own = xmalloc((*n + 1) * sizeof(*own));
 	size_t k = 0, lo = 0, hi, bad;
 	char reason[1100];
 	int r;
 
-	if (!own)
-		abort();
 	for (size_t i = 0; i < *n; i++)
 		if (batch_owns(b, live[i]))
 			own[k++] = live[i];
@@ -590,13 +584,11 @@ static void batch_defer(struct batch *b, const struct partmap *pm)
 			if (b->dn == b->dcap) {
 				b->dcap = b->dcap ? b->dcap * 2 : 8;
 				b->dparts =
-				    realloc(b->dparts, (size_t)b->dcap *
-							   sizeof(*b->dparts));
+				    xrealloc(b->dparts, (size_t)b->dcap *
+							    sizeof(*b->dparts));
 				b->dnext =
-				    realloc(b->dnext, (size_t)b->dcap *
-							  sizeof(*b->dnext));
-				if (!b->dparts || !b->dnext)
-					abort();
+				    xrealloc(b->dnext, (size_t)b->dcap *
+							   sizeof(*b->dnext));
 			}
 			b->dparts[j] = pm->parts[i];
 			b->dnext[j] = pm->next[i];
@@ -635,12 +627,10 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 
 	batch_defer_check(b);
 	b->serve_ms = t0;
-	pm.parts = calloc(n + (size_t)b->dn + 1, sizeof(*pm.parts));
-	pm.next = calloc(n + (size_t)b->dn + 1, sizeof(*pm.next));
-	pm.fence = calloc(n + (size_t)b->dn + 1, sizeof(*pm.fence));
-	pm.locked = calloc(n + (size_t)b->dn + 1, sizeof(*pm.locked));
-	if (!pm.parts || !pm.next || !pm.fence || !pm.locked)
-		abort();
+	pm.parts = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.parts));
+	pm.next = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.next));
+	pm.fence = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.fence));
+	pm.locked = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.locked));
 	for (size_t i = 0; i < n; i++) {
 		int pi = partmap_index(&pm, msgs[i]->partition);
 
@@ -676,9 +666,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		composer_reset(env->composer);
 	/* The records the attempts see: all of them, less those a data
 	 * error was traced to (their offsets stay in pm). */
-	live = malloc((n + 1) * sizeof(*live));
-	if (!live)
-		abort();
+	live = xmalloc((n + 1) * sizeof(*live));
 	if (n)
 		memcpy(live, msgs, n * sizeof(*live));
 	n_live = n;

@@ -410,7 +410,7 @@ struct httpd *httpd_new(struct event_base *base,
 			const struct worker_config *cfg, char *errstr,
 			size_t errstr_size)
 {
-	struct httpd *h = calloc(1, sizeof(*h));
+	struct httpd *h = xcalloc(1, sizeof(*h));
 	const char *colon = strrchr(cfg->listen, ':');
 	char host[256];
 	size_t hlen = colon ? (size_t)(colon - cfg->listen) : 0;
@@ -418,8 +418,6 @@ struct httpd *httpd_new(struct event_base *base,
 	struct timeval tv = {PROBE_INTERVAL_MS / 1000,
 			     (PROBE_INTERVAL_MS % 1000) * 1000};
 
-	if (!h)
-		abort();
 	h->base = base;
 	h->cfg = cfg;
 	if (!colon || hlen == 0 || hlen >= sizeof(host) || port < 0 ||

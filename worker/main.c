@@ -455,16 +455,13 @@ static void side_group(struct worker_config *cfg, const char *group,
 	char *g;
 
 	if (group) {
-		g = strdup(group);
+		g = xstrdup(group);
 	} else {
 		size_t n = strlen(cfg->group_id) + strlen(suffix) + 2;
 
-		g = malloc(n);
-		if (g)
-			snprintf(g, n, "%s-%s", cfg->group_id, suffix);
+		g = xmalloc(n);
+		snprintf(g, n, "%s-%s", cfg->group_id, suffix);
 	}
-	if (!g)
-		abort();
 	free(cfg->group_id);
 	cfg->group_id = g;
 }

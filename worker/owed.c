@@ -89,9 +89,7 @@ static void partset_add(struct partset *s, int32_t p)
 			return;
 	if (s->n == s->cap) {
 		s->cap = s->cap ? s->cap * 2 : 8;
-		s->v = realloc(s->v, (size_t)s->cap * sizeof(*s->v));
-		if (!s->v)
-			abort();
+		s->v = xrealloc(s->v, (size_t)s->cap * sizeof(*s->v));
 	}
 	s->v[s->n++] = p;
 }
@@ -129,10 +127,8 @@ static void owed_publish(struct owed *o)
 
 struct owed *owed_new(struct pgsink *ps, struct cache *cache)
 {
-	struct owed *o = calloc(1, sizeof(*o));
+	struct owed *o = xcalloc(1, sizeof(*o));
 
-	if (!o)
-		abort();
 	o->ps = ps;
 	o->cache = cache;
 	buf_init(&o->tx_ids);

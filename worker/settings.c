@@ -4,6 +4,7 @@
 #include <event2/http.h>
 
 #include "../common/log.h"
+#include "../common/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,9 +143,7 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 		size_t n = strlen(cfg->topic) + 5;
 
 		free(cfg->dlq_topic);
-		cfg->dlq_topic = malloc(n);
-		if (!cfg->dlq_topic)
-			abort();
+		cfg->dlq_topic = xmalloc(n);
 		snprintf(cfg->dlq_topic, n, "%s.dlq", cfg->topic);
 	}
 	if (strcmp(cfg->dlq_topic, cfg->topic) == 0) {

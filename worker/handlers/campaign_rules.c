@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/util.h"
+
 const char *const msg_status_names[] = {"ready", "failed", "paused", "expired",
 					NULL};
 
@@ -179,11 +181,9 @@ static void add_part(struct rule_result *r, size_t off, size_t len)
 	if (r->n_parts == r->cap_parts) {
 		r->cap_parts = r->cap_parts ? r->cap_parts * 2 : 8;
 		r->part_off =
-		    realloc(r->part_off, r->cap_parts * sizeof(size_t));
+		    xrealloc(r->part_off, r->cap_parts * sizeof(size_t));
 		r->part_len =
-		    realloc(r->part_len, r->cap_parts * sizeof(size_t));
-		if (!r->part_off || !r->part_len)
-			abort();
+		    xrealloc(r->part_len, r->cap_parts * sizeof(size_t));
 	}
 	r->part_off[r->n_parts] = off;
 	r->part_len[r->n_parts] = len;
