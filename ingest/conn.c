@@ -104,7 +104,7 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
 
 static void conn_wait(struct conn *c, int64_t ms)
 {
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = util_ms_tv(ms);
 
 	evtimer_add(c->timer, &tv);
 }

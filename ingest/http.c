@@ -494,8 +494,7 @@ static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
 
 static void pending_link(struct ingest *ing, struct pending *p)
 {
-	struct timeval tv = {ing->cfg.delivery_timeout_ms / 1000,
-			     (ing->cfg.delivery_timeout_ms % 1000) * 1000};
+	struct timeval tv = util_ms_tv(ing->cfg.delivery_timeout_ms);
 
 	p->started_ms = util_mono_ms();
 	p->next = ing->pending;
@@ -782,9 +781,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		return;
 	}
 	{
-		struct timeval tv = {ing->cfg.delivery_timeout_ms / 1000,
-				     (ing->cfg.delivery_timeout_ms % 1000) *
-					 1000};
+		struct timeval tv = util_ms_tv(ing->cfg.delivery_timeout_ms);
 
 		p->deadline = evtimer_new(ing->base, handle_deadline, p);
 		evtimer_add(p->deadline, &tv);

@@ -479,8 +479,7 @@ void batch_wait(void *arg, int ms)
 			break;
 		if (left > 100)
 			left = 100;
-		tv.tv_sec = 0;
-		tv.tv_usec = (suseconds_t)left * 1000;
+		tv = util_ms_tv(left);
 		event_base_loopexit(b->env->base, &tv);
 		event_base_dispatch(b->env->base);
 		batch_serve(b);

@@ -415,8 +415,7 @@ struct httpd *httpd_new(struct event_base *base,
 	char host[256];
 	size_t hlen = colon ? (size_t)(colon - cfg->listen) : 0;
 	int port = colon ? atoi(colon + 1) : -1;
-	struct timeval tv = {PROBE_INTERVAL_MS / 1000,
-			     (PROBE_INTERVAL_MS % 1000) * 1000};
+	struct timeval tv = util_ms_tv(PROBE_INTERVAL_MS);
 
 	h->base = base;
 	h->cfg = cfg;

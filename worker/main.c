@@ -295,8 +295,7 @@ static int run_consume(struct worker *w)
 	sdnotify("READY=1");
 	w->wd_ms = sdnotify_watchdog_interval_ms();
 	if (w->wd_ms > 0) {
-		struct timeval tv = {w->wd_ms / 2000,
-				     (w->wd_ms / 2 % 1000) * 1000};
+		struct timeval tv = util_ms_tv(w->wd_ms / 2);
 
 		w->watchdog_ev =
 		    event_new(w->base, -1, EV_PERSIST, handle_watchdog, w);

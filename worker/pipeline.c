@@ -125,7 +125,7 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 {
 	struct pipeline *p = xcalloc(1, sizeof(*p));
 	char *staging = batch_staging_sql();
-	struct timeval beat = {0, BEAT_MS * 1000};
+	struct timeval beat = util_ms_tv(BEAT_MS);
 
 	p->cfg = *cfg;
 	p->group = xstrdup(spec->group);
