@@ -1196,7 +1196,8 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 {
 	struct ingest *ing = accept_ing;
 	int err = EVUTIL_SOCKET_ERROR();
-	struct timeval tv;
+	int wait = backoff_next(&ing->accept_backoff);
+	struct timeval tv = util_ms_tv(wait);
 
 	(void)arg;
 	ing->m.accept_errors++;
@@ -1214,16 +1215,10 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 		ing->accept_logged_ms = util_mono_ms();
 		log_warn("accept: %s; pausing new connections for %d ms "
 			 "(%llu accept errors so far)",
-			 evutil_socket_error_to_string(err),
-			 ing->accept_backoff_ms,
+			 evutil_socket_error_to_string(err), wait,
 			 (unsigned long long)ing->m.accept_errors);
 	}
-	tv.tv_sec = ing->accept_backoff_ms / 1000;
-	tv.tv_usec = (ing->accept_backoff_ms % 1000) * 1000;
 	evtimer_add(ing->accept_retry, &tv);
-	ing->accept_backoff_ms = ing->accept_backoff_ms * 2 > 1000
-				     ? 1000
-				     : ing->accept_backoff_ms * 2;
 }
 
 void http_apply_settings(struct ingest *ing)
@@ -1275,7 +1270,7 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		return false;
 	}
 	ing->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	ing->accept_backoff_ms = 10;
+	backoff_init(&ing->accept_backoff, 10, 1000);
 	ing->accept_retry = evtimer_new(ing->base, handle_accept_retry, ing);
 	accept_ing = ing;
 	evconnlistener_set_error_cb(

@@ -615,7 +615,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	struct batch *b = arg;
 	struct batch_env *env = b->env;
 	struct partmap pm = {.n = 0};
-	int backoff = env->cfg->retry_backoff_min_ms;
+	struct backoff backoff;
+	int wait;
 	size_t dead = 0, fenced = 0, passed = 0, own = 0, isolated = 0;
 	size_t n_live = 0;
 	rd_kafka_message_t **live = NULL;
@@ -670,6 +671,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		memcpy(live, msgs, n * sizeof(*live));
 	n_live = n;
 	stream = batch_streams(b, live, n_live);
+	backoff_init(&backoff, env->cfg->retry_backoff_min_ms,
+		     env->cfg->retry_backoff_max_ms);
 	for (;;) {
 		pgsink_clear_error(env->ps);
 		if (batch_attempt(b, live, n_live, &stream, &pm, &dead, &fenced,
@@ -680,19 +683,17 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			stream = false;
 			continue;
 		}
+		wait = backoff_next(&backoff);
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",
-			 own, err, backoff);
+			 own, err, wait);
 		if (*env->stopping) {
 			log_warn("stopping: the batch stays uncommitted and "
 				 "will be consumed again");
 			goto done;
 		}
 		metrics_retry();
-		batch_wait(b, backoff);
-		backoff = backoff * 2 > env->cfg->retry_backoff_max_ms
-			      ? env->cfg->retry_backoff_max_ms
-			      : backoff * 2;
+		batch_wait(b, wait);
 		batch_defer_check(b); /* a rebalance while waiting */
 	}
 	b->dn = 0;

@@ -104,26 +104,29 @@ static void consume_flush_pending(struct consumer *c)
 static void seek_to_stored(struct consumer *c,
 			   rd_kafka_topic_partition_list_t *parts)
 {
-	int n = parts->cnt, backoff = c->cfg->retry_backoff_min_ms;
+	int n = parts->cnt;
+	struct backoff backoff;
 	int32_t *ids = xcalloc((size_t)n + 1, sizeof(*ids));
 	int64_t *offs = xcalloc((size_t)n + 1, sizeof(*offs));
 	char err[512];
 
 	for (int i = 0; i < n; i++)
 		ids[i] = parts->elems[i].partition;
+	backoff_init(&backoff, c->cfg->retry_backoff_min_ms,
+		     c->cfg->retry_backoff_max_ms);
 	while (!pgsink_load_start(c->ps, ids, n, offs, err, sizeof(err))) {
+		int wait;
+
 		if (*c->stop) {
 			log_warn(
 			    "stopping before stored offsets could be read");
 			goto done;
 		}
+		wait = backoff_next(&backoff);
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
-			 backoff);
+			 wait);
 		metrics_retry();
-		c->wait(c->flush_arg, backoff);
-		backoff = backoff * 2 > c->cfg->retry_backoff_max_ms
-			      ? c->cfg->retry_backoff_max_ms
-			      : backoff * 2;
+		c->wait(c->flush_arg, wait);
 	}
 	for (int i = 0; i < n; i++) {
 		parts->elems[i].offset =

@@ -79,7 +79,7 @@ struct owed {
 	/* What the outbox costs the batches, for the log at exit. */
 	unsigned long long writes, write_keys;
 	double write_s;
-	int backoff_ms;
+	struct backoff backoff; /* after PostgreSQL refused the upkeep */
 };
 
 static void partset_add(struct partset *s, int32_t p)
@@ -134,7 +134,7 @@ struct owed *owed_new(struct pgsink *ps, struct cache *cache)
 	buf_init(&o->tx_ids);
 	buf_init(&o->done);
 	strcpy(o->cursor, "0");
-	o->backoff_ms = 100;
+	backoff_init(&o->backoff, 100, 5000);
 	return o;
 }
 
@@ -322,10 +322,11 @@ void owed_assign(struct owed *o, const int32_t *parts, int n)
  * worker does not hammer (or log) every 100 ms. */
 static void owed_pg_failed(struct owed *o, const char *what, const char *err)
 {
+	int wait = backoff_next(&o->backoff);
+
 	log_warn("owed invalidations: %s: %s; retrying in %d ms", what, err,
-		 o->backoff_ms);
-	o->retry_at_ms = util_mono_ms() + o->backoff_ms;
-	o->backoff_ms = o->backoff_ms * 2 > 5000 ? 5000 : o->backoff_ms * 2;
+		 wait);
+	o->retry_at_ms = util_mono_ms() + wait;
 }
 
 static bool owed_pg_ready(struct owed *o)
@@ -462,7 +463,7 @@ static void owed_catch_up(struct owed *o, int max_pages)
 	o->recount = false;
 	o->n = 0;
 	o->mine.n = 0;
-	o->backoff_ms = 100;
+	backoff_reset(&o->backoff);
 	owed_publish(o);
 	if (o->cu_rows > 0)
 		log_info(
@@ -492,5 +493,5 @@ void owed_idle(struct owed *o)
 			owed_count_rows(o);
 	}
 	if (o->done.len > 0 && owed_pg_ready(o) && delete_ids(o, &o->done))
-		o->backoff_ms = 100;
+		backoff_reset(&o->backoff);
 }

@@ -223,13 +223,17 @@ static bool resume_from_stored(struct replay *r)
 {
 	int32_t *ids = xcalloc((size_t)r->n, sizeof(*ids));
 	int64_t *stored = xcalloc((size_t)r->n, sizeof(*stored));
-	int backoff = r->env->cfg->retry_backoff_min_ms;
+	struct backoff backoff;
 	char err[512];
 
 	for (int i = 0; i < r->n; i++)
 		ids[i] = r->parts[i].id;
+	backoff_init(&backoff, r->env->cfg->retry_backoff_min_ms,
+		     r->env->cfg->retry_backoff_max_ms);
 	while (!pgsink_load_offsets(r->env->ps, ids, r->n, stored, err,
 				    sizeof(err))) {
+		int wait;
+
 		if (*r->env->stopping) {
 			free(ids);
 			free(stored);
@@ -238,12 +242,10 @@ static bool resume_from_stored(struct replay *r)
 				 "read");
 			return false;
 		}
+		wait = backoff_next(&backoff);
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
-			 backoff);
-		batch_wait(r->b, backoff);
-		backoff = backoff * 2 > r->env->cfg->retry_backoff_max_ms
-			      ? r->env->cfg->retry_backoff_max_ms
-			      : backoff * 2;
+			 wait);
+		batch_wait(r->b, wait);
 	}
 	/* What an earlier run of this group still owes Redis is performed
 	 * like a consumer's debts on its partitions. */
