@@ -160,22 +160,15 @@ size_t owed_count(const struct owed *o)
 	return o->n;
 }
 
-/* {"a","b\"c"}: a text[] literal for a query parameter. */
+/* The keys, or their ops, as a text[] literal for a query parameter. */
 static void text_array(struct buf *b, const struct cache_keys *k, bool ops)
 {
-	buf_puts(b, "{");
-	for (size_t i = 0; i < k->n; i++) {
-		const char *s = ops ? op_name(k->v[i].op) : k->v[i].key;
+	const char **v = xcalloc(k->n + 1, sizeof(*v));
 
-		buf_puts(b, i ? ",\"" : "\"");
-		for (; *s; s++) {
-			if (*s == '"' || *s == '\\')
-				buf_append(b, "\\", 1);
-			buf_append(b, s, 1);
-		}
-		buf_puts(b, "\"");
-	}
-	buf_puts(b, "}");
+	for (size_t i = 0; i < k->n; i++)
+		v[i] = ops ? op_name(k->v[i].op) : k->v[i].key;
+	buf_pg_array(b, v, k->n);
+	free(v);
 }
 
 static char *int_array(const int32_t *v, int n)
