@@ -75,7 +75,8 @@ $(BUILD)/%.o: %.c
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
 
 # Unit tests link only the modules under test.
-$(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o
+$(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o \
+	$(BUILD)/common/util.o
 $(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
 	$(BUILD)/worker/handlers/transcript.o $(BUILD)/worker/pgsink.o \
 	$(BUILD)/worker/cache.o $(BUILD)/worker/redisconn.o $(BUILD)/common/util.o \

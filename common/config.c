@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util.h"
+
 static const struct cfg_setting *cfg_find(const struct cfg_setting *table,
 					  const char *key)
 {
@@ -26,7 +28,7 @@ static bool cfg_apply(const struct cfg_setting *s, void *target,
 		char **p = (char **)(void *)field;
 
 		free(*p);
-		*p = strdup(value);
+		*p = xstrdup(value);
 		return true;
 	}
 	case CFG_INT: {
@@ -231,12 +233,10 @@ void cfg_list_keys(const struct cfg_setting *table, FILE *out)
 
 void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value)
 {
-	struct cfg_kv *kv = calloc(1, sizeof(*kv));
+	struct cfg_kv *kv = xcalloc(1, sizeof(*kv));
 
-	if (!kv)
-		abort();
-	kv->key = strdup(key);
-	kv->value = strdup(value);
+	kv->key = xstrdup(key);
+	kv->value = xstrdup(value);
 	while (*list)
 		list = &(*list)->next;
 	*list = kv;

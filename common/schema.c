@@ -91,9 +91,7 @@ struct schema *schema_load(const char *path, char *errstr, size_t errstr_size)
 		cJSON_Delete(root);
 		return NULL;
 	}
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		abort();
+	s = xcalloc(1, sizeof(*s));
 	s->root = root;
 	return s;
 }
@@ -110,9 +108,7 @@ struct schema *schema_new(const cJSON *root, char *errstr, size_t errstr_size)
 	}
 	if (!schema_check_keywords(root, errstr, errstr_size))
 		return NULL;
-	s = calloc(1, sizeof(*s));
-	if (!s)
-		abort();
+	s = xcalloc(1, sizeof(*s));
 	s->root = cJSON_Duplicate(root, true);
 	return s;
 }

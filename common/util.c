@@ -222,9 +222,7 @@ static void buf_reserve(struct buf *b, size_t extra)
 		return;
 	while (cap < need)
 		cap *= 2;
-	b->data = realloc(b->data, cap);
-	if (!b->data)
-		abort(); /* out of memory: nothing sane left to do */
+	b->data = xrealloc(b->data, cap);
 	b->cap = cap;
 }
 

@@ -53,9 +53,7 @@ static const char *repeated_key(const cJSON *node)
 					return a->string;
 		return NULL;
 	}
-	names = calloc((size_t)n + 1, sizeof(*names));
-	if (!names)
-		abort();
+	names = xcalloc((size_t)n + 1, sizeof(*names));
 	i = 0;
 	cJSON_ArrayForEach(a, node) names[i++] = a->string;
 	qsort(names, (size_t)n, sizeof(*names), cmp_str);

@@ -104,28 +104,26 @@ static void conn_closed(struct evhttp_connection *evcon, void *arg)
 
 static void conn_wait(struct conn *c, int64_t ms)
 {
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = util_ms_tv(ms);
 
 	evtimer_add(c->timer, &tv);
 }
 
-static bool conn_slot(struct ingest *ing, evutil_socket_t fd)
+/* Grows conn_by_fd to have a slot for fd. */
+static void conn_slot(struct ingest *ing, evutil_socket_t fd)
 {
 	int n = ing->conn_slots ? ing->conn_slots : 1024;
 	struct conn **grown;
 
 	if (fd < ing->conn_slots)
-		return true;
+		return;
 	while (n <= fd)
 		n *= 2;
-	grown = realloc(ing->conn_by_fd, (size_t)n * sizeof(*grown));
-	if (!grown)
-		return false;
+	grown = xrealloc(ing->conn_by_fd, (size_t)n * sizeof(*grown));
 	memset(grown + ing->conn_slots, 0,
 	       (size_t)(n - ing->conn_slots) * sizeof(*grown));
 	ing->conn_by_fd = grown;
 	ing->conn_slots = n;
-	return true;
 }
 
 /* The deadline passed with no whole request read: a 408 if part of one is
@@ -240,8 +238,10 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 		c->evcon = cbarg; /* evhttp's callback argument */
 		c->fd = bufferevent_getfd(c->bev);
 		evhttp_connection_set_closecb(c->evcon, conn_closed, c);
-		if (c->fd >= 0 && conn_slot(c->ing, c->fd))
+		if (c->fd >= 0) {
+			conn_slot(c->ing, c->fd);
 			c->ing->conn_by_fd[c->fd] = c;
+		}
 		if (c->refused && ms > REFUSED_DEADLINE_MS)
 			ms = REFUSED_DEADLINE_MS;
 		c->deadline_ms = util_mono_ms() + ms;
@@ -267,10 +267,8 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 static struct bufferevent *conn_new(struct event_base *base, void *arg)
 {
 	struct ingest *ing = arg;
-	struct conn *c = calloc(1, sizeof(*c));
+	struct conn *c = xcalloc(1, sizeof(*c));
 
-	if (!c)
-		abort();
 	c->ing = ing;
 	c->fd = -1;
 	c->bev = bufferevent_socket_new(base, -1, 0);

@@ -442,13 +442,11 @@ static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
 			   struct extracted *ex)
 {
 	struct campaign_error *errs =
-	    calloc(MAX_REPORTED_ERRORS, sizeof(*errs));
+	    xcalloc(MAX_REPORTED_ERRORS, sizeof(*errs));
 	struct campaign_batch b;
 	size_t n = 0;
 	bool ok;
 
-	if (!errs)
-		abort();
 	ok = campaign_parse(doc, (size_t)ing->cfg.campaign_max_messages, &b,
 			    errs, MAX_REPORTED_ERRORS, &n);
 	if (ok && b.campaign_id && strcmp(b.campaign_id, campaign_id) != 0) {
@@ -496,8 +494,7 @@ static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
 
 static void pending_link(struct ingest *ing, struct pending *p)
 {
-	struct timeval tv = {ing->cfg.delivery_timeout_ms / 1000,
-			     (ing->cfg.delivery_timeout_ms % 1000) * 1000};
+	struct timeval tv = util_ms_tv(ing->cfg.delivery_timeout_ms);
 
 	p->started_ms = util_mono_ms();
 	p->next = ing->pending;
@@ -550,29 +547,25 @@ static void publish_chat(struct ingest *ing, struct evhttp_request *req,
 		whid = gen_id;
 	}
 	util_random_id(request_id, sizeof(request_id), "req_");
-	g = calloc(1, sizeof(*g));
-	if (!g)
-		abort();
+	g = xcalloc(1, sizeof(*g));
 	g->req = req;
 	g->n = (int)n;
 	g->left = (int)n;
 	g->senders = cJSON_CreateArray();
 	for (size_t i = 0; i < n; i++) {
-		struct pending *p = calloc(1, sizeof(*p));
+		struct pending *p = xcalloc(1, sizeof(*p));
 		rd_kafka_resp_err_t err;
 
-		if (!p)
-			abort();
 		cJSON_AddItemToArray(g->senders,
 				     cJSON_CreateString(senders[i]));
 		p->ing = ing;
 		p->group = g;
 		p->chat_sender = true;
 		p->success_status = src->success_status;
-		p->id = strdup(whid);
-		p->key = strdup(senders[i]);
+		p->id = xstrdup(whid);
+		p->key = xstrdup(senders[i]);
 		p->key_name = "sender";
-		p->event_type = strdup(CHAT_EVENT_TYPE);
+		p->event_type = xstrdup(CHAT_EVENT_TYPE);
 		pending_link(ing, p);
 		err = publish_record(ing, p, src, data, len, request_id,
 				     util_now_ms());
@@ -755,19 +748,17 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	}
 	util_random_id(request_id, sizeof(request_id), "req_");
 
-	p = calloc(1, sizeof(*p));
-	if (!p)
-		abort();
+	p = xcalloc(1, sizeof(*p));
 	p->req = req;
 	p->ing = ing;
-	p->id = strdup(whid);
-	p->key = strdup(ex.key);
+	p->id = xstrdup(whid);
+	p->key = xstrdup(ex.key);
 	p->success_status = src->success_status;
 	p->key_name = src->kind == KIND_CAMPAIGN       ? "runId"
 		      : src->kind == KIND_LEAD_UPDATED ? "leadId"
 						       : "conversationId";
-	p->event_type = strdup(ex.event_type);
-	p->campaign_id = campaign_id ? strdup(campaign_id) : NULL;
+	p->event_type = xstrdup(ex.event_type);
+	p->campaign_id = campaign_id ? xstrdup(campaign_id) : NULL;
 	p->started_ms = util_mono_ms();
 	cJSON_Delete(doc); /* ex's strings are copied above */
 	p->next = ing->pending;
@@ -790,9 +781,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		return;
 	}
 	{
-		struct timeval tv = {ing->cfg.delivery_timeout_ms / 1000,
-				     (ing->cfg.delivery_timeout_ms % 1000) *
-					 1000};
+		struct timeval tv = util_ms_tv(ing->cfg.delivery_timeout_ms);
 
 		p->deadline = evtimer_new(ing->base, handle_deadline, p);
 		evtimer_add(p->deadline, &tv);
@@ -875,9 +864,7 @@ static char *segment_decode(const char *raw, size_t len, char *problem,
 		}
 		i += 2;
 	}
-	copy = strndup(raw, len);
-	if (!copy)
-		abort();
+	copy = xstrndup(raw, len);
 	decoded = evhttp_uridecode(copy, 0, &n);
 	free(copy);
 	if (!decoded)
@@ -1209,7 +1196,8 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 {
 	struct ingest *ing = accept_ing;
 	int err = EVUTIL_SOCKET_ERROR();
-	struct timeval tv;
+	int wait = backoff_next(&ing->accept_backoff);
+	struct timeval tv = util_ms_tv(wait);
 
 	(void)arg;
 	ing->m.accept_errors++;
@@ -1227,16 +1215,10 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 		ing->accept_logged_ms = util_mono_ms();
 		log_warn("accept: %s; pausing new connections for %d ms "
 			 "(%llu accept errors so far)",
-			 evutil_socket_error_to_string(err),
-			 ing->accept_backoff_ms,
+			 evutil_socket_error_to_string(err), wait,
 			 (unsigned long long)ing->m.accept_errors);
 	}
-	tv.tv_sec = ing->accept_backoff_ms / 1000;
-	tv.tv_usec = (ing->accept_backoff_ms % 1000) * 1000;
 	evtimer_add(ing->accept_retry, &tv);
-	ing->accept_backoff_ms = ing->accept_backoff_ms * 2 > 1000
-				     ? 1000
-				     : ing->accept_backoff_ms * 2;
 }
 
 void http_apply_settings(struct ingest *ing)
@@ -1288,7 +1270,7 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		return false;
 	}
 	ing->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	ing->accept_backoff_ms = 10;
+	backoff_init(&ing->accept_backoff, 10, 1000);
 	ing->accept_retry = evtimer_new(ing->base, handle_accept_retry, ing);
 	accept_ing = ing;
 	evconnlistener_set_error_cb(

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "../common/util.h"
 #include "settings.h"
 
 /* A request whose records are several (a chat webhook with several
@@ -109,7 +110,7 @@ struct ingest {
 	rd_kafka_queue_t *limit_q;    /* its answer, while awaited */
 	int limit_asks;		      /* failed asks so far */
 	struct event *accept_retry;   /* re-enables accepting after an error */
-	int accept_backoff_ms;
+	struct backoff accept_backoff;
 	int64_t accept_logged_ms;
 	int spare_fd; /* closed to shed a connection when out of fds */
 	struct conn **conn_by_fd;  /* conn.c: each open connection, by fd */

@@ -237,7 +237,7 @@ int main(int argc, char **argv)
 	event_add(sighup, NULL);
 	wd_ms = sdnotify_watchdog_interval_ms();
 	if (wd_ms > 0) {
-		struct timeval tv = {wd_ms / 1000, (wd_ms % 1000) * 1000};
+		struct timeval tv = util_ms_tv(wd_ms);
 
 		wd = event_new(ing.base, -1, EV_PERSIST, handle_watchdog, NULL);
 		event_add(wd, &tv);

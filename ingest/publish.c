@@ -299,7 +299,7 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	event_add(ing->poll_ev, &tv);
 
 	{
-		struct timeval every = {0, PROBE_MS * 1000};
+		struct timeval every = util_ms_tv(PROBE_MS);
 
 		ing->probe_ev =
 		    event_new(ing->base, -1, EV_PERSIST, handle_probe, ing);

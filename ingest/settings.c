@@ -61,10 +61,8 @@ static struct source *source_get(struct ingest_config *cfg, const char *name,
 		if (strlen((*p)->name) == len &&
 		    memcmp((*p)->name, name, len) == 0)
 			return *p;
-	*p = calloc(1, sizeof(**p));
-	if (!*p)
-		abort();
-	(*p)->name = strndup(name, len);
+	*p = xcalloc(1, sizeof(**p));
+	(*p)->name = xstrndup(name, len);
 	(*p)->kind = -1;
 	(*p)->signature = SIG_UNSET;
 	return *p;
@@ -187,7 +185,7 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 		}
 	} else if (strcmp(dot + 1, "verify_token") == 0) {
 		free(src->verify_token);
-		src->verify_token = strdup(value);
+		src->verify_token = xstrdup(value);
 	} else if (strcmp(dot + 1, "success_status") == 0) {
 		if (strcmp(value, "200") != 0 && strcmp(value, "202") != 0 &&
 		    strcmp(value, "204") != 0) {
@@ -216,10 +214,10 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 		src->burst = (double)b;
 	} else if (strcmp(dot + 1, "secret") == 0) {
 		free(src->secret);
-		src->secret = strdup(value);
+		src->secret = xstrdup(value);
 	} else if (strcmp(dot + 1, "secret_file") == 0) {
 		free(src->secret_file);
-		src->secret_file = strdup(value);
+		src->secret_file = xstrdup(value);
 	} else {
 		snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
 		return false;
@@ -249,10 +247,8 @@ static bool source_decode_secret(struct source *src, const char *secret,
 		return false;
 	}
 	padded = (len + 3) / 4 * 4;
-	b64 = malloc(padded + 1);
-	src->key = malloc(padded);
-	if (!b64 || !src->key)
-		abort();
+	b64 = xmalloc(padded + 1);
+	src->key = xmalloc(padded);
 	memcpy(b64, text, len);
 	memset(b64 + len, '=', padded - len);
 	b64[padded] = '\0';
@@ -323,7 +319,7 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 		if (src->signature == SIG_META) {
 			/* Meta's app secret is used as it is shown. */
 			src->key_len = strlen(secret);
-			src->key = (unsigned char *)strdup(secret);
+			src->key = (unsigned char *)xstrdup(secret);
 		} else if (!source_decode_secret(src, secret, errstr,
 						 errstr_size)) {
 			free(from_file);

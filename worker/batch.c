@@ -68,7 +68,7 @@ char *batch_staging_sql(void)
 
 struct batch *batch_new(struct batch_env *env)
 {
-	struct batch *b = calloc(1, sizeof(*b));
+	struct batch *b = xcalloc(1, sizeof(*b));
 	struct handler_env henv = {
 	    .cfg = env->cfg,
 	    .base = env->base,
@@ -78,8 +78,6 @@ struct batch *batch_new(struct batch_env *env)
 	    .record_clock = env->record_clock,
 	};
 
-	if (!b)
-		abort();
 	b->env = env;
 	for (int i = 0; i < MAX_KINDS && handlers[i]; i++) {
 		b->state[i] = handlers[i]->create(&henv);
@@ -175,9 +173,7 @@ static bool batch_streams(const struct batch *b, rd_kafka_message_t **msgs,
 	size_t first = (size_t)-1, nv = 0;
 	bool ok = true;
 
-	v = malloc((n + 1) * sizeof(*v));
-	if (!v)
-		abort();
+	v = xmalloc((n + 1) * sizeof(*v));
 	/* One kind: a handler's stream holds the connection until its
 	 * write. Other pipelines' records are only passed over. */
 	for (size_t i = 0; i < n && ok; i++) {
@@ -485,8 +481,7 @@ void batch_wait(void *arg, int ms)
 			break;
 		if (left > 100)
 			left = 100;
-		tv.tv_sec = 0;
-		tv.tv_usec = (suseconds_t)left * 1000;
+		tv = util_ms_tv(left);
 		event_base_loopexit(b->env->base, &tv);
 		event_base_dispatch(b->env->base);
 		batch_serve(b);
@@ -529,13 +524,11 @@ static bool batch_isolate(struct batch *b, rd_kafka_message_t **live, size_t *n,
 			  struct partmap *pm, const char *error, size_t *dead)
 {
 	struct batch_env *env = b->env;
-	rd_kafka_message_t **own = malloc((*n + 1) * sizeof(*own));
+	rd_kafka_message_t **own = xmalloc((*n + 1) * sizeof(*own));
 	size_t k = 0, lo = 0, hi, bad;
 	char reason[1100];
 	int r;
 
-	if (!own)
-		abort();
 	for (size_t i = 0; i < *n; i++)
 		if (batch_owns(b, live[i]))
 			own[k++] = live[i];
@@ -592,13 +585,11 @@ static void batch_defer(struct batch *b, const struct partmap *pm)
 			if (b->dn == b->dcap) {
 				b->dcap = b->dcap ? b->dcap * 2 : 8;
 				b->dparts =
-				    realloc(b->dparts, (size_t)b->dcap *
-							   sizeof(*b->dparts));
+				    xrealloc(b->dparts, (size_t)b->dcap *
+							    sizeof(*b->dparts));
 				b->dnext =
-				    realloc(b->dnext, (size_t)b->dcap *
-							  sizeof(*b->dnext));
-				if (!b->dparts || !b->dnext)
-					abort();
+				    xrealloc(b->dnext, (size_t)b->dcap *
+							   sizeof(*b->dnext));
 			}
 			b->dparts[j] = pm->parts[i];
 			b->dnext[j] = pm->next[i];
@@ -626,7 +617,8 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	struct batch *b = arg;
 	struct batch_env *env = b->env;
 	struct partmap pm = {.n = 0};
-	int backoff = env->cfg->retry_backoff_min_ms;
+	struct backoff backoff;
+	int wait;
 	size_t dead = 0, fenced = 0, passed = 0, own = 0, isolated = 0;
 	size_t n_live = 0;
 	rd_kafka_message_t **live = NULL;
@@ -637,12 +629,10 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 
 	batch_defer_check(b);
 	b->serve_ms = t0;
-	pm.parts = calloc(n + (size_t)b->dn + 1, sizeof(*pm.parts));
-	pm.next = calloc(n + (size_t)b->dn + 1, sizeof(*pm.next));
-	pm.fence = calloc(n + (size_t)b->dn + 1, sizeof(*pm.fence));
-	pm.locked = calloc(n + (size_t)b->dn + 1, sizeof(*pm.locked));
-	if (!pm.parts || !pm.next || !pm.fence || !pm.locked)
-		abort();
+	pm.parts = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.parts));
+	pm.next = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.next));
+	pm.fence = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.fence));
+	pm.locked = xcalloc(n + (size_t)b->dn + 1, sizeof(*pm.locked));
 	for (size_t i = 0; i < n; i++) {
 		int pi = partmap_index(&pm, msgs[i]->partition);
 
@@ -678,13 +668,13 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		composer_reset(env->composer);
 	/* The records the attempts see: all of them, less those a data
 	 * error was traced to (their offsets stay in pm). */
-	live = malloc((n + 1) * sizeof(*live));
-	if (!live)
-		abort();
+	live = xmalloc((n + 1) * sizeof(*live));
 	if (n)
 		memcpy(live, msgs, n * sizeof(*live));
 	n_live = n;
 	stream = batch_streams(b, live, n_live);
+	backoff_init(&backoff, env->cfg->retry_backoff_min_ms,
+		     env->cfg->retry_backoff_max_ms);
 	for (;;) {
 		pgsink_clear_error(env->ps);
 		if (batch_attempt(b, live, n_live, &stream, &pm, &dead, &fenced,
@@ -695,19 +685,17 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			stream = false;
 			continue;
 		}
+		wait = backoff_next(&backoff);
 		log_warn("batch of %zu records not committed: %s; retrying in "
 			 "%d ms",
-			 own, err, backoff);
+			 own, err, wait);
 		if (*env->stopping) {
 			log_warn("stopping: the batch stays uncommitted and "
 				 "will be consumed again");
 			goto done;
 		}
 		metrics_retry();
-		batch_wait(b, backoff);
-		backoff = backoff * 2 > env->cfg->retry_backoff_max_ms
-			      ? env->cfg->retry_backoff_max_ms
-			      : backoff * 2;
+		batch_wait(b, wait);
 		batch_defer_check(b); /* a rebalance while waiting */
 	}
 	b->dn = 0;

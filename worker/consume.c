@@ -104,28 +104,29 @@ static void consume_flush_pending(struct consumer *c)
 static void seek_to_stored(struct consumer *c,
 			   rd_kafka_topic_partition_list_t *parts)
 {
-	int n = parts->cnt, backoff = c->cfg->retry_backoff_min_ms;
-	int32_t *ids = calloc((size_t)n + 1, sizeof(*ids));
-	int64_t *offs = calloc((size_t)n + 1, sizeof(*offs));
+	int n = parts->cnt;
+	struct backoff backoff;
+	int32_t *ids = xcalloc((size_t)n + 1, sizeof(*ids));
+	int64_t *offs = xcalloc((size_t)n + 1, sizeof(*offs));
 	char err[512];
 
-	if (!ids || !offs)
-		abort();
 	for (int i = 0; i < n; i++)
 		ids[i] = parts->elems[i].partition;
+	backoff_init(&backoff, c->cfg->retry_backoff_min_ms,
+		     c->cfg->retry_backoff_max_ms);
 	while (!pgsink_load_start(c->ps, ids, n, offs, err, sizeof(err))) {
+		int wait;
+
 		if (*c->stop) {
 			log_warn(
 			    "stopping before stored offsets could be read");
 			goto done;
 		}
+		wait = backoff_next(&backoff);
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
-			 backoff);
+			 wait);
 		metrics_retry();
-		c->wait(c->flush_arg, backoff);
-		backoff = backoff * 2 > c->cfg->retry_backoff_max_ms
-			      ? c->cfg->retry_backoff_max_ms
-			      : backoff * 2;
+		c->wait(c->flush_arg, wait);
 	}
 	for (int i = 0; i < n; i++) {
 		parts->elems[i].offset =
@@ -288,7 +289,7 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	    "statistics.interval.ms", "1000", NULL};
 	enum { N_SETTINGS = sizeof(settings) / sizeof(settings[0]) };
 	const char *kv[N_SETTINGS + 2]; /* room for group.instance.id */
-	struct consumer *c = calloc(1, sizeof(*c));
+	struct consumer *c = xcalloc(1, sizeof(*c));
 	struct kafka_client_spec spec = {
 	    .type = RD_KAFKA_CONSUMER,
 	    .what = "kafka consumer",
@@ -303,8 +304,6 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	rd_kafka_resp_err_t err;
 	char e[512];
 
-	if (!c)
-		abort();
 	memcpy(kv, settings, sizeof(settings));
 	kv[1] = cfg->group_id;
 	/* Static membership (KIP-345): a worker restarted under the same id
@@ -324,9 +323,7 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	c->wait = wait;
 	c->flush_arg = flush_arg;
 	c->wake_fds[0] = c->wake_fds[1] = -1;
-	c->msgs = calloc((size_t)cfg->batch_max, sizeof(*c->msgs));
-	if (!c->msgs)
-		abort();
+	c->msgs = xcalloc((size_t)cfg->batch_max, sizeof(*c->msgs));
 	c->rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!c->rk)
 		goto fail;
@@ -585,9 +582,7 @@ int consume_assignment(struct consumer *c, int32_t **parts)
 	*parts = NULL;
 	if (rd_kafka_assignment(c->rk, &l) != RD_KAFKA_RESP_ERR_NO_ERROR || !l)
 		return 0;
-	*parts = calloc((size_t)l->cnt + 1, sizeof(**parts));
-	if (!*parts)
-		abort();
+	*parts = xcalloc((size_t)l->cnt + 1, sizeof(**parts));
 	for (int i = 0; i < l->cnt; i++)
 		if (strcmp(l->elems[i].topic, c->cfg->topic) == 0)
 			(*parts)[n++] = l->elems[i].partition;

@@ -8,6 +8,7 @@
 
 #include "../common/kafka.h"
 #include "../common/log.h"
+#include "../common/util.h"
 
 struct dlq {
 	rd_kafka_t *rk;
@@ -23,7 +24,7 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 {
 	static const char *const settings[] = {"enable.idempotence", "true",
 					       NULL};
-	struct dlq *d = calloc(1, sizeof(*d));
+	struct dlq *d = xcalloc(1, sizeof(*d));
 	struct kafka_client_spec spec = {
 	    .type = RD_KAFKA_PRODUCER,
 	    .what = "dead-letter producer",
@@ -36,15 +37,13 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 	};
 	char err[512];
 
-	if (!d)
-		abort();
 	d->dr.what = "dead-letter";
 	d->rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!d->rk) {
 		free(d);
 		return NULL;
 	}
-	d->topic = strdup(topic);
+	d->topic = xstrdup(topic);
 	if (!kafka_ensure_topic(d->rk, topic, partitions, 5000, err,
 				sizeof(err)))
 		log_warn("could not ensure dead-letter topic: %s", err);

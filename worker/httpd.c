@@ -410,16 +410,13 @@ struct httpd *httpd_new(struct event_base *base,
 			const struct worker_config *cfg, char *errstr,
 			size_t errstr_size)
 {
-	struct httpd *h = calloc(1, sizeof(*h));
+	struct httpd *h = xcalloc(1, sizeof(*h));
 	const char *colon = strrchr(cfg->listen, ':');
 	char host[256];
 	size_t hlen = colon ? (size_t)(colon - cfg->listen) : 0;
 	int port = colon ? atoi(colon + 1) : -1;
-	struct timeval tv = {PROBE_INTERVAL_MS / 1000,
-			     (PROBE_INTERVAL_MS % 1000) * 1000};
+	struct timeval tv = util_ms_tv(PROBE_INTERVAL_MS);
 
-	if (!h)
-		abort();
 	h->base = base;
 	h->cfg = cfg;
 	if (!colon || hlen == 0 || hlen >= sizeof(host) || port < 0 ||

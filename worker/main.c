@@ -295,8 +295,7 @@ static int run_consume(struct worker *w)
 	sdnotify("READY=1");
 	w->wd_ms = sdnotify_watchdog_interval_ms();
 	if (w->wd_ms > 0) {
-		struct timeval tv = {w->wd_ms / 2000,
-				     (w->wd_ms / 2 % 1000) * 1000};
+		struct timeval tv = util_ms_tv(w->wd_ms / 2);
 
 		w->watchdog_ev =
 		    event_new(w->base, -1, EV_PERSIST, handle_watchdog, w);
@@ -455,16 +454,13 @@ static void side_group(struct worker_config *cfg, const char *group,
 	char *g;
 
 	if (group) {
-		g = strdup(group);
+		g = xstrdup(group);
 	} else {
 		size_t n = strlen(cfg->group_id) + strlen(suffix) + 2;
 
-		g = malloc(n);
-		if (g)
-			snprintf(g, n, "%s-%s", cfg->group_id, suffix);
+		g = xmalloc(n);
+		snprintf(g, n, "%s-%s", cfg->group_id, suffix);
 	}
-	if (!g)
-		abort();
 	free(cfg->group_id);
 	cfg->group_id = g;
 }

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/util.h"
 #include "contexts.h"
 #include "handlers/handler.h"
 
@@ -68,11 +69,9 @@ static _Thread_local struct metrics_pipe *cur;
 
 struct metrics_pipe *metrics_pipe_new(const char *kind)
 {
-	struct metrics_pipe *p = calloc(1, sizeof(*p));
+	struct metrics_pipe *p = xcalloc(1, sizeof(*p));
 	struct metrics_pipe **tail;
 
-	if (!p)
-		abort();
 	pthread_mutex_init(&p->lock, NULL);
 	snprintf(p->kind, sizeof(p->kind), "%s", kind);
 	p->brokers_up = -1;
@@ -219,10 +218,8 @@ void metrics_rebalance(bool assign, const rd_kafka_topic_partition_list_t *l)
 				m->cap_parts =
 				    m->cap_parts ? m->cap_parts * 2 : 8;
 				m->parts =
-				    realloc(m->parts, (size_t)m->cap_parts *
-							  sizeof(*m->parts));
-				if (!m->parts)
-					abort();
+				    xrealloc(m->parts, (size_t)m->cap_parts *
+							   sizeof(*m->parts));
 			}
 			p = &m->parts[m->n_parts++];
 			p->partition = id;
@@ -760,11 +757,9 @@ static void put_composer(struct buf *out, const struct metrics_composer *c)
 
 void metrics_render(struct buf *out)
 {
-	struct sum *s = calloc(1, sizeof(*s));
+	struct sum *s = xcalloc(1, sizeof(*s));
 	const struct metrics_pipe *a;
 
-	if (!s)
-		abort();
 	s->all.brokers_up = -1;
 	pthread_mutex_lock(&pipes_lock);
 	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {

@@ -79,7 +79,7 @@ struct owed {
 	/* What the outbox costs the batches, for the log at exit. */
 	unsigned long long writes, write_keys;
 	double write_s;
-	int backoff_ms;
+	struct backoff backoff; /* after PostgreSQL refused the upkeep */
 };
 
 static void partset_add(struct partset *s, int32_t p)
@@ -89,9 +89,7 @@ static void partset_add(struct partset *s, int32_t p)
 			return;
 	if (s->n == s->cap) {
 		s->cap = s->cap ? s->cap * 2 : 8;
-		s->v = realloc(s->v, (size_t)s->cap * sizeof(*s->v));
-		if (!s->v)
-			abort();
+		s->v = xrealloc(s->v, (size_t)s->cap * sizeof(*s->v));
 	}
 	s->v[s->n++] = p;
 }
@@ -129,16 +127,14 @@ static void owed_publish(struct owed *o)
 
 struct owed *owed_new(struct pgsink *ps, struct cache *cache)
 {
-	struct owed *o = calloc(1, sizeof(*o));
+	struct owed *o = xcalloc(1, sizeof(*o));
 
-	if (!o)
-		abort();
 	o->ps = ps;
 	o->cache = cache;
 	buf_init(&o->tx_ids);
 	buf_init(&o->done);
 	strcpy(o->cursor, "0");
-	o->backoff_ms = 100;
+	backoff_init(&o->backoff, 100, 5000);
 	return o;
 }
 
@@ -164,22 +160,15 @@ size_t owed_count(const struct owed *o)
 	return o->n;
 }
 
-/* {"a","b\"c"}: a text[] literal for a query parameter. */
+/* The keys, or their ops, as a text[] literal for a query parameter. */
 static void text_array(struct buf *b, const struct cache_keys *k, bool ops)
 {
-	buf_puts(b, "{");
-	for (size_t i = 0; i < k->n; i++) {
-		const char *s = ops ? op_name(k->v[i].op) : k->v[i].key;
+	const char **v = xcalloc(k->n + 1, sizeof(*v));
 
-		buf_puts(b, i ? ",\"" : "\"");
-		for (; *s; s++) {
-			if (*s == '"' || *s == '\\')
-				buf_append(b, "\\", 1);
-			buf_append(b, s, 1);
-		}
-		buf_puts(b, "\"");
-	}
-	buf_puts(b, "}");
+	for (size_t i = 0; i < k->n; i++)
+		v[i] = ops ? op_name(k->v[i].op) : k->v[i].key;
+	buf_pg_array(b, v, k->n);
+	free(v);
 }
 
 static char *int_array(const int32_t *v, int n)
@@ -326,10 +315,11 @@ void owed_assign(struct owed *o, const int32_t *parts, int n)
  * worker does not hammer (or log) every 100 ms. */
 static void owed_pg_failed(struct owed *o, const char *what, const char *err)
 {
+	int wait = backoff_next(&o->backoff);
+
 	log_warn("owed invalidations: %s: %s; retrying in %d ms", what, err,
-		 o->backoff_ms);
-	o->retry_at_ms = util_mono_ms() + o->backoff_ms;
-	o->backoff_ms = o->backoff_ms * 2 > 5000 ? 5000 : o->backoff_ms * 2;
+		 wait);
+	o->retry_at_ms = util_mono_ms() + wait;
 }
 
 static bool owed_pg_ready(struct owed *o)
@@ -466,7 +456,7 @@ static void owed_catch_up(struct owed *o, int max_pages)
 	o->recount = false;
 	o->n = 0;
 	o->mine.n = 0;
-	o->backoff_ms = 100;
+	backoff_reset(&o->backoff);
 	owed_publish(o);
 	if (o->cu_rows > 0)
 		log_info(
@@ -496,5 +486,5 @@ void owed_idle(struct owed *o)
 			owed_count_rows(o);
 	}
 	if (o->done.len > 0 && owed_pg_ready(o) && delete_ids(o, &o->done))
-		o->backoff_ms = 100;
+		backoff_reset(&o->backoff);
 }

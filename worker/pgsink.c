@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/util.h"
 
 struct pgsink {
 	PGconn *conn;
@@ -62,14 +63,14 @@ static const char SQL_IDLE_TIMEOUT[] =
 struct pgsink *pgsink_new(const char *dsn, const char *group_id,
 			  const char *topic, const char *staging_sql)
 {
-	struct pgsink *ps = calloc(1, sizeof(*ps));
+	struct pgsink *ps = xcalloc(1, sizeof(*ps));
 
 	if (!ps)
 		abort();
-	ps->staging_sql = strdup(staging_sql);
-	ps->dsn = strdup(dsn);
-	ps->group_id = strdup(group_id);
-	ps->topic = strdup(topic);
+	ps->staging_sql = xstrdup(staging_sql);
+	ps->dsn = xstrdup(dsn);
+	ps->group_id = xstrdup(group_id);
+	ps->topic = xstrdup(topic);
 	return ps;
 }
 
@@ -241,12 +242,7 @@ bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
 void pgsink_set_start_group(struct pgsink *ps, const char *group)
 {
 	free(ps->start_group);
-	ps->start_group = NULL;
-	if (group) {
-		ps->start_group = strdup(group);
-		if (!ps->start_group)
-			abort();
-	}
+	ps->start_group = group ? xstrdup(group) : NULL;
 }
 
 bool pgsink_load_start(struct pgsink *ps, const int32_t *parts, int n,
@@ -262,9 +258,7 @@ bool pgsink_load_start(struct pgsink *ps, const int32_t *parts, int n,
 		missing |= out[i] < 0;
 	if (!missing || !ps->start_group)
 		return true;
-	other = calloc((size_t)n + 1, sizeof(*other));
-	if (!other)
-		abort();
+	other = xcalloc((size_t)n + 1, sizeof(*other));
 	/* The same query under the other group's name. */
 	own = ps->group_id;
 	ps->group_id = ps->start_group;

@@ -123,16 +123,12 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 			      const struct pipeline_spec *spec, char *err,
 			      size_t errsz)
 {
-	struct pipeline *p = calloc(1, sizeof(*p));
+	struct pipeline *p = xcalloc(1, sizeof(*p));
 	char *staging = batch_staging_sql();
-	struct timeval beat = {0, BEAT_MS * 1000};
+	struct timeval beat = util_ms_tv(BEAT_MS);
 
-	if (!p || !staging)
-		abort();
 	p->cfg = *cfg;
-	p->group = strdup(spec->group);
-	if (!p->group)
-		abort();
+	p->group = xstrdup(spec->group);
 	p->cfg.group_id = p->group;
 	snprintf(p->name, sizeof(p->name), "%s", spec->name);
 	p->stopping = spec->stopping;

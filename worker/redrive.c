@@ -74,10 +74,8 @@ static bool plan(struct redrive *r, const char *group)
 		goto out;
 	}
 	r->n = md->topics[0].partition_cnt;
-	r->parts = calloc((size_t)r->n, sizeof(*r->parts));
+	r->parts = xcalloc((size_t)r->n, sizeof(*r->parts));
 	l = rd_kafka_topic_partition_list_new(r->n);
-	if (!r->parts)
-		abort();
 	for (int i = 0; i < r->n; i++) {
 		int64_t lo, hi;
 

@@ -77,9 +77,7 @@ static bool list_partitions(struct replay *r)
 		const struct rd_kafka_metadata_topic *t = &md->topics[0];
 
 		r->n = t->partition_cnt;
-		r->parts = calloc((size_t)r->n + 1, sizeof(*r->parts));
-		if (!r->parts)
-			abort();
+		r->parts = xcalloc((size_t)r->n + 1, sizeof(*r->parts));
 		for (int i = 0; i < r->n; i++)
 			r->parts[i].id = t->partitions[i].id;
 		ok = r->n > 0;
@@ -143,13 +141,11 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 static bool plan(struct replay *r)
 {
 	const struct replay_opts *o = r->o;
-	int64_t *lo = calloc((size_t)r->n, sizeof(*lo));
-	int64_t *hi = calloc((size_t)r->n, sizeof(*hi));
-	int64_t *at = calloc((size_t)r->n, sizeof(*at));
+	int64_t *lo = xcalloc((size_t)r->n, sizeof(*lo));
+	int64_t *hi = xcalloc((size_t)r->n, sizeof(*hi));
+	int64_t *at = xcalloc((size_t)r->n, sizeof(*at));
 	bool ok = false;
 
-	if (!lo || !hi || !at)
-		abort();
 	for (int i = 0; i < r->n; i++) {
 		rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
 		    r->rk, r->env->cfg->topic, r->parts[i].id, &lo[i], &hi[i],
@@ -225,17 +221,19 @@ out:
  * its group already applied is not read again. */
 static bool resume_from_stored(struct replay *r)
 {
-	int32_t *ids = calloc((size_t)r->n, sizeof(*ids));
-	int64_t *stored = calloc((size_t)r->n, sizeof(*stored));
-	int backoff = r->env->cfg->retry_backoff_min_ms;
+	int32_t *ids = xcalloc((size_t)r->n, sizeof(*ids));
+	int64_t *stored = xcalloc((size_t)r->n, sizeof(*stored));
+	struct backoff backoff;
 	char err[512];
 
-	if (!ids || !stored)
-		abort();
 	for (int i = 0; i < r->n; i++)
 		ids[i] = r->parts[i].id;
+	backoff_init(&backoff, r->env->cfg->retry_backoff_min_ms,
+		     r->env->cfg->retry_backoff_max_ms);
 	while (!pgsink_load_offsets(r->env->ps, ids, r->n, stored, err,
 				    sizeof(err))) {
+		int wait;
+
 		if (*r->env->stopping) {
 			free(ids);
 			free(stored);
@@ -244,12 +242,10 @@ static bool resume_from_stored(struct replay *r)
 				 "read");
 			return false;
 		}
+		wait = backoff_next(&backoff);
 		log_warn("reading stored offsets: %s; retrying in %d ms", err,
-			 backoff);
-		batch_wait(r->b, backoff);
-		backoff = backoff * 2 > r->env->cfg->retry_backoff_max_ms
-			      ? r->env->cfg->retry_backoff_max_ms
-			      : backoff * 2;
+			 wait);
+		batch_wait(r->b, wait);
 	}
 	/* What an earlier run of this group still owes Redis is performed
 	 * like a consumer's debts on its partitions. */
@@ -488,9 +484,7 @@ int replay_run(struct batch_env *env, struct batch *b,
 	kafka_settings(&r, kv);
 	r.tty = isatty(STDERR_FILENO);
 	r.cap = (size_t)env->cfg->batch_max;
-	r.msgs = calloc(r.cap, sizeof(*r.msgs));
-	if (!r.msgs)
-		abort();
+	r.msgs = xcalloc(r.cap, sizeof(*r.msgs));
 	r.rk = kafka_client_new(&spec, r.errstr, sizeof(r.errstr));
 	if (!r.rk)
 		goto out;

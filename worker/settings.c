@@ -4,6 +4,7 @@
 #include <event2/http.h>
 
 #include "../common/log.h"
+#include "../common/util.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,9 +50,9 @@ const struct cfg_setting worker_settings[] = {
     {"batch_wait_ms", CFG_INT, F(batch_wait_ms), "0", 0, 10000, NULL, NULL,
      "extra time to let a batch fill"},
     {"retry_backoff_min_ms", CFG_INT, F(retry_backoff_min_ms), "100", 1, 60000,
-     NULL, NULL, "first wait after a transient failure"},
+     NULL, NULL, "first back-off step after a transient failure"},
     {"retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
-     600000, NULL, NULL, "longest wait between retries"},
+     600000, NULL, NULL, "largest back-off step between retries"},
     {"campaign_invalidate_keys", CFG_STR, F(campaign_invalidate_keys),
      "campaign_run:{run_id}", 0, 0, NULL, NULL,
      "keys removed after a campaign batch commits"},
@@ -142,9 +143,7 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 		size_t n = strlen(cfg->topic) + 5;
 
 		free(cfg->dlq_topic);
-		cfg->dlq_topic = malloc(n);
-		if (!cfg->dlq_topic)
-			abort();
+		cfg->dlq_topic = xmalloc(n);
 		snprintf(cfg->dlq_topic, n, "%s.dlq", cfg->topic);
 	}
 	if (strcmp(cfg->dlq_topic, cfg->topic) == 0) {

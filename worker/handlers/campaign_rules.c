@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../../common/util.h"
+
 const char *const msg_status_names[] = {"ready", "failed", "paused", "expired",
 					NULL};
 
@@ -179,11 +181,9 @@ static void add_part(struct rule_result *r, size_t off, size_t len)
 	if (r->n_parts == r->cap_parts) {
 		r->cap_parts = r->cap_parts ? r->cap_parts * 2 : 8;
 		r->part_off =
-		    realloc(r->part_off, r->cap_parts * sizeof(size_t));
+		    xrealloc(r->part_off, r->cap_parts * sizeof(size_t));
 		r->part_len =
-		    realloc(r->part_len, r->cap_parts * sizeof(size_t));
-		if (!r->part_off || !r->part_len)
-			abort();
+		    xrealloc(r->part_len, r->cap_parts * sizeof(size_t));
 	}
 	r->part_off[r->n_parts] = off;
 	r->part_len[r->n_parts] = len;
@@ -341,24 +341,18 @@ void campaign_evaluate(const struct rule_input *in, struct rule_result *out)
 
 void campaign_parts_copy(const struct rule_result *r, struct buf *b)
 {
-	buf_puts(b, "{");
-	for (size_t i = 0; i < r->n_parts; i++) {
-		const char *s = r->text.data + r->part_off[i];
-		const char *end = s + r->part_len[i];
+	char **v = xcalloc(r->n_parts + 1, sizeof(*v));
+	struct buf arr;
 
-		buf_puts(b, i ? ",\"" : "\"");
-		for (; s < end; s++) {
-			/* array-literal escape, then COPY text escape */
-			switch (*s) {
-			case '"': buf_append(b, "\\\\\"", 3); break;
-			case '\\': buf_append(b, "\\\\\\\\", 4); break;
-			case '\n': buf_append(b, "\\n", 2); break;
-			case '\r': buf_append(b, "\\r", 2); break;
-			case '\t': buf_append(b, "\\t", 2); break;
-			default: buf_append(b, s, 1);
-			}
-		}
-		buf_puts(b, "\"");
-	}
-	buf_puts(b, "}");
+	/* The parts are ranges of r->text: each is copied to end in a NUL,
+	 * then the array literal is escaped for COPY as a whole. */
+	for (size_t i = 0; i < r->n_parts; i++)
+		v[i] = xstrndup(r->text.data + r->part_off[i], r->part_len[i]);
+	buf_init(&arr);
+	buf_pg_array(&arr, (const char *const *)v, r->n_parts);
+	buf_copy_escape(b, arr.data);
+	buf_free(&arr);
+	for (size_t i = 0; i < r->n_parts; i++)
+		free(v[i]);
+	free(v);
 }

@@ -10,6 +10,7 @@
 
 #include "../../common/chat.h"
 #include "../../common/kafka.h"
+#include "../../common/util.h"
 #include "../../common/validate.h"
 #include "../contexts.h"
 #include "../pgsink.h"
@@ -91,10 +92,8 @@ struct chat_state {
 
 static void *chat_create(const struct handler_env *env)
 {
-	struct chat_state *c = calloc(1, sizeof(*c));
+	struct chat_state *c = xcalloc(1, sizeof(*c));
 
-	if (!c)
-		abort();
 	c->env = *env;
 	buf_init(&c->msgs);
 	buf_init(&c->statuses);
@@ -148,11 +147,9 @@ static void want_sender(struct chat_state *c, const char *sender)
 	if (c->n_senders == c->cap_senders) {
 		c->cap_senders = c->cap_senders ? c->cap_senders * 2 : 32;
 		c->senders =
-		    realloc(c->senders, c->cap_senders * sizeof(char *));
-		if (!c->senders)
-			abort();
+		    xrealloc(c->senders, c->cap_senders * sizeof(char *));
 	}
-	c->senders[c->n_senders++] = strdup(sender);
+	c->senders[c->n_senders++] = xstrdup(sender);
 	if (chat_phone_digits(sender, digits, sizeof(digits)))
 		contexts_want(c->env.contexts, CTX_NS_PHONE, digits);
 }

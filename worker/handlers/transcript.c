@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../../common/util.h"
 #include "../../common/validate.h"
 #include "../pgsink.h"
 
@@ -50,11 +51,10 @@ void transcript_entry_id(const char *conversation_id, int position,
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int mdlen = 0;
 	size_t n = strlen(conversation_id);
-	char stack[512], *in = n + 16 <= sizeof(stack) ? stack : malloc(n + 16);
+	char stack[512],
+	    *in = n + 16 <= sizeof(stack) ? stack : xmalloc(n + 16);
 	int len;
 
-	if (!in)
-		abort();
 	pthread_once(&sha256_once, sha256_fetch);
 	/* The unit separator keeps ("a1", 2) and ("a", 12) apart. */
 	memcpy(in, conversation_id, n);
@@ -260,7 +260,7 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 
 	rows->n_conversations++;
 	rows->n_messages += n_msgs;
-	*conversation_id = strdup(cid);
+	*conversation_id = xstrdup(cid);
 	cJSON_Delete(doc);
 	return true;
 fail:
@@ -352,10 +352,8 @@ struct transcript_state {
 
 static void *transcript_create(const struct handler_env *env)
 {
-	struct transcript_state *t = calloc(1, sizeof(*t));
+	struct transcript_state *t = xcalloc(1, sizeof(*t));
 
-	if (!t)
-		abort();
 	transcript_rows_init(&t->rows);
 	t->n_templates =
 	    cache_templates_parse(env->cfg->invalidate_keys, &t->templates);
@@ -393,9 +391,7 @@ static void strlist_add(struct strlist *l, char *s)
 {
 	if (l->n == l->cap) {
 		l->cap = l->cap ? l->cap * 2 : 64;
-		l->v = realloc(l->v, l->cap * sizeof(char *));
-		if (!l->v)
-			abort();
+		l->v = xrealloc(l->v, l->cap * sizeof(char *));
 	}
 	l->v[l->n++] = s;
 }
