@@ -53,7 +53,7 @@ SEED = 20261123
 LAT_MIN, LAT_MAX = 0.020, 0.180   # seconds
 RATIO_TARGET = 1.15               # sluice / ideal, at most
 SPEEDUP_TARGET = 1.3              # chunked / sluice at K = 5, at least
-LOOKUP_RE = re.compile(r"(\d+) lookups \(peak (\d+) in flight, (\d+) ms\)")
+LOOKUP_RE = re.compile(r"(\d+) lookups \(peak (\d+) in flight, (\d+) ms[,)]")
 
 
 # ------------------------------------------------------------ the stub ----
