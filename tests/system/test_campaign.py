@@ -510,6 +510,95 @@ def test_redis_unresponsive_lookups_go_to_source(pipeline, services,
         pipeline.wait_caught_up()
 
 
+def test_redis_restart_same_worker_resumes(pipeline, services, leadstub):
+    """Redis restarts under a running worker: the invalidation owed while
+    it was down (a lead_updated) is performed from the outbox without new
+    traffic for that lead, and lead contexts are read from and cached in
+    Redis again, all without restarting the worker."""
+    inbox = add_inbox(services, uid("inbox-"))
+    old = [f"{pipeline.prefix}O{i}" for i in range(5)]
+    new = [f"{pipeline.prefix}N{i}" for i in range(5)]
+    for i, lead in enumerate(old + new):
+        leadstub.set(lead, {"lead": {"name": f"Before{i}"}})
+    worker = http_worker(pipeline, leadstub)
+    ingest = campaign_ingest(pipeline)
+    run = uid("run-")
+    post_batch(ingest, batch(run, [msg(f"{run}-a{i}", lead)
+                                   for i, lead in enumerate(old)],
+                             inbox, run_total=100))
+    wait_rows(services, run, 5, worker=worker)
+    r = services.redis()
+    assert all(_redis_ctx(r, lead) for lead in old), "batch 1 not cached"
+    v0 = _ver(r, old[0])
+
+    # Down: SAVE first, so the cached contexts come back with Redis (a
+    # real restart) and only the owed invalidation can remove old[0]'s.
+    sentinel = f"sentinel:{pipeline.prefix}"
+    r.set(sentinel, b"1")
+    r.save()
+    services.stop_redis()
+    try:
+        leadstub.set(old[0], {"lead": {"name": "After"}})
+        post_lead_updated(ingest, old[0])
+        post_batch(ingest, batch(run, [msg(f"{run}-b{i}", lead)
+                                       for i, lead in enumerate(new)],
+                                 inbox, run_total=100))
+        wait_rows(services, run, 10, worker=worker)
+        pipeline.wait_caught_up(timeout=30)
+        owed = services.query(
+            "SELECT u.k FROM sluice_owed_invalidations,"
+            " unnest(keys) AS u(k) WHERE group_id = ANY(%s)",
+            (pipeline.worker_groups(),))
+        assert (f"lead_ctx:{old[0]}",) in owed, owed
+    finally:
+        services.start_redis()
+    t_up = time.monotonic()
+    r = services.redis()
+    assert r.exists(sentinel), "the Redis dump was not reloaded"
+    # The owed invalidation, performed by the same worker while idle.
+    wait_until(lambda: _redis_ctx(r, old[0]) is None, 20,
+               message=f"the owed invalidation of lead_ctx:{old[0]}",
+               describe=lambda: f"worker log tail:\n{worker.log_tail(10)}")
+    assert _ver(r, old[0]) == v0 + 1, (v0, _ver(r, old[0]))
+    assert all(_redis_ctx(r, lead) for lead in old[1:]), \
+        "other leads' contexts went"
+    wait_until(lambda: not services.query(
+        "SELECT 1 FROM sluice_owed_invalidations WHERE group_id = ANY(%s)",
+        (pipeline.worker_groups(),)), 10, message="the outbox to empty")
+    # The lead contexts' connection comes back on its first use after
+    # its back-off, which never exceeds 5 s: past that, a batch must find
+    # Redis (the bound is a guarantee of the design, not a guess).
+    time.sleep(max(0.0, 5.5 - (time.monotonic() - t_up)))
+    calls = leadstub.snapshot()["total"]
+    n = _nlines(worker)
+    post_batch(ingest, batch(run, [msg(f"{run}-c{i}", lead)
+                                   for i, lead in enumerate(old + new)],
+                             inbox, run_total=100))
+    got = wait_rows(services, run, 20, worker=worker)
+    assert got[f"{run}-c0"]["parts"] == ["Hi After"], got[f"{run}-c0"]
+    line = _line_with(worker, skip=n, messages=10)
+    # old[1:] from Redis; old[0] (invalidated) and new (not cached while
+    # Redis was down) from the source, and cached again.
+    for k, v in {"hits": 4, "misses": 6, "lookups": 6}.items():
+        assert line.get(k) == v, f"{k}: want {v} in {line['line']!r}"
+    assert line.get("redis_errors", 0) == 0, line["line"]
+    assert leadstub.snapshot()["total"] == calls + 6
+    assert all(_redis_ctx(r, lead) for lead in old + new), \
+        "contexts not cached after the restart"
+    # And read from there: no lookup at all.
+    n = _nlines(worker)
+    post_batch(ingest, batch(run, [msg(f"{run}-d{i}", lead)
+                                   for i, lead in enumerate(old + new)],
+                             inbox, run_total=100))
+    wait_rows(services, run, 30, worker=worker)
+    line = _line_with(worker, skip=n, messages=10)
+    assert (line.get("hits"), line.get("lookups", 0)) == (10, 0), \
+        line["line"]
+    assert leadstub.snapshot()["total"] == calls + 6
+    worker.assert_alive()
+    r.delete(sentinel)
+
+
 def test_lease_held_by_dead_worker(pipeline, services, leadstub):
     """Someone holds the lead's lease and never fills (a worker that died):
     the batch waits at most lead_context.lease_wait_ms, then fetches

@@ -1,8 +1,97 @@
-/* Key templates: placeholders, patterns, glob escaping of ids. */
+/* Key templates: placeholders, patterns, glob escaping of ids; the Redis
+ * connection layer's failures (refused, overdue, back-off). */
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "../../worker/cache.h"
+#include "../../worker/redisconn.h"
 #include "check.h"
+
+struct got {
+	int calls, nulls;
+};
+
+static void got_cb(void *arg, const redisReply *r)
+{
+	struct got *g = arg;
+
+	g->calls++;
+	g->nulls += r == NULL;
+}
+
+/* A port that completes handshakes and never answers (a stopped Redis). */
+static int mute_listener(int *port)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof(a);
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 ||
+	    listen(fd, 16) != 0 ||
+	    getsockname(fd, (struct sockaddr *)&a, &len) != 0)
+		return -1;
+	*port = ntohs(a.sin_port);
+	return fd;
+}
+
+static void test_rconn(struct event_base *base)
+{
+	char err[256], url[64];
+	const char *ping[1] = {"PING"};
+	struct got g = {0};
+	struct rconn *r;
+	int port = 0, fd;
+
+	/* Refused: every command accepted is answered NULL, then the
+	 * back-off refuses at once, and the error is there for /readyz. */
+	r = rconn_new(base, "redis://u:secret@127.0.0.1:1/0", 200, "test", err,
+		      sizeof(err));
+	CHECK(r != NULL, "%s", err);
+	CHECK(rconn_up(r), "not up before the first use");
+	CHECK(rconn_command(r, got_cb, &g, 1, ping, NULL), "refused at once");
+	CHECK(rconn_command(r, got_cb, &g, 1, ping, NULL), "second refused");
+	CHECK(rconn_pending(r) == 2, "pending %d", rconn_pending(r));
+	while (g.calls < 2)
+		event_base_loop(base, EVLOOP_ONCE);
+	CHECK(g.nulls == 2, "nulls %d", g.nulls);
+	CHECK(rconn_pending(r) == 0, "pending %d", rconn_pending(r));
+	CHECK(!rconn_up(r), "up in the back-off");
+	CHECK(rconn_error(r)[0] != '\0', "no error");
+	CHECK(strstr(rconn_error(r), "secret") == NULL, "%s", rconn_error(r));
+	CHECK(!rconn_command(r, got_cb, &g, 1, ping, NULL),
+	      "sent in the back-off");
+	rconn_destroy(r);
+	CHECK(rconn_new(base, "http://x", 200, "test", err, sizeof(err)) ==
+		  NULL,
+	      "non-redis url accepted");
+
+	/* Overdue: the reply never comes; after timeout_ms the command is
+	 * answered NULL and the connection is dropped. */
+	fd = mute_listener(&port);
+	CHECK(fd >= 0, "listener");
+	snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+	r = rconn_new(base, url, 100, "test", err, sizeof(err));
+	CHECK(r != NULL, "%s", err);
+	memset(&g, 0, sizeof(g));
+	CHECK(rconn_command(r, got_cb, &g, 1, ping, NULL), "refused");
+	while (g.calls < 1)
+		event_base_loop(base, EVLOOP_ONCE);
+	CHECK(g.nulls == 1, "nulls %d", g.nulls);
+	CHECK(strstr(rconn_error(r), "no answer") != NULL, "%s",
+	      rconn_error(r));
+	CHECK(!rconn_up(r), "up after an overdue reply");
+	/* Destroyed with a command pending: its callback never runs. */
+	usleep(250 * 1000); /* past the back-off (at most 100 ms now) */
+	memset(&g, 0, sizeof(g));
+	CHECK(rconn_command(r, got_cb, &g, 1, ping, NULL), "no reconnect");
+	rconn_destroy(r);
+	event_base_loop(base, EVLOOP_NONBLOCK);
+	CHECK(g.calls == 0, "called after destroy");
+	close(fd);
+}
 
 static const struct {
 	const char *tmpl, *id, *want;
@@ -60,6 +149,7 @@ int main(void)
 		free(got);
 	}
 	base = event_base_new();
+	test_rconn(base);
 	c = cache_new(base, "redis://127.0.0.1:1/0", 50, err, sizeof(err));
 	CHECK(c != NULL, "%s", err);
 	CHECK(cache_new(base, "http://x", 50, err, sizeof(err)) == NULL,
