@@ -305,11 +305,9 @@ static int cmp_id_at(const void *a, const void *b)
  * copy is reported with the path of the first. */
 static void check_unique(struct checker *ck, const struct campaign_batch *b)
 {
-	struct id_at *v = calloc(b->n_messages + 1, sizeof(*v));
+	struct id_at *v = xcalloc(b->n_messages + 1, sizeof(*v));
 	size_t n = 0;
 
-	if (!v)
-		abort();
 	for (size_t i = 0; i < b->n_messages; i++)
 		if (b->messages[i].message_id)
 			v[n++] =
@@ -360,9 +358,7 @@ static void check_messages(struct checker *ck, const cJSON *doc,
 		problem(ck, -1, "$.messages", msg);
 		return;
 	}
-	out->messages = calloc((size_t)n, sizeof(*out->messages));
-	if (!out->messages)
-		abort();
+	out->messages = xcalloc((size_t)n, sizeof(*out->messages));
 	cJSON_ArrayForEach(item, arr)
 	{
 		struct campaign_message *m = &out->messages[i];

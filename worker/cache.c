@@ -33,9 +33,7 @@ static void strvec_push(struct strvec *s, char *str)
 {
 	if (s->n == s->cap) {
 		s->cap = s->cap ? s->cap * 2 : 16;
-		s->v = realloc(s->v, s->cap * sizeof(*s->v));
-		if (!s->v)
-			abort();
+		s->v = xrealloc(s->v, s->cap * sizeof(*s->v));
 	}
 	s->v[s->n++] = str;
 }
@@ -73,7 +71,7 @@ char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
 
 size_t cache_templates_parse(const char *list, char ***out)
 {
-	char *copy = strdup(list), *tok, *save = NULL;
+	char *copy = xstrdup(list), *tok, *save = NULL;
 	size_t n = 0;
 
 	*out = NULL;
@@ -88,10 +86,8 @@ size_t cache_templates_parse(const char *list, char ***out)
 			tok[--len] = '\0';
 		if (!*tok)
 			continue;
-		*out = realloc(*out, (n + 1) * sizeof(char *));
-		if (!*out)
-			abort();
-		(*out)[n++] = strdup(tok);
+		*out = xrealloc(*out, (n + 1) * sizeof(char *));
+		(*out)[n++] = xstrdup(tok);
 	}
 	free(copy);
 	return n;
@@ -108,9 +104,7 @@ static void keys_push(struct cache_keys *k, char *key, enum cache_op op)
 {
 	if (k->n == k->cap) {
 		k->cap = k->cap ? k->cap * 2 : 16;
-		k->v = realloc(k->v, k->cap * sizeof(*k->v));
-		if (!k->v)
-			abort();
+		k->v = xrealloc(k->v, k->cap * sizeof(*k->v));
 	}
 	k->v[k->n].key = key;
 	k->v[k->n].op = op;
@@ -131,12 +125,12 @@ void cache_keys_add(struct cache_keys *k, char *const *templates,
 
 void cache_keys_bump(struct cache_keys *k, const char *key)
 {
-	keys_push(k, strdup(key), CACHE_BUMP);
+	keys_push(k, xstrdup(key), CACHE_BUMP);
 }
 
 void cache_keys_push(struct cache_keys *k, const char *key, enum cache_op op)
 {
-	keys_push(k, strdup(key), op);
+	keys_push(k, xstrdup(key), op);
 }
 
 void cache_keys_clear(struct cache_keys *k)
@@ -351,10 +345,8 @@ static void merged_cb(void *priv, const redisReply *rep)
 char *cache_prefix_of(const char *pattern)
 {
 	size_t n = strlen(pattern), o = 0;
-	char *lit = malloc(n + 1);
+	char *lit = xmalloc(n + 1);
 
-	if (!lit)
-		abort();
 	for (size_t i = 0; i < n; i++) {
 		if (pattern[i] == '\\' && i + 1 < n) {
 			lit[o++] = pattern[++i];
@@ -426,10 +418,8 @@ static bool await_run(struct cache *c, struct run *r)
 static void send_merged(struct cache *c, struct run *r, struct scan_job *job)
 {
 	size_t argc = 6 + job->n_prefixes;
-	const char **argv = malloc(argc * sizeof(*argv));
+	const char **argv = xmalloc(argc * sizeof(*argv));
 
-	if (!argv)
-		abort();
 	argv[0] = "EVAL";
 	argv[1] = merged_scan_lua;
 	argv[2] = "0";
@@ -460,7 +450,7 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 		char *lit;
 
 		if (in->v[i].op == CACHE_KEY) {
-			strvec_push(&keys, strdup(in->v[i].key));
+			strvec_push(&keys, xstrdup(in->v[i].key));
 		} else if (in->v[i].op == CACHE_PATTERN) {
 			lit =
 			    c->no_script ? NULL : cache_prefix_of(in->v[i].key);
@@ -468,20 +458,16 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 				strvec_push(&prefixes, lit);
 				continue;
 			}
-			jobs = realloc(jobs, (n_jobs + 1) * sizeof(*jobs));
-			if (!jobs)
-				abort();
+			jobs = xrealloc(jobs, (n_jobs + 1) * sizeof(*jobs));
 			memset(&jobs[n_jobs], 0, sizeof(*jobs));
-			jobs[n_jobs].pattern = strdup(in->v[i].key);
+			jobs[n_jobs].pattern = xstrdup(in->v[i].key);
 			strcpy(jobs[n_jobs].cursor, "0");
 			n_jobs++;
 		}
 	}
 	if (prefixes.n > 0) {
 		/* All the "literal*" patterns: one walk of the keyspace. */
-		jobs = realloc(jobs, (n_jobs + 1) * sizeof(*jobs));
-		if (!jobs)
-			abort();
+		jobs = xrealloc(jobs, (n_jobs + 1) * sizeof(*jobs));
 		memset(&jobs[n_jobs], 0, sizeof(*jobs));
 		jobs[n_jobs].pattern = common_match(prefixes.v, prefixes.n);
 		jobs[n_jobs].cache = c;

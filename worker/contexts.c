@@ -98,7 +98,7 @@ struct lead {
 	bool version_known;  /* false: Redis was not asked, never fill */
 	bool leased;	     /* we hold lead_ctx_lock */
 	int attempts;	     /* source calls made */
-	int wait_ms;	     /* next back-off while waiting for a lease */
+	struct backoff wait; /* while waiting for another worker's fill */
 	int64_t wait_since;  /* when waiting began (monotonic ms) */
 	struct event *timer; /* lease wait */
 	struct event *retry; /* next attempt at the source */
@@ -155,20 +155,11 @@ static void lead_finish(struct lead *l, enum ctx_state st, cJSON *ctx);
 static void lead_to_source(struct lead *l);
 static void lead_store(struct lead *l, const char *json);
 
-static struct timeval ms_tv(int ms)
-{
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-
-	return tv;
-}
-
 static char *key_of(const char *prefix, const char *id)
 {
 	size_t n = strlen(prefix) + strlen(id) + 1;
-	char *k = malloc(n);
+	char *k = xmalloc(n);
 
-	if (!k)
-		abort();
 	snprintf(k, n, "%s%s", prefix, id);
 	return k;
 }
@@ -341,7 +332,7 @@ static void lease_cb(struct lead *l, const redisReply *r)
 		lead_to_source(l);
 	} else if (r && r->type == REDIS_REPLY_NIL) {
 		l->c->st.lease_waits++;
-		l->wait_ms = WAIT_MIN_MS;
+		backoff_init(&l->wait, WAIT_MIN_MS, WAIT_MAX_MS);
 		l->wait_since = util_mono_ms();
 		lead_wait(l);
 	} else {
@@ -469,14 +460,12 @@ static void handle_wait(evutil_socket_t fd, short what, void *arg)
 
 static void lead_wait(struct lead *l)
 {
-	struct timeval tv = {l->wait_ms / 1000, (l->wait_ms % 1000) * 1000};
+	struct timeval tv = util_ms_tv(backoff_next(&l->wait));
 
 	l->phase = PH_WAIT;
 	if (!l->timer)
 		l->timer = evtimer_new(l->c->base, handle_wait, l);
 	evtimer_add(l->timer, &tv);
-	l->wait_ms =
-	    l->wait_ms * 2 > WAIT_MAX_MS ? WAIT_MAX_MS : l->wait_ms * 2;
 }
 
 /* After the source answered: cache the context (unless an invalidation
@@ -569,8 +558,7 @@ static void handle_retry(evutil_socket_t fd, short what, void *arg)
  * connections is not hammered and a short outage is ridden out. */
 static void lead_retry_later(struct lead *l)
 {
-	int ms = 100 * l->attempts;
-	struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+	struct timeval tv = util_ms_tv(100 * l->attempts);
 
 	l->phase = PH_QUEUED;
 	if (!l->retry)
@@ -584,7 +572,7 @@ static void lead_retry_later(struct lead *l)
 static void slot_release(struct slot *s)
 {
 	if (s->timeout && s->draining) {
-		struct timeval tv = ms_tv(s->c->cfg->lc_timeout_ms + 1000);
+		struct timeval tv = util_ms_tv(s->c->cfg->lc_timeout_ms + 1000);
 
 		evtimer_add(s->timeout, &tv);
 	} else if (s->timeout) {
@@ -1034,7 +1022,7 @@ static void pump(struct contexts *c)
 	while (c->q_head && c->inflight < c->k) {
 		struct lead *l = c->q_head;
 		struct slot *s = NULL;
-		struct timeval tv = ms_tv(c->cfg->lc_timeout_ms);
+		struct timeval tv = util_ms_tv(c->cfg->lc_timeout_ms);
 		bool started;
 
 		for (int i = 0; i < c->k && !s; i++)
@@ -1078,10 +1066,8 @@ struct contexts *contexts_new(struct event_base *base,
 			      struct httpc *httpc, char *errstr,
 			      size_t errstr_size)
 {
-	struct contexts *c = calloc(1, sizeof(*c));
+	struct contexts *c = xcalloc(1, sizeof(*c));
 
-	if (!c)
-		abort();
 	c->base = base;
 	c->cfg = cfg;
 	c->k = cfg->lc_concurrency;
@@ -1127,9 +1113,7 @@ struct contexts *contexts_new(struct event_base *base,
 			c->url_origin[ns] = o.data;
 		}
 	}
-	c->slots = calloc((size_t)c->k, sizeof(*c->slots));
-	if (!c->slots)
-		abort();
+	c->slots = xcalloc((size_t)c->k, sizeof(*c->slots));
 	for (int i = 0; i < c->k; i++)
 		c->slots[i].c = c;
 	c->budget = evtimer_new(base, handle_budget, c);
@@ -1233,16 +1217,12 @@ void contexts_want(struct contexts *c, enum ctx_ns ns, const char *lead_id)
 
 	if (c->n_leads == c->cap_leads) {
 		c->cap_leads = c->cap_leads ? c->cap_leads * 2 : 64;
-		c->leads = realloc(c->leads, c->cap_leads * sizeof(*c->leads));
-		if (!c->leads)
-			abort();
+		c->leads = xrealloc(c->leads, c->cap_leads * sizeof(*c->leads));
 	}
-	l = calloc(1, sizeof(*l));
-	if (!l)
-		abort();
+	l = xcalloc(1, sizeof(*l));
 	l->c = c;
 	l->ns = ns;
-	l->id = strdup(lead_id);
+	l->id = xstrdup(lead_id);
 	c->leads[c->n_leads++] = l;
 }
 
@@ -1297,7 +1277,7 @@ void contexts_fetch(struct contexts *c)
 	/* Each attempt at the batch gets the budget: one retried after a
 	 * database failure asks again for what was unavailable. */
 	{
-		struct timeval tv = ms_tv(c->cfg->lc_batch_budget_ms);
+		struct timeval tv = util_ms_tv(c->cfg->lc_batch_budget_ms);
 
 		evtimer_add(c->budget, &tv);
 	}

@@ -88,7 +88,8 @@ const struct cfg_setting worker_settings[] = {
      "https://openrouter.ai/api/v1 (empty = none: they fail "
      "compose_failed:not_configured)"},
     {"composer.api_key_file", CFG_STR, F(composer_api_key_file), "", 0, 0, NULL,
-     "SLUICE_COMPOSER_API_KEY_FILE", "file holding the endpoint's API key (sent as Bearer)"},
+     "SLUICE_COMPOSER_API_KEY_FILE",
+     "file holding the endpoint's API key (sent as Bearer)"},
     {"composer.headers", CFG_STR, F(composer_headers), "", 0, 0, NULL, NULL,
      "extra request headers, \"Name: value; Name: value\""},
     {"composer.concurrency", CFG_INT, F(composer_concurrency), "5", 1, 1000,

@@ -356,9 +356,7 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 	}
 	if (c->n == c->cap) {
 		c->cap = c->cap ? c->cap * 2 : 16;
-		c->recs = realloc(c->recs, c->cap * sizeof(*c->recs));
-		if (!c->recs)
-			abort();
+		c->recs = xrealloc(c->recs, c->cap * sizeof(*c->recs));
 	}
 	cr = &c->recs[c->n];
 	memset(cr, 0, sizeof(*cr));
@@ -374,9 +372,9 @@ static bool campaign_add(void *st, const struct record *r, char *reason,
 	cr->seq = r->seq;
 	cr->received_ms = r->received_ms;
 	cr->campaign_id =
-	    strdup(r->campaign_id && r->campaign_id[0] ? r->campaign_id
-		   : cr->b.campaign_id		       ? cr->b.campaign_id
-						       : "");
+	    xstrdup(r->campaign_id && r->campaign_id[0] ? r->campaign_id
+		    : cr->b.campaign_id			? cr->b.campaign_id
+							: "");
 	c->n++;
 	for (size_t i = 0; i < cr->b.n_messages; i++)
 		contexts_want(c->env.contexts, CTX_NS_LEAD,
@@ -965,11 +963,9 @@ struct lead_updates {
 
 static void *lead_updated_create(const struct handler_env *env)
 {
-	struct lead_updates *u = calloc(1, sizeof(*u));
+	struct lead_updates *u = xcalloc(1, sizeof(*u));
 
 	(void)env;
-	if (!u)
-		abort();
 	return u;
 }
 
@@ -996,10 +992,8 @@ static void lead_update_push(struct lead_updates *u, char *key, bool phone)
 {
 	if (u->n == u->cap) {
 		u->cap = u->cap ? u->cap * 2 : 16;
-		u->ids = realloc(u->ids, u->cap * sizeof(char *));
-		u->phone = realloc(u->phone, u->cap * sizeof(bool));
-		if (!u->ids || !u->phone)
-			abort();
+		u->ids = xrealloc(u->ids, u->cap * sizeof(char *));
+		u->phone = xrealloc(u->phone, u->cap * sizeof(bool));
 	}
 	u->phone[u->n] = phone;
 	u->ids[u->n++] = key;
@@ -1023,7 +1017,7 @@ static bool lead_updated_add(void *st, const struct record *r, char *reason,
 		cJSON_Delete(doc);
 		return false;
 	}
-	lead_update_push(u, strdup(id), false);
+	lead_update_push(u, xstrdup(id), false);
 	/* The context read by phone (chat) goes too, when the update says
 	 * which phone. */
 	{
@@ -1033,7 +1027,7 @@ static bool lead_updated_add(void *st, const struct record *r, char *reason,
 
 		if (cJSON_IsString(ph) &&
 		    chat_phone_digits(ph->valuestring, digits, sizeof(digits)))
-			lead_update_push(u, strdup(digits), true);
+			lead_update_push(u, xstrdup(digits), true);
 	}
 	cJSON_Delete(doc);
 	return true;
