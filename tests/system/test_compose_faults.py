@@ -135,6 +135,8 @@ def test_kill_9_during_composition(pipeline, services, llm):
     assert max(per.values()) <= 1 + KILLS, per.most_common(3)
     assert snap["total"] <= total + KILLS * PER_BATCH, (snap["total"], kills)
     assert snap["total"] == sum(per.values())
+    print(f"calls: {snap['total']} for {total} messages, "
+          f"{len(twice)} sent twice, of batches {sorted(again)}")
 
 
 # ------------------------------------------------------------- replay ----
