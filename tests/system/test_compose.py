@@ -8,67 +8,12 @@
 import re
 import time
 
-import pytest
-
 import llmstub
-from campaign_util import (add_inbox, add_lead, batch, campaign_ingest,
-                           check_counters, msg, post_batch, statuses, uid,
-                           wait_run)
+from campaign_util import (add_inbox, campaign_ingest, check_counters,
+                           post_batch, statuses, uid)
+from compose_util import (KEY, PROMPT, compose_worker, leads,  # noqa: F401
+                          llm, outbox, prompt_batch, wait_done)
 from conftest import free_port, http_request, wait_until
-
-KEY = "sk-test-0123456789abcdef"
-PROMPT = {"system": "You write short friendly messages.",
-          "user": "Write to {{lead.name}} about {{vars.topic}}"}
-
-
-@pytest.fixture
-def llm():
-    stub = llmstub.LLMStub(api_key=KEY).start()
-    yield stub
-    stub.stop()
-
-
-def compose_worker(pipeline, stub, tmp=None, **over):
-    keyfile = pipeline.tmp / "model.key"
-    keyfile.write_text(KEY + "\n")
-    s = {"composer__base_url": stub.base_url,
-         "composer__api_key_file": str(keyfile),
-         "composer__headers": "HTTP-Referer: https://sluice.example; "
-                              "X-Title: sluice tests",
-         "composer__default_model": "openai/gpt-4o-mini",
-         "composer__timeout_ms": 5000,
-         "retry_backoff_min_ms": 50,
-         "retry_backoff_max_ms": 500,
-         "redis_timeout_ms": 300}
-    s.update(over)
-    return pipeline.start_worker(**s)
-
-
-def prompt_batch(run, n, inbox, lead_prefix, **extra):
-    msgs = [msg(f"{run}-m{i}", f"{lead_prefix}{i}", {"topic": f"t{i}"})
-            for i in range(n)]
-    b = batch(run, msgs, inbox, **extra)
-    del b["template"]
-    b["prompt"] = dict(PROMPT)
-    return b
-
-
-def leads(services, prefix, n):
-    for i in range(n):
-        add_lead(services, f"{prefix}{i}", f"Name{i}")
-
-
-def outbox(services, run):
-    return {r[0]: r[1:] for r in services.query(
-        "SELECT message_id, status, parts, error, model, prompt_tokens,"
-        " completion_tokens, compose_ms FROM campaign_messages"
-        " WHERE run_id = %s", (run,))}
-
-
-def wait_done(services, run, n, timeout=60):
-    return wait_run(services, run,
-                    lambda r: r is not None and r["status"] == "finished",
-                    timeout=timeout, what=f"run {run} finished")
 
 
 def test_composed_messages_land_with_their_cost(pipeline, services, llm):
