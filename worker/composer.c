@@ -76,6 +76,8 @@ struct composer {
 	bool held;
 	bool probing;
 	int64_t held_since;
+	int64_t last_warn_ms; /* call failures: one warning per interval */
+	int unlogged;
 	struct backoff hold_bo;
 	char held_why[160];
 	struct composer_stats st;
@@ -458,6 +460,30 @@ static void parse_answer(struct job *j, const struct httpc_resp *r)
 	job_finish(j, COMPOSE_OK, NULL);
 }
 
+/* A call that got no answer (a timeout, a refused connection, a
+ * certificate the worker does not trust): the reason names the endpoint's
+ * problem, never the prompt. At most one warning per LOG_EVERY_MS, with
+ * how many more failed meanwhile, so an endpoint that is down does not
+ * flood the log; the rest go to debug. */
+#define LOG_EVERY_MS 10000
+static void call_failed(struct composer *c, const char *why, int64_t now)
+{
+	if (c->last_warn_ms && now - c->last_warn_ms < LOG_EVERY_MS) {
+		c->unlogged++;
+		log_debug("composer: call to %s failed: %s", c->url, why);
+		return;
+	}
+	if (c->unlogged)
+		log_warn("composer: call to %s failed: %s (and %d more since "
+			 "the last warning)",
+			 c->url, why, c->unlogged);
+	else
+		log_warn("composer: call to %s failed: %s; retried", c->url,
+			 why);
+	c->last_warn_ms = now;
+	c->unlogged = 0;
+}
+
 static void call_done(void *arg, const struct httpc_resp *r)
 {
 	struct job *j = arg;
@@ -472,8 +498,7 @@ static void call_done(void *arg, const struct httpc_resp *r)
 		bool timeout = r->error && strcmp(r->error, "timeout") == 0;
 
 		c->fig.calls[timeout ? MC_TIMEOUT : MC_CONNECT]++;
-		log_debug("composer: call failed: %s",
-			  r->error ? r->error : "no answer");
+		call_failed(c, r->error ? r->error : "no answer", now);
 		job_retry(j, timeout ? "timeout" : "connect",
 			  backoff_next(&j->bo));
 	} else if (r->status == 429) {
