@@ -504,7 +504,7 @@ def report(r):
           " calls/s (bucket of as many), K=" +
           (str(r["rate_limited"][0]["k"]) if r["rate_limited"] else "?"))
     for g in r["rate_limited"]:
-        print(f"  {g['variant']:15s} accepted {g['calls_per_s']:.2f} calls/s = {g['rate_ratio']:.2f} x "
+        print(f"  {g['variant']:15s} accepted {g['calls_per_s']:.2f} calls/s = {g['rate_ratio']:.3f} x "
               f"the limit (target >= {RATE_TARGET}; at best {g['best_per_s']:.2f}/s), "
               f"429s {g['answered_429']} of {g['calls']} = {g['share_429'] * 100:.1f} % "
               f"(target <= {SHARE_429_TARGET * 100:.0f} %), ready "
