@@ -280,7 +280,8 @@ class Sluice:
             f.write(f"brokers = {env['SLUICE_KAFKA_BROKERS']}\ntopic = {self.topic}\n"
                     f"group_id = bench-compose-{self.tag}\n"
                     f"postgres_dsn = {env['SLUICE_POSTGRES_DSN']}\n"
-                    f"redis_url = {env['SLUICE_REDIS_URL']}\nlog_level = info\n"
+                    f"redis_url = {env['SLUICE_REDIS_URL']}\n"
+                    f"log_level = {os.environ.get('SLUICE_BENCH_LOG_LEVEL', 'info')}\n"
                     "lead_context.source = http\n"
                     f"lead_context.url = http://127.0.0.1:{self.leads.port}/leads/{{lead_id}}\n"
                     f"lead_context.concurrency = {LOOKUP_K}\n"
@@ -503,7 +504,7 @@ def report(r):
           " calls/s (bucket of as many), K=" +
           (str(r["rate_limited"][0]["k"]) if r["rate_limited"] else "?"))
     for g in r["rate_limited"]:
-        print(f"  {g['variant']:15s} accepted {g['calls_per_s']:.2f} calls/s = {g['rate_ratio']:.2f} x "
+        print(f"  {g['variant']:15s} accepted {g['calls_per_s']:.2f} calls/s = {g['rate_ratio']:.3f} x "
               f"the limit (target >= {RATE_TARGET}; at best {g['best_per_s']:.2f}/s), "
               f"429s {g['answered_429']} of {g['calls']} = {g['share_429'] * 100:.1f} % "
               f"(target <= {SHARE_429_TARGET * 100:.0f} %), ready "

@@ -7,6 +7,7 @@
 #   bench/run.sh chat [ARGS]      only bench/chat.py ARGS
 #   bench/run.sh invalidate [ARGS] only bench/invalidate.py ARGS
 #   bench/run.sh stuck [ARGS]     only bench/stuck.py ARGS
+#   bench/run.sh compose [ARGS]   only bench/compose.py ARGS
 # A full run ends with bench/summary.py: one table of every figure next to
 # its baseline, as bench/out/summary.json and summary.png (matplotlib is
 # installed into the venv for it when missing).
@@ -14,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
 case "${1:-}" in
-contexts | chat | invalidate | stuck)
+contexts | chat | invalidate | stuck | compose)
 	name=$1
 	shift
 	exec "$py" "bench/$name.py" "$@"
@@ -28,6 +29,7 @@ esac
 "$py" bench/chat.py
 "$py" bench/invalidate.py
 "$py" bench/stuck.py
+"$py" bench/compose.py
 "$py" -c 'import matplotlib' 2>/dev/null || "$py" -m pip install -q matplotlib ||
 	echo "bench: matplotlib not installed; the summary has no chart" >&2
 exec "$py" bench/summary.py
