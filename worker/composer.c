@@ -19,8 +19,12 @@
 #define SLOW_START 8
 /* After a 429 the pacing rate starts a little under what the provider
  * was seen to serve and grows this much per second without one. */
-#define RATE_CUT 0.9
+#define RATE_CUT 0.92
 #define RATE_GROWTH 0.015
+/* ... and the window shrinks to this share: the pacing does most of the
+ * work, a window halved would starve a provider that allows more calls
+ * at once than the pace needs. */
+#define WINDOW_CUT 0.7
 /* Successes remembered to measure the rate the provider serves. */
 #define RECENT 128
 #define RECENT_MS 3000
@@ -282,7 +286,7 @@ static double served_rate(const struct composer *c, int64_t now)
 }
 
 /* A 429: new calls wait for Retry-After (or the back-off), the window
- * halves and the pacing rate starts under what the provider served. Only
+ * shrinks and the pacing rate starts under what the provider served. Only
  * the first 429 of the calls started before a cut acts: the others
  * answer for the same excess. */
 static void rate_limited(struct composer *c, struct job *j,
@@ -307,7 +311,8 @@ static void rate_limited(struct composer *c, struct job *j,
 
 		c->cut_epoch++;
 		c->slow_start = false;
-		c->window = c->window / 2 < 1 ? 1 : c->window / 2;
+		c->window = c->window * WINDOW_CUT < 1 ? 1
+							: c->window * WINDOW_CUT;
 		if (served > 0 && (c->rate == 0 || served * RATE_CUT < c->rate))
 			c->rate = served * RATE_CUT;
 		else if (c->rate > 0)
@@ -685,7 +690,9 @@ struct composer *composer_new(struct event_base *base, struct httpc *http,
 	c->slow_start = true;
 	c->fig.present = n > 0;
 	c->fig.window = c->window;
-	backoff_init(&c->pause_bo, 1000, 30000);
+	/* A 429 without Retry-After: new calls wait 50-100 ms at first (the
+	 * pacing does the rest), doubling while the 429s go on. */
+	backoff_init(&c->pause_bo, 100, 30000);
 	backoff_init(&c->hold_bo, 1000,
 		     cfg->retry_backoff_max_ms > 1000
 			 ? cfg->retry_backoff_max_ms
