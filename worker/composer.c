@@ -59,6 +59,7 @@ struct composer {
 	size_t n_headers;
 	char *auth; /* "Bearer <key>"; never logged */
 	bool stopped;
+	bool dry_run;
 	/* the batch's jobs: a chained table by key, and the queue */
 	struct job **table;
 	size_t table_size, n_jobs, n_done;
@@ -872,6 +873,10 @@ void composer_want(struct composer *c, const char *key,
 		job_finish(j, COMPOSE_FAILED, "compose_failed:not_configured");
 		return;
 	}
+	if (c->dry_run) {
+		job_finish(j, COMPOSE_FAILED, "not_composed:dry_run");
+		return;
+	}
 	j->body = request_body(req, &j->body_len);
 	queue_push(c, j, false);
 	pump(c);
@@ -880,6 +885,11 @@ void composer_want(struct composer *c, const char *key,
 bool composer_done(const struct composer *c)
 {
 	return c->n_done == c->n_jobs;
+}
+
+void composer_set_dry_run(struct composer *c, bool on)
+{
+	c->dry_run = on;
 }
 
 void composer_stop(struct composer *c)

@@ -81,6 +81,9 @@ void composer_want(struct composer *c, const char *key,
 		   const struct compose_req *req);
 /* Every job asked for in this batch has an outcome. */
 bool composer_done(const struct composer *c);
+/* A dry run (replay --dry-run): no call is made, every message asked for
+ * fails "not_composed:dry_run" at once. */
+void composer_set_dry_run(struct composer *c, bool on);
 /* Stops starting calls (a stop request): what runs is cancelled. */
 void composer_stop(struct composer *c);
 /* key's outcome in this batch; NULL if never asked. Valid until the next

@@ -16,6 +16,7 @@
 #include "../common/sdnotify.h"
 #include "../common/util.h"
 #include "batch.h"
+#include "composer.h"
 #include "handlers/handler.h"
 #include "httpd.h"
 #include "metrics.h"
@@ -524,6 +525,9 @@ int main(int argc, char **argv)
 		env->dry_run = cli.dry_run;
 		env->quiet = isatty(STDERR_FILENO);
 		pgsink_set_dry_run(pipeline_pgsink(p), cli.dry_run);
+		/* A preview pays for no model call. */
+		if (env->composer)
+			composer_set_dry_run(env->composer, cli.dry_run);
 		rc = replay_run(env, pipeline_batch(p), &cli.replay);
 	} else {
 		rc = run_consume(&w);
