@@ -141,7 +141,7 @@ def test_kill_9_during_composition(pipeline, services, llm):
 
 # ------------------------------------------------------------- replay ----
 
-def replay(pipeline, dsn, group):
+def replay(pipeline, dsn, group, *extra):
     """`sluice-worker replay` of the whole topic into `dsn`, with the live
     worker's settings (its composer included) and a group of its own."""
     s = dict(pipeline.last_worker_settings)
@@ -150,7 +150,7 @@ def replay(pipeline, dsn, group):
     cfg = pipeline._write(f"replay-{group[-6:]}.conf", s)
     r = subprocess.run([str(BUILD_DIR / "sluice-worker"), "replay", "-c",
                         str(cfg), "--from", "1970-01-01T00:00:00Z",
-                        "--group", group],
+                        "--group", group, *extra],
                        stdin=subprocess.DEVNULL, capture_output=True,
                        text=True, timeout=180, env=pipeline.env)
     for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
@@ -209,6 +209,15 @@ def test_replay_over_a_full_database_makes_no_call(pipeline, services, llm):
     assert worker.stop() == 0
     run2 = uid("run-")
     post_batch(ingest, prompt_batch(run2, 5, inbox, p, first=20))
+    # A preview (--dry-run) of it pays for no call either.
+    r = replay(pipeline, services.pg_dsn, f"{pipeline.group}-preview",
+               "--dry-run")
+    assert llm.total() == 0, [c.body for c in llm.recorded()][:3]
+    # The preview's line for run2's batch: its five messages counted as
+    # failed (not_composed:dry_run), the other batches' as applied.
+    assert re.search(r"dry run \(rolled back\): batch .* 0 ready 5 failed",
+                     r.stderr), r.stderr[-2000:]
+    assert outbox(services, run2) == {}
     replay(pipeline, services.pg_dsn, f"{pipeline.group}-control")
     assert calls_per_message(llm) == Counter(range(20, 25))
     assert {m: v[:3] for m, v in outbox(services, run2).items()} == {
