@@ -171,14 +171,19 @@ static void fig_tokens(struct composer *c, const char *model, long prompt,
 		if (strcmp(f->tokens[i].model, model) == 0)
 			break;
 	if (i == f->n_models) {
-		if (f->n_models == METRICS_MODELS) {
-			i = METRICS_MODELS - 1; /* the last slot: "other" */
-			snprintf(f->tokens[i].model, sizeof(f->tokens[i].model),
-				 "other");
-		} else {
+		/* The last slot is kept for "other": models past the first
+		 * METRICS_MODELS - 1 add up there, so a provider that names
+		 * models freely cannot grow the labels without bound. */
+		const char *name =
+		    f->n_models >= METRICS_MODELS - 1 ? "other" : model;
+
+		for (i = 0; i < f->n_models; i++)
+			if (strcmp(f->tokens[i].model, name) == 0)
+				break;
+		if (i == f->n_models) {
 			f->n_models++;
 			snprintf(f->tokens[i].model, sizeof(f->tokens[i].model),
-				 "%s", model);
+				 "%s", name);
 		}
 	}
 	if (prompt > 0)
@@ -206,7 +211,8 @@ static void job_finish(struct job *j, enum compose_state st, const char *error)
 
 	j->st = J_DONE;
 	j->res.state = st;
-	j->res.ms = util_mono_ms() - j->first_ms;
+	/* -1: no call was made (stored as NULL) */
+	j->res.ms = j->first_ms ? util_mono_ms() - j->first_ms : -1;
 	if (error) {
 		free(j->error);
 		j->error = xstrdup(error);
@@ -312,8 +318,8 @@ static void rate_limited(struct composer *c, struct job *j,
 
 		c->cut_epoch++;
 		c->slow_start = false;
-		c->window = c->window * WINDOW_CUT < 1 ? 1
-							: c->window * WINDOW_CUT;
+		c->window =
+		    c->window * WINDOW_CUT < 1 ? 1 : c->window * WINDOW_CUT;
 		if (served > 0 && (c->rate == 0 || served * RATE_CUT < c->rate))
 			c->rate = served * RATE_CUT;
 		else if (c->rate > 0)
@@ -365,10 +371,14 @@ static void unhold(struct composer *c, int64_t now)
  * goes back to the queue uncounted and every call waits; one probe
  * after the back-off tells when it is fixed. */
 static void hold(struct composer *c, struct job *j, int status,
-		 const char *body)
+		 const char *body, bool probe)
 {
 	int64_t now = util_mono_ms();
-	int wait_ms = backoff_next(&c->hold_bo);
+	/* The wait grows with each probe refused, not with each call of the
+	 * window that was in flight when the first refusal came. */
+	bool first = !c->held;
+	int wait_ms = first || probe ? backoff_next(&c->hold_bo)
+				     : (int)(c->pause_until - now);
 	char msg[120] = "";
 	cJSON *doc = body ? cJSON_Parse(body) : NULL;
 	const cJSON *m = cJSON_GetObjectItemCaseSensitive(
@@ -396,13 +406,28 @@ static void hold(struct composer *c, struct job *j, int status,
 		 msg[0] ? ": " : "", msg);
 	c->fig.held = true;
 	snprintf(c->fig.held_why, sizeof(c->fig.held_why), "%s", c->held_why);
-	log_warn("composer held: the endpoint answered %s; nothing fails, the "
-		 "batch waits; next try in %d ms",
-		 c->held_why, wait_ms);
-	c->probing = false;
+	if (first || probe)
+		log_warn("composer held: the endpoint answered %s; nothing "
+			 "fails, the batch waits; next try in %d ms",
+			 c->held_why, wait_ms);
 	if (now + wait_ms > c->pause_until)
 		c->pause_until = now + wait_ms;
 	queue_push(c, j, true);
+}
+
+/* A usage figure as reported: an integer 0..INT32_MAX (the column is an
+ * integer), else -1, "not reported": a provider's nonsense never fails
+ * the batch's write. */
+static long token_count(const cJSON *v)
+{
+	double d;
+
+	if (!cJSON_IsNumber(v))
+		return -1;
+	d = v->valuedouble;
+	if (!(d >= 0 && d <= 2147483647.0) || d != (double)(long)d)
+		return -1;
+	return (long)d;
 }
 
 /* The answer of a 200: the text, or why there is none. */
@@ -410,10 +435,10 @@ static void parse_answer(struct job *j, const struct httpc_resp *r)
 {
 	struct composer *c = j->c;
 	cJSON *doc = cJSON_ParseWithLength(r->body, r->len);
-	const cJSON *choice, *msg, *content, *finish, *usage, *model;
+	const cJSON *choices, *choice, *msg, *content, *finish, *usage, *model;
 
-	choice = cJSON_GetArrayItem(
-	    cJSON_GetObjectItemCaseSensitive(doc, "choices"), 0);
+	choices = cJSON_GetObjectItemCaseSensitive(doc, "choices");
+	choice = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
 	msg = cJSON_GetObjectItemCaseSensitive(choice, "message");
 	content = cJSON_GetObjectItemCaseSensitive(msg, "content");
 	finish = cJSON_GetObjectItemCaseSensitive(choice, "finish_reason");
@@ -435,10 +460,8 @@ static void parse_answer(struct job *j, const struct httpc_resp *r)
 		const cJSON *ct = cJSON_GetObjectItemCaseSensitive(
 		    usage, "completion_tokens");
 
-		if (cJSON_IsNumber(pt))
-			j->res.prompt_tokens = (long)pt->valuedouble;
-		if (cJSON_IsNumber(ct))
-			j->res.completion_tokens = (long)ct->valuedouble;
+		j->res.prompt_tokens = token_count(pt);
+		j->res.completion_tokens = token_count(ct);
 		fig_tokens(c, j->model[0] ? j->model : "unknown",
 			   j->res.prompt_tokens, j->res.completion_tokens);
 		c->st.tokens +=
@@ -497,9 +520,14 @@ static void call_done(void *arg, const struct httpc_resp *r)
 	int64_t now = util_mono_ms();
 	char reason[32];
 
+	bool probe = c->held && c->probing;
+
 	j->call = NULL;
 	c->inflight--;
 	c->fig.inflight = c->inflight;
+	/* The one probe of a hold has answered, whatever the answer: the
+	 * next one may go once its wait is over. */
+	c->probing = false;
 	if (r->status == 0) {
 		bool timeout = r->error && strcmp(r->error, "timeout") == 0;
 
@@ -513,10 +541,9 @@ static void call_done(void *arg, const struct httpc_resp *r)
 		job_retry(j, "429", 0);
 	} else if (r->status == 401 || r->status == 402 || r->status == 403) {
 		c->fig.calls[MC_ACCOUNT]++;
-		hold(c, j, r->status, r->body);
+		hold(c, j, r->status, r->body, probe);
 	} else {
 		unhold(c, now);
-		c->probing = false;
 		fig_latency(c, now - j->call_ms);
 		if (r->status >= 200 && r->status < 300) {
 			answered(c, now);
@@ -555,6 +582,7 @@ static bool call_start(struct composer *c, struct job *j)
 			  j->body, j->body_len, c->cfg->composer_timeout_ms,
 			  call_done, j, err, sizeof(err));
 	if (!j->call) {
+		c->probing = false;
 		log_warn("composer: cannot call %s: %s", c->url, err);
 		c->fig.calls[MC_CONNECT]++;
 		job_retry(j, "connect", backoff_next(&j->bo));
@@ -895,6 +923,7 @@ void composer_set_dry_run(struct composer *c, bool on)
 void composer_stop(struct composer *c)
 {
 	c->stopped = true;
+	c->probing = false;
 	for (size_t i = 0; i < c->table_size; i++)
 		for (struct job *j = c->table[i]; j; j = j->hnext)
 			if (j->call) {

@@ -33,6 +33,9 @@
 #include "../common/log.h"
 #include "../common/util.h"
 
+#define HTTPC_MAX_HEADERS (64 * 1024)
+#define HTTPC_MAX_BODY (16 * 1024 * 1024)
+
 struct hc_host;
 
 struct hc_conn {
@@ -368,6 +371,10 @@ static struct hc_conn *conn_new(struct hc_host *host, char *errstr,
 	}
 	/* evhttp retries nothing itself: the callers decide. */
 	evhttp_connection_set_retries(k->evcon, 0);
+	/* An endpoint that answers without end is cut off, not buffered:
+	 * a lead context or a chat completion is kilobytes. */
+	evhttp_connection_set_max_headers_size(k->evcon, HTTPC_MAX_HEADERS);
+	evhttp_connection_set_max_body_size(k->evcon, HTTPC_MAX_BODY);
 	evhttp_connection_set_closecb(k->evcon, conn_close_cb, k);
 	k->next = host->conns;
 	host->conns = k;

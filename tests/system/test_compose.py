@@ -240,3 +240,47 @@ def test_402_holds_the_batch_until_lifted(pipeline, services, llm):
     log = worker.log_text()
     assert len(re.findall(r"composer held", log)) <= held_calls
     check_counters(services, [run])
+
+
+def test_a_probe_that_fails_does_not_stop_the_composer(pipeline, services,
+                                                        llm):
+    """Held on a 402, the credit comes back but the first probe after it
+    times out: the next probe goes anyway and the batch completes."""
+    ingest = campaign_ingest(pipeline)
+    port = free_port()
+    compose_worker(pipeline, llm, listen=f"127.0.0.1:{port}",
+                   composer__timeout_ms=1000)
+    inbox = add_inbox(services, uid("inbox-"))
+    p = f"{pipeline.prefix}L"
+    leads(services, p, 4)
+    llm.hold(402)
+    run = uid("run-")
+    post_batch(ingest, prompt_batch(run, 4, inbox, p))
+    wait_until(lambda: llm.count("held") >= 1, 20, 0.1, "a first 402")
+    llm.script(llmstub.HANG, times=1)
+    llm.lift()
+    wait_done(services, run, 4, timeout=60)
+    llm.unhang()
+    assert set(statuses(services, run).values()) == {("ready", None)}
+    assert llm.count("hang") == 1
+    check_counters(services, [run])
+
+
+def test_no_endpoint_fails_without_a_call(pipeline, services):
+    """composer.base_url unset: a prompt batch's messages fail
+    compose_failed:not_configured, with no model figures stored."""
+    ingest = campaign_ingest(pipeline)
+    pipeline.start_worker(redis_timeout_ms=300,
+                          composer__default_model="m")
+    inbox = add_inbox(services, uid("inbox-"))
+    p = f"{pipeline.prefix}L"
+    leads(services, p, 2)
+    run = uid("run-")
+    post_batch(ingest, prompt_batch(run, 2, inbox, p))
+    wait_done(services, run, 2)
+    rows = outbox(services, run)
+    assert rows == {
+        f"{run}-m{i}": ("failed", None, "compose_failed:not_configured",
+                        None, None, None, None) for i in range(2)}, \
+        repr([r[6] for r in rows.values()])
+    check_counters(services, [run])

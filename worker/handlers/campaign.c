@@ -782,7 +782,12 @@ static void copy_compose(struct buf *b, const struct compose_result *r)
 		buf_printf(b, "%ld\t", r->completion_tokens);
 	else
 		buf_puts(b, "\\N\t");
-	buf_printf(b, "%lld\n", (long long)r->ms);
+	if (r->ms >= 0) /* no call made: NULL */
+		buf_printf(
+		    b, "%lld\n",
+		    (long long)(r->ms < 2147483647 ? r->ms : 2147483647));
+	else
+		buf_puts(b, "\\N\n");
 }
 
 /* Evaluates every message and stages its row and its run's. */
@@ -797,7 +802,13 @@ static void stage_rows(struct campaign_state *c, const struct inbox_map *m)
 		struct rule_input in;
 		char end_time[CAMPAIGN_TIME_TEXT];
 
-		rule_input_of(c, cr, m, now, &in);
+		/* A batch composed by the model is judged on the inboxes it
+		 * was composed against: an inbox reconnected since would
+		 * otherwise turn a message that was paused (and not sent to
+		 * the model) into one that failed for want of its text. */
+		rule_input_of(
+		    c, cr, cr->b.prompt_user && c->composing ? &c->inboxes : m,
+		    now, &in);
 		buf_printf(&c->stage_runs, "%lld\t", (long long)cr->seq);
 		copy_field(&c->stage_runs, cr->b.run_id, false);
 		copy_field(&c->stage_runs, cr->campaign_id, false);
