@@ -928,15 +928,15 @@ static void campaign_summary(void *st, struct buf *line)
 		const struct composer_stats *cs =
 		    composer_stats(c->env.composer);
 
-		buf_printf(line,
-			   ", composed %zu (%zu calls, %zu tokens, peak %d in "
-			   "flight, %lld ms%s)",
-			   cs->composed, cs->calls, cs->tokens,
-			   cs->peak_inflight,
-			   (long long)(cs->last_ms > cs->first_ms
-					   ? cs->last_ms - cs->first_ms
-					   : 0),
-			   cs->held_ms ? ", held" : "");
+		buf_printf(
+		    line,
+		    ", composed %zu (%zu calls, %zu tokens, peak %d in "
+		    "flight, %lld ms%s)",
+		    cs->composed, cs->calls, cs->tokens, cs->peak_inflight,
+		    (long long)(cs->first_ms && cs->last_ms > cs->first_ms
+				    ? cs->last_ms - cs->first_ms
+				    : 0),
+		    cs->held_ms ? ", held" : "");
 	}
 }
 
