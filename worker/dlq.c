@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/kafka.h"
 #include "../common/log.h"
@@ -13,14 +14,15 @@
 struct dlq {
 	rd_kafka_t *rk;
 	char *topic;
+	char worker[128]; /* dlq-worker */
 	/* Failures since the last flush, counted on the worker thread (from
 	 * rd_kafka_flush()/rd_kafka_poll()). */
 	struct kafka_deliveries dr;
 };
 
 struct dlq *dlq_new(const char *brokers, const char *topic,
-		    const struct cfg_kv *kafka, int partitions, char *errstr,
-		    size_t errstr_size)
+		    const struct cfg_kv *kafka, int partitions,
+		    const char *worker, char *errstr, size_t errstr_size)
 {
 	static const char *const settings[] = {"enable.idempotence", "true",
 					       NULL};
@@ -44,6 +46,16 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 		return NULL;
 	}
 	d->topic = xstrdup(topic);
+	if (worker && worker[0]) {
+		snprintf(d->worker, sizeof(d->worker), "%s", worker);
+	} else {
+		char host[64] = "";
+
+		if (gethostname(host, sizeof(host) - 1) != 0)
+			snprintf(host, sizeof(host), "unknown");
+		snprintf(d->worker, sizeof(d->worker), "%s:%ld", host,
+			 (long)getpid());
+	}
 	if (!kafka_ensure_topic(d->rk, topic, partitions, 5000, err,
 				sizeof(err)))
 		log_warn("could not ensure dead-letter topic: %s", err);
@@ -65,7 +77,7 @@ void dlq_destroy(struct dlq *d)
 bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason)
 {
 	rd_kafka_headers_t *orig = NULL, *h;
-	char origin[512];
+	char origin[512], when[24];
 	rd_kafka_resp_err_t err;
 
 	if (rd_kafka_message_headers(m, &orig) == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -75,8 +87,19 @@ bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason)
 	snprintf(origin, sizeof(origin), "%s/%d@%lld",
 		 rd_kafka_topic_name(m->rkt), (int)m->partition,
 		 (long long)m->offset);
+	/* A record dead-lettered again after a redrive carries this time's
+	 * headers only. */
+	rd_kafka_header_remove(h, HDR_DLQ_REASON);
+	rd_kafka_header_remove(h, HDR_DLQ_ORIGIN);
+	rd_kafka_header_remove(h, HDR_DLQ_TIME);
+	rd_kafka_header_remove(h, HDR_DLQ_WORKER);
+	rd_kafka_header_remove(h, HDR_DLQ_VERSION);
+	snprintf(when, sizeof(when), "%lld", (long long)util_now_ms());
 	rd_kafka_header_add(h, HDR_DLQ_REASON, -1, reason, -1);
 	rd_kafka_header_add(h, HDR_DLQ_ORIGIN, -1, origin, -1);
+	rd_kafka_header_add(h, HDR_DLQ_TIME, -1, when, -1);
+	rd_kafka_header_add(h, HDR_DLQ_WORKER, -1, d->worker, -1);
+	rd_kafka_header_add(h, HDR_DLQ_VERSION, -1, SLUICE_VERSION, -1);
 	err = kafka_produce_copy(d->rk, d->topic, m, h);
 	if (err) {
 		d->dr.failed++;

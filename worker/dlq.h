@@ -10,9 +10,11 @@
 
 struct dlq;
 
+/* worker names this worker in each dead letter's dlq-worker header (its
+ * group_instance_id, "" for host:pid). */
 struct dlq *dlq_new(const char *brokers, const char *topic,
-		    const struct cfg_kv *kafka, int partitions, char *errstr,
-		    size_t errstr_size);
+		    const struct cfg_kv *kafka, int partitions,
+		    const char *worker, char *errstr, size_t errstr_size);
 void dlq_destroy(struct dlq *d);
 /* Queues a copy of m with the reason; dlq_flush() waits for them all. */
 bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason);

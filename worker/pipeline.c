@@ -170,8 +170,9 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	if (!pgsink_connect(p->ps, err, errsz))
 		log_warn("%s: postgres not reachable yet: %s (will retry)",
 			 p->name, err);
-	p->dlq = dlq_new(cfg->brokers, cfg->dlq_topic, cfg->kafka,
-			 cfg->topic_partitions, err, errsz);
+	p->dlq =
+	    dlq_new(cfg->brokers, cfg->dlq_topic, cfg->kafka,
+		    cfg->topic_partitions, cfg->group_instance_id, err, errsz);
 	if (!p->dlq)
 		goto fail;
 	p->env = (struct batch_env){

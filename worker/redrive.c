@@ -148,6 +148,9 @@ static rd_kafka_headers_t *headers_back(const rd_kafka_message_t *m,
 		h = rd_kafka_headers_new(4);
 	rd_kafka_header_remove(h, HDR_DLQ_REASON);
 	rd_kafka_header_remove(h, HDR_DLQ_ORIGIN);
+	rd_kafka_header_remove(h, HDR_DLQ_TIME);
+	rd_kafka_header_remove(h, HDR_DLQ_WORKER);
+	rd_kafka_header_remove(h, HDR_DLQ_VERSION);
 	rd_kafka_header_remove(h, HDR_REDRIVE_ATTEMPTS);
 	rd_kafka_header_remove(h, HDR_REDRIVE_OF);
 	snprintf(n, sizeof(n), "%d", attempts);

@@ -3,6 +3,7 @@
 # and the record itself unchanged; the partition moves on past it.
 
 import json
+import re
 import time
 
 from confluent_kafka import Producer
@@ -12,6 +13,7 @@ from conftest import SOURCE, TRANSCRIPT_READY, transcript, wait_until
 
 def test_dead_letter_reason_origin_and_record(pipeline):
     s = pipeline.services
+    t0_ms = time.time() * 1000
     worker = pipeline.start_worker()
     worker.stop()          # the topic exists; the records wait for it
     received = str(int(time.time() * 1000)).encode()
@@ -74,6 +76,12 @@ def test_dead_letter_reason_origin_and_record(pipeline):
             f"{key}: dlq-reason {got!r}, want it to start with {reason!r}")
         assert h.get("dlq-origin") == (
             f"{pipeline.topic}/0@{offsets[key]}".encode()), (key, h)
+        # When, by which worker, by which version of sluice.
+        when = int(h.get("dlq-time", b"0"))
+        assert t0_ms - 1000 <= when <= time.time() * 1000 + 1000, (key, h)
+        assert re.fullmatch(rb"[^:]+:\d+", h.get("dlq-worker", b"")), h
+        assert re.fullmatch(rb"\d+\.\d+\.\d+.*", h.get("dlq-version",
+                                                        b"")), h
         for name, v in hdrs:
             assert h.get(name) == v, (key, name, h)
     assert s.dlq_count(pipeline.topic) == len(bad), "dead-lettered twice"
