@@ -21,9 +21,10 @@
 #define HDR_CHAT_SENDER "chat-sender" /* chat: whose part of the webhook */
 /* Added to records sent to the dead-letter topic. */
 #define HDR_DLQ_REASON "dlq-reason"
-#define HDR_DLQ_ORIGIN "dlq-origin"   /* topic/partition@offset */
-#define HDR_DLQ_TIME "dlq-time"	      /* ms since the epoch, UTC */
-#define HDR_DLQ_WORKER "dlq-worker"   /* which worker: instance id or host:pid \
+#define HDR_DLQ_ORIGIN "dlq-origin" /* topic/partition@offset */
+#define HDR_DLQ_TIME "dlq-time"	    /* ms since the epoch, UTC */
+#define HDR_DLQ_WORKER                                                         \
+	"dlq-worker"		      /* which worker: instance id or host:pid \
 				       */
 #define HDR_DLQ_VERSION "dlq-version" /* sluice's version */
 

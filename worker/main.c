@@ -17,6 +17,7 @@
 #include "../common/util.h"
 #include "batch.h"
 #include "composer.h"
+#include "dlqtool.h"
 #include "handlers/handler.h"
 #include "httpd.h"
 #include "metrics.h"
@@ -47,6 +48,8 @@ static void usage(FILE *out)
 	    "                     [--dry-run] [--rate N]\n"
 	    "       sluice-worker redrive -c FILE [--dry-run] "
 	    "[--max-attempts N]\n"
+	    "       sluice-worker dlq list -c FILE [--json] [--limit N]\n"
+	    "       sluice-worker dlq show PARTITION:OFFSET -c FILE [--json]\n"
 	    "       sluice-worker --help | --version | --list-keys\n"
 	    "\n"
 	    "consume (the default) reads sluice events from Kafka in a "
@@ -59,6 +62,10 @@ static void usage(FILE *out)
 	    "and transaction, under a group of its own, and stops at its end.\n"
 	    "redrive sends the dead-letter topic's records back to their "
 	    "topic.\n"
+	    "dlq lists the dead-letter topic's records (origin, reason, "
+	    "attempts,\n"
+	    "time, a preview of the body) or shows one whole; it changes "
+	    "nothing.\n"
 	    "\n"
 	    "  -c, --config FILE   configuration file (see "
 	    "docs/configuration.md)\n"
@@ -82,6 +89,10 @@ static void usage(FILE *out)
 	    "nothing\n"
 	    "      --max-attempts N  a record sent back N times stays dead\n"
 	    "                      (default 5)\n"
+	    "dlq:\n"
+	    "      --json          one JSON object per record\n"
+	    "      --limit N       list at most N records (default 100, 0: "
+	    "all)\n"
 	    "\n"
 	    "Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, "
 	    "SLUICE_POSTGRES_DSN,\n"
@@ -320,7 +331,7 @@ static int run_consume(struct worker *w)
 	return rc;
 }
 
-enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE };
+enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE, MODE_DLQ };
 
 struct cli {
 	enum mode mode;
@@ -331,6 +342,8 @@ struct cli {
 	double rate;
 	int max_attempts;
 	struct replay_opts replay;
+	struct dlq_tool_opts dlq;
+	bool json, limit_set;
 };
 
 /* Parses argv; returns -1 to go on, else the exit status. */
@@ -344,7 +357,9 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		OPT_GROUP,
 		OPT_DRY,
 		OPT_RATE,
-		OPT_MAX
+		OPT_MAX,
+		OPT_JSON,
+		OPT_LIMIT
 	};
 	static const struct option opts[] = {
 	    {"config", required_argument, NULL, 'c'},
@@ -358,6 +373,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 	    {"dry-run", no_argument, NULL, OPT_DRY},
 	    {"rate", required_argument, NULL, OPT_RATE},
 	    {"max-attempts", required_argument, NULL, OPT_MAX},
+	    {"json", no_argument, NULL, OPT_JSON},
+	    {"limit", required_argument, NULL, OPT_LIMIT},
 	    {NULL, 0, NULL, 0}};
 	const char *bad = NULL;
 	char err[256], *end;
@@ -371,6 +388,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 			cli->mode = MODE_REPLAY;
 		else if (strcmp(argv[1], "redrive") == 0)
 			cli->mode = MODE_REDRIVE;
+		else if (strcmp(argv[1], "dlq") == 0)
+			cli->mode = MODE_DLQ;
 		else {
 			fprintf(stderr, "sluice-worker: unknown mode \"%s\"\n",
 				argv[1]);
@@ -379,6 +398,26 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		}
 		argv++;
 		argc--;
+	}
+	cli->dlq.limit = 100;
+	if (cli->mode == MODE_DLQ) {
+		/* dlq list | dlq show PARTITION:OFFSET */
+		const char *verb = argc > 1 && argv[1][0] != '-' ? argv[1] : "";
+
+		if (strcmp(verb, "list") == 0) {
+			argv++;
+			argc--;
+		} else if (strcmp(verb, "show") == 0 && argc > 2 &&
+			   dlq_tool_parse_place(argv[2], &cli->dlq)) {
+			cli->dlq.show = true;
+			argv += 2;
+			argc -= 2;
+		} else {
+			fprintf(stderr, "sluice-worker: dlq needs \"list\" or "
+					"\"show PARTITION:OFFSET\"\n");
+			usage(stderr);
+			return 2;
+		}
 	}
 	while ((c = getopt_long(argc, argv, "c:hV", opts, NULL)) != -1) {
 		switch (c) {
@@ -400,6 +439,14 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 				bad = "--rate needs a number of records per "
 				      "second above 0";
 			break;
+		case OPT_JSON: cli->dlq.json = cli->json = true; break;
+		case OPT_LIMIT:
+			cli->limit_set = true;
+			cli->dlq.limit = strtol(optarg, &end, 10);
+			if (end == optarg || *end || cli->dlq.limit < 0)
+				bad = "--limit needs a whole number of records "
+				      "(0: all)";
+			break;
 		case OPT_MAX:
 			cli->max_attempts = (int)strtol(optarg, &end, 10);
 			if (end == optarg || *end || cli->max_attempts < 1)
@@ -412,8 +459,11 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 	if (!bad && cli->mode != MODE_REPLAY &&
 	    (cli->from || cli->to || cli->group || cli->rate > 0))
 		bad = "--from, --to, --group and --rate belong to replay";
-	if (!bad && cli->mode == MODE_CONSUME && cli->dry_run)
+	if (!bad && (cli->mode == MODE_CONSUME || cli->mode == MODE_DLQ) &&
+	    cli->dry_run)
 		bad = "--dry-run belongs to replay and redrive";
+	if (!bad && cli->mode != MODE_DLQ && (cli->json || cli->limit_set))
+		bad = "--json and --limit belong to dlq";
 	if (!bad && cli->mode != MODE_REDRIVE && cli->max_attempts != 5)
 		bad = "--max-attempts belongs to redrive";
 	if (!bad && cli->mode == MODE_REPLAY && !cli->from)
@@ -503,6 +553,11 @@ int main(int argc, char **argv)
 	/* Nothing to reload; a closed terminal must not end it undrained. */
 	signal(SIGHUP, SIG_IGN);
 
+	if (cli.mode == MODE_DLQ) {
+		rc = dlq_tool_run(&w.cfg, &cli.dlq, &stopping);
+		worker_config_free(&w.cfg);
+		return rc;
+	}
 	if (cli.mode == MODE_REDRIVE) {
 		struct redrive_opts ro = {.dry_run = cli.dry_run,
 					  .max_attempts = cli.max_attempts};
