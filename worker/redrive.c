@@ -189,10 +189,14 @@ static bool redrive_one(struct redrive *r, const rd_kafka_message_t *m)
 		       where, origin, attempts, reason[0] ? reason : "(none)");
 		return true;
 	}
-	*slash = '\0'; /* origin is now the topic */
 	r->sent++;
-	if (r->o->dry_run)
+	if (r->o->dry_run) {
+		printf("would send back: %s to %s (attempt %d); reason: %s\n",
+		       where, origin, attempts + 1,
+		       reason[0] ? reason : "(none)");
 		return true;
+	}
+	*slash = '\0'; /* origin is now the topic */
 	h = headers_back(m, attempts + 1, where);
 	err = kafka_produce_copy(r->producer, origin, m, h);
 	if (err) {

@@ -64,6 +64,16 @@ def test_redrive_sends_back_counts_attempts_and_keeps_the_hopeless(pipeline):
     assert r.returncode == 0, r.stderr[-3000:]
     assert summary(r.stdout) == (2, 2, 0), r.stdout
     assert s.topic_count(pipeline.topic) == topic_before
+    # ... record by record: where each is, where it would go, why it died.
+    would = re.findall(r"^would send back: (\S+) to (\S+) \(attempt 1\); "
+                       r"reason: (.*)$", r.stdout, re.M)
+    assert len(would) == 2, r.stdout
+    assert all(re.fullmatch(rf"{dlq}/\d+@\d+", w[0]) and
+               re.fullmatch(rf"{pipeline.topic}/\d+@\d+", w[1])
+               for w in would), would
+    reasons = sorted(w[2] for w in would)
+    assert reasons[0].startswith("unknown kind") and \
+        reasons[1].startswith("value is not a JSON object"), reasons
 
     r = redrive(pipeline)
     assert r.returncode == 0, r.stderr[-3000:]
