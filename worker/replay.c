@@ -254,12 +254,15 @@ static bool resume_from_stored(struct replay *r)
 	for (int i = 0; i < r->n; i++) {
 		struct rpart *p = &r->parts[i];
 
-		if (!r->o->dry_run && stored[i] > p->start &&
-		    p->start < p->end) {
+		/* A dry run starts where the real run would, so the two
+		 * agree on what is left to apply. */
+		if (stored[i] > p->start && p->start < p->end) {
 			log_info("[%d]: group %s already applied up to %lld; "
-				 "resuming there",
+				 "%s there",
 				 (int)p->id, r->env->cfg->group_id,
-				 (long long)stored[i]);
+				 (long long)stored[i],
+				 r->o->dry_run ? "a real run would resume"
+					       : "resuming");
 			p->start = stored[i] < p->end ? stored[i] : p->end;
 		}
 		p->pos = p->start;

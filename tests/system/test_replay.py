@@ -323,6 +323,30 @@ def test_dry_run_counts_and_writes_nothing(pipeline, stack, dbs):
     assert pipeline.services.dlq_count(pipeline.topic) == dead_before
 
 
+def test_dry_run_agrees_with_the_real_run(pipeline, stack, dbs):
+    """A dry run under a group that already applied the range reads what
+    the real run would: nothing left, not the whole range again."""
+    send_all(pipeline, stack)
+    wait_live(pipeline, stack)
+    copy = dbs("agree")
+    seed(copy, stack["leads"], stack["inbox"])
+    group = f"{pipeline.group}-agree"
+    r = replay(pipeline, copy, "--from", "1970-01-01T00:00:00Z",
+               "--group", group)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dry = replay(pipeline, copy, "--from", "1970-01-01T00:00:00Z",
+                 "--group", group, "--dry-run")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    assert "a real run would resume there" in dry.stderr, dry.stderr[-2000:]
+    assert re.search(r"dry run: 0 records read, 0 rows would be saved",
+                     dry.stdout), dry.stdout + dry.stderr[-2000:]
+    again = replay(pipeline, copy, "--from", "1970-01-01T00:00:00Z",
+                   "--group", group)
+    assert again.returncode == 0 and "resuming there" in again.stderr
+    assert re.search(r"replay done: 0 records", again.stderr), \
+        again.stderr[-2000:]
+
+
 def test_range_by_time_and_offsets(pipeline, stack, dbs):
     ingest = stack["ingest"]
     first = [pipeline.cid(f"early{i}") for i in range(3)]
