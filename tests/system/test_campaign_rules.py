@@ -19,7 +19,7 @@ from campaign_util import (add_inbox, add_lead, batch, campaign_ingest,
                            http_worker, module_pipeline, msg, post_batch,
                            post_lead_updated, rows, run_row, statuses, uid,
                            wait_rows, when)
-from conftest import wait_until
+from harness import wait_until
 from leadstub import LeadStub
 
 TIMEOUT_MS = 1000

@@ -20,7 +20,7 @@ from campaign_util import (add_inbox, campaign_ingest, check_counters,
                            uid, wait_rows)
 from compose_util import (KEY, compose_worker, leads, llm,  # noqa: F401
                           outbox, prompt_batch, wait_done)
-from conftest import BUILD_DIR, wait_until
+from harness import BUILD_DIR, wait_until
 
 # The stub answers "Hi " + the first 40 characters of the user prompt.
 TOPIC = re.compile(r"about t(\d+)$")

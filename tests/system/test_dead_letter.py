@@ -7,7 +7,7 @@ import time
 
 from confluent_kafka import Producer
 
-from conftest import SOURCE, TRANSCRIPT_READY, transcript, wait_until
+from harness import SOURCE, TRANSCRIPT_READY, transcript, wait_until
 
 
 def test_dead_letter_reason_origin_and_record(pipeline):
