@@ -8,8 +8,8 @@
 # - `pipeline` (per test): a unique topic, group id and conversation-id prefix;
 #   writes configs and starts daemons on request; on teardown sends SIGTERM,
 #   requires exit code 0 and fails if a log holds a crash or sanitizer report.
-# - `leadstub`: the lead-context source the campaign tests talk to, on a
-#   free loopback port.
+# - `leadstub`, `llm`: the lead-context source and the model server the
+#   campaign tests talk to, on free loopback ports.
 #
 # The binaries come from $SLUICE_BUILD_DIR (default <repo>/build).
 
@@ -48,5 +48,16 @@ def leadstub():
     loopback port: GET /leads/{lead_id}; stopped after the test."""
     from leadstub import LeadStub
     stub = LeadStub().start()
+    yield stub
+    stub.stop()
+
+
+@pytest.fixture
+def llm():
+    """An OpenAI-compatible model server (llmstub.py) that wants
+    compose_util.KEY; stopped after the test."""
+    import llmstub
+    from compose_util import KEY
+    stub = llmstub.LLMStub(api_key=KEY).start()
     yield stub
     stub.stop()

@@ -11,8 +11,8 @@ import time
 import llmstub
 from campaign_util import (add_inbox, campaign_ingest, check_counters,
                            post_batch, statuses, uid)
-from compose_util import (KEY, PROMPT, compose_worker, leads,  # noqa: F401
-                          llm, outbox, prompt_batch, wait_done)
+from compose_util import (KEY, PROMPT, compose_worker, leads, outbox,
+                          prompt_batch, wait_done)
 from harness import free_port, http_request, wait_until
 
 

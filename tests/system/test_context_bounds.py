@@ -11,7 +11,6 @@
 # - lead_context.batch_budget_ms: a hung source holds a batch no longer.
 
 import threading
-import time
 import uuid
 
 import psycopg
