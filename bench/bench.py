@@ -154,7 +154,7 @@ def bench_ingest(env, tmp, seconds):
         print(f"  {name}: achieved {ach:7.0f}/s  p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ok {ok} other {other}")
     print(f"  librdkafka producer alone at {i_rps / 2:7.0f}/s, producev to delivery report:"
           f" p50 {kp[0]:6.2f} ms  p99 {kp[1]:6.2f} ms")
-    print(f"  target: sluice p99 < 5 ms at half of its own rate")
+    print("  target: sluice p99 < 5 ms at half of its own rate")
     print(f"ingest: peak RSS {rss:.1f} MB (target < 64 MB)")
     row("ingest req/s", i_rps, "req/s", "nginx static 202", nginx_rate,
         i_rps / nginx_rate, ">= 0.5")

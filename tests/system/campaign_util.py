@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from conftest import Pipeline, committed_offsets, wait_until
+from harness import Pipeline, committed_offsets, wait_until
 
 CAMPAIGN_SOURCE = "camp"
 LEADS_SOURCE = "leadupd"

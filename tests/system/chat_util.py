@@ -15,7 +15,7 @@ import uuid
 
 import psycopg
 
-from conftest import wait_until
+from harness import wait_until
 from leadstub import LeadStub, _Handler, _Server
 
 CHAT_SOURCE = "whatsapp"

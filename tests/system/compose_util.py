@@ -1,23 +1,13 @@
 # Helpers of the composer tests (docs/campaigns.md, "Composition by a
-# model"): the model stub as a fixture, a worker pointed at it, batches
-# with a prompt, and the outbox rows with the model's figures.
+# model"): a worker pointed at the model stub (the `llm` fixture of
+# conftest.py), batches with a prompt, and the outbox rows with the model's
+# figures.
 
-import pytest
-
-import llmstub
 from campaign_util import batch, msg, wait_run
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = {"system": "You write short friendly messages.",
           "user": "Write to {{lead.name}} about {{vars.topic}}"}
-
-
-@pytest.fixture
-def llm():
-    """An OpenAI-compatible model server (llmstub.py) that wants KEY."""
-    stub = llmstub.LLMStub(api_key=KEY).start()
-    yield stub
-    stub.stop()
 
 
 def compose_settings(pipeline, stub, **over):

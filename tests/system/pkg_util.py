@@ -3,7 +3,7 @@
 
 import subprocess
 
-from conftest import BUILD_DIR, REPO
+from harness import BUILD_DIR, REPO
 
 MAKE_TIMEOUT = 300   # a stale build is rebuilt first; normally a relink
 

@@ -19,7 +19,7 @@ from campaign_util import (CAMPAIGN_SOURCE, add_inbox, batch, check_counters,
 from chat_util import (business_number, chat_ingest, post_chat, status,
                        statuses_of, text_message, wa_id, wait_messages,
                        wamid, webhook)
-from conftest import wait_until
+from harness import wait_until
 from leadstub import LeadStub
 
 UTC = dt.timezone.utc

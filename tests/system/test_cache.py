@@ -3,9 +3,9 @@
 
 import socket
 
-from conftest import existing_keys as _existing
-from conftest import populate_keys as _populate
-from conftest import transcript, wait_until
+from harness import existing_keys as _existing
+from harness import populate_keys as _populate
+from harness import transcript, wait_until
 
 
 def _check_invalidation(pipeline, services, cid, other, extra=0):

@@ -11,7 +11,7 @@ from campaign_util import (Pair, add_inbox, add_lead, batch, campaign_ingest,
                            campaign_lines, counters, http_worker, msg,
                            post_batch, post_lead_updated, rows, run_row,
                            set_inbox, statuses, uid, wait_rows, wait_run)
-from conftest import wait_until
+from harness import wait_until
 
 
 def _redis_ctx(r, lead):

@@ -17,9 +17,9 @@ from campaign_util import (add_inbox, add_lead, batch, campaign_ingest,
                            campaign_lines, check_counters, counters,
                            finish_pipeline,
                            http_worker, module_pipeline, msg, post_batch,
-                           post_lead_updated, rows, run_row, statuses, uid,
+                           post_lead_updated, run_row, statuses, uid,
                            wait_rows, when)
-from conftest import wait_until
+from harness import wait_until
 from leadstub import LeadStub
 
 TIMEOUT_MS = 1000

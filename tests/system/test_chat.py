@@ -16,7 +16,7 @@ from chat_util import (CHAT_SOURCE, Agent, Listener, PhoneStub,
                        pretty, raw, status, statuses_of, text_message,
                        turn_ids, turns, ts_time, wa_id, wait_turns, wamid,
                        webhook)
-from conftest import wait_until
+from harness import wait_until
 
 
 def _db_now(services):
@@ -603,7 +603,7 @@ def test_one_webhook_several_entries(pipeline, services):
 
 def _check_config(tmp_path, name, settings):
     import subprocess
-    from conftest import BUILD_DIR, _format_config
+    from harness import BUILD_DIR, _format_config
     cfg = tmp_path / name
     cfg.write_text(_format_config(settings))
     r = subprocess.run([str(BUILD_DIR / "sluice-ingest"), "-c", str(cfg),

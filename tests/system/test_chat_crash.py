@@ -12,7 +12,7 @@ from collections import Counter, deque
 from chat_util import (CHAT_SOURCE, Agent, business_number, chat_ingest,
                        message_count, raw, text_message, turns, wa_id, wamid,
                        webhook)
-from conftest import Client
+from harness import Client
 
 SENDERS = 50
 PER_SENDER = 40                 # 2,000 messages

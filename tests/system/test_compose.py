@@ -11,9 +11,9 @@ import time
 import llmstub
 from campaign_util import (add_inbox, campaign_ingest, check_counters,
                            post_batch, statuses, uid)
-from compose_util import (KEY, PROMPT, compose_worker, leads,  # noqa: F401
-                          llm, outbox, prompt_batch, wait_done)
-from conftest import free_port, http_request, wait_until
+from compose_util import (KEY, PROMPT, compose_worker, leads, outbox,
+                          prompt_batch, wait_done)
+from harness import free_port, http_request, wait_until
 
 
 def test_composed_messages_land_with_their_cost(pipeline, services, llm):

@@ -18,9 +18,9 @@ import llmstub
 from campaign_util import (add_inbox, campaign_ingest, check_counters,
                            counters, post_batch, row_count, rows, statuses,
                            uid, wait_rows)
-from compose_util import (KEY, compose_worker, leads, llm,  # noqa: F401
-                          outbox, prompt_batch, wait_done)
-from conftest import BUILD_DIR, wait_until
+from compose_util import (KEY, compose_worker, leads, outbox, prompt_batch,
+                          wait_done)
+from harness import BUILD_DIR, wait_until
 
 # The stub answers "Hi " + the first 40 characters of the user prompt.
 TOPIC = re.compile(r"about t(\d+)$")

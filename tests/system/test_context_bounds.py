@@ -11,7 +11,6 @@
 # - lead_context.batch_budget_ms: a hung source holds a batch no longer.
 
 import threading
-import time
 import uuid
 
 import psycopg
@@ -23,7 +22,7 @@ from campaign_util import (add_inbox, batch, campaign_ingest, campaign_lines,
                            wait_rows)
 from chat_util import (PhoneStub, business_number, chat_ingest, post_chat,
                        text_message, wa_id, wait_turns, wamid, webhook)
-from conftest import transcript, wait_until
+from harness import transcript, wait_until
 from leadstub import LeadStub
 
 # Bodies a CRM answered: JSON objects whose content PostgreSQL cannot store

@@ -9,8 +9,8 @@ import time
 
 from confluent_kafka import Producer
 
-from conftest import (BUILD_DIR, SOURCE, TRANSCRIPT_READY, transcript,
-                      wait_until)
+from harness import (BUILD_DIR, SOURCE, TRANSCRIPT_READY, transcript,
+                     wait_until)
 
 
 def test_dead_letter_reason_origin_and_record(pipeline):

@@ -24,7 +24,7 @@ import uuid
 import psycopg
 from psycopg import sql
 
-from conftest import (Client, WorkerDaemon, transcript, wait_until)
+from harness import (Client, WorkerDaemon, transcript, wait_until)
 
 SESSION_MS = 6000
 # The fleet applies transcripts only (kinds = transcript, as a fleet that

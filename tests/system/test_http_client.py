@@ -17,7 +17,7 @@ import pytest
 
 from campaign_util import (add_inbox, batch, campaign_ingest, campaign_lines,
                            http_worker, msg, post_batch, uid, wait_rows)
-from conftest import free_port, http_request, wait_until
+from harness import free_port, http_request, wait_until
 from leadstub import LeadStub
 
 

@@ -8,7 +8,7 @@ import random
 import threading
 import time
 
-from conftest import Client, assert_accepted_in_kafka, ping_pong, wait_until
+from harness import Client, assert_accepted_in_kafka, ping_pong, wait_until
 
 THREADS = 4
 KILLS = 2

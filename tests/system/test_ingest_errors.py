@@ -3,7 +3,7 @@
 
 import json
 
-from conftest import SOURCE, raw_request, transcript
+from harness import SOURCE, raw_request, transcript
 
 MAX_BODY = 65536
 
@@ -249,7 +249,7 @@ def test_a_source_goes_unsigned_only_when_configured(pipeline, tmp_path):
     import socket
     import subprocess
 
-    from conftest import BUILD_DIR, _format_config
+    from harness import BUILD_DIR, _format_config
     base = pipeline.ingest_settings()
     listen = base["listen"]
     host, port = listen.rsplit(":", 1)

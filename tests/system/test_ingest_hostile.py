@@ -8,7 +8,7 @@ import resource
 import socket
 import time
 
-from conftest import raw_request, transcript, wait_until
+from harness import raw_request, transcript, wait_until
 
 READY = "application.transcription_ready"
 
@@ -30,7 +30,7 @@ def test_out_of_descriptors_does_not_spin(pipeline, services):
     log, and /healthz answers again once they are gone."""
     s = pipeline.ingest_settings(request_timeout_s=3)
     cfg = pipeline._write("ingest-fd.conf", s)
-    from conftest import IngestDaemon
+    from harness import IngestDaemon
     port = int(s["listen"].rsplit(":", 1)[1])
     d = IngestDaemon(cfg, pipeline.tmp / "ingest-fd.log", pipeline.env, port)
     d.preexec = _nofile(256)
@@ -58,7 +58,7 @@ def test_out_of_descriptors_does_not_spin(pipeline, services):
             c.close()
     def healthy():
         try:
-            from conftest import http_request
+            from harness import http_request
             return http_request(port, "GET", "/healthz", timeout=2).status \
                 == 200
         except OSError:

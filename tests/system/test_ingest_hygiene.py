@@ -17,7 +17,7 @@ import time
 import pytest
 
 from campaign_util import batch, campaign_ingest, msg
-from conftest import (SOURCE, http_request, raw_request, transcript,
+from harness import (SOURCE, http_request, raw_request, transcript,
                       wait_until)
 
 

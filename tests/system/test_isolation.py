@@ -19,7 +19,7 @@ from campaign_util import (add_inbox, add_lead, batch, campaign_ingest,
                            counters, msg, post_batch, rows, uid)
 from chat_util import (CHAT_SOURCE, Listener, business_number, post_chat,
                        text_message, wa_id, wamid, webhook)
-from conftest import free_port, http_request, transcript, wait_until
+from harness import free_port, http_request, transcript, wait_until
 
 
 def p99(xs):

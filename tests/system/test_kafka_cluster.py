@@ -19,7 +19,7 @@ import time
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from conftest import (SERVICES_SH, Client, Pipeline, Services, _read_env_file,
+from harness import (SERVICES_SH, Client, Pipeline, Services, _read_env_file,
                       transcript, wait_until)
 
 THREADS = 6

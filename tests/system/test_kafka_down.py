@@ -4,7 +4,7 @@
 
 import time
 
-from conftest import run_threads, transcript, wait_until
+from harness import run_threads, transcript, wait_until
 
 DELIVERY_TIMEOUT_MS = 3000
 MARGIN_S = 3.0

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from campaign_util import (add_inbox, batch, campaign_ingest, campaign_lines,
                            check_counters, http_worker, msg, post_batch, uid,
                            wait_rows)
-from conftest import free_port, http_request, transcript, wait_until
+from harness import free_port, http_request, transcript, wait_until
 from leadstub import LeadStub
 
 MAX_POLL_MS = 7000

@@ -22,7 +22,7 @@ from referencing.jsonschema import DRAFT202012
 
 from campaign_util import batch, msg
 from chat_util import meta_signature, raw, text_message, wa_id, wamid, webhook
-from conftest import (SCHEMA_DIR, free_port, http_request, raw_request,
+from harness import (SCHEMA_DIR, free_port, http_request, raw_request,
                       transcript, wait_until)
 
 INGEST_SPEC = SCHEMA_DIR / "openapi.yaml"

@@ -10,8 +10,8 @@
 import re
 import time
 
-from conftest import existing_keys as _existing
-from conftest import populate_keys, transcript, wait_until
+from harness import existing_keys as _existing
+from harness import populate_keys, transcript, wait_until
 
 # Static membership: a restarted worker takes the killed one's place at
 # once instead of waiting for its session to time out.
@@ -186,7 +186,7 @@ def test_replay_owes_while_redis_is_down(pipeline, services):
     run again with its group once Redis answers, it performs them."""
     import subprocess
 
-    from conftest import BUILD_DIR
+    from harness import BUILD_DIR
 
     pipeline.start_worker()
     pipeline.start_ingest()

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 import pytest
 
-from conftest import BUILD_DIR, REPO
+from harness import BUILD_DIR, REPO
 from pkg_util import make, make_install
 
 BINARIES = ("sluice-ingest", "sluice-worker", "sluice-migrate")

@@ -3,7 +3,7 @@
 
 import time
 
-from conftest import transcript, wait_until
+from harness import transcript, wait_until
 
 N = 50
 

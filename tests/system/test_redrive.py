@@ -9,7 +9,7 @@ import uuid
 
 from confluent_kafka import Producer
 
-from conftest import BUILD_DIR, SOURCE, transcript, wait_until
+from harness import BUILD_DIR, SOURCE, transcript, wait_until
 
 
 def redrive(pipeline, *args, timeout=120):

@@ -20,7 +20,7 @@ from campaign_util import (CAMPAIGN_SOURCE, LEADS_SOURCE, batch, msg,
 from chat_util import CHAT_SOURCE, post_chat, status, text_message, webhook
 from confluent_kafka import Producer
 
-from conftest import BUILD_DIR, REPO, SOURCE, event, transcript, wait_until
+from harness import BUILD_DIR, REPO, SOURCE, event, transcript, wait_until
 
 MIGRATE = REPO / "deploy" / "migrate.sh"
 

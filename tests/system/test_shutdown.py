@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from conftest import (Client, assert_accepted_in_kafka, ping_pong, run_threads,
+from harness import (Client, assert_accepted_in_kafka, ping_pong, run_threads,
                       wait_until)
 
 THREADS = 4

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta, timezone
 
 from standardwebhooks.webhooks import Webhook
 
-from conftest import transcript
+from harness import transcript
 
 
 def _secrets():

@@ -14,7 +14,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import IngestDaemon, http_request, raw_request, transcript, \
+from harness import IngestDaemon, http_request, raw_request, transcript, \
     wait_until
 
 REQUEST_TIMEOUT_S = 4

@@ -6,7 +6,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import SOURCE, TRANSCRIPT_READY, event, transcript, wait_until
+from harness import SOURCE, TRANSCRIPT_READY, event, transcript, wait_until
 
 
 def _accepted(r, cid, event_type=TRANSCRIPT_READY, webhook_id=None):

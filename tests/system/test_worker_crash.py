@@ -5,7 +5,7 @@ import random
 import threading
 import time
 
-from conftest import Client, run_threads, transcript, wait_until
+from harness import Client, run_threads, transcript, wait_until
 
 N = 2000            # webhooks
 THREADS = 8

@@ -10,11 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from campaign_util import (add_inbox, batch, campaign_ingest, http_worker,
                            msg, post_batch, uid, wait_rows)
-from conftest import free_port, http_request, transcript, wait_until
+from harness import free_port, http_request, transcript, wait_until
 
 try:
     from confluent_kafka import Producer
-except ImportError:  # pragma: no cover - conftest already reports it
+except ImportError:  # pragma: no cover - harness already reports it
     Producer = None
 
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import free_port, http_request, transcript, wait_until
+from harness import free_port, http_request, transcript, wait_until
 from test_worker_http import scrape, val
 
 pytestmark = pytest.mark.skipif(
