@@ -57,6 +57,7 @@ static const char *reason_phrase(int code)
 	switch (code) {
 	case 200: return "OK";
 	case 202: return "Accepted";
+	case 204: return "No Content";
 	case 400: return "Bad Request";
 	case 401: return "Unauthorized";
 	case 403: return "Forbidden";
@@ -208,14 +209,19 @@ static void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 
 	if (!out)
 		out = evbuffer_new();
-	evhttp_add_header(evhttp_request_get_output_headers(req),
-			  "Content-Type", "application/json");
-	if (cJSON_PrintPreallocated(body, stack, (int)sizeof(stack) - 1, 0)) {
-		evbuffer_add(out, stack, strlen(stack));
-		evbuffer_add(out, "\n", 1);
-	} else if ((text = cJSON_PrintUnformatted(body)) != NULL) {
-		evbuffer_add(out, text, strlen(text));
-		evbuffer_add(out, "\n", 1);
+	/* A 204 (success_status) has no body, so no Content-Type either
+	 * (RFC 9110 15.3.5). */
+	if (code != 204) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Content-Type", "application/json");
+		if (cJSON_PrintPreallocated(body, stack, (int)sizeof(stack) - 1,
+					    0)) {
+			evbuffer_add(out, stack, strlen(stack));
+			evbuffer_add(out, "\n", 1);
+		} else if ((text = cJSON_PrintUnformatted(body)) != NULL) {
+			evbuffer_add(out, text, strlen(text));
+			evbuffer_add(out, "\n", 1);
+		}
 	}
 	send_reply(ing, req, code, reason_phrase(code), out);
 	evbuffer_drain(out, evbuffer_get_length(out));

@@ -483,9 +483,11 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 			fprintf(stderr, "sluice-worker: --to: %s\n", err);
 			return 2;
 		}
-		if (r->has_to && r->from.is_time && r->to.is_time &&
-		    r->to.time_ms <= r->from.time_ms)
-			bad = "--to must be later than --from";
+		if (r->has_to &&
+		    !replay_range_check(&r->from, &r->to, err, sizeof(err))) {
+			fprintf(stderr, "sluice-worker: %s\n", err);
+			return 2;
+		}
 	}
 	if (bad) {
 		fprintf(stderr, "sluice-worker: %s\n", bad);

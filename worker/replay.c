@@ -37,6 +37,7 @@ struct replay {
 	size_t cap;
 	int64_t total, applied, t0, last_progress;
 	bool tty;
+	bool refused; /* the range does not fit the topic: exit 2 */
 	char errstr[512];
 };
 
@@ -158,12 +159,15 @@ static bool plan(struct replay *r)
 			goto out;
 		}
 	}
+	/* A range naming what the topic does not have, or running backwards,
+	 * is refused (exit 2) before anything is read. */
 	for (int i = 0; i < o->from.n; i++)
 		if (!rpart_find(r, o->from.part[i])) {
 			snprintf(r->errstr, sizeof(r->errstr),
 				 "--from names partition %d; %s has %d",
 				 (int)o->from.part[i], r->env->cfg->topic,
 				 r->n);
+			r->refused = true;
 			goto out;
 		}
 	for (int i = 0; i < o->to.n; i++)
@@ -171,6 +175,7 @@ static bool plan(struct replay *r)
 			snprintf(r->errstr, sizeof(r->errstr),
 				 "--to names partition %d; %s has %d",
 				 (int)o->to.part[i], r->env->cfg->topic, r->n);
+			r->refused = true;
 			goto out;
 		}
 	/* start */
@@ -206,9 +211,25 @@ static bool plan(struct replay *r)
 				    clamp64(o->to.offset[k], lo[i], hi[i]);
 		}
 	}
-	for (int i = 0; i < r->n; i++)
-		if (r->parts[i].start < lo[i])
-			r->parts[i].start = lo[i];
+	for (int i = 0; i < r->n; i++) {
+		struct rpart *p = &r->parts[i];
+
+		if (p->start < lo[i])
+			p->start = lo[i];
+		/* partitions --from's offsets do not name are not replayed,
+		 * whatever a --to time says of them */
+		if (!o->from.is_time && pos_index(&o->from, p->id) < 0)
+			p->end = p->start;
+		if (p->end < p->start) {
+			snprintf(r->errstr, sizeof(r->errstr),
+				 "--to is before --from on partition %d "
+				 "(offset %lld before %lld)",
+				 (int)p->id, (long long)p->end,
+				 (long long)p->start);
+			r->refused = true;
+			goto out;
+		}
+	}
 	ok = true;
 out:
 	free(lo);
@@ -540,7 +561,9 @@ int replay_run(struct batch_env *env, struct batch *b,
 		       t.records, t.saved, t.skipped, t.dead, kinds.data);
 	buf_free(&kinds);
 out:
-	if (rc == 1)
+	if (rc == 1 && r.refused)
+		rc = 2;
+	if (rc != 0 && rc != 130)
 		log_error("replay: %s", r.errstr);
 	if (r.rk) {
 		rd_kafka_consumer_close(r.rk);

@@ -27,6 +27,13 @@ struct replay_pos {
 bool replay_pos_parse(const char *s, struct replay_pos *out, char *errstr,
 		      size_t errstr_size) __attribute__((warn_unused_result));
 
+/* Refuses a range that runs backwards (--to before --from, by time or on a
+ * partition both name) or whose --to names a partition --from does not.
+ * Ranges mixing a time and offsets are checked once the topic is read. */
+bool replay_range_check(const struct replay_pos *from,
+			const struct replay_pos *to, char *errstr,
+			size_t errstr_size) __attribute__((warn_unused_result));
+
 struct replay_opts {
 	struct replay_pos from;
 	struct replay_pos to;
@@ -37,7 +44,8 @@ struct replay_opts {
 
 /* Runs the replay to its end (or until *env->stopping); env and b are built
  * like the consumer's, with the replay's group. Returns the exit status:
- * 0 done, 1 failed, 130 stopped before the end. */
+ * 0 done, 1 failed, 2 a range the topic refuses (a partition it does not
+ * have, or an end before the start), 130 stopped before the end. */
 int replay_run(struct batch_env *env, struct batch *b,
 	       const struct replay_opts *o);
 

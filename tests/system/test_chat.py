@@ -4,6 +4,8 @@
 # statuses and other message types, re-delivered webhooks, the Meta
 # signature and subscription handshake.
 
+import http.client
+import socket
 import time
 import uuid
 
@@ -521,6 +523,40 @@ def test_meta_signature_handshake_and_success_status(pipeline, services):
                   source="wa204", expect=None)
     assert (r.status, r.body) == (204, b""), r
     assert services.topic_count(pipeline.topic) == 3
+    # On the wire: "No Content", and nothing that describes a body (RFC
+    # 9110 15.3.5), read byte for byte up to the server's close.
+    data = raw(webhook(biz, [text_message(wamid(), who2, "z")]))
+    with socket.create_connection(("127.0.0.1", ingest.port),
+                                  timeout=10) as sock:
+        sock.sendall(b"POST /v1/webhooks/wa204 HTTP/1.1\r\n"
+                     b"Host: x\r\nContent-Type: application/json\r\n"
+                     b"Connection: close\r\n"
+                     + f"Content-Length: {len(data)}\r\n\r\n".encode()
+                     + data)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    assert lines[0] == "HTTP/1.1 204 No Content", answer
+    names = {ln.split(":", 1)[0].strip().lower() for ln in lines[1:]}
+    assert not names & {"content-type", "content-length",
+                        "transfer-encoding"}, answer
+    assert rest == b"", answer
+    assert services.topic_count(pipeline.topic) == 4
+    # A kept-alive connection goes on after a 204 without a body to skip.
+    conn = http.client.HTTPConnection("127.0.0.1", ingest.port, timeout=10)
+    try:
+        for text in ("k1", "k2"):
+            conn.request("POST", "/v1/webhooks/wa204", body=raw(webhook(
+                biz, [text_message(wamid(), who2, text)])),
+                headers={"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            assert (resp.status, resp.reason, resp.read()) == \
+                (204, "No Content", b"")
+    finally:
+        conn.close()
+    assert services.topic_count(pipeline.topic) == 6
     # The signed record holds the body as received, byte for byte.
     signed = [x for x in services.topic_records(pipeline.topic)
               if x["key"] == who.encode()]

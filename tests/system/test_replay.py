@@ -438,6 +438,11 @@ def test_bad_arguments_are_refused(pipeline, dbs):
              "--rate"),
             (["replay", "-c", str(cfg), "--from", "2026-01-02T00:00:00Z",
               "--to", "2026-01-01T00:00:00Z"], "later than"),
+            (["replay", "-c", str(cfg), "--from", "0:100", "--to", "0:50"],
+             "--to 0:50 is before --from 0:100"),
+            (["replay", "-c", str(cfg), "--from", "0:5", "--to", "0:9,1:3"],
+             "--to names partition 1"),
+            (["replay", "-c", str(cfg), "--from", "0:-5"], "negative"),
             (["-c", str(cfg), "--from", "0:0"], "belong to replay"),
             (["redrive", "-c", str(cfg), "--max-attempts", "x"],
              "--max-attempts"),
@@ -450,4 +455,29 @@ def test_bad_arguments_are_refused(pipeline, dbs):
     pipeline.start_worker()  # creates the topic
     db = dbs("bad")
     r = replay(pipeline, db, "--from", "77:0")
-    assert r.returncode == 1 and "partition 77" in r.stderr, r.stderr
+    assert r.returncode == 2 and "partition 77" in r.stderr, r.stderr
+    r = replay(pipeline, db, "--from", "0:0", "--to", "0:5,77:9")
+    assert r.returncode == 2 and "partition 77" in r.stderr, r.stderr
+
+
+def test_backwards_range_on_the_topic_is_refused(pipeline, stack, dbs):
+    """A time --from past an offset --to is judged once the topic is read,
+    and refused before any record is applied."""
+    ingest = stack["ingest"]
+    for i in range(4):
+        assert ingest.post(transcript(pipeline.cid(f"back{i}"),
+                                      [("e1", "user", "x")])).status == 202
+    caught_up(pipeline, stack["live"])
+    marks = pipeline.services.watermarks(pipeline.topic)
+    p, (lo, hi) = next((p, m) for p, m in marks.items() if m[1] > m[0])
+    db = dbs("backwards")
+    r = replay(pipeline, db, "--from", "2100-01-01T00:00:00Z", "--to",
+               f"{p}:{lo}")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert f"--to is before --from on partition {p}" in r.stderr, r.stderr
+    assert "replaying" not in r.stderr, r.stderr
+    assert db.scalar("SELECT count(*) FROM sluice_offsets") == 0
+    # the same range the right way round is applied
+    r = replay(pipeline, db, "--from", f"{p}:{lo}", "--to", f"{p}:{hi}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert db.scalar("SELECT count(*) FROM conversations") == hi - lo

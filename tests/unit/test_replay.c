@@ -35,8 +35,52 @@ static const struct {
     {"3:4x", false, false, 0, 0, 0, 0, 0, 0},
     {"3:4,3:5", false, false, 0, 0, 0, 0, 0, 0}, /* named twice */
     {"-1:4", false, false, 0, 0, 0, 0, 0, 0},
+    {"0:-5", false, false, 0, 0, 0, 0, 0, 0},
+    {"0:5,1:-5", false, false, 0, 0, 0, 0, 0, 0},
     {"99999999999:4", false, false, 0, 0, 0, 0, 0, 0},
 };
+
+/* --from and --to together: a range that runs backwards is refused. */
+static const struct {
+	const char *from, *to;
+	bool ok;
+	const char *why; /* in the reason when refused */
+} ranges[] = {
+    {"0:0", "0:50", true, NULL},
+    {"0:50", "0:50", true, NULL}, /* empty, not backwards */
+    {"0:100", "0:50", false, "before --from 0:100"},
+    {"0:5,1:100", "0:9,1:99", false, "--to 1:99"},
+    {"0:5,1:7", "1:9", true, NULL}, /* partition 0 to its end */
+    {"0:5", "0:9,1:3", false, "partition 1"},
+    {"2026-01-02T00:00:00Z", "2026-01-01T00:00:00Z", false, "later than"},
+    {"2026-01-01T00:00:00Z", "2026-01-01T00:00:00Z", false, "later than"},
+    {"2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", true, NULL},
+    {"2026-01-01T00:00:00Z", "0:5", true, NULL}, /* judged on the topic */
+};
+
+static void check_ranges(void)
+{
+	for (size_t i = 0; i < sizeof(ranges) / sizeof(ranges[0]); i++) {
+		struct replay_pos from, to;
+		char err[256] = "";
+		bool ok;
+
+		if (!replay_pos_parse(ranges[i].from, &from, err,
+				      sizeof(err)) ||
+		    !replay_pos_parse(ranges[i].to, &to, err, sizeof(err))) {
+			CHECK(false, "%s .. %s: %s", ranges[i].from,
+			      ranges[i].to, err);
+			continue;
+		}
+		ok = replay_range_check(&from, &to, err, sizeof(err));
+		CHECK(ok == ranges[i].ok, "%s .. %s: got %d (%s)",
+		      ranges[i].from, ranges[i].to, ok, err);
+		if (!ok && ranges[i].why)
+			CHECK(strstr(err, ranges[i].why) != NULL,
+			      "%s .. %s: reason \"%s\"", ranges[i].from,
+			      ranges[i].to, err);
+	}
+}
 
 int main(void)
 {
@@ -74,5 +118,6 @@ int main(void)
 			      (long long)p.offset[p.n - 1]);
 		}
 	}
+	check_ranges();
 	return check_done("test_replay");
 }
