@@ -1213,10 +1213,10 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 	}
 	if (util_mono_ms() - ing->accept_logged_ms >= 1000) {
 		ing->accept_logged_ms = util_mono_ms();
-		log_warn("accept: %s; pausing new connections for %d ms "
-			 "(%llu accept errors so far)",
-			 evutil_socket_error_to_string(err), wait,
-			 (unsigned long long)ing->m.accept_errors);
+		log_warn(
+		    "accept: %s; pausing new connections for %d ms (%llu accept errors so far)",
+		    evutil_socket_error_to_string(err), wait,
+		    (unsigned long long)ing->m.accept_errors);
 	}
 	evtimer_add(ing->accept_retry, &tv);
 }

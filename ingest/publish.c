@@ -126,10 +126,9 @@ static void record_limit_set(struct ingest *ing, long max, const char *whose)
 	ing->max_record_kafka = max;
 	ing->max_record_whose = whose; /* a string literal */
 	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
-		log_warn("max_body_bytes %d is above what Kafka takes (%s "
-			 "%ld): bodies over %d bytes get 413",
-			 ing->cfg.max_body_bytes, whose, max,
-			 ing->max_record_bytes);
+		log_warn(
+		    "max_body_bytes %d is above what Kafka takes (%s %ld): bodies over %d bytes get 413",
+		    ing->cfg.max_body_bytes, whose, max, ing->max_record_bytes);
 }
 
 /* Loop timer: the topic's own limit, asked at start without blocking the
@@ -253,9 +252,9 @@ static void handle_rebuild(evutil_socket_t fd, short what, void *arg)
 	while (rd_kafka_outq_len(old) > 0 && util_mono_ms() < until)
 		rd_kafka_poll(old, 10);
 	if (rd_kafka_outq_len(old) > 0)
-		log_warn("kafka producer rebuild: %d records of the old "
-			 "producer never reported",
-			 rd_kafka_outq_len(old));
+		log_warn(
+		    "kafka producer rebuild: %d records of the old producer never reported",
+		    rd_kafka_outq_len(old));
 	ing->rk = fresh;
 	if (ing->probe_q) { /* the old producer's too */
 		rd_kafka_queue_destroy(ing->probe_q);
@@ -362,9 +361,9 @@ void publish_cleanup(struct ingest *ing, int flush_ms)
 		int left = rd_kafka_outq_len(ing->rk);
 
 		if (err || left > 0)
-			log_warn("shutdown: %d records not confirmed by Kafka "
-				 "within %d ms (their requests got no 202)",
-				 left, flush_ms);
+			log_warn(
+			    "shutdown: %d records not confirmed by Kafka within %d ms (their requests got no 202)",
+			    left, flush_ms);
 		/* The producer's own queues go before it does. */
 		if (ing->probe_q)
 			rd_kafka_queue_destroy(ing->probe_q);
