@@ -333,15 +333,15 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 
 	snprintf(received, sizeof(received), "%lld", (long long)received_ms);
 	add_header(h, HDR_SOURCE, src->name);
-	add_header(h, HDR_KIND, source_kind_names[src->kind]);
+	add_header(h, HDR_KIND, src->kind->name);
 	add_header(h, HDR_EVENT_TYPE, p->event_type);
 	add_header(h, HDR_WEBHOOK_ID, p->id);
 	add_header(h, HDR_RECEIVED_AT, received);
 	add_header(h, HDR_REQUEST_ID, request_id);
 	if (p->campaign_id)
 		add_header(h, HDR_CAMPAIGN_ID, p->campaign_id);
-	if (p->chat_sender)
-		add_header(h, HDR_CHAT_SENDER, p->key);
+	if (p->key_header)
+		add_header(h, p->key_header, p->key);
 
 	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(ing->cfg.topic),
 				RD_KAFKA_V_KEY(p->key, strlen(p->key)),
