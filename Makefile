@@ -35,9 +35,9 @@ endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
-              common/validate.c
+              common/validate.c common/kinds.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
-              ingest/verify.c ingest/extract.c ingest/conn.c
+              ingest/verify.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
               worker/dlq.c \
@@ -82,8 +82,10 @@ $(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
 	$(BUILD)/worker/cache.o $(BUILD)/worker/redisconn.o $(BUILD)/common/util.o \
 	$(BUILD)/common/log.o \
 	$(BUILD)/common/validate.o
-$(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(BUILD)/ingest/extract.o \
-	$(BUILD)/common/campaign.o $(BUILD)/common/validate.o $(BUILD)/common/util.o
+# The kinds table and every kind's checks it names.
+KINDS_OBJ := $(addprefix $(BUILD)/common/,kinds.o campaign.o chat.o validate.o)
+$(BUILD)/tests/test_extract: $(BUILD)/tests/unit/test_extract.o $(KINDS_OBJ) \
+	$(BUILD)/common/util.o
 $(BUILD)/tests/test_verify: $(BUILD)/tests/unit/test_verify.o $(BUILD)/ingest/verify.o
 $(BUILD)/tests/test_schema: $(BUILD)/tests/unit/test_schema.o $(BUILD)/common/schema.o \
 	$(BUILD)/common/util.o
@@ -98,7 +100,7 @@ $(BUILD)/tests/test_validate: $(BUILD)/tests/unit/test_validate.o \
 $(BUILD)/tests/test_schema_suite: $(BUILD)/tests/unit/test_schema_suite.o \
 	$(BUILD)/common/schema.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
-	$(BUILD)/ingest/publish.o $(BUILD)/ingest/settings.o \
+	$(BUILD)/ingest/publish.o $(BUILD)/ingest/settings.o $(KINDS_OBJ) \
 	$(BUILD)/common/kafka.o $(BUILD)/common/config.o $(BUILD)/common/schema.o \
 	$(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \

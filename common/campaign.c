@@ -564,3 +564,62 @@ bool lead_update_parse(const cJSON *doc, const char **lead_id, char text[24],
 	}
 	return true;
 }
+
+static bool campaign_check(const cJSON *doc, const struct kind_args *a,
+			   struct kind_route *out, struct kind_error *errs,
+			   size_t max_errs, size_t *n_errs)
+{
+	struct campaign_error *ce = xcalloc(max_errs, sizeof(*ce));
+	struct campaign_batch b;
+	bool ok = campaign_parse(doc, a->max_items, &b, ce, max_errs, n_errs);
+
+	for (size_t i = 0; !ok && i < *n_errs && i < max_errs; i++) {
+		errs[i].index = ce[i].index;
+		snprintf(errs[i].path, sizeof(errs[i].path), "%s", ce[i].path);
+		snprintf(errs[i].message, sizeof(errs[i].message), "%s",
+			 ce[i].message);
+	}
+	if (ok && b.campaign_id && a->path_id &&
+	    strcmp(b.campaign_id, a->path_id) != 0) {
+		ok = kind_fail(errs, max_errs, n_errs, "$.campaign_id",
+			       "differs from the campaign id in the path");
+	} else if (ok) {
+		out->key = b.run_id;
+		out->event_type = CAMPAIGN_EVENT_TYPE;
+	}
+	campaign_batch_free(&b);
+	free(ce);
+	return ok;
+}
+
+static bool lead_updated_check(const cJSON *doc, const struct kind_args *a,
+			       struct kind_route *out, struct kind_error *errs,
+			       size_t max_errs, size_t *n_errs)
+{
+	struct kind_error e;
+
+	(void)a;
+	if (!lead_update_parse(doc, &out->key, out->key_text, e.path,
+			       sizeof(e.path), e.message, sizeof(e.message)))
+		return kind_fail(errs, max_errs, n_errs, e.path, e.message);
+	out->event_type = kind_string(doc, "event_type");
+	if (!out->event_type)
+		out->event_type = kind_string(doc, "type");
+	if (!out->event_type)
+		out->event_type = LEAD_UPDATED_EVENT_TYPE;
+	return true;
+}
+
+const struct kind campaign_kind = {
+    .name = KIND_CAMPAIGN,
+    .key_name = "runId",
+    .own_path = true,
+    .all_errors = true,
+    .check = campaign_check,
+};
+
+const struct kind lead_updated_kind = {
+    .name = KIND_LEAD_UPDATED,
+    .key_name = "leadId",
+    .check = lead_updated_check,
+};

@@ -8,8 +8,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kinds.h"
+
 #define CAMPAIGN_EVENT_TYPE "campaign.batch"
-#define CAMPAIGN_ID_MAX 256	    /* bytes, for every id */
+#define LEAD_UPDATED_EVENT_TYPE "lead.updated" /* when the body has none */
+#define CAMPAIGN_ID_MAX 256		       /* bytes, for every id */
 #define CAMPAIGN_TEMPLATE_MAX 65536 /* bytes, also each prompt text */
 #define CAMPAIGN_MODEL_MAX 256	    /* bytes */
 #define CAMPAIGN_MAX_TOKENS_MAX 8192
@@ -93,5 +96,10 @@ void campaign_time_format(int64_t us, char out[CAMPAIGN_TIME_TEXT]);
 bool lead_update_parse(const cJSON *doc, const char **lead_id, char text[24],
 		       char *path, size_t pathsz, char *msg, size_t msgsz)
     __attribute__((warn_unused_result));
+
+/* Their rows in the kinds table. A campaign batch is keyed by its run and
+ * checked whole (every bad item in one answer), with the campaign id of its
+ * path; a lead update by its lead. */
+extern const struct kind campaign_kind, lead_updated_kind;
 
 #endif

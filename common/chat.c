@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kafka.h"
 #include "util.h"
 
 static const char *str_of(const cJSON *o, const char *name)
@@ -292,3 +293,27 @@ bool chat_phone_digits(const char *phone, char *out, size_t outsz)
 	out[n] = '\0';
 	return n > 0;
 }
+
+static bool chat_check(const cJSON *doc, const struct kind_args *a,
+		       struct kind_route *out, struct kind_error *errs,
+		       size_t max_errs, size_t *n_errs)
+{
+	struct kind_error e;
+
+	(void)a;
+	if (!chat_validate(doc, e.path, sizeof(e.path), e.message,
+			   sizeof(e.message)))
+		return kind_fail(errs, max_errs, n_errs, e.path, e.message);
+	out->key = NULL;
+	out->event_type = CHAT_EVENT_TYPE;
+	return true;
+}
+
+const struct kind chat_kind = {
+    .name = KIND_CHAT,
+    .key_name = "sender",
+    .handshake = true,
+    .key_header = HDR_CHAT_SENDER,
+    .check = chat_check,
+    .keys = chat_senders,
+};

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kinds.h"
+
 #define CHAT_EVENT_TYPE "whatsapp.messages"
 #define CHAT_OBJECT "whatsapp_business_account" /* the body's "object" */
 #define CHAT_ID_MAX 256				/* bytes: message ids */
@@ -42,5 +44,8 @@ void chat_each(const cJSON *doc, const char *sender,
 
 /* "+1 (555) 010-2030" → "15550102030" in out; false if no digit. */
 bool chat_phone_digits(const char *phone, char *out, size_t outsz);
+
+/* Its row in the kinds table: one record per person, keyed by wa_id. */
+extern const struct kind chat_kind;
 
 #endif

@@ -230,3 +230,39 @@ cJSON *json_parse_whole(const char *text, size_t len, long *bad_at)
 			      : 0;
 	return NULL;
 }
+
+/* What the worker will require, byte for byte; keyed by the conversation,
+ * with the event type spelled either way. */
+static bool transcript_check(const cJSON *doc, const struct kind_args *a,
+			     struct kind_route *out, struct kind_error *errs,
+			     size_t max_errs, size_t *n_errs)
+{
+	struct kind_error e;
+
+	(void)a;
+	if (!cJSON_IsObject(doc))
+		return kind_fail(errs, max_errs, n_errs, "$",
+				 "must be an object");
+	if (!transcript_validate(doc, e.path, sizeof(e.path), e.message,
+				 sizeof(e.message)))
+		return kind_fail(errs, max_errs, n_errs, e.path, e.message);
+	out->key = kind_string(doc, "conversation_id");
+	if (!out->key)
+		return kind_fail(errs, max_errs, n_errs, "$.conversation_id",
+				 "must be a non-empty string");
+	out->event_type = kind_string(doc, "event_type");
+	if (!out->event_type)
+		out->event_type = kind_string(doc, "type");
+	if (!out->event_type)
+		return kind_fail(errs, max_errs, n_errs, "$.event_type",
+				 "event_type (or type) must be a non-empty "
+				 "string");
+	return true;
+}
+
+const struct kind transcript_kind = {
+    .name = KIND_TRANSCRIPT,
+    .key_name = "conversationId",
+    .schema = true,
+    .check = transcript_check,
+};

@@ -8,6 +8,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "kinds.h"
+
 #define TRANSCRIPT_EVENT_READY "application.transcription_ready"
 #define TRANSCRIPT_CONVERSATION_MAX 256 /* bytes */
 #define TRANSCRIPT_EVENT_TYPE_MAX 128
@@ -33,5 +35,8 @@ bool json_check(const char *text, size_t len, const cJSON *doc, char *path,
 /* The transcript kind's fields as the worker stores them. */
 bool transcript_validate(const cJSON *doc, char *path, size_t pathsz, char *msg,
 			 size_t msgsz) __attribute__((warn_unused_result));
+
+/* Its row in the kinds table: keyed by conversation_id. */
+extern const struct kind transcript_kind;
 
 #endif

@@ -16,12 +16,11 @@
 #include <unistd.h>
 
 #include "../common/campaign.h"
-#include "../common/chat.h"
+#include "../common/kinds.h"
 #include "../common/log.h"
 #include "../common/schema.h"
 #include "../common/validate.h"
 #include "../common/util.h"
-#include "extract.h"
 #include "ingest.h"
 #include "verify.h"
 
@@ -442,58 +441,70 @@ static bool id_acceptable(const char *id)
 	return true;
 }
 
-/* The campaign kind's own check: every bad item in one 422. */
-static bool check_campaign(struct ingest *ing, struct evhttp_request *req,
-			   const cJSON *doc, const char *campaign_id,
-			   struct extracted *ex)
+/* A body its kind refused: 422 with the first problem, or with every one
+ * (errors[]) for a kind that lists them all. */
+static void reply_problems(struct ingest *ing, struct evhttp_request *req,
+			   const struct kind *k, const struct kind_error *errs,
+			   size_t n)
 {
-	struct campaign_error *errs =
-	    xcalloc(MAX_REPORTED_ERRORS, sizeof(*errs));
-	struct campaign_batch b;
-	size_t n = 0;
-	bool ok;
+	char full[600];
+	cJSON *o, *list;
 
-	ok = campaign_parse(doc, (size_t)ing->cfg.campaign_max_messages, &b,
-			    errs, MAX_REPORTED_ERRORS, &n);
-	if (ok && b.campaign_id && strcmp(b.campaign_id, campaign_id) != 0) {
-		ok = false;
-		n = 1;
+	if (!k->all_errors) {
+		snprintf(full, sizeof(full), "%s %s", errs[0].path,
+			 errs[0].message);
+		reply_error(ing, req, 422, "schema_violation", full,
+			    errs[0].path);
+		return;
+	}
+	o = cJSON_CreateObject();
+	list = cJSON_AddArrayToObject(o, "errors");
+	snprintf(full, sizeof(full), "%s %s%s", errs[0].path, errs[0].message,
+		 n > 1 ? " (and more: see errors)" : "");
+	cJSON_AddStringToObject(o, "error", "schema_violation");
+	cJSON_AddStringToObject(o, "message", full);
+	cJSON_AddStringToObject(o, "path", errs[0].path);
+	for (size_t i = 0; i < n && i < MAX_REPORTED_ERRORS; i++) {
+		cJSON *e = cJSON_CreateObject();
+
+		if (errs[i].index >= 0)
+			cJSON_AddNumberToObject(e, "index", errs[i].index);
+		cJSON_AddStringToObject(e, "path", errs[i].path);
+		cJSON_AddStringToObject(e, "message", errs[i].message);
+		cJSON_AddItemToArray(list, e);
+	}
+	if (n > MAX_REPORTED_ERRORS)
+		cJSON_AddNumberToObject(o, "more_errors",
+					(double)(n - MAX_REPORTED_ERRORS));
+	reply_json(ing, req, 422, o);
+}
+
+/* The checks of the source's kind: its JSON Schema, then its own. false
+ * when the body was refused (answered). */
+static bool check_kind(struct ingest *ing, struct evhttp_request *req,
+		       const struct source *src, const cJSON *doc,
+		       const char *campaign_id, struct kind_route *route)
+{
+	const struct kind *k = src->kind;
+	struct kind_args args = {.path_id = campaign_id,
+				 .max_items =
+				     (size_t)ing->cfg.campaign_max_messages};
+	size_t max = k->all_errors ? MAX_REPORTED_ERRORS : 1, n = 0;
+	struct kind_error *errs = xcalloc(max, sizeof(*errs));
+	bool ok = true;
+
+	if (src->schema &&
+	    !schema_validate(src->schema, doc, errs[0].path,
+			     sizeof(errs[0].path), errs[0].message,
+			     sizeof(errs[0].message))) {
 		errs[0].index = -1;
-		snprintf(errs[0].path, sizeof(errs[0].path), "$.campaign_id");
-		snprintf(errs[0].message, sizeof(errs[0].message),
-			 "differs from the campaign id in the path");
+		n = 1;
+		ok = false;
 	}
-	if (ok) {
-		ex->key = b.run_id;
-		ex->event_type = CAMPAIGN_EVENT_TYPE;
-	} else {
-		cJSON *o = cJSON_CreateObject();
-		cJSON *list = cJSON_AddArrayToObject(o, "errors");
-		char full[300];
-
-		snprintf(full, sizeof(full), "%s %s%s", errs[0].path,
-			 errs[0].message,
-			 n > 1 ? " (and more: see errors)" : "");
-		cJSON_AddStringToObject(o, "error", "schema_violation");
-		cJSON_AddStringToObject(o, "message", full);
-		cJSON_AddStringToObject(o, "path", errs[0].path);
-		for (size_t i = 0; i < n && i < MAX_REPORTED_ERRORS; i++) {
-			cJSON *e = cJSON_CreateObject();
-
-			if (errs[i].index >= 0)
-				cJSON_AddNumberToObject(e, "index",
-							errs[i].index);
-			cJSON_AddStringToObject(e, "path", errs[i].path);
-			cJSON_AddStringToObject(e, "message", errs[i].message);
-			cJSON_AddItemToArray(list, e);
-		}
-		if (n > MAX_REPORTED_ERRORS)
-			cJSON_AddNumberToObject(
-			    o, "more_errors",
-			    (double)(n - MAX_REPORTED_ERRORS));
-		reply_json(ing, req, 422, o);
-	}
-	campaign_batch_free(&b);
+	if (ok)
+		ok = k->check(doc, &args, route, errs, max, &n);
+	if (!ok)
+		reply_problems(ing, req, k, errs, n);
 	free(errs);
 	return ok;
 }
@@ -512,29 +523,24 @@ static void pending_link(struct ingest *ing, struct pending *p)
 	evtimer_add(p->deadline, &tv);
 }
 
-#define CHAT_MAX_SENDERS 1000
+#define MAX_KEYS 1000
 
-/* A chat webhook: one record per person (key and chat-sender header = the
- * person's wa_id, value = the body as received), answered when all are
- * durable; if any is not, 503 and the gateway sends the webhook again. */
-static void publish_chat(struct ingest *ing, struct evhttp_request *req,
+/* A body of a kind with one record per key (chat: per person, key and
+ * chat-sender header = the person's wa_id; value = the body as received),
+ * answered when all are durable; if any is not, 503 and the sender sends
+ * the body again. */
+static void publish_each(struct ingest *ing, struct evhttp_request *req,
 			 const struct source *src, const cJSON *doc,
-			 const char *whid, const char *data, size_t len)
+			 const struct kind_route *route, const char *whid,
+			 const char *data, size_t len)
 {
-	static const char *senders[CHAT_MAX_SENDERS];
-	char path[160], msg[200], request_id[40], gen_id[40];
+	static const char *senders[MAX_KEYS];
+	char request_id[40], gen_id[40];
 	size_t n;
 	struct pgroup *g;
 
-	if (!chat_validate(doc, path, sizeof(path), msg, sizeof(msg))) {
-		char full[400];
-
-		snprintf(full, sizeof(full), "%s %s", path, msg);
-		reply_error(ing, req, 422, "schema_violation", full, path);
-		return;
-	}
-	n = chat_senders(doc, senders, CHAT_MAX_SENDERS);
-	if (n > CHAT_MAX_SENDERS) {
+	n = src->kind->keys(doc, senders, MAX_KEYS);
+	if (n > MAX_KEYS) {
 		reply_error(ing, req, 422, "schema_violation",
 			    "more than 1000 people in one webhook", "$.entry");
 		return;
@@ -566,12 +572,12 @@ static void publish_chat(struct ingest *ing, struct evhttp_request *req,
 				     cJSON_CreateString(senders[i]));
 		p->ing = ing;
 		p->group = g;
-		p->chat_sender = true;
+		p->key_header = src->kind->key_header;
 		p->success_status = src->success_status;
 		p->id = xstrdup(whid);
 		p->key = xstrdup(senders[i]);
-		p->key_name = "sender";
-		p->event_type = xstrdup(CHAT_EVENT_TYPE);
+		p->key_name = src->kind->key_name;
+		p->event_type = xstrdup(route->event_type);
 		pending_link(ing, p);
 		err = publish_record(ing, p, src, data, len, request_id,
 				     util_now_ms());
@@ -619,7 +625,7 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	char path[256], msg[256], request_id[40], gen_id[40];
 	const char *data;
 	long bad_at = 0;
-	struct extracted ex;
+	struct kind_route route;
 	struct pending *p;
 	rd_kafka_resp_err_t err;
 	cJSON *doc;
@@ -719,26 +725,13 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 		reply_error(ing, req, 400, "malformed_json", full, path);
 		return;
 	}
-	if (src->kind == KIND_CHAT) {
-		publish_chat(ing, req, src, doc, whid, data, len);
+	if (!check_kind(ing, req, src, doc, campaign_id, &route)) {
 		cJSON_Delete(doc);
 		return;
 	}
-	if (src->kind == KIND_CAMPAIGN) {
-		if (!check_campaign(ing, req, doc, campaign_id, &ex)) {
-			cJSON_Delete(doc);
-			return;
-		}
-	} else if ((src->schema &&
-		    !schema_validate(src->schema, doc, path, sizeof(path), msg,
-				     sizeof(msg))) ||
-		   !extract_fields(src->kind, doc, &ex, path, sizeof(path), msg,
-				   sizeof(msg))) {
-		char full[600];
-
-		snprintf(full, sizeof(full), "%s %s", path, msg);
+	if (src->kind->keys) {
+		publish_each(ing, req, src, doc, &route, whid, data, len);
 		cJSON_Delete(doc);
-		reply_error(ing, req, 422, "schema_violation", full, path);
 		return;
 	}
 	if (whid && !id_acceptable(whid)) {
@@ -758,15 +751,14 @@ static void handle_publish(struct ingest *ing, struct evhttp_request *req,
 	p->req = req;
 	p->ing = ing;
 	p->id = xstrdup(whid);
-	p->key = xstrdup(ex.key);
+	p->key = xstrdup(route.key);
+	p->key_header = src->kind->key_header;
 	p->success_status = src->success_status;
-	p->key_name = src->kind == KIND_CAMPAIGN       ? "runId"
-		      : src->kind == KIND_LEAD_UPDATED ? "leadId"
-						       : "conversationId";
-	p->event_type = xstrdup(ex.event_type);
+	p->key_name = src->kind->key_name;
+	p->event_type = xstrdup(route.event_type);
 	p->campaign_id = campaign_id ? xstrdup(campaign_id) : NULL;
 	p->started_ms = util_mono_ms();
-	cJSON_Delete(doc); /* ex's strings are copied above */
+	cJSON_Delete(doc); /* route's strings are copied above */
 	p->next = ing->pending;
 	if (p->next)
 		p->next->prev = p;
@@ -884,12 +876,12 @@ static void handle_webhook(struct ingest *ing, struct evhttp_request *req,
 	struct source *src = ingest_source_find(&ing->cfg, name, strlen(name));
 
 	/* Campaign batches have their own path. */
-	if (!src || src->kind == KIND_CAMPAIGN) {
+	if (!src || src->kind->own_path) {
 		reply_error(ing, req, 404, "unknown_source",
 			    "no such webhook source", NULL);
 		return;
 	}
-	if (src->kind == KIND_CHAT &&
+	if (src->kind->handshake &&
 	    evhttp_request_get_command(req) == EVHTTP_REQ_GET) {
 		handle_handshake(ing, req, src);
 		return;
@@ -1219,10 +1211,10 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 	}
 	if (util_mono_ms() - ing->accept_logged_ms >= 1000) {
 		ing->accept_logged_ms = util_mono_ms();
-		log_warn("accept: %s; pausing new connections for %d ms "
-			 "(%llu accept errors so far)",
-			 evutil_socket_error_to_string(err), wait,
-			 (unsigned long long)ing->m.accept_errors);
+		log_warn(
+		    "accept: %s; pausing new connections for %d ms (%llu accept errors so far)",
+		    evutil_socket_error_to_string(err), wait,
+		    (unsigned long long)ing->m.accept_errors);
 	}
 	evtimer_add(ing->accept_retry, &tv);
 }

@@ -27,13 +27,12 @@ struct pgroup {
 struct pending {
 	struct evhttp_request *req; /* NULL when answered (or in a group) */
 	struct pgroup *group;	    /* or NULL */
-	bool chat_sender;	    /* key is the chat-sender header too */
+	const char *key_header;	    /* the key is this header too, or NULL */
 	int success_status;
 	struct ingest *ing;
 	char *id;
 	char *key;
-	const char *key_name; /* what the 202 calls the key: conversationId,
-				 runId, leadId */
+	const char *key_name; /* what the 202 calls the key (kind->key_name) */
 	char *event_type;
 	char *campaign_id; /* campaign batches: the path's id */
 	int64_t started_ms;

@@ -126,10 +126,9 @@ static void record_limit_set(struct ingest *ing, long max, const char *whose)
 	ing->max_record_kafka = max;
 	ing->max_record_whose = whose; /* a string literal */
 	if (ing->cfg.max_body_bytes > ing->max_record_bytes)
-		log_warn("max_body_bytes %d is above what Kafka takes (%s "
-			 "%ld): bodies over %d bytes get 413",
-			 ing->cfg.max_body_bytes, whose, max,
-			 ing->max_record_bytes);
+		log_warn(
+		    "max_body_bytes %d is above what Kafka takes (%s %ld): bodies over %d bytes get 413",
+		    ing->cfg.max_body_bytes, whose, max, ing->max_record_bytes);
 }
 
 /* Loop timer: the topic's own limit, asked at start without blocking the
@@ -253,9 +252,9 @@ static void handle_rebuild(evutil_socket_t fd, short what, void *arg)
 	while (rd_kafka_outq_len(old) > 0 && util_mono_ms() < until)
 		rd_kafka_poll(old, 10);
 	if (rd_kafka_outq_len(old) > 0)
-		log_warn("kafka producer rebuild: %d records of the old "
-			 "producer never reported",
-			 rd_kafka_outq_len(old));
+		log_warn(
+		    "kafka producer rebuild: %d records of the old producer never reported",
+		    rd_kafka_outq_len(old));
 	ing->rk = fresh;
 	if (ing->probe_q) { /* the old producer's too */
 		rd_kafka_queue_destroy(ing->probe_q);
@@ -334,15 +333,15 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 
 	snprintf(received, sizeof(received), "%lld", (long long)received_ms);
 	add_header(h, HDR_SOURCE, src->name);
-	add_header(h, HDR_KIND, source_kind_names[src->kind]);
+	add_header(h, HDR_KIND, src->kind->name);
 	add_header(h, HDR_EVENT_TYPE, p->event_type);
 	add_header(h, HDR_WEBHOOK_ID, p->id);
 	add_header(h, HDR_RECEIVED_AT, received);
 	add_header(h, HDR_REQUEST_ID, request_id);
 	if (p->campaign_id)
 		add_header(h, HDR_CAMPAIGN_ID, p->campaign_id);
-	if (p->chat_sender)
-		add_header(h, HDR_CHAT_SENDER, p->key);
+	if (p->key_header)
+		add_header(h, p->key_header, p->key);
 
 	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(ing->cfg.topic),
 				RD_KAFKA_V_KEY(p->key, strlen(p->key)),
@@ -362,9 +361,9 @@ void publish_cleanup(struct ingest *ing, int flush_ms)
 		int left = rd_kafka_outq_len(ing->rk);
 
 		if (err || left > 0)
-			log_warn("shutdown: %d records not confirmed by Kafka "
-				 "within %d ms (their requests got no 202)",
-				 left, flush_ms);
+			log_warn(
+			    "shutdown: %d records not confirmed by Kafka within %d ms (their requests got no 202)",
+			    left, flush_ms);
 		/* The producer's own queues go before it does. */
 		if (ing->probe_q)
 			rd_kafka_queue_destroy(ing->probe_q);

@@ -12,8 +12,6 @@
 #include "../common/schema.h"
 #include "../common/util.h"
 
-const char *const source_kind_names[] = {"transcript", "campaign",
-					 "lead_updated", "chat", NULL};
 static const char *const signature_values[] = {"none", "standard-webhooks",
 					       "meta", NULL};
 
@@ -63,7 +61,6 @@ static struct source *source_get(struct ingest_config *cfg, const char *name,
 			return *p;
 	*p = xcalloc(1, sizeof(**p));
 	(*p)->name = xstrndup(name, len);
-	(*p)->kind = -1;
 	(*p)->signature = SIG_UNSET;
 	return *p;
 }
@@ -168,11 +165,14 @@ static bool ingest_extra(void *target, const char *key, const char *value,
 	}
 	src = source_get(cfg, name, (size_t)(dot - name));
 	if (strcmp(dot + 1, "kind") == 0) {
-		if (!enum_index(source_kind_names, value, &src->kind)) {
+		src->kind = kind_find(value);
+		if (!src->kind) {
+			char known[128];
+
+			kind_names(known, sizeof(known));
 			snprintf(errstr, errstr_size,
-				 "%s: unknown kind \"%s\" (known: transcript, "
-				 "campaign, lead_updated, chat)",
-				 key, value);
+				 "%s: unknown kind \"%s\" (known: %s)", key,
+				 value, known);
 			return false;
 		}
 	} else if (strcmp(dot + 1, "signature") == 0) {
@@ -274,7 +274,7 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 	char path[4096];
 	char err[512];
 
-	if (src->kind < 0) {
+	if (!src->kind) {
 		snprintf(errstr, errstr_size, "source %s: kind is not set",
 			 src->name);
 		return false;
@@ -330,10 +330,10 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 	/* Campaign batches and lead updates are checked in full by
 	 * common/campaign.c (every bad item at once); the others by their
 	 * JSON Schema. */
-	if (src->kind != KIND_TRANSCRIPT)
+	if (!src->kind->schema)
 		return true;
 	snprintf(path, sizeof(path), "%s/%s.schema.json", cfg->schema_dir,
-		 source_kind_names[src->kind]);
+		 src->kind->name);
 	src->schema = schema_load(path, err, sizeof(err));
 	if (!src->schema) {
 		snprintf(errstr, errstr_size, "source %s: %s", src->name, err);
@@ -398,8 +398,7 @@ void ingest_config_dump(const struct ingest_config *cfg)
 	cfg_dump(ingest_settings, cfg, stdout);
 	cfg_kv_dump(cfg->kafka, stdout);
 	for (const struct source *s = cfg->sources; s; s = s->next) {
-		printf("source.%s.kind = %s\n", s->name,
-		       source_kind_names[s->kind]);
+		printf("source.%s.kind = %s\n", s->name, s->kind->name);
 		printf("source.%s.signature = %s\n", s->name,
 		       signature_values[s->signature]);
 		if (s->key)
@@ -425,10 +424,11 @@ struct source *ingest_source_find(const struct ingest_config *cfg,
 	return NULL;
 }
 
-struct source *ingest_source_of_kind(const struct ingest_config *cfg, int kind)
+struct source *ingest_source_of_kind(const struct ingest_config *cfg,
+				     const char *kind)
 {
 	for (struct source *s = cfg->sources; s; s = s->next)
-		if (s->kind == kind)
+		if (strcmp(s->kind->name, kind) == 0)
 			return s;
 	return NULL;
 }

@@ -7,15 +7,8 @@
 #include <stdint.h>
 
 #include "../common/config.h"
+#include "../common/kinds.h"
 
-/* Served at POST /v1/webhooks/{source}, except campaigns at
- * POST /v1/campaigns/{id}/batches. */
-enum source_kind {
-	KIND_TRANSCRIPT = 0, /* a video-call vendor's callbacks */
-	KIND_CAMPAIGN,	     /* a scheduler's campaign batches */
-	KIND_LEAD_UPDATED,   /* {"lead_id"}: a lead changed */
-	KIND_CHAT,	     /* WhatsApp Business Cloud API webhooks */
-};
 enum signature_mode {
 	SIG_UNSET = -1,
 	SIG_NONE = 0,
@@ -25,7 +18,9 @@ enum signature_mode {
 
 struct source {
 	char *name;
-	int kind;      /* enum source_kind, -1 until set */
+	/* Served at POST /v1/webhooks/{source}, except campaigns at
+	 * POST /v1/campaigns/{id}/batches; NULL until set. */
+	const struct kind *kind;
 	int signature; /* enum signature_mode */
 	char *secret;  /* whsec_... as configured; never logged */
 	char *secret_file;
@@ -64,7 +59,6 @@ struct ingest_config {
 };
 
 extern const struct cfg_setting ingest_settings[];
-extern const char *const source_kind_names[];
 
 bool ingest_config_load(struct ingest_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
@@ -76,7 +70,8 @@ bool source_take(struct source *src, int64_t now_ms, int *retry_after_s);
 void ingest_config_dump(const struct ingest_config *cfg);
 struct source *ingest_source_find(const struct ingest_config *cfg,
 				  const char *name, size_t len);
-/* The first source of a kind, or NULL. */
-struct source *ingest_source_of_kind(const struct ingest_config *cfg, int kind);
+/* The first source of the kind called kind, or NULL. */
+struct source *ingest_source_of_kind(const struct ingest_config *cfg,
+				     const char *kind);
 
 #endif

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../../common/util.h"
+#include "../../common/validate.h"
 #include "../../ingest/ingest.h"
 #include "check.h"
 
@@ -50,7 +51,7 @@ static rd_kafka_resp_err_t send_one(const struct source *src)
 int main(void)
 {
 	struct cfg_kv *kafka = NULL;
-	struct source src = {.name = (char *)"t", .kind = 0};
+	struct source src = {.name = (char *)"t", .kind = &transcript_kind};
 	char err[512];
 	rd_kafka_t *first;
 	rd_kafka_mock_cluster_t *mc;

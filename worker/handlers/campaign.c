@@ -950,7 +950,7 @@ static void campaign_totals(void *st, unsigned long long *saved,
 }
 
 const struct handler campaign_handler = {
-    .kind = "campaign",
+    .kind = KIND_CAMPAIGN,
     .staging_sql = SQL_STAGING,
     .create = campaign_create,
     .destroy = campaign_destroy,
@@ -1074,7 +1074,7 @@ static void lead_updated_summary(void *st, struct buf *line)
 }
 
 const struct handler lead_updated_handler = {
-    .kind = "lead_updated",
+    .kind = KIND_LEAD_UPDATED,
     .create = lead_updated_create,
     .destroy = lead_updated_destroy,
     .reset = lead_updated_reset,

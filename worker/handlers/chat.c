@@ -327,7 +327,7 @@ static void chat_totals(void *st, unsigned long long *saved,
 }
 
 const struct handler chat_handler = {
-    .kind = "chat",
+    .kind = KIND_CHAT,
     .staging_sql = SQL_STAGING,
     .create = chat_create,
     .destroy = chat_destroy,

@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../../common/kinds.h"
 #include "../../common/util.h"
 #include "../cache.h"
 #include "../settings.h"
@@ -45,7 +46,7 @@ struct handler_env {
 };
 
 struct handler {
-	const char *kind;
+	const char *kind; /* KIND_* of common/kinds.h */
 	/* CREATE TEMP TABLE ... ON COMMIT DELETE ROWS, run on each new
 	 * connection; NULL for none. */
 	const char *staging_sql;
@@ -86,11 +87,9 @@ struct handler {
 		       unsigned long long *skipped);
 };
 
-/* Every handler, in the order their rows are written. */
-/* The handlers, NULL-terminated; at most MAX_KINDS of them. */
+/* Every handler, in the order their rows are written, NULL-terminated; at
+ * most MAX_KINDS of them. */
 #define MAX_KINDS 16
 extern const struct handler *const handlers[];
-
-const struct handler *handler_find(const char *kind);
 
 #endif

@@ -565,7 +565,7 @@ static void transcript_totals(void *st, unsigned long long *saved,
 }
 
 const struct handler transcript_handler = {
-    .kind = "transcript",
+    .kind = KIND_TRANSCRIPT,
     .staging_sql = SQL_STAGING,
     .create = transcript_create,
     .destroy = transcript_destroy,
