@@ -42,6 +42,7 @@ struct hc_conn {
 	struct hc_host *host;
 	struct evhttp_connection *evcon;
 	struct httpc_call *call; /* running on it; NULL when idle */
+	int answered;		 /* calls it has carried to an answer */
 	bool dead;		 /* out of the pool, waiting for the reaper */
 	struct hc_conn *next;
 };
@@ -78,6 +79,7 @@ struct httpc_call {
 	bool queued;
 	bool starting;	     /* inside evhttp_make_request() */
 	bool ended_starting; /* evhttp answered inside it */
+	bool retried;	     /* sent again after a stale connection */
 	struct httpc_call *next;
 	char err[256];
 };
@@ -234,6 +236,8 @@ static void call_end(struct httpc_call *c, struct evhttp_request *req,
 		c->conn = NULL;
 		if (status == 0)
 			conn_kill(k);
+		else
+			k->answered++;
 	}
 	kick(c->h); /* a connection is free, or one fewer is open */
 	r.status = status;
@@ -252,6 +256,34 @@ static void call_end(struct httpc_call *c, struct evhttp_request *req,
 	call_free(c);
 }
 
+/* A kept-alive connection that went stale while idle (the peer closed it,
+ * or libevent's idle watch gave up on it) fails the next call at once,
+ * with no answer: that call goes again, once, on a fresh connection, at
+ * the head of its host's queue. Its deadline still covers both tries. A
+ * connection that never answered (a new one) is not retried: its failure
+ * is the server's. */
+static bool retry_stale(struct httpc_call *c)
+{
+	struct hc_conn *k = c->conn;
+	struct hc_host *host = c->host;
+
+	if (!k || k->answered == 0 || c->retried)
+		return false;
+	c->retried = true;
+	k->call = NULL;
+	c->conn = NULL;
+	c->req = NULL; /* evhttp frees it */
+	c->err[0] = '\0';
+	conn_kill(k);
+	c->queued = true;
+	c->next = host->q_head;
+	host->q_head = c;
+	if (!host->q_tail)
+		host->q_tail = c;
+	kick(c->h);
+	return true;
+}
+
 /* evhttp: the answer, or the failure (req NULL or no status). */
 static void req_done_cb(struct evhttp_request *req, void *arg)
 {
@@ -267,6 +299,8 @@ static void req_done_cb(struct evhttp_request *req, void *arg)
 				 c->host->name);
 		return;
 	}
+	if (status == 0 && retry_stale(c))
+		return;
 	if (status == 0 && !c->err[0] && req)
 		snprintf(c->err, sizeof(c->err), "connect: connection refused");
 	call_end(c, req, status);
@@ -417,6 +451,8 @@ static void call_start(struct httpc_call *c, struct hc_conn *k)
 	c->starting = false;
 	if (rc != 0 || c->ended_starting) {
 		/* evhttp freed the request (rc != 0) or answered it. */
+		if (retry_stale(c))
+			return;
 		if (!c->err[0])
 			snprintf(c->err, sizeof(c->err),
 				 "connect: cannot start the request to %s",
