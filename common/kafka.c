@@ -234,3 +234,33 @@ rd_kafka_resp_err_t kafka_produce_copy(rd_kafka_t *rk, const char *topic,
 		rd_kafka_headers_destroy(h);
 	return err;
 }
+
+rd_kafka_t *kafka_range_reader_new(const char *what, const char *brokers,
+				   const char *client_id, const char *group,
+				   const struct cfg_kv *passthrough,
+				   char *errstr, size_t errstr_size)
+{
+	const char *settings[] = {"group.id",
+				  group,
+				  "enable.auto.commit",
+				  "false",
+				  "enable.auto.offset.store",
+				  "false",
+				  "enable.partition.eof",
+				  "true",
+				  NULL};
+	struct kafka_client_spec spec = {
+	    .type = RD_KAFKA_CONSUMER,
+	    .what = what,
+	    .brokers = brokers,
+	    .client_id = client_id,
+	    .settings = settings,
+	    .passthrough = passthrough,
+	    .connection_only = true,
+	};
+	rd_kafka_t *rk = kafka_client_new(&spec, errstr, errstr_size);
+
+	if (rk)
+		rd_kafka_poll_set_consumer(rk);
+	return rk;
+}

@@ -66,6 +66,15 @@ struct kafka_client_spec {
 rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
 			     size_t errstr_size);
 
+/* A side consumer that reads ranges it assigns by hand (redrive, dlq):
+ * group `group`, no automatic commit or offset store, end of partition
+ * reported, connection-level passthrough only, polled through its
+ * consumer queue. NULL with errstr on failure. */
+rd_kafka_t *kafka_range_reader_new(const char *what, const char *brokers,
+				   const char *client_id, const char *group,
+				   const struct cfg_kv *passthrough,
+				   char *errstr, size_t errstr_size);
+
 /* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		  const char *buf);

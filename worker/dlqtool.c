@@ -259,24 +259,6 @@ int dlq_tool_run(const struct worker_config *cfg, const struct dlq_tool_opts *o,
 		 volatile const int *stopping)
 {
 	char group[64], err[512] = "";
-	const char *settings[] = {"group.id",
-				  group,
-				  "enable.auto.commit",
-				  "false",
-				  "enable.auto.offset.store",
-				  "false",
-				  "enable.partition.eof",
-				  "true",
-				  NULL};
-	struct kafka_client_spec spec = {
-	    .type = RD_KAFKA_CONSUMER,
-	    .what = "dead-letter reader",
-	    .brokers = cfg->brokers,
-	    .client_id = "sluice-worker-dlq",
-	    .settings = settings,
-	    .passthrough = cfg->kafka,
-	    .connection_only = true,
-	};
 	struct place *ps = NULL;
 	int n = 0, left, rc = 1;
 	long printed = 0, total = 0;
@@ -285,12 +267,13 @@ int dlq_tool_run(const struct worker_config *cfg, const struct dlq_tool_opts *o,
 	/* A group of its own that never commits: the tool leaves no trace
 	 * in the broker's offsets. */
 	snprintf(group, sizeof(group), "sluice-dlq-reader-%ld", (long)getpid());
-	rk = kafka_client_new(&spec, err, sizeof(err));
+	rk = kafka_range_reader_new("dead-letter reader", cfg->brokers,
+				    "sluice-worker-dlq", group, cfg->kafka, err,
+				    sizeof(err));
 	if (!rk) {
 		log_error("dlq: %s", err);
 		return 1;
 	}
-	rd_kafka_poll_set_consumer(rk);
 	switch (plan(rk, cfg, o, &ps, &n, err, sizeof(err))) {
 	case 0: break;
 	case 2:

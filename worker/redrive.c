@@ -278,25 +278,7 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 {
 	static const char *const psettings[] = {"enable.idempotence", "true",
 						NULL};
-	const char *csettings[] = {"group.id",
-				   group,
-				   "enable.auto.commit",
-				   "false",
-				   "enable.auto.offset.store",
-				   "false",
-				   "enable.partition.eof",
-				   "true",
-				   NULL};
 	struct redrive r = {.cfg = cfg, .o = o, .dr = {.what = "redrive"}};
-	struct kafka_client_spec cspec = {
-	    .type = RD_KAFKA_CONSUMER,
-	    .what = "redrive consumer",
-	    .brokers = cfg->brokers,
-	    .client_id = "sluice-worker-redrive",
-	    .settings = csettings,
-	    .passthrough = cfg->kafka,
-	    .connection_only = true,
-	};
 	struct kafka_client_spec pspec = {
 	    .type = RD_KAFKA_PRODUCER,
 	    .what = "redrive producer",
@@ -309,10 +291,11 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 	};
 	int rc = 1;
 
-	r.consumer = kafka_client_new(&cspec, r.errstr, sizeof(r.errstr));
+	r.consumer = kafka_range_reader_new(
+	    "redrive consumer", cfg->brokers, "sluice-worker-redrive", group,
+	    cfg->kafka, r.errstr, sizeof(r.errstr));
 	if (!r.consumer)
 		goto out;
-	rd_kafka_poll_set_consumer(r.consumer);
 	if (!o->dry_run) {
 		r.producer =
 		    kafka_client_new(&pspec, r.errstr, sizeof(r.errstr));
