@@ -66,6 +66,9 @@ struct ingest_metrics {
 	uint64_t late_deliveries; /* reports after the request's deadline */
 	uint64_t accept_errors;
 	uint64_t reloads, reload_failures;
+	uint64_t
+	    reloads_restart;  /* applied, but some keys wait for a restart */
+	bool restart_pending; /* the file differs from what runs */
 	uint64_t producer_rebuilds;
 	uint64_t connections_refused; /* over max_connections: 503 */
 	uint64_t request_timeouts;    /* closed at the request deadline */
@@ -127,6 +130,10 @@ struct ingest {
 
 /* publish.c */
 bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+/* --check-config: the producer's settings through librdkafka, no broker. */
+bool publish_check_config(const struct ingest_config *cfg, char *errstr,
+			  size_t errstr_size)
     __attribute__((warn_unused_result));
 rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 				   const struct source *src, const void *body,

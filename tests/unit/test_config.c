@@ -16,18 +16,19 @@ static const char *const modes[] = {"off", "on", NULL};
 
 static const struct cfg_setting table[] = {
     {"name", CFG_STR, offsetof(struct conf, name), "dflt", 0, 0, NULL,
-     "TEST_SLUICE_NAME", ""},
-    {"count", CFG_INT, offsetof(struct conf, count), "5", 1, 10, NULL, NULL,
-     ""},
+     "TEST_SLUICE_NAME", "", CFG_RESTART, NULL},
+    {"count", CFG_INT, offsetof(struct conf, count), "5", 1, 10, NULL, NULL, "",
+     CFG_RESTART, NULL},
     {"mode", CFG_ENUM, offsetof(struct conf, mode), "off", 0, 0, modes, NULL,
-     ""},
+     "", CFG_RESTART, NULL},
     CFG_END};
 
 static bool extra(void *target, const char *key, const char *value,
-		  char *errstr, size_t errstr_size)
+		  const char *origin, char *errstr, size_t errstr_size)
 {
 	struct conf *c = target;
 
+	(void)origin;
 	if (strncmp(key, "kafka.", 6) != 0) {
 		snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
 		return false;
@@ -73,7 +74,8 @@ int main(void)
 	struct conf c = {0};
 	char err[256];
 
-	CHECK(cfg_load(table, &c, NULL, extra, err, sizeof(err)), "%s", err);
+	CHECK(cfg_load(table, &c, NULL, extra, NULL, err, sizeof(err)), "%s",
+	      err);
 	CHECK_STR(c.name, "dflt", "default name");
 	CHECK(c.count == 5 && c.mode == 0, "defaults %d %d", c.count, c.mode);
 
@@ -102,8 +104,8 @@ int main(void)
 		    "; also a comment\nmode = on\n");
 
 		setenv("TEST_SLUICE_NAME", "from env", 1);
-		CHECK(cfg_load(table, &c, path, extra, err, sizeof(err)), "%s",
-		      err);
+		CHECK(cfg_load(table, &c, path, extra, NULL, err, sizeof(err)),
+		      "%s", err);
 		CHECK_STR(c.name, "from env", "env override");
 		CHECK(c.count == 7 && c.mode == 1, "file values %d %d", c.count,
 		      c.mode);
@@ -115,14 +117,14 @@ int main(void)
 	{
 		const char *path = write_file("name = x\nthis line is bad\n");
 
-		CHECK(!cfg_load(table, &c, path, extra, err, sizeof(err)),
+		CHECK(!cfg_load(table, &c, path, extra, NULL, err, sizeof(err)),
 		      "bad line accepted");
 		CHECK(strstr(err, ":2: expected key = value") != NULL, "%s",
 		      err);
 		cfg_free(table, &c);
 		remove(path);
 	}
-	CHECK(!cfg_load(table, &c, "/nonexistent/sluice.conf", extra, err,
+	CHECK(!cfg_load(table, &c, "/nonexistent/sluice.conf", extra, NULL, err,
 			sizeof(err)),
 	      "missing file accepted");
 	cfg_free(table, &c);
@@ -146,7 +148,7 @@ int main(void)
 
 			memset(&c, 0, sizeof(c));
 			c.name = strdup(masks[i].value);
-			cfg_dump(table, &c, out);
+			cfg_dump(table, &c, NULL, out);
 			fclose(out);
 			CHECK(strncmp(text, masks[i].want,
 				      strlen(masks[i].want)) == 0,
