@@ -156,6 +156,10 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 		ing.m.reload_failures++;
 		return;
 	}
+	/* The diff shows under the old level or the new, whichever says
+	 * more. */
+	if (next.log_level < log_level_current)
+		log_level_current = next.log_level;
 	cfg_diff(ingest_settings, &ing.cfg, ing.cfg.seen, &next, next.seen,
 		 source_key, reload_change_cb, &report);
 	reload_secret_files(&next);

@@ -331,6 +331,10 @@ static void worker_reload(struct worker *w)
 		metrics_reload(MR_FAILED, false);
 		return;
 	}
+	/* The diff shows under the old level or the new, whichever says
+	 * more. */
+	if (next.log_level < log_level_current)
+		log_level_current = next.log_level;
 	cfg_diff(worker_settings, &w->cfg, w->cfg.seen, &next, next.seen, NULL,
 		 reload_change_cb, &report);
 	w->cfg.log_level = next.log_level;
