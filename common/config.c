@@ -429,13 +429,18 @@ static int diff_one(const char *key, const char *old, const char *new,
 	if (strcmp(old ? old : "", new ? new : "") == 0 &&
 	    (old == NULL) == (new == NULL))
 		return 0;
-	if (cfg_key_is_secret(key))
+	snprintf(a, sizeof(a), "(unset)");
+	snprintf(b, sizeof(b), "(unset)");
+	if (old)
+		cfg_value_shown(key, old, a, sizeof(a));
+	if (new)
+		cfg_value_shown(key, new, b, sizeof(b));
+	/* A secret, or a password inside a URL that alone changed: that it
+	 * changed is all a log may say. */
+	if (cfg_key_is_secret(key) || strcmp(a, b) == 0)
 		fn(arg, key, NULL, NULL, runtime);
 	else
-		fn(arg, key,
-		   old ? cfg_value_shown(key, old, a, sizeof(a)) : "(unset)",
-		   new ? cfg_value_shown(key, new, b, sizeof(b)) : "(unset)",
-		   runtime);
+		fn(arg, key, a, b, runtime);
 	return 1;
 }
 

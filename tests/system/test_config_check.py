@@ -179,9 +179,16 @@ def _metric(port, name):
 def test_sighup_ingest_logs_the_diff_and_keeps_restart_only_keys(pipeline):
     old_secret = "whsec_b2xkLXNlY3JldC1mb3ItcmVsb2Fk"
     new_secret = "whsec_bmV3LXNlY3JldC1mb3ItcmVsb2Fk"
+    file_old = "whsec_ZmlsZS1zZWNyZXQtb25lLWZvci10ZXN0"
+    file_new = "whsec_ZmlsZS1zZWNyZXQtdHdvLWZvci10ZXN0"
+    sfile = pipeline.tmp / "filed.secret"
+    sfile.write_text(file_old + "\n")
     ingest = pipeline.start_ingest(source__signed__kind="transcript",
                                    source__signed__signature="standard-webhooks",
-                                   source__signed__secret=old_secret)
+                                   source__signed__secret=old_secret,
+                                   source__filed__kind="transcript",
+                                   source__filed__signature="standard-webhooks",
+                                   source__filed__secret_file=str(sfile))
     settings = pipeline.ingest_settings()
     original = ingest.config.read_text()
     brokers = settings["brokers"]
@@ -192,6 +199,7 @@ def test_sighup_ingest_logs_the_diff_and_keeps_restart_only_keys(pipeline):
                     "kafka.linger.ms": "5", "retry_after_s": "9",
                     "source.signed.secret": new_secret})
     ingest.config.write_text(_format_config(changed))
+    sfile.write_text(file_new + "\n")
     before = len(ingest.log_text())
     ingest.signal(signal.SIGHUP)
     wait_until(lambda: "reloaded" in ingest.log_text()[before:], 10,
@@ -203,7 +211,9 @@ def test_sighup_ingest_logs_the_diff_and_keeps_restart_only_keys(pipeline):
     assert "reload: kafka.linger.ms: (unset) -> 5" in log, log
     assert "reload: source.signed.secret: (changed)" in log, log
     assert "reload: restart required for brokers, kafka.linger.ms" in log, log
-    assert old_secret[6:] not in log and new_secret[6:] not in log
+    assert "reload: source.filed.secret_file: content (changed)" in log, log
+    for secret in (old_secret, new_secret, file_old, file_new):
+        assert secret[6:] not in log, f"a secret in the log: {secret}"
     port = ingest.port
     assert _metric(port, 'sluice_ingest_reloads_total{result="restart_required"}') == 1
     assert _metric(port, 'sluice_ingest_reloads_total{result="ok"}') == 0

@@ -249,6 +249,22 @@ static void reload_diff(void)
 	      "%s", ch.text);
 	CHECK(strstr(ch.text, "old") == NULL && strstr(ch.text, "new") == NULL,
 	      "a secret's value in the diff:\n%s", ch.text);
+	/* A password inside a URL that alone changed is only "changed". */
+	{
+		struct conf u = {0}, v = {0};
+		struct changes uch = {.text = ""};
+
+		u.name = strdup("redis://u:pw1@h:1/0");
+		v.name = strdup("redis://u:pw2@h:1/0");
+		u.keys = v.keys = (char *)"k";
+		CHECK(cfg_diff(table, &u, NULL, &v, NULL, NULL, change_cb,
+			       &uch) == 1,
+		      "%s", uch.text);
+		CHECK_STR(uch.text, "name: (changed) -> (changed) [restart]\n",
+			  "url password diff");
+		free(u.name);
+		free(v.name);
+	}
 
 	/* Kept running: the old kafka.x, the new sources. */
 	merged = cfg_seen_merge(table, sa, sb, family_runtime);
