@@ -9,13 +9,50 @@
 
 #include "util.h"
 
-static const struct cfg_setting *cfg_find(const struct cfg_setting *table,
-					  const char *key)
+const struct cfg_setting *cfg_find(const struct cfg_setting *table,
+				   const char *key)
 {
 	for (const struct cfg_setting *s = table; s->key; s++)
 		if (strcmp(s->key, key) == 0)
 			return s;
 	return NULL;
+}
+
+/* A template may hold only the placeholders its setting fills in: an
+ * unknown one ({conv_id}) would never be replaced, and the keys it names
+ * would never be removed. */
+static bool placeholders_ok(const struct cfg_setting *s, const char *value,
+			    char *errstr, size_t errstr_size)
+{
+	for (const char *p = strchr(value, '{'); p; p = strchr(p + 1, '{')) {
+		const char *end = strchr(p, '}');
+		const char *known = s->placeholders;
+		size_t len;
+		bool ok = false;
+
+		if (!end) {
+			snprintf(errstr, errstr_size,
+				 "%s: \"{\" without \"}\" in \"%s\"", s->key,
+				 value);
+			return false;
+		}
+		len = (size_t)(end - p) + 1;
+		while (*known && !ok) {
+			size_t n = strcspn(known, " ");
+
+			ok = n == len && strncmp(known, p, len) == 0;
+			known += n;
+			known += strspn(known, " ");
+		}
+		if (!ok) {
+			snprintf(errstr, errstr_size,
+				 "%s: unknown placeholder %.*s (known: %s)",
+				 s->key, (int)len, p, s->placeholders);
+			return false;
+		}
+		p = end;
+	}
+	return true;
 }
 
 static bool cfg_apply(const struct cfg_setting *s, void *target,
@@ -27,6 +64,9 @@ static bool cfg_apply(const struct cfg_setting *s, void *target,
 	case CFG_STR: {
 		char **p = (char **)(void *)field;
 
+		if (s->placeholders &&
+		    !placeholders_ok(s, value, errstr, errstr_size))
+			return false;
 		free(*p);
 		*p = xstrdup(value);
 		return true;
@@ -71,18 +111,58 @@ static bool cfg_apply(const struct cfg_setting *s, void *target,
 	return false;
 }
 
-bool cfg_set(const struct cfg_setting *table, void *target, const char *key,
-	     const char *value, cfg_extra_fn extra, char *errstr,
-	     size_t errstr_size)
+static bool cfg_set_at(const struct cfg_setting *table, void *target,
+		       const char *key, const char *value, const char *origin,
+		       cfg_extra_fn extra, char *errstr, size_t errstr_size)
 {
 	const struct cfg_setting *s = cfg_find(table, key);
 
 	if (s)
 		return cfg_apply(s, target, value, errstr, errstr_size);
 	if (extra)
-		return extra(target, key, value, errstr, errstr_size);
+		return extra(target, key, value, origin, errstr, errstr_size);
 	snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
 	return false;
+}
+
+bool cfg_set(const struct cfg_setting *table, void *target, const char *key,
+	     const char *value, cfg_extra_fn extra, char *errstr,
+	     size_t errstr_size)
+{
+	return cfg_set_at(table, target, key, value, NULL, extra, errstr,
+			  errstr_size);
+}
+
+/* A value is quoted whole ("a b") or not at all: a quote that does not
+ * close ("abc), closes early ("a"b") or only closes (abc") is a typo that
+ * would otherwise become part of the value. */
+static bool unquote(char **value, char *errstr, size_t errstr_size)
+{
+	char *v = *value;
+	size_t len = strlen(v);
+
+	if (v[0] != '"') {
+		if (len > 0 && v[len - 1] == '"') {
+			snprintf(errstr, errstr_size,
+				 "value ends with a quote it never opened: %s",
+				 v);
+			return false;
+		}
+		return true;
+	}
+	if (len < 2 || v[len - 1] != '"') {
+		snprintf(errstr, errstr_size, "unterminated quote: %s", v);
+		return false;
+	}
+	v[len - 1] = '\0';
+	v++;
+	if (strchr(v, '"')) {
+		snprintf(errstr, errstr_size,
+			 "a quote inside a quoted value: \"%s\"", v);
+		return false;
+	}
+	*value = v;
+	return true;
 }
 
 static char *trim(char *s)
@@ -98,12 +178,14 @@ static char *trim(char *s)
 }
 
 static bool cfg_parse_file(const struct cfg_setting *table, void *target,
-			   const char *path, cfg_extra_fn extra, char *errstr,
+			   const char *path, cfg_extra_fn extra,
+			   struct cfg_kv **seen, char *errstr,
 			   size_t errstr_size)
 {
 	FILE *f = fopen(path, "r");
 	char line[4096];
 	char err[512];
+	char origin[4200];
 	int lineno = 0;
 	bool ok = true;
 
@@ -113,9 +195,10 @@ static bool cfg_parse_file(const struct cfg_setting *table, void *target,
 	}
 	while (ok && fgets(line, sizeof(line), f)) {
 		char *key, *value, *eq;
-		size_t vlen;
+		const char *first;
 
 		lineno++;
+		snprintf(origin, sizeof(origin), "%s:%d", path, lineno);
 		key = trim(line);
 		if (*key == '\0' || *key == '#' || *key == ';')
 			continue;
@@ -129,43 +212,63 @@ static bool cfg_parse_file(const struct cfg_setting *table, void *target,
 		*eq = '\0';
 		key = trim(key);
 		value = trim(eq + 1);
-		vlen = strlen(value);
-		if (vlen >= 2 && value[0] == '"' && value[vlen - 1] == '"') {
-			value[vlen - 1] = '\0';
-			value++;
-		}
-		if (!cfg_set(table, target, key, value, extra, err,
-			     sizeof(err))) {
-			snprintf(errstr, errstr_size, "%s:%d: %s", path, lineno,
-				 err);
+		/* The file alone decides: an environment override applied
+		 * later must not hide that the file says two things. */
+		first = cfg_origin(*seen, key);
+		if (first) {
+			snprintf(errstr, errstr_size,
+				 "%s: duplicate key \"%s\" (first set at %s)",
+				 origin, key, first);
 			ok = false;
+			break;
 		}
+		if (!unquote(&value, err, sizeof(err)) ||
+		    !cfg_set_at(table, target, key, value, origin, extra, err,
+				sizeof(err))) {
+			snprintf(errstr, errstr_size, "%s: %s", origin, err);
+			ok = false;
+			break;
+		}
+		cfg_kv_append(seen, key, value, origin);
 	}
 	fclose(f);
 	return ok;
 }
 
 bool cfg_load(const struct cfg_setting *table, void *target, const char *path,
-	      cfg_extra_fn extra, char *errstr, size_t errstr_size)
+	      cfg_extra_fn extra, struct cfg_kv **seen, char *errstr,
+	      size_t errstr_size)
 {
+	struct cfg_kv *mine = NULL;
+	bool ok = false;
+
+	if (!seen)
+		seen = &mine;
 	for (const struct cfg_setting *s = table; s->key; s++)
 		if (s->def &&
 		    !cfg_apply(s, target, s->def, errstr, errstr_size))
-			return false;
-	if (path &&
-	    !cfg_parse_file(table, target, path, extra, errstr, errstr_size))
-		return false;
+			goto fail;
+	if (path && !cfg_parse_file(table, target, path, extra, seen, errstr,
+				    errstr_size))
+		goto fail;
 	for (const struct cfg_setting *s = table; s->key; s++) {
 		const char *v = s->env ? getenv(s->env) : NULL;
-		char err[512];
+		char err[512], origin[128];
 
-		if (v && *v && !cfg_apply(s, target, v, err, sizeof(err))) {
+		if (!v || !*v)
+			continue;
+		if (!cfg_apply(s, target, v, err, sizeof(err))) {
 			snprintf(errstr, errstr_size, "environment %s: %s",
 				 s->env, err);
-			return false;
+			goto fail;
 		}
+		snprintf(origin, sizeof(origin), "env %s", s->env);
+		cfg_kv_append(seen, s->key, v, origin);
 	}
-	return true;
+	ok = true;
+fail:
+	cfg_kv_free(mine);
+	return ok;
 }
 
 void cfg_free(const struct cfg_setting *table, void *target)
@@ -181,62 +284,231 @@ void cfg_free(const struct cfg_setting *table, void *target)
 	}
 }
 
+bool cfg_key_is_secret(const char *key)
+{
+	static const char *const words[] = {"password", "secret",  "token",
+					    "key.pem",	"api_key", NULL};
+
+	/* A file holding a secret may be named: its path is no secret. */
+	if (strstr(key, "_file") || strstr(key, ".location"))
+		return false;
+	for (int i = 0; words[i]; i++)
+		if (strstr(key, words[i]))
+			return true;
+	return false;
+}
+
 /* "scheme://user:secret@host" → "scheme://user:***@host"; a libpq
  * keyword string with password= is hidden whole. */
-static void print_masked(FILE *out, const char *key, const char *v)
+const char *cfg_value_shown(const char *key, const char *v, char *buf,
+			    size_t bufsz)
 {
 	const char *scheme = strstr(v, "://");
 	const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
 	const char *colon = NULL;
 
+	if (cfg_key_is_secret(key)) {
+		snprintf(buf, bufsz, "(hidden)");
+		return buf;
+	}
 	if (strstr(v, "password=")) {
-		fprintf(out, "%s = (hidden: holds a password)\n", key);
-		return;
+		snprintf(buf, bufsz, "(hidden: holds a password)");
+		return buf;
 	}
 	if (at)
 		colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
 	if (colon)
-		fprintf(out, "%s = %.*s:***%s\n", key, (int)(colon - v), v, at);
+		snprintf(buf, bufsz, "%.*s:***%s", (int)(colon - v), v, at);
 	else
-		fprintf(out, "%s = %s\n", key, v);
+		snprintf(buf, bufsz, "%s", v);
+	return buf;
 }
 
-void cfg_dump(const struct cfg_setting *table, const void *target, FILE *out)
+void cfg_value_text(const struct cfg_setting *s, const void *target, char *buf,
+		    size_t bufsz)
 {
-	for (const struct cfg_setting *s = table; s->key; s++) {
-		const char *field = (const char *)target + s->offset;
+	const char *field = (const char *)target + s->offset;
 
-		switch (s->type) {
-		case CFG_STR: {
-			const char *v = *(char *const *)(const void *)field;
+	switch (s->type) {
+	case CFG_STR: {
+		const char *v = *(char *const *)(const void *)field;
 
-			print_masked(out, s->key, v ? v : "");
-			break;
-		}
-		case CFG_INT:
-			fprintf(out, "%s = %d\n", s->key,
-				*(const int *)(const void *)field);
-			break;
-		case CFG_ENUM:
-			fprintf(out, "%s = %s\n", s->key,
-				s->values[*(const int *)(const void *)field]);
-			break;
-		}
+		snprintf(buf, bufsz, "%s", v ? v : "");
+		break;
+	}
+	case CFG_INT:
+		snprintf(buf, bufsz, "%d", *(const int *)(const void *)field);
+		break;
+	case CFG_ENUM:
+		snprintf(buf, bufsz, "%s",
+			 s->values[*(const int *)(const void *)field]);
+		break;
 	}
 }
 
-void cfg_list_keys(const struct cfg_setting *table, FILE *out)
+const char *cfg_origin(const struct cfg_kv *seen, const char *key)
 {
-	for (const struct cfg_setting *s = table; s->key; s++)
-		fprintf(out, "%s\n", s->key);
+	const char *origin = NULL;
+
+	for (; seen; seen = seen->next)
+		if (strcmp(seen->key, key) == 0)
+			origin = seen->origin;
+	return origin;
 }
 
-void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value)
+void cfg_dump(const struct cfg_setting *table, const void *target,
+	      const struct cfg_kv *seen, FILE *out)
+{
+	for (const struct cfg_setting *s = table; s->key; s++) {
+		char text[4096], shown[4096];
+		const char *origin = cfg_origin(seen, s->key);
+
+		cfg_value_text(s, target, text, sizeof(text));
+		cfg_value_shown(s->key, text, shown, sizeof(shown));
+		if (!seen)
+			fprintf(out, "%s = %s\n", s->key, shown);
+		else
+			fprintf(out, "%s = %s  (%s)\n", s->key, shown,
+				origin ? origin : "default");
+	}
+}
+
+static const char *type_name(const struct cfg_setting *s, char *buf,
+			     size_t bufsz)
+{
+	switch (s->type) {
+	case CFG_STR: return s->placeholders ? "template" : "string";
+	case CFG_INT:
+		snprintf(buf, bufsz, "int %ld..%ld", s->min, s->max);
+		break;
+	case CFG_ENUM:
+		buf[0] = '\0';
+		for (int i = 0; s->values[i]; i++) {
+			size_t n = strlen(buf);
+
+			snprintf(buf + n, bufsz - n, "%s%s", i ? "/" : "",
+				 s->values[i]);
+		}
+		break;
+	}
+	return buf;
+}
+
+void cfg_list_keys(const struct cfg_setting *table,
+		   const struct cfg_family_key *family, FILE *out)
+{
+	char type[256];
+
+	for (const struct cfg_setting *s = table; s->key; s++)
+		fprintf(out, "%s\t%s\t%s\t%s\n", s->key,
+			type_name(s, type, sizeof(type)),
+			s->def && s->def[0] ? s->def : "-",
+			s->runtime ? "runtime" : "restart");
+	for (; family && family->key; family++)
+		fprintf(out, "%s\t%s\t%s\t%s\n", family->key, family->type,
+			family->def ? family->def : "-",
+			family->runtime ? "runtime" : "restart");
+}
+
+/* The last value seen gave the key, or NULL. */
+static const char *seen_value(const struct cfg_kv *seen, const char *key)
+{
+	const char *v = NULL;
+
+	for (; seen; seen = seen->next)
+		if (strcmp(seen->key, key) == 0)
+			v = seen->value;
+	return v;
+}
+
+static int diff_one(const char *key, const char *old, const char *new,
+		    bool runtime, cfg_change_fn fn, void *arg)
+{
+	char a[4096], b[4096];
+
+	if (strcmp(old ? old : "", new ? new : "") == 0 &&
+	    (old == NULL) == (new == NULL))
+		return 0;
+	snprintf(a, sizeof(a), "(unset)");
+	snprintf(b, sizeof(b), "(unset)");
+	if (old)
+		cfg_value_shown(key, old, a, sizeof(a));
+	if (new)
+		cfg_value_shown(key, new, b, sizeof(b));
+	/* A secret, or a password inside a URL that alone changed: that it
+	 * changed is all a log may say. */
+	if (cfg_key_is_secret(key) || strcmp(a, b) == 0)
+		fn(arg, key, NULL, NULL, runtime);
+	else
+		fn(arg, key, a, b, runtime);
+	return 1;
+}
+
+int cfg_diff(const struct cfg_setting *table, const void *old_target,
+	     const struct cfg_kv *old_seen, const void *new_target,
+	     const struct cfg_kv *new_seen,
+	     bool (*family_runtime)(const char *), cfg_change_fn fn, void *arg)
+{
+	int n = 0;
+
+	for (const struct cfg_setting *s = table; s->key; s++) {
+		char a[4096], b[4096];
+
+		cfg_value_text(s, old_target, a, sizeof(a));
+		cfg_value_text(s, new_target, b, sizeof(b));
+		n += diff_one(s->key, a, b, s->runtime, fn, arg);
+	}
+	/* Keys outside the table exist only as the file wrote them: those
+	 * changed or gone, then those new. */
+	for (const struct cfg_kv *kv = old_seen; kv; kv = kv->next)
+		if (!cfg_find(table, kv->key))
+			n += diff_one(
+			    kv->key, kv->value, seen_value(new_seen, kv->key),
+			    family_runtime && family_runtime(kv->key), fn, arg);
+	for (const struct cfg_kv *kv = new_seen; kv; kv = kv->next)
+		if (!cfg_find(table, kv->key) && !seen_value(old_seen, kv->key))
+			n += diff_one(kv->key, NULL, kv->value,
+				      family_runtime && family_runtime(kv->key),
+				      fn, arg);
+	return n;
+}
+
+static bool key_runtime(const struct cfg_setting *table, const char *key,
+			bool (*family_runtime)(const char *))
+{
+	const struct cfg_setting *s = cfg_find(table, key);
+
+	if (s)
+		return s->runtime;
+	return family_runtime && family_runtime(key);
+}
+
+struct cfg_kv *cfg_seen_merge(const struct cfg_setting *table,
+			      const struct cfg_kv *old_seen,
+			      const struct cfg_kv *new_seen,
+			      bool (*family_runtime)(const char *))
+{
+	struct cfg_kv *out = NULL;
+
+	for (; old_seen; old_seen = old_seen->next)
+		if (!key_runtime(table, old_seen->key, family_runtime))
+			cfg_kv_append(&out, old_seen->key, old_seen->value,
+				      old_seen->origin);
+	for (; new_seen; new_seen = new_seen->next)
+		if (key_runtime(table, new_seen->key, family_runtime))
+			cfg_kv_append(&out, new_seen->key, new_seen->value,
+				      new_seen->origin);
+	return out;
+}
+
+void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value,
+		   const char *origin)
 {
 	struct cfg_kv *kv = xcalloc(1, sizeof(*kv));
 
 	kv->key = xstrdup(key);
 	kv->value = xstrdup(value);
+	kv->origin = origin ? xstrdup(origin) : NULL;
 	while (*list)
 		list = &(*list)->next;
 	*list = kv;
@@ -249,6 +521,7 @@ void cfg_kv_free(struct cfg_kv *list)
 
 		free(list->key);
 		free(list->value);
+		free(list->origin);
 		free(list);
 		list = next;
 	}
@@ -257,12 +530,13 @@ void cfg_kv_free(struct cfg_kv *list)
 void cfg_kv_dump(const struct cfg_kv *kv, FILE *out)
 {
 	for (; kv; kv = kv->next) {
-		bool secret =
-		    strstr(kv->key, "password") || strstr(kv->key, "secret");
+		char shown[4096];
 
-		if (secret)
-			fprintf(out, "%s = (hidden)\n", kv->key);
+		cfg_value_shown(kv->key, kv->value, shown, sizeof(shown));
+		if (kv->origin)
+			fprintf(out, "%s = %s  (%s)\n", kv->key, shown,
+				kv->origin);
 		else
-			print_masked(out, kv->key, kv->value);
+			fprintf(out, "%s = %s\n", kv->key, shown);
 	}
 }

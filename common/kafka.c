@@ -46,11 +46,12 @@ static void deliveries_cb(rd_kafka_t *rk, const rd_kafka_message_t *m,
 	}
 }
 
-rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
-			     size_t errstr_size)
+/* The configuration a client of spec starts with, callbacks aside; NULL
+ * with errstr naming the setting (and its FILE:LINE) librdkafka refused. */
+static rd_kafka_conf_t *client_conf(const struct kafka_client_spec *spec,
+				    char *errstr, size_t errstr_size)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_t *rk;
 	char err[512];
 
 	if (!kafka_conf_set(conf, "bootstrap.servers", spec->brokers, errstr,
@@ -67,9 +68,50 @@ rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
 		if (spec->connection_only && strncmp(k, "security.", 9) != 0 &&
 		    strncmp(k, "sasl.", 5) != 0 && strncmp(k, "ssl.", 4) != 0)
 			continue;
-		if (!kafka_conf_set(conf, k, kv->value, errstr, errstr_size))
+		if (!kafka_conf_set(conf, k, kv->value, err, sizeof(err))) {
+			snprintf(errstr, errstr_size, "%s%s%s",
+				 kv->origin ? kv->origin : "",
+				 kv->origin ? ": " : "", err);
 			goto fail;
+		}
 	}
+	return conf;
+fail:
+	rd_kafka_conf_destroy(conf);
+	return NULL;
+}
+
+/* rd_kafka_new()'s refusal names properties in backquotes ("`acks` must be
+ * set to `all` when `enable.idempotence` is true"): add the FILE:LINE of
+ * the kafka.* keys it names. */
+static void new_failed(const struct kafka_client_spec *spec, const char *err,
+		       char *errstr, size_t errstr_size)
+{
+	size_t n;
+
+	snprintf(errstr, errstr_size, "%s: %s", spec->what, err);
+	for (const struct cfg_kv *kv = spec->passthrough; kv; kv = kv->next) {
+		char quoted[256];
+
+		snprintf(quoted, sizeof(quoted), "`%s`",
+			 kv->key + strlen("kafka."));
+		if (!kv->origin || !strstr(err, quoted))
+			continue;
+		n = strlen(errstr);
+		snprintf(errstr + n, errstr_size - n, " (%s at %s)", kv->key,
+			 kv->origin);
+	}
+}
+
+rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
+			     size_t errstr_size)
+{
+	rd_kafka_conf_t *conf = client_conf(spec, errstr, errstr_size);
+	rd_kafka_t *rk;
+	char err[512];
+
+	if (!conf)
+		return NULL;
 	rd_kafka_conf_set_log_cb(conf, kafka_log_cb);
 	rd_kafka_conf_set_opaque(conf, spec->opaque);
 	if (spec->deliveries) {
@@ -80,13 +122,50 @@ rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
 		spec->callbacks(conf);
 	rk = rd_kafka_new(spec->type, conf, err, sizeof(err));
 	if (!rk) {
-		snprintf(errstr, errstr_size, "%s: %s", spec->what, err);
-		goto fail;
+		new_failed(spec, err, errstr, errstr_size);
+		rd_kafka_conf_destroy(conf);
+		return NULL;
 	}
 	return rk; /* conf is owned by rk now */
-fail:
-	rd_kafka_conf_destroy(conf);
-	return NULL;
+}
+
+/* Any librdkafka thread; the check's client says nothing worth showing
+ * ("no bootstrap.servers" is the point of it). */
+static void quiet_log_cb(const rd_kafka_t *rk, int level, const char *fac,
+			 const char *buf)
+{
+	(void)rk;
+	(void)level;
+	(void)fac;
+	(void)buf;
+}
+
+bool kafka_client_check(const struct kafka_client_spec *spec, char *errstr,
+			size_t errstr_size)
+{
+	rd_kafka_conf_t *conf = client_conf(spec, errstr, errstr_size);
+	rd_kafka_t *rk;
+	char err[512];
+
+	if (!conf)
+		return false;
+	/* rd_kafka_new() also refuses settings that contradict each other
+	 * (acks=1 with idempotence); with no bootstrap servers it connects
+	 * to nothing. */
+	if (!kafka_conf_set(conf, "bootstrap.servers", "", errstr,
+			    errstr_size)) {
+		rd_kafka_conf_destroy(conf);
+		return false;
+	}
+	rd_kafka_conf_set_log_cb(conf, quiet_log_cb);
+	rk = rd_kafka_new(spec->type, conf, err, sizeof(err));
+	if (!rk) {
+		new_failed(spec, err, errstr, errstr_size);
+		rd_kafka_conf_destroy(conf);
+		return false;
+	}
+	rd_kafka_destroy(rk); /* conf with it */
+	return true;
 }
 
 bool kafka_ensure_topic(rd_kafka_t *rk, const char *topic, int partitions,

@@ -65,6 +65,11 @@ struct kafka_client_spec {
 
 rd_kafka_t *kafka_client_new(const struct kafka_client_spec *spec, char *errstr,
 			     size_t errstr_size);
+/* --check-config: builds the configuration kafka_client_new() would and
+ * hands it to rd_kafka_new() with no broker to reach, so what it accepts
+ * the start accepts; errstr names a refused kafka.* key's FILE:LINE. */
+bool kafka_client_check(const struct kafka_client_spec *spec, char *errstr,
+			size_t errstr_size) __attribute__((warn_unused_result));
 
 /* A side consumer that reads ranges it assigns by hand (redrive, dlq):
  * group `group`, no automatic commit or offset store, end of partition

@@ -8,7 +8,7 @@
 #include <sys/time.h>
 #include <time.h>
 
-int log_level_current = LOG_INFO;
+_Atomic int log_level_current = LOG_INFO;
 static const char *log_prog = "sluice";
 static bool log_json;
 

@@ -6,7 +6,9 @@
 
 enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 
-extern int log_level_current;
+/* Atomic: a SIGHUP changes it on one thread while the worker's pipeline
+ * threads check it before every line. */
+extern _Atomic int log_level_current;
 
 void log_setup(const char *prog, int level, bool json);
 /* ctx may be NULL; otherwise it prefixes the line ("req=..." or "t/p@o"). */

@@ -67,6 +67,9 @@ struct ingest_metrics {
 	uint64_t late_deliveries; /* reports after the request's deadline */
 	uint64_t accept_errors;
 	uint64_t reloads, reload_failures;
+	uint64_t
+	    reloads_restart;  /* applied, but some keys wait for a restart */
+	bool restart_pending; /* the file differs from what runs */
 	uint64_t producer_rebuilds;
 	uint64_t connections_refused; /* over max_connections: 503 */
 	uint64_t request_timeouts;    /* closed at the request deadline */

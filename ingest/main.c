@@ -34,8 +34,13 @@ static void usage(FILE *out)
 	    "\n"
 	    "  -c, --config FILE   configuration file (see "
 	    "docs/configuration.md)\n"
-	    "      --check-config  validate the configuration, print it, exit\n"
-	    "      --list-keys     print every configuration key\n"
+	    "      --check-config  validate the configuration as the start "
+	    "does\n"
+	    "                      (kafka.* through librdkafka), print each\n"
+	    "                      value with its origin, exit\n"
+	    "      --list-keys     print every configuration key: type, "
+	    "default,\n"
+	    "                      runtime or restart\n"
 	    "  -h, --help          this text\n"
 	    "  -V, --version       print the version\n"
 	    "\n"
@@ -79,32 +84,88 @@ static bool same(const char *a, const char *b)
 	return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
-/* Loop thread (libevent signal event): SIGHUP reloads the sources, their
- * secrets and limits, and the request limits, without touching the
- * connections. A file that does not load keeps the running
- * configuration. The listener, Kafka settings and topic need a restart. */
+/* The keys of a reload that wait for a restart, for its warning. */
+struct reload_report {
+	char restart[1024];
+	int n_restart;
+};
+
+static bool source_key(const char *key)
+{
+	return strncmp(key, "source.", 7) == 0;
+}
+
+/* Loop thread, from cfg_diff(): one line per changed key. */
+static void reload_change_cb(void *arg, const char *key, const char *old,
+			     const char *new, bool runtime)
+{
+	struct reload_report *r = arg;
+	size_t n = strlen(r->restart);
+
+	if (old)
+		log_info("reload: %s: %s -> %s", key, old, new);
+	else
+		log_info("reload: %s: (changed)", key);
+	if (runtime)
+		return;
+	snprintf(r->restart + n, sizeof(r->restart) - n, "%s%s",
+		 r->n_restart ? ", " : "", key);
+	r->n_restart++;
+}
+
+/* A secret_file whose path stayed and whose content changed shows in no
+ * line of the file: say so, without the secret. */
+static void reload_secret_files(const struct ingest_config *next)
+{
+	for (const struct source *s = next->sources; s; s = s->next) {
+		const struct source *old =
+		    ingest_source_find(&ing.cfg, s->name, strlen(s->name));
+
+		if (old && s->secret_file &&
+		    same(old->secret_file, s->secret_file) &&
+		    same(old->secret, s->secret) &&
+		    (old->key_len != s->key_len ||
+		     (s->key && memcmp(old->key, s->key, s->key_len) != 0)))
+			log_info(
+			    "reload: source.%s.secret_file: content (changed)",
+			    s->name);
+	}
+}
+
+/* Loop thread (libevent signal event): SIGHUP reloads what can change
+ * while connections stay open: the sources (kinds, secrets, limits), the
+ * request limits, schema_dir and log_level. Every changed key is logged;
+ * a key that needs a restart (listen, brokers, topic, kafka.*, ...) keeps
+ * its running value and is named in a warning, and the reload counts as
+ * restart_required. A file that does not load keeps the running
+ * configuration whole. */
 static void handle_reload(evutil_socket_t sig, short what, void *arg)
 {
 	struct ingest_config next;
+	struct reload_report report = {.restart = ""};
 	struct source *old;
+	struct cfg_kv *seen;
+	char *swap;
 	char err[1024];
 
 	(void)sig;
 	(void)what;
 	(void)arg;
 	if (!ingest_config_load(&next, ing.config_path, err, sizeof(err))) {
-		log_error("reload of %s failed: %s; keeping the running "
-			  "configuration",
-			  ing.config_path, err);
+		log_error(
+		    "reload of %s failed: %s; keeping the running configuration",
+		    ing.config_path, err);
 		ingest_config_free(&next);
 		ing.m.reload_failures++;
 		return;
 	}
-	if (!same(next.listen, ing.cfg.listen) ||
-	    !same(next.brokers, ing.cfg.brokers) ||
-	    !same(next.topic, ing.cfg.topic))
-		log_warn("reload: listen, brokers and topic keep their running "
-			 "values until a restart");
+	/* The diff shows under the old level or the new, whichever says
+	 * more. */
+	if (next.log_level < log_level_current)
+		log_level_current = next.log_level;
+	cfg_diff(ingest_settings, &ing.cfg, ing.cfg.seen, &next, next.seen,
+		 source_key, reload_change_cb, &report);
+	reload_secret_files(&next);
 	/* A source keeps its bucket and counters across a reload. */
 	for (struct source *s = next.sources; s; s = s->next) {
 		old = ingest_source_find(&ing.cfg, s->name, strlen(s->name));
@@ -120,6 +181,14 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	old = ing.cfg.sources;
 	ing.cfg.sources = next.sources;
 	next.sources = old; /* freed with next */
+	/* The sources' schemas were read from the new schema_dir. */
+	swap = ing.cfg.schema_dir;
+	ing.cfg.schema_dir = next.schema_dir;
+	next.schema_dir = swap;
+	seen = cfg_seen_merge(ingest_settings, ing.cfg.seen, next.seen,
+			      source_key);
+	cfg_kv_free(ing.cfg.seen);
+	ing.cfg.seen = seen;
 	ing.cfg.delivery_timeout_ms = next.delivery_timeout_ms;
 	ing.cfg.retry_after_s = next.retry_after_s;
 	ing.cfg.max_body_bytes = next.max_body_bytes;
@@ -131,6 +200,15 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	log_level_current = next.log_level;
 	ingest_config_free(&next);
 	http_apply_settings(&ing);
+	ing.m.restart_pending = report.n_restart > 0;
+	if (report.n_restart) {
+		ing.m.reloads_restart++;
+		log_warn(
+		    "reload: restart required for %s; they keep their running values",
+		    report.restart);
+		log_info("reloaded %s: restart required", ing.config_path);
+		return;
+	}
 	ing.m.reloads++;
 	log_info("reloaded %s", ing.config_path);
 }
@@ -181,7 +259,10 @@ int main(int argc, char **argv)
 		switch (c) {
 		case 'c': config_path = optarg; break;
 		case 'k': check_only = true; break;
-		case 'l': cfg_list_keys(ingest_settings, stdout); return 0;
+		case 'l':
+			cfg_list_keys(ingest_settings, ingest_family_keys,
+				      stdout);
+			return 0;
 		case 'h': usage(stdout); return 0;
 		case 'V':
 			printf(
@@ -203,6 +284,13 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (check_only) {
+		/* The start's own checks, minus the sockets: the producer's
+		 * settings through librdkafka as publish.c makes them. */
+		if (!publish_check_config(&ing.cfg, err, sizeof(err))) {
+			fprintf(stderr, "sluice-ingest: %s\n", err);
+			ingest_config_free(&ing.cfg);
+			return 1;
+		}
 		ingest_config_dump(&ing.cfg);
 		printf("configuration ok\n");
 		ingest_config_free(&ing.cfg);

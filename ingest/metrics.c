@@ -106,6 +106,13 @@ void metrics_render(const struct ingest *ing, struct evbuffer *out)
 			    "%llu\n",
 			    (unsigned long long)ing->m.reloads,
 			    (unsigned long long)ing->m.reload_failures);
+	evbuffer_add_printf(
+	    out,
+	    "sluice_ingest_reloads_total{result=\"restart_required\"} %llu\n"
+	    "# TYPE sluice_ingest_config_restart_pending gauge\n"
+	    "sluice_ingest_config_restart_pending %d\n",
+	    (unsigned long long)ing->m.reloads_restart,
+	    ing->m.restart_pending ? 1 : 0);
 	for (int i = 0; i < 8; i++) {
 		cum += ing->m.delivery_ms_buckets[i];
 		evbuffer_add_printf(

@@ -191,34 +191,60 @@ static void producer_callbacks(rd_kafka_conf_t *conf)
 	rd_kafka_conf_set_error_cb(conf, error_cb);
 }
 
+/* The producer's settings, in one place for the start and the check. */
+struct producer_settings {
+	char tmo[32];
+	const char *kv[9];
+};
+
+static void producer_spec(const struct ingest_config *cfg,
+			  struct producer_settings *ps,
+			  struct kafka_client_spec *spec)
+{
+	const char *const kv[] = {"enable.idempotence",
+				  "true",
+				  "acks",
+				  "all",
+				  "message.timeout.ms",
+				  ps->tmo,
+				  "linger.ms",
+				  "1",
+				  NULL};
+
+	snprintf(ps->tmo, sizeof(ps->tmo), "%d", cfg->delivery_timeout_ms);
+	memcpy(ps->kv, kv, sizeof(kv));
+	*spec = (struct kafka_client_spec){
+	    .type = RD_KAFKA_PRODUCER,
+	    .what = "kafka producer",
+	    .brokers = cfg->brokers,
+	    .client_id = "sluice-ingest",
+	    .settings = ps->kv,
+	    .passthrough = cfg->kafka,
+	};
+}
+
+bool publish_check_config(const struct ingest_config *cfg, char *errstr,
+			  size_t errstr_size)
+{
+	struct producer_settings ps;
+	struct kafka_client_spec spec;
+
+	producer_spec(cfg, &ps, &spec);
+	return kafka_client_check(&spec, errstr, errstr_size);
+}
+
 /* A producer with sluice's settings whose main queue wakes the loop. */
 static rd_kafka_t *producer_new(struct ingest *ing, char *errstr,
 				size_t errstr_size)
 {
-	char tmo[32];
-	const char *const settings[] = {"enable.idempotence",
-					"true",
-					"acks",
-					"all",
-					"message.timeout.ms",
-					tmo,
-					"linger.ms",
-					"1",
-					NULL};
-	struct kafka_client_spec spec = {
-	    .type = RD_KAFKA_PRODUCER,
-	    .what = "kafka producer",
-	    .brokers = ing->cfg.brokers,
-	    .client_id = "sluice-ingest",
-	    .settings = settings,
-	    .passthrough = ing->cfg.kafka,
-	    .opaque = ing,
-	    .callbacks = producer_callbacks,
-	};
+	struct producer_settings ps;
+	struct kafka_client_spec spec;
 	rd_kafka_queue_t *mainq;
 	rd_kafka_t *rk;
 
-	snprintf(tmo, sizeof(tmo), "%d", ing->cfg.delivery_timeout_ms);
+	producer_spec(&ing->cfg, &ps, &spec);
+	spec.opaque = ing;
+	spec.callbacks = producer_callbacks;
 	rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!rk)
 		return NULL;

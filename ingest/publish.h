@@ -9,10 +9,15 @@
 #include <stdint.h>
 
 struct ingest;
+struct ingest_config;
 struct pending;
 struct source;
 
 bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+/* --check-config: the producer's settings through librdkafka, no broker. */
+bool publish_check_config(const struct ingest_config *cfg, char *errstr,
+			  size_t errstr_size)
     __attribute__((warn_unused_result));
 rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 				   const struct source *src, const void *body,

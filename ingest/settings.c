@@ -18,37 +18,54 @@ static const char *const signature_values[] = {"none", "standard-webhooks",
 #define F(x) offsetof(struct ingest_config, x)
 const struct cfg_setting ingest_settings[] = {
     {"listen", CFG_STR, F(listen), "127.0.0.1:8080", 0, 0, NULL,
-     "SLUICE_INGEST_LISTEN", "HTTP listen address"},
+     "SLUICE_INGEST_LISTEN", "HTTP listen address", CFG_RESTART, NULL},
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
-     "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers"},
+     "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers", CFG_RESTART, NULL},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
-     "topic accepted requests go to"},
+     "topic accepted requests go to", CFG_RESTART, NULL},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
-     "partitions when the topic is created at start-up"},
+     "partitions when the topic is created at start-up", CFG_RESTART, NULL},
     {"delivery_timeout_ms", CFG_INT, F(delivery_timeout_ms), "5000", 100,
-     300000, NULL, NULL, "deadline for Kafka to acknowledge a record"},
+     300000, NULL, NULL, "deadline for Kafka to acknowledge a record",
+     CFG_RUNTIME, NULL},
     {"retry_after_s", CFG_INT, F(retry_after_s), "5", 1, 3600, NULL, NULL,
-     "Retry-After on 503"},
+     "Retry-After on 503", CFG_RUNTIME, NULL},
     {"max_body_bytes", CFG_INT, F(max_body_bytes), "1048576", 1, 67108864, NULL,
-     NULL, "largest accepted body"},
+     NULL, "largest accepted body", CFG_RUNTIME, NULL},
     {"request_timeout_s", CFG_INT, F(request_timeout_s), "30", 1, 3600, NULL,
-     NULL, "slow or idle connections are closed after this"},
+     NULL, "slow or idle connections are closed after this", CFG_RUNTIME, NULL},
     {"max_connections", CFG_INT, F(max_connections), "0", 0, 1000000, NULL,
      NULL,
-     "open connections at most; more get 503 (0: min(10000, nofile - 64))"},
+     "open connections at most; more get 503 (0: min(10000, nofile - 64))",
+     CFG_RUNTIME, NULL},
     {"max_inflight", CFG_INT, F(max_inflight), "10000", 1, 1000000, NULL, NULL,
-     "requests waiting for Kafka at once"},
+     "requests waiting for Kafka at once", CFG_RUNTIME, NULL},
     {"campaign_max_messages", CFG_INT, F(campaign_max_messages), "1000", 1,
-     100000, NULL, NULL, "most messages in one campaign batch"},
+     100000, NULL, NULL, "most messages in one campaign batch", CFG_RUNTIME,
+     NULL},
     /* SCHEMA_DIR: the source tree's schemas/, or the installed copy's. */
     {"schema_dir", CFG_STR, F(schema_dir), SCHEMA_DIR, 0, 0, NULL,
-     "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from"},
+     "SLUICE_SCHEMA_DIR", "where the JSON Schemas are read from", CFG_RUNTIME,
+     NULL},
     {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
-     "debug, info, warn or error"},
+     "debug, info, warn or error", CFG_RUNTIME, NULL},
     {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
-     NULL, "text or json"},
+     NULL, "text or json", CFG_RESTART, NULL},
     CFG_END};
 #undef F
+
+/* A SIGHUP swaps every source whole, so all of them apply at run time. */
+const struct cfg_family_key ingest_family_keys[] = {
+    {"source.NAME.kind", "transcript/campaign/lead_updated/chat", NULL, true},
+    {"source.NAME.signature", "none/standard-webhooks/meta", NULL, true},
+    {"source.NAME.secret", "string (secret)", NULL, true},
+    {"source.NAME.secret_file", "path", NULL, true},
+    {"source.NAME.verify_token", "string (secret)", NULL, true},
+    {"source.NAME.success_status", "200/202/204", "202", true},
+    {"source.NAME.rate", "N/s, N/min, N/h or 0", "0", true},
+    {"source.NAME.burst", "int 1..1000000000", NULL, true},
+    {"kafka.PROPERTY", "librdkafka property", NULL, false},
+    {NULL, NULL, NULL, false}};
 
 static struct source *source_get(struct ingest_config *cfg, const char *name,
 				 size_t len)
@@ -140,14 +157,14 @@ bool source_take(struct source *src, int64_t now_ms, int *retry_after_s)
 }
 
 static bool ingest_extra(void *target, const char *key, const char *value,
-			 char *errstr, size_t errstr_size)
+			 const char *origin, char *errstr, size_t errstr_size)
 {
 	struct ingest_config *cfg = target;
 	const char *name, *dot;
 	struct source *src;
 
 	if (strncmp(key, "kafka.", 6) == 0 && key[6]) {
-		cfg_kv_append(&cfg->kafka, key, value);
+		cfg_kv_append(&cfg->kafka, key, value, origin);
 		return true;
 	}
 	if (strncmp(key, "source.", 7) != 0) {
@@ -346,8 +363,8 @@ bool ingest_config_load(struct ingest_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	if (!cfg_load(ingest_settings, cfg, path, ingest_extra, errstr,
-		      errstr_size))
+	if (!cfg_load(ingest_settings, cfg, path, ingest_extra, &cfg->seen,
+		      errstr, errstr_size))
 		return false;
 	if (!cfg->sources) {
 		snprintf(errstr, errstr_size,
@@ -389,29 +406,36 @@ void ingest_config_free(struct ingest_config *cfg)
 		s = next;
 	}
 	cfg_kv_free(cfg->kafka);
+	cfg_kv_free(cfg->seen);
 	cfg_free(ingest_settings, cfg);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
 void ingest_config_dump(const struct ingest_config *cfg)
 {
-	cfg_dump(ingest_settings, cfg, stdout);
-	cfg_kv_dump(cfg->kafka, stdout);
+	cfg_dump(ingest_settings, cfg, cfg->seen, stdout);
+	/* kafka.* and source.*, as written, each with its line. */
+	for (const struct cfg_kv *kv = cfg->seen; kv; kv = kv->next) {
+		char shown[4096];
+
+		if (cfg_find(ingest_settings, kv->key))
+			continue;
+		printf(
+		    "%s = %s  (%s)\n", kv->key,
+		    cfg_value_shown(kv->key, kv->value, shown, sizeof(shown)),
+		    kv->origin);
+	}
+	/* What the sources got without a line of their own. */
 	for (const struct source *s = cfg->sources; s; s = s->next) {
-		printf("source.%s.kind = %s\n", s->name, s->kind->name);
-		printf("source.%s.signature = %s\n", s->name,
-		       signature_values[s->signature]);
-		if (s->key)
-			printf("source.%s.secret = (hidden, %zu bytes)\n",
-			       s->name, s->key_len);
-		if (s->verify_token)
-			printf("source.%s.verify_token = (hidden)\n", s->name);
-		if (s->success_status != 202)
-			printf("source.%s.success_status = %d\n", s->name,
-			       s->success_status);
-		if (s->rate_per_s > 0)
-			printf("source.%s.rate = %g/s (burst %g)\n", s->name,
-			       s->rate_per_s, s->burst);
+		char key[128];
+
+		snprintf(key, sizeof(key), "source.%s.success_status", s->name);
+		if (!cfg_origin(cfg->seen, key))
+			printf("%s = %d  (default)\n", key, s->success_status);
+		snprintf(key, sizeof(key), "source.%s.burst", s->name);
+		if (s->rate_per_s > 0 && !cfg_origin(cfg->seen, key))
+			printf("%s = %g  (default: N of the rate)\n", key,
+			       s->burst);
 	}
 }
 

@@ -56,9 +56,14 @@ struct ingest_config {
 	int log_format;
 	struct cfg_kv *kafka;
 	struct source *sources;
+	/* Every value the file and the environment set, with its origin:
+	 * --check-config prints it, a reload diffs it. */
+	struct cfg_kv *seen;
 };
 
 extern const struct cfg_setting ingest_settings[];
+/* The source.NAME.* keys, as --list-keys shows them. */
+extern const struct cfg_family_key ingest_family_keys[];
 
 bool ingest_config_load(struct ingest_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
@@ -67,6 +72,8 @@ void ingest_config_free(struct ingest_config *cfg);
 /* Takes one request from the source's bucket; false with the seconds
  * until one is there. */
 bool source_take(struct source *src, int64_t now_ms, int *retry_after_s);
+/* Prints the effective configuration with each value's origin, secrets
+ * hidden (--check-config). */
 void ingest_config_dump(const struct ingest_config *cfg);
 struct source *ingest_source_find(const struct ingest_config *cfg,
 				  const char *name, size_t len);

@@ -6,7 +6,7 @@ build=${1:-build}
 docs=docs/configuration.md
 fail=0
 for bin in sluice-ingest sluice-worker; do
-	keys=$("$build/$bin" --list-keys)
+	keys=$("$build/$bin" --list-keys | cut -f1)
 	section=$(awk -v b="## $bin" '$0==b{on=1;next} /^## /{on=0} on' "$docs")
 	for k in $keys; do
 		if ! grep -q "^| \`$k\` |" <<<"$section"; then

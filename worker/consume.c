@@ -275,10 +275,14 @@ static void consumer_callbacks(rd_kafka_conf_t *conf)
 	rd_kafka_conf_set_stats_cb(conf, stats_cb);
 }
 
-struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
-			     volatile const int *stop, consume_flush_fn flush,
-			     consume_wait_fn wait, void *flush_arg,
-			     char *errstr, size_t errstr_size)
+/* The consumer's settings, in one place for the start and the check. */
+struct consumer_settings {
+	const char *kv[20];
+};
+
+static void consumer_spec(const struct worker_config *cfg,
+			  struct consumer_settings *cs,
+			  struct kafka_client_spec *spec)
 {
 	static const char *const settings[] = {
 	    "group.id", NULL, /* filled below */
@@ -288,34 +292,56 @@ struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 	    /* broker states for /readyz */
 	    "statistics.interval.ms", "1000", NULL};
 	enum { N_SETTINGS = sizeof(settings) / sizeof(settings[0]) };
-	const char *kv[N_SETTINGS + 2]; /* room for group.instance.id */
-	struct consumer *c = xcalloc(1, sizeof(*c));
-	struct kafka_client_spec spec = {
-	    .type = RD_KAFKA_CONSUMER,
-	    .what = "kafka consumer",
-	    .brokers = cfg->brokers,
-	    .client_id = "sluice-worker",
-	    .settings = kv,
-	    .passthrough = cfg->kafka,
-	    .opaque = c,
-	    .callbacks = consumer_callbacks,
-	};
-	rd_kafka_topic_partition_list_t *topics;
-	rd_kafka_resp_err_t err;
-	char e[512];
+	_Static_assert(N_SETTINGS + 2 <= sizeof(cs->kv) / sizeof(cs->kv[0]),
+		       "room for group.instance.id");
 
-	memcpy(kv, settings, sizeof(settings));
-	kv[1] = cfg->group_id;
+	memcpy(cs->kv, settings, sizeof(settings));
+	cs->kv[1] = cfg->group_id;
 	/* Static membership (KIP-345): a worker restarted under the same id
 	 * takes its member's place, and its partitions, without waiting for
 	 * the old session to time out. librdkafka then sends no LeaveGroup
 	 * on close, so a stopped static member's partitions wait for
 	 * session.timeout.ms (docs/operations.md). */
 	if (cfg->group_instance_id[0]) {
-		kv[N_SETTINGS - 1] = "group.instance.id";
-		kv[N_SETTINGS] = cfg->group_instance_id;
-		kv[N_SETTINGS + 1] = NULL;
+		cs->kv[N_SETTINGS - 1] = "group.instance.id";
+		cs->kv[N_SETTINGS] = cfg->group_instance_id;
+		cs->kv[N_SETTINGS + 1] = NULL;
 	}
+	*spec = (struct kafka_client_spec){
+	    .type = RD_KAFKA_CONSUMER,
+	    .what = "kafka consumer",
+	    .brokers = cfg->brokers,
+	    .client_id = "sluice-worker",
+	    .settings = cs->kv,
+	    .passthrough = cfg->kafka,
+	};
+}
+
+bool consume_check_config(const struct worker_config *cfg, char *errstr,
+			  size_t errstr_size)
+{
+	struct consumer_settings cs;
+	struct kafka_client_spec spec;
+
+	consumer_spec(cfg, &cs, &spec);
+	return kafka_client_check(&spec, errstr, errstr_size);
+}
+
+struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
+			     volatile const int *stop, consume_flush_fn flush,
+			     consume_wait_fn wait, void *flush_arg,
+			     char *errstr, size_t errstr_size)
+{
+	struct consumer_settings cs;
+	struct consumer *c = xcalloc(1, sizeof(*c));
+	struct kafka_client_spec spec;
+	rd_kafka_topic_partition_list_t *topics;
+	rd_kafka_resp_err_t err;
+	char e[512];
+
+	consumer_spec(cfg, &cs, &spec);
+	spec.opaque = c;
+	spec.callbacks = consumer_callbacks;
 	c->cfg = cfg;
 	c->ps = ps;
 	c->stop = stop;

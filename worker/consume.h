@@ -22,6 +22,10 @@ typedef void (*consume_flush_fn)(void *arg, rd_kafka_message_t **msgs,
 /* Waits ms between retries without blocking the worker's event loop. */
 typedef void (*consume_wait_fn)(void *arg, int ms);
 
+/* --check-config: the consumer's settings through librdkafka, no broker. */
+bool consume_check_config(const struct worker_config *cfg, char *errstr,
+			  size_t errstr_size)
+    __attribute__((warn_unused_result));
 struct consumer *consume_new(const struct worker_config *cfg, struct pgsink *ps,
 			     volatile const int *stop, consume_flush_fn flush,
 			     consume_wait_fn wait, void *arg, char *errstr,

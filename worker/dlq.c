@@ -20,14 +20,14 @@ struct dlq {
 	struct kafka_deliveries dr;
 };
 
-struct dlq *dlq_new(const char *brokers, const char *topic,
-		    const struct cfg_kv *kafka, int partitions,
-		    const char *worker, char *errstr, size_t errstr_size)
+/* The producer's settings, in one place for the start and the check. */
+static void dlq_spec(const char *brokers, const struct cfg_kv *kafka,
+		     struct kafka_client_spec *spec)
 {
 	static const char *const settings[] = {"enable.idempotence", "true",
 					       NULL};
-	struct dlq *d = xcalloc(1, sizeof(*d));
-	struct kafka_client_spec spec = {
+
+	*spec = (struct kafka_client_spec){
 	    .type = RD_KAFKA_PRODUCER,
 	    .what = "dead-letter producer",
 	    .brokers = brokers,
@@ -35,10 +35,28 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 	    .settings = settings,
 	    .passthrough = kafka,
 	    .connection_only = true,
-	    .deliveries = &d->dr,
 	};
+}
+
+bool dlq_check_config(const char *brokers, const struct cfg_kv *kafka,
+		      char *errstr, size_t errstr_size)
+{
+	struct kafka_client_spec spec;
+
+	dlq_spec(brokers, kafka, &spec);
+	return kafka_client_check(&spec, errstr, errstr_size);
+}
+
+struct dlq *dlq_new(const char *brokers, const char *topic,
+		    const struct cfg_kv *kafka, int partitions,
+		    const char *worker, char *errstr, size_t errstr_size)
+{
+	struct dlq *d = xcalloc(1, sizeof(*d));
+	struct kafka_client_spec spec;
 	char err[512];
 
+	dlq_spec(brokers, kafka, &spec);
+	spec.deliveries = &d->dr;
 	d->dr.what = "dead-letter";
 	d->rk = kafka_client_new(&spec, errstr, errstr_size);
 	if (!d->rk) {

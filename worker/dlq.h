@@ -16,6 +16,10 @@ struct dlq *dlq_new(const char *brokers, const char *topic,
 		    const struct cfg_kv *kafka, int partitions,
 		    const char *worker, char *errstr, size_t errstr_size);
 void dlq_destroy(struct dlq *d);
+/* --check-config: the producer's settings through librdkafka, no broker. */
+bool dlq_check_config(const char *brokers, const struct cfg_kv *kafka,
+		      char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
 /* Queues a copy of m with the reason; dlq_flush() waits for them all. */
 bool dlq_send(struct dlq *d, const rd_kafka_message_t *m, const char *reason);
 /* true when everything queued since the last flush is durable. */

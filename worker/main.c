@@ -17,6 +17,8 @@
 #include "../common/util.h"
 #include "batch.h"
 #include "composer.h"
+#include "consume.h"
+#include "dlq.h"
 #include "dlqtool.h"
 #include "handlers/handler.h"
 #include "httpd.h"
@@ -28,6 +30,7 @@
 #include "settings.h"
 
 static volatile sig_atomic_t stop_signal;
+static volatile sig_atomic_t reload_signal;
 /* Read by every pipeline's thread. */
 static volatile int stopping;
 
@@ -36,6 +39,12 @@ static void on_signal(int sig)
 {
 	stop_signal = sig;
 	stopping = 1;
+}
+
+static void on_hup(int sig)
+{
+	(void)sig;
+	reload_signal = 1;
 }
 
 static void usage(FILE *out)
@@ -69,8 +78,13 @@ static void usage(FILE *out)
 	    "\n"
 	    "  -c, --config FILE   configuration file (see "
 	    "docs/configuration.md)\n"
-	    "      --check-config  validate the configuration, print it, exit\n"
-	    "      --list-keys     print every configuration key\n"
+	    "      --check-config  validate the configuration as the start "
+	    "does\n"
+	    "                      (kafka.* through librdkafka), print each\n"
+	    "                      value with its origin, exit\n"
+	    "      --list-keys     print every configuration key: type, "
+	    "default,\n"
+	    "                      runtime or restart\n"
 	    "  -h, --help          this text\n"
 	    "  -V, --version       print the version\n"
 	    "replay:\n"
@@ -102,6 +116,7 @@ static void usage(FILE *out)
 /* The daemon's objects, built in order and torn down in reverse. */
 struct worker {
 	struct worker_config cfg;
+	const char *config_path;
 	struct event_base *base; /* the launcher's: HTTP, watchdog */
 	struct pipeline *pipes[MAX_KINDS + 1];
 	int n_pipes;
@@ -270,6 +285,77 @@ static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
 	watchdog_ping(arg);
 }
 
+/* The keys of a reload that wait for a restart, for its warning. */
+struct reload_report {
+	char restart[2048];
+	int n_restart;
+};
+
+/* Launcher thread, from cfg_diff(): one line per changed key. */
+static void reload_change_cb(void *arg, const char *key, const char *old,
+			     const char *new, bool runtime)
+{
+	struct reload_report *r = arg;
+	size_t n = strlen(r->restart);
+
+	if (old)
+		log_info("reload: %s: %s -> %s", key, old, new);
+	else
+		log_info("reload: %s: (changed)", key);
+	if (runtime)
+		return;
+	snprintf(r->restart + n, sizeof(r->restart) - n, "%s%s",
+		 r->n_restart ? ", " : "", key);
+	r->n_restart++;
+}
+
+/* Launcher thread, after a SIGHUP. The pipelines' threads read their
+ * settings without a lock, so only what this thread alone reads changes
+ * at run time: log_level (one int every thread checks before a line) and
+ * stall_alert_s (/readyz). Every other changed key keeps its running
+ * value and is named in a warning. A file that does not load keeps the
+ * running configuration whole. */
+static void worker_reload(struct worker *w)
+{
+	struct worker_config next;
+	struct reload_report report = {.restart = ""};
+	struct cfg_kv *seen;
+	char err[1024];
+
+	if (!worker_config_load(&next, w->config_path, err, sizeof(err)) ||
+	    !kinds_check(next.kinds, err, sizeof(err))) {
+		log_error(
+		    "reload of %s failed: %s; keeping the running configuration",
+		    w->config_path, err);
+		worker_config_free(&next);
+		metrics_reload(MR_FAILED, false);
+		return;
+	}
+	/* The diff shows under the old level or the new, whichever says
+	 * more. */
+	if (next.log_level < log_level_current)
+		log_level_current = next.log_level;
+	cfg_diff(worker_settings, &w->cfg, w->cfg.seen, &next, next.seen, NULL,
+		 reload_change_cb, &report);
+	w->cfg.log_level = next.log_level;
+	log_level_current = next.log_level;
+	w->cfg.stall_alert_s = next.stall_alert_s;
+	seen = cfg_seen_merge(worker_settings, w->cfg.seen, next.seen, NULL);
+	cfg_kv_free(w->cfg.seen);
+	w->cfg.seen = seen;
+	worker_config_free(&next);
+	if (report.n_restart) {
+		metrics_reload(MR_RESTART_REQUIRED, true);
+		log_warn(
+		    "reload: restart required for %s; they keep their running values",
+		    report.restart);
+		log_info("reloaded %s: restart required", w->config_path);
+		return;
+	}
+	metrics_reload(MR_OK, false);
+	log_info("reloaded %s", w->config_path);
+}
+
 /* Loop timer, every 100 ms: once the stop flag is up (a signal, or a
  * pipeline whose consumer failed for good) and every pipeline has
  * drained, the launcher's loop ends. */
@@ -279,6 +365,10 @@ static void handle_tick(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
+	if (reload_signal && !stopping) {
+		reload_signal = 0;
+		worker_reload(w);
+	}
 	for (int i = 0; i < w->n_pipes; i++)
 		if (!pipeline_done(w->pipes[i]))
 			return;
@@ -423,7 +513,10 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		switch (c) {
 		case 'c': cli->config_path = optarg; break;
 		case OPT_CHECK: cli->check_only = true; break;
-		case OPT_LIST: cfg_list_keys(worker_settings, stdout); return 0;
+		case OPT_LIST:
+			cfg_list_keys(worker_settings, worker_family_keys,
+				      stdout);
+			return 0;
 		case 'h': usage(stdout); return 0;
 		case 'V':
 			printf("sluice-worker %s (librdkafka %s)\n",
@@ -540,6 +633,16 @@ int main(int argc, char **argv)
 	else if (cli.mode == MODE_REDRIVE)
 		side_group(&w.cfg, NULL, "redrive");
 	if (cli.check_only) {
+		/* The start's own checks, minus the sockets: the consumer's
+		 * and the dead-letter producer's settings through librdkafka
+		 * as consume.c and dlq.c make them. */
+		if (!consume_check_config(&w.cfg, err, sizeof(err)) ||
+		    !dlq_check_config(w.cfg.brokers, w.cfg.kafka, err,
+				      sizeof(err))) {
+			fprintf(stderr, "sluice-worker: %s\n", err);
+			worker_config_free(&w.cfg);
+			return 1;
+		}
 		worker_config_dump(&w.cfg);
 		printf("configuration ok\n");
 		worker_config_free(&w.cfg);
@@ -552,8 +655,16 @@ int main(int argc, char **argv)
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
 	signal(SIGPIPE, SIG_IGN);
-	/* Nothing to reload; a closed terminal must not end it undrained. */
-	signal(SIGHUP, SIG_IGN);
+	/* consume reloads on SIGHUP (worker_reload); the one-shot modes have
+	 * nothing to reload, and a closed terminal must not end them
+	 * undrained. */
+	if (cli.mode == MODE_CONSUME) {
+		sa.sa_handler = on_hup;
+		sigaction(SIGHUP, &sa, NULL);
+	} else {
+		signal(SIGHUP, SIG_IGN);
+	}
+	w.config_path = cli.config_path;
 
 	if (cli.mode == MODE_DLQ) {
 		rc = dlq_tool_run(&w.cfg, &cli.dlq, &stopping);

@@ -64,6 +64,9 @@ struct metrics_pipe {
 };
 
 static pthread_mutex_t pipes_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Written and read on the launcher's thread only. */
+static unsigned long long reloads[MR_COUNT];
+static bool restart_pending;
 static struct metrics_pipe *pipes;
 static _Thread_local struct metrics_pipe *cur;
 
@@ -850,5 +853,22 @@ void metrics_render(struct buf *out)
 		  "known yet).",
 		  a->brokers_up);
 	put_composer(out, &a->composer);
+	buf_printf(
+	    out,
+	    "# HELP sluice_worker_reloads_total SIGHUPs by outcome.\n"
+	    "# TYPE sluice_worker_reloads_total counter\n"
+	    "sluice_worker_reloads_total{result=\"ok\"} %llu\n"
+	    "sluice_worker_reloads_total{result=\"restart_required\"} %llu\n"
+	    "sluice_worker_reloads_total{result=\"failed\"} %llu\n",
+	    reloads[MR_OK], reloads[MR_RESTART_REQUIRED], reloads[MR_FAILED]);
+	put_gauge(out, "sluice_worker_config_restart_pending",
+		  "1 while the file holds changes only a restart applies.",
+		  restart_pending);
 	free(s);
+}
+
+void metrics_reload(enum metrics_reload result, bool pending)
+{
+	reloads[result]++;
+	restart_pending = pending;
 }

@@ -119,6 +119,12 @@ int metrics_stalled(int stall_ms, struct buf *why);
 /* Every pipeline's totals added up (as of their last reports). */
 void metrics_totals(struct metrics_totals *out);
 
+/* A SIGHUP's outcome (launcher thread, as the endpoint): applied whole,
+ * applied but some keys wait for a restart, or refused; and whether the
+ * running configuration now differs from the file. */
+enum metrics_reload { MR_OK = 0, MR_RESTART_REQUIRED, MR_FAILED, MR_COUNT };
+void metrics_reload(enum metrics_reload result, bool restart_pending);
+
 /* The whole exposition. */
 void metrics_render(struct buf *out);
 

@@ -16,117 +16,141 @@ static const char *const pipelines_names[] = {"per_kind", "shared", NULL};
 #define F(x) offsetof(struct worker_config, x)
 const struct cfg_setting worker_settings[] = {
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
-     "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers"},
+     "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers", CFG_RESTART, NULL},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
-     "topic consumed"},
+     "topic consumed", CFG_RESTART, NULL},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
-     "partitions when the topic is created at start-up"},
+     "partitions when the topic is created at start-up", CFG_RESTART, NULL},
     {"group_id", CFG_STR, F(group_id), "sluice-worker", 0, 0, NULL, NULL,
-     "consumer group, also the key of the offsets in PostgreSQL"},
+     "consumer group, also the key of the offsets in PostgreSQL", CFG_RESTART,
+     NULL},
     {"group_instance_id", CFG_STR, F(group_instance_id), "", 0, 0, NULL,
      "SLUICE_GROUP_INSTANCE_ID",
-     "static group membership id, unique per worker (default dynamic)"},
+     "static group membership id, unique per worker (default dynamic)",
+     CFG_RESTART, NULL},
     {"pipelines", CFG_ENUM, F(pipelines), "per_kind", 0, 0, pipelines_names,
      NULL,
      "per_kind: each kind in a pipeline of its own, consumer group "
-     "<group_id>.<kind>; shared: every kind in one, group group_id"},
+     "<group_id>.<kind>; shared: every kind in one, group group_id",
+     CFG_RESTART, NULL},
     {"kinds", CFG_STR, F(kinds), "", 0, 0, NULL, NULL,
-     "kinds this worker applies, comma-separated (default every kind)"},
+     "kinds this worker applies, comma-separated (default every kind)",
+     CFG_RESTART, NULL},
     {"stall_alert_s", CFG_INT, F(stall_alert_s), "300", 1, 86400, NULL, NULL,
-     "/readyz fails for a partition behind and not committed for this long"},
+     "/readyz fails for a partition behind and not committed for this long",
+     CFG_RUNTIME, NULL},
     {"dlq_topic", CFG_STR, F(dlq_topic), "", 0, 0, NULL, NULL,
-     "dead-letter topic (default <topic>.dlq)"},
+     "dead-letter topic (default <topic>.dlq)", CFG_RESTART, NULL},
     {"postgres_dsn", CFG_STR, F(postgres_dsn), "postgresql:///sluice", 0, 0,
-     NULL, "SLUICE_POSTGRES_DSN", "libpq connection string"},
+     NULL, "SLUICE_POSTGRES_DSN", "libpq connection string", CFG_RESTART, NULL},
     {"redis_url", CFG_STR, F(redis_url), "redis://127.0.0.1:6379/0", 0, 0, NULL,
-     "SLUICE_REDIS_URL", "Redis to invalidate keys in"},
+     "SLUICE_REDIS_URL", "Redis to invalidate keys in", CFG_RESTART, NULL},
     {"redis_timeout_ms", CFG_INT, F(redis_timeout_ms), "500", 10, 60000, NULL,
-     NULL, "Redis connect and command timeout"},
+     NULL, "Redis connect and command timeout", CFG_RESTART, NULL},
     {"invalidate_keys", CFG_STR, F(invalidate_keys),
      "messages:{conversation_id}:*,conversation:{conversation_id}", 0, 0, NULL,
-     NULL, "keys removed after each commit"},
+     NULL, "keys removed after each commit", CFG_RESTART, "{conversation_id}"},
     {"batch_max", CFG_INT, F(batch_max), "2000", 1, 100000, NULL, NULL,
-     "most records in one batch"},
+     "most records in one batch", CFG_RESTART, NULL},
     {"batch_wait_ms", CFG_INT, F(batch_wait_ms), "0", 0, 10000, NULL, NULL,
-     "extra time to let a batch fill"},
+     "extra time to let a batch fill", CFG_RESTART, NULL},
     {"retry_backoff_min_ms", CFG_INT, F(retry_backoff_min_ms), "100", 1, 60000,
-     NULL, NULL, "first back-off step after a transient failure"},
+     NULL, NULL, "first back-off step after a transient failure", CFG_RESTART,
+     NULL},
     {"retry_backoff_max_ms", CFG_INT, F(retry_backoff_max_ms), "5000", 1,
-     600000, NULL, NULL, "largest back-off step between retries"},
+     600000, NULL, NULL, "largest back-off step between retries", CFG_RESTART,
+     NULL},
     {"campaign_invalidate_keys", CFG_STR, F(campaign_invalidate_keys),
      "campaign_run:{run_id}", 0, 0, NULL, NULL,
-     "keys removed after a campaign batch commits"},
+     "keys removed after a campaign batch commits", CFG_RESTART, "{run_id}"},
     {"lead_context.source", CFG_ENUM, F(lc_source), "postgres", 0, 0,
      lc_source_names, NULL,
-     "postgres (get_lead_full_context) or http (lead_context.url)"},
+     "postgres (get_lead_full_context) or http (lead_context.url)", CFG_RESTART,
+     NULL},
     {"lead_context.url", CFG_STR, F(lc_url), "", 0, 0, NULL, NULL,
-     "HTTP context source, {lead_id} is replaced"},
+     "HTTP context source, {lead_id} is replaced", CFG_RESTART, "{lead_id}"},
     {"lead_context.phone_url", CFG_STR, F(lc_phone_url), "", 0, 0, NULL, NULL,
-     "HTTP context source by phone, {phone} is replaced"},
+     "HTTP context source by phone, {phone} is replaced", CFG_RESTART,
+     "{phone}"},
     {"lead_context.postgres_dsn", CFG_STR, F(lc_postgres_dsn), "", 0, 0, NULL,
-     NULL, "database of get_lead_full_context (default postgres_dsn)"},
+     NULL, "database of get_lead_full_context (default postgres_dsn)",
+     CFG_RESTART, NULL},
     {"lead_context.concurrency", CFG_INT, F(lc_concurrency), "5", 1, 1000, NULL,
-     NULL, "most lookups in flight (K)"},
+     NULL, "most lookups in flight (K)", CFG_RESTART, NULL},
     {"lead_context.timeout_ms", CFG_INT, F(lc_timeout_ms), "5000", 10, 600000,
-     NULL, NULL, "deadline of one lookup"},
+     NULL, NULL, "deadline of one lookup", CFG_RESTART, NULL},
     {"lead_context.retries", CFG_INT, F(lc_retries), "2", 0, 100, NULL, NULL,
-     "further attempts after a failed lookup"},
+     "further attempts after a failed lookup", CFG_RESTART, NULL},
     {"lead_context.cache_ttl_s", CFG_INT, F(lc_cache_ttl_s), "300", 1, 86400,
-     NULL, NULL, "TTL of lead_ctx:{lead_id} in Redis"},
+     NULL, NULL, "TTL of lead_ctx:{lead_id} in Redis", CFG_RESTART, NULL},
     {"lead_context.lease_ms", CFG_INT, F(lc_lease_ms), "5000", 10, 600000, NULL,
-     NULL, "lifetime of the lease a miss takes before fetching"},
+     NULL, "lifetime of the lease a miss takes before fetching", CFG_RESTART,
+     NULL},
     {"lead_context.lease_wait_ms", CFG_INT, F(lc_lease_wait_ms), "10000", 0,
      600000, NULL, NULL,
-     "how long to wait for another worker's fill before fetching"},
+     "how long to wait for another worker's fill before fetching", CFG_RESTART,
+     NULL},
     {"lead_context.batch_budget_ms", CFG_INT, F(lc_batch_budget_ms), "60000",
      100, 3600000, NULL, NULL,
      "most time one batch waits for its lookups; the rest fail "
-     "context_unavailable"},
+     "context_unavailable",
+     CFG_RESTART, NULL},
     {"composer.base_url", CFG_STR, F(composer_base_url), "", 0, 0, NULL,
      "SLUICE_COMPOSER_BASE_URL",
      "OpenAI-compatible endpoint of campaign batches with a prompt, e.g. "
      "https://openrouter.ai/api/v1 (empty = none: they fail "
-     "compose_failed:not_configured)"},
+     "compose_failed:not_configured)",
+     CFG_RESTART, NULL},
     {"composer.api_key_file", CFG_STR, F(composer_api_key_file), "", 0, 0, NULL,
      "SLUICE_COMPOSER_API_KEY_FILE",
-     "file holding the endpoint's API key (sent as Bearer)"},
+     "file holding the endpoint's API key (sent as Bearer)", CFG_RESTART, NULL},
     {"composer.headers", CFG_STR, F(composer_headers), "", 0, 0, NULL, NULL,
-     "extra request headers, \"Name: value; Name: value\""},
+     "extra request headers, \"Name: value; Name: value\"", CFG_RESTART, NULL},
     {"composer.concurrency", CFG_INT, F(composer_concurrency), "5", 1, 1000,
-     NULL, NULL, "most model calls in flight (K)"},
+     NULL, NULL, "most model calls in flight (K)", CFG_RESTART, NULL},
     {"composer.rate", CFG_INT, F(composer_rate), "0", 0, 1000000, NULL, NULL,
-     "most model calls per minute (0 = no cap)"},
+     "most model calls per minute (0 = no cap)", CFG_RESTART, NULL},
     {"composer.timeout_ms", CFG_INT, F(composer_timeout_ms), "30000", 100,
-     600000, NULL, NULL, "deadline of one model call"},
+     600000, NULL, NULL, "deadline of one model call", CFG_RESTART, NULL},
     {"composer.retries", CFG_INT, F(composer_retries), "3", 0, 100, NULL, NULL,
-     "further attempts after a timeout, connection error, 5xx or 429"},
+     "further attempts after a timeout, connection error, 5xx or 429",
+     CFG_RESTART, NULL},
     {"composer.default_model", CFG_STR, F(composer_default_model), "", 0, 0,
      NULL, "SLUICE_COMPOSER_DEFAULT_MODEL",
-     "model when neither the batch nor workspaces.ai_model names one"},
+     "model when neither the batch nor workspaces.ai_model names one",
+     CFG_RESTART, NULL},
     {"composer.model_cache_ttl_s", CFG_INT, F(composer_model_cache_ttl_s),
-     "300", 1, 86400, NULL, NULL, "TTL of workspace:{id} in Redis"},
+     "300", 1, 86400, NULL, NULL, "TTL of workspace:{id} in Redis", CFG_RESTART,
+     NULL},
     {"http.ca_file", CFG_STR, F(http_ca_file), "", 0, 0, NULL, NULL,
      "CA certificates (PEM) that https:// calls trust; empty = the system's "
-     "trust store"},
+     "trust store",
+     CFG_RESTART, NULL},
     {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
-     "host:port of /healthz, /readyz and /metrics; empty = off"},
+     "host:port of /healthz, /readyz and /metrics; empty = off", CFG_RESTART,
+     NULL},
     {"postgres_idle_tx_timeout_ms", CFG_INT, F(pg_idle_tx_timeout_ms), "10000",
      0, 3600000, NULL, NULL,
-     "server ends a batch transaction left idle this long (0 = never)"},
+     "server ends a batch transaction left idle this long (0 = never)",
+     CFG_RESTART, NULL},
     {"log_level", CFG_ENUM, F(log_level), "info", 0, 0, log_level_names, NULL,
-     "debug, info, warn or error"},
+     "debug, info, warn or error", CFG_RUNTIME, NULL},
     {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
-     NULL, "text or json"},
+     NULL, "text or json", CFG_RESTART, NULL},
     CFG_END};
 #undef F
 
+const struct cfg_family_key worker_family_keys[] = {
+    {"kafka.PROPERTY", "librdkafka property", NULL, false},
+    {NULL, NULL, NULL, false}};
+
 static bool worker_extra(void *target, const char *key, const char *value,
-			 char *errstr, size_t errstr_size)
+			 const char *origin, char *errstr, size_t errstr_size)
 {
 	struct worker_config *cfg = target;
 
 	if (strncmp(key, "kafka.", 6) == 0 && key[6]) {
-		cfg_kv_append(&cfg->kafka, key, value);
+		cfg_kv_append(&cfg->kafka, key, value, origin);
 		return true;
 	}
 	snprintf(errstr, errstr_size, "unknown setting \"%s\"", key);
@@ -137,8 +161,8 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)
 {
 	memset(cfg, 0, sizeof(*cfg));
-	if (!cfg_load(worker_settings, cfg, path, worker_extra, errstr,
-		      errstr_size))
+	if (!cfg_load(worker_settings, cfg, path, worker_extra, &cfg->seen,
+		      errstr, errstr_size))
 		return false;
 	if (!cfg->dlq_topic[0]) {
 		size_t n = strlen(cfg->topic) + 5;
@@ -193,12 +217,13 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 void worker_config_free(struct worker_config *cfg)
 {
 	cfg_kv_free(cfg->kafka);
+	cfg_kv_free(cfg->seen);
 	cfg_free(worker_settings, cfg);
 	memset(cfg, 0, sizeof(*cfg));
 }
 
 void worker_config_dump(const struct worker_config *cfg)
 {
-	cfg_dump(worker_settings, cfg, stdout);
+	cfg_dump(worker_settings, cfg, cfg->seen, stdout);
 	cfg_kv_dump(cfg->kafka, stdout);
 }

@@ -57,9 +57,14 @@ struct worker_config {
 	char *composer_default_model;
 	int composer_model_cache_ttl_s;
 	struct cfg_kv *kafka;
+	/* Every value the file and the environment set, with its origin:
+	 * --check-config prints it, a reload diffs it. */
+	struct cfg_kv *seen;
 };
 
 extern const struct cfg_setting worker_settings[];
+/* The kafka.* family, as --list-keys shows it. */
+extern const struct cfg_family_key worker_family_keys[];
 
 bool worker_config_load(struct worker_config *cfg, const char *path,
 			char *errstr, size_t errstr_size)

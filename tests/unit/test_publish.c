@@ -58,7 +58,7 @@ int main(void)
 	rd_kafka_t *first;
 	rd_kafka_mock_cluster_t *mc;
 
-	cfg_kv_append(&kafka, "kafka.test.mock.num.brokers", "1");
+	cfg_kv_append(&kafka, "kafka.test.mock.num.brokers", "1", NULL);
 	ing.cfg.brokers = (char *)"";
 	ing.cfg.topic = (char *)"sluice.test";
 	ing.cfg.topic_partitions = 0; /* the mock creates it on use */
