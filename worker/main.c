@@ -88,7 +88,7 @@ static void usage(FILE *out)
 	    "      --dry-run       report what would be sent back, send "
 	    "nothing\n"
 	    "      --max-attempts N  a record sent back N times stays dead\n"
-	    "                      (default 5)\n"
+	    "                      (default 5, 0: no limit)\n"
 	    "dlq:\n"
 	    "      --json          one JSON object per record\n"
 	    "      --limit N       list at most N records (default 100, 0: "
@@ -341,6 +341,7 @@ struct cli {
 	bool dry_run;
 	double rate;
 	int max_attempts;
+	bool max_attempts_set;
 	struct replay_opts replay;
 	struct dlq_tool_opts dlq;
 	bool json, limit_set;
@@ -448,10 +449,11 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 				      "(0: all)";
 			break;
 		case OPT_MAX:
+			cli->max_attempts_set = true;
 			cli->max_attempts = (int)strtol(optarg, &end, 10);
-			if (end == optarg || *end || cli->max_attempts < 1)
+			if (end == optarg || *end || cli->max_attempts < 0)
 				bad = "--max-attempts needs a whole number "
-				      "of at least 1";
+				      "(0: no limit)";
 			break;
 		default: usage(stderr); return 2;
 		}
@@ -464,7 +466,7 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		bad = "--dry-run belongs to replay and redrive";
 	if (!bad && cli->mode != MODE_DLQ && (cli->json || cli->limit_set))
 		bad = "--json and --limit belong to dlq";
-	if (!bad && cli->mode != MODE_REDRIVE && cli->max_attempts != 5)
+	if (!bad && cli->mode != MODE_REDRIVE && cli->max_attempts_set)
 		bad = "--max-attempts belongs to redrive";
 	if (!bad && cli->mode == MODE_REPLAY && !cli->from)
 		bad = "replay needs --from";

@@ -182,7 +182,7 @@ static bool redrive_one(struct redrive *r, const rd_kafka_message_t *m)
 		       HDR_DLQ_ORIGIN, reason[0] ? reason : "(none)");
 		return true;
 	}
-	if (attempts >= r->o->max_attempts) {
+	if (r->o->max_attempts > 0 && attempts >= r->o->max_attempts) {
 		r->dead++;
 		printf("stays dead: %s (from %s) after %d attempts; reason: "
 		       "%s\n",
@@ -289,6 +289,7 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 	    .connection_only = true,
 	    .deliveries = &r.dr,
 	};
+	char limit[48];
 	int rc = 1;
 
 	r.consumer = kafka_range_reader_new(
@@ -310,9 +311,14 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 		}
 		goto out;
 	}
-	log_info("redriving %s as group %s (at most %d attempts)%s",
-		 cfg->dlq_topic, group, o->max_attempts,
-		 o->dry_run ? "; dry run: nothing is sent" : "");
+	if (o->max_attempts > 0)
+		log_info("redriving %s as group %s (at most %d attempts)%s",
+			 cfg->dlq_topic, group, o->max_attempts,
+			 o->dry_run ? "; dry run: nothing is sent" : "");
+	else
+		log_info("redriving %s as group %s (no limit on attempts)%s",
+			 cfg->dlq_topic, group,
+			 o->dry_run ? "; dry run: nothing is sent" : "");
 	while (!all_done(&r) && !*stopping) {
 		if (!redrive_chunk(&r) || !confirm_and_commit(&r))
 			goto out;
@@ -320,11 +326,16 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 	if (!confirm_and_commit(&r))
 		goto out;
 	rc = all_done(&r) ? 0 : 130;
+	if (o->max_attempts > 0)
+		snprintf(limit, sizeof(limit), "%d attempts or more",
+			 o->max_attempts);
+	else
+		snprintf(limit, sizeof(limit), "no limit on attempts");
 	printf("redrive %s: %llu records read, %llu %s, %llu stay dead "
-	       "(%d attempts or more), %llu without an origin\n",
+	       "(%s), %llu without an origin\n",
 	       rc == 0 ? "done" : "stopped", r.read, r.sent,
-	       o->dry_run ? "would be sent back" : "sent back", r.dead,
-	       o->max_attempts, r.unknown);
+	       o->dry_run ? "would be sent back" : "sent back", r.dead, limit,
+	       r.unknown);
 out:
 	if (rc == 1)
 		log_error("redrive: %s", r.errstr);
