@@ -42,7 +42,8 @@ WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c
               worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
               worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \
-              worker/owed.c worker/httpc.c worker/dlqtool.c \
+              worker/owed.c worker/httpc.c worker/dlqtool.c worker/dsn.c \
+              worker/verify.c \
               worker/contexts.c worker/composer.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c

@@ -248,7 +248,7 @@ static bool resume_from_stored(struct replay *r)
 	}
 	/* What an earlier run of this group still owes Redis is performed
 	 * like a consumer's debts on its partitions. */
-	if (!r->o->dry_run)
+	if (!r->o->dry_run && !r->env->no_invalidate)
 		batch_hold(r->b, ids, r->n);
 	for (int i = 0; i < r->n; i++) {
 		struct rpart *p = &r->parts[i];
