@@ -305,8 +305,8 @@ int kafka_side_map(rd_kafka_t *rk, const char *topic, int32_t only,
 						       &p->hi, 10000);
 		if (err) {
 			snprintf(errstr, errstr_size,
-				 "watermarks of %s [%d]: %s", topic,
-				 (int)p->id, rd_kafka_err2str(err));
+				 "watermarks of %s [%d]: %s", topic, (int)p->id,
+				 rd_kafka_err2str(err));
 			goto out;
 		}
 		p->start = p->lo;
@@ -335,8 +335,7 @@ bool kafka_side_assign(rd_kafka_t *rk, const char *topic,
 
 	for (int i = 0; i < n; i++)
 		if (!parts[i].skip)
-			rd_kafka_topic_partition_list_add(l, topic,
-							  parts[i].id)
+			rd_kafka_topic_partition_list_add(l, topic, parts[i].id)
 			    ->offset = parts[i].start;
 	err = rd_kafka_assign(rk, l);
 	rd_kafka_topic_partition_list_destroy(l);

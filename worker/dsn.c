@@ -16,8 +16,8 @@ char *dsn_pick(const char *what, const char *arg, const char *file,
 	const char *v;
 
 	if (arg && file) {
-		snprintf(errstr, errstr_size, "%s and %s-file exclude each other",
-			 what, what);
+		snprintf(errstr, errstr_size,
+			 "%s and %s-file exclude each other", what, what);
 		return NULL;
 	}
 	if (arg)
@@ -45,8 +45,8 @@ char *dsn_pick(const char *what, const char *arg, const char *file,
 	v = env ? getenv(env) : NULL;
 	if (v && v[0])
 		return xstrdup(v);
-	snprintf(errstr, errstr_size, "%s, %s-file or %s is needed", what,
-		 what, env ? env : "");
+	snprintf(errstr, errstr_size, "%s, %s-file or %s is needed", what, what,
+		 env ? env : "");
 	return NULL;
 }
 
@@ -112,8 +112,8 @@ void dsn_describe(const char *dsn, char *out, size_t outsz)
 	if (!pg_where(dsn, &w))
 		snprintf(out, outsz, "(unparsable connection string)");
 	else
-		snprintf(out, outsz, "%s:%s/%s", w.host[0] ? w.host : "(socket)",
-			 w.port, w.dbname);
+		snprintf(out, outsz, "%s:%s/%s",
+			 w.host[0] ? w.host : "(socket)", w.port, w.dbname);
 }
 
 bool dsn_same_redis(const char *a, const char *b)

@@ -511,9 +511,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		}
 	}
 	if (!bad && cli->mode != MODE_REPLAY &&
-	    (cli->from || cli->to || cli->group || cli->rate > 0 ||
-	     cli->into || cli->into_file || cli->redis_url ||
-	     cli->no_invalidate))
+	    (cli->from || cli->to || cli->group || cli->rate > 0 || cli->into ||
+	     cli->into_file || cli->redis_url || cli->no_invalidate))
 		bad = "--from, --to, --group, --rate, --into, --into-file, "
 		      "--redis-url and --no-invalidate belong to replay";
 	if (!bad && cli->mode != MODE_VERIFY &&
@@ -628,18 +627,21 @@ static int replay_target(struct worker_config *cfg, const struct cli *cli)
 		dsn_describe(into, into_s, sizeof(into_s));
 	dsn_describe(cfg->postgres_dsn, live_s, sizeof(live_s));
 	if (other_db && live_redis && !cli->no_invalidate) {
-		fprintf(stderr,
-			"sluice-worker: refusing to replay into %s, which is not postgres_dsn (%s), while removing cache keys in the live Redis (redis_url): the live cache would lose keys of rows this replay does not write there; give --redis-url URL (a Redis of that database's) or --no-invalidate\n",
-			into_s, live_s);
+		fprintf(
+		    stderr,
+		    "sluice-worker: refusing to replay into %s, which is not postgres_dsn (%s), while removing cache keys in the live Redis (redis_url): the live cache would lose keys of rows this replay does not write there; give --redis-url URL (a Redis of that database's) or --no-invalidate\n",
+		    into_s, live_s);
 		free(into);
 		free(redis);
 		return 2;
 	}
 	if (other_db)
-		fprintf(stderr, "sluice-worker: replaying into %s, not postgres_dsn (%s)%s\n",
-			into_s, live_s,
-			cli->no_invalidate ? "; no cache key is removed"
-					   : "; cache keys go to --redis-url");
+		log_info(
+		    "replaying into %s, not postgres_dsn (%s)%s", into_s,
+		    live_s,
+		    cli->no_invalidate
+			? "; no cache key is removed"
+			: "; cache keys are removed in the replay's Redis");
 	if (into) {
 		/* Lead contexts come from where the live worker reads
 		 * them, so the replay decides as it did. */

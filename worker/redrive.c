@@ -66,8 +66,8 @@ static bool plan(struct redrive *r, const char *group)
 	r->parts = xcalloc((size_t)r->n, sizeof(*r->parts));
 	l = rd_kafka_topic_partition_list_new(r->n);
 	for (int i = 0; i < r->n; i++) {
-		r->parts[i] = (struct rdpart){kp[i].id, kp[i].hi, kp[i].lo,
-					      false};
+		r->parts[i] =
+		    (struct rdpart){kp[i].id, kp[i].hi, kp[i].lo, false};
 		rd_kafka_topic_partition_list_add(l, topic, kp[i].id);
 	}
 	/* Where this group left the topic last time. */

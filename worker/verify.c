@@ -24,16 +24,23 @@
 #define SHOW_KEYS 10
 
 /* The tables sluice's migrations create that hold data. */
-static const char *const tables[] = {
-    "conversations", "messages",	  "leads",	   "inboxes",
-    "workspaces",    "campaign_runs", "campaign_messages", "chat_messages",
-    "chat_statuses", "chat_turns",	  NULL};
+static const char *const tables[] = {"conversations",
+				     "messages",
+				     "leads",
+				     "inboxes",
+				     "workspaces",
+				     "campaign_runs",
+				     "campaign_messages",
+				     "chat_messages",
+				     "chat_statuses",
+				     "chat_turns",
+				     NULL};
 /* Bookkeeping, which differs between any two databases by design: the
  * consumed offsets (per group), the invalidations owed to Redis and the
  * migrations applied. */
-static const char *const skipped[] = {
-    "sluice_offsets", "sluice_owed_invalidations", "sluice_schema_migrations",
-    NULL};
+static const char *const skipped[] = {"sluice_offsets",
+				      "sluice_owed_invalidations",
+				      "sluice_schema_migrations", NULL};
 /* When a row was written or last touched: no two databases filled at
  * different moments agree on them. */
 static const char *const times[] = {"created_at", "updated_at", "inserted_at",
@@ -144,7 +151,8 @@ static bool shape_read(struct side *s, const char *table, struct shape *sh,
 	    "IS NULL AND i.indexprs IS NULL ORDER BY i.indisprimary DESC, "
 	    "i.indnatts, i.indexrelid, k.ord";
 	const char *p[1] = {table};
-	PGresult *cols = PQexecParams(s->c, cols_sql, 1, NULL, p, NULL, NULL, 0);
+	PGresult *cols =
+	    PQexecParams(s->c, cols_sql, 1, NULL, p, NULL, NULL, 0);
 	PGresult *idx = PQexecParams(s->c, idx_sql, 1, NULL, p, NULL, NULL, 0);
 	int n = 0, first = -1, last = -1;
 	bool ok = false;
@@ -154,12 +162,10 @@ static bool shape_read(struct side *s, const char *table, struct shape *sh,
 	buf_init(&sh->keyn);
 	if (PQresultStatus(cols) != PGRES_TUPLES_OK ||
 	    PQresultStatus(idx) != PGRES_TUPLES_OK) {
-		snprintf(err, errsz, "%s: the catalog of %s: %s", s->where,
-			 table,
-			 PQresultErrorMessage(PQresultStatus(cols) !=
-						      PGRES_TUPLES_OK
-						  ? cols
-						  : idx));
+		snprintf(
+		    err, errsz, "%s: the catalog of %s: %s", s->where, table,
+		    PQresultErrorMessage(
+			PQresultStatus(cols) != PGRES_TUPLES_OK ? cols : idx));
 		goto out;
 	}
 	/* The first index (rows first..last) without a generated column. */
@@ -242,8 +248,8 @@ static bool figures(struct side *s, const char *sql, char *rows, char *sum,
 	}
 	PQclear(r);
 	if (!ok)
-		exec_ok(s, "ROLLBACK TO SAVEPOINT verify_table", err + strlen(err),
-			errsz - strlen(err));
+		exec_ok(s, "ROLLBACK TO SAVEPOINT verify_table",
+			err + strlen(err), errsz - strlen(err));
 	return ok;
 }
 
@@ -298,8 +304,8 @@ static void show_key(const char *what, const char *key, int key_cols)
 }
 
 /* Names the keys that differ. false when a side could not be read. */
-static bool differences(struct side *here, struct side *there,
-			const char *sql, const struct shape *sh)
+static bool differences(struct side *here, struct side *there, const char *sql,
+			const struct shape *sh)
 {
 	struct stream a = {.s = here}, b = {.s = there};
 	unsigned long long only_here = 0, only_there = 0, changed = 0;

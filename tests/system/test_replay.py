@@ -640,3 +640,17 @@ def test_replay_elsewhere_with_the_live_redis_is_refused(pipeline, stack,
         == 0
     assert live.scalar("SELECT count(*) FROM sluice_offsets WHERE group_id"
                        " = %s", (f"{pipeline.group}-replay",)) == 0
+
+    # another Redis (here: another database of the same server) takes the
+    # replay's invalidations; the live one keeps its keys
+    r7 = urlsplit(pipeline.services.redis_url)._replace(path="/7").geturl()
+    other = pipeline.services.redis(r7)
+    for k in keys:
+        other.set(k, "scratch cache")
+    scratch2 = dbs("scratch2")
+    r = run("--into", scratch2.dsn, "--redis-url", r7)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert scratch2.scalar("SELECT count(*) FROM messages") == \
+        live.scalar("SELECT count(*) FROM messages")
+    assert not any(other.exists(k) for k in keys)
+    assert all(rds.exists(k) for k in keys)
