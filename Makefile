@@ -54,7 +54,7 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat test_replay test_util
+              test_chat test_replay test_util test_dsn
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -110,6 +110,8 @@ $(BUILD)/tests/test_util: $(BUILD)/tests/unit/test_util.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
 	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
 	$(BUILD)/common/validate.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_dsn: $(BUILD)/tests/unit/test_dsn.o $(BUILD)/worker/dsn.o \
+	$(BUILD)/worker/redisconn.o $(BUILD)/common/log.o $(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"
