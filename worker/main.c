@@ -1,8 +1,9 @@
 /* sluice-worker: the launcher. Reads the configuration, builds the
  * daemon's objects and runs a mode: consume (the consumer group), replay
- * (a range of the topic under a group of its own) or redrive (the
- * dead-letter topic back to where it came from). The batch logic lives in
- * batch.c, each kind's in handlers/. */
+ * (a range of the topic under a group of its own), redrive (the
+ * dead-letter topic back to where it came from), dlq (the dead-letter
+ * topic read) or verify (two databases compared). The batch logic lives
+ * in batch.c, each kind's in handlers/. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>

@@ -135,6 +135,19 @@ def verified(r):
             for t in VERIFY_LINE.findall(r.stdout)}
 
 
+def replayed_copy(pipeline, stack, dbs, tag):
+    """The whole topic replayed into a new database seeded as the live one
+    was, which verify finds equal to it: (db, replay's, verify's
+    CompletedProcess)."""
+    db = dbs(tag)
+    seed(db, stack["leads"], stack["inbox"])
+    r = replay(pipeline, db, "--from", "1970-01-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = verify(pipeline, stack["live"], db)
+    assert v.returncode == 0, v.stdout + v.stderr[-3000:]
+    return db, r, v
+
+
 def seed(db, leads, inbox):
     db.query("INSERT INTO inboxes (id, workspace_id, name, connected)"
              " VALUES (%s, 'ws-test', 'inbox', true)", (inbox,))
@@ -243,12 +256,7 @@ def test_replay_into_empty_database_reproduces_tables(pipeline, stack, dbs):
                        (run,)) == "finished"
     assert live.scalar("SELECT count(*) FROM messages") == 3 * 5 + 3 * 4
 
-    empty = dbs("empty")
-    seed(empty, stack["leads"], stack["inbox"])
-    r = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z")
-    assert r.returncode == 0, r.stderr[-3000:]
-    v = verify(pipeline, live, empty)
-    assert v.returncode == 0, v.stdout + v.stderr[-3000:]
+    empty, r, v = replayed_copy(pipeline, stack, dbs, "empty")
     tables = verified(v)
     assert sorted(tables) == sorted(TABLES), v.stdout
     assert all(eq for _, _, _, eq in tables.values()), v.stdout
@@ -521,12 +529,7 @@ def test_verify_names_a_changed_and_a_missing_row(pipeline, stack, dbs,
     send_all(pipeline, stack)
     wait_live(pipeline, stack)
     live = stack["live"]
-    copy = dbs("verify")
-    seed(copy, stack["leads"], stack["inbox"])
-    r = replay(pipeline, copy, "--from", "1970-01-01T00:00:00Z")
-    assert r.returncode == 0, r.stderr[-3000:]
-    v = verify(pipeline, live, copy)
-    assert v.returncode == 0, v.stdout + v.stderr[-3000:]
+    copy, _, _ = replayed_copy(pipeline, stack, dbs, "verify")
 
     cid, eid = copy.query("SELECT conversation_id, external_event_id FROM"
                           " messages ORDER BY 1, 2 LIMIT 1")[0]
