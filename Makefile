@@ -44,7 +44,8 @@ WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c
               worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
               worker/dlq.c \
               worker/replay.c worker/replay_pos.c worker/redrive.c \
-              worker/owed.c worker/httpc.c worker/dlqtool.c \
+              worker/owed.c worker/httpc.c worker/dlqtool.c worker/dsn.c \
+              worker/verify.c \
               worker/contexts.c worker/composer.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
@@ -55,7 +56,7 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat test_replay test_util
+              test_chat test_replay test_util test_dsn
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -111,6 +112,8 @@ $(BUILD)/tests/test_util: $(BUILD)/tests/unit/test_util.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
 	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
 	$(BUILD)/common/validate.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_dsn: $(BUILD)/tests/unit/test_dsn.o $(BUILD)/worker/dsn.o \
+	$(BUILD)/worker/redisconn.o $(BUILD)/common/log.o $(BUILD)/common/util.o
 $(UNIT_BINS):
 	@mkdir -p $(dir $@)
 	@echo "  LD  $@"

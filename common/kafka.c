@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "util.h"
 
 bool kafka_conf_set(rd_kafka_conf_t *conf, const char *key, const char *value,
 		    char *errstr, size_t errstr_size)
@@ -342,4 +343,83 @@ rd_kafka_t *kafka_range_reader_new(const char *what, const char *brokers,
 	if (rk)
 		rd_kafka_poll_set_consumer(rk);
 	return rk;
+}
+
+int kafka_side_map(rd_kafka_t *rk, const char *topic, int32_t only,
+		   struct kafka_part **out, char *errstr, size_t errstr_size)
+{
+	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
+	const struct rd_kafka_metadata *md = NULL;
+	const struct rd_kafka_metadata_topic *t;
+	struct kafka_part *ps = NULL;
+	rd_kafka_resp_err_t err;
+	int n = 0, rc = -1;
+
+	*out = NULL;
+	err = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
+	if (err) {
+		snprintf(errstr, errstr_size, "metadata of %s: %s", topic,
+			 rd_kafka_err2str(err));
+		goto out;
+	}
+	t = md->topic_cnt == 1 ? &md->topics[0] : NULL;
+	if (!t || t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+	    (!t->err && t->partition_cnt == 0)) {
+		rc = 0; /* nothing there (yet) */
+		goto out;
+	}
+	if (t->err) {
+		snprintf(errstr, errstr_size, "topic %s: %s", topic,
+			 rd_kafka_err2str(t->err));
+		goto out;
+	}
+	ps = xcalloc((size_t)t->partition_cnt, sizeof(*ps));
+	for (int i = 0; i < t->partition_cnt; i++) {
+		struct kafka_part *p = &ps[n];
+
+		if (only >= 0 && t->partitions[i].id != only)
+			continue;
+		p->id = t->partitions[i].id;
+		err = rd_kafka_query_watermark_offsets(rk, topic, p->id, &p->lo,
+						       &p->hi, 10000);
+		if (err) {
+			snprintf(errstr, errstr_size,
+				 "watermarks of %s [%d]: %s", topic, (int)p->id,
+				 rd_kafka_err2str(err));
+			goto out;
+		}
+		p->start = p->lo;
+		n++;
+	}
+	rc = n;
+	if (n > 0) {
+		*out = ps;
+		ps = NULL; /* the caller's now */
+	}
+out:
+	free(ps);
+	if (md)
+		rd_kafka_metadata_destroy(md);
+	rd_kafka_topic_destroy(rkt);
+	return rc;
+}
+
+bool kafka_side_assign(rd_kafka_t *rk, const char *topic,
+		       const struct kafka_part *parts, int n, char *errstr,
+		       size_t errstr_size)
+{
+	rd_kafka_topic_partition_list_t *l =
+	    rd_kafka_topic_partition_list_new(n > 0 ? n : 1);
+	rd_kafka_resp_err_t err;
+
+	for (int i = 0; i < n; i++)
+		if (!parts[i].skip)
+			rd_kafka_topic_partition_list_add(l, topic, parts[i].id)
+			    ->offset = parts[i].start;
+	err = rd_kafka_assign(rk, l);
+	rd_kafka_topic_partition_list_destroy(l);
+	if (err)
+		snprintf(errstr, errstr_size, "assign: %s",
+			 rd_kafka_err2str(err));
+	return !err;
 }

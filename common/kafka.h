@@ -80,6 +80,27 @@ rd_kafka_t *kafka_range_reader_new(const char *what, const char *brokers,
 				   const struct cfg_kv *passthrough,
 				   char *errstr, size_t errstr_size);
 
+/* A partition of a topic as a side reader maps it. */
+struct kafka_part {
+	int32_t id;
+	int64_t lo, hi; /* its watermarks when it was mapped */
+	int64_t start;	/* where kafka_side_assign() starts it (lo) */
+	bool skip;	/* not assigned */
+};
+
+/* Maps topic for a side reader that assigns its partitions by hand
+ * (replay, redrive, dlq): the partitions from the metadata, then each
+ * one's watermarks (only partition `only`'s when only >= 0). Returns how
+ * many partitions *out holds (malloc'd, the caller frees it), 0 when the
+ * topic does not exist or has no such partition (*out NULL), -1 with
+ * errstr on failure. */
+int kafka_side_map(rd_kafka_t *rk, const char *topic, int32_t only,
+		   struct kafka_part **out, char *errstr, size_t errstr_size);
+/* Assigns the mapped partitions not skipped, each at its start. */
+bool kafka_side_assign(rd_kafka_t *rk, const char *topic,
+		       const struct kafka_part *parts, int n, char *errstr,
+		       size_t errstr_size) __attribute__((warn_unused_result));
+
 /* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		  const char *buf);

@@ -412,7 +412,7 @@ again:
 		if (b->used[i] && handlers[i]->keys)
 			handlers[i]->keys(b->state[i], &b->keys);
 	cache_keys_unique(&b->keys);
-	if (!env->dry_run &&
+	if (!env->dry_run && !env->no_invalidate &&
 	    !owed_write(b->owed, pm->parts, pm->n, &b->keys, err, errsz)) {
 		pgsink_rollback(env->ps);
 		return false;
@@ -718,8 +718,10 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	/* Right after the commit: every key the handlers named, in one
 	 * pipeline; confirmed, their outbox rows go with the next commit.
 	 * A dry run committed nothing, so it owes nothing. */
-	removed = env->dry_run ? 0 : cache_invalidate(env->cache, &b->keys);
-	if (!env->dry_run)
+	removed = env->dry_run || env->no_invalidate
+		      ? 0
+		      : cache_invalidate(env->cache, &b->keys);
+	if (!env->dry_run && !env->no_invalidate)
 		owed_committed(b->owed, removed >= 0);
 	t_end = util_mono_ms();
 
@@ -757,7 +759,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	 * debts: perform what is owed (only then; nothing on the usual
 	 * path). */
 	batch_sync_assignment(b);
-	if (removed >= 0 && !env->dry_run)
+	if (removed >= 0 && !env->dry_run && !env->no_invalidate)
 		owed_after_batch(b->owed);
 	/* Let what the batch queued on the loop (cache fills) go out. */
 	event_base_loop(env->base, EVLOOP_NONBLOCK);

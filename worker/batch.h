@@ -40,6 +40,9 @@ struct batch_env {
 	/* replay --dry-run: every batch is rolled back, nothing is
 	 * dead-lettered and no cache key is removed */
 	bool dry_run;
+	/* replay --no-invalidate: no cache key is removed or owed (a replay
+	 * into another database than the one the cache is of) */
+	bool no_invalidate;
 	/* the one-line batch log at debug level (a terminal shows progress) */
 	bool quiet;
 	/* The kinds this pipeline applies: bit i = handlers[i], 0 = every

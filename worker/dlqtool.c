@@ -186,73 +186,33 @@ static int plan(rd_kafka_t *rk, const struct worker_config *cfg,
 		const struct dlq_tool_opts *o, struct place **out, int *n,
 		char *err, size_t errsz)
 {
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, cfg->dlq_topic, NULL);
-	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_topic_partition_list_t *l = NULL;
-	rd_kafka_resp_err_t e;
-	struct place *ps = NULL;
-	int k = 0, rc = 1;
+	struct kafka_part *kp = NULL;
+	struct place *ps;
+	int k = kafka_side_map(rk, cfg->dlq_topic, o->show ? o->partition : -1,
+			       &kp, err, errsz);
 
-	e = rd_kafka_metadata(rk, 0, rkt, &md, 10000);
-	if (e) {
-		snprintf(err, errsz, "metadata of %s: %s", cfg->dlq_topic,
-			 rd_kafka_err2str(e));
-		goto out;
-	}
-	if (md->topic_cnt != 1 || md->topics[0].partition_cnt == 0 ||
-	    md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) {
-		rc = 2;
-		goto out;
-	}
-	ps = xcalloc((size_t)md->topics[0].partition_cnt, sizeof(*ps));
-	l = rd_kafka_topic_partition_list_new(md->topics[0].partition_cnt);
-	for (int i = 0; i < md->topics[0].partition_cnt; i++) {
-		int32_t id = md->topics[0].partitions[i].id;
-		int64_t lo, hi;
-
-		if (o->show && id != o->partition)
-			continue;
-		e = rd_kafka_query_watermark_offsets(rk, cfg->dlq_topic, id,
-						     &lo, &hi, 10000);
-		if (e) {
-			snprintf(err, errsz, "watermarks of %s [%d]: %s",
-				 cfg->dlq_topic, (int)id, rd_kafka_err2str(e));
-			goto out;
+	if (k <= 0)
+		return k < 0 ? 1 : 2;
+	if (o->show) {
+		if (o->offset < kp[0].lo || o->offset >= kp[0].hi) {
+			free(kp);
+			return 2;
 		}
-		if (o->show) {
-			if (o->offset < lo || o->offset >= hi) {
-				rc = 2;
-				goto out;
-			}
-			lo = o->offset;
-			hi = o->offset + 1;
-		}
-		ps[k] = (struct place){id, lo, hi, lo >= hi};
-		rd_kafka_topic_partition_list_add(l, cfg->dlq_topic, id)
-		    ->offset = lo;
-		k++;
+		kp[0].start = o->offset;
+		kp[0].hi = o->offset + 1;
 	}
-	if (k == 0) {
-		rc = 2;
-		goto out;
+	if (!kafka_side_assign(rk, cfg->dlq_topic, kp, k, err, errsz)) {
+		free(kp);
+		return 1;
 	}
-	e = rd_kafka_assign(rk, l);
-	if (e) {
-		snprintf(err, errsz, "assign: %s", rd_kafka_err2str(e));
-		goto out;
-	}
+	ps = xcalloc((size_t)k, sizeof(*ps));
+	for (int i = 0; i < k; i++)
+		ps[i] = (struct place){kp[i].id, kp[i].start, kp[i].hi,
+				       kp[i].start >= kp[i].hi};
+	free(kp);
 	*out = ps;
 	*n = k;
-	ps = NULL;
-	rc = 0;
-out:
-	free(ps);
-	if (l)
-		rd_kafka_topic_partition_list_destroy(l);
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
-	return rc;
+	return 0;
 }
 
 int dlq_tool_run(const struct worker_config *cfg, const struct dlq_tool_opts *o,

@@ -1,8 +1,9 @@
 /* sluice-worker: the launcher. Reads the configuration, builds the
  * daemon's objects and runs a mode: consume (the consumer group), replay
- * (a range of the topic under a group of its own) or redrive (the
- * dead-letter topic back to where it came from). The batch logic lives in
- * batch.c, each kind's in handlers/. */
+ * (a range of the topic under a group of its own), redrive (the
+ * dead-letter topic back to where it came from), dlq (the dead-letter
+ * topic read) or verify (two databases compared). The batch logic lives
+ * in batch.c, each kind's in handlers/. */
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +21,7 @@
 #include "consume.h"
 #include "dlq.h"
 #include "dlqtool.h"
+#include "dsn.h"
 #include "handlers/handler.h"
 #include "httpd.h"
 #include "metrics.h"
@@ -28,6 +30,7 @@
 #include "redrive.h"
 #include "replay.h"
 #include "settings.h"
+#include "verify.h"
 
 static volatile sig_atomic_t stop_signal;
 static volatile sig_atomic_t reload_signal;
@@ -55,10 +58,14 @@ static void usage(FILE *out)
 	    "       sluice-worker replay -c FILE --from TIME|PARTITION:OFFSET\n"
 	    "                     [--to TIME|PARTITION:OFFSET] [--group NAME]\n"
 	    "                     [--dry-run] [--rate N]\n"
+	    "                     [--into DSN | --into-file FILE]\n"
+	    "                     [--redis-url URL] [--no-invalidate]\n"
 	    "       sluice-worker redrive -c FILE [--dry-run] "
 	    "[--max-attempts N]\n"
 	    "       sluice-worker dlq list -c FILE [--json] [--limit N]\n"
 	    "       sluice-worker dlq show PARTITION:OFFSET -c FILE [--json]\n"
+	    "       sluice-worker verify -c FILE [--against DSN | "
+	    "--against-file FILE]\n"
 	    "       sluice-worker --help | --version | --list-keys\n"
 	    "\n"
 	    "consume (the default) reads sluice events from Kafka in a "
@@ -75,6 +82,10 @@ static void usage(FILE *out)
 	    "attempts,\n"
 	    "time, a preview of the body) or shows one whole; it changes "
 	    "nothing.\n"
+	    "verify compares sluice's tables in the configured database with "
+	    "another\n"
+	    "by natural key: rows, checksums and the first keys that "
+	    "differ.\n"
 	    "\n"
 	    "  -c, --config FILE   configuration file (see "
 	    "docs/configuration.md)\n"
@@ -98,19 +109,37 @@ static void usage(FILE *out)
 	    "                      run again with it to resume\n"
 	    "      --dry-run       count what would change, write nothing\n"
 	    "      --rate N        apply at most N records per second\n"
+	    "      --into DSN      write into this database instead of\n"
+	    "                      postgres_dsn (no password here: use\n"
+	    "                      --into-file or SLUICE_REPLAY_INTO)\n"
+	    "      --into-file FILE  the DSN to write into, from FILE\n"
+	    "      --redis-url URL  invalidate in this Redis instead of\n"
+	    "                      redis_url (one with a password: "
+	    "SLUICE_REPLAY_REDIS_URL)\n"
+	    "      --no-invalidate  remove no cache key and owe none\n"
+	    "                      (another database than postgres_dsn with\n"
+	    "                      redis_url needs this or --redis-url)\n"
 	    "redrive:\n"
 	    "      --dry-run       report what would be sent back, send "
 	    "nothing\n"
 	    "      --max-attempts N  a record sent back N times stays dead\n"
-	    "                      (default 5)\n"
+	    "                      (default 5, 0: no limit)\n"
 	    "dlq:\n"
 	    "      --json          one JSON object per record\n"
 	    "      --limit N       list at most N records (default 100, 0: "
 	    "all)\n"
+	    "verify:\n"
+	    "      --against DSN   the database to compare with (no password\n"
+	    "                      here: use --against-file or "
+	    "SLUICE_VERIFY_AGAINST)\n"
+	    "      --against-file FILE  its DSN, from FILE\n"
 	    "\n"
 	    "Environment: SLUICE_KAFKA_BROKERS, SLUICE_TOPIC, "
 	    "SLUICE_POSTGRES_DSN,\n"
-	    "SLUICE_REDIS_URL, SLUICE_GROUP_INSTANCE_ID override the file.\n");
+	    "SLUICE_REDIS_URL, SLUICE_GROUP_INSTANCE_ID override the file.\n"
+	    "SLUICE_REPLAY_INTO, SLUICE_REPLAY_REDIS_URL and "
+	    "SLUICE_VERIFY_AGAINST stand\n"
+	    "for --into, --redis-url and --against.\n");
 }
 
 /* The daemon's objects, built in order and torn down in reverse. */
@@ -421,7 +450,7 @@ static int run_consume(struct worker *w)
 	return rc;
 }
 
-enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE, MODE_DLQ };
+enum mode { MODE_CONSUME, MODE_REPLAY, MODE_REDRIVE, MODE_DLQ, MODE_VERIFY };
 
 struct cli {
 	enum mode mode;
@@ -431,9 +460,14 @@ struct cli {
 	bool dry_run;
 	double rate;
 	int max_attempts;
+	bool max_attempts_set;
 	struct replay_opts replay;
 	struct dlq_tool_opts dlq;
 	bool json, limit_set;
+	/* replay's target and cache; verify's other database */
+	const char *into, *into_file, *redis_url;
+	bool no_invalidate;
+	const char *against, *against_file;
 };
 
 /* Parses argv; returns -1 to go on, else the exit status. */
@@ -449,7 +483,13 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		OPT_RATE,
 		OPT_MAX,
 		OPT_JSON,
-		OPT_LIMIT
+		OPT_LIMIT,
+		OPT_INTO,
+		OPT_INTO_FILE,
+		OPT_REDIS_URL,
+		OPT_NO_INVALIDATE,
+		OPT_AGAINST,
+		OPT_AGAINST_FILE
 	};
 	static const struct option opts[] = {
 	    {"config", required_argument, NULL, 'c'},
@@ -465,6 +505,12 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 	    {"max-attempts", required_argument, NULL, OPT_MAX},
 	    {"json", no_argument, NULL, OPT_JSON},
 	    {"limit", required_argument, NULL, OPT_LIMIT},
+	    {"into", required_argument, NULL, OPT_INTO},
+	    {"into-file", required_argument, NULL, OPT_INTO_FILE},
+	    {"redis-url", required_argument, NULL, OPT_REDIS_URL},
+	    {"no-invalidate", no_argument, NULL, OPT_NO_INVALIDATE},
+	    {"against", required_argument, NULL, OPT_AGAINST},
+	    {"against-file", required_argument, NULL, OPT_AGAINST_FILE},
 	    {NULL, 0, NULL, 0}};
 	const char *bad = NULL;
 	char err[256], *end;
@@ -480,6 +526,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 			cli->mode = MODE_REDRIVE;
 		else if (strcmp(argv[1], "dlq") == 0)
 			cli->mode = MODE_DLQ;
+		else if (strcmp(argv[1], "verify") == 0)
+			cli->mode = MODE_VERIFY;
 		else {
 			fprintf(stderr, "sluice-worker: unknown mode \"%s\"\n",
 				argv[1]);
@@ -533,6 +581,12 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 				      "second above 0";
 			break;
 		case OPT_JSON: cli->dlq.json = cli->json = true; break;
+		case OPT_INTO: cli->into = optarg; break;
+		case OPT_INTO_FILE: cli->into_file = optarg; break;
+		case OPT_REDIS_URL: cli->redis_url = optarg; break;
+		case OPT_NO_INVALIDATE: cli->no_invalidate = true; break;
+		case OPT_AGAINST: cli->against = optarg; break;
+		case OPT_AGAINST_FILE: cli->against_file = optarg; break;
 		case OPT_LIMIT:
 			cli->limit_set = true;
 			cli->dlq.limit = strtol(optarg, &end, 10);
@@ -541,23 +595,42 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 				      "(0: all)";
 			break;
 		case OPT_MAX:
+			cli->max_attempts_set = true;
 			cli->max_attempts = (int)strtol(optarg, &end, 10);
-			if (end == optarg || *end || cli->max_attempts < 1)
+			if (end == optarg || *end || cli->max_attempts < 0)
 				bad = "--max-attempts needs a whole number "
-				      "of at least 1";
+				      "(0: no limit)";
 			break;
 		default: usage(stderr); return 2;
 		}
 	}
 	if (!bad && cli->mode != MODE_REPLAY &&
-	    (cli->from || cli->to || cli->group || cli->rate > 0))
-		bad = "--from, --to, --group and --rate belong to replay";
-	if (!bad && (cli->mode == MODE_CONSUME || cli->mode == MODE_DLQ) &&
+	    (cli->from || cli->to || cli->group || cli->rate > 0 || cli->into ||
+	     cli->into_file || cli->redis_url || cli->no_invalidate))
+		bad = "--from, --to, --group, --rate, --into, --into-file, "
+		      "--redis-url and --no-invalidate belong to replay";
+	if (!bad && cli->mode != MODE_VERIFY &&
+	    (cli->against || cli->against_file))
+		bad = "--against and --against-file belong to verify";
+	/* argv is readable by every user of the machine */
+	if (!bad && ((cli->into && dsn_has_password(cli->into)) ||
+		     (cli->against && dsn_has_password(cli->against))))
+		bad = "a password does not belong in argv: give the connection "
+		      "string in a file (--into-file, --against-file) or the "
+		      "environment (SLUICE_REPLAY_INTO, SLUICE_VERIFY_AGAINST)";
+	if (!bad && cli->redis_url && dsn_has_password(cli->redis_url))
+		bad = "a password does not belong in argv: give a Redis URL "
+		      "with one in SLUICE_REPLAY_REDIS_URL";
+	if (!bad && cli->redis_url && strncmp(cli->redis_url, "redis://", 8))
+		bad = "--redis-url must look like redis://host:port[/db]";
+	if (!bad &&
+	    (cli->mode == MODE_CONSUME || cli->mode == MODE_DLQ ||
+	     cli->mode == MODE_VERIFY) &&
 	    cli->dry_run)
 		bad = "--dry-run belongs to replay and redrive";
 	if (!bad && cli->mode != MODE_DLQ && (cli->json || cli->limit_set))
 		bad = "--json and --limit belong to dlq";
-	if (!bad && cli->mode != MODE_REDRIVE && cli->max_attempts != 5)
+	if (!bad && cli->mode != MODE_REDRIVE && cli->max_attempts_set)
 		bad = "--max-attempts belongs to redrive";
 	if (!bad && cli->mode == MODE_REPLAY && !cli->from)
 		bad = "replay needs --from";
@@ -611,6 +684,93 @@ static void side_group(struct worker_config *cfg, const char *group,
 	cfg->group_id = g;
 }
 
+/* A replay writes into --into (else postgres_dsn) and removes cache keys
+ * in --redis-url (else redis_url). Into a database other than the live one
+ * while removing keys from the live Redis, it would drop the live cache's
+ * keys for rows it does not touch: refused unless --no-invalidate. Returns
+ * -1 to go on, else the exit status. */
+static int replay_target(struct worker_config *cfg, const struct cli *cli)
+{
+	const char *env_redis = getenv("SLUICE_REPLAY_REDIS_URL");
+	char err[512], into_s[300], live_s[300];
+	char *into = NULL, *redis = NULL;
+	bool other_db, live_redis;
+
+	if (cli->into || cli->into_file || getenv("SLUICE_REPLAY_INTO")) {
+		into = dsn_pick("--into", cli->into, cli->into_file,
+				"SLUICE_REPLAY_INTO", err, sizeof(err));
+		if (!into) {
+			fprintf(stderr, "sluice-worker: %s\n", err);
+			return 2;
+		}
+	}
+	if (cli->redis_url)
+		redis = xstrdup(cli->redis_url);
+	else if (env_redis && env_redis[0])
+		redis = xstrdup(env_redis);
+	if (redis && strncmp(redis, "redis://", 8) != 0) {
+		fprintf(stderr, "sluice-worker: the replay's Redis URL must "
+				"look like redis://host:port[/db]\n");
+		free(into);
+		free(redis);
+		return 2;
+	}
+	other_db = into && !dsn_same_database(into, cfg->postgres_dsn);
+	live_redis = !redis || dsn_same_redis(redis, cfg->redis_url);
+	if (into)
+		dsn_describe(into, into_s, sizeof(into_s));
+	dsn_describe(cfg->postgres_dsn, live_s, sizeof(live_s));
+	if (other_db && live_redis && !cli->no_invalidate) {
+		fprintf(
+		    stderr,
+		    "sluice-worker: refusing to replay into %s, which is not postgres_dsn (%s), while removing cache keys in the live Redis (redis_url): the live cache would lose keys of rows this replay does not write there; give --redis-url URL (a Redis of that database's) or --no-invalidate\n",
+		    into_s, live_s);
+		free(into);
+		free(redis);
+		return 2;
+	}
+	if (other_db)
+		log_info(
+		    "replaying into %s, not postgres_dsn (%s)%s", into_s,
+		    live_s,
+		    cli->no_invalidate
+			? "; no cache key is removed"
+			: "; cache keys are removed in the replay's Redis");
+	if (into) {
+		/* Lead contexts come from where the live worker reads
+		 * them, so the replay decides as it did. */
+		if (!cfg->lc_postgres_dsn[0]) {
+			free(cfg->lc_postgres_dsn);
+			cfg->lc_postgres_dsn = cfg->postgres_dsn;
+		} else {
+			free(cfg->postgres_dsn);
+		}
+		cfg->postgres_dsn = into; /* owned by cfg now */
+	}
+	if (redis) {
+		free(cfg->redis_url);
+		cfg->redis_url = redis; /* owned by cfg now */
+	}
+	return -1;
+}
+
+/* Mode "verify": the configured database against --against. */
+static int run_verify(const struct worker_config *cfg, const struct cli *cli)
+{
+	char err[512];
+	char *against = dsn_pick("--against", cli->against, cli->against_file,
+				 "SLUICE_VERIFY_AGAINST", err, sizeof(err));
+	int rc;
+
+	if (!against) {
+		fprintf(stderr, "sluice-worker: %s\n", err);
+		return 2;
+	}
+	rc = verify_run(cfg->postgres_dsn, against);
+	free(against);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
 	struct cli cli = {.mode = MODE_CONSUME};
@@ -626,7 +786,7 @@ int main(int argc, char **argv)
 	    !kinds_check(w.cfg.kinds, err, sizeof(err))) {
 		fprintf(stderr, "sluice-worker: %s\n", err);
 		worker_config_free(&w.cfg);
-		return 1;
+		return cli.mode == MODE_VERIFY ? 2 : 1;
 	}
 	if (cli.mode == MODE_REPLAY)
 		side_group(&w.cfg, cli.group, "replay");
@@ -666,6 +826,18 @@ int main(int argc, char **argv)
 	}
 	w.config_path = cli.config_path;
 
+	if (cli.mode == MODE_VERIFY) {
+		rc = run_verify(&w.cfg, &cli);
+		worker_config_free(&w.cfg);
+		return rc;
+	}
+	if (cli.mode == MODE_REPLAY) {
+		rc = replay_target(&w.cfg, &cli);
+		if (rc >= 0) {
+			worker_config_free(&w.cfg);
+			return rc;
+		}
+	}
 	if (cli.mode == MODE_DLQ) {
 		rc = dlq_tool_run(&w.cfg, &cli.dlq, &stopping);
 		worker_config_free(&w.cfg);
@@ -691,6 +863,7 @@ int main(int argc, char **argv)
 
 		metrics_pipe_enter(NULL);
 		env->dry_run = cli.dry_run;
+		env->no_invalidate = cli.no_invalidate;
 		env->quiet = isatty(STDERR_FILENO);
 		pgsink_set_dry_run(pipeline_pgsink(p), cli.dry_run);
 		/* A preview pays for no model call. */

@@ -52,45 +52,23 @@ static struct rdpart *part_find(struct redrive *r, int32_t id)
 static bool plan(struct redrive *r, const char *group)
 {
 	const char *topic = r->cfg->dlq_topic;
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(r->consumer, topic, NULL);
-	const struct rd_kafka_metadata *md = NULL;
+	struct kafka_part *kp = NULL;
 	rd_kafka_topic_partition_list_t *l = NULL;
 	rd_kafka_resp_err_t err;
 	bool ok = false;
 
-	err = rd_kafka_metadata(r->consumer, 0, rkt, &md, 10000);
-	if (err) {
-		snprintf(r->errstr, sizeof(r->errstr), "metadata of %s: %s",
-			 topic, rd_kafka_err2str(err));
+	r->n = kafka_side_map(r->consumer, topic, -1, &kp, r->errstr,
+			      sizeof(r->errstr));
+	if (r->n <= 0) {
+		r->n = 0; /* 0: nothing was ever dead-lettered */
 		goto out;
 	}
-	if (md->topic_cnt != 1 ||
-	    md->topics[0].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
-	    md->topics[0].partition_cnt == 0)
-		goto out; /* nothing was ever dead-lettered */
-	if (md->topics[0].err) {
-		snprintf(r->errstr, sizeof(r->errstr), "topic %s: %s", topic,
-			 rd_kafka_err2str(md->topics[0].err));
-		goto out;
-	}
-	r->n = md->topics[0].partition_cnt;
 	r->parts = xcalloc((size_t)r->n, sizeof(*r->parts));
 	l = rd_kafka_topic_partition_list_new(r->n);
 	for (int i = 0; i < r->n; i++) {
-		int64_t lo, hi;
-
-		r->parts[i].id = md->topics[0].partitions[i].id;
-		err = rd_kafka_query_watermark_offsets(
-		    r->consumer, topic, r->parts[i].id, &lo, &hi, 10000);
-		if (err) {
-			snprintf(r->errstr, sizeof(r->errstr),
-				 "watermarks of %s [%d]: %s", topic,
-				 (int)r->parts[i].id, rd_kafka_err2str(err));
-			goto out;
-		}
-		r->parts[i].pos = lo;
-		r->parts[i].end = hi;
-		rd_kafka_topic_partition_list_add(l, topic, r->parts[i].id);
+		r->parts[i] =
+		    (struct rdpart){kp[i].id, kp[i].hi, kp[i].lo, false};
+		rd_kafka_topic_partition_list_add(l, topic, kp[i].id);
 	}
 	/* Where this group left the topic last time. */
 	err = rd_kafka_committed(r->consumer, l, 10000);
@@ -105,24 +83,17 @@ static bool plan(struct redrive *r, const char *group)
 
 		if (p && l->elems[i].offset > p->pos)
 			p->pos = l->elems[i].offset;
-		if (p) {
+		if (p)
 			p->done = p->pos >= p->end;
-			l->elems[i].offset = p->pos;
-		}
 	}
-	err = rd_kafka_assign(r->consumer, l);
-	if (err) {
-		snprintf(r->errstr, sizeof(r->errstr), "assign: %s",
-			 rd_kafka_err2str(err));
-		goto out;
-	}
-	ok = true;
+	for (int i = 0; i < r->n; i++)
+		kp[i].start = r->parts[i].pos;
+	ok = kafka_side_assign(r->consumer, topic, kp, r->n, r->errstr,
+			       sizeof(r->errstr));
 out:
 	if (l)
 		rd_kafka_topic_partition_list_destroy(l);
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
+	free(kp);
 	return ok;
 }
 
@@ -182,7 +153,7 @@ static bool redrive_one(struct redrive *r, const rd_kafka_message_t *m)
 		       HDR_DLQ_ORIGIN, reason[0] ? reason : "(none)");
 		return true;
 	}
-	if (attempts >= r->o->max_attempts) {
+	if (r->o->max_attempts > 0 && attempts >= r->o->max_attempts) {
 		r->dead++;
 		printf("stays dead: %s (from %s) after %d attempts; reason: "
 		       "%s\n",
@@ -289,6 +260,7 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 	    .connection_only = true,
 	    .deliveries = &r.dr,
 	};
+	char limit[48];
 	int rc = 1;
 
 	r.consumer = kafka_range_reader_new(
@@ -310,9 +282,14 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 		}
 		goto out;
 	}
-	log_info("redriving %s as group %s (at most %d attempts)%s",
-		 cfg->dlq_topic, group, o->max_attempts,
-		 o->dry_run ? "; dry run: nothing is sent" : "");
+	if (o->max_attempts > 0)
+		log_info("redriving %s as group %s (at most %d attempts)%s",
+			 cfg->dlq_topic, group, o->max_attempts,
+			 o->dry_run ? "; dry run: nothing is sent" : "");
+	else
+		log_info("redriving %s as group %s (no limit on attempts)%s",
+			 cfg->dlq_topic, group,
+			 o->dry_run ? "; dry run: nothing is sent" : "");
 	while (!all_done(&r) && !*stopping) {
 		if (!redrive_chunk(&r) || !confirm_and_commit(&r))
 			goto out;
@@ -320,11 +297,16 @@ int redrive_run(const struct worker_config *cfg, const char *group,
 	if (!confirm_and_commit(&r))
 		goto out;
 	rc = all_done(&r) ? 0 : 130;
+	if (o->max_attempts > 0)
+		snprintf(limit, sizeof(limit), "%d attempts or more",
+			 o->max_attempts);
+	else
+		snprintf(limit, sizeof(limit), "no limit on attempts");
 	printf("redrive %s: %llu records read, %llu %s, %llu stay dead "
-	       "(%d attempts or more), %llu without an origin\n",
+	       "(%s), %llu without an origin\n",
 	       rc == 0 ? "done" : "stopped", r.read, r.sent,
-	       o->dry_run ? "would be sent back" : "sent back", r.dead,
-	       o->max_attempts, r.unknown);
+	       o->dry_run ? "would be sent back" : "sent back", r.dead, limit,
+	       r.unknown);
 out:
 	if (rc == 1)
 		log_error("redrive: %s", r.errstr);

@@ -14,7 +14,8 @@
 
 struct redrive_opts {
 	bool dry_run;
-	int max_attempts; /* a record sent back this often stays dead */
+	int max_attempts; /* a record sent back this often stays dead; 0:
+			   * no limit */
 };
 
 /* Reads the dead-letter topic from where the redrive group left it to the

@@ -32,6 +32,7 @@ struct replay {
 	const struct replay_opts *o;
 	rd_kafka_t *rk;
 	struct rpart *parts;
+	struct kafka_part *kp; /* parts[i] is kp[i] */
 	int n;
 	rd_kafka_message_t **msgs;
 	size_t cap;
@@ -57,39 +58,24 @@ static int pos_index(const struct replay_pos *p, int32_t part)
 	return -1;
 }
 
-/* The topic's partitions, from the metadata. */
+/* The topic's partitions and their watermarks. */
 static bool list_partitions(struct replay *r)
 {
 	const char *topic = r->env->cfg->topic;
-	rd_kafka_topic_t *rkt = rd_kafka_topic_new(r->rk, topic, NULL);
-	const struct rd_kafka_metadata *md = NULL;
-	rd_kafka_resp_err_t err;
-	bool ok = false;
 
-	err = rd_kafka_metadata(r->rk, 0, rkt, &md, 10000);
-	if (err) {
-		snprintf(r->errstr, sizeof(r->errstr), "metadata of %s: %s",
-			 topic, rd_kafka_err2str(err));
-	} else if (md->topic_cnt != 1 || md->topics[0].err) {
-		snprintf(r->errstr, sizeof(r->errstr), "topic %s: %s", topic,
-			 md->topic_cnt ? rd_kafka_err2str(md->topics[0].err)
-				       : "not found");
-	} else {
-		const struct rd_kafka_metadata_topic *t = &md->topics[0];
-
-		r->n = t->partition_cnt;
-		r->parts = xcalloc((size_t)r->n + 1, sizeof(*r->parts));
-		for (int i = 0; i < r->n; i++)
-			r->parts[i].id = t->partitions[i].id;
-		ok = r->n > 0;
-		if (!ok)
-			snprintf(r->errstr, sizeof(r->errstr),
-				 "topic %s has no partitions", topic);
+	r->n = kafka_side_map(r->rk, topic, -1, &r->kp, r->errstr,
+			      sizeof(r->errstr));
+	if (r->n == 0)
+		snprintf(r->errstr, sizeof(r->errstr),
+			 "topic %s: not found or without partitions", topic);
+	if (r->n <= 0) {
+		r->n = 0;
+		return false;
 	}
-	if (md)
-		rd_kafka_metadata_destroy(md);
-	rd_kafka_topic_destroy(rkt);
-	return ok;
+	r->parts = xcalloc((size_t)r->n, sizeof(*r->parts));
+	for (int i = 0; i < r->n; i++)
+		r->parts[i].id = r->kp[i].id;
+	return true;
 }
 
 /* Offsets of the first records at or after time_ms, per partition; the
@@ -148,16 +134,8 @@ static bool plan(struct replay *r)
 	bool ok = false;
 
 	for (int i = 0; i < r->n; i++) {
-		rd_kafka_resp_err_t err = rd_kafka_query_watermark_offsets(
-		    r->rk, r->env->cfg->topic, r->parts[i].id, &lo[i], &hi[i],
-		    10000);
-
-		if (err) {
-			snprintf(r->errstr, sizeof(r->errstr),
-				 "watermarks of [%d]: %s", (int)r->parts[i].id,
-				 rd_kafka_err2str(err));
-			goto out;
-		}
+		lo[i] = r->kp[i].lo;
+		hi[i] = r->kp[i].hi;
 	}
 	/* A range naming what the topic does not have, or running backwards,
 	 * is refused (exit 2) before anything is read. */
@@ -270,7 +248,7 @@ static bool resume_from_stored(struct replay *r)
 	}
 	/* What an earlier run of this group still owes Redis is performed
 	 * like a consumer's debts on its partitions. */
-	if (!r->o->dry_run)
+	if (!r->o->dry_run && !r->env->no_invalidate)
 		batch_hold(r->b, ids, r->n);
 	for (int i = 0; i < r->n; i++) {
 		struct rpart *p = &r->parts[i];
@@ -297,27 +275,17 @@ static bool resume_from_stored(struct replay *r)
 
 static bool assign(struct replay *r)
 {
-	rd_kafka_topic_partition_list_t *l =
-	    rd_kafka_topic_partition_list_new(r->n);
-	rd_kafka_resp_err_t err;
-
 	for (int i = 0; i < r->n; i++) {
 		struct rpart *p = &r->parts[i];
 
 		log_info("replay [%d]: offsets %lld to %lld (%lld records)",
 			 (int)p->id, (long long)p->start, (long long)p->end,
 			 (long long)(p->end - p->start));
-		if (!p->done)
-			rd_kafka_topic_partition_list_add(l, r->env->cfg->topic,
-							  p->id)
-			    ->offset = p->start;
+		r->kp[i].start = p->start;
+		r->kp[i].skip = p->done;
 	}
-	err = rd_kafka_assign(r->rk, l);
-	rd_kafka_topic_partition_list_destroy(l);
-	if (err)
-		snprintf(r->errstr, sizeof(r->errstr), "assign: %s",
-			 rd_kafka_err2str(err));
-	return !err;
+	return kafka_side_assign(r->rk, r->env->cfg->topic, r->kp, r->n,
+				 r->errstr, sizeof(r->errstr));
 }
 
 static int64_t remaining(const struct replay *r)
@@ -570,6 +538,7 @@ out:
 		rd_kafka_destroy(r.rk);
 	}
 	free(r.parts);
+	free(r.kp);
 	free(r.msgs);
 	return rc;
 }

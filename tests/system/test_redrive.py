@@ -122,3 +122,42 @@ def test_redrive_without_dead_letters(pipeline):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "nothing to redrive" in r.stdout or \
         summary(r.stdout) == (0, 0, 0), r.stdout
+
+
+def test_max_attempts_zero_means_no_limit(pipeline):
+    """A record sent back more often than the default limit stays dead by
+    default and goes back with --max-attempts 0."""
+    s = pipeline.services
+    dlq = f"{pipeline.topic}.dlq"
+    pipeline.start_worker()
+    cid = pipeline.cid("tenacious")
+    body = json.dumps(transcript(cid, [("e1", "user", "seventh time")]))
+    produce(s.brokers, dlq, cid, body.encode(),
+            [("kind", "transcript"), ("source", SOURCE),
+             ("dlq-reason", "database was down"),
+             ("dlq-origin", f"{pipeline.topic}/0@0"),
+             ("redrive-attempts", "7")])
+    topic_before = s.topic_count(pipeline.topic)
+
+    r = redrive(pipeline, "--dry-run")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (1, 0, 1), r.stdout
+    assert "after 7 attempts" in r.stdout, r.stdout
+
+    r = redrive(pipeline, "--dry-run", "--max-attempts", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (1, 1, 0), r.stdout
+    assert "(attempt 8)" in r.stdout and "no limit on attempts" in r.stdout
+
+    r = redrive(pipeline, "--max-attempts", "0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert summary(r.stdout) == (1, 1, 0), r.stdout
+    assert s.topic_count(pipeline.topic) == topic_before + 1
+    back = [m for m in s.topic_records(pipeline.topic)
+            if m["key"] == cid.encode()]
+    assert [m["headers"]["redrive-attempts"] for m in back] == [b"8"]
+    wait_until(lambda: pipeline.message_count(cid) == 1, 60, 0.2,
+               "the redriven transcript in PostgreSQL")
+
+    bad = redrive(pipeline, "--max-attempts", "-1")
+    assert bad.returncode == 2 and "0: no limit" in bad.stderr, bad.stderr

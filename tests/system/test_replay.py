@@ -24,18 +24,20 @@ from harness import BUILD_DIR, REPO, SOURCE, event, transcript, wait_until
 
 MIGRATE = REPO / "deploy" / "migrate.sh"
 
-# Columns a replay cannot reproduce: sequence ids and the moment a row was
-# written or last touched.
-VOLATILE = {"id", "created_at", "updated_at", "inserted_at", "finished_at"}
-TABLES = {
-    "conversations": "id",
-    "messages": "conversation_id, position, external_event_id",
-    "campaign_runs": "id",
-    "campaign_messages": "message_id",
-    "chat_messages": "provider_message_id",
-    "chat_statuses": "provider_message_id, status",
-    "chat_turns": "business_number, sender, first_message_at",
-}
+# The tables `sluice-worker verify` compares, and the bookkeeping it
+# leaves out; together, every table the migrations create.
+TABLES = ["conversations", "messages", "leads", "inboxes", "workspaces",
+          "campaign_runs", "campaign_messages", "chat_messages",
+          "chat_statuses", "chat_turns"]
+BOOKKEEPING = ["sluice_offsets", "sluice_owed_invalidations",
+               "sluice_schema_migrations"]
+# What the worker writes (the others are seeded by the tests).
+WRITTEN = ["conversations", "messages", "campaign_runs", "campaign_messages",
+           "chat_messages", "chat_statuses", "chat_turns"]
+# "messages: key (conversation_id, external_event_id), rows 27 / 27,
+#  md5 ... / ...; equal"
+VERIFY_LINE = re.compile(r"^(\w+): key \((.*)\), rows (\d+) / (\d+), "
+                         r"md5 (\w+) / (\w+); (equal|DIFFERS)$", re.M)
 
 
 def _dsn_for(dsn, db):
@@ -63,20 +65,13 @@ class Database:
         rows = self.query(sql, params)
         return rows[0][0] if rows else None
 
-    def checksums(self):
-        """{table: (rows, md5 of the reproducible columns in key order)}"""
-        out = {}
-        for table, order in TABLES.items():
-            cols = [r[0] for r in self.query(
-                "SELECT column_name FROM information_schema.columns"
-                " WHERE table_name = %s ORDER BY ordinal_position",
-                (table,)) if r[0] not in VOLATILE]
-            sel = ", ".join(f'"{c}"' for c in cols)
-            out[table] = tuple(self.query(
-                f"SELECT count(*), md5(coalesce(string_agg(r::text, E'\\n'"
-                f" ORDER BY r::text), '')) FROM (SELECT {sel}"
-                f" FROM {table}) r")[0])
-        return out
+    def checksums(self, pipeline):
+        """{table: (rows, md5)} as `sluice-worker verify` computes them
+        (the database against itself)."""
+        r = verify(pipeline, self, self)
+        assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+        return {t[0]: (int(t[2]), t[4])
+                for t in VERIFY_LINE.findall(r.stdout)}
 
     def drop(self):
         with psycopg.connect(self.admin, autocommit=True) as c:
@@ -114,6 +109,43 @@ def replay(pipeline, db, *args, timeout=120, wait=True):
     for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
         assert marker not in r.stderr, r.stderr[-4000:]
     return r
+
+
+def verify(pipeline, here, against, *args, env=None):
+    """`sluice-worker verify` with postgres_dsn = here.dsn and, unless
+    args say otherwise, SLUICE_VERIFY_AGAINST = against.dsn."""
+    cfg = pipeline._write(f"verify-{uuid.uuid4().hex[:6]}.conf",
+                          pipeline.worker_settings(postgres_dsn=here.dsn))
+    e = dict(pipeline.env)
+    if against is not None:
+        e["SLUICE_VERIFY_AGAINST"] = against.dsn
+    e.update(env or {})
+    r = subprocess.run([str(BUILD_DIR / "sluice-worker"), "verify", "-c",
+                        str(cfg), *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120, env=e)
+    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert marker not in r.stderr, r.stderr[-4000:]
+    return r
+
+
+def verified(r):
+    """{table: (key, rows here, rows against, equal)} from verify's
+    output."""
+    return {t[0]: (t[1], int(t[2]), int(t[3]), t[6] == "equal")
+            for t in VERIFY_LINE.findall(r.stdout)}
+
+
+def replayed_copy(pipeline, stack, dbs, tag):
+    """The whole topic replayed into a new database seeded as the live one
+    was, which verify finds equal to it: (db, replay's, verify's
+    CompletedProcess)."""
+    db = dbs(tag)
+    seed(db, stack["leads"], stack["inbox"])
+    r = replay(pipeline, db, "--from", "1970-01-01T00:00:00Z")
+    assert r.returncode == 0, r.stderr[-3000:]
+    v = verify(pipeline, stack["live"], db)
+    assert v.returncode == 0, v.stdout + v.stderr[-3000:]
+    return db, r, v
 
 
 def seed(db, leads, inbox):
@@ -223,16 +255,25 @@ def test_replay_into_empty_database_reproduces_tables(pipeline, stack, dbs):
     assert live.scalar("SELECT status FROM campaign_runs WHERE id = %s",
                        (run,)) == "finished"
     assert live.scalar("SELECT count(*) FROM messages") == 3 * 5 + 3 * 4
-    want = live.checksums()
-    assert all(n > 0 for n, _ in want.values()), want
 
-    empty = dbs("empty")
-    seed(empty, stack["leads"], stack["inbox"])
-    r = replay(pipeline, empty, "--from", "1970-01-01T00:00:00Z")
-    assert r.returncode == 0, r.stderr[-3000:]
-    got = empty.checksums()
-    assert got == want, {t: (got[t], want[t]) for t in want
-                         if got[t] != want[t]}
+    empty, r, v = replayed_copy(pipeline, stack, dbs, "empty")
+    tables = verified(v)
+    assert sorted(tables) == sorted(TABLES), v.stdout
+    assert all(eq for _, _, _, eq in tables.values()), v.stdout
+    filled = [t for t in TABLES if t != "workspaces"]
+    assert all(tables[t][1] > 0 for t in filled), v.stdout
+    # natural keys from the catalog; ids that are natural keys count
+    assert tables["conversations"][0] == "id"
+    assert tables["campaign_runs"][0] == "id"
+    assert tables["messages"][0] == "conversation_id, external_event_id"
+    assert tables["campaign_messages"][0] == "message_id"
+    assert "not compared: " + ", ".join(BOOKKEEPING) in v.stdout
+    # verify's list and the bookkeeping it skips: every table there is
+    created = {"sluice_schema_migrations"} | set(re.findall(
+        r"CREATE TABLE IF NOT EXISTS (\w+)", "".join(
+            f.read_text() for f in (REPO / "schemas" / "migrations")
+            .glob("*.sql"))))
+    assert created == set(TABLES) | set(BOOKKEEPING), created
     # progress and the summary, as plain lines (not a terminal)
     assert re.search(r"replay: \d+/\d+ records \(100\.0%\)", r.stderr), \
         r.stderr[-2000:]
@@ -277,7 +318,7 @@ def test_replay_over_full_database_changes_nothing(pipeline, stack):
     cids, run = send_all(pipeline, stack)
     wait_live(pipeline, stack)
     live = stack["live"]
-    before = live.checksums()
+    before = live.checksums(pipeline)
     counters = live.query("SELECT id, total, processed, failed, paused,"
                           " expired, status FROM campaign_runs ORDER BY id")
     dead_before = pipeline.services.dlq_count(pipeline.topic)
@@ -285,7 +326,7 @@ def test_replay_over_full_database_changes_nothing(pipeline, stack):
     r = replay(pipeline, live, "--from", "1970-01-01T00:00:00Z",
                "--group", f"{pipeline.group}-again")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert live.checksums() == before
+    assert live.checksums(pipeline) == before
     assert live.query("SELECT id, total, processed, failed, paused,"
                       " expired, status FROM campaign_runs ORDER BY id"
                       ) == counters
@@ -317,7 +358,7 @@ def test_dry_run_counts_and_writes_nothing(pipeline, stack, dbs):
     # each batch is counted against the database as it is (rolled back),
     # so at least the distinct messages would be saved
     assert 27 <= int(m.group(4)) <= 54
-    for table in TABLES:
+    for table in WRITTEN:
         assert empty.scalar(f"SELECT count(*) FROM {table}") == 0, table
     assert empty.scalar("SELECT count(*) FROM sluice_offsets") == 0
     assert pipeline.services.dlq_count(pipeline.topic) == dead_before
@@ -481,3 +522,138 @@ def test_backwards_range_on_the_topic_is_refused(pipeline, stack, dbs):
     r = replay(pipeline, db, "--from", f"{p}:{lo}", "--to", f"{p}:{hi}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert db.scalar("SELECT count(*) FROM conversations") == hi - lo
+
+
+def test_verify_names_a_changed_and_a_missing_row(pipeline, stack, dbs,
+                                                  tmp_path):
+    send_all(pipeline, stack)
+    wait_live(pipeline, stack)
+    live = stack["live"]
+    copy, _, _ = replayed_copy(pipeline, stack, dbs, "verify")
+
+    cid, eid = copy.query("SELECT conversation_id, external_event_id FROM"
+                          " messages ORDER BY 1, 2 LIMIT 1")[0]
+    copy.query("UPDATE messages SET content = content || ' (edited)'"
+               " WHERE conversation_id = %s AND external_event_id = %s",
+               (cid, eid))
+    mid = copy.scalar("SELECT message_id FROM campaign_messages"
+                      " ORDER BY 1 DESC LIMIT 1")
+    copy.query("DELETE FROM campaign_messages WHERE message_id = %s", (mid,))
+    v = verify(pipeline, live, copy)
+    assert v.returncode == 1, v.stdout + v.stderr[-3000:]
+    tables = verified(v)
+    assert not tables["messages"][3] and not tables["campaign_messages"][3]
+    assert tables["messages"][1] == tables["messages"][2]
+    assert tables["campaign_messages"][1] == tables["campaign_messages"][2] + 1
+    assert [t for t, (_, _, _, eq) in tables.items() if not eq] == \
+        ["messages", "campaign_messages"], v.stdout
+    assert f"  changed: ({cid},{eid})" in v.stdout, v.stdout
+    assert f"  only here: {mid}" in v.stdout, v.stdout
+    assert "verify: 2 of 10 tables differ" in v.stdout
+    # the other way round, the row is missing on the other side
+    v = verify(pipeline, copy, live)
+    assert v.returncode == 1 and f"  only against: {mid}" in v.stdout
+
+    # the DSN from a file (a password need not be in argv)
+    f = tmp_path / "against.dsn"
+    f.write_text(copy.dsn + "\n")
+    v = verify(pipeline, live, None, "--against-file", str(f))
+    assert v.returncode == 1 and f"  only here: {mid}" in v.stdout, \
+        v.stdout + v.stderr
+
+    # usage and connection errors: 2
+    for args, env, text in [
+            ([], {}, "SLUICE_VERIFY_AGAINST is needed"),
+            (["--against", copy.dsn, "--against-file", str(f)], {},
+             "exclude each other"),
+            (["--against", "postgresql://u:secret@127.0.0.1:1/x"], {},
+             "password does not belong in argv"),
+            ([], {"SLUICE_VERIFY_AGAINST": "postgresql://127.0.0.1:1/x"},
+             "against (127.0.0.1:1/x)"),
+            (["--against", copy.dsn, "--dry-run"], {}, "--dry-run")]:
+        v = verify(pipeline, live, None, *args, env=env)
+        assert v.returncode == 2, (args, v.stdout, v.stderr)
+        assert text in v.stderr, (args, v.stderr)
+        assert "secret" not in v.stderr + v.stdout
+
+
+def test_replay_elsewhere_with_the_live_redis_is_refused(pipeline, stack,
+                                                        dbs):
+    """A replay into another database than postgres_dsn would remove keys
+    from the live cache for rows it never touches there: refused, unless
+    it removes none (--no-invalidate) or uses another Redis."""
+    ingest, live = stack["ingest"], stack["live"]
+    cids = [pipeline.cid(f"safe{i}") for i in range(3)]
+    for cid in cids:
+        assert ingest.post(transcript(cid, [("e1", "user", "x")])).status \
+            == 202
+    caught_up(pipeline, live)
+    rds = pipeline.services.redis()
+    keys = [f"messages:{cid}:1:50" for cid in cids]
+    for k in keys:
+        rds.set(k, "cached page")
+    scratch = dbs("scratch")
+    cfg = pipeline._write(f"live-{uuid.uuid4().hex[:6]}.conf",
+                          pipeline.worker_settings(postgres_dsn=live.dsn))
+
+    def run(*args, env=None):
+        e = dict(pipeline.env)
+        e.update(env or {})
+        r = subprocess.run([str(BUILD_DIR / "sluice-worker"), "replay", "-c",
+                            str(cfg), "--from", "1970-01-01T00:00:00Z",
+                            *args], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=120,
+                           env=e)
+        for marker in ("AddressSanitizer", "runtime error:"):
+            assert marker not in r.stderr, r.stderr[-4000:]
+        return r
+
+    # the same Redis spelled otherwise is still the live one
+    same = pipeline.services.redis_url.rstrip("/0") if \
+        pipeline.services.redis_url.endswith("/0") else \
+        pipeline.services.redis_url + "/0"
+    for args, env in [(["--into", scratch.dsn], {}),
+                      ([], {"SLUICE_REPLAY_INTO": scratch.dsn}),
+                      (["--into", scratch.dsn, "--redis-url", same], {})]:
+        r = run(*args, env=env)
+        assert r.returncode == 2, (args, r.stderr[-3000:])
+        assert "refusing to replay into" in r.stderr, r.stderr
+        assert "--no-invalidate" in r.stderr and "--redis-url" in r.stderr
+        assert "replaying" not in r.stderr, r.stderr
+    assert all(rds.exists(k) for k in keys)
+    for table in WRITTEN + ["sluice_offsets", "sluice_owed_invalidations"]:
+        assert scratch.scalar(f"SELECT count(*) FROM {table}") == 0, table
+
+    # into the live database itself, spelled as a key=value string: the
+    # live worker removes the same keys, so nothing to refuse (checked
+    # with a dry run, which removes nothing)
+    u = urlsplit(live.dsn)
+    kv = f"host={u.hostname} port={u.port} dbname={live.name}" + \
+        (f" user={u.username}" if u.username else "")
+    r = run("--into", kv, "--dry-run")
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    r = run("--into", scratch.dsn, "--no-invalidate")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "no cache key is removed" in r.stderr
+    assert scratch.scalar("SELECT count(*) FROM messages") == \
+        live.scalar("SELECT count(*) FROM messages")
+    assert all(rds.exists(k) for k in keys)
+    assert scratch.scalar("SELECT count(*) FROM sluice_owed_invalidations") \
+        == 0
+    assert live.scalar("SELECT count(*) FROM sluice_offsets WHERE group_id"
+                       " = %s", (f"{pipeline.group}-replay",)) == 0
+
+    # another Redis (here: another database of the same server) takes the
+    # replay's invalidations; the live one keeps its keys
+    r7 = urlsplit(pipeline.services.redis_url)._replace(path="/7").geturl()
+    other = pipeline.services.redis(r7)
+    for k in keys:
+        other.set(k, "scratch cache")
+    scratch2 = dbs("scratch2")
+    r = run("--into", scratch2.dsn, "--redis-url", r7)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert scratch2.scalar("SELECT count(*) FROM messages") == \
+        live.scalar("SELECT count(*) FROM messages")
+    assert not any(other.exists(k) for k in keys)
+    assert all(rds.exists(k) for k in keys)
