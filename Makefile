@@ -35,7 +35,7 @@ endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
-              common/validate.c common/kinds.c
+              common/validate.c common/kinds.c common/admin.c common/access.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
@@ -46,7 +46,7 @@ WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c
               worker/contexts.c worker/composer.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
-WORKER_SRC += worker/httpd.c worker/metrics.c
+WORKER_SRC += worker/httpd.c worker/metrics.c worker/status.c
 
 INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))

@@ -181,24 +181,38 @@ void cfg_free(const struct cfg_setting *table, void *target)
 	}
 }
 
-/* "scheme://user:secret@host" → "scheme://user:***@host"; a libpq
- * keyword string with password= is hidden whole. */
-static void print_masked(FILE *out, const char *key, const char *v)
+char *cfg_masked(const char *v)
 {
 	const char *scheme = strstr(v, "://");
 	const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
 	const char *colon = NULL;
+	size_t n = strlen(v) + 8;
+	char *out = xmalloc(n);
 
 	if (strstr(v, "password=")) {
-		fprintf(out, "%s = (hidden: holds a password)\n", key);
-		return;
+		snprintf(out, n, "(hidden: holds a password)");
+		return out;
 	}
 	if (at)
 		colon = memchr(scheme + 3, ':', (size_t)(at - scheme - 3));
 	if (colon)
-		fprintf(out, "%s = %.*s:***%s\n", key, (int)(colon - v), v, at);
+		snprintf(out, n, "%.*s:***%s", (int)(colon - v), v, at);
 	else
-		fprintf(out, "%s = %s\n", key, v);
+		snprintf(out, n, "%s", v);
+	return out;
+}
+
+bool cfg_kv_secret(const char *key)
+{
+	return strstr(key, "password") || strstr(key, "secret");
+}
+
+static void print_masked(FILE *out, const char *key, const char *v)
+{
+	char *m = cfg_masked(v);
+
+	fprintf(out, "%s = %s\n", key, m);
+	free(m);
 }
 
 void cfg_dump(const struct cfg_setting *table, const void *target, FILE *out)
@@ -257,10 +271,7 @@ void cfg_kv_free(struct cfg_kv *list)
 void cfg_kv_dump(const struct cfg_kv *kv, FILE *out)
 {
 	for (; kv; kv = kv->next) {
-		bool secret =
-		    strstr(kv->key, "password") || strstr(kv->key, "secret");
-
-		if (secret)
+		if (cfg_kv_secret(kv->key))
 			fprintf(out, "%s = (hidden)\n", kv->key);
 		else
 			print_masked(out, kv->key, kv->value);

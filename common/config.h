@@ -51,6 +51,12 @@ void cfg_dump(const struct cfg_setting *table, const void *target, FILE *out);
 /* Values that hold a password (URL user:password@, libpq password=) are
  * masked. */
 void cfg_kv_dump(const struct cfg_kv *kv, FILE *out);
+/* A value as cfg_dump shows it: "scheme://user:secret@host" becomes
+ * "scheme://user:***@host", a libpq string with password= is hidden
+ * whole. The caller frees it. */
+char *cfg_masked(const char *v);
+/* A pass-through key whose value is a secret (password, secret). */
+bool cfg_kv_secret(const char *key);
 void cfg_list_keys(const struct cfg_setting *table, FILE *out);
 
 void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value);

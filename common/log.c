@@ -8,7 +8,7 @@
 #include <sys/time.h>
 #include <time.h>
 
-int log_level_current = LOG_INFO;
+_Atomic int log_level_current = LOG_INFO;
 static const char *log_prog = "sluice";
 static bool log_json;
 
@@ -20,6 +20,11 @@ void log_setup(const char *prog, int level, bool json)
 	log_prog = prog;
 	log_level_current = level;
 	log_json = json;
+}
+
+void log_set_level(int level)
+{
+	log_level_current = level;
 }
 
 void log_write(int level, const char *ctx, const char *fmt, ...)

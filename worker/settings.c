@@ -3,6 +3,7 @@
 
 #include <event2/http.h>
 
+#include "../common/access.h"
 #include "../common/log.h"
 #include "../common/util.h"
 
@@ -109,7 +110,13 @@ const struct cfg_setting worker_settings[] = {
      "CA certificates (PEM) that https:// calls trust; empty = the system's "
      "trust store"},
     {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
-     "host:port of /healthz, /readyz and /metrics; empty = off"},
+     "host:port of /healthz, /readyz, /metrics, /status and /admin/; "
+     "empty = off"},
+    {"admin_token_file", CFG_STR, F(admin_token_file), "", 0, 0, NULL, NULL,
+     "file holding the bearer token of /status and /admin/ for clients "
+     "other than loopback (empty = loopback only)"},
+    {"access_log", CFG_ENUM, F(access_log), "text", 0, 0, access_mode_names,
+     NULL, "one line per HTTP answer at info: off, text or json"},
     {"postgres_idle_tx_timeout_ms", CFG_INT, F(pg_idle_tx_timeout_ms), "10000",
      0, 3600000, NULL, NULL,
      "server ends a batch transaction left idle this long (0 = never)"},
