@@ -38,7 +38,7 @@ COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/validate.c common/kinds.c common/admin.c common/access.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/gate.c \
               ingest/step.c ingest/pending.c ingest/reply.c ingest/metrics.c \
-              ingest/publish.c \
+              ingest/publish.c ingest/status.c \
               ingest/verify.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
@@ -55,7 +55,7 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat test_replay test_util
+              test_chat test_replay test_util test_admin
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -104,10 +104,13 @@ $(BUILD)/tests/test_schema_suite: $(BUILD)/tests/unit/test_schema_suite.o \
 $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
 	$(BUILD)/ingest/publish.o $(BUILD)/ingest/settings.o $(KINDS_OBJ) \
 	$(BUILD)/common/kafka.o $(BUILD)/common/config.o $(BUILD)/common/schema.o \
-	$(BUILD)/common/log.o $(BUILD)/common/util.o
+	$(BUILD)/common/log.o $(BUILD)/common/util.o $(BUILD)/common/access.o
 $(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \
 	$(BUILD)/common/chat.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_util: $(BUILD)/tests/unit/test_util.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_admin: $(BUILD)/tests/unit/test_admin.o \
+	$(BUILD)/common/admin.o $(BUILD)/common/access.o \
+	$(BUILD)/common/config.o $(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
 	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
 	$(BUILD)/common/validate.o $(BUILD)/common/util.o

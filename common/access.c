@@ -38,11 +38,15 @@ void access_log(int mode, const struct access_entry *e)
 		cJSON_Delete(o);
 		return;
 	}
+	char ms[32] = "-";
+
+	if (e->ms >= 0)
+		snprintf(ms, sizeof(ms), "%.3fms", e->ms);
 	/* The path is the client's: %.200s keeps a hostile one from
 	 * filling the line; log_write keeps it on one line. */
 	log_write(LOG_INFO, "access",
-		  "%s \"%s %.200s\" %d %zu %.3fms req=%s%s%s%s%s", e->client,
-		  e->method, e->path, e->status, e->bytes, e->ms, e->request_id,
+		  "%s \"%s %.200s\" %d %zu %s req=%s%s%s%s%s", e->client,
+		  e->method, e->path, e->status, e->bytes, ms, e->request_id,
 		  e->source ? " source=" : "", e->source ? e->source : "",
 		  e->reason ? " reason=" : "", e->reason ? e->reason : "");
 }

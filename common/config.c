@@ -186,7 +186,7 @@ char *cfg_masked(const char *v)
 	const char *scheme = strstr(v, "://");
 	const char *at = scheme ? strchr(scheme + 3, '@') : NULL;
 	const char *colon = NULL;
-	size_t n = strlen(v) + 8;
+	size_t n = strlen(v) + 32; /* room for the "hidden" note too */
 	char *out = xmalloc(n);
 
 	if (strstr(v, "password=")) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/access.h"
 #include "../common/log.h"
 #include "../common/schema.h"
 #include "../common/util.h"
@@ -47,6 +48,11 @@ const struct cfg_setting ingest_settings[] = {
      "debug, info, warn or error"},
     {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
      NULL, "text or json"},
+    {"admin_token_file", CFG_STR, F(admin_token_file), "", 0, 0, NULL, NULL,
+     "file holding the bearer token of /status and /admin/ for clients "
+     "other than loopback (empty = loopback only)"},
+    {"access_log", CFG_ENUM, F(access_log), "text", 0, 0, access_mode_names,
+     NULL, "one line per answer at info: off, text or json"},
     CFG_END};
 #undef F
 

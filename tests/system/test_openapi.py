@@ -447,6 +447,18 @@ def test_ingest_matches_spec(pipeline, services):
         r = ck.run(a, "probe, HEAD", "HEAD", path, path, expect=200)
         assert int(r.headers.get("content-length", "0")) > 0, r.headers
     ck.run(b, "not ready", "GET", "/readyz", "/readyz", expect=503)
+
+    # -- status and admin (loopback needs no token; a wrong one is 401)
+    ck.run(a, "status", "GET", "/status", "/status", expect=200)
+    ck.run(a, "wrong token", "GET", "/status", "/status",
+           headers={"Authorization": "Bearer nope"}, expect=401)
+    ck.run(a, "log level", "PUT", "/admin/log-level", "/admin/log-level",
+           body="info", content_type="text/plain", expect=200)
+    ck.run(a, "not a level", "PUT", "/admin/log-level", "/admin/log-level",
+           body={"level": "loud"}, expect=422)
+    ck.run(a, "wrong token", "PUT", "/admin/log-level", "/admin/log-level",
+           body="info", content_type="text/plain",
+           headers={"Authorization": "Bearer nope"}, expect=401)
     ck.run(b, "not ready, HEAD", "HEAD", "/readyz", "/readyz", expect=503)
     page = http_request(a.port, "GET", "/metrics").body.decode()
     served = {f for f in metric_families(page) if f.startswith("sluice_")}

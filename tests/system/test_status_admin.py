@@ -283,3 +283,148 @@ def test_worker_request_id_and_access_log(pipeline):
     assert e["request_id"] == hdrs["x-request-id"] and e["method"] == "GET"
     assert e["client"] == "127.0.0.1" and e["bytes"] > 0
     assert [x for x in entries if x["request_id"] == "probe-42"]
+
+
+# ------------------------------------------------------------------ ingest
+
+SECRET = "whsec_" + "c2x1aWNlLXN0YXR1cy10ZXN0LXNlY3JldC0zMmJ5dGVz"
+
+
+def signed_source(name="signed"):
+    return {f"source__{name}__kind": "transcript",
+            f"source__{name}__signature": "standard-webhooks",
+            f"source__{name}__secret": SECRET}
+
+
+def test_ingest_status(pipeline, services):
+    ingest = pipeline.start_ingest(admin_token_file=token_file(pipeline.tmp),
+                                   max_inflight=777, **signed_source())
+    for _ in range(5):
+        wid, body = ping_pong(pipeline.cid())
+        assert ingest.post(body, headers={"webhook-id": wid}).status == 202
+    doc = status(ingest.port)
+    assert doc["daemon"] == "sluice-ingest" and doc["kafka_up"] is True
+    assert doc["inflight"] == 0 and doc["producer_queue"] == 0, doc
+    assert doc["connections"] >= 1 and doc["draining"] is False, doc
+    assert doc["limits"]["max_inflight"] == 777, doc["limits"]
+    assert doc["limits"]["max_body_bytes"] == 1048576, doc["limits"]
+    srcs = {s["name"]: s for s in doc["sources"]}
+    assert srcs[SOURCE]["kind"] == "transcript"
+    assert srcs[SOURCE]["signature"] == "none"
+    assert srcs["signed"]["signature"] == "standard-webhooks"
+    assert doc["config"]["max_inflight"] == {"value": 777, "runtime": True}
+    assert doc["config"]["topic"] == {"value": pipeline.topic,
+                                      "runtime": False}
+    text = json.dumps(doc)
+    assert SECRET not in text and SECRET[6:] not in text, "secret shown"
+    assert TOKEN not in text
+    # 5 records, all durable: the topic holds them.
+    marks = services.watermarks(pipeline.topic)
+    assert sum(h for _, h in marks.values()) == 5
+
+
+def test_ingest_admin_needs_loopback_or_token(pipeline):
+    addr = non_loopback_ipv4()
+    if addr is None:
+        pytest.skip("this machine has no non-loopback IPv4 address to "
+                    "call the admin routes from")
+    port = free_port()
+    ingest = pipeline.start_ingest(listen=f"0.0.0.0:{port}",
+                                   admin_token_file=token_file(pipeline.tmp))
+    for method, path in (("GET", "/status"), ("PUT", "/admin/log-level")):
+        body = "debug" if method == "PUT" else None
+        st, hdrs, doc = request(addr, port, method, path, body)
+        assert (st, doc["error"]) == (401, "admin_token_required"), doc
+        assert hdrs["www-authenticate"] == "Bearer" and hdrs["x-request-id"]
+        st, _, doc = request(addr, port, method, path, body,
+                             {"Authorization": "Bearer " + TOKEN + "x"})
+        assert (st, doc["error"]) == (401, "admin_token_invalid"), doc
+    assert " debug: " not in ingest.log_text()
+    # Webhooks and probes are not admin routes.
+    st, _, _ = request(addr, port, "GET", "/readyz")
+    assert st == 200
+    good = {"Authorization": "Bearer " + TOKEN}
+    st, _, doc = request(addr, port, "GET", "/status", None, good)
+    assert st == 200 and doc["daemon"] == "sluice-ingest", doc
+    # The log level, at once: a queued record is logged at debug.
+    st, _, doc = request(addr, port, "PUT", "/admin/log-level",
+                         '{"level": "debug"}', good)
+    assert (st, doc) == (200, {"log_level": "debug", "was": "info"}), doc
+    wid, body = ping_pong(pipeline.cid())
+    assert ingest.post(body, headers={"webhook-id": wid}).status == 202
+    ingest.wait_log(rf" debug: \[[^\]]+\] queued {re.escape(wid)} ", 10)
+    st, _, doc = request("127.0.0.1", port, "PUT", "/admin/log-level",
+                         "info")
+    assert st == 200 and doc["was"] == "debug"
+    log = ingest.log_text()
+    assert re.search(rf'\[access\] {re.escape(addr)} "PUT /admin/log-level"'
+                     r' 401 \d+ [\d.]+ms req=\S+ reason=admin_token_invalid',
+                     log), log[-3000:]
+    assert TOKEN not in log
+
+
+def test_ingest_access_log_and_request_id(pipeline, services):
+    ingest = pipeline.start_ingest(**signed_source())
+    cid = pipeline.cid()
+    wid, body = ping_pong(cid)
+    ours = "client-req-0001"
+    cases = [
+        # (what, path, body, headers, status, reason)
+        ("accepted", f"/v1/webhooks/{SOURCE}", body,
+         {"webhook-id": wid, "X-Request-Id": ours}, 202, None),
+        ("unsigned", "/v1/webhooks/signed", body, {}, 401, "bad_signature"),
+        ("unknown source", "/v1/webhooks/nope", body, {}, 404,
+         "unknown_source"),
+        ("schema", f"/v1/webhooks/{SOURCE}", {"conversation_id": 5}, {}, 422,
+         "schema_violation"),
+        ("no path", "/elsewhere", None, {}, 404, "not_found"),
+    ]
+    ids = {}
+    for what, path, b, hdrs, want, reason in cases:
+        r = http_request(ingest.port, "POST" if b is not None else "GET",
+                         path, b, hdrs)
+        assert r.status == want, (what, r)
+        rid = r.headers.get("x-request-id")
+        assert rid, (what, r.headers)
+        ids[what] = rid
+    assert ids["accepted"] == ours, "the client's sane id is kept"
+    assert len(set(ids.values())) == len(ids), ids
+    # A request id that is not sane is replaced.
+    r = http_request(ingest.port, "GET", "/healthz",
+                     headers={"X-Request-Id": "x" * 129})
+    assert re.match(r"req_[0-9a-f]{32}$", r.headers["x-request-id"]), r
+
+    log = ingest.log_text()
+    for what, path, b, hdrs, want, reason in cases:
+        line = next((ln for ln in log.splitlines()
+                     if "[access]" in ln and
+                     f"req={ids[what]}" in ln), None)
+        assert line, f"no access line for {what} ({ids[what]}):\n{log[-3000:]}"
+        assert re.search(r" info: \[access\] 127\.0\.0\.1 \"(POST|GET) "
+                         + re.escape(path) + rf"\" {want} \d+ [\d.]+ms ",
+                         line), line
+        if reason:
+            assert line.endswith(f"reason={reason}"), line
+        else:
+            assert "reason=" not in line, line
+        if path.startswith("/v1/webhooks/"):
+            assert f" source={path.rsplit('/', 1)[1]}" in line, line
+    # The id the client sent is the one the Kafka record carries.
+    recs = services.topic_records(pipeline.topic)
+    assert [r["headers"].get("request-id") for r in recs] == [ours.encode()]
+
+
+def test_ingest_access_log_json_and_off(pipeline):
+    ingest = pipeline.start_ingest(access_log="json")
+    r = http_request(ingest.port, "GET", "/nowhere")
+    assert r.status == 404
+    ingest.wait_log(r"\[access\] \{", 10)
+    e = [json.loads(m) for m in re.findall(r"\[access\] (\{.*\})",
+                                           ingest.log_text())][-1]
+    assert e["path"] == "/nowhere" and e["status"] == 404, e
+    assert e["reason"] == "not_found" and e["client"] == "127.0.0.1", e
+    assert e["request_id"] == r.headers["x-request-id"], e
+    off = pipeline.start_ingest(access_log="off")
+    assert http_request(off.port, "GET", "/healthz").status == 200
+    time.sleep(0.3)
+    assert "[access]" not in off.log_text()
