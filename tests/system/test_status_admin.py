@@ -14,7 +14,7 @@ import time
 import pytest
 
 from harness import (SOURCE, free_port, http_request, ping_pong,
-                     wait_until)
+                     raw_request, wait_until)
 
 TOKEN = "tok-3f9a1c77e2b04d5e"
 
@@ -389,6 +389,14 @@ def test_ingest_access_log_and_request_id(pipeline, services):
         ids[what] = rid
     assert ids["accepted"] == ours, "the client's sane id is kept"
     assert len(set(ids.values())) == len(ids), ids
+    # An error libevent answers itself (sluice's JSON in its place) has an
+    # id too, and its access line.
+    r = raw_request(ingest.port, b"POST /v1/webhooks/tavus HTTP/1.1\r\n"
+                    b"Host: x\r\nContent-Length: nope\r\n\r\n")
+    assert r.status == 400 and r.headers.get("x-request-id"), r
+    ingest.wait_log(r'\[access\] - "- -" 400 \d+ - req='
+                    + re.escape(r.headers["x-request-id"])
+                    + " reason=bad_request", 10)
     # A request id that is not sane is replaced.
     r = http_request(ingest.port, "GET", "/healthz",
                      headers={"X-Request-Id": "x" * 129})
