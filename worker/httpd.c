@@ -423,6 +423,11 @@ static void handle_status(struct httpd *h, struct evhttp_request *req)
 	cJSON_ReplaceItemInObjectCaseSensitive(
 	    cJSON_GetObjectItemCaseSensitive(cfg, "log_level"), "value",
 	    cJSON_CreateString(log_level_names[log_level_current]));
+	/* Extra headers to the model endpoint may carry a credential. */
+	if (h->cfg->composer_headers[0])
+		cJSON_ReplaceItemInObjectCaseSensitive(
+		    cJSON_GetObjectItemCaseSensitive(cfg, "composer.headers"),
+		    "value", cJSON_CreateString("(hidden)"));
 	cJSON_AddItemToObject(o, "config", cfg);
 	reply_json(req, 200, "OK", o);
 }

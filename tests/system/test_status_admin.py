@@ -91,7 +91,8 @@ def test_worker_status_matches_topic(pipeline, services):
     port = free_port()
     pipeline.start_worker(listen=f"127.0.0.1:{port}",
                           admin_token_file=token_file(pipeline.tmp),
-                          kafka__sasl__password="hunter2-not-shown")
+                          kafka__sasl__password="hunter2-not-shown",
+                          composer__headers="X-Api-Key: hunter2-header")
     ingest = pipeline.start_ingest()
     cids = [pipeline.cid() for _ in range(24)]
     post_all(ingest, cids)
@@ -132,6 +133,7 @@ def test_worker_status_matches_topic(pipeline, services):
     assert cfg["log_level"] == {"value": "info", "runtime": True}
     assert cfg["batch_max"]["value"] == 2000, cfg["batch_max"]
     assert cfg["kafka.sasl.password"]["value"] == "(hidden)", cfg
+    assert cfg["composer.headers"]["value"] == "(hidden)", cfg
     assert cfg["admin_token_file"]["value"].endswith("admin.token")
     text = json.dumps(doc)
     assert TOKEN not in text and "hunter2" not in text, "a secret shown"
@@ -189,6 +191,23 @@ def test_worker_pause_under_load_loses_nothing(pipeline, services):
         " WHERE conversation_id LIKE %s", (pipeline.prefix + "%",))
     assert dup == 0
     assert status(port)["paused"] is False
+
+    # Stopped while paused: it drains and leaves as usual, and the
+    # records sent meanwhile wait in Kafka for the next start.
+    st, _, _ = request("127.0.0.1", port, "POST", "/admin/pause")
+    assert st == 200
+    wait_until(lambda: (lambda d: d["pipelines_paused"] ==
+                        d["pipelines_total"])(status(port)), 30, 0.1,
+               "every pipeline to hold its partitions again")
+    late = [pipeline.cid() for _ in range(10)]
+    post_all(ingest, late)
+    t0 = time.monotonic()
+    assert pipeline.worker.stop() == 0
+    assert time.monotonic() - t0 < 20, "a paused worker was slow to stop"
+    assert rows(services, pipeline.prefix) == 320
+    pipeline.restart(pipeline.worker)
+    wait_until(lambda: rows(services, pipeline.prefix) == 340, 60,
+               message="the records sent before the stop, after restart")
 
 
 def test_worker_log_level_at_once(pipeline):
