@@ -228,7 +228,9 @@ static void render_pipe(struct status_pipe *s, cJSON *arr, int64_t mono,
 	cJSON_AddStringToObject(o, "name", s->name);
 	cJSON_AddStringToObject(o, "group", s->group);
 	cJSON_AddBoolToObject(o, "paused", s->fig.paused);
-	qsort(s->parts, (size_t)s->n_parts, sizeof(*s->parts), part_cmp);
+	if (s->n_parts > 1) /* none yet: parts is NULL */
+		qsort(s->parts, (size_t)s->n_parts, sizeof(*s->parts),
+		      part_cmp);
 	cJSON_AddNumberToObject(o, "assigned", s->n_parts);
 	parts = cJSON_AddArrayToObject(o, "partitions");
 	for (int i = 0; i < s->n_parts; i++) {

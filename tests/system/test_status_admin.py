@@ -455,3 +455,19 @@ def test_ingest_access_log_json_and_off(pipeline):
     assert http_request(off.port, "GET", "/healthz").status == 200
     time.sleep(0.3)
     assert "[access]" not in off.log_text()
+
+
+def test_worker_status_before_any_assignment(pipeline):
+    # Asked at once, before the group assigned anything: the pipelines
+    # are there with no partitions, and nothing is made up.
+    port = free_port()
+    worker = pipeline.start_worker(wait=False, listen=f"127.0.0.1:{port}",
+                                   topic_partitions=0)
+    wait_until(lambda: request("127.0.0.1", port, "GET", "/healthz")[0]
+               == 200, 30, 0.1, "the endpoint to answer")
+    doc = status(port)
+    for p in doc["pipelines"]:
+        assert p["last_commit"] is None and p["batch"] is None, p
+        assert p["partitions"] == [] or all(
+            e["stored_offset"] is None for e in p["partitions"]), p
+    worker.assert_alive()
