@@ -35,10 +35,10 @@ endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
-              common/validate.c common/kinds.c
+              common/validate.c common/kinds.c common/admin.c common/access.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/gate.c \
               ingest/step.c ingest/pending.c ingest/reply.c ingest/metrics.c \
-              ingest/publish.c \
+              ingest/publish.c ingest/status.c \
               ingest/verify.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
@@ -49,14 +49,14 @@ WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c
               worker/contexts.c worker/composer.c worker/handlers/handler.c \
               worker/handlers/transcript.c worker/handlers/campaign.c \
               worker/handlers/campaign_rules.c worker/handlers/chat.c
-WORKER_SRC += worker/httpd.c worker/metrics.c
+WORKER_SRC += worker/httpd.c worker/metrics.c worker/status.c
 
 INGEST_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(INGEST_SRC:.c=.o))
 WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat test_replay test_util test_dsn
+              test_chat test_replay test_util test_dsn test_admin
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -105,10 +105,13 @@ $(BUILD)/tests/test_schema_suite: $(BUILD)/tests/unit/test_schema_suite.o \
 $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
 	$(BUILD)/ingest/publish.o $(BUILD)/ingest/settings.o $(KINDS_OBJ) \
 	$(BUILD)/common/kafka.o $(BUILD)/common/config.o $(BUILD)/common/schema.o \
-	$(BUILD)/common/log.o $(BUILD)/common/util.o
+	$(BUILD)/common/log.o $(BUILD)/common/util.o $(BUILD)/common/access.o
 $(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \
 	$(BUILD)/common/chat.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_util: $(BUILD)/tests/unit/test_util.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_admin: $(BUILD)/tests/unit/test_admin.o \
+	$(BUILD)/common/admin.o $(BUILD)/common/access.o \
+	$(BUILD)/common/config.o $(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
 	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
 	$(BUILD)/common/validate.o $(BUILD)/common/util.o

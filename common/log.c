@@ -22,6 +22,11 @@ void log_setup(const char *prog, int level, bool json)
 	log_json = json;
 }
 
+void log_set_level(int level)
+{
+	log_level_current = level;
+}
+
 void log_write(int level, const char *ctx, const char *fmt, ...)
 {
 	char msg[2048];

@@ -11,6 +11,8 @@ enum log_level { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR };
 extern _Atomic int log_level_current;
 
 void log_setup(const char *prog, int level, bool json);
+/* Takes effect at once in every thread. */
+void log_set_level(int level);
 /* ctx may be NULL; otherwise it prefixes the line ("req=..." or "t/p@o"). */
 void log_write(int level, const char *ctx, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -65,9 +65,10 @@ struct conn {
 	int64_t deadline_ms;		 /* monotonic; unused while busy */
 	evutil_socket_t fd;
 	bool attached; /* evhttp's connection is known and ours is hooked */
-	bool busy;    /* a request is with sluice: no deadline until answered */
-	bool refused; /* over max_connections: answered 503 */
-	bool replaced;			 /* swapping evhttp's error page */
+	bool busy; /* a request is with sluice: no deadline until answered */
+	double started_s; /* when that request was read whole */
+	bool refused;	  /* over max_connections: answered 503 */
+	bool replaced;	  /* swapping evhttp's error page */
 	struct evbuffer_cb_entry *watch; /* on the output: evhttp's errors */
 	struct event *replace_ev;	 /* replaces one; made when needed */
 	struct conn *prev, *next;	 /* every open one, for shutdown */
@@ -330,7 +331,13 @@ bool conn_request(struct ingest *ing, struct evhttp_request *req)
 	if (!c)
 		return true;
 	c->busy = true;
+	c->started_s = util_mono_s();
 	return !c->refused;
+}
+
+double conn_started(const struct conn *c)
+{
+	return c->started_s;
 }
 
 struct conn *conn_answering(struct ingest *ing, struct evhttp_request *req)

@@ -21,6 +21,8 @@ bool conn_request(struct ingest *ing, struct evhttp_request *req);
  * gone), to pass to conn_answered once the answer is written. Until then
  * output on the connection is known to be sluice's. */
 struct conn *conn_answering(struct ingest *ing, struct evhttp_request *req);
+/* When the connection's current request was read whole (util_mono_s). */
+double conn_started(const struct conn *c);
 /* The request was answered: the next one's deadline starts. */
 void conn_answered(struct ingest *ing, struct conn *c);
 

@@ -25,11 +25,8 @@
 #include "metrics.h"
 #include "pending.h"
 #include "reply.h"
+#include "status.h"
 #include "step.h"
-
-#define WEBHOOK_PREFIX "/v1/webhooks/"
-#define CAMPAIGN_PREFIX "/v1/campaigns/"
-#define CAMPAIGN_SUFFIX "/batches"
 
 /* A path segment, percent-decoded: NULL with *problem set when a '%' is not
  * followed by two hex digits or a byte decodes to NUL (either would make
@@ -211,6 +208,8 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	bool probe = probe_path(path) &&
 		     (cmd == EVHTTP_REQ_GET || cmd == EVHTTP_REQ_HEAD);
 
+	reply_begin(req); /* its X-Request-Id, for every answer */
+
 	/* Over max_connections only the probes are served: a liveness
 	 * check must not fail because of a flood it is not part of. */
 	if (!conn_request(ing, req)) {
@@ -299,6 +298,10 @@ static void handle_request(struct evhttp_request *req, void *arg)
 		}
 		return;
 	}
+	if (status_path(path)) {
+		status_handle(ing, req, path);
+		return;
+	}
 	reply_error(ing, req, 404, "not_found", "no such path", NULL);
 }
 
@@ -375,6 +378,8 @@ bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 			 ing->cfg.listen);
 		return false;
 	}
+	if (!status_setup(ing, errstr, errstr_size))
+		return false;
 	memcpy(host, ing->cfg.listen, hlen);
 	host[hlen] = '\0';
 	ing->http = evhttp_new(ing->base);
@@ -423,6 +428,7 @@ void http_cleanup(struct ingest *ing)
 		evhttp_free(ing->http);
 	ing->http = NULL;
 	conn_cleanup(ing);
+	status_cleanup();
 	if (ing->accept_retry)
 		event_free(ing->accept_retry);
 	ing->accept_retry = NULL;

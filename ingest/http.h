@@ -7,6 +7,11 @@
 
 struct ingest;
 
+/* The paths of the two kinds of POST. */
+#define WEBHOOK_PREFIX "/v1/webhooks/"
+#define CAMPAIGN_PREFIX "/v1/campaigns/"
+#define CAMPAIGN_SUFFIX "/batches"
+
 /* Listens on cfg.listen and routes every request; errstr says why not. */
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));

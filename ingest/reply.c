@@ -6,10 +6,100 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/access.h"
 #include "../common/log.h"
 #include "conn.h"
+#include "http.h"
 #include "ingest.h"
 #include "metrics.h"
+
+#define REQUEST_ID_HEADER "X-Request-Id"
+
+void reply_begin(struct evhttp_request *req)
+{
+	char id[ACCESS_ID_SIZE];
+
+	access_request_id(
+	    evhttp_find_header(evhttp_request_get_input_headers(req),
+			       REQUEST_ID_HEADER),
+	    id, sizeof(id));
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+			  REQUEST_ID_HEADER, id);
+}
+
+const char *reply_request_id(struct evhttp_request *req)
+{
+	const char *id = evhttp_find_header(
+	    evhttp_request_get_output_headers(req), REQUEST_ID_HEADER);
+
+	return id ? id : "-";
+}
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	default: return "OTHER";
+	}
+}
+
+/* The source a path names, for the access log: a webhook's (as sent,
+ * known or not), the campaign source's for a campaign batch. */
+static const char *path_source(struct ingest *ing, const char *path, char *buf,
+			       size_t size)
+{
+	const struct source *src;
+
+	if (strncmp(path, WEBHOOK_PREFIX, strlen(WEBHOOK_PREFIX)) == 0) {
+		const char *name = path + strlen(WEBHOOK_PREFIX);
+
+		snprintf(buf, size, "%.*s", (int)strcspn(name, "/"), name);
+		return buf[0] ? buf : NULL;
+	}
+	if (strncmp(path, CAMPAIGN_PREFIX, strlen(CAMPAIGN_PREFIX)) == 0 &&
+	    (src = ingest_source_of_kind(&ing->cfg, KIND_CAMPAIGN)) != NULL)
+		return src->name;
+	return NULL;
+}
+
+/* The access log line of an answer about to be sent: read now, since
+ * evhttp may free the request in evhttp_send_reply. c is the request's
+ * connection (NULL when the client is gone, and so is the time it came). */
+static void reply_log(struct ingest *ing, struct evhttp_request *req,
+		      const struct conn *c, int code, size_t bytes,
+		      const char *why)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+	char *addr = NULL, src[128];
+	ev_uint16_t port = 0;
+
+	if (ing->cfg.access_log == ACCESS_OFF)
+		return;
+	if (evcon)
+		evhttp_connection_get_peer(evcon, &addr, &port);
+	access_log(
+	    ing->cfg.access_log,
+	    &(struct access_entry){
+		.client = addr ? addr : "-",
+		.method = method_name(evhttp_request_get_command(req)),
+		.path = path ? path : "-",
+		.source =
+		    path ? path_source(ing, path, src, sizeof(src)) : NULL,
+		.status = code,
+		.bytes = bytes,
+		.ms = c ? (util_mono_s() - conn_started(c)) * 1000.0 : -1.0,
+		.request_id = reply_request_id(req),
+		.reason = why,
+	    });
+}
 
 const char *reply_reason(int code)
 {
@@ -61,11 +151,17 @@ static const char *http_date(void)
  * looked up first because evhttp frees a request whose connection is gone
  * in evhttp_send_reply. */
 static void reply_send(struct ingest *ing, struct evhttp_request *req, int code,
-		       const char *reason, struct evbuffer *body)
+		       const char *reason, struct evbuffer *body,
+		       const char *why)
 {
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 	struct conn *c = conn_answering(ing, req);
 
+	reply_log(ing, req, c, code,
+		  evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
+		      ? 0
+		      : evbuffer_get_length(body),
+		  why);
 	evhttp_add_header(out, "Date", http_date());
 	if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
 		char len[24];
@@ -79,11 +175,11 @@ static void reply_send(struct ingest *ing, struct evhttp_request *req, int code,
 	conn_answered(ing, c);
 }
 
-size_t reply_raw_error(int status, const char *code, const char *message,
-		       char *buf, size_t size)
+size_t reply_raw_error(struct ingest *ing, int status, const char *code,
+		       const char *message, char *buf, size_t size)
 {
 	cJSON *o = cJSON_CreateObject();
-	char body[768];
+	char body[768], id[ACCESS_ID_SIZE];
 	int n;
 
 	cJSON_AddStringToObject(o, "error", code);
@@ -91,17 +187,32 @@ size_t reply_raw_error(int status, const char *code, const char *message,
 	if (!cJSON_PrintPreallocated(o, body, (int)sizeof(body) - 1, 0))
 		snprintf(body, sizeof(body), "{\"error\":\"%s\"}", code);
 	cJSON_Delete(o);
+	/* A request that never reached sluice whole: its id is a new one. */
+	access_request_id(NULL, id, sizeof(id));
 	n = snprintf(buf, size,
 		     "HTTP/1.1 %d %s\r\n"
 		     "Content-Type: application/json\r\n"
 		     "Connection: close\r\n"
 		     "Date: %s\r\n"
+		     "X-Request-Id: %s\r\n"
 		     "Content-Length: %zu\r\n\r\n%s\n",
-		     status, reply_reason(status), http_date(),
+		     status, reply_reason(status), http_date(), id,
 		     strlen(body) + 1, body);
 	if (n < 0 || (size_t)n >= size) /* the body is bounded above */
 		abort();
 	log_debug("%d %s: %s", status, code, message);
+	/* evhttp's own errors and the 408: no request to read a client,
+	 * method or path from. */
+	access_log(ing->cfg.access_log, &(struct access_entry){
+					    .client = "-",
+					    .method = "-",
+					    .path = "-",
+					    .status = status,
+					    .bytes = strlen(body) + 1,
+					    .ms = -1.0,
+					    .request_id = id,
+					    .reason = code,
+					});
 	return (size_t)n;
 }
 
@@ -113,7 +224,7 @@ size_t reply_evhttp_error(struct ingest *ing, int status, char *buf,
 	char msg[320];
 
 	if (status == 408) /* conn.c counts it once it is sent */
-		return reply_raw_error(408, "request_timeout",
+		return reply_raw_error(ing, 408, "request_timeout",
 				       "the request was not received whole "
 				       "within request_timeout_s",
 				       buf, size);
@@ -121,7 +232,7 @@ size_t reply_evhttp_error(struct ingest *ing, int status, char *buf,
 	switch (status) {
 	case 400:
 		return reply_raw_error(
-		    400, "bad_request",
+		    ing, 400, "bad_request",
 		    "the request could not be parsed: a malformed request "
 		    "line, header, Content-Length or Transfer-Encoding, or a "
 		    "Content-Length beside a Transfer-Encoding",
@@ -139,23 +250,24 @@ size_t reply_evhttp_error(struct ingest *ing, int status, char *buf,
 			 ing->cfg.max_body_bytes < ing->max_record_bytes
 			     ? ing->cfg.max_body_bytes
 			     : ing->max_record_bytes);
-		return reply_raw_error(413, "payload_too_large", msg, buf,
+		return reply_raw_error(ing, 413, "payload_too_large", msg, buf,
 				       size);
 	case 417:
-		return reply_raw_error(417, "expectation_failed",
+		return reply_raw_error(ing, 417, "expectation_failed",
 				       "the only Expect supported is "
 				       "100-continue",
 				       buf, size);
 	case 501:
 		return reply_raw_error(
-		    501, "not_implemented",
+		    ing, 501, "not_implemented",
 		    "unknown or unsupported method; "
 		    "sluice-ingest serves GET, HEAD and POST",
 		    buf, size);
 	default:
 		snprintf(msg, sizeof(msg), "the request was refused (%d)",
 			 status);
-		return reply_raw_error(status, "bad_request", msg, buf, size);
+		return reply_raw_error(ing, status, "bad_request", msg, buf,
+				       size);
 	}
 }
 
@@ -168,6 +280,7 @@ void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 	static struct evbuffer *out;
 	char stack[2048];
 	char *text = NULL;
+	const cJSON *why = cJSON_GetObjectItemCaseSensitive(body, "error");
 
 	if (!out)
 		out = evbuffer_new();
@@ -185,7 +298,9 @@ void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 			evbuffer_add(out, "\n", 1);
 		}
 	}
-	reply_send(ing, req, code, reply_reason(code), out);
+	reply_send(ing, req, code, reply_reason(code), out,
+		   code >= 400 && cJSON_IsString(why) ? why->valuestring
+						      : NULL);
 	evbuffer_drain(out, evbuffer_get_length(out));
 	cJSON_free(text);
 	cJSON_Delete(body);
@@ -286,6 +401,6 @@ void reply_text(struct ingest *ing, struct evhttp_request *req, int code,
 {
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 			  "Content-Type", content_type);
-	reply_send(ing, req, code, reply_reason(code), body);
+	reply_send(ing, req, code, reply_reason(code), body, NULL);
 	metrics_response(ing, code);
 }

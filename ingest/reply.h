@@ -16,6 +16,13 @@ struct ingest;
 /* A 422 lists at most this many problems (and how many more). */
 #define REPLY_MAX_PROBLEMS 100
 
+/* A request just read gets its id: the client's X-Request-Id when it is
+ * sane (common/access.h), else a new one; every answer to it carries it
+ * back in X-Request-Id, and so does the Kafka record. */
+void reply_begin(struct evhttp_request *req);
+/* That id (valid while the request is). */
+const char *reply_request_id(struct evhttp_request *req);
+
 /* A status's reason phrase ("Accepted"). */
 const char *reply_reason(int code);
 /* A JSON answer; body is consumed (freed). */
@@ -39,8 +46,8 @@ void reply_text(struct ingest *ing, struct evhttp_request *req, int code,
 /* A whole error answer (status line, headers, JSON body) in buf, for the
  * places that write to a socket or buffer without evhttp's help; returns
  * its length. The caller counts it once sent. */
-size_t reply_raw_error(int status, const char *code, const char *message,
-		       char *buf, size_t size);
+size_t reply_raw_error(struct ingest *ing, int status, const char *code,
+		       const char *message, char *buf, size_t size);
 /* A conn_error_fn: sluice's JSON answer for an error evhttp answers
  * itself (status is the one evhttp chose), counted, or for the request
  * deadline's 408 (counted by conn.c once sent). */

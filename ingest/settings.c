@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/access.h"
 #include "../common/log.h"
 #include "../common/schema.h"
 #include "../common/util.h"
@@ -51,6 +52,12 @@ const struct cfg_setting ingest_settings[] = {
      "debug, info, warn or error", CFG_RUNTIME, NULL},
     {"log_format", CFG_ENUM, F(log_format), "text", 0, 0, log_format_names,
      NULL, "text or json", CFG_RESTART, NULL},
+    {"admin_token_file", CFG_STR, F(admin_token_file), "", 0, 0, NULL, NULL,
+     "file holding the bearer token of /status and /admin/ for clients "
+     "other than loopback (empty = loopback only)",
+     CFG_RESTART, NULL},
+    {"access_log", CFG_ENUM, F(access_log), "text", 0, 0, access_mode_names,
+     NULL, "one line per answer at info: off, text or json", CFG_RESTART, NULL},
     CFG_END};
 #undef F
 

@@ -54,6 +54,8 @@ struct ingest_config {
 	char *schema_dir;
 	int log_level;
 	int log_format;
+	char *admin_token_file; /* "" = admin routes for loopback only */
+	int access_log;		/* enum access_mode */
 	struct cfg_kv *kafka;
 	struct source *sources;
 	/* Every value the file and the environment set, with its origin:

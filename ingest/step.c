@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/access.h"
 #include "../common/kinds.h"
 #include "../common/log.h"
 #include "../common/schema.h"
@@ -74,7 +75,7 @@ static void publish_each(struct ingest *ing, struct evhttp_request *req,
 			 const char *data, size_t len)
 {
 	static const char *senders[MAX_KEYS];
-	char request_id[40], gen_id[40];
+	char request_id[ACCESS_ID_SIZE], gen_id[40];
 	size_t n;
 	struct pgroup *g;
 
@@ -97,7 +98,9 @@ static void publish_each(struct ingest *ing, struct evhttp_request *req,
 		util_random_id(gen_id, sizeof(gen_id), "wh_");
 		whid = gen_id;
 	}
-	util_random_id(request_id, sizeof(request_id), "req_");
+	/* A copy: the request may be answered (and freed) before the id
+	 * is last used. */
+	snprintf(request_id, sizeof(request_id), "%s", reply_request_id(req));
 	g = xcalloc(1, sizeof(*g));
 	g->req = req;
 	g->n = (int)n;
@@ -137,7 +140,7 @@ void step_publish(struct ingest *ing, struct evhttp_request *req,
 		  const struct source *src, cJSON *doc, const char *campaign_id,
 		  const char *whid, const char *data, size_t len)
 {
-	char msg[256], request_id[40], gen_id[40];
+	char msg[256], request_id[ACCESS_ID_SIZE], gen_id[40];
 	struct kind_route route;
 	struct pending *p;
 	rd_kafka_resp_err_t err;
@@ -162,7 +165,9 @@ void step_publish(struct ingest *ing, struct evhttp_request *req,
 		util_random_id(gen_id, sizeof(gen_id), "wh_");
 		whid = gen_id;
 	}
-	util_random_id(request_id, sizeof(request_id), "req_");
+	/* A copy: the request may be answered (and freed) before the id
+	 * is last used. */
+	snprintf(request_id, sizeof(request_id), "%s", reply_request_id(req));
 
 	p = xcalloc(1, sizeof(*p));
 	p->req = req;

@@ -13,6 +13,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "metrics.h"
+#include "status.h"
 
 struct consumer {
 	rd_kafka_t *rk;
@@ -78,7 +79,7 @@ static void consume_resume(struct consumer *c)
 	/* A partition revoked meanwhile answers with an error of its own
 	 * in the list; that is fine. */
 	rd_kafka_resume_partitions(c->rk, c->paused);
-	log_debug("resumed %d partitions after a long batch", c->paused->cnt);
+	log_debug("resumed %d partitions", c->paused->cnt);
 	rd_kafka_topic_partition_list_destroy(c->paused);
 	c->paused = NULL;
 }
@@ -196,6 +197,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			ret = rd_kafka_assign(rk, parts);
 		c->assigned += parts->cnt;
 		metrics_rebalance(true, parts);
+		status_rebalance(true, parts);
 		c->assign_gen++;
 		if (c->paused)
 			consume_pause_more(c, parts);
@@ -233,6 +235,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			ret = rd_kafka_assign(rk, NULL);
 		c->assigned -= parts->cnt;
 		metrics_rebalance(false, parts);
+		status_rebalance(false, parts);
 		if (c->assigned < 0)
 			c->assigned = 0;
 		c->assign_gen++;
@@ -470,9 +473,9 @@ void consume_serve(struct consumer *c)
 			l = rd_kafka_topic_partition_list_new(0);
 		rd_kafka_pause_partitions(c->rk, l);
 		c->paused = l;
-		log_debug("long batch: paused %d partitions, serving the "
-			  "consumer while it runs",
-			  l->cnt);
+		log_debug(
+		    "paused %d partitions (a long batch, or the operator's pause), serving the consumer meanwhile",
+		    l->cnt);
 	}
 	/* A bounded number of events: the batch has work to get back to. */
 	for (int i = 0; i < 100; i++) {

@@ -1375,3 +1375,8 @@ const struct contexts_stats *contexts_stats(const struct contexts *c)
 {
 	return &c->st;
 }
+
+int contexts_inflight(const struct contexts *c)
+{
+	return c->inflight;
+}

@@ -68,6 +68,8 @@ void contexts_give_up(struct contexts *c);
 enum ctx_state contexts_get(const struct contexts *c, enum ctx_ns ns,
 			    const char *key, const cJSON **ctx);
 const struct contexts_stats *contexts_stats(const struct contexts *c);
+/* Lookups to the source in flight now. */
+int contexts_inflight(const struct contexts *c);
 
 /* Called on the event_base each time one of the batch's leads resolves
  * (contexts_get() then answers for it), so work per lead (a message's

@@ -1,6 +1,9 @@
 /* The worker's own HTTP endpoint on its event_base: GET /healthz, /readyz
  * (PostgreSQL, Redis and Kafka, each from an asynchronous probe or what the
- * consumer last heard) and /metrics (Prometheus text format). */
+ * consumer last heard) and /metrics (Prometheus text format); GET /status
+ * and the admin routes (pause, resume, log level), for loopback or the
+ * admin token only. Every answer carries X-Request-Id and gets an access
+ * log line. */
 #include "httpd.h"
 
 #include <cjson/cJSON.h>
@@ -13,10 +16,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/access.h"
+#include "../common/admin.h"
 #include "../common/log.h"
 #include "../common/util.h"
 #include "cache.h"
 #include "metrics.h"
+#include "status.h"
 
 /* A probe runs once a second and gives up after PROBE_TIMEOUT_MS, so what
  * /readyz reports is at most a couple of seconds old and never waits. */
@@ -44,7 +50,17 @@ struct httpd {
 	struct probe redis;
 	struct redis_addr raddr;
 	redisAsyncContext *ac;
+	char *admin_token; /* admin_token_file's; NULL: loopback only */
+	int64_t started_ms;
 };
+
+/* The answer being sent: every route answers at once on this loop, one
+ * request at a time, so the access log line reads it after the route. */
+static struct {
+	int status;
+	size_t bytes;
+	const char *reason; /* a refusal's error code */
+} answer;
 
 static void probe_fail(struct probe *p, const char *what, const char *msg)
 {
@@ -277,9 +293,13 @@ static void reply(struct evhttp_request *req, int code, const char *reason,
 		snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
 		evhttp_add_header(evhttp_request_get_output_headers(req),
 				  "Content-Length", len);
+		answer.status = code;
+		answer.bytes = 0;
 		evhttp_send_reply(req, code, reason, NULL);
 		return;
 	}
+	answer.status = code;
+	answer.bytes = evbuffer_get_length(body);
 	evhttp_send_reply(req, code, reason, body);
 }
 
@@ -308,6 +328,7 @@ static void reply_error(struct evhttp_request *req, int code,
 	cJSON_AddStringToObject(o, "error", error);
 	cJSON_AddStringToObject(o, "message", message);
 	reply_json(req, code, reason, o);
+	answer.reason = error;
 }
 
 static cJSON *check_json(cJSON *parent, const char *name, bool ok,
@@ -337,9 +358,14 @@ static void handle_readyz(struct httpd *h, struct evhttp_request *req)
 	buf_init(&stalled);
 	buf_puts(&stalled, "");
 	flowing = metrics_stalled(h->cfg->stall_alert_s * 1000, &stalled) == 0;
+	/* Paused by the operator is not a failure: partitions fall behind
+	 * without a commit on purpose. */
+	if (status_paused())
+		flowing = true;
 	held = metrics_composer_held(cwhy, sizeof(cwhy));
 	ok = h->pg.ok && h->redis.ok && kafka && flowing && !held;
 	cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
+	cJSON_AddBoolToObject(o, "paused", status_paused());
 	check_json(o, "postgres", h->pg.ok, h->pg.error);
 	check_json(o, "redis", h->redis.ok, h->redis.error);
 	k = check_json(o, "kafka", kafka, kwhy);
@@ -370,40 +396,239 @@ static void handle_metrics(struct evhttp_request *req)
 	buf_free(&b);
 }
 
+static void handle_status(struct httpd *h, struct evhttp_request *req)
+{
+	cJSON *o = cJSON_CreateObject(), *cfg;
+	int paused = 0, n = status_pipelines(&paused);
+
+	cJSON_AddStringToObject(o, "daemon", "sluice-worker");
+	cJSON_AddStringToObject(o, "version", SLUICE_VERSION);
+	cJSON_AddNumberToObject(
+	    o, "uptime_s", (double)(util_mono_ms() - h->started_ms) / 1000.0);
+	/* Asked for by the operator; each pipeline's own "paused" says
+	 * whether it holds its partitions already (its batch finished). */
+	cJSON_AddBoolToObject(o, "paused", status_paused());
+	cJSON_AddNumberToObject(o, "pipelines_paused", paused);
+	cJSON_AddNumberToObject(o, "pipelines_total", n);
+	cJSON_AddStringToObject(o, "log_level",
+				log_level_names[log_level_current]);
+	status_render(o);
+	cfg = admin_config_json(worker_settings, h->cfg, h->cfg->kafka);
+	/* The level in force, which PUT /admin/log-level may have moved. */
+	cJSON_ReplaceItemInObjectCaseSensitive(
+	    cJSON_GetObjectItemCaseSensitive(cfg, "log_level"), "value",
+	    cJSON_CreateString(log_level_names[log_level_current]));
+	/* Extra headers to the model endpoint may carry a credential. */
+	if (h->cfg->composer_headers[0])
+		cJSON_ReplaceItemInObjectCaseSensitive(
+		    cJSON_GetObjectItemCaseSensitive(cfg, "composer.headers"),
+		    "value", cJSON_CreateString("(hidden)"));
+	cJSON_AddItemToObject(o, "config", cfg);
+	reply_json(req, 200, "OK", o);
+}
+
+static void handle_pause(struct evhttp_request *req, bool pause,
+			 const char *client)
+{
+	cJSON *o = cJSON_CreateObject();
+	int paused = 0, n = status_pipelines(&paused);
+
+	if (status_paused() != pause)
+		log_info("%s requested by %s: %s", pause ? "pause" : "resume",
+			 client,
+			 pause ? "the batches running finish and commit, then "
+				 "no new batch until resumed"
+			       : "batches start again");
+	status_set_paused(pause);
+	cJSON_AddBoolToObject(o, "paused", pause);
+	cJSON_AddNumberToObject(o, "pipelines_paused", paused);
+	cJSON_AddNumberToObject(o, "pipelines_total", n);
+	reply_json(req, 200, "OK", o);
+}
+
+static void handle_log_level(struct evhttp_request *req, const char *client)
+{
+	struct evbuffer *in = evhttp_request_get_input_buffer(req);
+	size_t len = evbuffer_get_length(in);
+	const char *body = (const char *)evbuffer_pullup(in, -1);
+	int level = admin_parse_level(body ? body : "", body ? len : 0);
+	int was = log_level_current;
+	cJSON *o;
+
+	if (level < 0) {
+		reply_error(req, 422, "Unprocessable Entity", "bad_log_level",
+			    "expected debug, info, warn or error, or "
+			    "{\"level\": \"...\"}");
+		return;
+	}
+	log_set_level(level);
+	/* At warn, so the change itself is seen at any level. */
+	log_warn("log level %s -> %s (by %s)", log_level_names[was],
+		 log_level_names[level], client);
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "log_level", log_level_names[level]);
+	cJSON_AddStringToObject(o, "was", log_level_names[was]);
+	reply_json(req, 200, "OK", o);
+}
+
+/* The peer's address as text, for the logs. */
+static void peer_name(struct evhttp_request *req, char *out, size_t outsz)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+	char *addr = NULL;
+	ev_uint16_t port = 0;
+
+	if (evcon)
+		evhttp_connection_get_peer(evcon, &addr, &port);
+	snprintf(out, outsz, "%s", addr ? addr : "-");
+}
+
+static const struct sockaddr *peer_addr(struct evhttp_request *req)
+{
+	struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+
+	return evcon ? evhttp_connection_get_addr(evcon) : NULL;
+}
+
+enum route {
+	R_NONE,
+	R_HEALTHZ,
+	R_READYZ,
+	R_METRICS,
+	R_STATUS,
+	R_PAUSE,
+	R_RESUME,
+	R_LOG_LEVEL
+};
+
+static const struct {
+	const char *path;
+	enum route route;
+	enum evhttp_cmd_type method; /* GET also admits HEAD */
+	bool admin;
+} routes[] = {
+    {"/healthz", R_HEALTHZ, EVHTTP_REQ_GET, false},
+    {"/readyz", R_READYZ, EVHTTP_REQ_GET, false},
+    {"/metrics", R_METRICS, EVHTTP_REQ_GET, false},
+    /* /status is read-only but shows the configuration: it asks what
+     * the admin routes ask. */
+    {"/status", R_STATUS, EVHTTP_REQ_GET, true},
+    {"/admin/pause", R_PAUSE, EVHTTP_REQ_POST, true},
+    {"/admin/resume", R_RESUME, EVHTTP_REQ_POST, true},
+    {"/admin/log-level", R_LOG_LEVEL, EVHTTP_REQ_PUT, true},
+};
+
+static const char *method_name(enum evhttp_cmd_type cmd)
+{
+	switch (cmd) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	default: return "OTHER";
+	}
+}
+
+static void route(struct httpd *h, struct evhttp_request *req, const char *path,
+		  const char *client)
+{
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+	size_t i, n = sizeof(routes) / sizeof(routes[0]);
+	const char *denied;
+
+	for (i = 0; i < n && strcmp(path, routes[i].path) != 0; i++)
+		;
+	if (i == n) {
+		reply_error(req, 404, "Not Found", "not_found",
+			    "no such path; try /healthz, /readyz, /metrics "
+			    "or /status");
+		return;
+	}
+	if (routes[i].admin &&
+	    (denied = admin_authorize(
+		 peer_addr(req),
+		 evhttp_find_header(evhttp_request_get_input_headers(req),
+				    "Authorization"),
+		 h->admin_token)) != NULL) {
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "WWW-Authenticate", "Bearer");
+		reply_error(req, 401, "Unauthorized", denied,
+			    strcmp(denied, "admin_token_invalid") == 0
+				? "the bearer token is not admin_token_file's"
+				: "admin routes answer loopback clients, or "
+				  "Authorization: Bearer <admin_token_file's "
+				  "token>");
+		return;
+	}
+	if (cmd != routes[i].method &&
+	    !(routes[i].method == EVHTTP_REQ_GET && cmd == EVHTTP_REQ_HEAD)) {
+		char msg[32];
+
+		snprintf(msg, sizeof(msg), "use %s",
+			 method_name(routes[i].method));
+		evhttp_add_header(evhttp_request_get_output_headers(req),
+				  "Allow",
+				  routes[i].method == EVHTTP_REQ_GET
+				      ? "GET, HEAD"
+				      : method_name(routes[i].method));
+		reply_error(req, 405, "Method Not Allowed",
+			    "method_not_allowed", msg);
+		return;
+	}
+	switch (routes[i].route) {
+	case R_METRICS: handle_metrics(req); break;
+	case R_READYZ: handle_readyz(h, req); break;
+	case R_STATUS: handle_status(h, req); break;
+	case R_PAUSE: handle_pause(req, true, client); break;
+	case R_RESUME: handle_pause(req, false, client); break;
+	case R_LOG_LEVEL: handle_log_level(req, client); break;
+	default: {
+		cJSON *o = cJSON_CreateObject();
+
+		cJSON_AddStringToObject(o, "status", "ok");
+		reply_json(req, 200, "OK", o);
+	}
+	}
+}
+
 /* Every request, on the worker's event loop. */
 static void handle_request(struct evhttp_request *req, void *arg)
 {
 	struct httpd *h = arg;
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
-	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
-	bool known;
+	double t0 = util_mono_s();
+	char id[ACCESS_ID_SIZE], client[64];
 
-	if (!path) {
+	peer_name(req, client, sizeof(client));
+	access_request_id(
+	    evhttp_find_header(evhttp_request_get_input_headers(req),
+			       "X-Request-Id"),
+	    id, sizeof(id));
+	evhttp_add_header(evhttp_request_get_output_headers(req),
+			  "X-Request-Id", id);
+	answer.status = 0;
+	answer.bytes = 0;
+	answer.reason = NULL;
+	if (!path)
 		reply_error(req, 400, "Bad Request", "bad_request",
 			    "unparsable request");
-		return;
-	}
-	known = strcmp(path, "/healthz") == 0 || strcmp(path, "/readyz") == 0 ||
-		strcmp(path, "/metrics") == 0;
-	if (!known) {
-		reply_error(req, 404, "Not Found", "not_found",
-			    "no such path; try /healthz, /readyz or /metrics");
-	} else if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
-		evhttp_add_header(evhttp_request_get_output_headers(req),
-				  "Allow", "GET, HEAD");
-		reply_error(req, 405, "Method Not Allowed",
-			    "method_not_allowed", "use GET");
-	} else if (path[1] == 'm') {
-		handle_metrics(req);
-	} else if (path[1] == 'r') {
-		handle_readyz(h, req);
-	} else {
-		cJSON *o = cJSON_CreateObject();
-
-		cJSON_AddStringToObject(o, "status", "ok");
-		reply_json(req, 200, "OK", o);
-	}
+	else
+		route(h, req, path, client);
+	access_log(h->cfg->access_log,
+		   &(struct access_entry){
+		       .client = client,
+		       .method = method_name(evhttp_request_get_command(req)),
+		       .path = path ? path : "-",
+		       .status = answer.status,
+		       .bytes = answer.bytes,
+		       .ms = (util_mono_s() - t0) * 1000.0,
+		       .request_id = id,
+		       .reason = answer.reason,
+		   });
 }
 
 struct httpd *httpd_new(struct event_base *base,
@@ -419,6 +644,11 @@ struct httpd *httpd_new(struct event_base *base,
 
 	h->base = base;
 	h->cfg = cfg;
+	h->started_ms = util_mono_ms();
+	if (cfg->admin_token_file[0] &&
+	    !admin_token_load(cfg->admin_token_file, &h->admin_token, errstr,
+			      errstr_size))
+		goto fail;
 	if (!colon || hlen == 0 || hlen >= sizeof(host) || port < 0 ||
 	    port > 65535) {
 		snprintf(errstr, errstr_size, "listen: bad address \"%s\"",
@@ -453,9 +683,10 @@ struct httpd *httpd_new(struct event_base *base,
 	h->tick = event_new(base, -1, EV_PERSIST, handle_tick, h);
 	event_add(h->tick, &tv);
 	handle_tick(-1, 0, h); /* the first probes start now */
-	log_info("health and metrics on http://%s/ (/healthz, /readyz, "
-		 "/metrics)",
-		 cfg->listen);
+	log_info(
+	    "health and metrics on http://%s/ (/healthz, /readyz, /metrics; /status and /admin/ for %s)",
+	    cfg->listen,
+	    h->admin_token ? "loopback or the admin token" : "loopback only");
 	return h;
 fail:
 	httpd_destroy(h);
@@ -473,5 +704,6 @@ void httpd_destroy(struct httpd *h)
 	if (h->http)
 		evhttp_free(h->http);
 	redis_addr_free(&h->raddr);
+	free(h->admin_token);
 	free(h);
 }

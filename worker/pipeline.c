@@ -24,6 +24,7 @@
 #include "handlers/handler.h"
 #include "metrics.h"
 #include "pgsink.h"
+#include "status.h"
 
 /* The loop's heartbeat while a batch waits on it (lookups, retries). */
 #define BEAT_MS 250
@@ -47,6 +48,9 @@ struct pipeline {
 	struct batch *batch;
 	struct consumer *consumer;
 	struct metrics_pipe *metrics;
+	struct status_pipe *status;
+	/* Holding its partitions paused for the operator (/admin/pause). */
+	bool held;
 	struct event *idle_ev; /* bounds an idle wait on the loop */
 	struct event *beat_ev;
 	pthread_t thread;
@@ -96,6 +100,32 @@ static void pipeline_report(struct pipeline *p)
 	f.assigned = p->consumer ? consume_assigned(p->consumer) : 0;
 	metrics_pipe_report(&f, p->consumer ? partition_offsets : NULL,
 			    p->consumer);
+	status_report(
+	    &(struct status_figures){
+		.owed = f.owed,
+		.lookups_inflight = contexts_inflight(p->contexts),
+		.composer_inflight = f.composer.inflight,
+		.paused = p->held,
+	    },
+	    p->consumer ? partition_offsets : NULL, p->consumer);
+}
+
+/* The consumer's flush callback, on the pipeline's thread: the batch, with
+ * its start shown by /status while it runs. */
+static void pipeline_flush(void *arg, rd_kafka_message_t **msgs, size_t n)
+{
+	struct pipeline *p = arg;
+
+	status_batch(n);
+	batch_process(p->batch, msgs, n);
+	status_batch(0);
+}
+
+static void pipeline_wait(void *arg, int ms)
+{
+	struct pipeline *p = arg;
+
+	batch_wait(p->batch, ms);
 }
 
 /* Loop timer: only ends an idle wait (EVLOOP_ONCE) after 100 ms. */
@@ -134,6 +164,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	p->stopping = spec->stopping;
 	atomic_store(&p->beat_ms, util_mono_ms());
 	p->metrics = metrics_pipe_new(spec->name);
+	if (spec->consumer)
+		p->status = status_pipe_new(spec->name, spec->group);
 	p->base = event_base_new();
 	if (!p->base) {
 		snprintf(err, errsz, "event_base_new failed");
@@ -199,8 +231,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	staging = NULL;
 	if (!spec->consumer)
 		return p;
-	p->consumer = consume_new(&p->cfg, p->ps, spec->stopping, batch_process,
-				  batch_wait, p->batch, err, errsz);
+	p->consumer = consume_new(&p->cfg, p->ps, spec->stopping,
+				  pipeline_flush, pipeline_wait, p, err, errsz);
 	if (!p->consumer)
 		goto fail;
 	p->env.consumer = p->consumer;
@@ -228,10 +260,29 @@ static void *pipeline_main(void *arg)
 	struct batch_totals t;
 
 	metrics_pipe_enter(p->metrics);
+	status_pipe_enter(p->status);
 	log_info("pipeline %s: consuming %s as group %s", p->name, p->cfg.topic,
 		 p->group);
 	while (!*p->stopping && !consume_fatal(p->consumer)) {
-		size_t n = consume_batch(p->consumer, 0);
+		bool hold = status_paused();
+		size_t n = 0;
+
+		/* Paused by the operator: no new batch, but the consumer is
+		 * served (partitions paused, the group kept, rebalances
+		 * answered); the batch that ran when the pause came has
+		 * committed already, since this is checked between batches.
+		 * consume_batch() resumes the partitions. */
+		if (hold)
+			consume_serve(p->consumer);
+		else
+			n = consume_batch(p->consumer, 0);
+		if (hold != p->held) {
+			p->held = hold;
+			log_info("pipeline %s: %s", p->name,
+				 hold ? "paused by the operator: holding its "
+					"partitions, taking no batch"
+				      : "resumed");
+		}
 
 		if (n == 0) {
 			batch_idle(p->batch);
@@ -300,6 +351,7 @@ void pipeline_destroy(struct pipeline *p)
 		return;
 	pipeline_join(p);
 	metrics_pipe_enter(p->metrics); /* a last batch may count */
+	status_pipe_enter(p->status);
 	if (p->consumer)
 		consume_close(p->consumer);
 	p->env.consumer = NULL;
@@ -307,6 +359,7 @@ void pipeline_destroy(struct pipeline *p)
 	if (p->batch)
 		batch_idle(p->batch);
 	metrics_pipe_enter(NULL);
+	status_pipe_enter(NULL);
 	if (p->idle_ev)
 		event_free(p->idle_ev);
 	if (p->beat_ev)

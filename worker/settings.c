@@ -3,6 +3,7 @@
 
 #include <event2/http.h>
 
+#include "../common/access.h"
 #include "../common/log.h"
 #include "../common/util.h"
 
@@ -127,7 +128,15 @@ const struct cfg_setting worker_settings[] = {
      "trust store",
      CFG_RESTART, NULL},
     {"listen", CFG_STR, F(listen), "", 0, 0, NULL, "SLUICE_WORKER_LISTEN",
-     "host:port of /healthz, /readyz and /metrics; empty = off", CFG_RESTART,
+     "host:port of /healthz, /readyz, /metrics, /status and /admin/; "
+     "empty = off",
+     CFG_RESTART, NULL},
+    {"admin_token_file", CFG_STR, F(admin_token_file), "", 0, 0, NULL, NULL,
+     "file holding the bearer token of /status and /admin/ for clients "
+     "other than loopback (empty = loopback only)",
+     CFG_RESTART, NULL},
+    {"access_log", CFG_ENUM, F(access_log), "text", 0, 0, access_mode_names,
+     NULL, "one line per HTTP answer at info: off, text or json", CFG_RESTART,
      NULL},
     {"postgres_idle_tx_timeout_ms", CFG_INT, F(pg_idle_tx_timeout_ms), "10000",
      0, 3600000, NULL, NULL,

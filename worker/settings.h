@@ -28,7 +28,9 @@ struct worker_config {
 	int batch_wait_ms;
 	int retry_backoff_min_ms;
 	int retry_backoff_max_ms;
-	char *listen; /* health and metrics endpoint, "" = off */
+	char *listen;		/* health and metrics endpoint, "" = off */
+	char *admin_token_file; /* "" = admin routes for loopback only */
+	int access_log;		/* enum access_mode */
 	int log_level;
 	int log_format;
 	/* campaigns and lead contexts */

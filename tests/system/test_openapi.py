@@ -447,6 +447,18 @@ def test_ingest_matches_spec(pipeline, services):
         r = ck.run(a, "probe, HEAD", "HEAD", path, path, expect=200)
         assert int(r.headers.get("content-length", "0")) > 0, r.headers
     ck.run(b, "not ready", "GET", "/readyz", "/readyz", expect=503)
+
+    # -- status and admin (loopback needs no token; a wrong one is 401)
+    ck.run(a, "status", "GET", "/status", "/status", expect=200)
+    ck.run(a, "wrong token", "GET", "/status", "/status",
+           headers={"Authorization": "Bearer nope"}, expect=401)
+    ck.run(a, "log level", "PUT", "/admin/log-level", "/admin/log-level",
+           body="info", content_type="text/plain", expect=200)
+    ck.run(a, "not a level", "PUT", "/admin/log-level", "/admin/log-level",
+           body={"level": "loud"}, expect=422)
+    ck.run(a, "wrong token", "PUT", "/admin/log-level", "/admin/log-level",
+           body="info", content_type="text/plain",
+           headers={"Authorization": "Bearer nope"}, expect=401)
     ck.run(b, "not ready, HEAD", "HEAD", "/readyz", "/readyz", expect=503)
     page = http_request(a.port, "GET", "/metrics").body.decode()
     served = {f for f in metric_families(page) if f.startswith("sluice_")}
@@ -538,6 +550,18 @@ def test_worker_matches_spec(pipeline, services):
         for dep in ("postgres", "redis", "kafka"):
             assert r.json[dep]["ok"] is True, r
         assert r.json["kafka"]["assigned"] == 4, r   # all 4 partitions
+    ck.run(worker, "status", "GET", "/status", "/status", expect=200)
+    ck.run(worker, "pause", "POST", "/admin/pause", "/admin/pause",
+           expect=200)
+    ck.run(worker, "resume", "POST", "/admin/resume", "/admin/resume",
+           expect=200)
+    ck.run(worker, "log level", "PUT", "/admin/log-level",
+           "/admin/log-level", body="info", content_type="text/plain",
+           expect=200)
+    ck.run(worker, "not a level", "PUT", "/admin/log-level",
+           "/admin/log-level", body={"level": "loud"}, expect=422)
+    ck.run(worker, "wrong token", "GET", "/status", "/status",
+           headers={"Authorization": "Bearer nope"}, expect=401)
     r = ck.run(worker, "metrics", "GET", "/metrics", "/metrics", expect=200)
     served = metric_families(r.body.decode())
     missing = set(spec.doc["paths"]["/metrics"]["get"]["x-metrics"]) - served
