@@ -35,7 +35,7 @@ endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
-              common/validate.c common/kinds.c
+              common/validate.c common/kinds.c common/prom.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/publish.c \
               ingest/verify.c ingest/conn.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
@@ -53,7 +53,7 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat test_replay test_util
+              test_chat test_replay test_util test_prom
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -73,6 +73,17 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC  $<"
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+# The commit a build comes from, for the build_info metric (none outside a
+# git checkout). prom.o depends on a stamp rewritten only when the commit
+# changes, so a new commit rebuilds that one object and its label never
+# goes stale.
+SLUICE_COMMIT ?= $(shell git -C $(CURDIR) rev-parse --short=12 HEAD 2>/dev/null)
+$(BUILD)/common/prom.o: CFLAGS += -DSLUICE_COMMIT=\"$(SLUICE_COMMIT)\"
+$(BUILD)/common/prom.o: $(BUILD)/commit.stamp
+$(BUILD)/commit.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(SLUICE_COMMIT)' | cmp -s - $@ || echo '$(SLUICE_COMMIT)' >$@
 
 # Unit tests link only the modules under test.
 $(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o \
@@ -106,6 +117,8 @@ $(BUILD)/tests/test_publish: $(BUILD)/tests/unit/test_publish.o \
 $(BUILD)/tests/test_chat: $(BUILD)/tests/unit/test_chat.o \
 	$(BUILD)/common/chat.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_util: $(BUILD)/tests/unit/test_util.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_prom: $(BUILD)/tests/unit/test_prom.o $(BUILD)/common/prom.o \
+	$(BUILD)/common/util.o
 $(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
 	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
 	$(BUILD)/common/validate.o $(BUILD)/common/util.o

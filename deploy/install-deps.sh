@@ -3,7 +3,8 @@
 #   - Debian packages (compilers, libraries, PostgreSQL, Redis, wrk, linters,
 #     nginx-light for the benchmark baseline, debhelper and lintian for
 #     `make deb`, systemd-analyze and man for the unit and man page checks,
-#     a JDK and Maven if missing);
+#     prometheus for promtool (the metrics and alert-rule checks), a JDK and
+#     Maven if missing);
 #   - the Apache Kafka broker jars (deploy/kafka/fetch.sh, cached);
 #   - a Python venv at $REPO/.venv with tests/requirements.txt.
 #
@@ -29,6 +30,7 @@ packages=(
     wrk clang-format cppcheck nginx-light json-schema-test-suite clang
     libclang-rt-14-dev
     debhelper dpkg-dev lintian systemd man-db groff-base
+    prometheus
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)
