@@ -535,6 +535,7 @@ int main(int argc, char **argv)
 		worker_config_free(&w.cfg);
 		return 1;
 	}
+	metrics_config_loaded();
 	if (cli.mode == MODE_REPLAY)
 		side_group(&w.cfg, cli.group, "replay");
 	else if (cli.mode == MODE_REDRIVE)
