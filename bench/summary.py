@@ -2,11 +2,42 @@
 """make bench's one table: every figure next to its baseline from the same
 run, the ratio and the goal, gathered from bench/out/{bench,contexts,chat,invalidate,compose}.json;
 written as bench/out/summary.json and, when matplotlib is there, as the chart
-bench/out/summary.png (ratio to goal per figure)."""
+bench/out/summary.png: a bar per figure (its ratio to its baseline), the
+goal marked on it and the bar coloured by met or short."""
 import json
 import os
+import re
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
+
+
+GOAL = re.compile(r"^\s*(<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)?)\s*(?:\(|$)")
+
+
+def goal_of(r):
+    """(op, bound) of a ratio goal such as ">= 0.7" or "<= 1.15 (...)";
+    None for a figure without one ("report", "ceiling", "(baseline/sluice)")
+    or one set on the value rather than the ratio ("< 5 ms")."""
+    m = GOAL.match(r.get("goal") or "")
+    return (m.group(1), float(m.group(2))) if m else None
+
+
+def verdict(r, g):
+    if not g or r["ratio"] is None:
+        return None
+    op, bound = g
+    ok = {"<=": r["ratio"] <= bound, "<": r["ratio"] < bound,
+          ">=": r["ratio"] >= bound, ">": r["ratio"] > bound}[op]
+    return "met" if ok else "short"
+
+
+def label(r):
+    """A figure's label, read once: the baseline is named unless the
+    figure already names it ("ingest req/s vs Camel")."""
+    fig, base = r["figure"], r["baseline"] or ""
+    if not base or " vs " in fig or base.lower() in fig.lower():
+        return fig
+    return f"{fig} vs {base}"
 
 
 def load(name):
@@ -96,23 +127,38 @@ def main():
     for r in table:
         bv = "" if r["baseline_value"] is None else f"{r['baseline_value']:.0f}"
         ra = "" if r["ratio"] is None else f"{r['ratio']:.2f}"
+        v = verdict(r, goal_of(r))
         print(f"{r['figure'][:36]:36} {r['value']:10.1f} {r['unit']:6} "
-              f"{(r['baseline'] or '')[:26]:26} {bv:>10} {ra:>8}  {r['goal'] or ''}")
+              f"{(r['baseline'] or '')[:26]:26} {bv:>10} {ra:>8}  {r['goal'] or ''}"
+              f"{'  (' + v + ')' if v else ''}")
     with open(os.path.join(OUT, "summary.json"), "w") as f:
         json.dump(table, f, indent=1)
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("summary: matplotlib missing, no chart (pip install matplotlib)")
         return
     with_ratio = [r for r in table if r["ratio"] is not None]
-    fig, ax = plt.subplots(figsize=(9, 0.4 * len(with_ratio) + 1.5))
-    labels = [f"{r['figure']} vs {r['baseline']}" for r in with_ratio]
-    ax.barh(labels, [r["ratio"] for r in with_ratio])
+    fig, ax = plt.subplots(figsize=(10, 0.42 * len(with_ratio) + 2))
+    colours = {"met": "#2e8b57", "short": "#c0392b", None: "#8c8c8c"}
+    judged = [goal_of(r) for r in with_ratio]
+    ys = range(len(with_ratio))
+    ax.barh(ys, [r["ratio"] for r in with_ratio],
+            color=[colours[verdict(r, g)] for r, g in zip(with_ratio, judged)])
+    for y, g in zip(ys, judged):
+        if g:  # the goal, a black tick across its bar
+            ax.plot([g[1], g[1]], [y - 0.42, y + 0.42], color="black", lw=2)
+    ax.set_yticks(list(ys))
+    ax.set_yticklabels([label(r) for r in with_ratio])
     ax.set_xscale("log")
-    ax.set_xlabel("ratio (see the goal column of the table)")
+    ax.xaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("ratio to the baseline (black tick: the goal; green met, "
+                  "red short, grey no goal)")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "summary.png"), dpi=100)

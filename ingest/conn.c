@@ -49,7 +49,9 @@
 
 #include "../common/log.h"
 #include "../common/util.h"
+#include "conn.h"
 #include "ingest.h"
+#include "metrics.h"
 
 /* How long a refused connection may take to send the request it is
  * refused on. */
@@ -147,7 +149,7 @@ static void conn_expire(struct conn *c)
 		size_t n = ing->conn_error(ing, 408, answer, sizeof(answer));
 
 		if (send(c->fd, answer, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
-			ing->m.responses[ST_408]++;
+			metrics_response(ing, 408);
 	}
 	for (int i = 0; i < 16; i++)
 		if (recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)

@@ -1,4 +1,5 @@
-/* sluice-ingest's process state, shared by its modules. */
+/* sluice-ingest's process state, shared by its modules; each module's
+ * functions are in its own header. */
 #ifndef SLUICE_INGEST_H
 #define SLUICE_INGEST_H
 
@@ -87,7 +88,7 @@ struct ingest {
 	struct event_base *base;
 	conn_error_fn conn_error; /* conn.c's error answers (conn_setup) */
 	/* publish.c hands each delivery report's request to it (main.c
-	 * wires http_delivered): the answer is http.c's business. */
+	 * wires pending_delivered): the answer is pending.c's business. */
 	void (*delivered)(struct pending *p, rd_kafka_resp_err_t err);
 	struct evhttp *http;
 	struct evhttp_bound_socket *bound;
@@ -124,51 +125,5 @@ struct ingest {
 	const char *config_path;
 	struct ingest_metrics m;
 };
-
-/* publish.c */
-bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
-    __attribute__((warn_unused_result));
-rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
-				   const struct source *src, const void *body,
-				   size_t len, const char *request_id,
-				   int64_t received_ms);
-void publish_cleanup(struct ingest *ing, int flush_ms);
-
-/* http.c */
-bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
-    __attribute__((warn_unused_result));
-void http_stop_accepting(struct ingest *ing);
-void http_cleanup(struct ingest *ing);
-/* After a reload: settings evhttp holds (timeouts, body limits). */
-void http_apply_settings(struct ingest *ing);
-/* A whole error answer (status line, headers, JSON body) in buf, for the
- * places that write to a socket or buffer without evhttp's help; returns
- * its length. The caller counts it once sent. */
-size_t http_raw_error(int status, const char *code, const char *message,
-		      char *buf, size_t size);
-/* A conn_error_fn: sluice's JSON answer for an error evhttp answers
- * itself (status is the one evhttp chose), counted, or for the request
- * deadline's 408 (counted by conn.c once sent). */
-size_t http_evhttp_error(struct ingest *ing, int status, char *buf,
-			 size_t size);
-struct conn;
-/* conn.c: per-connection request deadline and the connection cap; its
- * error answers come from error. */
-void conn_setup(struct ingest *ing, conn_error_fn error);
-void conn_apply_settings(struct ingest *ing);
-void conn_cleanup(struct ingest *ing);
-/* A whole request was read: its deadline stops. False when the
- * connection is over max_connections and the request must get a 503. */
-bool conn_request(struct ingest *ing, struct evhttp_request *req);
-/* The request is about to be answered: its connection (NULL when it is
- * gone), to pass to conn_answered once the answer is written. Until then
- * output on the connection is known to be sluice's. */
-struct conn *conn_answering(struct ingest *ing, struct evhttp_request *req);
-/* The request was answered: the next one's deadline starts. */
-void conn_answered(struct ingest *ing, struct conn *c);
-
-/* Answers the request behind p after its delivery report (loop thread);
- * frees p. */
-void http_delivered(struct pending *p, rd_kafka_resp_err_t err);
 
 #endif

@@ -12,7 +12,10 @@
 #include "../common/log.h"
 #include "../common/sdnotify.h"
 #include "../common/util.h"
+#include "http.h"
 #include "ingest.h"
+#include "pending.h"
+#include "publish.h"
 #include "verify.h"
 
 static struct ingest ing;
@@ -223,7 +226,7 @@ int main(int argc, char **argv)
 		log_error("event_base_new failed");
 		return 1;
 	}
-	ing.delivered = http_delivered;
+	ing.delivered = pending_delivered;
 	if (!publish_setup(&ing, err, sizeof(err)) ||
 	    !http_setup(&ing, err, sizeof(err))) {
 		log_error("%s", err);

@@ -12,6 +12,7 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "ingest.h"
+#include "publish.h"
 
 /* Runs on the event loop thread, from rd_kafka_poll(). */
 static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)

@@ -15,7 +15,10 @@
 
 #include "../../common/log.h"
 #include "../../common/util.h"
+#include "../../ingest/http.h"
 #include "../../ingest/ingest.h"
+#include "../../ingest/pending.h"
+#include "../../ingest/publish.h"
 #include "../../ingest/verify.h"
 
 static struct ingest ing;
@@ -84,7 +87,7 @@ static void setup(void)
 		abort();
 	ing.spare_fd = -1;
 	ing.base = event_base_new();
-	ing.delivered = http_delivered;
+	ing.delivered = pending_delivered;
 	if (!publish_setup(&ing, err, sizeof(err)) ||
 	    !http_setup(&ing, err, sizeof(err))) {
 		fprintf(stderr, "fuzz setup: %s\n", err);

@@ -9,12 +9,14 @@
 #include "../../common/util.h"
 #include "../../common/validate.h"
 #include "../../ingest/ingest.h"
+#include "../../ingest/publish.h"
 #include "check.h"
 
 static int reports, failures;
 static rd_kafka_resp_err_t last_err;
 
-/* Stands in for http.c's http_delivered: the reply a request would get. */
+/* Stands in for pending.c's pending_delivered: the reply a request would get.
+ */
 static void delivered(struct pending *p, rd_kafka_resp_err_t err)
 {
 	reports++;

@@ -1,0 +1,19 @@
+/* sluice-ingest's HTTP server on the event loop. */
+#ifndef SLUICE_INGEST_HTTP_H
+#define SLUICE_INGEST_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+struct ingest;
+
+/* Listens on cfg.listen and routes every request; errstr says why not. */
+bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+void http_stop_accepting(struct ingest *ing);
+/* Answers what still waits (503) and closes every connection. */
+void http_cleanup(struct ingest *ing);
+/* After a reload: settings evhttp holds (timeouts, body limits). */
+void http_apply_settings(struct ingest *ing);
+
+#endif
