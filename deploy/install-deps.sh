@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything sluice needs to build, run and test on Debian 12:
 #   - Debian packages (compilers, libraries, PostgreSQL, Redis, wrk, linters,
-#     nginx-light for the benchmark baseline, debhelper and lintian for
+#     nginx-light for the benchmark baseline, stunnel4 for the TLS tunnel to
+#     Redis (docs/security.md), debhelper and lintian for
 #     `make deb`, systemd-analyze and man for the unit and man page checks,
 #     prometheus for promtool (the metrics and alert-rule checks), a JDK and
 #     Maven if missing);
@@ -28,6 +29,7 @@ packages=(
     libmimalloc-dev
     postgresql redis-server
     wrk clang-format cppcheck nginx-light json-schema-test-suite clang
+    stunnel4
     libclang-rt-14-dev
     debhelper dpkg-dev lintian systemd man-db groff-base
     prometheus
