@@ -250,7 +250,8 @@ UNIT_SED := -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/sluice|$(SYSCONFDIR)/
 install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(INST_SCHEMA_DIR)/migrations $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples \
+		$(DESTDIR)$(DOCDIR)/prometheus
 	$(INSTALL) -m 755 $(INST)/sluice-ingest $(BUILD)/sluice-worker $(DESTDIR)$(BINDIR)/
 	$(INSTALL) -m 755 deploy/migrate.sh $(DESTDIR)$(BINDIR)/sluice-migrate
 	$(INSTALL) -m 644 docs/man/sluice-ingest.1 docs/man/sluice-worker.1 \
@@ -263,6 +264,7 @@ install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
 	done
 	$(INSTALL) -m 644 deploy/systemd/sluice.sysusers $(DESTDIR)$(SYSUSERSDIR)/sluice.conf
 	$(INSTALL) -m 644 deploy/examples/* $(DESTDIR)$(DOCDIR)/examples/
+	$(INSTALL) -m 644 deploy/prometheus/* $(DESTDIR)$(DOCDIR)/prometheus/
 
 # `make deb`: a binary .deb through debhelper (debian/), built in
 # build/deb/ (kept between runs, so a second `make deb` only relinks) and
