@@ -47,7 +47,8 @@ struct metrics_pipe {
 	int64_t ms_sum;
 	uint64_t retries;
 	uint64_t assigns, revokes;
-	int64_t last_commit_ms; /* wall clock; 0: none yet */
+	int64_t
+	    last_commit_ms; /* wall clock: the last commit, else the start */
 	uint64_t leads, lookups, lookup_failures, hits, misses, lease_waits;
 	uint64_t invalid, over_budget, cancels;
 	int peak_inflight;
