@@ -60,8 +60,9 @@ enum status_slot {
 	ST_COUNT
 };
 
-/* What a request was for, so the share of 503s senders get is not
- * diluted or inflated by probes and scrapes (metrics_route). */
+/* What a request was for (metrics.c tells it from the path), so the
+ * share of 503s senders get is not diluted or inflated by probes and
+ * scrapes. */
 enum route_slot {
 	RT_WEBHOOK,  /* /v1/webhooks/... */
 	RT_CAMPAIGN, /* /v1/campaigns/... */
