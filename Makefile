@@ -35,7 +35,8 @@ endif
 
 COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
               common/sdnotify.c common/schema.c common/campaign.c common/chat.c \
-              common/validate.c common/kinds.c common/admin.c common/access.c
+              common/validate.c common/kinds.c common/admin.c common/access.c \
+              common/prom.c
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/gate.c \
               ingest/step.c ingest/pending.c ingest/reply.c ingest/metrics.c \
               ingest/publish.c ingest/status.c \
@@ -56,7 +57,7 @@ WORKER_OBJ := $(addprefix $(BUILD)/,$(COMMON_SRC:.c=.o) $(WORKER_SRC:.c=.o))
 
 UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema test_cache \
               test_campaign test_validate test_schema_suite test_publish \
-              test_chat test_replay test_util test_dsn test_admin
+              test_chat test_replay test_util test_dsn test_admin test_prom
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 .PHONY: all asan deps run stop test test-unit test-system test-asan format \
@@ -76,6 +77,17 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	@echo "  CC  $<"
 	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+# The commit a build comes from, for the build_info metric (none outside a
+# git checkout). prom.o depends on a stamp rewritten only when the commit
+# changes, so a new commit rebuilds that one object and its label never
+# goes stale.
+SLUICE_COMMIT ?= $(shell git -C $(CURDIR) rev-parse --short=12 HEAD 2>/dev/null)
+$(BUILD)/common/prom.o: CFLAGS += -DSLUICE_COMMIT=\"$(SLUICE_COMMIT)\"
+$(BUILD)/common/prom.o: $(BUILD)/commit.stamp
+$(BUILD)/commit.stamp: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(SLUICE_COMMIT)' | cmp -s - $@ || echo '$(SLUICE_COMMIT)' >$@
 
 # Unit tests link only the modules under test.
 $(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o \
@@ -112,6 +124,8 @@ $(BUILD)/tests/test_util: $(BUILD)/tests/unit/test_util.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_admin: $(BUILD)/tests/unit/test_admin.o \
 	$(BUILD)/common/admin.o $(BUILD)/common/access.o \
 	$(BUILD)/common/config.o $(BUILD)/common/log.o $(BUILD)/common/util.o
+$(BUILD)/tests/test_prom: $(BUILD)/tests/unit/test_prom.o $(BUILD)/common/prom.o \
+	$(BUILD)/common/util.o
 $(BUILD)/tests/test_replay: $(BUILD)/tests/unit/test_replay.o \
 	$(BUILD)/worker/replay_pos.o $(BUILD)/common/campaign.o \
 	$(BUILD)/common/validate.o $(BUILD)/common/util.o
@@ -243,7 +257,8 @@ UNIT_SED := -e 's|/usr/local/bin/|$(BINDIR)/|g' -e 's|/etc/sluice|$(SYSCONFDIR)/
 install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
 	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(MANDIR)/man1 \
 		$(DESTDIR)$(INST_SCHEMA_DIR)/migrations $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples
+		$(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(DOCDIR)/examples \
+		$(DESTDIR)$(DOCDIR)/prometheus
 	$(INSTALL) -m 755 $(INST)/sluice-ingest $(BUILD)/sluice-worker $(DESTDIR)$(BINDIR)/
 	$(INSTALL) -m 755 deploy/migrate.sh $(DESTDIR)$(BINDIR)/sluice-migrate
 	$(INSTALL) -m 644 docs/man/sluice-ingest.1 docs/man/sluice-worker.1 \
@@ -256,6 +271,7 @@ install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
 	done
 	$(INSTALL) -m 644 deploy/systemd/sluice.sysusers $(DESTDIR)$(SYSUSERSDIR)/sluice.conf
 	$(INSTALL) -m 644 deploy/examples/* $(DESTDIR)$(DOCDIR)/examples/
+	$(INSTALL) -m 644 deploy/prometheus/* $(DESTDIR)$(DOCDIR)/prometheus/
 
 # `make deb`: a binary .deb through debhelper (debian/), built in
 # build/deb/ (kept between runs, so a second `make deb` only relinks) and

@@ -4,7 +4,8 @@
 #     nginx-light for the benchmark baseline, stunnel4 for the TLS tunnel to
 #     Redis (docs/security.md), debhelper and lintian for
 #     `make deb`, systemd-analyze and man for the unit and man page checks,
-#     a JDK and Maven if missing);
+#     prometheus for promtool (the metrics and alert-rule checks), a JDK and
+#     Maven if missing);
 #   - the Apache Kafka broker jars (deploy/kafka/fetch.sh, cached);
 #   - a Python venv at $REPO/.venv with tests/requirements.txt.
 #
@@ -31,6 +32,7 @@ packages=(
     stunnel4
     libclang-rt-14-dev
     debhelper dpkg-dev lintian systemd man-db groff-base
+    prometheus
 )
 command -v java >/dev/null 2>&1 || packages+=(default-jre-headless)
 command -v mvn >/dev/null 2>&1 || packages+=(maven)

@@ -150,7 +150,7 @@ static void conn_expire(struct conn *c)
 		size_t n = ing->conn_error(ing, 408, answer, sizeof(answer));
 
 		if (send(c->fd, answer, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
-			metrics_response(ing, 408);
+			metrics_response(ing, NULL, 408);
 	}
 	for (int i = 0; i < 16; i++)
 		if (recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)

@@ -128,20 +128,41 @@ static void handle_metrics(struct ingest *ing, struct evhttp_request *req)
 	evbuffer_free(out);
 }
 
+/* One check of /readyz, shaped as the worker's are: {"ok": bool} and,
+ * failing, "error" saying why. */
+static cJSON *check_json(cJSON *parent, const char *name, bool ok,
+			 const char *error)
+{
+	cJSON *o = cJSON_AddObjectToObject(parent, name);
+
+	cJSON_AddBoolToObject(o, "ok", ok);
+	if (!ok)
+		cJSON_AddStringToObject(o, "error", error);
+	return o;
+}
+
 static void handle_probe(struct ingest *ing, struct evhttp_request *req,
 			 bool ready_check)
 {
-	cJSON *o = cJSON_CreateObject();
-	bool ok = true;
+	cJSON *o = cJSON_CreateObject(), *queue;
+	bool ok = true, room = ing->inflight < ing->cfg.max_inflight;
 
-	if (ready_check) {
-		ok = ing->kafka_up && !ing->draining &&
-		     ing->inflight < ing->cfg.max_inflight;
-		cJSON_AddBoolToObject(o, "kafka", ing->kafka_up);
-		cJSON_AddBoolToObject(o, "draining", ing->draining);
-		cJSON_AddNumberToObject(o, "inflight", ing->inflight);
-	}
+	if (ready_check)
+		ok = ing->kafka_up && !ing->draining && room;
 	cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
+	if (ready_check) {
+		check_json(o, "kafka", ing->kafka_up,
+			   "no broker reachable, or records not confirmed "
+			   "within delivery_timeout_ms");
+		queue = check_json(o, "queue", room,
+				   "max_inflight requests wait for Kafka");
+		cJSON_AddNumberToObject(queue, "inflight", ing->inflight);
+		cJSON_AddNumberToObject(queue, "max_inflight",
+					ing->cfg.max_inflight);
+		check_json(o, "accepting", !ing->draining,
+			   "draining: SIGTERM received, finishing what is in "
+			   "flight");
+	}
 	reply_json(ing, req, ok ? 200 : 503, o);
 }
 

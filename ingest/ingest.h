@@ -60,8 +60,22 @@ enum status_slot {
 	ST_COUNT
 };
 
+/* What a request was for (metrics.c tells it from the path), so the
+ * share of 503s senders get is not diluted or inflated by probes and
+ * scrapes. */
+enum route_slot {
+	RT_WEBHOOK,  /* /v1/webhooks/... */
+	RT_CAMPAIGN, /* /v1/campaigns/... */
+	RT_PROBE,    /* /healthz, /readyz */
+	RT_METRICS,  /* /metrics */
+	RT_OTHER,    /* any other path, or none known */
+	RT_COUNT
+};
+
+#define DELIVERY_BUCKETS 13
+
 struct ingest_metrics {
-	uint64_t responses[ST_COUNT];
+	uint64_t responses[RT_COUNT][ST_COUNT];
 	uint64_t delivered;
 	uint64_t delivery_failed;
 	uint64_t late_deliveries; /* reports after the request's deadline */
@@ -74,7 +88,9 @@ struct ingest_metrics {
 	uint64_t connections_refused; /* over max_connections: 503 */
 	uint64_t request_timeouts;    /* closed at the request deadline */
 	uint64_t delivery_ms_sum;
-	uint64_t delivery_ms_buckets[8]; /* ≤1,2,5,10,25,50,100,+Inf ms */
+	/* metrics.c's bounds, then +Inf */
+	uint64_t delivery_buckets[DELIVERY_BUCKETS + 1];
+	int64_t config_loaded_ms; /* wall clock: the start or last reload */
 };
 
 struct ingest;

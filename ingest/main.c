@@ -14,6 +14,7 @@
 #include "../common/util.h"
 #include "http.h"
 #include "ingest.h"
+#include "metrics.h"
 #include "pending.h"
 #include "publish.h"
 #include "verify.h"
@@ -210,6 +211,7 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	ing.m.reloads++;
+	metrics_config_loaded(&ing);
 	log_info("reloaded %s", ing.config_path);
 }
 
@@ -296,6 +298,7 @@ int main(int argc, char **argv)
 		ingest_config_free(&ing.cfg);
 		return 0;
 	}
+	metrics_config_loaded(&ing);
 	log_setup("sluice-ingest", ing.cfg.log_level, ing.cfg.log_format == 1);
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile();

@@ -148,15 +148,18 @@ static const char *http_date(void)
  * be read as the start of the next response on a kept-alive connection.
  * The connection is marked answered only after evhttp has written the
  * answer (conn.c tells sluice's output from evhttp's own that way); it is
- * looked up first because evhttp frees a request whose connection is gone
- * in evhttp_send_reply. */
+ * looked up first, and the answer counted under the request's path,
+ * because evhttp frees a request whose connection is gone in
+ * evhttp_send_reply. */
 static void reply_send(struct ingest *ing, struct evhttp_request *req, int code,
 		       const char *reason, struct evbuffer *body,
 		       const char *why)
 {
 	struct evkeyvalq *out = evhttp_request_get_output_headers(req);
 	struct conn *c = conn_answering(ing, req);
+	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 
+	metrics_response(ing, uri ? evhttp_uri_get_path(uri) : NULL, code);
 	reply_log(ing, req, c, code,
 		  evhttp_request_get_command(req) == EVHTTP_REQ_HEAD
 		      ? 0
@@ -228,7 +231,7 @@ size_t reply_evhttp_error(struct ingest *ing, int status, char *buf,
 				       "the request was not received whole "
 				       "within request_timeout_s",
 				       buf, size);
-	metrics_response(ing, status);
+	metrics_response(ing, NULL, status);
 	switch (status) {
 	case 400:
 		return reply_raw_error(
@@ -304,7 +307,6 @@ void reply_json(struct ingest *ing, struct evhttp_request *req, int code,
 	evbuffer_drain(out, evbuffer_get_length(out));
 	cJSON_free(text);
 	cJSON_Delete(body);
-	metrics_response(ing, code);
 }
 
 void reply_error(struct ingest *ing, struct evhttp_request *req, int status,
@@ -402,5 +404,4 @@ void reply_text(struct ingest *ing, struct evhttp_request *req, int code,
 	evhttp_add_header(evhttp_request_get_output_headers(req),
 			  "Content-Type", content_type);
 	reply_send(ing, req, code, reply_reason(code), body, NULL);
-	metrics_response(ing, code);
 }

@@ -294,8 +294,9 @@ static bool batch_prepare(struct batch *b, char *err, size_t errsz)
  * never awaited with the transaction open. */
 static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 			  bool *stream, struct partmap *pm, size_t *dead,
-			  size_t *fenced, size_t *passed, int64_t *prepare_ms,
-			  char *err, size_t errsz)
+			  size_t dead_by[MD_COUNT], size_t *fenced,
+			  size_t *passed, int64_t *prepare_ms, char *err,
+			  size_t errsz)
 {
 	struct batch_env *env = b->env;
 	size_t dlq_count;
@@ -304,6 +305,7 @@ static bool batch_attempt(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 again:
 	dlq_count = 0;
 	*dead = *fenced = *passed = 0;
+	memset(dead_by, 0, MD_COUNT * sizeof(*dead_by));
 	for (size_t i = 0; i < b->n_handlers; i++) {
 		handlers[i]->reset(b->state[i]);
 		b->used[i] = false;
@@ -320,6 +322,7 @@ again:
 		char sender[80];
 		char reason[300];
 		size_t h;
+		enum metrics_dead why = MD_INVALID; /* a handler's refusal */
 		struct record rec;
 
 		if (pm->fence[pi] >= 0 && m->offset < pm->fence[pi]) {
@@ -346,10 +349,12 @@ again:
 		rec.seq = (int64_t)i;
 		h = handler_index(kind);
 		if (h == (size_t)-1) {
+			why = MD_UNKNOWN_KIND;
 			snprintf(reason, sizeof(reason),
 				 "unknown kind \"%s\" (header %s)", kind,
 				 HDR_KIND);
 		} else if (!m->payload || m->len == 0) {
+			why = MD_EMPTY;
 			snprintf(reason, sizeof(reason), "empty record");
 		} else if (handlers[h]->add(b->state[h], &rec, reason,
 					    sizeof(reason))) {
@@ -373,6 +378,7 @@ again:
 			goto fail;
 		}
 		dlq_count++;
+		dead_by[why]++;
 	}
 	if (dlq_count > 0 && !dlq_flush(env->dlq, 10000)) {
 		snprintf(err, errsz, "dead-letter topic did not confirm");
@@ -496,7 +502,7 @@ static int batch_probe(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 		       struct partmap *pm)
 {
 	struct batch_env *env = b->env;
-	size_t dead, fenced, passed;
+	size_t dead, dead_by[MD_COUNT], fenced, passed;
 	int64_t prepare_ms = 0;
 	bool stream = false, ok;
 	char err[1024];
@@ -504,8 +510,8 @@ static int batch_probe(struct batch *b, rd_kafka_message_t **msgs, size_t n,
 	env->dry_run = true;
 	pgsink_set_dry_run(env->ps, true);
 	pgsink_clear_error(env->ps);
-	ok = batch_attempt(b, msgs, n, &stream, pm, &dead, &fenced, &passed,
-			   &prepare_ms, err, sizeof(err));
+	ok = batch_attempt(b, msgs, n, &stream, pm, &dead, dead_by, &fenced,
+			   &passed, &prepare_ms, err, sizeof(err));
 	env->dry_run = false;
 	pgsink_set_dry_run(env->ps, false);
 	if (ok)
@@ -621,6 +627,7 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	struct backoff backoff;
 	int wait;
 	size_t dead = 0, fenced = 0, passed = 0, own = 0, isolated = 0;
+	size_t dead_by[MD_COUNT] = {0};
 	size_t n_live = 0;
 	rd_kafka_message_t **live = NULL;
 	int64_t t0 = util_mono_ms(), prepare_ms = 0, t_commit, t_end;
@@ -678,8 +685,9 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 		     env->cfg->retry_backoff_max_ms);
 	for (;;) {
 		pgsink_clear_error(env->ps);
-		if (batch_attempt(b, live, n_live, &stream, &pm, &dead, &fenced,
-				  &passed, &prepare_ms, err, sizeof(err)))
+		if (batch_attempt(b, live, n_live, &stream, &pm, &dead, dead_by,
+				  &fenced, &passed, &prepare_ms, err,
+				  sizeof(err)))
 			break;
 		if (pgsink_data_error(env->ps) && !env->dry_run &&
 		    batch_isolate(b, live, &n_live, &pm, err, &isolated)) {
@@ -703,6 +711,10 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	b->last_commit_ms = util_mono_ms();
 	b->t.passed += passed;
 	dead += isolated;
+	/* Counted once the batch that sent them commits, as dead is. */
+	dead_by[MD_REFUSED_BY_POSTGRES] += isolated;
+	for (int i = 0; i < MD_COUNT; i++)
+		b->t.dead_by[i] += dead_by[i];
 	if (own == 0) {
 		/* Offsets only: nothing to log, count or invalidate. */
 		b->t.dead += dead;

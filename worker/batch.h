@@ -14,6 +14,7 @@
 #include "consume.h"
 #include "contexts.h"
 #include "dlq.h"
+#include "metrics.h"
 #include "pgsink.h"
 #include "settings.h"
 
@@ -56,7 +57,8 @@ struct batch_env {
 
 struct batch_totals {
 	unsigned long long batches, records, saved, skipped, dead;
-	unsigned long long passed; /* other pipelines' records */
+	unsigned long long passed;	      /* other pipelines' records */
+	unsigned long long dead_by[MD_COUNT]; /* dead, by class of reason */
 };
 
 struct batch;

@@ -790,6 +790,7 @@ int main(int argc, char **argv)
 		worker_config_free(&w.cfg);
 		return cli.mode == MODE_VERIFY ? 2 : 1;
 	}
+	metrics_config_loaded();
 	if (cli.mode == MODE_REPLAY)
 		side_group(&w.cfg, cli.group, "replay");
 	else if (cli.mode == MODE_REDRIVE)

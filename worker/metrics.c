@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "../common/log.h"
+#include "../common/prom.h"
 #include "../common/util.h"
 #include "contexts.h"
 #include "handlers/handler.h"
@@ -46,6 +47,8 @@ struct metrics_pipe {
 	int64_t ms_sum;
 	uint64_t retries;
 	uint64_t assigns, revokes;
+	int64_t
+	    last_commit_ms; /* wall clock: the last commit, else the start */
 	uint64_t leads, lookups, lookup_failures, hits, misses, lease_waits;
 	uint64_t invalid, over_budget, cancels;
 	int peak_inflight;
@@ -69,6 +72,21 @@ static unsigned long long reloads[MR_COUNT];
 static bool restart_pending;
 static struct metrics_pipe *pipes;
 static _Thread_local struct metrics_pipe *cur;
+/* Wall clock, ms; under pipes_lock. */
+static int64_t config_loaded_ms;
+
+const char *const metrics_dead_names[] = {"unknown_kind", "empty", "invalid",
+					  "refused_by_postgres", NULL};
+_Static_assert(sizeof(metrics_dead_names) / sizeof(metrics_dead_names[0]) ==
+		   MD_COUNT + 1,
+	       "a name per class");
+
+void metrics_config_loaded(void)
+{
+	pthread_mutex_lock(&pipes_lock);
+	config_loaded_ms = util_now_ms();
+	pthread_mutex_unlock(&pipes_lock);
+}
 
 struct metrics_pipe *metrics_pipe_new(const char *kind)
 {
@@ -78,6 +96,9 @@ struct metrics_pipe *metrics_pipe_new(const char *kind)
 	pthread_mutex_init(&p->lock, NULL);
 	snprintf(p->kind, sizeof(p->kind), "%s", kind);
 	p->brokers_up = -1;
+	/* Before its first commit, "no commit for N minutes" counts from
+	 * the pipeline's start. */
+	p->last_commit_ms = util_now_ms();
 	pthread_mutex_lock(&pipes_lock);
 	for (tail = &pipes; *tail; tail = &(*tail)->next_pipe)
 		;
@@ -166,6 +187,8 @@ void metrics_committed(const int32_t *parts, const int64_t *next, int n)
 	struct metrics_pipe *m = lock_cur();
 	int64_t now = util_mono_ms();
 
+	if (m)
+		m->last_commit_ms = util_now_ms();
 	for (int i = 0; m && i < n; i++) {
 		struct part *p = part_find(m, parts[i]);
 
@@ -418,23 +441,11 @@ void metrics_totals(struct metrics_totals *out)
 		out->saved += m->totals.saved;
 		out->skipped += m->totals.skipped;
 		out->dead += m->totals.dead;
+		for (int i = 0; i < MD_COUNT; i++)
+			out->dead_by[i] += m->totals.dead_by[i];
 		pthread_mutex_unlock(&m->lock);
 	}
 	pthread_mutex_unlock(&pipes_lock);
-}
-
-static void put_counter(struct buf *out, const char *name, const char *help,
-			unsigned long long v)
-{
-	buf_printf(out, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name,
-		   help, name, name, v);
-}
-
-static void put_gauge(struct buf *out, const char *name, const char *help,
-		      long long v)
-{
-	buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help,
-		   name, name, v);
 }
 
 /* The figures of every pipeline added up (histograms bucket by bucket),
@@ -474,6 +485,8 @@ static void sum_pipe(struct sum *s, const struct metrics_pipe *m)
 	a->totals.records += m->totals.records;
 	a->totals.skipped += m->totals.skipped;
 	a->totals.dead += m->totals.dead;
+	for (int i = 0; i < MD_COUNT; i++)
+		a->totals.dead_by[i] += m->totals.dead_by[i];
 	for (int i = 0; i < MAX_KINDS; i++)
 		a->kind_saved[i] += m->kind_saved[i];
 	a->inv += m->inv;
@@ -555,6 +568,20 @@ static void put_pipelines(struct buf *out)
 			   "sluice_worker_pipeline_stalled_seconds{pipeline="
 			   "\"%s\"} %.3f\n",
 			   m->kind, (double)oldest / 1000.0);
+	}
+	prom_family(out, "sluice_worker_last_commit_timestamp_seconds", "gauge",
+		    "When the pipeline last committed to PostgreSQL (Unix "
+		    "time; its start until its first commit).");
+	for (struct metrics_pipe *m = pipes; m; m = m->next_pipe) {
+		int64_t t;
+
+		pthread_mutex_lock(&m->lock);
+		t = m->last_commit_ms;
+		pthread_mutex_unlock(&m->lock);
+		buf_printf(out,
+			   "sluice_worker_last_commit_timestamp_seconds{"
+			   "pipeline=\"%s\"} %.3f\n",
+			   m->kind, (double)t / 1000.0);
 	}
 }
 
@@ -669,20 +696,6 @@ static void sum_composer(struct metrics_composer *a,
 	a->held = a->held || m->held;
 }
 
-/* A model name as a label value: quotes, backslashes and newlines
- * escaped. */
-static void put_label(struct buf *out, const char *s)
-{
-	for (; *s; s++) {
-		if (*s == '"' || *s == '\\')
-			buf_append(out, "\\", 1);
-		if (*s == '\n')
-			buf_puts(out, "\\n");
-		else
-			buf_append(out, s, 1);
-	}
-}
-
 static void put_composer(struct buf *out, const struct metrics_composer *c)
 {
 	unsigned long long cum = 0;
@@ -705,7 +718,7 @@ static void put_composer(struct buf *out, const struct metrics_composer *c)
 		for (int t = 0; t < 2; t++) {
 			buf_puts(out, "sluice_worker_composer_tokens_total{"
 				      "model=\"");
-			put_label(out, c->tokens[i].model);
+			prom_label(out, c->tokens[i].model);
 			buf_printf(out, "\",type=\"%s\"} %llu\n",
 				   t ? "completion" : "prompt",
 				   t ? c->tokens[i].completion
@@ -737,16 +750,16 @@ static void put_composer(struct buf *out, const struct metrics_composer *c)
 		   "# TYPE sluice_worker_composer_window gauge\n"
 		   "sluice_worker_composer_window %.2f\n",
 		   c->window);
-	put_gauge(out, "sluice_worker_composer_in_flight",
-		  "Calls to the model endpoint running now.", c->inflight);
-	put_counter(out, "sluice_worker_composer_rate_limited_total",
-		    "Calls answered 429.", c->calls[MC_RATE_LIMITED]);
-	put_counter(out, "sluice_worker_composer_messages_total",
-		    "Messages the model wrote.", c->composed);
-	put_counter(out, "sluice_worker_composer_messages_failed_total",
-		    "Messages that failed composition (compose_failed, "
-		    "compose_refused).",
-		    c->failed);
+	prom_gauge(out, "sluice_worker_composer_in_flight",
+		   "Calls to the model endpoint running now.", c->inflight);
+	prom_counter(out, "sluice_worker_composer_rate_limited_total",
+		     "Calls answered 429.", c->calls[MC_RATE_LIMITED]);
+	prom_counter(out, "sluice_worker_composer_messages_total",
+		     "Messages the model wrote.", c->composed);
+	prom_counter(out, "sluice_worker_composer_messages_failed_total",
+		     "Messages that failed composition (compose_failed, "
+		     "compose_refused).",
+		     c->failed);
 	buf_printf(out,
 		   "# HELP sluice_worker_composer_held_seconds_total Time the "
 		   "composer held every call because of the account (401, "
@@ -754,8 +767,8 @@ static void put_composer(struct buf *out, const struct metrics_composer *c)
 		   "# TYPE sluice_worker_composer_held_seconds_total counter\n"
 		   "sluice_worker_composer_held_seconds_total %.3f\n",
 		   (double)c->held_ms / 1000.0);
-	put_gauge(out, "sluice_worker_composer_held",
-		  "1 while the composer is held (401, 402, 403).", c->held);
+	prom_gauge(out, "sluice_worker_composer_held",
+		   "1 while the composer is held (401, 402, 403).", c->held);
 }
 
 void metrics_render(struct buf *out)
@@ -772,14 +785,19 @@ void metrics_render(struct buf *out)
 		pthread_mutex_unlock(&m->lock);
 	}
 	a = &s->all;
+	prom_build_info(out, "sluice_worker");
+	prom_gauge_s(out, "sluice_worker_last_reload_timestamp_seconds",
+		     "When the configuration in force was loaded (Unix time): "
+		     "the start, or the last reload.",
+		     (double)config_loaded_ms / 1000.0);
 	put_lag(out, s);
 	put_pipelines(out);
 	pthread_mutex_unlock(&pipes_lock);
 	put_histograms(out, a);
-	put_counter(out, "sluice_worker_batches_total",
-		    "Batches committed to PostgreSQL.", a->totals.batches);
-	put_counter(out, "sluice_worker_records_total",
-		    "Kafka records in committed batches.", a->totals.records);
+	prom_counter(out, "sluice_worker_batches_total",
+		     "Batches committed to PostgreSQL.", a->totals.batches);
+	prom_counter(out, "sluice_worker_records_total",
+		     "Kafka records in committed batches.", a->totals.records);
 	buf_puts(out, "# HELP sluice_worker_rows_written_total Rows a kind's "
 		      "records added or changed (transcript messages, campaign "
 		      "outbox rows, chat messages).\n"
@@ -790,15 +808,21 @@ void metrics_render(struct buf *out)
 				   "sluice_worker_rows_written_total{kind=\"%"
 				   "s\"} %llu\n",
 				   handlers[i]->kind, a->kind_saved[i]);
-	put_counter(out, "sluice_worker_duplicates_total",
-		    "Rows skipped because they were already stored.",
-		    a->totals.skipped);
-	put_counter(out, "sluice_worker_dead_letters_total",
-		    "Records sent to the dead-letter topic.", a->totals.dead);
-	put_counter(out, "sluice_worker_retries_total",
-		    "Transient failures retried with back-off (a batch, "
-		    "reading stored offsets).",
-		    a->retries);
+	prom_counter(out, "sluice_worker_duplicates_total",
+		     "Rows skipped because they were already stored.",
+		     a->totals.skipped);
+	prom_family(out, "sluice_worker_dead_letters_total", "counter",
+		    "Records sent to the dead-letter topic, by class of reason "
+		    "(the dlq-reason header has the whole message).");
+	for (int i = 0; i < MD_COUNT; i++)
+		buf_printf(out,
+			   "sluice_worker_dead_letters_total{reason=\"%s\"} "
+			   "%llu\n",
+			   metrics_dead_names[i], a->totals.dead_by[i]);
+	prom_counter(out, "sluice_worker_retries_total",
+		     "Transient failures retried with back-off (a batch, "
+		     "reading stored offsets).",
+		     a->retries);
 	buf_printf(out,
 		   "# HELP sluice_worker_rebalances_total Partition "
 		   "assignments and revocations.\n"
@@ -807,68 +831,86 @@ void metrics_render(struct buf *out)
 		   "sluice_worker_rebalances_total{type=\"revoke\"} %llu\n",
 		   (unsigned long long)a->assigns,
 		   (unsigned long long)a->revokes);
-	put_counter(out, "sluice_worker_invalidations_total",
-		    "Invalidations carried out in Redis after commits (keys, "
-		    "patterns, version bumps), deferred ones included.",
-		    a->inv);
-	put_counter(out, "sluice_worker_cache_keys_removed_total",
-		    "Redis keys the invalidations removed.", a->removed);
-	put_gauge(out, "sluice_worker_invalidations_owed",
-		  "Invalidations deferred while Redis is unreachable.",
-		  (long long)a->owed);
-	put_counter(out, "sluice_worker_lead_contexts_total",
-		    "Distinct lead contexts batches asked for.", a->leads);
-	put_counter(out, "sluice_worker_lead_lookups_total",
-		    "Calls to the lead-context source, retries included.",
-		    a->lookups);
-	put_counter(out, "sluice_worker_lead_lookup_failures_total",
-		    "Lead-context source calls that failed or timed out.",
-		    a->lookup_failures);
-	put_counter(out, "sluice_worker_lead_cache_hits_total",
-		    "Lead contexts served by Redis.", a->hits);
-	put_counter(out, "sluice_worker_lead_cache_misses_total",
-		    "Lead contexts not in Redis (or Redis down).", a->misses);
-	put_counter(out, "sluice_worker_lead_lease_waits_total",
-		    "Waits for another worker's fill of a lead context.",
-		    a->lease_waits);
-	put_counter(out, "sluice_worker_lead_contexts_invalid_total",
-		    "Lead contexts refused (not UTF-8, a NUL, a repeated key); "
-		    "never cached.",
-		    a->invalid);
-	put_counter(out, "sluice_worker_lead_contexts_over_budget_total",
-		    "Leads given up when a batch's lookup budget ran out.",
-		    a->over_budget);
-	put_counter(out, "sluice_worker_lead_lookups_cancelled_total",
-		    "PostgreSQL lookups cancelled on the server after their "
-		    "timeout or the budget.",
-		    a->cancels);
-	put_gauge(out, "sluice_worker_lead_lookups_peak_in_flight",
-		  "Most lead-context lookups in flight at once in any batch.",
-		  a->peak_inflight);
-	put_gauge(out, "sluice_worker_partitions_assigned",
-		  "Partitions this worker owns (in its busiest pipeline).",
-		  a->assigned);
-	put_gauge(out, "sluice_worker_kafka_brokers_up",
-		  "Kafka brokers up, by librdkafka's statistics (-1 = not "
-		  "known yet).",
-		  a->brokers_up);
+	prom_counter(out, "sluice_worker_invalidations_total",
+		     "Invalidations carried out in Redis after commits (keys, "
+		     "patterns, version bumps), deferred ones included.",
+		     a->inv);
+	prom_counter(out, "sluice_worker_cache_keys_removed_total",
+		     "Redis keys the invalidations removed.", a->removed);
+	prom_gauge(out, "sluice_worker_invalidations_owed",
+		   "Invalidations deferred while Redis is unreachable.",
+		   (long long)a->owed);
+	prom_counter(out, "sluice_worker_lead_contexts_total",
+		     "Distinct lead contexts batches asked for.", a->leads);
+	prom_counter(out, "sluice_worker_lead_lookups_total",
+		     "Calls to the lead-context source, retries included.",
+		     a->lookups);
+	prom_counter(out, "sluice_worker_lead_lookup_failures_total",
+		     "Lead-context source calls that failed or timed out.",
+		     a->lookup_failures);
+	prom_counter(out, "sluice_worker_lead_cache_hits_total",
+		     "Lead contexts served by Redis.", a->hits);
+	prom_counter(out, "sluice_worker_lead_cache_misses_total",
+		     "Lead contexts not in Redis (or Redis down).", a->misses);
+	prom_counter(out, "sluice_worker_lead_lease_waits_total",
+		     "Waits for another worker's fill of a lead context.",
+		     a->lease_waits);
+	prom_counter(
+	    out, "sluice_worker_lead_contexts_invalid_total",
+	    "Lead contexts refused (not UTF-8, a NUL, a repeated key); "
+	    "never cached.",
+	    a->invalid);
+	prom_counter(out, "sluice_worker_lead_contexts_over_budget_total",
+		     "Leads given up when a batch's lookup budget ran out.",
+		     a->over_budget);
+	prom_counter(out, "sluice_worker_lead_lookups_cancelled_total",
+		     "PostgreSQL lookups cancelled on the server after their "
+		     "timeout or the budget.",
+		     a->cancels);
+	prom_gauge(out, "sluice_worker_lead_lookups_peak_in_flight",
+		   "Most lead-context lookups in flight at once in any batch.",
+		   a->peak_inflight);
+	prom_gauge(out, "sluice_worker_partitions_assigned",
+		   "Partitions this worker owns (in its busiest pipeline).",
+		   a->assigned);
+	prom_gauge(out, "sluice_worker_kafka_brokers_up",
+		   "Kafka brokers up, by librdkafka's statistics (-1 = not "
+		   "known yet).",
+		   a->brokers_up);
 	put_composer(out, &a->composer);
-	buf_printf(
-	    out,
-	    "# HELP sluice_worker_reloads_total SIGHUPs by outcome.\n"
-	    "# TYPE sluice_worker_reloads_total counter\n"
-	    "sluice_worker_reloads_total{result=\"ok\"} %llu\n"
-	    "sluice_worker_reloads_total{result=\"restart_required\"} %llu\n"
-	    "sluice_worker_reloads_total{result=\"failed\"} %llu\n",
-	    reloads[MR_OK], reloads[MR_RESTART_REQUIRED], reloads[MR_FAILED]);
-	put_gauge(out, "sluice_worker_config_restart_pending",
-		  "1 while the file holds changes only a restart applies.",
-		  restart_pending);
+	{
+		unsigned long long r[MR_COUNT];
+		bool pending;
+
+		pthread_mutex_lock(&pipes_lock);
+		memcpy(r, reloads, sizeof(r));
+		pending = restart_pending;
+		pthread_mutex_unlock(&pipes_lock);
+		prom_family(out, "sluice_worker_reloads_total", "counter",
+			    "SIGHUP reloads, by result.");
+		buf_printf(
+		    out,
+		    "sluice_worker_reloads_total{result=\"ok\"} %llu\n"
+		    "sluice_worker_reloads_total{result=\"restart_required\"} "
+		    "%llu\n"
+		    "sluice_worker_reloads_total{result=\"failed\"} %llu\n",
+		    r[MR_OK], r[MR_RESTART_REQUIRED], r[MR_FAILED]);
+		prom_gauge(out, "sluice_worker_config_restart_pending",
+			   "1 while a reload changed keys that wait for a "
+			   "restart.",
+			   pending);
+	}
+	prom_process(out);
 	free(s);
 }
 
 void metrics_reload(enum metrics_reload result, bool pending)
 {
+	pthread_mutex_lock(&pipes_lock);
 	reloads[result]++;
 	restart_pending = pending;
+	/* Applied, whole or the keys that apply at run time. */
+	if (result != MR_FAILED)
+		config_loaded_ms = util_now_ms();
+	pthread_mutex_unlock(&pipes_lock);
 }

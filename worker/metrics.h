@@ -19,9 +19,21 @@ struct metrics_pipe;
 
 #define METRICS_KINDS 16 /* handler.h's MAX_KINDS */
 
+/* Why a record was dead-lettered, as a small fixed set of classes (the
+ * dlq-reason header has the whole message). */
+enum metrics_dead {
+	MD_UNKNOWN_KIND = 0, /* no handler for its kind header */
+	MD_EMPTY,	     /* no value */
+	MD_INVALID,	     /* its handler refused it (JSON, schema, UTF-8) */
+	MD_REFUSED_BY_POSTGRES, /* traced by bisection: SQLSTATE 22, 23 */
+	MD_COUNT
+};
+extern const char *const metrics_dead_names[];
+
 /* A pipeline's running totals (batch.c's, the handlers', the cache's). */
 struct metrics_totals {
 	unsigned long long batches, records, saved, skipped, dead;
+	unsigned long long dead_by[MD_COUNT]; /* dead, by class */
 };
 /* The composer's calls by outcome. */
 enum metrics_call {
@@ -92,7 +104,12 @@ bool metrics_composer_held(char *why, size_t why_size);
 /* A batch committed: its size, its duration and its lead-context figures
  * (contexts_stats of the batch; NULL for none). */
 void metrics_batch(size_t records, int64_t ms, const struct contexts_stats *s);
-/* The next offsets a batch committed to PostgreSQL, per partition. */
+/* The configuration in force was loaded (at start, or by a reload): its
+ * time is sluice_worker_last_reload_timestamp_seconds. */
+void metrics_config_loaded(void);
+
+/* The next offsets a batch committed to PostgreSQL, per partition (the
+ * time of the call is the pipeline's last commit). */
 void metrics_committed(const int32_t *parts, const int64_t *next, int n);
 /* A record handed to a batch: where a partition without a stored offset
  * started, for its lag. */

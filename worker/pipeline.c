@@ -92,7 +92,8 @@ static void pipeline_report(struct pipeline *p)
 
 	batch_totals(p->batch, &t);
 	f.totals = (struct metrics_totals){t.batches, t.records, t.saved,
-					   t.skipped, t.dead};
+					   t.skipped, t.dead,	 {0}};
+	memcpy(f.totals.dead_by, t.dead_by, sizeof(f.totals.dead_by));
 	batch_kind_totals(p->batch, kind_saved, &f);
 	cache_totals(p->cache, &f.invalidations, &f.keys_removed);
 	composer_figures(p->composer, &f.composer);

@@ -150,8 +150,9 @@ def _poison_guards(services, tag):
 def test_record_refused_for_its_data_is_dead_lettered(pipeline, services):
     s = services
     check, raise_, drop = _poison_guards(s, uuid.uuid4().hex[:8])
+    port = free_port()
     try:
-        worker = pipeline.start_worker()
+        worker = pipeline.start_worker(listen=f"127.0.0.1:{port}")
         ingest = pipeline.start_ingest()
         worker.stop()      # the records wait, then come as one batch
         good = [pipeline.cid(f"g{i}") for i in range(8)]
@@ -184,6 +185,11 @@ def test_record_refused_for_its_data_is_dead_lettered(pipeline, services):
         # Traced, not retried: the partition never waited a back-off.
         assert "retrying in" not in worker.log_text(), \
             worker.log_text()[-2000:]
+        # Counted under their class.
+        m = http_request(port, "GET", "/metrics", timeout=5).body.decode()
+        assert 'sluice_worker_dead_letters_total{reason="refused_by_postgres"}' \
+            ' 2\n' in m, [x for x in m.splitlines() if "dead_letters" in x]
+        assert 'sluice_worker_dead_letters_total{reason="invalid"} 0\n' in m
     finally:
         drop()
 

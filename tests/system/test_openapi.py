@@ -461,7 +461,8 @@ def test_ingest_matches_spec(pipeline, services):
            headers={"Authorization": "Bearer nope"}, expect=401)
     ck.run(b, "not ready, HEAD", "HEAD", "/readyz", "/readyz", expect=503)
     page = http_request(a.port, "GET", "/metrics").body.decode()
-    served = {f for f in metric_families(page) if f.startswith("sluice_")}
+    served = {f for f in metric_families(page)
+              if f.startswith(("sluice_", "process_"))}
     documented = set(spec.doc["paths"]["/metrics"]["get"]["x-metrics"])
     missing = documented - served
     if missing:

@@ -41,6 +41,8 @@ def expected_files(root):
     files += ["lib/sysusers.d/sluice.conf"]
     files += [f"share/doc/sluice/examples/{p.name}"
               for p in (REPO / "deploy" / "examples").iterdir()]
+    files += [f"share/doc/sluice/prometheus/{p.name}"
+              for p in (REPO / "deploy" / "prometheus").iterdir()]
     return [root / f for f in files]
 
 
@@ -161,7 +163,8 @@ def test_deb_builds_and_passes_lintian(tmp_path):
                  "./usr/share/man/man1/sluice-worker.1.gz",
                  "./usr/share/sluice/schemas/transcript.schema.json",
                  "./usr/share/sluice/schemas/migrations/001_init.sql",
-                 "./usr/share/doc/sluice/examples/worker.conf"):
+                 "./usr/share/doc/sluice/examples/worker.conf",
+                 "./usr/share/doc/sluice/prometheus/grafana-sluice.json"):
         assert re.search(rf"\s{re.escape(path)}$", contents, re.M), \
             f"{path} not in the package:\n{contents}"
 

@@ -219,7 +219,8 @@ def test_slowloris_keeps_the_normal_client_and_the_deadline_holds(
     wait_until(lambda: services.topic_count(pipeline.topic) >= accepted, 30,
                message="the normal client's records in Kafka")
     assert services.topic_count(pipeline.topic) == accepted
-    assert _metric(port, 'sluice_ingest_responses_total{code="202"}') \
+    assert _metric(port, 'sluice_ingest_responses_total{route="webhook",'
+                   'code="202"}') \
         == accepted, "202s the normal client did not get"
 
 

@@ -99,7 +99,8 @@ def test_probes_and_metrics_match_postgres(pipeline, services):
     assert val(s, "sluice_worker_rows_written_total",
                kind="transcript") == in_pg
     assert val(s, "sluice_worker_duplicates_total") == 0
-    assert val(s, "sluice_worker_dead_letters_total") == 0
+    for reason in ("unknown_kind", "empty", "invalid", "refused_by_postgres"):
+        assert val(s, "sluice_worker_dead_letters_total", reason=reason) == 0
     assert val(s, "sluice_worker_retries_total") == 0
     assert val(s, "sluice_worker_batch_records_count") == batches
     assert val(s, "sluice_worker_batch_records_sum") == N
@@ -143,9 +144,11 @@ def test_probes_and_metrics_match_postgres(pipeline, services):
         assert pr.flush(10) == 0
         pipeline.wait_caught_up()
         s = wait_until(lambda: (lambda s: s if val(
-            s, "sluice_worker_dead_letters_total") >= 1 else None)(
+            s, "sluice_worker_dead_letters_total",
+            reason="unknown_kind") >= 1 else None)(
                 scrape(port)[0]), 10, 0.1, "the dead letter to be counted")
-        assert val(s, "sluice_worker_dead_letters_total") == \
+        assert val(s, "sluice_worker_dead_letters_total",
+                   reason="unknown_kind") == \
             services.dlq_count(pipeline.topic) == 1
 
 
