@@ -290,8 +290,7 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
 		if (util_mono_ms() - ing->refused_logged_ms >= 1000) {
 			ing->refused_logged_ms = util_mono_ms();
 			log_warn(
-			    "%d connections open (max_connections): "
-			    "refusing new ones with 503 (%llu so far)",
+			    "%d connections open (max_connections): refusing new ones with 503 (%llu so far)",
 			    ing->conns,
 			    (unsigned long long)ing->m.connections_refused);
 		}

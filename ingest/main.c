@@ -336,10 +336,10 @@ int main(int argc, char **argv)
 		wd = event_new(ing.base, -1, EV_PERSIST, handle_watchdog, NULL);
 		event_add(wd, &tv);
 	}
-	log_info("listening on %s, publishing to %s on %s (delivery deadline "
-		 "%d ms)",
-		 ing.cfg.listen, ing.cfg.topic, ing.cfg.brokers,
-		 ing.cfg.delivery_timeout_ms);
+	log_info(
+	    "listening on %s, publishing to %s on %s (delivery deadline %d ms)",
+	    ing.cfg.listen, ing.cfg.topic, ing.cfg.brokers,
+	    ing.cfg.delivery_timeout_ms);
 	sdnotify("READY=1");
 
 	event_base_dispatch(ing.base);

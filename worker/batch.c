@@ -266,8 +266,8 @@ static bool batch_prepare(struct batch *b, char *err, size_t errsz)
 			return false;
 		}
 		if (waiting && !gave_up && util_mono_ms() > deadline) {
-			log_error("lookups still running after their deadline; "
-				  "the leads left fail as context_unavailable");
+			log_error(
+			    "lookups still running after their deadline; the leads left fail as context_unavailable");
 			contexts_give_up(b->env->contexts);
 			gave_up = true;
 		} else if (waiting) {
@@ -557,10 +557,10 @@ static bool batch_isolate(struct batch *b, rd_kafka_message_t **live, size_t *n,
 	}
 	bad = hi - 1;
 	snprintf(reason, sizeof(reason), "refused by PostgreSQL: %s", error);
-	log_warn("record %s [%d] @%lld: %s; dead-lettered, the rest of the "
-		 "batch goes on",
-		 rd_kafka_topic_name(own[bad]->rkt), (int)own[bad]->partition,
-		 (long long)own[bad]->offset, reason);
+	log_warn(
+	    "record %s [%d] @%lld: %s; dead-lettered, the rest of the batch goes on",
+	    rd_kafka_topic_name(own[bad]->rkt), (int)own[bad]->partition,
+	    (long long)own[bad]->offset, reason);
 	if (!dlq_send(env->dlq, own[bad], reason) ||
 	    !dlq_flush(env->dlq, 10000)) {
 		free(own);
@@ -695,12 +695,12 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			continue;
 		}
 		wait = backoff_next(&backoff);
-		log_warn("batch of %zu records not committed: %s; retrying in "
-			 "%d ms",
-			 own, err, wait);
+		log_warn(
+		    "batch of %zu records not committed: %s; retrying in %d ms",
+		    own, err, wait);
 		if (*env->stopping) {
-			log_warn("stopping: the batch stays uncommitted and "
-				 "will be consumed again");
+			log_warn(
+			    "stopping: the batch stays uncommitted and will be consumed again");
 			goto done;
 		}
 		metrics_retry();

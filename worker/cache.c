@@ -326,9 +326,9 @@ static void merged_cb(void *priv, const redisReply *rep)
 			/* Scripting disabled or refused (ACL, an old
 			 * server): this invalidation stays owed and the next
 			 * one scans pattern by pattern. */
-			log_warn("redis: merged SCAN refused (%s); scanning "
-				 "each pattern from now on",
-				 rep->str);
+			log_warn(
+			    "redis: merged SCAN refused (%s); scanning each pattern from now on",
+			    rep->str);
 			job->cache->no_script = true;
 		}
 		r->failed = true;
@@ -406,10 +406,10 @@ static bool await_run(struct cache *c, struct run *r)
 	while (r->outstanding > 0)
 		event_base_loop(c->base, EVLOOP_ONCE);
 	if (r->failed)
-		log_warn("redis (cache): invalidation not confirmed%s%s; it "
-			 "stays owed",
-			 rconn_error(c->redis)[0] ? ": " : "",
-			 rconn_error(c->redis));
+		log_warn(
+		    "redis (cache): invalidation not confirmed%s%s; it stays owed",
+		    rconn_error(c->redis)[0] ? ": " : "",
+		    rconn_error(c->redis));
 	return !r->failed;
 }
 

@@ -325,9 +325,9 @@ static void rate_limited(struct composer *c, struct job *j,
 		else if (c->rate > 0)
 			c->rate *= RATE_CUT;
 		c->rate_grown_ms = now;
-		log_debug("composer: 429 (window %.1f, rate %.2f/s, pause %d "
-			  "ms)",
-			  c->window, c->rate, wait_ms);
+		log_debug(
+		    "composer: 429 (window %.1f, rate %.2f/s, pause %d ms)",
+		    c->window, c->rate, wait_ms);
 	}
 }
 
@@ -355,8 +355,7 @@ static void unhold(struct composer *c, int64_t now)
 {
 	if (!c->held)
 		return;
-	log_info("composer: the endpoint answers again after %lld s held "
-		 "(%s)",
+	log_info("composer: the endpoint answers again after %lld s held (%s)",
 		 (long long)((now - c->held_since) / 1000), c->held_why);
 	c->fig.held_ms += now - c->held_since;
 	c->st.held_ms += now - c->held_since;
@@ -407,9 +406,9 @@ static void hold(struct composer *c, struct job *j, int status,
 	c->fig.held = true;
 	snprintf(c->fig.held_why, sizeof(c->fig.held_why), "%s", c->held_why);
 	if (first || probe)
-		log_warn("composer held: the endpoint answered %s; nothing "
-			 "fails, the batch waits; next try in %d ms",
-			 c->held_why, wait_ms);
+		log_warn(
+		    "composer held: the endpoint answered %s; nothing fails, the batch waits; next try in %d ms",
+		    c->held_why, wait_ms);
 	if (now + wait_ms > c->pause_until)
 		c->pause_until = now + wait_ms;
 	queue_push(c, j, true);
@@ -503,9 +502,9 @@ static void call_failed(struct composer *c, const char *why, int64_t now)
 		return;
 	}
 	if (c->unlogged)
-		log_warn("composer: call to %s failed: %s (and %d more since "
-			 "the last warning)",
-			 c->url, why, c->unlogged);
+		log_warn(
+		    "composer: call to %s failed: %s (and %d more since the last warning)",
+		    c->url, why, c->unlogged);
 	else
 		log_warn("composer: call to %s failed: %s; retried", c->url,
 			 why);

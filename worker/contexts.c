@@ -300,9 +300,9 @@ static cJSON *cached_ctx(struct lead *l, const redisReply *v)
 	if (!ctx)
 		snprintf(why, sizeof(why), "not a JSON object");
 	cJSON_Delete(ctx);
-	log_warn("lead %s: the cached context is unusable (%s); deleting it "
-		 "and asking the source",
-		 l->id, why);
+	log_warn(
+	    "lead %s: the cached context is unusable (%s); deleting it and asking the source",
+	    l->id, why);
 	key = key_of(ns_defs[l->ns].ctx, l->id);
 	{
 		const char *argv[5] = {"EVAL", LUA_RELEASE, "1", key, v->str};
@@ -601,10 +601,9 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 			cJSON_Delete(ctx);
 			slot_release(s);
 			c->st.invalid++;
-			log_warn("lead %s: the source's context is unusable "
-				 "(%s); its messages fail as context_invalid, "
-				 "nothing is cached",
-				 l->id, bad);
+			log_warn(
+			    "lead %s: the source's context is unusable (%s); its messages fail as context_invalid, nothing is cached",
+			    l->id, bad);
 			lead_store(l, NULL); /* lets the lease go */
 			lead_finish(l, CTX_INVALID, NULL);
 			pump(c);
@@ -619,9 +618,9 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 				  l->id, why);
 			lead_retry_later(l);
 		} else {
-			log_warn("lead %s: context unavailable after %d "
-				 "lookups: %s",
-				 l->id, l->attempts, why);
+			log_warn(
+			    "lead %s: context unavailable after %d lookups: %s",
+			    l->id, l->attempts, why);
 			lead_store(l, NULL);
 			lead_finish(l, CTX_UNAVAILABLE, NULL);
 		}
@@ -767,9 +766,9 @@ static void pg_cancel_send(struct slot *s)
 
 	if (atomic_fetch_add(&cancels_running, 1) >= CANCELS_MAX) {
 		atomic_fetch_sub(&cancels_running, 1);
-		log_warn("lead contexts: %d cancel requests in flight; this "
-			 "lookup ends by statement_timeout",
-			 CANCELS_MAX);
+		log_warn(
+		    "lead contexts: %d cancel requests in flight; this lookup ends by statement_timeout",
+		    CANCELS_MAX);
 		return;
 	}
 	cn = PQgetCancel(s->pg);
@@ -782,9 +781,9 @@ static void pg_cancel_send(struct slot *s)
 	err = pthread_create(&t, &attr, cancel_main, cn);
 	pthread_attr_destroy(&attr);
 	if (err != 0) {
-		log_warn("lead contexts: cannot start a cancel request: %s; "
-			 "this lookup ends by statement_timeout",
-			 strerror(err));
+		log_warn(
+		    "lead contexts: cannot start a cancel request: %s; this lookup ends by statement_timeout",
+		    strerror(err));
 		PQfreeCancel(cn);
 		atomic_fetch_sub(&cancels_running, 1);
 	}
@@ -1005,8 +1004,8 @@ static void handle_lookup_timeout(evutil_socket_t fd, short what, void *arg)
 	(void)what;
 	if (!s->lead) {
 		if (s->draining) {
-			log_warn("lead contexts: a cancelled lookup did not "
-				 "end in time; closing its connection");
+			log_warn(
+			    "lead contexts: a cancelled lookup did not end in time; closing its connection");
 			pg_drain_end(s);
 		}
 		return;
@@ -1323,11 +1322,9 @@ static void give_up_rest(struct contexts *c, bool budget)
 		lead_finish(l, CTX_UNAVAILABLE, NULL);
 	}
 	if (budget && left > 0)
-		log_warn("lead contexts: the batch's lookup budget "
-			 "(lead_context.batch_budget_ms = %d) ran out with %zu "
-			 "of %zu leads unresolved; their messages fail as "
-			 "context_unavailable",
-			 c->cfg->lc_batch_budget_ms, left, c->n_leads);
+		log_warn(
+		    "lead contexts: the batch's lookup budget (lead_context.batch_budget_ms = %d) ran out with %zu of %zu leads unresolved; their messages fail as context_unavailable",
+		    c->cfg->lc_batch_budget_ms, left, c->n_leads);
 	/* Lookups still running answer into nothing: cancel them. */
 	slots_abandon(c);
 	c->q_head = c->q_tail = NULL;

@@ -519,8 +519,8 @@ struct httpc *httpc_new(struct event_base *base, int max_per_host,
 	if (!h->dns) {
 		/* No usable resolv.conf: names from /etc/hosts still work,
 		 * others fail "resolve: ..." per call. */
-		log_warn("http client: cannot read /etc/resolv.conf; only "
-			 "/etc/hosts names and addresses resolve");
+		log_warn(
+		    "http client: cannot read /etc/resolv.conf; only /etc/hosts names and addresses resolve");
 		h->dns = evdns_base_new(base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
 		if (h->dns)
 			evdns_base_load_hosts(h->dns, NULL);
@@ -549,8 +549,8 @@ struct httpc *httpc_new(struct event_base *base, int max_per_host,
 			goto fail;
 		}
 	} else if (SSL_CTX_set_default_verify_paths(h->ssl) != 1) {
-		log_warn("http client: the system's trust store did not load; "
-			 "https:// calls will fail verification");
+		log_warn(
+		    "http client: the system's trust store did not load; https:// calls will fail verification");
 	}
 	ERR_clear_error();
 	h->reaper = event_new(base, -1, 0, handle_reaper, h);

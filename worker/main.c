@@ -438,17 +438,17 @@ static int run_consume(struct worker *w)
 	event_add(w->tick_ev, &tick);
 	event_base_dispatch(w->base);
 	if (stop_signal)
-		log_info("received %s: finished the batches and left the "
-			 "groups",
-			 strsignal(stop_signal));
+		log_info(
+		    "received %s: finished the batches and left the groups",
+		    strsignal(stop_signal));
 	sdnotify("STOPPING=1");
 	for (int i = 0; i < w->n_pipes; i++)
 		if (pipeline_join(w->pipes[i]) != 0)
 			rc = 1; /* consume_fatal(): logged */
 	metrics_totals(&t);
-	log_info("stopped: %llu batches, %llu records, %llu rows saved, %llu "
-		 "duplicates skipped, %llu dead-lettered",
-		 t.batches, t.records, t.saved, t.skipped, t.dead);
+	log_info(
+	    "stopped: %llu batches, %llu records, %llu rows saved, %llu duplicates skipped, %llu dead-lettered",
+	    t.batches, t.records, t.saved, t.skipped, t.dead);
 	return rc;
 }
 

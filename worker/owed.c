@@ -143,10 +143,10 @@ void owed_destroy(struct owed *o)
 	if (!o)
 		return;
 	if (o->writes > 0)
-		log_info("outbox: %llu statements wrote %llu keys in %.0f ms "
-			 "(%.2f ms a statement)",
-			 o->writes, o->write_keys, o->write_s * 1000,
-			 o->write_s * 1000 / (double)o->writes);
+		log_info(
+		    "outbox: %llu statements wrote %llu keys in %.0f ms (%.2f ms a statement)",
+		    o->writes, o->write_keys, o->write_s * 1000,
+		    o->write_s * 1000 / (double)o->writes);
 	buf_free(&o->tx_ids);
 	buf_free(&o->done);
 	free(o->tx_parts.v);
@@ -460,8 +460,7 @@ static void owed_catch_up(struct owed *o, int max_pages)
 	owed_publish(o);
 	if (o->cu_rows > 0)
 		log_info(
-		    "performed %zu owed invalidations for partitions %s in "
-		    "%lld ms: %lld cache keys removed",
+		    "performed %zu owed invalidations for partitions %s in %lld ms: %lld cache keys removed",
 		    o->cu_rows, scope, (long long)(util_mono_ms() - o->cu_t0),
 		    o->cu_removed);
 	o->cu_rows = 0;

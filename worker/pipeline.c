@@ -307,9 +307,9 @@ static void *pipeline_main(void *arg)
 	batch_idle(p->batch); /* the outbox's last upkeep */
 	pipeline_report(p);
 	batch_totals(p->batch, &t);
-	log_info("pipeline %s stopped: %llu batches, %llu records, %llu rows "
-		 "saved, %llu duplicates skipped, %llu dead-lettered",
-		 p->name, t.batches, t.records, t.saved, t.skipped, t.dead);
+	log_info(
+	    "pipeline %s stopped: %llu batches, %llu records, %llu rows saved, %llu duplicates skipped, %llu dead-lettered",
+	    p->name, t.batches, t.records, t.saved, t.skipped, t.dead);
 	atomic_store(&p->done, true);
 	return NULL;
 }

@@ -256,12 +256,12 @@ static bool resume_from_stored(struct replay *r)
 		/* A dry run starts where the real run would, so the two
 		 * agree on what is left to apply. */
 		if (stored[i] > p->start && p->start < p->end) {
-			log_info("[%d]: group %s already applied up to %lld; "
-				 "%s there",
-				 (int)p->id, r->env->cfg->group_id,
-				 (long long)stored[i],
-				 r->o->dry_run ? "a real run would resume"
-					       : "resuming");
+			log_info(
+			    "[%d]: group %s already applied up to %lld; %s there",
+			    (int)p->id, r->env->cfg->group_id,
+			    (long long)stored[i],
+			    r->o->dry_run ? "a real run would resume"
+					  : "resuming");
 			p->start = stored[i] < p->end ? stored[i] : p->end;
 		}
 		p->pos = p->start;
@@ -501,27 +501,25 @@ int replay_run(struct batch_env *env, struct batch *b,
 	batch_idle(b);
 	if (cache_pending(env->cache) > 0)
 		log_warn(
-		    "%zu invalidations are still owed to Redis under group "
-		    "%s: run the replay again with that --group once Redis "
-		    "answers, or the keys expire by their TTL",
+		    "%zu invalidations are still owed to Redis under group %s: run the replay again with that --group once Redis answers, or the keys expire by their TTL",
 		    cache_pending(env->cache), env->cfg->group_id);
 	batch_totals(b, &t);
 	if (!all_done(&r)) {
-		log_warn("replay stopped with %lld records left; run it again "
-			 "with --group %s to resume",
-			 (long long)remaining(&r), env->cfg->group_id);
+		log_warn(
+		    "replay stopped with %lld records left; run it again with --group %s to resume",
+		    (long long)remaining(&r), env->cfg->group_id);
 		rc = 130;
 	} else {
 		rc = 0;
 	}
 	buf_init(&kinds);
 	batch_kind_totals(b, kind_line, &kinds);
-	log_info("replay %s: %llu records in %llu batches, %llu rows %s, "
-		 "%llu duplicates skipped, %llu %s (%s)",
-		 rc == 0 ? "done" : "stopped", t.records, t.batches, t.saved,
-		 o->dry_run ? "would be saved" : "saved", t.skipped, t.dead,
-		 o->dry_run ? "would be dead-lettered" : "dead-lettered",
-		 kinds.data);
+	log_info(
+	    "replay %s: %llu records in %llu batches, %llu rows %s, %llu duplicates skipped, %llu %s (%s)",
+	    rc == 0 ? "done" : "stopped", t.records, t.batches, t.saved,
+	    o->dry_run ? "would be saved" : "saved", t.skipped, t.dead,
+	    o->dry_run ? "would be dead-lettered" : "dead-lettered",
+	    kinds.data);
 	if (o->dry_run)
 		printf("dry run: %llu records read, %llu rows would be saved, "
 		       "%llu duplicates skipped, %llu records would be "
