@@ -91,7 +91,7 @@ $(BUILD)/commit.stamp: FORCE
 
 # Unit tests link only the modules under test.
 $(BUILD)/tests/test_config: $(BUILD)/tests/unit/test_config.o $(BUILD)/common/config.o \
-	$(BUILD)/common/util.o
+	$(BUILD)/common/log.o $(BUILD)/common/util.o
 $(BUILD)/tests/test_transcript: $(BUILD)/tests/unit/test_transcript.o \
 	$(BUILD)/worker/handlers/transcript.o $(BUILD)/worker/pgsink.o \
 	$(BUILD)/worker/cache.o $(BUILD)/worker/redisconn.o $(BUILD)/common/util.o \

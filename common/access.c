@@ -3,6 +3,7 @@
 #include "access.h"
 
 #include <cjson/cJSON.h>
+#include <event2/http.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -69,4 +70,18 @@ void access_request_id(const char *incoming, char *out, size_t outsz)
 		snprintf(out, outsz, "%s", incoming);
 	else
 		util_random_id(out, outsz, "req_");
+}
+
+const char *access_method_name(int evhttp_cmd)
+{
+	switch (evhttp_cmd) {
+	case EVHTTP_REQ_GET: return "GET";
+	case EVHTTP_REQ_POST: return "POST";
+	case EVHTTP_REQ_HEAD: return "HEAD";
+	case EVHTTP_REQ_PUT: return "PUT";
+	case EVHTTP_REQ_DELETE: return "DELETE";
+	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+	case EVHTTP_REQ_PATCH: return "PATCH";
+	default: return "OTHER";
+	}
 }

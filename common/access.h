@@ -25,6 +25,10 @@ struct access_entry {
 
 void access_log(int mode, const struct access_entry *e);
 
+/* A request's method as the access line names it ("OTHER" for one evhttp
+ * has no name for). */
+const char *access_method_name(int evhttp_cmd);
+
 /* An incoming X-Request-Id worth keeping: 1 to 128 printable ASCII
  * characters, no space (it goes in log lines and a Kafka header). */
 bool access_request_id_ok(const char *id);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 const struct cfg_setting *cfg_find(const struct cfg_setting *table,
@@ -539,4 +540,21 @@ void cfg_kv_dump(const struct cfg_kv *kv, FILE *out)
 		else
 			fprintf(out, "%s = %s\n", kv->key, shown);
 	}
+}
+
+void cfg_reload_change(void *report, const char *key, const char *old,
+		       const char *new, bool runtime)
+{
+	struct cfg_reload_report *r = report;
+	size_t n = strlen(r->restart);
+
+	if (old)
+		log_info("reload: %s: %s -> %s", key, old, new);
+	else
+		log_info("reload: %s: (changed)", key);
+	if (runtime)
+		return;
+	snprintf(r->restart + n, sizeof(r->restart) - n, "%s%s",
+		 r->n_restart ? ", " : "", key);
+	r->n_restart++;
 }

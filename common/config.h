@@ -116,6 +116,16 @@ int cfg_diff(const struct cfg_setting *table, const void *old_target,
 	     const struct cfg_kv *new_seen,
 	     bool (*family_runtime)(const char *), cfg_change_fn fn, void *arg);
 
+/* A reload's changes as both daemons report them: one log line per key
+ * (cfg_reload_change is a cfg_change_fn), and the keys that wait for a
+ * restart gathered for its warning. */
+struct cfg_reload_report {
+	char restart[2048];
+	int n_restart;
+};
+void cfg_reload_change(void *report, const char *key, const char *old,
+		       const char *new, bool runtime);
+
 /* What a reload leaves running, as a seen list: the new file's entries for
  * keys that apply at run time, the old ones for those that wait for a
  * restart (so the next reload still reports them). */

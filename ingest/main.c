@@ -85,33 +85,9 @@ static bool same(const char *a, const char *b)
 	return strcmp(a ? a : "", b ? b : "") == 0;
 }
 
-/* The keys of a reload that wait for a restart, for its warning. */
-struct reload_report {
-	char restart[1024];
-	int n_restart;
-};
-
 static bool source_key(const char *key)
 {
 	return strncmp(key, "source.", 7) == 0;
-}
-
-/* Loop thread, from cfg_diff(): one line per changed key. */
-static void reload_change_cb(void *arg, const char *key, const char *old,
-			     const char *new, bool runtime)
-{
-	struct reload_report *r = arg;
-	size_t n = strlen(r->restart);
-
-	if (old)
-		log_info("reload: %s: %s -> %s", key, old, new);
-	else
-		log_info("reload: %s: (changed)", key);
-	if (runtime)
-		return;
-	snprintf(r->restart + n, sizeof(r->restart) - n, "%s%s",
-		 r->n_restart ? ", " : "", key);
-	r->n_restart++;
 }
 
 /* A secret_file whose path stayed and whose content changed shows in no
@@ -143,7 +119,7 @@ static void reload_secret_files(const struct ingest_config *next)
 static void handle_reload(evutil_socket_t sig, short what, void *arg)
 {
 	struct ingest_config next;
-	struct reload_report report = {.restart = ""};
+	struct cfg_reload_report report = {.restart = ""};
 	struct source *old;
 	struct cfg_kv *seen;
 	char *swap;
@@ -165,7 +141,7 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	if (next.log_level < log_level_current)
 		log_level_current = next.log_level;
 	cfg_diff(ingest_settings, &ing.cfg, ing.cfg.seen, &next, next.seen,
-		 source_key, reload_change_cb, &report);
+		 source_key, cfg_reload_change, &report);
 	reload_secret_files(&next);
 	/* A source keeps its bucket and counters across a reload. */
 	for (struct source *s = next.sources; s; s = s->next) {

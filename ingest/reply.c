@@ -35,20 +35,6 @@ const char *reply_request_id(struct evhttp_request *req)
 	return id ? id : "-";
 }
 
-static const char *method_name(enum evhttp_cmd_type cmd)
-{
-	switch (cmd) {
-	case EVHTTP_REQ_GET: return "GET";
-	case EVHTTP_REQ_POST: return "POST";
-	case EVHTTP_REQ_HEAD: return "HEAD";
-	case EVHTTP_REQ_PUT: return "PUT";
-	case EVHTTP_REQ_DELETE: return "DELETE";
-	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-	case EVHTTP_REQ_PATCH: return "PATCH";
-	default: return "OTHER";
-	}
-}
-
 /* The source a path names, for the access log: a webhook's (as sent,
  * known or not), the campaign source's for a campaign batch. */
 static const char *path_source(struct ingest *ing, const char *path, char *buf,
@@ -89,7 +75,8 @@ static void reply_log(struct ingest *ing, struct evhttp_request *req,
 	    ing->cfg.access_log,
 	    &(struct access_entry){
 		.client = addr ? addr : "-",
-		.method = method_name(evhttp_request_get_command(req)),
+		.method =
+		    access_method_name((int)evhttp_request_get_command(req)),
 		.path = path ? path : "-",
 		.source =
 		    path ? path_source(ing, path, src, sizeof(src)) : NULL,

@@ -518,20 +518,6 @@ static const struct {
     {"/admin/log-level", R_LOG_LEVEL, EVHTTP_REQ_PUT, true},
 };
 
-static const char *method_name(enum evhttp_cmd_type cmd)
-{
-	switch (cmd) {
-	case EVHTTP_REQ_GET: return "GET";
-	case EVHTTP_REQ_POST: return "POST";
-	case EVHTTP_REQ_HEAD: return "HEAD";
-	case EVHTTP_REQ_PUT: return "PUT";
-	case EVHTTP_REQ_DELETE: return "DELETE";
-	case EVHTTP_REQ_OPTIONS: return "OPTIONS";
-	case EVHTTP_REQ_PATCH: return "PATCH";
-	default: return "OTHER";
-	}
-}
-
 static void route(struct httpd *h, struct evhttp_request *req, const char *path,
 		  const char *client)
 {
@@ -568,12 +554,12 @@ static void route(struct httpd *h, struct evhttp_request *req, const char *path,
 		char msg[32];
 
 		snprintf(msg, sizeof(msg), "use %s",
-			 method_name(routes[i].method));
-		evhttp_add_header(evhttp_request_get_output_headers(req),
-				  "Allow",
-				  routes[i].method == EVHTTP_REQ_GET
-				      ? "GET, HEAD"
-				      : method_name(routes[i].method));
+			 access_method_name((int)routes[i].method));
+		evhttp_add_header(
+		    evhttp_request_get_output_headers(req), "Allow",
+		    routes[i].method == EVHTTP_REQ_GET
+			? "GET, HEAD"
+			: access_method_name((int)routes[i].method));
 		reply_error(req, 405, "Method Not Allowed",
 			    "method_not_allowed", msg);
 		return;
@@ -621,7 +607,8 @@ static void handle_request(struct evhttp_request *req, void *arg)
 	access_log(h->cfg->access_log,
 		   &(struct access_entry){
 		       .client = client,
-		       .method = method_name(evhttp_request_get_command(req)),
+		       .method = access_method_name(
+			   (int)evhttp_request_get_command(req)),
 		       .path = path ? path : "-",
 		       .status = answer.status,
 		       .bytes = answer.bytes,

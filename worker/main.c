@@ -316,30 +316,6 @@ static void handle_watchdog(evutil_socket_t fd, short what, void *arg)
 	watchdog_ping(arg);
 }
 
-/* The keys of a reload that wait for a restart, for its warning. */
-struct reload_report {
-	char restart[2048];
-	int n_restart;
-};
-
-/* Launcher thread, from cfg_diff(): one line per changed key. */
-static void reload_change_cb(void *arg, const char *key, const char *old,
-			     const char *new, bool runtime)
-{
-	struct reload_report *r = arg;
-	size_t n = strlen(r->restart);
-
-	if (old)
-		log_info("reload: %s: %s -> %s", key, old, new);
-	else
-		log_info("reload: %s: (changed)", key);
-	if (runtime)
-		return;
-	snprintf(r->restart + n, sizeof(r->restart) - n, "%s%s",
-		 r->n_restart ? ", " : "", key);
-	r->n_restart++;
-}
-
 /* Launcher thread, after a SIGHUP. The pipelines' threads read their
  * settings without a lock, so only what this thread alone reads changes
  * at run time: log_level (one int every thread checks before a line) and
@@ -349,7 +325,7 @@ static void reload_change_cb(void *arg, const char *key, const char *old,
 static void worker_reload(struct worker *w)
 {
 	struct worker_config next;
-	struct reload_report report = {.restart = ""};
+	struct cfg_reload_report report = {.restart = ""};
 	struct cfg_kv *seen;
 	char err[1024];
 
@@ -367,7 +343,7 @@ static void worker_reload(struct worker *w)
 	if (next.log_level < log_level_current)
 		log_level_current = next.log_level;
 	cfg_diff(worker_settings, &w->cfg, w->cfg.seen, &next, next.seen, NULL,
-		 reload_change_cb, &report);
+		 cfg_reload_change, &report);
 	w->cfg.log_level = next.log_level;
 	log_level_current = next.log_level;
 	w->cfg.stall_alert_s = next.stall_alert_s;
