@@ -14,7 +14,6 @@
 #include "handlers/handler.h"
 #include "metrics.h"
 #include "owed.h"
-#include "status.h"
 
 struct batch {
 	struct batch_env *env;
@@ -722,7 +721,6 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 			consume_commit_async(env->consumer, pm.parts, pm.next,
 					     pm.n);
 		metrics_committed(pm.parts, pm.next, pm.n);
-		status_committed(pm.parts, pm.next, pm.n);
 		goto done;
 	}
 	t_commit = util_mono_ms();
@@ -758,7 +756,6 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	b->t.records += own;
 	b->t.dead += dead;
 	metrics_committed(pm.parts, pm.next, pm.n);
-	status_committed(pm.parts, pm.next, pm.n);
 	metrics_batch(own, t_end - t0, contexts_stats(env->contexts));
 	log_at(env->quiet ? LOG_DEBUG : LOG_INFO, NULL,
 	       "%sbatch of %zu records in %lld ms (lookups %lld ms, database "

@@ -13,7 +13,6 @@
 #include "../common/log.h"
 #include "../common/util.h"
 #include "metrics.h"
-#include "status.h"
 
 struct consumer {
 	rd_kafka_t *rk;
@@ -197,7 +196,6 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			ret = rd_kafka_assign(rk, parts);
 		c->assigned += parts->cnt;
 		metrics_rebalance(true, parts);
-		status_rebalance(true, parts);
 		c->assign_gen++;
 		if (c->paused)
 			consume_pause_more(c, parts);
@@ -235,7 +233,6 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			ret = rd_kafka_assign(rk, NULL);
 		c->assigned -= parts->cnt;
 		metrics_rebalance(false, parts);
-		status_rebalance(false, parts);
 		if (c->assigned < 0)
 			c->assigned = 0;
 		c->assign_gen++;

@@ -399,7 +399,7 @@ static void handle_metrics(struct evhttp_request *req)
 static void handle_status(struct httpd *h, struct evhttp_request *req)
 {
 	cJSON *o = cJSON_CreateObject(), *cfg;
-	int paused = 0, n = status_pipelines(&paused);
+	int paused = 0, n = metrics_pipelines(&paused);
 
 	cJSON_AddStringToObject(o, "daemon", "sluice-worker");
 	cJSON_AddStringToObject(o, "version", SLUICE_VERSION);
@@ -412,7 +412,7 @@ static void handle_status(struct httpd *h, struct evhttp_request *req)
 	cJSON_AddNumberToObject(o, "pipelines_total", n);
 	cJSON_AddStringToObject(o, "log_level",
 				log_level_names[log_level_current]);
-	status_render(o);
+	metrics_status(o);
 	cfg = admin_config_json(worker_settings, h->cfg, h->cfg->kafka);
 	/* The level in force, which PUT /admin/log-level may have moved. */
 	cJSON_ReplaceItemInObjectCaseSensitive(
@@ -431,7 +431,7 @@ static void handle_pause(struct evhttp_request *req, bool pause,
 			 const char *client)
 {
 	cJSON *o = cJSON_CreateObject();
-	int paused = 0, n = status_pipelines(&paused);
+	int paused = 0, n = metrics_pipelines(&paused);
 
 	if (status_paused() != pause)
 		log_info("%s requested by %s: %s", pause ? "pause" : "resume",

@@ -25,7 +25,6 @@
 #include "handlers/handler.h"
 #include "httpd.h"
 #include "metrics.h"
-#include "status.h"
 #include "pgsink.h"
 #include "pipeline.h"
 #include "redrive.h"
@@ -281,7 +280,6 @@ static void worker_cleanup(struct worker *w)
 	if (w->base)
 		event_base_free(w->base);
 	metrics_cleanup();
-	status_cleanup();
 }
 
 /* WATCHDOG=1 and the STATUS= line, from a timer on the launcher's loop,

@@ -1,6 +1,7 @@
-/* The worker's counters for GET /metrics: what the batch, the consumer and
- * the cache report through one-line hooks, plus what they already count,
- * rendered in the Prometheus text format. */
+/* The worker's figures: what the batch, the consumer and the cache report
+ * through one-line hooks, plus what they already count, rendered for
+ * GET /metrics in the Prometheus text format and for GET /status as
+ * JSON. */
 #include "metrics.h"
 
 #include <cjson/cJSON.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/log.h"
 #include "../common/prom.h"
@@ -33,6 +35,9 @@ struct part {
 	int64_t next;
 	int64_t lag;	  /* -1: not known yet */
 	int64_t since_ms; /* lagging, uncommitted, since then (0: not) */
+	/* For /status: the next offset PostgreSQL holds (-1: none yet), and
+	 * the log start, high watermark and position as last heard. */
+	int64_t stored, low, high, position;
 };
 
 /* One pipeline's figures. Its thread writes them (the hooks below find it
@@ -41,6 +46,12 @@ struct part {
 struct metrics_pipe {
 	pthread_mutex_t lock;
 	char kind[32];
+	char group[256];	  /* "": not shown by /status (replay) */
+	size_t batch_records;	  /* 0: no batch open */
+	int64_t batch_started_ms; /* monotonic */
+	int64_t committed_ms;	  /* wall clock; 0: none since start */
+	int lookups_inflight;
+	bool held; /* holding its partitions for the operator */
 	uint64_t records_le[N_RECORD_BUCKETS + 1]; /* last: +Inf */
 	uint64_t ms_le[N_MS_BUCKETS + 1];
 	uint64_t observed, records_sum;
@@ -88,13 +99,14 @@ void metrics_config_loaded(void)
 	pthread_mutex_unlock(&pipes_lock);
 }
 
-struct metrics_pipe *metrics_pipe_new(const char *kind)
+struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group)
 {
 	struct metrics_pipe *p = xcalloc(1, sizeof(*p));
 	struct metrics_pipe **tail;
 
 	pthread_mutex_init(&p->lock, NULL);
 	snprintf(p->kind, sizeof(p->kind), "%s", kind);
+	snprintf(p->group, sizeof(p->group), "%s", group ? group : "");
 	p->brokers_up = -1;
 	/* Before its first commit, "no commit for N minutes" counts from
 	 * the pipeline's start. */
@@ -188,12 +200,14 @@ void metrics_committed(const int32_t *parts, const int64_t *next, int n)
 	int64_t now = util_mono_ms();
 
 	if (m)
-		m->last_commit_ms = util_now_ms();
+		m->last_commit_ms = m->committed_ms = util_now_ms();
 	for (int i = 0; m && i < n; i++) {
 		struct part *p = part_find(m, parts[i]);
 
 		if (p) {
 			p->next = next[i];
+			if (next[i] > p->stored)
+				p->stored = next[i];
 			if (p->since_ms)
 				p->since_ms = now; /* moved: a new period */
 		}
@@ -251,6 +265,8 @@ void metrics_rebalance(bool assign, const rd_kafka_topic_partition_list_t *l)
 			p->partition = id;
 		}
 		p->next = l->elems[i].offset >= 0 ? l->elems[i].offset : -1;
+		p->stored = p->next;
+		p->low = p->high = p->position = -1;
 		p->lag = -1;
 		p->since_ms = 0;
 	}
@@ -273,11 +289,16 @@ void metrics_pipe_report(const struct metrics_figures *f,
 	m->removed = f->keys_removed;
 	m->owed = f->owed;
 	m->assigned = f->assigned;
+	m->lookups_inflight = f->lookups_inflight;
+	m->held = f->held;
 	for (int i = 0; offsets && i < m->n_parts; i++) {
 		struct part *p = &m->parts[i];
 		int64_t lo, hi, pos, next = p->next;
 
 		offsets(arg, p->partition, &lo, &hi, &pos);
+		p->low = lo;
+		p->high = hi;
+		p->position = pos;
 		if (hi < 0) {
 			p->lag = -1; /* nothing fetched yet: unknown */
 			continue;
@@ -912,5 +933,136 @@ void metrics_reload(enum metrics_reload result, bool pending)
 	/* Applied, whole or the keys that apply at run time. */
 	if (result != MR_FAILED)
 		config_loaded_ms = util_now_ms();
+	pthread_mutex_unlock(&pipes_lock);
+}
+
+void metrics_batch_open(size_t records)
+{
+	struct metrics_pipe *m = lock_cur();
+
+	if (m) {
+		m->batch_records = records;
+		m->batch_started_ms = records ? util_mono_ms() : 0;
+	}
+	unlock_cur(m);
+}
+
+int metrics_pipelines(int *paused)
+{
+	int n = 0;
+
+	*paused = 0;
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *s = pipes; s; s = s->next_pipe) {
+		if (!s->group[0])
+			continue;
+		pthread_mutex_lock(&s->lock);
+		n++;
+		*paused += s->held;
+		pthread_mutex_unlock(&s->lock);
+	}
+	pthread_mutex_unlock(&pipes_lock);
+	return n;
+}
+
+/* -1 (unknown) as JSON null. */
+static void add_offset(cJSON *o, const char *name, int64_t v)
+{
+	if (v < 0)
+		cJSON_AddNullToObject(o, name);
+	else
+		cJSON_AddNumberToObject(o, name, (double)v);
+}
+
+static int part_cmp(const void *a, const void *b)
+{
+	const struct part *x = a, *y = b;
+
+	return (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* An RFC 3339 UTC time from wall-clock milliseconds. */
+static void add_time(cJSON *o, const char *name, int64_t ms)
+{
+	char ts[96];
+	time_t t = (time_t)(ms / 1000);
+	struct tm tm;
+
+	if (ms <= 0) {
+		cJSON_AddNullToObject(o, name);
+		return;
+	}
+	gmtime_r(&t, &tm);
+	snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+		 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
+		 tm.tm_min, tm.tm_sec, (int)(ms % 1000));
+	cJSON_AddStringToObject(o, name, ts);
+}
+
+static void render_pipe(struct metrics_pipe *s, cJSON *arr, int64_t mono,
+			int64_t wall)
+{
+	cJSON *o = cJSON_CreateObject(), *parts;
+
+	cJSON_AddStringToObject(o, "name", s->kind);
+	cJSON_AddStringToObject(o, "group", s->group);
+	cJSON_AddBoolToObject(o, "paused", s->held);
+	if (s->n_parts > 1) /* none yet: parts is NULL */
+		qsort(s->parts, (size_t)s->n_parts, sizeof(*s->parts),
+		      part_cmp);
+	cJSON_AddNumberToObject(o, "assigned", s->n_parts);
+	parts = cJSON_AddArrayToObject(o, "partitions");
+	for (int i = 0; i < s->n_parts; i++) {
+		const struct part *p = &s->parts[i];
+		cJSON *po = cJSON_CreateObject();
+		int64_t next = p->stored >= 0 ? p->stored : p->position;
+
+		cJSON_AddNumberToObject(po, "partition", p->partition);
+		add_offset(po, "stored_offset", p->stored);
+		add_offset(po, "position", p->position);
+		add_offset(po, "high_watermark", p->high);
+		/* What is left to apply: from what PostgreSQL holds, or
+		 * where consumption starts while nothing is stored. */
+		if (p->high >= 0 && next >= 0)
+			cJSON_AddNumberToObject(
+			    po, "lag",
+			    (double)(p->high > next ? p->high - next : 0));
+		else
+			cJSON_AddNullToObject(po, "lag");
+		cJSON_AddItemToArray(parts, po);
+	}
+	if (s->batch_records) {
+		cJSON *b = cJSON_AddObjectToObject(o, "batch");
+
+		cJSON_AddNumberToObject(b, "records", (double)s->batch_records);
+		cJSON_AddNumberToObject(b, "age_ms",
+					(double)(mono - s->batch_started_ms));
+	} else {
+		cJSON_AddNullToObject(o, "batch");
+	}
+	add_time(o, "last_commit", s->committed_ms);
+	if (s->committed_ms > 0)
+		cJSON_AddNumberToObject(o, "last_commit_age_s",
+					(double)(wall - s->committed_ms) /
+					    1000.0);
+	else
+		cJSON_AddNullToObject(o, "last_commit_age_s");
+	cJSON_AddNumberToObject(o, "invalidations_owed", (double)s->owed);
+	cJSON_AddNumberToObject(o, "lookups_in_flight", s->lookups_inflight);
+	cJSON_AddNumberToObject(o, "composer_in_flight", s->composer.inflight);
+	cJSON_AddItemToArray(arr, o);
+}
+
+void metrics_status(cJSON *out)
+{
+	cJSON *arr = cJSON_AddArrayToObject(out, "pipelines");
+	int64_t mono = util_mono_ms(), wall = util_now_ms();
+
+	pthread_mutex_lock(&pipes_lock);
+	for (struct metrics_pipe *s = pipes; s; s = s->next_pipe) {
+		pthread_mutex_lock(&s->lock);
+		render_pipe(s, arr, mono, wall);
+		pthread_mutex_unlock(&s->lock);
+	}
 	pthread_mutex_unlock(&pipes_lock);
 }

@@ -6,6 +6,7 @@
 #ifndef SLUICE_METRICS_H
 #define SLUICE_METRICS_H
 
+#include <cjson/cJSON.h>
 #include <librdkafka/rdkafka.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -79,6 +80,8 @@ struct metrics_figures {
 	unsigned long long kind_saved[METRICS_KINDS]; /* by handlers[] index */
 	unsigned long long invalidations, keys_removed, owed;
 	int assigned;
+	int lookups_inflight; /* lead-context lookups */
+	bool held;	      /* holding its partitions for the operator */
 };
 /* A partition's log start, high watermark and position as the pipeline's
  * consumer last heard them (-1 each when unknown). */
@@ -86,8 +89,9 @@ typedef void (*metrics_offsets_fn)(void *arg, int32_t partition, int64_t *low,
 				   int64_t *high, int64_t *position);
 
 /* A pipeline's figures, registered for the endpoint; kind names it in
- * the per-pipeline series. Freed by metrics_cleanup(). */
-struct metrics_pipe *metrics_pipe_new(const char *kind);
+ * the per-pipeline series, group (its consumer group; NULL for a pipeline
+ * without one, as in replay) in /status. Freed by metrics_cleanup(). */
+struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group);
 /* The hooks called on this thread from now on count into p. */
 void metrics_pipe_enter(struct metrics_pipe *p);
 /* On the pipeline's thread, between batches and while a batch waits: what
@@ -100,6 +104,14 @@ void metrics_cleanup(void);
 
 /* The composer is held (401/402/403) in some pipeline: why says so. */
 bool metrics_composer_held(char *why, size_t why_size);
+
+/* A batch of records starts (records > 0) or ends (0): /status shows it
+ * and its age. */
+void metrics_batch_open(size_t records);
+/* Pipelines /status shows, and how many hold their partitions paused. */
+int metrics_pipelines(int *paused);
+/* Every pipeline as /status shows it, added to out as "pipelines". */
+void metrics_status(cJSON *out);
 
 /* A batch committed: its size, its duration and its lead-context figures
  * (contexts_stats of the batch; NULL for none). */

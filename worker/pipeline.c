@@ -48,7 +48,6 @@ struct pipeline {
 	struct batch *batch;
 	struct consumer *consumer;
 	struct metrics_pipe *metrics;
-	struct status_pipe *status;
 	/* Holding its partitions paused for the operator (/admin/pause). */
 	bool held;
 	struct event *idle_ev; /* bounds an idle wait on the loop */
@@ -99,16 +98,10 @@ static void pipeline_report(struct pipeline *p)
 	composer_figures(p->composer, &f.composer);
 	f.owed = (unsigned long long)cache_pending(p->cache);
 	f.assigned = p->consumer ? consume_assigned(p->consumer) : 0;
+	f.lookups_inflight = contexts_inflight(p->contexts);
+	f.held = p->held;
 	metrics_pipe_report(&f, p->consumer ? partition_offsets : NULL,
 			    p->consumer);
-	status_report(
-	    &(struct status_figures){
-		.owed = f.owed,
-		.lookups_inflight = contexts_inflight(p->contexts),
-		.composer_inflight = f.composer.inflight,
-		.paused = p->held,
-	    },
-	    p->consumer ? partition_offsets : NULL, p->consumer);
 }
 
 /* The consumer's flush callback, on the pipeline's thread: the batch, with
@@ -117,9 +110,9 @@ static void pipeline_flush(void *arg, rd_kafka_message_t **msgs, size_t n)
 {
 	struct pipeline *p = arg;
 
-	status_batch(n);
+	metrics_batch_open(n);
 	batch_process(p->batch, msgs, n);
-	status_batch(0);
+	metrics_batch_open(0);
 }
 
 static void pipeline_wait(void *arg, int ms)
@@ -164,9 +157,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	snprintf(p->name, sizeof(p->name), "%s", spec->name);
 	p->stopping = spec->stopping;
 	atomic_store(&p->beat_ms, util_mono_ms());
-	p->metrics = metrics_pipe_new(spec->name);
-	if (spec->consumer)
-		p->status = status_pipe_new(spec->name, spec->group);
+	p->metrics =
+	    metrics_pipe_new(spec->name, spec->consumer ? spec->group : NULL);
 	p->base = event_base_new();
 	if (!p->base) {
 		snprintf(err, errsz, "event_base_new failed");
@@ -261,7 +253,6 @@ static void *pipeline_main(void *arg)
 	struct batch_totals t;
 
 	metrics_pipe_enter(p->metrics);
-	status_pipe_enter(p->status);
 	log_info("pipeline %s: consuming %s as group %s", p->name, p->cfg.topic,
 		 p->group);
 	while (!*p->stopping && !consume_fatal(p->consumer)) {
@@ -352,7 +343,6 @@ void pipeline_destroy(struct pipeline *p)
 		return;
 	pipeline_join(p);
 	metrics_pipe_enter(p->metrics); /* a last batch may count */
-	status_pipe_enter(p->status);
 	if (p->consumer)
 		consume_close(p->consumer);
 	p->env.consumer = NULL;
@@ -360,7 +350,6 @@ void pipeline_destroy(struct pipeline *p)
 	if (p->batch)
 		batch_idle(p->batch);
 	metrics_pipe_enter(NULL);
-	status_pipe_enter(NULL);
 	if (p->idle_ev)
 		event_free(p->idle_ev);
 	if (p->beat_ev)
