@@ -138,9 +138,17 @@ static void handle_probe(struct ingest *ing, struct evhttp_request *req,
 	bool ok = true;
 
 	if (ready_check) {
-		ok = ing->kafka_up && !ing->draining &&
+		bool kafka = ing->kafka_up && !ing->kafka_denied.cause[0];
+
+		ok = kafka && !ing->draining &&
 		     ing->inflight < ing->cfg.max_inflight;
-		cJSON_AddBoolToObject(o, "kafka", ing->kafka_up);
+		cJSON_AddBoolToObject(o, "kafka", kafka);
+		if (ing->kafka_denied.cause[0])
+			cJSON_AddStringToObject(o, "kafka_error",
+						ing->kafka_denied.cause);
+		else if (!ing->kafka_up)
+			cJSON_AddStringToObject(o, "kafka_error",
+						"no broker reachable");
 		cJSON_AddBoolToObject(o, "draining", ing->draining);
 		cJSON_AddNumberToObject(o, "inflight", ing->inflight);
 	}

@@ -21,6 +21,8 @@ const struct cfg_setting ingest_settings[] = {
      "SLUICE_INGEST_LISTEN", "HTTP listen address"},
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
      "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers"},
+    {"kafka_sasl_password_file", CFG_STR, F(kafka_sasl_password_file), "", 0, 0,
+     NULL, NULL, "file holding the Kafka SASL password (mode 0600)"},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
      "topic accepted requests go to"},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
@@ -348,6 +350,13 @@ bool ingest_config_load(struct ingest_config *cfg, const char *path,
 	memset(cfg, 0, sizeof(*cfg));
 	if (!cfg_load(ingest_settings, cfg, path, ingest_extra, errstr,
 		      errstr_size))
+		return false;
+	/* Here, not in kafka.sasl.password: the config file then holds no
+	 * password, and a reload reads the file again. */
+	if (!cfg_kv_secret_file(&cfg->kafka, "kafka.sasl.password",
+				cfg->kafka_sasl_password_file,
+				"kafka_sasl_password_file", errstr,
+				errstr_size))
 		return false;
 	if (!cfg->sources) {
 		snprintf(errstr, errstr_size,
