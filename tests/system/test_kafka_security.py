@@ -6,7 +6,6 @@
 # make /readyz 503 naming the cause, said once in the log, and land nothing.
 
 import copy
-import json
 import os
 import re
 import subprocess
@@ -15,8 +14,8 @@ import uuid
 
 import pytest
 
-from harness import (REPO, SERVICES_SH, Pipeline, free_port, http_request,
-                     transcript, wait_until)
+from harness import (BUILD_DIR, REPO, SERVICES_SH, Pipeline, free_port,
+                     http_request, transcript, wait_until)
 
 TOPIC = "sluice.events"
 # Under the worker's PREFIXED group ACL `sluice-worker`, and new for each
@@ -307,3 +306,37 @@ def test_missing_group_acl(spipe, secure):
         assert "assigned" not in worker.log_text()
     finally:
         secure.acls("--add", *rule)
+
+
+@pytest.mark.parametrize("kind", ["ingest", "worker"])
+def test_password_file_checked(spipe, secure, tmp_path, kind):
+    """The password file: refused when group or others may read it, or
+    beside kafka.sasl.password; never printed by --check-config."""
+    pw = tmp_path / "kafka.password"
+    pw.write_text("hunter2-not-logged\n")
+    settings = (spipe.ingest_settings if kind == "ingest"
+                else spipe.worker_settings)
+
+    def check(**over):
+        s = settings(**client(secure, f"sluice_{kind}",
+                              password_file=str(pw)), **over)
+        cfg = tmp_path / f"{kind}.conf"
+        cfg.write_text("".join(
+            f'{k} = "{v}"\n' for k, v in s.items() if v is not None))
+        r = subprocess.run([str(BUILD_DIR / f"sluice-{kind}"), "-c",
+                            str(cfg), "--check-config"],
+                           capture_output=True, text=True, timeout=30,
+                           env=spipe.env)
+        assert "hunter2" not in r.stdout + r.stderr, r
+        return r
+
+    pw.chmod(0o644)
+    r = check()
+    assert r.returncode != 0, r
+    assert "too open" in r.stderr and str(pw) in r.stderr, r.stderr
+    pw.chmod(0o600)
+    r = check()
+    assert r.returncode == 0, r
+    assert "kafka.sasl.password = (hidden)" in r.stdout, r.stdout
+    r = check(kafka__sasl__password="inline")
+    assert r.returncode != 0 and "both set" in r.stderr, r
