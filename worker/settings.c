@@ -142,8 +142,8 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 	if (!cfg_load(worker_settings, cfg, path, worker_extra, errstr,
 		      errstr_size))
 		return false;
-	/* Here, not in kafka.sasl.password: the config file then holds no
-	 * password, and a reload reads the file again. */
+	/* Read into the kafka.* pairs every Kafka client is built from, so
+	 * the config file holds no password. */
 	if (!cfg_kv_secret_file(&cfg->kafka, "kafka.sasl.password",
 				cfg->kafka_sasl_password_file,
 				"kafka_sasl_password_file", errstr,
