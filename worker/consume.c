@@ -3,8 +3,8 @@
 #include "consume.h"
 
 #include <errno.h>
-#include <pthread.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,7 +182,6 @@ static void consume_drop_held(struct consumer *c,
 	c->n_held = k;
 }
 
-/* Runs on the worker thread inside rd_kafka_consumer_poll(). */
 /* Every pipeline's consumer meets the same refusal: said once for all. */
 static pthread_mutex_t said_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kafka_said said;
@@ -220,6 +219,7 @@ static void denial_cured(struct consumer *c)
 	metrics_kafka_denied("", false);
 }
 
+/* Runs on the worker thread inside rd_kafka_consumer_poll(). */
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			 rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
