@@ -515,6 +515,31 @@ void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value,
 	*list = kv;
 }
 
+bool cfg_kv_secret_file(struct cfg_kv **list, const char *key, const char *path,
+			const char *path_key, char *errstr, size_t errstr_size)
+{
+	char err[512];
+	char *secret;
+
+	if (!path || !path[0])
+		return true;
+	for (const struct cfg_kv *kv = *list; kv; kv = kv->next)
+		if (strcmp(kv->key, key) == 0) {
+			snprintf(errstr, errstr_size,
+				 "%s and %s both set: keep one", key, path_key);
+			return false;
+		}
+	secret = util_read_secret(path, err, sizeof(err));
+	if (!secret) {
+		snprintf(errstr, errstr_size, "%s: %s", path_key, err);
+		return false;
+	}
+	cfg_kv_append(list, key, secret, path_key);
+	memset(secret, 0, strlen(secret));
+	free(secret);
+	return true;
+}
+
 void cfg_kv_free(struct cfg_kv *list)
 {
 	while (list) {

@@ -137,5 +137,11 @@ struct cfg_kv *cfg_seen_merge(const struct cfg_setting *table,
 void cfg_kv_append(struct cfg_kv **list, const char *key, const char *value,
 		   const char *origin);
 void cfg_kv_free(struct cfg_kv *list);
+/* Appends key = the secret read from path (util_read_secret), unless path
+ * is empty; refuses a list that already holds key, so the secret has one
+ * source. */
+bool cfg_kv_secret_file(struct cfg_kv **list, const char *key, const char *path,
+			const char *path_key, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -2,6 +2,7 @@
  * passthrough, creating the topic at start-up. */
 #include "kafka.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -243,10 +244,50 @@ bool kafka_header(const rd_kafka_message_t *m, const char *name, char *out,
 	return true;
 }
 
+/* librdkafka says a refused login or TLS handshake at every reconnect of
+ * every client (the worker runs several), and each client's "brokers are
+ * down" after it: retrying cannot cure those, and error_cb hands the cause
+ * to /readyz, so each class is logged once per KAFKA_NOTICE_EVERY_MS per
+ * process, the rest at debug level. */
+static int refusal_class(const char *fac, const char *buf)
+{
+	if (strstr(buf, "SASL authentication error"))
+		return 1;
+	if (strstr(buf, "SSL handshake failed") ||
+	    strstr(buf, "in state SSL_HANDSHAKE"))
+		return 2;
+	if (strcmp(fac, "ERROR") == 0 && strstr(buf, "brokers are down"))
+		return 3;
+	return 0;
+}
+
+static pthread_mutex_t refusal_lock = PTHREAD_MUTEX_INITIALIZER;
+static int64_t refusal_logged_ms[4];
+
+static bool refusal_repeated(const char *fac, const char *buf)
+{
+	int c = refusal_class(fac, buf);
+	int64_t now;
+	bool repeated;
+
+	if (!c)
+		return false;
+	now = util_mono_ms();
+	pthread_mutex_lock(&refusal_lock);
+	repeated = refusal_logged_ms[c] &&
+		   now - refusal_logged_ms[c] < KAFKA_NOTICE_EVERY_MS;
+	if (!repeated)
+		refusal_logged_ms[c] = now;
+	pthread_mutex_unlock(&refusal_lock);
+	return repeated;
+}
+
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		  const char *buf)
 {
 	(void)rk;
+	if (level <= 5 && refusal_repeated(fac, buf))
+		level = 7;
 	/* syslog levels: 0-3 errors, 4-5 warnings, the rest is debug. */
 	log_at(level <= 3   ? LOG_ERROR
 	       : level <= 5 ? LOG_WARN
@@ -422,4 +463,101 @@ bool kafka_side_assign(rd_kafka_t *rk, const char *topic,
 		snprintf(errstr, errstr_size, "assign: %s",
 			 rd_kafka_err2str(err));
 	return !err;
+}
+
+bool kafka_notice_take(struct kafka_notice *n, rd_kafka_resp_err_t err,
+		       const char *verb, const char *subject,
+		       const char *reason)
+{
+	const char *why = reason && reason[0] ? reason : rd_kafka_err2str(err);
+
+	/* librdkafka 2.0 reports a failed handshake as _SSL the first time,
+	 * as _TRANSPORT on the reconnects after. */
+	if (err == RD_KAFKA_RESP_ERR__TRANSPORT && reason &&
+	    strstr(reason, "in state SSL_HANDSHAKE"))
+		err = RD_KAFKA_RESP_ERR__SSL;
+	switch (err) {
+	case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+	case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+	case RD_KAFKA_RESP_ERR__SSL:
+	case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+	case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+	case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		n->err = err;
+		snprintf(n->subject, sizeof(n->subject), "%s",
+			 subject ? subject : "");
+		break;
+	default: return false;
+	}
+	switch (err) {
+	case RD_KAFKA_RESP_ERR__AUTHENTICATION:
+	case RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+		n->kind = KAFKA_DENIAL_AUTH;
+		snprintf(
+		    n->cause, sizeof(n->cause),
+		    "authentication failed (check kafka.sasl.username and the password): %s",
+		    why);
+		return true;
+	case RD_KAFKA_RESP_ERR__SSL:
+		n->kind = KAFKA_DENIAL_AUTH;
+		snprintf(
+		    n->cause, sizeof(n->cause),
+		    "TLS handshake failed (check kafka.ssl.ca.location): %s",
+		    why);
+		return true;
+	case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		n->kind = KAFKA_DENIAL_ACL;
+		snprintf(n->cause, sizeof(n->cause),
+			 "not authorized to %s topic %s (an ACL is missing)",
+			 verb ? verb : "use", subject ? subject : "(unknown)");
+		return true;
+	case RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED:
+		n->kind = KAFKA_DENIAL_ACL;
+		snprintf(
+		    n->cause, sizeof(n->cause),
+		    "not authorized for consumer group %s (an ACL is missing)",
+		    subject ? subject : "(unknown)");
+		return true;
+	case RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED:
+		n->kind = KAFKA_DENIAL_ACL;
+		snprintf(
+		    n->cause, sizeof(n->cause),
+		    "not authorized for the cluster (IdempotentWrite is missing): %s",
+		    why);
+		return true;
+	default: return false;
+	}
+}
+
+bool kafka_notice_due(const struct kafka_notice *n, struct kafka_said *said)
+{
+	int64_t now = util_mono_ms();
+	int use = 0;
+
+	if (!n->cause[0])
+		return false;
+	for (int i = 0; i < 8; i++) {
+		if (said->slot[i].ms && said->slot[i].err == n->err &&
+		    strcmp(said->slot[i].subject, n->subject) == 0) {
+			if (now - said->slot[i].ms < KAFKA_NOTICE_EVERY_MS)
+				return false;
+			use = i;
+			break;
+		}
+		if (said->slot[i].ms < said->slot[use].ms)
+			use = i; /* the oldest, or a free one */
+	}
+	said->slot[use].err = n->err;
+	snprintf(said->slot[use].subject, sizeof(said->slot[use].subject), "%s",
+		 n->subject);
+	said->slot[use].ms = now;
+	return true;
+}
+
+void kafka_notice_clear(struct kafka_notice *n)
+{
+	n->kind = KAFKA_DENIAL_NONE;
+	n->cause[0] = '\0';
+	n->err = RD_KAFKA_RESP_ERR_NO_ERROR;
+	n->subject[0] = '\0';
 }

@@ -101,6 +101,47 @@ bool kafka_side_assign(rd_kafka_t *rk, const char *topic,
 		       const struct kafka_part *parts, int n, char *errstr,
 		       size_t errstr_size) __attribute__((warn_unused_result));
 
+/* A reason a Kafka client cannot work that retrying will not cure: its
+ * credentials, the broker's certificate, or a missing ACL. Kept for
+ * /readyz, and logged once per cause every KAFKA_NOTICE_EVERY_MS instead of
+ * at every reconnect. Owned by one thread. */
+#define KAFKA_NOTICE_EVERY_MS 30000
+enum kafka_denial {
+	KAFKA_DENIAL_NONE,
+	KAFKA_DENIAL_AUTH, /* credentials or TLS: cured by a broker link */
+	KAFKA_DENIAL_ACL,  /* an ACL: cured by the right succeeding */
+};
+struct kafka_notice {
+	enum kafka_denial kind;
+	char cause[256]; /* what /readyz shows; "" for none */
+	/* A cause is its error and subject: librdkafka's text varies
+	 * ("after 354ms in state AUTH_REQ") for one and the same cause. */
+	rd_kafka_resp_err_t err;
+	char subject[128];
+};
+/* The causes logged lately; one per process when several clients (the
+ * worker's pipelines) would each say the same. */
+struct kafka_said {
+	struct {
+		rd_kafka_resp_err_t err;
+		char subject[128];
+		int64_t ms; /* 0: free */
+	} slot[8];
+};
+
+/* Takes err as such a reason: fills n->cause ("authentication failed:
+ * ...", "not authorized to <verb> topic X", "not authorized for consumer
+ * group G") and returns true; false, n untouched, for any other error.
+ * verb and subject (the topic or group) may be NULL; reason is
+ * librdkafka's text, or NULL. */
+bool kafka_notice_take(struct kafka_notice *n, rd_kafka_resp_err_t err,
+		       const char *verb, const char *subject,
+		       const char *reason);
+/* True when n->cause is to be logged now (not said lately, or that line
+ * is KAFKA_NOTICE_EVERY_MS old); records it in said. */
+bool kafka_notice_due(const struct kafka_notice *n, struct kafka_said *said);
+void kafka_notice_clear(struct kafka_notice *n);
+
 /* Routes librdkafka's own log lines into log.h (any librdkafka thread). */
 void kafka_log_cb(const rd_kafka_t *rk, int level, const char *fac,
 		  const char *buf);

@@ -2,6 +2,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <openssl/rand.h>
@@ -9,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -190,6 +192,61 @@ char *util_read_file(const char *path, size_t *len, char *errstr,
 fail:
 	free(data);
 	fclose(f);
+	return NULL;
+}
+
+char *util_read_secret(const char *path, char *errstr, size_t errstr_size)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char *data = NULL;
+	struct stat st;
+	ssize_t n;
+	size_t len;
+
+	if (fd < 0) {
+		snprintf(errstr, errstr_size, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		snprintf(errstr, errstr_size, "%s: not a regular file", path);
+		goto fail;
+	}
+	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+		snprintf(
+		    errstr, errstr_size,
+		    "%s: permissions %04o are too open: a secret file must not be accessible by group or others (chmod 600 it)",
+		    path, (unsigned)(st.st_mode & 07777));
+		goto fail;
+	}
+	if (st.st_size > 4096) {
+		snprintf(errstr, errstr_size,
+			 "%s: %lld bytes, too long for a secret", path,
+			 (long long)st.st_size);
+		goto fail;
+	}
+	data = xmalloc((size_t)st.st_size + 1);
+	n = read(fd, data, (size_t)st.st_size);
+	if (n < 0 || n != st.st_size) {
+		snprintf(errstr, errstr_size, "%s: read failed", path);
+		goto fail;
+	}
+	len = (size_t)n;
+	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+		len--;
+	data[len] = '\0';
+	if (len == 0 || memchr(data, '\n', len) || memchr(data, '\0', len)) {
+		snprintf(errstr, errstr_size, "%s: not one secret on one line",
+			 path);
+		goto fail;
+	}
+	close(fd);
+	return data;
+fail:
+	if (data) {
+		memset(data, 0, (size_t)st.st_size + 1);
+		free(data);
+	}
+	close(fd);
 	return NULL;
 }
 

@@ -29,6 +29,13 @@ bool util_utf8_valid(const char *s, size_t len);
 char *util_read_file(const char *path, size_t *len, char *errstr,
 		     size_t errstr_size);
 
+/* A secret kept in a file: one line (a final newline dropped), refused
+ * when the file's group or others may read or write it, as ssh refuses a
+ * private key. NUL-terminated, caller frees (and should wipe). The errors
+ * name the file, never its content. */
+char *util_read_secret(const char *path, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+
 /* A growable byte buffer (used to build COPY data and replies). */
 struct buf {
 	char *data;

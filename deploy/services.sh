@@ -38,10 +38,22 @@
 # SLUICE_KAFKA_NODES=3 and SLUICE_KAFKA<N>_PORT, SLUICE_KAFKA<N>_PID,
 # SLUICE_KAFKA<N>_CONTROLLER_PORT (N = 1..3) are added.
 #
+# Secure broker (SLUICE_KAFKA_SECURE=1 on the first start; DIR keeps the
+# choice in DIR/kafka-secure): the single broker's client listener is
+# SASL_SSL with SCRAM-SHA-512, a test CA and broker certificate made with
+# openssl, users admin, sluice_ingest and sluice_worker with generated
+# passwords (DIR/kafka/secure/<user>.password, mode 0600), StandardAuthorizer
+# with nothing allowed by default, the topics sluice.events and
+# sluice.events.dlq, and the ACLs listed in docs/security.md (see there).
+# services.env then adds SLUICE_KAFKA_SECURE=1, SLUICE_KAFKA_CA,
+# SLUICE_KAFKA_SECRETS (the password files' directory) and
+# SLUICE_KAFKA_ADMIN_CONFIG (client properties of the admin).
+#
 # Environment:
 #   PG_PORT REDIS_PORT KAFKA_PORT KAFKA_CONTROLLER_PORT   fixed ports
 #                          (KAFKA_* only for the single broker)
 #   SLUICE_KAFKA_NODES     1 (default) or 3, see above
+#   SLUICE_KAFKA_SECURE    1: the secure single broker, see above
 #   SLUICE_START_TIMEOUT   seconds to wait for each service (default 60)
 #   SLUICE_STOP_TIMEOUT    seconds before SIGKILL on stop (default 15)
 #   SLUICE_KAFKA_HEAP      JVM heap flags (default "-Xmx512m -Xms512m";
@@ -276,6 +288,7 @@ env_file="$DIR/services.env"
 # The Kafka functions act on one broker, chosen by kafka_select: 0 is the
 # single broker (DIR/kafka), 1..3 a broker of the cluster (DIR/kafkaN).
 kafka_nodes=1           # 1 or 3; settled from DIR/kafka-nodes once locked
+kafka_secure=0          # 1: SASL_SSL + ACLs; settled from DIR/kafka-secure
 kafka_node=0
 kafka_dir=""
 kafka_pname=""          # its names under DIR/ports
@@ -432,6 +445,12 @@ write_env() {
         echo "export SLUICE_REDIS_PID=$rpid"
         echo "export SLUICE_KAFKA_PID=$kpid"
         if ((${#cluster_env[@]})); then printf '%s\n' "${cluster_env[@]}"; fi
+        if ((kafka_secure)); then
+            echo "export SLUICE_KAFKA_SECURE=1"
+            printf 'export SLUICE_KAFKA_CA=%q\n' "$DIR/kafka/secure/ca.pem"
+            printf 'export SLUICE_KAFKA_SECRETS=%q\n' "$DIR/kafka/secure"
+            printf 'export SLUICE_KAFKA_ADMIN_CONFIG=%q\n' "$DIR/kafka/secure/admin.properties"
+        fi
     } >"$tmp"
     mv -f "$tmp" "$env_file"
 }
@@ -625,16 +644,18 @@ kafka_write_config() { # PORT CONTROLLER_PORT
             voters+="${voters:+,}$n@127.0.0.1:$(read_port "kafka$n-controller")"
         done
     fi
+    local lname=PLAINTEXT
+    ((kafka_secure)) && lname=SASL_SSL
     cat >"$kafka_dir/server.properties" <<EOF
 # Written by deploy/services.sh (rewritten at each start)
 process.roles=broker,controller
 node.id=$id
 controller.quorum.voters=$voters
-listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
-advertised.listeners=PLAINTEXT://127.0.0.1:$port
+listeners=$lname://127.0.0.1:$port,CONTROLLER://127.0.0.1:$cport
+advertised.listeners=$lname://127.0.0.1:$port
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$lname
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$lname:$lname
 log.dirs=$kafka_dir/data
 num.partitions=4
 default.replication.factor=$rf
@@ -659,6 +680,7 @@ offsets.topic.num.partitions=8
 transaction.state.log.num.partitions=4
 EOF
     fi
+    if ((kafka_secure)); then kafka_secure_config >>"$kafka_dir/server.properties"; fi
     cat >"$kafka_dir/log4j.properties" <<EOF
 # Written by deploy/services.sh
 log4j.rootLogger=${SLUICE_KAFKA_LOG_LEVEL:-WARN}, file
@@ -727,6 +749,11 @@ kafka_launch() {
     fi
     write_port "$kafka_pname" "$port"
     write_port "$kafka_cpname" "$cport"
+    local -a scram=()
+    if ((kafka_secure)); then
+        kafka_secure_prepare
+        mapfile -d '' scram < <(kafka_secure_scram_args)
+    fi
     kafka_write_config "$port" "$cport"
     cid_file="$kafka_dir/cluster.id"
     local -a jit=()
@@ -778,7 +805,7 @@ kafka_launch() {
             kafka_cluster_id "$cid_file"
             if ! "$java" "${jvm[@]}" "${fmt_cds[@]}" kafka.tools.StorageTool format \
                     -t "$(cat "$cid_file")" -c "$kafka_dir/server.properties" \
-                    --ignore-formatted </dev/null >"$kafka_dir/format.log" 2>&1; then
+                    "${scram[@]}" --ignore-formatted </dev/null >"$kafka_dir/format.log" 2>&1; then
                 tail_log "$kafka_dir/format.log" "$kafka_dir/kafka.log"
                 echo "$prog: error: kafka storage format failed" >&2
                 exit 1
@@ -838,6 +865,9 @@ kafka_wait() {
         fi
         sleep 0.05
     done
+    # The secure broker speaks only SASL_SSL: its round trip is the admin's
+    # topic creation (kafka_secure_setup).
+    ((kafka_secure)) && return 0
     # Check that the broker answers a real Metadata request and lists itself
     # (and, in a cluster, the brokers expected to run): a raw protocol round
     # trip, no client library needed.
@@ -905,6 +935,144 @@ kafka_stop() {
         rm -f "$kafka_dir/kafka.pid"
         if ((stop_forced)); then kafka_cds_settle 0; else kafka_cds_settle 1; fi
     fi
+}
+
+# ------------------------------------------------------- kafka secure ----
+
+# The secure broker (kafka_secure=1): its CA, certificate, passwords and
+# client properties live in DIR/kafka/secure (mode 0700), made once and
+# kept across restarts (the SCRAM users are in the formatted storage).
+kafka_secure_users=(admin sluice_ingest sluice_worker)
+kafka_secure_dir() { echo "$DIR/kafka/secure"; }
+
+kafka_secure_password() { cat "$(kafka_secure_dir)/$1.password"; }
+
+kafka_secure_prepare() {
+    local sd u f
+    sd="$(kafka_secure_dir)"
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (needed by SLUICE_KAFKA_SECURE=1)"
+    (umask 077 && mkdir -p "$sd") || die "cannot create $sd"
+    chmod 700 "$sd"
+    for u in "${kafka_secure_users[@]}" keystore; do
+        f="$sd/$u.password"
+        [[ -s "$f" ]] && continue
+        (umask 077 && openssl rand -hex 24 >"$f.tmp" && mv -f "$f.tmp" "$f") \
+            || die "cannot write $f"
+    done
+    if [[ ! -s "$sd/broker.p12" ]]; then
+        (
+            cd "$sd" && umask 077
+            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=sluice test CA" \
+                -keyout ca.key -out ca.pem \
+                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout broker.key -out broker.csr &&
+            printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature,keyEncipherment" \
+                "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >broker.ext &&
+            openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+                -extfile broker.ext -out broker.pem &&
+            openssl pkcs12 -export -name broker -inkey broker.key -in broker.pem -certfile ca.pem \
+                -passout file:keystore.password -out broker.p12.tmp &&
+            mv -f broker.p12.tmp broker.p12
+        ) >"$sd/openssl.log" 2>&1 || { tail_log "$sd/openssl.log"; die "cannot make the test CA and broker certificate"; }
+        chmod 644 "$sd/ca.pem"
+    fi
+    (
+        umask 077
+        cat >"$sd/admin.properties" <<EOF
+# Written by deploy/services.sh: the admin's client settings
+security.protocol=SASL_SSL
+sasl.mechanism=SCRAM-SHA-512
+sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(kafka_secure_password admin)";
+ssl.truststore.type=PEM
+ssl.truststore.location=$sd/ca.pem
+EOF
+    ) || die "cannot write $sd/admin.properties"
+}
+
+# The secure listener's part of server.properties (a 0600 file: it holds
+# the admin's password and the keystore's).
+kafka_secure_config() {
+    local sd
+    sd="$(kafka_secure_dir)"
+    chmod 600 "$kafka_dir/server.properties"
+    cat <<EOF
+# SASL_SSL + SCRAM-SHA-512, ACLs with nothing allowed by default
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$(kafka_secure_password admin)";
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$sd/broker.p12
+ssl.keystore.password=$(kafka_secure_password keystore)
+ssl.key.password=$(kafka_secure_password keystore)
+ssl.truststore.type=PEM
+ssl.truststore.location=$sd/ca.pem
+ssl.client.auth=none
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+allow.everyone.if.no.acl.found=false
+# ANONYMOUS: the broker's own registration on the PLAINTEXT loopback
+# controller listener (docs/security.md).
+super.users=User:admin;User:ANONYMOUS
+EOF
+}
+
+# The format tool's --add-scram arguments, one per user, NUL-separated.
+kafka_secure_scram_args() {
+    local u
+    for u in "${kafka_secure_users[@]}"; do
+        printf '%s\0' --add-scram "SCRAM-SHA-512=[name=$u,password=$(kafka_secure_password "$u")]"
+    done
+}
+
+# The kafka-acls.sh lines of docs/security.md (between the kafka-acls
+# markers), one a line: the one list of sluice's rights.
+kafka_secure_acl_lines() {
+    awk '/<!-- kafka-acls:begin -->/ { on = 1; next } /<!-- kafka-acls:end -->/ { on = 0 }
+         on && /^kafka-acls\.sh / { print }' "$repo/docs/security.md"
+}
+
+# kafka_secure_setup LIBS: as admin, create sluice's topics and apply the
+# ACLs of docs/security.md (once per broker; again when the list changed).
+kafka_secure_setup() {
+    local libs="$1" sd java port stamp want line arg t
+    sd="$(kafka_secure_dir)"
+    java="$(java_bin)"
+    port="$(read_port kafka)"
+    stamp="$sd/acls.applied"
+    [[ -n "$(kafka_secure_acl_lines)" ]] || die "no kafka-acls.sh lines in docs/security.md"
+    want="$(kafka_secure_acl_lines | sha256sum | cut -c1-16)"
+    [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
+    cat >"$sd/tools-log4j.properties" <<EOF
+log4j.rootLogger=WARN, stderr
+log4j.appender.stderr=org.apache.log4j.ConsoleAppender
+log4j.appender.stderr.Target=System.err
+log4j.appender.stderr.layout=org.apache.log4j.PatternLayout
+log4j.appender.stderr.layout.ConversionPattern=%p %m (%c)%n
+EOF
+    local -a tool=("$java" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC
+        "-Dlog4j.configuration=file:$sd/tools-log4j.properties" -cp "$libs/*")
+    for t in sluice.events sluice.events.dlq; do
+        "${tool[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" \
+            --command-config "$sd/admin.properties" --create --if-not-exists --topic "$t" \
+            --partitions 4 --replication-factor 1 </dev/null >>"$sd/setup.log" 2>&1 9>&- \
+            || { tail_log "$sd/setup.log"; die "cannot create topic $t on the secure broker"; }
+    done
+    local -a args real
+    while IFS= read -r line; do
+        # Words only, never eval: the file is data.
+        read -r -a args <<<"$line"
+        real=()
+        for arg in "${args[@]:1}"; do
+            case "$arg" in
+                '$BOOTSTRAP') real+=("127.0.0.1:$port") ;;
+                '$ADMIN_CONFIG') real+=("$sd/admin.properties") ;;
+                *) real+=("$arg") ;;
+            esac
+        done
+        echo "+ $line" >>"$sd/setup.log"
+        "${tool[@]}" kafka.admin.AclCommand "${real[@]}" </dev/null >>"$sd/setup.log" 2>&1 9>&- \
+            || { tail_log "$sd/setup.log"; die "cannot apply: $line"; }
+    done < <(kafka_secure_acl_lines)
+    echo "$want" >"$stamp"
 }
 
 # ------------------------------------------------------ kafka cluster ----
@@ -1071,7 +1239,14 @@ start_services() {
         case "$svc" in
             postgres) pg_wait ;;
             redis) redis_wait ;;
-            kafka) if ((kafka_nodes == 1)); then kafka_wait; fi ;;
+            kafka)
+                if ((kafka_nodes == 1)); then kafka_wait; fi
+                if ((kafka_secure)); then
+                    [[ -n "$libs" ]] || libs="$("$repo/deploy/kafka/fetch.sh" --print-dir 9>&-)" \
+                        || die "cannot fetch the Kafka jars"
+                    kafka_secure_setup "$libs"
+                fi
+                ;;
         esac
     done
     if ((${#nodes[@]})); then cluster_wait; fi
@@ -1152,6 +1327,19 @@ elif [[ "$asked" == 3 ]]; then
         kafka_nodes=3
     elif [[ "$cmd" == start* ]]; then
         die "$DIR holds a single-broker Kafka, not a cluster: destroy it first"
+    fi
+fi
+# Plain or secure (single broker only): what DIR was started with, else
+# what is asked.
+if [[ -e "$DIR/kafka-secure" ]]; then
+    kafka_secure=1
+elif [[ "${SLUICE_KAFKA_SECURE:-0}" == 1 ]]; then
+    ((kafka_nodes == 1)) || die "SLUICE_KAFKA_SECURE=1 applies to a single broker, not to a cluster"
+    if [[ -e "$DIR/kafka" ]]; then
+        [[ "$cmd" != start* ]] || die "$DIR holds a plaintext Kafka, not a secure one: destroy it first"
+    elif [[ "$cmd" == start || "$cmd" == start-kafka ]]; then
+        kafka_secure=1
+        touch "$DIR/kafka-secure"
     fi
 fi
 if [[ "$cmd" == *-kafka[123] ]] && ((kafka_nodes == 1)); then

@@ -146,14 +146,20 @@ static void handle_probe(struct ingest *ing, struct evhttp_request *req,
 {
 	cJSON *o = cJSON_CreateObject(), *queue;
 	bool ok = true, room = ing->inflight < ing->cfg.max_inflight;
+	/* A refusal retrying cannot cure (credentials, the broker's
+	 * certificate, an ACL) is named even while brokers answer. */
+	bool kafka_ok = ing->kafka_up && !ing->kafka_denied.cause[0];
 
 	if (ready_check)
-		ok = ing->kafka_up && !ing->draining && room;
+		ok = kafka_ok && !ing->draining && room;
 	cJSON_AddStringToObject(o, "status", ok ? "ok" : "unavailable");
 	if (ready_check) {
-		check_json(o, "kafka", ing->kafka_up,
-			   "no broker reachable, or records not confirmed "
-			   "within delivery_timeout_ms");
+		check_json(
+		    o, "kafka", kafka_ok,
+		    ing->kafka_denied.cause[0]
+			? ing->kafka_denied.cause
+			: "no broker reachable, or records not confirmed "
+			  "within delivery_timeout_ms");
 		queue = check_json(o, "queue", room,
 				   "max_inflight requests wait for Kafka");
 		cJSON_AddNumberToObject(queue, "inflight", ing->inflight);

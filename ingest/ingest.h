@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "../common/kafka.h"
 #include "../common/util.h"
 #include "settings.h"
 
@@ -120,6 +121,9 @@ struct ingest {
 	int inflight;
 	bool draining;
 	bool kafka_up;
+	/* Credentials, certificate or ACL refused: /readyz names it. */
+	struct kafka_notice kafka_denied;
+	struct kafka_said kafka_said;
 	int max_record_bytes;  /* what Kafka takes: bodies above get 413 */
 	long max_record_kafka; /* the Kafka setting it comes from, */
 	const char *max_record_whose; /* and that setting's name */

@@ -21,7 +21,13 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	struct ingest *ing = opaque;
 
 	(void)rk;
-	if (m->err) {
+	if (m->err && kafka_notice_take(&ing->kafka_denied, m->err, "write",
+					ing->cfg.topic, NULL)) {
+		/* Every request would fail alike: one line per cause. */
+		ing->m.delivery_failed++;
+		if (kafka_notice_due(&ing->kafka_denied, &ing->kafka_said))
+			log_error("kafka: %s", ing->kafka_denied.cause);
+	} else if (m->err) {
 		ing->m.delivery_failed++;
 		log_ctx_warn(p ? p->id : NULL, "delivery failed: %s",
 			     rd_kafka_err2str(m->err));
@@ -33,6 +39,9 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	} else {
 		ing->m.delivered++;
 		ing->kafka_up = true;
+		if (ing->kafka_denied.cause[0])
+			log_info("kafka: writes succeed again");
+		kafka_notice_clear(&ing->kafka_denied);
 	}
 	if (p)
 		ing->delivered(p, m->err);
@@ -49,7 +58,17 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		/* Rebuilt from the loop, not inside librdkafka's callback. */
 		log_error("kafka fatal error: %s", reason);
 		event_active(ing->rebuild_ev, EV_TIMEOUT, 0);
-	} else {
+	} else if (kafka_notice_take(&ing->kafka_denied, err, "write",
+				     ing->cfg.topic, reason)) {
+		/* librdkafka retries at each reconnect; retrying cannot cure
+		 * this, so it is said once per cause, not at every attempt. */
+		if (ing->kafka_denied.kind == KAFKA_DENIAL_AUTH)
+			ing->kafka_up = false;
+		if (kafka_notice_due(&ing->kafka_denied, &ing->kafka_said))
+			log_error("kafka: %s", ing->kafka_denied.cause);
+	} else if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+		   ing->kafka_denied.kind != KAFKA_DENIAL_AUTH) {
+		/* Brokers "down" because they refuse the login: said. */
 		log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
 	}
 }
@@ -108,8 +127,14 @@ static void handle_probe(evutil_socket_t fd, short what, void *arg)
 	if (err == RD_KAFKA_RESP_ERR__TIMED_OUT ||
 	    err == RD_KAFKA_RESP_ERR__TRANSPORT ||
 	    err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
-	    err == RD_KAFKA_RESP_ERR__DESTROY)
+	    err == RD_KAFKA_RESP_ERR__DESTROY ||
+	    err == RD_KAFKA_RESP_ERR__AUTHENTICATION ||
+	    err == RD_KAFKA_RESP_ERR__SSL)
 		return;
+	/* A broker answered over an authenticated link: the credentials
+	 * and certificate are fine now (an ACL is proven only by a write). */
+	if (ing->kafka_denied.kind == KAFKA_DENIAL_AUTH)
+		kafka_notice_clear(&ing->kafka_denied);
 	if (!ing->kafka_up)
 		log_info("kafka answers again (%s): ready",
 			 err ? rd_kafka_err2name(err) : "probe");

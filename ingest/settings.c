@@ -22,6 +22,9 @@ const struct cfg_setting ingest_settings[] = {
      "SLUICE_INGEST_LISTEN", "HTTP listen address", CFG_RESTART, NULL},
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
      "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers", CFG_RESTART, NULL},
+    {"kafka_sasl_password_file", CFG_STR, F(kafka_sasl_password_file), "", 0, 0,
+     NULL, NULL, "file holding the Kafka SASL password (mode 0600)",
+     CFG_RESTART, NULL},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
      "topic accepted requests go to", CFG_RESTART, NULL},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
@@ -372,6 +375,13 @@ bool ingest_config_load(struct ingest_config *cfg, const char *path,
 	memset(cfg, 0, sizeof(*cfg));
 	if (!cfg_load(ingest_settings, cfg, path, ingest_extra, &cfg->seen,
 		      errstr, errstr_size))
+		return false;
+	/* Read into the kafka.* pairs every Kafka client is built from, so
+	 * the config file holds no password. */
+	if (!cfg_kv_secret_file(&cfg->kafka, "kafka.sasl.password",
+				cfg->kafka_sasl_password_file,
+				"kafka_sasl_password_file", errstr,
+				errstr_size))
 		return false;
 	if (!cfg->sources) {
 		snprintf(errstr, errstr_size,

@@ -42,6 +42,7 @@ struct source {
 struct ingest_config {
 	char *listen;
 	char *brokers;
+	char *kafka_sasl_password_file; /* read into kafka.sasl.password */
 	char *topic;
 	int topic_partitions;
 	int delivery_timeout_ms;

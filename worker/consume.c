@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,9 @@ struct consumer {
 	 * once a second instead of once a batch. */
 	rd_kafka_topic_partition_list_t *to_commit;
 	int64_t last_commit_ms;
+	/* Credentials, certificate or an ACL refused: said once per cause,
+	 * shown by /readyz until the consumer works. */
+	struct kafka_notice denied;
 	int wake_fds[2]; /* consumer queue → loop (consume_watch) */
 	struct event *wake_ev;
 	/* The flush callback runs: its records are the open batch. */
@@ -178,6 +182,43 @@ static void consume_drop_held(struct consumer *c,
 	c->n_held = k;
 }
 
+/* Every pipeline's consumer meets the same refusal: said once for all. */
+static pthread_mutex_t said_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kafka_said said;
+
+/* The consumer's thread. True when err is a refusal that retrying will
+ * not cure; it is then logged at most once per cause a while. */
+static bool denied(struct consumer *c, rd_kafka_resp_err_t err,
+		   const char *topic, const char *reason)
+{
+	bool due;
+	const char *subject =
+	    err == RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED
+		? c->cfg->group_id
+		: (topic ? topic : c->cfg->topic);
+
+	if (!kafka_notice_take(&c->denied, err, "read", subject, reason))
+		return false;
+	metrics_kafka_denied(c->denied.cause,
+			     c->denied.kind == KAFKA_DENIAL_AUTH);
+	pthread_mutex_lock(&said_lock);
+	due = kafka_notice_due(&c->denied, &said);
+	pthread_mutex_unlock(&said_lock);
+	if (due)
+		log_error("kafka: %s", c->denied.cause);
+	return true;
+}
+
+/* Assigned partitions or a record: the consumer works. */
+static void denial_cured(struct consumer *c)
+{
+	if (!c->denied.cause[0])
+		return;
+	log_info("kafka: the consumer works again");
+	kafka_notice_clear(&c->denied);
+	metrics_kafka_denied("", false);
+}
+
 /* Runs on the worker thread inside rd_kafka_consumer_poll(). */
 static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 			 rd_kafka_topic_partition_list_t *parts, void *opaque)
@@ -195,6 +236,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 		else
 			ret = rd_kafka_assign(rk, parts);
 		c->assigned += parts->cnt;
+		denial_cured(c);
 		metrics_rebalance(true, parts);
 		c->assign_gen++;
 		if (c->paused)
@@ -250,11 +292,18 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 	}
 }
 
+/* Runs on the consumer's thread, inside rd_kafka_consumer_poll(). */
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
+	struct consumer *c = opaque;
+
 	(void)rk;
-	(void)opaque;
-	log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
+	if (denied(c, err, NULL, reason))
+		return;
+	/* Brokers "down" because they refuse the login: said already. */
+	if (err != RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN ||
+	    c->denied.kind != KAFKA_DENIAL_AUTH)
+		log_warn("kafka: %s: %s", rd_kafka_err2name(err), reason);
 	if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
 		metrics_kafka_down(reason);
 }
@@ -394,13 +443,17 @@ static bool take(struct consumer *c, rd_kafka_message_t *m)
 			      : "");
 		c->fatal = true;
 	} else if (m->err && m->err != RD_KAFKA_RESP_ERR__FATAL &&
-		   m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF) {
+		   m->err != RD_KAFKA_RESP_ERR__PARTITION_EOF &&
+		   !denied(c, m->err,
+			   m->rkt ? rd_kafka_topic_name(m->rkt) : NULL,
+			   rd_kafka_message_errstr(m))) {
 		log_warn("consumer: %s", rd_kafka_message_errstr(m));
 	}
 	if (m->err) {
 		rd_kafka_message_destroy(m);
 		return false;
 	}
+	denial_cured(c);
 	metrics_consumed(m->partition, m->offset);
 	c->msgs[c->n++] = m;
 	return true;

@@ -346,7 +346,7 @@ static cJSON *check_json(cJSON *parent, const char *name, bool ok,
 static void handle_readyz(struct httpd *h, struct evhttp_request *req)
 {
 	cJSON *o = cJSON_CreateObject(), *k;
-	char kwhy[200] = "", cwhy[160] = "";
+	char kwhy[300] = "", cwhy[160] = "";
 	bool held;
 	bool kafka = metrics_kafka_up(kwhy, sizeof(kwhy));
 	struct buf stalled;

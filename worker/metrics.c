@@ -69,6 +69,8 @@ struct metrics_pipe {
 	/* Kafka, from the statistics: -1 = nothing known yet. */
 	int brokers_up, brokers;
 	char kafka_why[160];
+	char kafka_denied[256]; /* "" or why Kafka refuses this pipeline */
+	bool denied_auth;
 	/* What the pipeline's thread reported last. */
 	struct metrics_totals totals;
 	unsigned long long kind_saved[MAX_KINDS];
@@ -372,6 +374,11 @@ void metrics_kafka_stats(const char *json, size_t len)
 		return;
 	m->brokers = n;
 	m->brokers_up = up;
+	/* A broker is UP only once the link authenticated. */
+	if (up > 0 && m->denied_auth) {
+		m->kafka_denied[0] = '\0';
+		m->denied_auth = false;
+	}
 	if (up == 0)
 		snprintf(m->kafka_why, sizeof(m->kafka_why),
 			 "no broker up (%d known%s%s)", n,
@@ -391,6 +398,17 @@ void metrics_kafka_down(const char *reason)
 	unlock_cur(m);
 }
 
+void metrics_kafka_denied(const char *cause, bool auth)
+{
+	struct metrics_pipe *m = lock_cur();
+
+	if (!m)
+		return;
+	snprintf(m->kafka_denied, sizeof(m->kafka_denied), "%s", cause);
+	m->denied_auth = auth && cause[0];
+	unlock_cur(m);
+}
+
 bool metrics_kafka_up(char *why, size_t why_size)
 {
 	bool up = true;
@@ -398,7 +416,10 @@ bool metrics_kafka_up(char *why, size_t why_size)
 	pthread_mutex_lock(&pipes_lock);
 	for (struct metrics_pipe *m = pipes; m && up; m = m->next_pipe) {
 		pthread_mutex_lock(&m->lock);
-		if (m->brokers_up == 0) {
+		if (m->kafka_denied[0]) {
+			up = false;
+			snprintf(why, why_size, "%s", m->kafka_denied);
+		} else if (m->brokers_up == 0) {
 			up = false;
 			snprintf(why, why_size, "%s", m->kafka_why);
 		}

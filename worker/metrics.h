@@ -135,6 +135,9 @@ void metrics_rebalance(bool assign, const rd_kafka_topic_partition_list_t *p);
 void metrics_kafka_stats(const char *json, size_t len);
 /* librdkafka's error_cb: all brokers down. */
 void metrics_kafka_down(const char *reason);
+/* The pipeline's credentials, certificate or an ACL refused (cause "" once
+ * it works again); auth: a broker link that comes up cures it. */
+void metrics_kafka_denied(const char *cause, bool auth);
 
 /* Kafka as the statistics last described it: false with why when no
  * broker is up. true while nothing is known yet. */

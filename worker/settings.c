@@ -18,6 +18,9 @@ static const char *const pipelines_names[] = {"per_kind", "shared", NULL};
 const struct cfg_setting worker_settings[] = {
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
      "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers", CFG_RESTART, NULL},
+    {"kafka_sasl_password_file", CFG_STR, F(kafka_sasl_password_file), "", 0, 0,
+     NULL, NULL, "file holding the Kafka SASL password (mode 0600)",
+     CFG_RESTART, NULL},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
      "topic consumed", CFG_RESTART, NULL},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
@@ -172,6 +175,13 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 	memset(cfg, 0, sizeof(*cfg));
 	if (!cfg_load(worker_settings, cfg, path, worker_extra, &cfg->seen,
 		      errstr, errstr_size))
+		return false;
+	/* Read into the kafka.* pairs every Kafka client is built from, so
+	 * the config file holds no password. */
+	if (!cfg_kv_secret_file(&cfg->kafka, "kafka.sasl.password",
+				cfg->kafka_sasl_password_file,
+				"kafka_sasl_password_file", errstr,
+				errstr_size))
 		return false;
 	if (!cfg->dlq_topic[0]) {
 		size_t n = strlen(cfg->topic) + 5;

@@ -12,6 +12,7 @@ enum pipelines { PIPELINES_PER_KIND = 0, PIPELINES_SHARED };
 
 struct worker_config {
 	char *brokers;
+	char *kafka_sasl_password_file; /* read into kafka.sasl.password */
 	char *topic;
 	int topic_partitions;
 	char *group_id;

@@ -1,7 +1,9 @@
 /* Ids: the prefix and 32 hex digits, distinct call after call, cut to the
- * buffer; UTF-8 validity. */
+ * buffer; UTF-8 validity; secret files. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "../../common/util.h"
 #include "check.h"
@@ -128,6 +130,61 @@ int main(void)
 		d = xstrdup("");
 		CHECK_STR(d, "", "xstrdup of empty");
 		free(d);
+	}
+	{
+		/* Secret files: one line, private, named in errors. */
+		static const struct {
+			const char *content;
+			mode_t mode;
+			const char *want; /* NULL: refused */
+			const char *err;  /* in the refusal */
+		} cases[] = {
+		    {"s3cret\n", 0600, "s3cret", NULL},
+		    {"s3cret\r\n", 0400, "s3cret", NULL},
+		    {"s3cret", 0600, "s3cret", NULL},
+		    {"s3cret\n", 0640, NULL, "too open"},
+		    {"s3cret\n", 0604, NULL, "chmod 600"},
+		    {"\n", 0600, NULL, "not one secret"},
+		    {"a\nb\n", 0600, NULL, "not one secret"},
+		};
+		char path[] = "/tmp/sluice-test-secret-XXXXXX";
+		char err[512];
+		int fd = mkstemp(path);
+
+		CHECK(fd >= 0, "mkstemp");
+		for (size_t i = 0;
+		     fd >= 0 && i < sizeof(cases) / sizeof(*cases); i++) {
+			char *got;
+
+			CHECK(ftruncate(fd, 0) == 0 &&
+				  pwrite(fd, cases[i].content,
+					 strlen(cases[i].content), 0) ==
+				      (ssize_t)strlen(cases[i].content) &&
+				  fchmod(fd, cases[i].mode) == 0,
+			      "secret case %zu: write", i);
+			err[0] = '\0';
+			got = util_read_secret(path, err, sizeof(err));
+			if (cases[i].want) {
+				CHECK(got && strcmp(got, cases[i].want) == 0,
+				      "secret case %zu: got %s (%s)", i,
+				      got ? got : "NULL", err);
+			} else {
+				CHECK(!got && strstr(err, cases[i].err) &&
+					  strstr(err, path) &&
+					  !strstr(err, "s3cret"),
+				      "secret case %zu: error \"%s\"", i, err);
+			}
+			free(got);
+		}
+		if (fd >= 0) {
+			close(fd);
+			unlink(path);
+		}
+		err[0] = '\0';
+		CHECK(!util_read_secret("/nonexistent/secret", err,
+					sizeof(err)) &&
+			  strstr(err, "/nonexistent/secret"),
+		      "missing file: \"%s\"", err);
 	}
 	free(ids);
 	return check_done("test_util");
