@@ -36,8 +36,8 @@
 #   SLUICE_PG_TLS SLUICE_PG_CA
 # (a PID is empty while its service is stopped). SLUICE_POSTGRES_DSN is the
 # cluster owner's (it runs the migrations); the SLUICE_PG_*_DSN are sluice's
-# roles (deploy/roles.sh, made before the migrations, which grant them). With a cluster,
-# SLUICE_KAFKA_BROKERS lists all three brokers, SLUICE_KAFKA_PORT,
+# roles (deploy/roles.sh, made before the migrations, which grant them).
+# With a cluster, SLUICE_KAFKA_BROKERS lists all three brokers, SLUICE_KAFKA_PORT,
 # SLUICE_KAFKA_CONTROLLER_PORT and SLUICE_KAFKA_PID are broker 1's, and
 # SLUICE_KAFKA_NODES=3 and SLUICE_KAFKA<N>_PORT, SLUICE_KAFKA<N>_PID,
 # SLUICE_KAFKA<N>_CONTROLLER_PORT (N = 1..3) are added.
