@@ -8,6 +8,10 @@
 # is restarted), and the second run adds no rows.
 #
 # Usage: deploy/run.sh [start|stop|status]
+# SLUICE_PG_TLS=1 on the first start: PostgreSQL over TLS only
+# (deploy/services.sh, docs/security.md). Either way the worker writes as
+# sluice_worker, looks leads up as sluice_lookup, and the sample agent
+# claims as sluice_agent.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
