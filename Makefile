@@ -223,7 +223,8 @@ bench: all $(BUILD)/loadgen $(BUILD)/kproduce
 
 # ------------------------------------------------------------ install ----
 # `make install [PREFIX=/usr/local] [DESTDIR=]`: both binaries, their man
-# pages, the schemas and migrations, sluice-migrate, the systemd units, the
+# pages, the schemas and migrations, sluice-roles and sluice-migrate, the
+# systemd units, the
 # sysusers.d entry for the `sluice` user and example configurations.
 # SCHEMA_DIR is compiled into ingest/settings.o only, so the installed
 # sluice-ingest is that one object built again with the installed path and
@@ -261,8 +262,9 @@ install: $(INST)/sluice-ingest $(BUILD)/sluice-worker
 		$(DESTDIR)$(DOCDIR)/prometheus
 	$(INSTALL) -m 755 $(INST)/sluice-ingest $(BUILD)/sluice-worker $(DESTDIR)$(BINDIR)/
 	$(INSTALL) -m 755 deploy/migrate.sh $(DESTDIR)$(BINDIR)/sluice-migrate
+	$(INSTALL) -m 755 deploy/roles.sh $(DESTDIR)$(BINDIR)/sluice-roles
 	$(INSTALL) -m 644 docs/man/sluice-ingest.1 docs/man/sluice-worker.1 \
-		docs/man/sluice-migrate.1 $(DESTDIR)$(MANDIR)/man1/
+		docs/man/sluice-migrate.1 docs/man/sluice-roles.1 $(DESTDIR)$(MANDIR)/man1/
 	$(INSTALL) -m 644 schemas/*.schema.json $(DESTDIR)$(INST_SCHEMA_DIR)/
 	$(INSTALL) -m 644 schemas/migrations/*.sql $(DESTDIR)$(INST_SCHEMA_DIR)/migrations/
 	for u in sluice-ingest.service sluice-worker@.service; do \

@@ -31,8 +31,8 @@ import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
-                      start_services, wait_http)
+from benchlib import (BUILD, REPO, as_role, daemon, end_services,  # noqa: E402
+                      free_port, start_services, wait_http)
 
 
 # One row per figure for the summary table (bench/summary.py):
@@ -371,7 +371,8 @@ def bench_replay(env, tmp, wconf, records, per, live_rate):
         conf = os.path.join(tmp, "replay.conf")
         with open(wconf) as f, open(conf, "w") as g:
             g.writelines(line for line in f if not line.startswith("log_level"))
-            g.write(f"postgres_dsn = {rdsn}\nlog_level = warn\n")
+            # The replay writes as the worker does.
+            g.write(f'postgres_dsn = "{as_role(rdsn, "sluice_worker")}"\nlog_level = warn\n')
         t = time.perf_counter()
         subprocess.run([os.path.join(BUILD, "sluice-worker"), "replay", "-c", conf,
                         "--from", "1970-01-01T00:00:00Z"], check=True,

@@ -1,6 +1,7 @@
 # What the sluice benchmarks share: free ports, readiness, private services, the daemons.
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -43,7 +44,8 @@ def start_services(tmp, existing=None):
         for line in f:
             m = re.match(r"export (\w+)=(.*)", line.strip())
             if m:
-                env[m.group(1)] = m.group(2)
+                v = shlex.split(m.group(2))   # services.sh quotes with %q
+                env[m.group(1)] = v[0] if v else ""
     return svc, env
 
 
@@ -58,8 +60,20 @@ def end_services(tmp, svc, existing=None):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def as_role(dsn, role):
+    """dsn with its user replaced by one of sluice's PostgreSQL roles
+    (deploy/roles.sh): sluice_worker, sluice_agent, sluice_lookup."""
+    from psycopg.conninfo import make_conninfo
+    return make_conninfo(dsn, user=role)
+
+
 def daemon(name, conf, env, log):
-    """Start build/NAME (sluice-ingest, sluice-worker) on CONF, stderr to LOG."""
+    """Start build/NAME (sluice-ingest, sluice-worker) on CONF, stderr to LOG.
+    The worker runs as sluice_worker, in the database SLUICE_POSTGRES_DSN
+    names (the variable overrides the file's postgres_dsn)."""
+    if name == "sluice-worker" and env.get("SLUICE_POSTGRES_DSN"):
+        env = dict(env, SLUICE_POSTGRES_DSN=as_role(env["SLUICE_POSTGRES_DSN"],
+                                                    "sluice_worker"))
     return subprocess.Popen([os.path.join(BUILD, name), "-c", conf], env=env,
                             stderr=open(log, "w"))
 

@@ -53,8 +53,8 @@ import urllib.parse
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchlib import (BUILD, REPO, daemon, end_services, free_port,  # noqa: E402
-                      start_services, stop, wait_http)
+from benchlib import (BUILD, REPO, as_role, daemon, end_services,  # noqa: E402
+                      free_port, start_services, stop, wait_http)
 
 OUT = os.path.join(REPO, "bench", "out", "chat.json")
 
@@ -168,7 +168,7 @@ class Sender:
 
 def listen(dsn, senders, stop, ready, counts):
     import psycopg
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(as_role(dsn, "sluice_agent"), autocommit=True) as conn:
         conn.execute("LISTEN sluice_turns")
         ready.set()
         while not stop.is_set():
@@ -399,7 +399,7 @@ def bench_agents(env, iport, dsn, n_agents, hold_ms, n_senders, seconds, tag):
             poster.close()
 
     def agent(name):
-        with psycopg.connect(dsn, autocommit=True) as conn:
+        with psycopg.connect(as_role(dsn, "sluice_agent"), autocommit=True) as conn:
             conn.execute("LISTEN sluice_turns")
             go.wait()
             while True:

@@ -8,6 +8,10 @@
 # is restarted), and the second run adds no rows.
 #
 # Usage: deploy/run.sh [start|stop|status]
+# SLUICE_PG_TLS=1 on the first start: PostgreSQL over TLS only
+# (deploy/services.sh, docs/security.md). Either way the worker writes as
+# sluice_worker, looks leads up as sluice_lookup, and the sample agent
+# claims as sluice_agent.
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,6 +107,9 @@ export SLUICE_INGEST_LISTEN=$SLUICE_INGEST_LISTEN
 export SLUICE_WORKER_URL=http://$SLUICE_WORKER_LISTEN
 export SLUICE_WORKER_LISTEN=$SLUICE_WORKER_LISTEN
 export SLUICE_POSTGRES_DSN=$SLUICE_POSTGRES_DSN
+export SLUICE_PG_WORKER_DSN=$SLUICE_PG_WORKER_DSN
+export SLUICE_PG_AGENT_DSN=$SLUICE_PG_AGENT_DSN
+export SLUICE_PG_LOOKUP_DSN=$SLUICE_PG_LOOKUP_DSN
 export SLUICE_REDIS_URL=$SLUICE_REDIS_URL
 export SLUICE_KAFKA_BROKERS=$SLUICE_KAFKA_BROKERS
 export SLUICE_TOPIC=sluice.events
@@ -116,7 +123,16 @@ for d in sluice-worker sluice-ingest; do
 	fi
 done
 if ! alive "$run/sluice-worker.pid"; then
-	"$bin/sluice-worker" -c deploy/local/worker.conf >>"$run/sluice-worker.log" 2>&1 &
+	# The worker writes as sluice_worker and looks leads up as
+	# sluice_lookup (docs/security.md); SLUICE_POSTGRES_DSN, the owner's,
+	# seeds and shows. The lookup DSN has no variable: it goes in a copy
+	# of the config.
+	{
+		cat deploy/local/worker.conf
+		printf 'lead_context.postgres_dsn = %s\n' "$SLUICE_PG_LOOKUP_DSN"
+	} >"$run/worker.conf"
+	SLUICE_POSTGRES_DSN=$SLUICE_PG_WORKER_DSN \
+		"$bin/sluice-worker" -c "$run/worker.conf" >>"$run/sluice-worker.log" 2>&1 &
 	echo $! >"$run/sluice-worker.pid"
 	say "started sluice-worker (log: .run/sluice-worker.log)"
 fi
@@ -308,7 +324,7 @@ fi
 open=$(psqlq "SELECT count(*) FROM chat_turns WHERE sender = '$ana' AND status = 'open'")
 if [ "$open" -gt 0 ]; then
 	say "deploy/samples/agent.py answers the gathered turn (LISTEN sluice_turns, claim, answer):"
-	"$py" deploy/samples/agent.py --dsn "$SLUICE_POSTGRES_DSN" --name demo-agent \
+	"$py" deploy/samples/agent.py --dsn "$SLUICE_PG_AGENT_DSN" --name demo-agent \
 		--turns "$open" --timeout 30 2>&1 | sed 's/^/  /' ||
 		die "deploy/samples/agent.py did not answer $open turn(s) in 30 s"
 else

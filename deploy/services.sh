@@ -32,8 +32,12 @@
 #   SLUICE_PG_PORT SLUICE_REDIS_PORT SLUICE_KAFKA_PORT
 #   SLUICE_KAFKA_CONTROLLER_PORT SLUICE_PG_USER SLUICE_PG_SOCKET_DIR
 #   SLUICE_PG_PID SLUICE_REDIS_PID SLUICE_KAFKA_PID SLUICE_SERVICES_DIR
-# (a PID is empty while its service is stopped). With a cluster,
-# SLUICE_KAFKA_BROKERS lists all three brokers, SLUICE_KAFKA_PORT,
+#   SLUICE_PG_WORKER_DSN SLUICE_PG_AGENT_DSN SLUICE_PG_LOOKUP_DSN
+#   SLUICE_PG_TLS SLUICE_PG_CA
+# (a PID is empty while its service is stopped). SLUICE_POSTGRES_DSN is the
+# cluster owner's (it runs the migrations); the SLUICE_PG_*_DSN are sluice's
+# roles (deploy/roles.sh, made before the migrations, which grant them).
+# With a cluster, SLUICE_KAFKA_BROKERS lists all three brokers, SLUICE_KAFKA_PORT,
 # SLUICE_KAFKA_CONTROLLER_PORT and SLUICE_KAFKA_PID are broker 1's, and
 # SLUICE_KAFKA_NODES=3 and SLUICE_KAFKA<N>_PORT, SLUICE_KAFKA<N>_PID,
 # SLUICE_KAFKA<N>_CONTROLLER_PORT (N = 1..3) are added.
@@ -63,6 +67,17 @@
 #   SLUICE_CACHE           jar cache (see deploy/kafka/fetch.sh)
 #   SLUICE_PG_BINDIR       PostgreSQL server binaries (default: newest
 #                          /usr/lib/postgresql/*/bin)
+#   SLUICE_PG_TLS=1        secure PostgreSQL, chosen when its cluster is
+#                          made (DIR keeps the choice in DIR/pg-tls; a plain
+#                          cluster must be destroyed first): a test CA and a
+#                          server certificate for 127.0.0.1 and localhost
+#                          made with openssl (DIR/pg-tls/ca.crt), ssl=on,
+#                          pg_hba `hostssl ... scram-sha-256` only over TCP
+#                          (plain TCP is refused) and `local` for the owner
+#                          alone (peer); random passwords for the owner and
+#                          the roles in DIR/pg-tls/secrets/, the clients'
+#                          passfile DIR/pg-tls/pgpass; every DSN carries
+#                          sslmode=verify-full, sslrootcert and passfile.
 #
 # Logs: DIR/kafka/kafka.log (+ kafka.out for the JVM; a cluster's in
 # DIR/kafka1..3), DIR/redis/redis.log,
@@ -432,7 +447,12 @@ write_env() {
     {
         echo "# Written by deploy/services.sh; source it: . $(printf '%q' "$env_file")"
         printf 'export SLUICE_SERVICES_DIR=%q\n' "$DIR"
-        echo "export SLUICE_POSTGRES_DSN=postgresql://$pg_user@127.0.0.1:$pgp/sluice"
+        printf 'export SLUICE_POSTGRES_DSN=%q\n' "$(pg_dsn "$pg_user" sluice "$pgp")"
+        printf 'export SLUICE_PG_WORKER_DSN=%q\n' "$(pg_dsn sluice_worker sluice "$pgp")"
+        printf 'export SLUICE_PG_AGENT_DSN=%q\n' "$(pg_dsn sluice_agent sluice "$pgp")"
+        printf 'export SLUICE_PG_LOOKUP_DSN=%q\n' "$(pg_dsn sluice_lookup sluice "$pgp")"
+        echo "export SLUICE_PG_TLS=$pg_tls"
+        if ((pg_tls)); then printf 'export SLUICE_PG_CA=%q\n' "$pg_tls_dir/ca.crt"; else echo "export SLUICE_PG_CA="; fi
         echo "export SLUICE_REDIS_URL=redis://127.0.0.1:$rp/0"
         echo "export SLUICE_KAFKA_BROKERS=$brokers"
         echo "export SLUICE_PG_PORT=$pgp"
@@ -456,6 +476,101 @@ write_env() {
 }
 
 # ---------------------------------------------------------- postgres ----
+
+# Secure mode (SLUICE_PG_TLS=1): the clients' side lives in DIR/pg-tls,
+# owned by whoever runs services.sh; the server's certificate and key in
+# PG_ROOT/tls, owned by the server's user.
+pg_tls_dir="$DIR/pg-tls"
+pg_tls=0
+if [[ -d "$pg_tls_dir" ]]; then
+    pg_tls=1
+elif [[ "${SLUICE_PG_TLS:-0}" == 1 ]]; then
+    if [[ -n "$pgdata" && -s "$pgdata/PG_VERSION" ]] && [[ "$cmd" == start* ]]; then
+        die "$DIR holds a plain PostgreSQL, not a TLS one (SLUICE_PG_TLS=1): destroy it first"
+    fi
+    [[ "$cmd" == start* ]] && pg_tls=1
+elif [[ -n "${SLUICE_PG_TLS:-}" && "$SLUICE_PG_TLS" != 0 ]]; then
+    die "SLUICE_PG_TLS must be 0 or 1, not $SLUICE_PG_TLS"
+fi
+
+pg_uri_quote() {
+    python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="/"))' "$1"
+}
+
+# pg_dsn USER DB [PORT]: the URI a client of the cluster uses; in secure
+# mode it verifies the server against the test CA and finds its password in
+# the passfile, so no secret is in the DSN.
+pg_dsn() {
+    local port="${3:-$(read_port pg)}"
+    local dsn="postgresql://$1@127.0.0.1:$port/$2"
+    if ((pg_tls)); then
+        dsn+="?sslmode=verify-full&sslrootcert=$(pg_uri_quote "$pg_tls_dir/ca.crt")"
+        dsn+="&passfile=$(pg_uri_quote "$pg_tls_dir/pgpass")"
+    fi
+    echo "$dsn"
+}
+
+# The test CA (once per DIR), the passwords and the passfile (once), and
+# the server's certificate (whenever PG_ROOT has none), for 127.0.0.1 and
+# localhost so that verify-full holds for either name.
+pg_tls_prepare() {
+    command -v openssl >/dev/null 2>&1 || die "openssl not found (run deploy/install-deps.sh)"
+    local t="$pg_tls_dir" st="$pg_root/tls" r
+    mkdir -p -m 700 "$t" "$t/secrets"
+    if [[ ! -s "$t/ca.crt" ]]; then
+        if ! (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                -keyout "$t/ca.key" -out "$t/ca.crt.tmp" -days 3650 -subj "/CN=sluice test CA" \
+                -addext "basicConstraints=critical,CA:TRUE" \
+                -addext "keyUsage=critical,keyCertSign,cRLSign") >"$t/openssl.log" 2>&1; then
+            tail_log "$t/openssl.log"
+            die "cannot make the test CA"
+        fi
+        chmod 644 "$t/ca.crt.tmp"
+        mv -f "$t/ca.crt.tmp" "$t/ca.crt"
+    fi
+    for r in "$pg_user" sluice_worker sluice_agent sluice_lookup; do
+        if [[ ! -s "$t/secrets/$r" ]]; then
+            (umask 077 && openssl rand -hex 24 >"$t/secrets/$r") || die "cannot make a password"
+        fi
+    done
+    if [[ ! -s "$t/pgpass" ]]; then
+        (
+            umask 077
+            for r in "$pg_user" sluice_worker sluice_agent sluice_lookup; do
+                echo "127.0.0.1:*:*:$r:$(cat "$t/secrets/$r")"
+                echo "localhost:*:*:$r:$(cat "$t/secrets/$r")"
+            done >"$t/pgpass.tmp"
+        ) || die "cannot write $t/pgpass"
+        mv -f "$t/pgpass.tmp" "$t/pgpass"
+    fi
+    if [[ ! -s "$st/server.crt" ]]; then
+        mkdir -p -m 700 "$st"
+        if ! (umask 077 &&
+              openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+                  -keyout "$st/server.key" -out "$st/server.csr" -subj "/CN=localhost" &&
+              openssl x509 -req -in "$st/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" \
+                  -CAcreateserial -CAserial "$t/ca.srl" -out "$st/server.crt" -days 3650 \
+                  -extfile <(printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+                      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+                      "extendedKeyUsage=serverAuth")) >"$t/openssl.log" 2>&1; then
+            tail_log "$t/openssl.log"
+            die "cannot make the server certificate"
+        fi
+        rm -f "$st/server.csr"
+        if ((is_root)); then chown -R postgres:postgres "$st"; fi
+    fi
+}
+
+# Secure mode's pg_hba.conf: over TCP TLS and a password, for everyone; on
+# the private socket the owner alone, as its OS user (peer).
+pg_tls_hba() {
+    cat >"$pgdata/pg_hba.conf" <<HBA
+# Written by deploy/services.sh (SLUICE_PG_TLS=1): no plain TCP at all.
+local    all  $pg_user                 peer
+hostssl  all  all       127.0.0.1/32   scram-sha-256
+HBA
+    if ((is_root)); then chown postgres:postgres "$pgdata/pg_hba.conf"; fi
+}
 
 pg_prepare() {
     if [[ -z "$pg_root" ]]; then
@@ -488,15 +603,27 @@ pg_prepare() {
     if ((is_root)) && ! runuser -u postgres -- test -w "$pg_root" 2>/dev/null; then
         die "the postgres user cannot write $pg_root (was DIR moved or created by another user?)"
     fi
+    if ((pg_tls)); then pg_tls_prepare; fi
     if [[ ! -s "$pgdata/PG_VERSION" ]]; then
         local bindir
+        local -a auth=(--auth=trust)
         bindir="$(pg_bindir)"
         rm -rf "$pgdata"
-        if ! (cd / && "${as_pg[@]}" "$bindir/initdb" -D "$pgdata" -U "$pg_user" --auth=trust \
+        if ((pg_tls)); then
+            # The owner's password from a file the server's user can read,
+            # gone once initdb has it.
+            install -m 600 "$pg_tls_dir/secrets/$pg_user" "$pg_root/owner.pw"
+            if ((is_root)); then chown postgres:postgres "$pg_root/owner.pw"; fi
+            auth=(--auth-local=peer --auth-host=scram-sha-256 --pwfile="$pg_root/owner.pw")
+        fi
+        if ! (cd / && "${as_pg[@]}" "$bindir/initdb" -D "$pgdata" -U "$pg_user" "${auth[@]}" \
                 -E UTF8 --locale=C --no-sync --no-instructions) >"$pg_root/initdb.log" 2>&1 9>&-; then
+            rm -f "$pg_root/owner.pw"
             tail_log "$pg_root/initdb.log"
             die "initdb failed"
         fi
+        rm -f "$pg_root/owner.pw"
+        if ((pg_tls)); then pg_tls_hba; fi
     fi
     "${as_pg[@]}" mkdir -p -m 700 "$pgrun"
 }
@@ -521,15 +648,20 @@ pg_launch() { # pg_launch PORT (does not wait)
         fi
     done
     write_port pg "$port"
+    local -a tls=()
+    if ((pg_tls)); then
+        tls=(-c ssl=on -c "ssl_cert_file=$pg_root/tls/server.crt" -c "ssl_key_file=$pg_root/tls/server.key"
+             -c ssl_min_protocol_version=TLSv1.2 -c password_encryption=scram-sha-256)
+    fi
     (cd / && close_inherited_fds && exec setsid "${as_pg[@]}" "$bindir/postgres" -D "$pgdata" -p "$port" -k "$pgrun" \
-        -c listen_addresses=127.0.0.1 -c logging_collector=off \
+        -c listen_addresses=127.0.0.1 -c logging_collector=off "${tls[@]}" \
         </dev/null >>"$pglog" 2>&1 9>&-) &
     pg_launch_pid=$!
     disown "$pg_launch_pid"  # no "Killed" notice if it is stopped later
 }
 
 pg_psql() { # pg_psql DB SQL
-    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$(read_port pg)" -U "$pg_user" -d "$1" -tA -c "$2"
+    psql -X -q -v ON_ERROR_STOP=1 -d "$(pg_dsn "$pg_user" "$1")" -tA -c "$2"
 }
 
 pg_wait() {
@@ -553,7 +685,13 @@ pg_wait() {
     if [[ "$exists" != 1 ]]; then
         pg_psql postgres "CREATE DATABASE sluice" >/dev/null || die "cannot create database sluice"
     fi
-    "$repo/deploy/migrate.sh" "postgresql://$pg_user@127.0.0.1:$port/sluice" 9>&- \
+    # sluice's roles first: the migrations grant them and refuse to run
+    # without them. Passwords only in secure mode (plain mode trusts).
+    local -a pw=()
+    if ((pg_tls)); then pw=(--password-dir "$pg_tls_dir/secrets"); fi
+    "$repo/deploy/roles.sh" "${pw[@]}" "$(pg_dsn "$pg_user" sluice)" 9>&- \
+        || die "sluice's roles not created"
+    "$repo/deploy/migrate.sh" "$(pg_dsn "$pg_user" sluice)" 9>&- \
         || die "migrations failed"
 }
 

@@ -442,6 +442,18 @@ void ingest_config_dump(const struct ingest_config *cfg)
 		    cfg_value_shown(kv->key, kv->value, shown, sizeof(shown)),
 		    kv->origin);
 	}
+	/* kafka.* pairs with no line of their own (the password read from
+	 * kafka_sasl_password_file), hidden. */
+	for (const struct cfg_kv *kv = cfg->kafka; kv; kv = kv->next) {
+		char shown[4096];
+
+		if (cfg_origin(cfg->seen, kv->key))
+			continue;
+		printf(
+		    "%s = %s  (%s)\n", kv->key,
+		    cfg_value_shown(kv->key, kv->value, shown, sizeof(shown)),
+		    kv->origin ? kv->origin : "default");
+	}
 	/* What the sources got without a line of their own. */
 	for (const struct source *s = cfg->sources; s; s = s->next) {
 		char key[128];

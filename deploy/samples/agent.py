@@ -10,7 +10,8 @@ connection, woken at once by the worker's NOTIFY.
 
 Usage: deploy/samples/agent.py [--dsn DSN] [--name NAME] [--turns N]
                                [--timeout S] [--hold-ms MS]
-  --dsn DSN      PostgreSQL (default: $SLUICE_POSTGRES_DSN; `. .run/env`)
+  --dsn DSN      PostgreSQL, as the sluice_agent role (default:
+                 $SLUICE_PG_AGENT_DSN, else $SLUICE_POSTGRES_DSN; `. .run/env`)
   --name NAME    recorded in chat_turns.claimed_by (default: sample-agent)
   --turns N      exit after answering N turns (default 0: no limit)
   --timeout S    exit after S seconds in all (default 0: no limit)
@@ -60,7 +61,8 @@ def answer(conn, turn, hold_ms):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dsn", default=os.environ.get("SLUICE_POSTGRES_DSN"))
+    ap.add_argument("--dsn", default=os.environ.get("SLUICE_PG_AGENT_DSN")
+                    or os.environ.get("SLUICE_POSTGRES_DSN"))
     ap.add_argument("--name", default="sample-agent")
     ap.add_argument("--turns", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=0)

@@ -274,12 +274,14 @@ class Agent:
     their left-over open turns), so while it claims it holds, in a second
     connection, row locks on every open turn of *other* business numbers:
     the function's FOR UPDATE SKIP LOCKED then skips them, and a claim sees
-    only this test's turns."""
+    only this test's turns.  The agent's own connection is sluice_agent's
+    (it may claim, answer and read turns and messages, nothing else); the
+    locker is the test's, as the owner (locking rows needs UPDATE)."""
 
     def __init__(self, services, business, name="a"):
         self.business = business
         self.name = name
-        self.conn = psycopg.connect(services.pg_dsn, autocommit=True,
+        self.conn = psycopg.connect(services.agent_dsn, autocommit=True,
                                     connect_timeout=10)
         self.locker = psycopg.connect(services.pg_dsn, connect_timeout=10)
 
@@ -316,7 +318,8 @@ class Listener:
     kept with their arrival time (time.monotonic())."""
 
     def __init__(self, services):
-        self.conn = psycopg.connect(services.pg_dsn, autocommit=True,
+        # An agent listens: as sluice_agent.
+        self.conn = psycopg.connect(services.agent_dsn, autocommit=True,
                                     connect_timeout=10)
         self.conn.execute("LISTEN sluice_turns")
         self.seen = []              # (monotonic time, payload)

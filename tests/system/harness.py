@@ -31,6 +31,7 @@ import pytest
 
 try:
     import psycopg
+    from psycopg.conninfo import make_conninfo
     import redis
     from confluent_kafka import (Consumer, KafkaError, KafkaException,
                                  TopicPartition, OFFSET_BEGINNING)
@@ -44,6 +45,17 @@ REPO = Path(__file__).resolve().parents[2]
 BUILD_DIR = Path(os.environ.get("SLUICE_BUILD_DIR", REPO / "build")).resolve()
 SCHEMA_DIR = REPO / "schemas"
 SERVICES_SH = REPO / "deploy" / "services.sh"
+
+# sluice's PostgreSQL roles (deploy/roles.sh, granted by migration 006):
+# the daemons and agents of the tests run as these; the tests themselves
+# seed and assert as the cluster's owner (Services.pg_dsn).
+PG_WORKER, PG_AGENT, PG_LOOKUP = "sluice_worker", "sluice_agent", "sluice_lookup"
+
+
+def dsn_as(dsn, role):
+    """dsn (a URI or conninfo) with its user replaced by role; the rest
+    (database, TLS settings, passfile) kept. A key=value conninfo."""
+    return make_conninfo(dsn, user=role)
 
 SOURCE = "tavus"
 TRANSCRIPT_READY = "application.transcription_ready"
@@ -327,6 +339,14 @@ class Services:
         self.dir = Path(directory)
         self.env = env
         self.pg_dsn = env["SLUICE_POSTGRES_DSN"]
+        # The roles' DSNs (a services.env from before the roles names none:
+        # the owner's with the user swapped).
+        self.worker_dsn = env.get("SLUICE_PG_WORKER_DSN") or dsn_as(
+            self.pg_dsn, PG_WORKER)
+        self.agent_dsn = env.get("SLUICE_PG_AGENT_DSN") or dsn_as(
+            self.pg_dsn, PG_AGENT)
+        self.lookup_dsn = env.get("SLUICE_PG_LOOKUP_DSN") or dsn_as(
+            self.pg_dsn, PG_LOOKUP)
         self.redis_url = env["SLUICE_REDIS_URL"]
         self.brokers = env["SLUICE_KAFKA_BROKERS"]
         self.broken = None      # why the services cannot be used any more
@@ -720,16 +740,24 @@ class Pipeline:
         return s
 
     def worker_settings(self, **over):
+        """The worker's config: its writes as sluice_worker and its lead
+        lookups as sluice_lookup, in the database of postgres_dsn (an
+        override names another: lookups follow it unless
+        lead_context__postgres_dsn is given too)."""
         s = {
             "brokers": self.services.brokers,
             "topic": self.topic,
             "topic_partitions": 4,
             "group_id": self.group,
-            "postgres_dsn": self.services.pg_dsn,
+            "postgres_dsn": self.services.worker_dsn,
             "redis_url": self.services.redis_url,
             "log_level": "info",
         }
-        s.update({k.replace("__", "."): v for k, v in over.items()})
+        over = {k.replace("__", "."): v for k, v in over.items()}
+        s.update(over)
+        if "lead_context.postgres_dsn" not in over and s["postgres_dsn"]:
+            s["lead_context.postgres_dsn"] = dsn_as(s["postgres_dsn"],
+                                                    PG_LOOKUP)
         return s
 
     def start_ingest(self, wait=True, **over):

@@ -193,7 +193,7 @@ def test_replay_over_a_full_database_makes_no_call(pipeline, services, llm):
     assert set(statuses(services, run).values()) == {("ready", None)}
 
     llm.reset()
-    r = replay(pipeline, services.pg_dsn, f"{pipeline.group}-again")
+    r = replay(pipeline, services.worker_dsn, f"{pipeline.group}-again")
     m = re.search(r"replay done: (\d+) records in \d+ batches, (\d+) rows "
                   r"saved", r.stderr)
     assert m and int(m.group(1)) >= 2 and m.group(2) == "0", r.stderr[-2000:]
@@ -210,7 +210,7 @@ def test_replay_over_a_full_database_makes_no_call(pipeline, services, llm):
     run2 = uid("run-")
     post_batch(ingest, prompt_batch(run2, 5, inbox, p, first=20))
     # A preview (--dry-run) of it pays for no call either.
-    r = replay(pipeline, services.pg_dsn, f"{pipeline.group}-preview",
+    r = replay(pipeline, services.worker_dsn, f"{pipeline.group}-preview",
                "--dry-run")
     assert llm.total() == 0, [c.body for c in llm.recorded()][:3]
     # The preview: run2's five messages would be saved, counted as failed
@@ -220,7 +220,7 @@ def test_replay_over_a_full_database_makes_no_call(pipeline, services, llm):
     assert re.search(r"replay done: .* 5 rows would be saved", r.stderr), \
         r.stderr[-2000:]
     assert outbox(services, run2) == {}
-    replay(pipeline, services.pg_dsn, f"{pipeline.group}-control")
+    replay(pipeline, services.worker_dsn, f"{pipeline.group}-control")
     assert calls_per_message(llm) == Counter(range(20, 25))
     assert {m: v[:3] for m, v in outbox(services, run2).items()} == {
         f"{run2}-m{i}": ("ready", part(i), None) for i in range(20, 25)}

@@ -22,7 +22,7 @@ from campaign_util import (add_inbox, batch, campaign_ingest, campaign_lines,
                            wait_rows)
 from chat_util import (PhoneStub, business_number, chat_ingest, post_chat,
                        text_message, wa_id, wait_turns, wamid, webhook)
-from harness import transcript, wait_until
+from harness import PG_LOOKUP, dsn_as, transcript, wait_until
 from leadstub import LeadStub
 
 # Bodies a CRM answered: JSON objects whose content PostgreSQL cannot store
@@ -187,7 +187,10 @@ def hung_db(services):
         c.execute("CREATE FUNCTION get_lead_full_context(p_lead_id text)"
                   " RETURNS jsonb LANGUAGE plpgsql AS"
                   " $$ BEGIN PERFORM pg_sleep(600); RETURN NULL; END $$")
-    yield name, dsn
+        c.execute("GRANT EXECUTE ON FUNCTION get_lead_full_context(text)"
+                  f" TO {PG_LOOKUP}")
+    # The worker looks leads up as sluice_lookup, as everywhere.
+    yield name, dsn_as(dsn, PG_LOOKUP)
     # Whatever the worker left running (the old code left plenty).
     services.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                    " WHERE datname = %s", (name,))

@@ -16,7 +16,8 @@ import pytest
 from harness import BUILD_DIR, REPO
 from pkg_util import make, make_install
 
-BINARIES = ("sluice-ingest", "sluice-worker", "sluice-migrate")
+BINARIES = ("sluice-ingest", "sluice-worker", "sluice-migrate",
+            "sluice-roles")
 UNITS = ("sluice-ingest.service", "sluice-worker@.service")
 # The shared libraries the daemons link, as Debian 12 packages them.
 RUNTIME_PACKAGES = ("librdkafka1", "libpq5", "libhiredis0.14", "libcjson1",
@@ -155,7 +156,9 @@ def test_deb_builds_and_passes_lintian(tmp_path):
     contents = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True,
                               text=True, check=True).stdout
     for path in ("./usr/bin/sluice-ingest", "./usr/bin/sluice-worker",
-                 "./usr/bin/sluice-migrate",
+                 "./usr/bin/sluice-migrate", "./usr/bin/sluice-roles",
+                 "./usr/share/man/man1/sluice-roles.1.gz",
+                 "./usr/share/sluice/schemas/migrations/006_grants.sql",
                  "./lib/systemd/system/sluice-ingest.service",
                  "./lib/systemd/system/sluice-worker@.service",
                  "./usr/lib/sysusers.d/sluice.conf",

@@ -20,7 +20,8 @@ from campaign_util import (CAMPAIGN_SOURCE, LEADS_SOURCE, batch, msg,
 from chat_util import CHAT_SOURCE, post_chat, status, text_message, webhook
 from confluent_kafka import Producer
 
-from harness import BUILD_DIR, REPO, SOURCE, event, transcript, wait_until
+from harness import (BUILD_DIR, PG_WORKER, REPO, SOURCE, dsn_as, event,
+                     transcript, wait_until)
 
 MIGRATE = REPO / "deploy" / "migrate.sh"
 
@@ -52,6 +53,9 @@ class Database:
         with psycopg.connect(self.admin, autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{self.name}"')
         self.dsn = _dsn_for(services.pg_dsn, self.name)
+        # The daemons (live worker and replay alike) write as the worker's
+        # role; the migrations and the checks run as the owner.
+        self.worker_dsn = dsn_as(self.dsn, PG_WORKER)
         r = subprocess.run([str(MIGRATE), self.dsn], capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0, r.stderr
@@ -96,7 +100,7 @@ def replay(pipeline, db, *args, timeout=120, wait=True):
     """Runs `sluice-worker replay` against db with the pipeline's worker
     settings; returns the CompletedProcess (or the Popen when wait=False)."""
     cfg = pipeline._write(f"replay-{uuid.uuid4().hex[:6]}.conf",
-                          pipeline.worker_settings(postgres_dsn=db.dsn))
+                          pipeline.worker_settings(postgres_dsn=db.worker_dsn))
     cmd = [str(BUILD_DIR / "sluice-worker"), "replay", "-c", str(cfg),
            *args]
     if not wait:
@@ -193,7 +197,7 @@ def stack(pipeline, dbs):
         f"source__{LEADS_SOURCE}__signature": "none",
         f"source__{CHAT_SOURCE}__kind": "chat",
         f"source__{CHAT_SOURCE}__signature": "none"})
-    worker = pipeline.start_worker(postgres_dsn=live.dsn)
+    worker = pipeline.start_worker(postgres_dsn=live.worker_dsn)
     return {"live": live, "leads": leads, "inbox": inbox, "tag": tag,
             "ingest": ingest, "worker": worker}
 
