@@ -51,6 +51,8 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
@@ -299,6 +301,16 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 		if (c->fd >= 0) {
 			conn_slot(c->ing, c->fd);
 			c->ing->conn_by_fd[c->fd] = c;
+		}
+		/* The OpenSSL bufferevent writes an answer as one TLS record
+		 * per buffer chain (headers, then body), each its own send:
+		 * with Nagle the second waits for the client's delayed ACK,
+		 * 40 ms per answer. Plain answers go in one writev. */
+		if (c->tls && c->fd >= 0) {
+			int one = 1;
+
+			setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one,
+				   sizeof(one));
 		}
 		if (c->refused && ms > REFUSED_DEADLINE_MS)
 			ms = REFUSED_DEADLINE_MS;
