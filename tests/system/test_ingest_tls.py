@@ -240,6 +240,26 @@ def test_sighup_rotates_certificate_and_keeps_it_on_a_bad_file(
     kept.close()
 
 
+def test_https_switched_on_by_a_reload_waits_for_a_restart(pipeline, ca,
+                                                           tmp_path):
+    ingest = pipeline.start_ingest()
+    crt, key = _install(ca, "first", tmp_path)
+    tls_port = _free_port()
+    with open(ingest.config, "a") as f:
+        f.write(f"tls_listen = 127.0.0.1:{tls_port}\n"
+                f"tls_cert_file = {crt}\ntls_key_file = {key}\n")
+    ingest.signal(signal.SIGHUP)
+    ingest.wait_log(r"reload: restart required for HTTPS switched on "
+                    r"\(tls_cert_file\), tls_listen; they keep their running "
+                    r"values")
+    assert _metric(ingest.port, 'sluice_ingest_reloads_total'
+                   '{result="restart_required"}') == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", tls_port), timeout=5)
+    assert ingest.post(transcript(pipeline.cid(), [("user", "hi")])) \
+        .status == 202
+
+
 def _closed_after(sock, limit=10):
     """Seconds until the peer closes sock (recv gives b"" or a reset);
     what it sent before, if anything."""
