@@ -40,7 +40,7 @@ COMMON_SRC := common/log.c common/config.c common/util.c common/kafka.c \
 INGEST_SRC := ingest/main.c ingest/settings.c ingest/http.c ingest/gate.c \
               ingest/step.c ingest/pending.c ingest/reply.c ingest/metrics.c \
               ingest/publish.c ingest/status.c \
-              ingest/verify.c ingest/conn.c
+              ingest/verify.c ingest/conn.c ingest/tls.c
 WORKER_SRC := worker/main.c worker/settings.c worker/consume.c worker/pipeline.c \
               worker/batch.c worker/pgsink.c worker/cache.c worker/redisconn.c \
               worker/dlq.c \

@@ -10,12 +10,16 @@ same run, on the same machine, and printed as a ratio.
           same records and settings (bench/kproduce.c), and sluice-ingest
           against librdkafka's mock cluster (no broker JVM on the cores),
           next to sluice against the real broker in the same run.
+  tls:    what HTTPS costs sluice-ingest, beside plain HTTP on the same
+          daemon in the same run: new connections/s and the daemon's CPU
+          per new connection (a full handshake each), and keep-alive
+          webhooks/s and p99 (wrk against tls_listen and listen).
   peers:  sluice next to what a team would otherwise deploy, same records,
           same run (bench/peers.py): an Apache Camel route for ingest,
           Kafka Connect with Debezium's JDBC sink for the worker.
 
 Usage: bench/bench.py [--seconds N] [--rows N]
-                      [--only ingest|worker|e2e|ceilings|peers]
+                      [--only ingest|worker|e2e|ceilings|tls|peers]
 """
 import argparse
 import hashlib
@@ -49,11 +53,18 @@ def row(figure, value, unit, baseline=None, base_value=None, ratio=None,
                  "goal": goal})
 
 
-def wrk(url, seconds, conns, threads=2):
-    out = subprocess.run(
-        ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s", "--latency",
-         "-s", os.path.join(REPO, "bench", "post.lua"), url],
-        check=True, capture_output=True, text=True).stdout
+def wrk(url, seconds, conns, threads=2, script="post.lua", headers=(),
+        out_text=None):
+    args = ["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{seconds}s",
+            "--latency"]
+    for h in headers:
+        args += ["-H", h]
+    if script:
+        args += ["-s", os.path.join(REPO, "bench", script)]
+    out = subprocess.run(args + [url], check=True, capture_output=True,
+                         text=True).stdout
+    if out_text is not None:
+        out_text.append(out)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
@@ -163,6 +174,102 @@ def bench_ingest(env, tmp, seconds):
     row("Kafka ack p99, producer alone", kp[1], "ms", None, None, None,
         "floor of the p99")
     row("ingest peak RSS", rss, "MB", None, None, None, "< 64 MB")
+
+
+def cpu_s(pid):
+    """User + system CPU seconds the process has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def bench_tls(env, tmp, seconds):
+    """HTTPS next to plain HTTP on one sluice-ingest (listen and
+    tls_listen, the same loop, cap and settings), in the same run. New
+    connections: wrk with Connection: close on GET /healthz, so each
+    request is a new TCP connection and, over TLS, a handshake (wrk resumes
+    its session); then openssl s_time, full handshakes (-new) and resumed
+    ones (-reuse): the daemon's own CPU per connection is what a handshake
+    costs it. Keep-alive: the webhook POSTs of `make bench`'s
+    ingest figure, 64 connections."""
+    certs = os.path.join(tmp, "certs")
+    subprocess.run([os.path.join(REPO, "deploy", "testca.sh"), certs, "ingest"],
+                   check=True)
+    port, tport = free_port(), free_port()
+    conf = ingest_conf(tmp, "tls", port,
+                       f"tls_listen = 127.0.0.1:{tport}\n"
+                       f"tls_cert_file = {certs}/ingest.crt\n"
+                       f"tls_key_file = {certs}/ingest.key\n")
+    ingest = daemon("sluice-ingest", conf, env, os.path.join(tmp, "tls.log"))
+    urls = {"http": f"http://127.0.0.1:{port}",
+            "https": f"https://127.0.0.1:{tport}"}
+    new, keep, handshakes = {}, {}, {}
+    try:
+        wait_http(f"{urls['http']}/readyz")
+        wrk(f"{urls['http']}/v1/webhooks/tavus", 3, 64)   # partition leaders
+        for scheme, url in urls.items():
+            text = []
+            cpu0 = cpu_s(ingest.pid)
+            rps, p99, _ = wrk(f"{url}/healthz", seconds, 16, script=None,
+                              headers=["Connection: close"], out_text=text)
+            cpu = cpu_s(ingest.pid) - cpu0
+            n = int(re.search(r"(\d+) requests in", text[0]).group(1))
+            new[scheme] = (rps, p99, cpu * 1000.0 / max(n, 1))
+        # Full handshakes (no session resumed) and resumed ones, one
+        # client connection after another: the daemon's CPU for each.
+        # (s_time resumes only TLS 1.2 sessions: TLS 1.3's tickets come
+        # after the handshake, which it never reads.)
+        for mode, proto in (("-new", []), ("-reuse", ["-tls1_2"])):
+            cpu0 = cpu_s(ingest.pid)
+            out = subprocess.run(
+                ["openssl", "s_time", "-connect", f"127.0.0.1:{tport}", mode,
+                 "-time", str(seconds)] + proto,
+                capture_output=True, text=True, timeout=seconds + 60).stdout
+            cpu = cpu_s(ingest.pid) - cpu0
+            n, real = re.findall(r"(\d+) connections in ([\d.]+) real", out)[-1]
+            n = int(n)
+            handshakes[mode] = (n / max(float(real), 1e-9), cpu * 1000.0 / max(n, 1))
+        # Alternated, the better of two each: the broker's batching and
+        # the shared cores move a single run by more than TLS does.
+        for scheme in ("http", "https", "https", "http"):
+            text = []
+            cpu0 = cpu_s(ingest.pid)
+            rps, p99, bad = wrk(f"{urls[scheme]}/v1/webhooks/tavus", seconds,
+                                64, out_text=text)
+            cpu = cpu_s(ingest.pid) - cpu0
+            n = int(re.search(r"(\d+) requests in", text[0]).group(1))
+            if scheme not in keep or rps > keep[scheme][0]:
+                keep[scheme] = (rps, p99, cpu * 1e6 / max(n, 1), bad)
+    finally:
+        ingest.send_signal(signal.SIGTERM)
+        ingest.wait(timeout=30)
+    print("ingest over TLS: new connections (GET /healthz, Connection: close, 16 connections)")
+    for scheme, (rps, p99, ms) in new.items():
+        print(f"  {scheme:5}  {rps:8.0f} conn/s  p99 {p99:7.2f} ms  sluice-ingest CPU {ms:6.3f} ms per connection")
+    print(f"  HTTPS/HTTP new connections/s {new['https'][0] / new['http'][0]:6.2f}"
+          f"   (wrk resumes its TLS sessions)")
+    for mode, what in (("-new", "full handshake"), ("-reuse", "resumed TLS 1.2 session")):
+        rate, ms = handshakes[mode]
+        print(f"  openssl s_time {mode:6}  {rate:8.0f} conn/s  sluice-ingest CPU {ms:6.3f} ms per {what}"
+              f"  (plain HTTP connection: {new['http'][2]:6.3f} ms)")
+    print("ingest over TLS: keep-alive webhooks (wrk, 64 connections, better of two alternated runs)")
+    for scheme, (rps, p99, us, bad) in keep.items():
+        print(f"  {scheme:5}  {rps:8.0f} req/s  p99 {p99:7.2f} ms  sluice-ingest CPU {us:6.1f} us per request  (non-2xx: {bad})")
+    print(f"  HTTPS/HTTP keep-alive req/s  {keep['https'][0] / keep['http'][0]:6.2f}")
+    row("ingest new HTTPS connections/s", new["https"][0], "conn/s",
+        "plain HTTP new connections", new["http"][0],
+        new["https"][0] / new["http"][0])
+    row("ingest CPU per full TLS handshake", handshakes["-new"][1], "ms",
+        "per new plain HTTP connection", new["http"][2],
+        handshakes["-new"][1] / max(new["http"][2], 1e-9))
+    row("ingest CPU per resumed TLS 1.2 session", handshakes["-reuse"][1], "ms",
+        "per new plain HTTP connection", new["http"][2],
+        handshakes["-reuse"][1] / max(new["http"][2], 1e-9))
+    row("ingest keep-alive req/s over HTTPS", keep["https"][0], "req/s",
+        "keep-alive plain HTTP", keep["http"][0],
+        keep["https"][0] / keep["http"][0])
+    row("ingest keep-alive p99 over HTTPS", keep["https"][1], "ms",
+        "keep-alive plain HTTP", keep["http"][1], None)
 
 
 def kproduce_latency(env, seconds, rate):
@@ -479,7 +586,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--rows", type=int, default=300000)
-    ap.add_argument("--only", choices=["ingest", "worker", "e2e", "ceilings", "peers"])
+    ap.add_argument("--only", choices=["ingest", "worker", "e2e", "ceilings", "tls",
+                                       "peers"])
     a = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if a.only != "worker" and not shutil.which(tool):
@@ -495,6 +603,8 @@ def main():
             bench_e2e(env, tmp, max(a.seconds, 10))
         if a.only in (None, "ceilings"):
             bench_ceilings(env, tmp, a.seconds)
+        if a.only in (None, "tls"):
+            bench_tls(env, tmp, a.seconds)
         if a.only in (None, "peers"):
             import peers
             peers.bench_peer_ingest(env, tmp, a.seconds, row)

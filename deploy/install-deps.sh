@@ -30,6 +30,7 @@ packages=(
     postgresql redis-server
     wrk clang-format cppcheck nginx-light json-schema-test-suite clang
     stunnel4
+    testssl.sh
     libclang-rt-14-dev
     debhelper dpkg-dev lintian systemd man-db groff-base
     prometheus

@@ -517,17 +517,6 @@ pg_tls_prepare() {
     command -v openssl >/dev/null 2>&1 || die "openssl not found (run deploy/install-deps.sh)"
     local t="$pg_tls_dir" st="$pg_root/tls" r
     mkdir -p -m 700 "$t" "$t/secrets"
-    if [[ ! -s "$t/ca.crt" ]]; then
-        if ! (umask 077 && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-                -keyout "$t/ca.key" -out "$t/ca.crt.tmp" -days 3650 -subj "/CN=sluice test CA" \
-                -addext "basicConstraints=critical,CA:TRUE" \
-                -addext "keyUsage=critical,keyCertSign,cRLSign") >"$t/openssl.log" 2>&1; then
-            tail_log "$t/openssl.log"
-            die "cannot make the test CA"
-        fi
-        chmod 644 "$t/ca.crt.tmp"
-        mv -f "$t/ca.crt.tmp" "$t/ca.crt"
-    fi
     for r in "$pg_user" sluice_worker sluice_agent sluice_lookup; do
         if [[ ! -s "$t/secrets/$r" ]]; then
             (umask 077 && openssl rand -hex 24 >"$t/secrets/$r") || die "cannot make a password"
@@ -545,18 +534,9 @@ pg_tls_prepare() {
     fi
     if [[ ! -s "$st/server.crt" ]]; then
         mkdir -p -m 700 "$st"
-        if ! (umask 077 &&
-              openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-                  -keyout "$st/server.key" -out "$st/server.csr" -subj "/CN=localhost" &&
-              openssl x509 -req -in "$st/server.csr" -CA "$t/ca.crt" -CAkey "$t/ca.key" \
-                  -CAcreateserial -CAserial "$t/ca.srl" -out "$st/server.crt" -days 3650 \
-                  -extfile <(printf '%s\n' "subjectAltName=DNS:localhost,IP:127.0.0.1" \
-                      "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
-                      "extendedKeyUsage=serverAuth")) >"$t/openssl.log" 2>&1; then
-            tail_log "$t/openssl.log"
-            die "cannot make the server certificate"
-        fi
-        rm -f "$st/server.csr"
+        "$repo/deploy/testca.sh" "$t" server DNS:localhost IP:127.0.0.1 \
+            || die "cannot make the test CA or the server certificate"
+        (umask 077 && cp "$t/server.crt" "$t/server.key" "$st/") || die "cannot copy the server certificate"
         if ((is_root)); then chown -R postgres:postgres "$st"; fi
     fi
 }
@@ -1100,15 +1080,9 @@ kafka_secure_prepare() {
     if [[ ! -s "$sd/broker.p12" ]]; then
         (
             cd "$sd" && umask 077
-            openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=sluice test CA" \
-                -keyout ca.key -out ca.pem \
-                -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
-            openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout broker.key -out broker.csr &&
-            printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=digitalSignature,keyEncipherment" \
-                "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1,DNS:localhost" >broker.ext &&
-            openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
-                -extfile broker.ext -out broker.pem &&
-            openssl pkcs12 -export -name broker -inkey broker.key -in broker.pem -certfile ca.pem \
+            "$repo/deploy/testca.sh" . broker DNS:localhost IP:127.0.0.1 &&
+            cp ca.crt ca.pem &&
+            openssl pkcs12 -export -name broker -inkey broker.key -in broker.crt -certfile ca.pem \
                 -passout file:keystore.password -out broker.p12.tmp &&
             mv -f broker.p12.tmp broker.p12
         ) >"$sd/openssl.log" 2>&1 || { tail_log "$sd/openssl.log"; die "cannot make the test CA and broker certificate"; }

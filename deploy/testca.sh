@@ -3,9 +3,10 @@
 # tests: never for production.
 #
 # Usage: deploy/testca.sh DIR NAME [SAN ...]
-#   Makes DIR/ca.crt and DIR/ca.key once (a CA valid 30 days), then
-#   DIR/NAME.crt and DIR/NAME.key: a server certificate for the SANs given
-#   (default: DNS:localhost IP:127.0.0.1), signed by that CA. Keys are 0600.
+#   Makes DIR/ca.crt and DIR/ca.key once (valid ten years: a local stack
+#   outlives a test run), then DIR/NAME.crt and DIR/NAME.key: a server
+#   certificate for the SANs given (default: DNS:localhost IP:127.0.0.1),
+#   signed by that CA. Keys are 0600.
 #   Prints nothing on success.
 set -euo pipefail
 
@@ -20,7 +21,7 @@ mkdir -p "$dir"
 umask 077
 
 if [[ ! -s "$dir/ca.crt" ]]; then
-    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -sha256 \
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -sha256 \
         -subj "/CN=sluice test CA" \
         -addext "basicConstraints=critical,CA:TRUE" \
         -addext "keyUsage=critical,keyCertSign,cRLSign" \
@@ -32,7 +33,7 @@ openssl req -newkey rsa:2048 -nodes -sha256 -subj "/CN=$name" \
     -keyout "$dir/$name.key" -out "$dir/$name.csr" 2>/dev/null \
     || die "cannot make the key of $name"
 openssl x509 -req -in "$dir/$name.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
-    -CAcreateserial -days 30 -sha256 \
+    -CAcreateserial -days 3650 -sha256 \
     -extfile <(printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth,clientAuth\n' "$san") \
     -out "$dir/$name.crt" 2>/dev/null \
     || die "cannot sign the certificate of $name"

@@ -34,14 +34,27 @@
  * notices them, and an event that runs before the socket is next writable
  * replaces the page with sluice's JSON answer for the same status.
  *
+ * HTTPS connections are the same struct over an OpenSSL bufferevent
+ * (BUFFEREVENT_SSL_ACCEPTING), counted against the same cap: the deadline
+ * runs from accept, so a client that never completes the handshake, or
+ * completes it and sends nothing, is closed at request_timeout_s like a
+ * silent plain one (2 s when over the cap). evhttp sees only plaintext,
+ * so the error-page swap works unchanged; the 408 at the deadline goes
+ * through the connection's SSL.
+ *
  * Per request the cost is two array look-ups by descriptor and a clock
  * read (bench/callgrind_requests.py counts it). Everything runs on the
  * loop thread. */
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -68,6 +81,7 @@ struct conn {
 	bool busy; /* a request is with sluice: no deadline until answered */
 	double started_s; /* when that request was read whole */
 	bool refused;	  /* over max_connections: answered 503 */
+	bool tls;	  /* an OpenSSL bufferevent */
 	bool replaced;	  /* swapping evhttp's error page */
 	struct evbuffer_cb_entry *watch; /* on the output: evhttp's errors */
 	struct event *replace_ev;	 /* replaces one; made when needed */
@@ -98,11 +112,40 @@ static void conn_release(struct conn *c)
 	free(c);
 }
 
+/* A TLS connection closing before its handshake completed (plain HTTP
+ * to the HTTPS port, an old protocol or cipher, a scanner, a client that
+ * gave up): counted, and said at most once a second with OpenSSL's
+ * reason, since any client can cause it. */
+static void conn_tls_failed(struct conn *c)
+{
+	struct ingest *ing = c->ing;
+	SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+	unsigned long err = bufferevent_get_openssl_error(c->bev);
+	const char *why = err ? ERR_reason_error_string(err) : NULL;
+
+	if (!ssl || SSL_is_init_finished(ssl))
+		return;
+	while (bufferevent_get_openssl_error(c->bev))
+		; /* the rest of the queue */
+	ing->m.tls_handshake_failures++;
+	if (util_mono_ms() - ing->tls_failed_logged_ms < 1000)
+		return;
+	ing->tls_failed_logged_ms = util_mono_ms();
+	log_info("TLS handshake failed on connection %d: %s (%llu so far)",
+		 (int)c->fd,
+		 why ? why : "closed by the client or at the deadline",
+		 (unsigned long long)ing->m.tls_handshake_failures);
+}
+
 /* evhttp's close callback (loop thread): the connection is going away. */
 static void conn_closed(struct evhttp_connection *evcon, void *arg)
 {
+	struct conn *c = arg;
+
 	(void)evcon;
-	conn_release(arg);
+	if (c->tls)
+		conn_tls_failed(c);
+	conn_release(c);
 }
 
 static void conn_wait(struct conn *c, int64_t ms)
@@ -141,16 +184,31 @@ static void conn_expire(struct conn *c)
 {
 	struct ingest *ing = c->ing;
 	char sink[4096];
-	bool begun = evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
-		     recv(c->fd, sink, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+	/* Over TLS the socket holds ciphertext: only what was decrypted
+	 * (the input, and what OpenSSL decrypted but has not handed over)
+	 * is a request begun, and only once the handshake is done. */
+	SSL *ssl = c->tls ? bufferevent_openssl_get_ssl(c->bev) : NULL;
+	bool ready = !c->tls || (ssl && SSL_is_init_finished(ssl));
+	bool begun =
+	    ready &&
+	    (evbuffer_get_length(bufferevent_get_input(c->bev)) > 0 ||
+	     (ssl ? SSL_pending(ssl) > 0
+		  : recv(c->fd, sink, 1, MSG_PEEK | MSG_DONTWAIT) > 0));
 
 	ing->m.request_timeouts++;
 	if (begun && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
 		char answer[1024];
 		size_t n = ing->conn_error(ing, 408, answer, sizeof(answer));
 
-		if (send(c->fd, answer, n, MSG_NOSIGNAL | MSG_DONTWAIT) > 0)
+		/* The bufferevent's output is empty, so the SSL is between
+		 * records: writing through it directly sends one record of
+		 * its own now, as the plain send does, rather than after the
+		 * connection is gone. */
+		if ((ssl ? SSL_write(ssl, answer, (int)n)
+			 : send(c->fd, answer, n,
+				MSG_NOSIGNAL | MSG_DONTWAIT)) > 0)
 			metrics_response(ing, NULL, 408);
+		ERR_clear_error();
 	}
 	for (int i = 0; i < 16; i++)
 		if (recv(c->fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)
@@ -245,6 +303,16 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 			conn_slot(c->ing, c->fd);
 			c->ing->conn_by_fd[c->fd] = c;
 		}
+		/* The OpenSSL bufferevent writes an answer as one TLS record
+		 * per buffer chain (headers, then body), each its own send:
+		 * with Nagle the second waits for the client's delayed ACK,
+		 * 40 ms per answer. Plain answers go in one writev. */
+		if (c->tls && c->fd >= 0) {
+			int one = 1;
+
+			setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one,
+				   sizeof(one));
+		}
 		if (c->refused && ms > REFUSED_DEADLINE_MS)
 			ms = REFUSED_DEADLINE_MS;
 		c->deadline_ms = util_mono_ms() + ms;
@@ -265,16 +333,18 @@ static void conn_timer(evutil_socket_t fd, short what, void *arg)
 	}
 }
 
-/* evhttp, on the loop thread, for every accepted connection: its
- * bufferevent, made as evhttp would, with our struct beside it. */
-static struct bufferevent *conn_new(struct event_base *base, void *arg)
+/* The struct beside a new connection's bufferevent (evhttp's, which it
+ * gives the socket to once this returns). */
+static struct bufferevent *conn_make(struct ingest *ing,
+				     struct event_base *base,
+				     struct bufferevent *bev, bool tls)
 {
-	struct ingest *ing = arg;
 	struct conn *c = xcalloc(1, sizeof(*c));
 
 	c->ing = ing;
 	c->fd = -1;
-	c->bev = bufferevent_socket_new(base, -1, 0);
+	c->tls = tls;
+	c->bev = bev;
 	c->timer = evtimer_new(base, conn_timer, c);
 	if (!c->bev || !c->timer)
 		abort();
@@ -304,6 +374,37 @@ static struct bufferevent *conn_new(struct event_base *base, void *arg)
 	 * connection) once this returns: attach on the next turn. */
 	event_active(c->timer, EV_TIMEOUT, 0);
 	return c->bev;
+}
+
+/* evhttp, on the loop thread, for every accepted connection: its
+ * bufferevent, made as evhttp would, with our struct beside it. */
+static struct bufferevent *conn_new(struct event_base *base, void *arg)
+{
+	return conn_make(arg, base, bufferevent_socket_new(base, -1, 0), false);
+}
+
+/* The same for an HTTPS listener: the server side of a TLS handshake,
+ * with the certificate in force now (a reload changes it for the
+ * connections after). The SSL, and the socket, go with the bufferevent
+ * (BEV_OPT_CLOSE_ON_FREE; evhttp then leaves the socket to it). */
+static struct bufferevent *conn_new_tls(struct event_base *base, void *arg)
+{
+	struct ingest *ing = arg;
+	SSL *ssl = SSL_new(ing->tls_ctx);
+	struct bufferevent *bev;
+
+	/* Returning NULL would make evhttp build a plain bufferevent: a
+	 * listener meant for TLS must never speak plaintext. */
+	if (!ssl)
+		abort();
+	bev = bufferevent_openssl_socket_new(
+	    base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (!bev)
+		abort();
+	/* A client closing without close_notify ends the stream like EOF
+	 * on plain HTTP, not as an error. */
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return conn_make(ing, base, bev, true);
 }
 
 static struct conn *conn_of(struct ingest *ing, struct evhttp_request *req)
@@ -372,11 +473,14 @@ void conn_apply_settings(struct ingest *ing)
 	ing->max_connections = cap;
 }
 
-/* After http_apply_settings, which applies conn's settings too. */
 void conn_setup(struct ingest *ing, conn_error_fn error)
 {
 	ing->conn_error = error;
-	evhttp_set_bevcb(ing->http, conn_new, ing);
+}
+
+void conn_listen(struct ingest *ing, struct evhttp *http, bool tls)
+{
+	evhttp_set_bevcb(http, tls ? conn_new_tls : conn_new, ing);
 }
 
 void conn_cleanup(struct ingest *ing)

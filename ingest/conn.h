@@ -12,6 +12,9 @@ struct conn;
 
 /* Its error answers (evhttp's own, the 408) come from error. */
 void conn_setup(struct ingest *ing, conn_error_fn error);
+/* http's connections are conn's: plain, or TLS with ing->tls_ctx. Every
+ * listener's count against the one max_connections. */
+void conn_listen(struct ingest *ing, struct evhttp *http, bool tls);
 void conn_apply_settings(struct ingest *ing);
 void conn_cleanup(struct ingest *ing);
 /* A whole request was read: its deadline stops. False when the

@@ -342,6 +342,9 @@ static void handle_accept_retry(evutil_socket_t fd, short what, void *arg)
 	if (ing->bound)
 		evconnlistener_enable(
 		    evhttp_bound_socket_get_listener(ing->bound));
+	if (ing->bound_tls)
+		evconnlistener_enable(
+		    evhttp_bound_socket_get_listener(ing->bound_tls));
 }
 
 /* evconnlistener, on the loop: accept() failed. Out of descriptors the
@@ -379,62 +382,93 @@ static void accept_error_cb(struct evconnlistener *lev, void *arg)
 	evtimer_add(ing->accept_retry, &tv);
 }
 
-void http_apply_settings(struct ingest *ing)
+/* The settings evhttp holds, for one listener. */
+static void http_apply(struct ingest *ing, struct evhttp *http)
 {
 	/* Bodies a little over the limit get our JSON 413 from
 	 * the gate; evhttp's own (HTML) 413 only guards memory against
 	 * far larger ones. */
-	evhttp_set_max_body_size(
-	    ing->http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 + 65536);
+	evhttp_set_max_body_size(http, (ev_ssize_t)ing->cfg.max_body_bytes * 4 +
+					   65536);
 	/* A second more than conn.c's whole-request deadline, which thus
 	 * always comes first and answers 408; evhttp's own read timeout
 	 * would close without a word. It still bounds writes. */
-	evhttp_set_timeout(ing->http, ing->cfg.request_timeout_s + 1);
+	evhttp_set_timeout(http, ing->cfg.request_timeout_s + 1);
+}
+
+void http_apply_settings(struct ingest *ing)
+{
+	if (ing->http)
+		http_apply(ing, ing->http);
+	if (ing->https)
+		http_apply(ing, ing->https);
 	conn_apply_settings(ing);
+}
+
+/* One listener on addr (the value of key), plain or TLS: an evhttp of its
+ * own (the bufferevent callback is per evhttp) routing to the same
+ * handle_request, its connections counted by conn.c with the others'. */
+static bool http_listen(struct ingest *ing, const char *key, const char *addr,
+			bool tls, struct evhttp **out,
+			struct evhttp_bound_socket **bound, char *errstr,
+			size_t errstr_size)
+{
+	char host[256];
+	const char *colon = strrchr(addr, ':');
+	size_t hlen = (size_t)(colon - addr);
+	int port = atoi(colon + 1);
+	struct evhttp *http;
+
+	if (hlen >= sizeof(host) || port <= 0 || port > 65535) {
+		snprintf(errstr, errstr_size, "%s: bad address \"%s\"", key,
+			 addr);
+		return false;
+	}
+	memcpy(host, addr, hlen);
+	host[hlen] = '\0';
+	http = *out = evhttp_new(ing->base);
+	if (!http) {
+		snprintf(errstr, errstr_size, "evhttp_new failed");
+		return false;
+	}
+	http_apply(ing, http);
+	conn_listen(ing, http, tls);
+	evhttp_set_max_headers_size(http, 64 * 1024);
+	evhttp_set_allowed_methods(
+	    http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+		      EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_PATCH |
+		      EVHTTP_REQ_OPTIONS);
+	evhttp_set_gencb(http, handle_request, ing);
+	*bound = evhttp_bind_socket_with_handle(http, host, (ev_uint16_t)port);
+	if (!*bound) {
+		snprintf(errstr, errstr_size, "cannot listen on %s (%s)", addr,
+			 key);
+		return false;
+	}
+	evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(*bound),
+				    accept_error_cb);
+	return true;
 }
 
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 {
-	char host[256];
-	const char *colon = strrchr(ing->cfg.listen, ':');
-	size_t hlen = (size_t)(colon - ing->cfg.listen);
-	int port = atoi(colon + 1);
+	bool tls_here = ing->tls_ctx && !ing->cfg.tls_listen[0];
 
-	if (hlen >= sizeof(host) || port <= 0 || port > 65535) {
-		snprintf(errstr, errstr_size, "listen: bad address \"%s\"",
-			 ing->cfg.listen);
-		return false;
-	}
 	if (!status_setup(ing, errstr, errstr_size))
 		return false;
-	memcpy(host, ing->cfg.listen, hlen);
-	host[hlen] = '\0';
-	ing->http = evhttp_new(ing->base);
-	if (!ing->http) {
-		snprintf(errstr, errstr_size, "evhttp_new failed");
-		return false;
-	}
-	http_apply_settings(ing);
 	conn_setup(ing, reply_evhttp_error);
-	evhttp_set_max_headers_size(ing->http, 64 * 1024);
-	evhttp_set_allowed_methods(
-	    ing->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-			   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
-			   EVHTTP_REQ_PATCH | EVHTTP_REQ_OPTIONS);
-	evhttp_set_gencb(ing->http, handle_request, ing);
-	ing->bound =
-	    evhttp_bind_socket_with_handle(ing->http, host, (ev_uint16_t)port);
-	if (!ing->bound) {
-		snprintf(errstr, errstr_size, "cannot listen on %s",
-			 ing->cfg.listen);
+	accept_ing = ing;
+	if (!http_listen(ing, "listen", ing->cfg.listen, tls_here, &ing->http,
+			 &ing->bound, errstr, errstr_size))
 		return false;
-	}
+	if (ing->tls_ctx && ing->cfg.tls_listen[0] &&
+	    !http_listen(ing, "tls_listen", ing->cfg.tls_listen, true,
+			 &ing->https, &ing->bound_tls, errstr, errstr_size))
+		return false;
+	conn_apply_settings(ing);
 	ing->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 	backoff_init(&ing->accept_backoff, 10, 1000);
 	ing->accept_retry = evtimer_new(ing->base, handle_accept_retry, ing);
-	accept_ing = ing;
-	evconnlistener_set_error_cb(
-	    evhttp_bound_socket_get_listener(ing->bound), accept_error_cb);
 	return true;
 }
 
@@ -443,6 +477,10 @@ void http_stop_accepting(struct ingest *ing)
 	if (ing->bound) {
 		evhttp_del_accept_socket(ing->http, ing->bound);
 		ing->bound = NULL;
+	}
+	if (ing->bound_tls) {
+		evhttp_del_accept_socket(ing->https, ing->bound_tls);
+		ing->bound_tls = NULL;
 	}
 }
 
@@ -454,6 +492,9 @@ void http_cleanup(struct ingest *ing)
 	if (ing->http)
 		evhttp_free(ing->http);
 	ing->http = NULL;
+	if (ing->https)
+		evhttp_free(ing->https);
+	ing->https = NULL;
 	conn_cleanup(ing);
 	status_cleanup();
 	if (ing->accept_retry)

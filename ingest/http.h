@@ -12,7 +12,9 @@ struct ingest;
 #define CAMPAIGN_PREFIX "/v1/campaigns/"
 #define CAMPAIGN_SUFFIX "/batches"
 
-/* Listens on cfg.listen and routes every request; errstr says why not. */
+/* Listens on cfg.listen (HTTPS there when a certificate is set without
+ * tls_listen) and on cfg.tls_listen (HTTPS, with ing->tls_ctx), and routes
+ * every request of both alike; errstr says why not. */
 bool http_setup(struct ingest *ing, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 void http_stop_accepting(struct ingest *ing);

@@ -86,8 +86,9 @@ struct ingest_metrics {
 	    reloads_restart;  /* applied, but some keys wait for a restart */
 	bool restart_pending; /* the file differs from what runs */
 	uint64_t producer_rebuilds;
-	uint64_t connections_refused; /* over max_connections: 503 */
-	uint64_t request_timeouts;    /* closed at the request deadline */
+	uint64_t connections_refused;	 /* over max_connections: 503 */
+	uint64_t request_timeouts;	 /* closed at the request deadline */
+	uint64_t tls_handshake_failures; /* closed before TLS was set up */
 	uint64_t delivery_ms_sum;
 	/* metrics.c's bounds, then +Inf */
 	uint64_t delivery_buckets[DELIVERY_BUCKETS + 1];
@@ -110,8 +111,14 @@ struct ingest {
 	/* publish.c hands each delivery report's request to it (main.c
 	 * wires pending_delivered): the answer is pending.c's business. */
 	void (*delivered)(struct pending *p, rd_kafka_resp_err_t err);
-	struct evhttp *http;
+	struct evhttp *http; /* on listen: HTTPS when tls_listen is unset */
 	struct evhttp_bound_socket *bound;
+	struct evhttp *https; /* on tls_listen, or NULL */
+	struct evhttp_bound_socket *bound_tls;
+	/* The certificate new HTTPS connections get (NULL: no HTTPS); a
+	 * reload swaps it, open connections keep theirs. */
+	struct ssl_ctx_st *tls_ctx;
+	int64_t tls_failed_logged_ms; /* last "handshake failed" line */
 	rd_kafka_t *rk;
 	int wake_fds[2];
 	struct event *wake_ev;

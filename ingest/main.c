@@ -17,6 +17,7 @@
 #include "metrics.h"
 #include "pending.h"
 #include "publish.h"
+#include "tls.h"
 #include "verify.h"
 
 static struct ingest ing;
@@ -109,12 +110,41 @@ static void reload_secret_files(const struct ingest_config *next)
 	}
 }
 
+/* The TLS part of a reload, before anything is applied: a new context
+ * from the certificate and key files (read again even when their paths
+ * stayed: rotation replaces the files in place). *out stays NULL when
+ * there is nothing to swap; false when the files do not make one. HTTPS
+ * switched on or off waits for a restart (its listener would change). */
+static bool reload_tls(const struct ingest_config *next,
+		       struct cfg_reload_report *report, SSL_CTX **out,
+		       char *errstr, size_t errstr_size)
+{
+	bool want = next->tls_cert_file[0] != '\0';
+
+	*out = NULL;
+	if (!want && !ing.tls_ctx)
+		return true;
+	if (want != (ing.tls_ctx != NULL)) {
+		size_t n = strlen(report->restart);
+
+		snprintf(report->restart + n, sizeof(report->restart) - n,
+			 "%sHTTPS %s (tls_cert_file)",
+			 report->n_restart ? ", " : "",
+			 want ? "switched on" : "switched off");
+		report->n_restart++;
+		return true;
+	}
+	*out = tls_ctx_new(next->tls_cert_file, next->tls_key_file, errstr,
+			   errstr_size);
+	return *out != NULL;
+}
+
 /* Loop thread (libevent signal event): SIGHUP reloads what can change
  * while connections stay open: the sources (kinds, secrets, limits), the
- * request limits, schema_dir and log_level. Every changed key is logged;
- * a key that needs a restart (listen, brokers, topic, kafka.*, ...) keeps
- * its running value and is named in a warning, and the reload counts as
- * restart_required. A file that does not load keeps the running
+ * request limits, schema_dir, log_level and the TLS certificate. Every changed
+ * key is logged; a key that needs a restart (listen, brokers, topic, kafka.*,
+ * ...) keeps its running value and is named in a warning, and the reload counts
+ * as restart_required. A file that does not load keeps the running
  * configuration whole. */
 static void handle_reload(evutil_socket_t sig, short what, void *arg)
 {
@@ -124,6 +154,7 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	struct cfg_kv *seen;
 	char *swap;
 	char err[1024];
+	SSL_CTX *tls_ctx = NULL;
 
 	(void)sig;
 	(void)what;
@@ -131,6 +162,14 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	if (!ingest_config_load(&next, ing.config_path, err, sizeof(err))) {
 		log_error(
 		    "reload of %s failed: %s; keeping the running configuration",
+		    ing.config_path, err);
+		ingest_config_free(&next);
+		ing.m.reload_failures++;
+		return;
+	}
+	if (!reload_tls(&next, &report, &tls_ctx, err, sizeof(err))) {
+		log_error(
+		    "reload of %s failed: %s; keeping the running configuration and certificate",
 		    ing.config_path, err);
 		ingest_config_free(&next);
 		ing.m.reload_failures++;
@@ -175,6 +214,24 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 	ing.cfg.campaign_max_messages = next.campaign_max_messages;
 	ing.cfg.log_level = next.log_level;
 	log_level_current = next.log_level;
+	if (tls_ctx) {
+		char desc[512];
+
+		swap = ing.cfg.tls_cert_file;
+		ing.cfg.tls_cert_file = next.tls_cert_file;
+		next.tls_cert_file = swap;
+		swap = ing.cfg.tls_key_file;
+		ing.cfg.tls_key_file = next.tls_key_file;
+		next.tls_key_file = swap;
+		tls_describe(tls_ctx, desc, sizeof(desc));
+		log_info("reload: certificate %s: %s",
+			 tls_same_cert(ing.tls_ctx, tls_ctx) ? "unchanged"
+							     : "now",
+			 desc);
+		/* Open connections hold the old context until they close. */
+		SSL_CTX_free(ing.tls_ctx);
+		ing.tls_ctx = tls_ctx;
+	}
 	ingest_config_free(&next);
 	http_apply_settings(&ing);
 	ing.m.restart_pending = report.n_restart > 0;
@@ -269,6 +326,18 @@ int main(int argc, char **argv)
 			ingest_config_free(&ing.cfg);
 			return 1;
 		}
+		if (ing.cfg.tls_cert_file[0]) {
+			SSL_CTX *ctx =
+			    tls_ctx_new(ing.cfg.tls_cert_file,
+					ing.cfg.tls_key_file, err, sizeof(err));
+
+			if (!ctx) {
+				fprintf(stderr, "sluice-ingest: %s\n", err);
+				ingest_config_free(&ing.cfg);
+				return 1;
+			}
+			SSL_CTX_free(ctx);
+		}
 		ingest_config_dump(&ing.cfg);
 		printf("configuration ok\n");
 		ingest_config_free(&ing.cfg);
@@ -294,6 +363,22 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	ing.delivered = pending_delivered;
+	if (ing.cfg.tls_cert_file[0]) {
+		char desc[512];
+
+		ing.tls_ctx =
+		    tls_ctx_new(ing.cfg.tls_cert_file, ing.cfg.tls_key_file,
+				err, sizeof(err));
+		if (!ing.tls_ctx) {
+			log_error("%s", err);
+			return 1;
+		}
+		tls_describe(ing.tls_ctx, desc, sizeof(desc));
+		log_info("HTTPS on %s: certificate %s",
+			 ing.cfg.tls_listen[0] ? ing.cfg.tls_listen
+					       : ing.cfg.listen,
+			 desc);
+	}
 	if (!publish_setup(&ing, err, sizeof(err)) ||
 	    !http_setup(&ing, err, sizeof(err))) {
 		log_error("%s", err);
@@ -313,14 +398,18 @@ int main(int argc, char **argv)
 		event_add(wd, &tv);
 	}
 	log_info(
-	    "listening on %s, publishing to %s on %s (delivery deadline %d ms)",
-	    ing.cfg.listen, ing.cfg.topic, ing.cfg.brokers,
-	    ing.cfg.delivery_timeout_ms);
+	    "listening on %s%s%s%s, publishing to %s on %s (delivery deadline %d ms)",
+	    ing.cfg.listen,
+	    ing.tls_ctx && !ing.cfg.tls_listen[0] ? " (HTTPS)" : "",
+	    ing.cfg.tls_listen[0] ? " and HTTPS on " : "", ing.cfg.tls_listen,
+	    ing.cfg.topic, ing.cfg.brokers, ing.cfg.delivery_timeout_ms);
 	sdnotify("READY=1");
 
 	event_base_dispatch(ing.base);
 
 	http_cleanup(&ing);
+	SSL_CTX_free(ing.tls_ctx);
+	ing.tls_ctx = NULL;
 	publish_cleanup(&ing, 5000);
 	log_info("stopped: %llu delivered, %llu failed",
 		 (unsigned long long)ing.m.delivered,

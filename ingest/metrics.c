@@ -168,6 +168,11 @@ void metrics_render(const struct ingest *ing, struct evbuffer *out)
 	prom_gauge(&b, "sluice_ingest_max_connections",
 		   "The cap on connections in force (max_connections).",
 		   ing->max_connections);
+	prom_counter(
+	    &b, "sluice_ingest_tls_handshake_failures_total",
+	    "HTTPS connections closed before TLS was set up (a "
+	    "refused protocol or cipher, plain HTTP, or the deadline).",
+	    m->tls_handshake_failures);
 	prom_counter(&b, "sluice_ingest_connections_refused_total",
 		     "Connections over max_connections, answered 503.",
 		     m->connections_refused);

@@ -19,7 +19,19 @@ static const char *const signature_values[] = {"none", "standard-webhooks",
 #define F(x) offsetof(struct ingest_config, x)
 const struct cfg_setting ingest_settings[] = {
     {"listen", CFG_STR, F(listen), "127.0.0.1:8080", 0, 0, NULL,
-     "SLUICE_INGEST_LISTEN", "HTTP listen address", CFG_RESTART, NULL},
+     "SLUICE_INGEST_LISTEN",
+     "listen address: plain HTTP, or HTTPS when the certificate is set and "
+     "tls_listen is not",
+     CFG_RESTART, NULL},
+    {"tls_listen", CFG_STR, F(tls_listen), "", 0, 0, NULL, NULL,
+     "HTTPS listen address beside listen (empty: HTTPS, if any, on listen)",
+     CFG_RESTART, NULL},
+    {"tls_cert_file", CFG_STR, F(tls_cert_file), "", 0, 0, NULL, NULL,
+     "PEM certificate (then its chain) served over HTTPS; empty: no HTTPS",
+     CFG_RUNTIME, NULL},
+    {"tls_key_file", CFG_STR, F(tls_key_file), "", 0, 0, NULL, NULL,
+     "PEM private key of tls_cert_file; mode 0600 or stricter", CFG_RUNTIME,
+     NULL},
     {"brokers", CFG_STR, F(brokers), "127.0.0.1:9092", 0, 0, NULL,
      "SLUICE_KAFKA_BROKERS", "Kafka bootstrap servers", CFG_RESTART, NULL},
     {"kafka_sasl_password_file", CFG_STR, F(kafka_sasl_password_file), "", 0, 0,
@@ -391,6 +403,23 @@ bool ingest_config_load(struct ingest_config *cfg, const char *path,
 	if (!strchr(cfg->listen, ':')) {
 		snprintf(errstr, errstr_size, "listen: \"%s\" is not host:port",
 			 cfg->listen);
+		return false;
+	}
+	if (!cfg->tls_cert_file[0] != !cfg->tls_key_file[0]) {
+		snprintf(errstr, errstr_size,
+			 "tls_cert_file and tls_key_file go together: set both "
+			 "for HTTPS, or neither");
+		return false;
+	}
+	if (cfg->tls_listen[0] && !cfg->tls_cert_file[0]) {
+		snprintf(errstr, errstr_size,
+			 "tls_listen needs tls_cert_file and tls_key_file");
+		return false;
+	}
+	if (cfg->tls_listen[0] && !strchr(cfg->tls_listen, ':')) {
+		snprintf(errstr, errstr_size,
+			 "tls_listen: \"%s\" is not host:port",
+			 cfg->tls_listen);
 		return false;
 	}
 	for (struct source *s = cfg->sources; s; s = s->next)

@@ -41,6 +41,11 @@ struct source {
 
 struct ingest_config {
 	char *listen;
+	/* HTTPS: all "" without it. With a certificate and no tls_listen,
+	 * listen itself is HTTPS. */
+	char *tls_listen;
+	char *tls_cert_file;
+	char *tls_key_file;
 	char *brokers;
 	char *kafka_sasl_password_file; /* read into kafka.sasl.password */
 	char *topic;
