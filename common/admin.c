@@ -17,18 +17,12 @@
 bool admin_token_load(const char *path, char **token, char *errstr,
 		      size_t errstr_size)
 {
-	size_t len = 0;
-	char *t = util_read_file(path, &len, errstr, errstr_size);
+	char err[512];
+	char *t = util_read_secret(path, err, sizeof(err));
 
 	*token = NULL;
-	if (!t)
-		return false;
-	while (len > 0 && isspace((unsigned char)t[len - 1]))
-		t[--len] = '\0';
-	if (len == 0 || strlen(t) != len) {
-		snprintf(errstr, errstr_size, "admin_token_file %s: %s", path,
-			 len ? "holds a NUL byte" : "is empty");
-		free(t);
+	if (!t) {
+		snprintf(errstr, errstr_size, "admin_token_file %s", err);
 		return false;
 	}
 	*token = t;

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <openssl/rand.h>
@@ -195,27 +196,103 @@ fail:
 	return NULL;
 }
 
+/* Where a secret named by a setting lives. A name with no '/' is a
+ * systemd credential (LoadCredential=): the service manager puts it in
+ * $CREDENTIALS_DIRECTORY, a directory only the service can read. */
+static bool secret_where(const char *path, char *out, size_t outsz,
+			 bool *credential, char *errstr, size_t errstr_size)
+{
+	const char *dir;
+
+	*credential = false;
+	if (!path[0]) {
+		snprintf(errstr, errstr_size, "no file named");
+		return false;
+	}
+	if (strchr(path, '/')) {
+		if ((size_t)snprintf(out, outsz, "%s", path) >= outsz)
+			goto too_long;
+		return true;
+	}
+	dir = getenv("CREDENTIALS_DIRECTORY");
+	if (!dir || !dir[0]) {
+		snprintf(
+		    errstr, errstr_size,
+		    "%s: a bare name is a systemd credential, but CREDENTIALS_DIRECTORY is not set (give a path with a '/', or LoadCredential=%s:... in the unit)",
+		    path, path);
+		return false;
+	}
+	if (strcmp(path, ".") == 0 || strcmp(path, "..") == 0) {
+		snprintf(errstr, errstr_size, "%s: not a credential name",
+			 path);
+		return false;
+	}
+	*credential = true;
+	if ((size_t)snprintf(out, outsz, "%s/%s", dir, path) < outsz)
+		return true;
+too_long:
+	snprintf(errstr, errstr_size, "%.64s...: path too long", path);
+	return false;
+}
+
+static bool secret_mode_ok(const char *path, int fd, bool credential,
+			   char *errstr, size_t errstr_size)
+{
+	struct stat st;
+	/* systemd grants the service a credential through an ACL where the
+	 * file system has them, which shows as the group bits (the ACL
+	 * mask) on a root-owned 0440 file: in the service's private
+	 * credentials directory those bits give no group anything. */
+	mode_t open_bits = credential ? S_IRWXO : (S_IRWXG | S_IRWXO);
+
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		snprintf(errstr, errstr_size, "%s: not a regular file", path);
+		return false;
+	}
+	if (st.st_mode & open_bits) {
+		snprintf(
+		    errstr, errstr_size,
+		    "%s: permissions %04o are too open: a secret file must not be accessible by group or others (chmod 600 it)",
+		    path, (unsigned)(st.st_mode & 07777));
+		return false;
+	}
+	return true;
+}
+
+int util_secret_open(const char *path, char *errstr, size_t errstr_size)
+{
+	char where[PATH_MAX];
+	bool credential;
+	int fd;
+
+	if (!secret_where(path, where, sizeof(where), &credential, errstr,
+			  errstr_size))
+		return -1;
+	fd = open(where, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+	if (fd < 0) {
+		snprintf(errstr, errstr_size, "%s: %s", where, strerror(errno));
+		return -1;
+	}
+	/* The descriptor's mode, so the file checked is the file read. */
+	if (!secret_mode_ok(where, fd, credential, errstr, errstr_size)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
 char *util_read_secret(const char *path, char *errstr, size_t errstr_size)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = util_secret_open(path, errstr, errstr_size);
 	char *data = NULL;
 	struct stat st;
 	ssize_t n;
 	size_t len;
 
-	if (fd < 0) {
-		snprintf(errstr, errstr_size, "%s: %s", path, strerror(errno));
+	if (fd < 0)
 		return NULL;
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		snprintf(errstr, errstr_size, "%s: not a regular file", path);
-		goto fail;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		snprintf(
-		    errstr, errstr_size,
-		    "%s: permissions %04o are too open: a secret file must not be accessible by group or others (chmod 600 it)",
-		    path, (unsigned)(st.st_mode & 07777));
+	if (fstat(fd, &st) != 0) {
+		snprintf(errstr, errstr_size, "%s: %s", path, strerror(errno));
 		goto fail;
 	}
 	if (st.st_size > 4096) {
@@ -231,7 +308,9 @@ char *util_read_secret(const char *path, char *errstr, size_t errstr_size)
 		goto fail;
 	}
 	len = (size_t)n;
-	while (len > 0 && (data[len - 1] == '\n' || data[len - 1] == '\r'))
+	/* An editor's final newline, and blanks after the secret, are not
+	 * part of it. */
+	while (len > 0 && strchr(" \t\r\n", data[len - 1]))
 		len--;
 	data[len] = '\0';
 	if (len == 0 || memchr(data, '\n', len) || memchr(data, '\0', len)) {

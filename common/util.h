@@ -29,10 +29,18 @@ bool util_utf8_valid(const char *s, size_t len);
 char *util_read_file(const char *path, size_t *len, char *errstr,
 		     size_t errstr_size);
 
-/* A secret kept in a file: one line (a final newline dropped), refused
- * when the file's group or others may read or write it, as ssh refuses a
- * private key. NUL-terminated, caller frees (and should wipe). The errors
- * name the file, never its content. */
+/* A secret kept in a file. A path with a '/' is used as it is; a bare
+ * name is a systemd credential, looked up in $CREDENTIALS_DIRECTORY (and
+ * refused when that is not set). The file must be a regular file that
+ * group and others may not read or write, as ssh refuses a private key
+ * (in $CREDENTIALS_DIRECTORY the group bits are systemd's ACL mask and
+ * pass). Errors name the file, never its content. */
+
+/* The checked file open for reading (O_CLOEXEC), or -1. */
+int util_secret_open(const char *path, char *errstr, size_t errstr_size)
+    __attribute__((warn_unused_result));
+/* The secret's one line (trailing blanks and newline dropped). NUL-terminated, caller
+ * frees (and should wipe). */
 char *util_read_secret(const char *path, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 

@@ -337,14 +337,14 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 		char *from_file = NULL;
 
 		if (!secret && src->secret_file) {
-			from_file = util_read_file(src->secret_file, NULL, err,
-						   sizeof(err));
+			from_file =
+			    util_read_secret(src->secret_file, err, sizeof(err));
 			if (!from_file) {
-				snprintf(errstr, errstr_size, "source %s: %s",
-					 src->name, err);
+				snprintf(errstr, errstr_size,
+					 "source %s: secret_file %s", src->name,
+					 err);
 				return false;
 			}
-			from_file[strcspn(from_file, "\r\n")] = '\0';
 			secret = from_file;
 		}
 		if (!secret || !secret[0]) {
@@ -355,16 +355,22 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			free(from_file);
 			return false;
 		}
+		bool ok = true;
+
 		if (src->signature == SIG_META) {
 			/* Meta's app secret is used as it is shown. */
 			src->key_len = strlen(secret);
 			src->key = (unsigned char *)xstrdup(secret);
-		} else if (!source_decode_secret(src, secret, errstr,
-						 errstr_size)) {
-			free(from_file);
-			return false;
+		} else {
+			ok = source_decode_secret(src, secret, errstr,
+						  errstr_size);
 		}
-		free(from_file);
+		if (from_file) {
+			memset(from_file, 0, strlen(from_file));
+			free(from_file);
+		}
+		if (!ok)
+			return false;
 	}
 	/* Campaign batches and lead updates are checked in full by
 	 * common/campaign.c (every bad item at once); the others by their

@@ -19,6 +19,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../common/util.h"
+
 /* TLS 1.2's suites: forward secrecy (ECDHE) and AEAD (AES-GCM,
  * ChaCha20-Poly1305) only, the choice of Mozilla's "intermediate" profile
  * minus finite-field DHE. TLS 1.3's are all AEAD: OpenSSL's default. */
@@ -39,33 +41,18 @@ static const char *ssl_reason(void)
 	return r ? r : "unknown OpenSSL error";
 }
 
-/* The private key, read from a descriptor whose mode was checked, so the
- * file checked is the file read. As ssh does, a key that group or others
- * can read is refused: it has already leaked to whoever they are. */
+/* The private key, through the secret reader's checks (a key that group
+ * or others can read has already leaked to whoever they are, as ssh
+ * says), read from the descriptor checked. */
 static EVP_PKEY *key_load(const char *path, char *errstr, size_t errstr_size)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	struct stat st;
+	char err[512];
+	int fd = util_secret_open(path, err, sizeof(err));
 	EVP_PKEY *key;
 	FILE *f;
 
 	if (fd < 0) {
-		snprintf(errstr, errstr_size, "tls_key_file %s: %s", path,
-			 strerror(errno));
-		return NULL;
-	}
-	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		snprintf(errstr, errstr_size,
-			 "tls_key_file %s: not a regular file", path);
-		close(fd);
-		return NULL;
-	}
-	if (st.st_mode & (S_IRWXG | S_IRWXO)) {
-		snprintf(
-		    errstr, errstr_size,
-		    "tls_key_file %s: permissions %04o are too open: a private key must not be accessible by group or others (chmod 600 it)",
-		    path, (unsigned)(st.st_mode & 07777));
-		close(fd);
+		snprintf(errstr, errstr_size, "tls_key_file %s", err);
 		return NULL;
 	}
 	f = fdopen(fd, "r");

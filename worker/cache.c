@@ -175,12 +175,13 @@ void cache_keys_unique(struct cache_keys *k)
 }
 
 struct cache *cache_new(struct event_base *base, const char *url,
-			int timeout_ms, char *errstr, size_t errstr_size)
+			const char *password, int timeout_ms, char *errstr,
+			size_t errstr_size)
 {
 	struct cache *c = xcalloc(1, sizeof(*c));
 
-	c->redis =
-	    rconn_new(base, url, timeout_ms, "cache", errstr, errstr_size);
+	c->redis = rconn_new(base, url, password, timeout_ms, "cache", errstr,
+			     errstr_size);
 	if (!c->redis) {
 		free(c);
 		return NULL;

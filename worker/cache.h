@@ -55,7 +55,8 @@ struct cache;
 /* Invalidation runs on base: each round trip waits on the loop, at most
  * timeout_ms. */
 struct cache *cache_new(struct event_base *base, const char *url,
-			int timeout_ms, char *errstr, size_t errstr_size);
+			const char *password, int timeout_ms, char *errstr,
+			size_t errstr_size);
 void cache_destroy(struct cache *c);
 
 /* Removes the keys (sorted and made unique first). Returns the number of

@@ -748,28 +748,20 @@ struct composer *composer_new(struct event_base *base, struct httpc *http,
 		add_header(c, "Content-Type", "application/json");
 		add_header(c, "Accept", "application/json");
 		if (cfg->composer_api_key_file[0]) {
-			size_t len;
-			char *key = util_read_file(cfg->composer_api_key_file,
-						   &len, errstr, errstr_size);
+			char err[512];
+			char *key = util_read_secret(cfg->composer_api_key_file,
+						     err, sizeof(err));
 
 			if (!key) {
-				composer_destroy(c);
-				return NULL;
-			}
-			while (len > 0 && strchr(" \t\r\n", key[len - 1]))
-				key[--len] = '\0';
-			if (len == 0 || strpbrk(key, "\r\n")) {
 				snprintf(errstr, errstr_size,
-					 "composer.api_key_file %s: not one "
-					 "key on one line",
-					 cfg->composer_api_key_file);
-				free(key);
+					 "composer.api_key_file %s", err);
 				composer_destroy(c);
 				return NULL;
 			}
 			buf_init(&b);
 			buf_puts(&b, "Bearer ");
 			buf_puts(&b, key);
+			memset(key, 0, strlen(key));
 			free(key);
 			c->auth = b.data;
 			add_header(c, "Authorization", c->auth);

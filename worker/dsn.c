@@ -23,23 +23,12 @@ char *dsn_pick(const char *what, const char *arg, const char *file,
 	if (arg)
 		return xstrdup(arg);
 	if (file) {
-		char err[256];
-		size_t len;
-		char *text = util_read_file(file, &len, err, sizeof(err));
+		/* A connection string may hold a password: read as one. */
+		char err[512];
+		char *text = util_read_secret(file, err, sizeof(err));
 
-		if (!text) {
-			snprintf(errstr, errstr_size, "%s-file: %s", what, err);
-			return NULL;
-		}
-		/* The first line: an editor's final newline is not part of
-		 * the connection string. */
-		text[strcspn(text, "\r\n")] = '\0';
-		if (!text[0]) {
-			snprintf(errstr, errstr_size, "%s-file %s is empty",
-				 what, file);
-			free(text);
-			return NULL;
-		}
+		if (!text)
+			snprintf(errstr, errstr_size, "%s-file %s", what, err);
 		return text;
 	}
 	v = env ? getenv(env) : NULL;

@@ -646,6 +646,7 @@ struct httpd *httpd_new(struct event_base *base,
 	host[hlen] = '\0';
 	if (!redis_addr_parse(cfg->redis_url, &h->raddr, errstr, errstr_size))
 		goto fail;
+	redis_addr_set_password(&h->raddr, cfg->redis_password);
 	h->http = evhttp_new(base);
 	if (!h->http) {
 		snprintf(errstr, errstr_size, "evhttp_new failed");

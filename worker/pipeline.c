@@ -169,7 +169,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	/* A kind's own group starts where the shared one stopped. */
 	if (strcmp(p->group, cfg->group_id) != 0)
 		pgsink_set_start_group(p->ps, cfg->group_id);
-	p->cache = cache_new(p->base, cfg->redis_url, cfg->redis_timeout_ms,
+	p->cache = cache_new(p->base, cfg->redis_url, cfg->redis_password,
+			     cfg->redis_timeout_ms,
 			     err, errsz);
 	if (!p->cache)
 		goto fail;
@@ -188,7 +189,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	p->composer = composer_new(p->base, p->httpc, &p->cfg, err, errsz);
 	if (!p->composer)
 		goto fail;
-	p->redis = rconn_new(p->base, cfg->redis_url, cfg->redis_timeout_ms,
+	p->redis = rconn_new(p->base, cfg->redis_url, cfg->redis_password,
+			     cfg->redis_timeout_ms,
 			     "campaign models", err, errsz);
 	if (!p->redis)
 		goto fail;

@@ -90,10 +90,23 @@ bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
 	return true;
 }
 
+void redis_addr_set_password(struct redis_addr *a, const char *password)
+{
+	if (!password)
+		return;
+	if (a->password) {
+		memset(a->password, 0, strlen(a->password));
+		free(a->password);
+	}
+	a->password = xstrdup(password);
+}
+
 void redis_addr_free(struct redis_addr *a)
 {
 	free(a->host);
 	free(a->user);
+	if (a->password)
+		memset(a->password, 0, strlen(a->password));
 	free(a->password);
 	memset(a, 0, sizeof(*a));
 }
@@ -324,8 +337,8 @@ static void reply_cb(redisAsyncContext *ac, void *reply, void *priv)
 /* ------------------------------------------------------------ the API */
 
 struct rconn *rconn_new(struct event_base *base, const char *url,
-			int timeout_ms, const char *who, char *errstr,
-			size_t errstr_size)
+			const char *password, int timeout_ms, const char *who,
+			char *errstr, size_t errstr_size)
 {
 	struct rconn *r = xcalloc(1, sizeof(*r));
 
@@ -333,6 +346,7 @@ struct rconn *rconn_new(struct event_base *base, const char *url,
 		free(r);
 		return NULL;
 	}
+	redis_addr_set_password(&r->addr, password);
 	r->base = base;
 	r->who = xstrdup(who);
 	r->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;

@@ -21,11 +21,13 @@ struct rconn;
  * rconn_destroy(). */
 typedef void (*rconn_reply_fn)(void *arg, const redisReply *reply);
 
-/* url: redis://[[user]:password@]host[:port][/db]. who names the user of
- * the connection in log lines ("cache", "lead contexts"). */
+/* url: redis://[[user]:password@]host[:port][/db]; password, when not
+ * NULL, is the one AUTH sends (redis_password_file's, the URL then holds
+ * none). who names the user of the connection in log lines ("cache",
+ * "lead contexts"). */
 struct rconn *rconn_new(struct event_base *base, const char *url,
-			int timeout_ms, const char *who, char *errstr,
-			size_t errstr_size);
+			const char *password, int timeout_ms, const char *who,
+			char *errstr, size_t errstr_size);
 void rconn_destroy(struct rconn *r);
 
 /* Sends one command (argv form; argvlen NULL for C strings). false: not
@@ -54,6 +56,8 @@ struct redis_addr {
 bool redis_addr_parse(const char *url, struct redis_addr *a, char *errstr,
 		      size_t errstr_size) __attribute__((warn_unused_result));
 void redis_addr_free(struct redis_addr *a);
+/* The password AUTH sends, in place of the URL's; NULL keeps the URL's. */
+void redis_addr_set_password(struct redis_addr *a, const char *password);
 
 /* A hiredis connection on the event_base, AUTH and SELECT queued first. */
 redisAsyncContext *redis_async_open(struct event_base *base,

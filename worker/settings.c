@@ -6,6 +6,7 @@
 #include "../common/access.h"
 #include "../common/log.h"
 #include "../common/util.h"
+#include "dsn.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +50,9 @@ const struct cfg_setting worker_settings[] = {
      NULL, "SLUICE_POSTGRES_DSN", "libpq connection string", CFG_RESTART, NULL},
     {"redis_url", CFG_STR, F(redis_url), "redis://127.0.0.1:6379/0", 0, 0, NULL,
      "SLUICE_REDIS_URL", "Redis to invalidate keys in", CFG_RESTART, NULL},
+    {"redis_password_file", CFG_STR, F(redis_password_file), "", 0, 0, NULL,
+     NULL, "file holding the Redis password AUTH sends (mode 0600)",
+     CFG_RESTART, NULL},
     {"redis_timeout_ms", CFG_INT, F(redis_timeout_ms), "500", 10, 60000, NULL,
      NULL, "Redis connect and command timeout", CFG_RESTART, NULL},
     {"invalidate_keys", CFG_STR, F(invalidate_keys),
@@ -230,11 +234,33 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			 "redis_url must look like redis://host:port[/db]");
 		return false;
 	}
+	if (cfg->redis_password_file[0]) {
+		char err[512];
+
+		if (dsn_has_password(cfg->redis_url)) {
+			snprintf(errstr, errstr_size,
+				 "redis_url holds a password and "
+				 "redis_password_file is set: keep one");
+			return false;
+		}
+		cfg->redis_password =
+		    util_read_secret(cfg->redis_password_file, err, sizeof(err));
+		if (!cfg->redis_password) {
+			snprintf(errstr, errstr_size, "redis_password_file %s",
+				 err);
+			return false;
+		}
+	}
 	return true;
 }
 
 void worker_config_free(struct worker_config *cfg)
 {
+	if (cfg->redis_password) {
+		memset(cfg->redis_password, 0, strlen(cfg->redis_password));
+		free(cfg->redis_password);
+		cfg->redis_password = NULL;
+	}
 	cfg_kv_free(cfg->kafka);
 	cfg_kv_free(cfg->seen);
 	cfg_free(worker_settings, cfg);

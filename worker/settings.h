@@ -23,6 +23,8 @@ struct worker_config {
 	char *dlq_topic;
 	char *postgres_dsn;
 	char *redis_url;
+	char *redis_password_file; /* read into redis_password */
+	char *redis_password;	   /* NULL: the URL's, if any; not a key */
 	int redis_timeout_ms;
 	char *invalidate_keys;
 	int batch_max;

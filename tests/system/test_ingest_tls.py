@@ -407,7 +407,7 @@ def test_key_readable_by_others_refused_at_start(ca, tmp_path):
     for mode in (0o644, 0o640, 0o604):
         os.chmod(key, mode)
         want = (f"tls_key_file {key}: permissions {mode:04o} are too open: "
-                "a private key must not be accessible by group or others")
+                "a secret file must not be accessible by group or others")
         for args in ([], ["--check-config"]):
             r = subprocess.run([binary, "-c", str(cfg), *args],
                                capture_output=True, text=True, timeout=30,

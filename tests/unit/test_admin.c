@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../common/access.h"
@@ -151,8 +152,12 @@ int main(void)
 	CHECK(fd >= 0 && write(fd, "\n", 1) == 1, "truncate");
 	close(fd);
 	CHECK(!admin_token_load(path, &tok, err, sizeof(err)) &&
-		  strstr(err, "is empty"),
+		  strstr(err, "not one secret on one line"),
 	      "an empty token refused: %s", err);
+	CHECK(chmod(path, 0640) == 0, "chmod");
+	CHECK(!admin_token_load(path, &tok, err, sizeof(err)) &&
+		  strstr(err, "admin_token_file") && strstr(err, "too open"),
+	      "a token group can read refused: %s", err);
 	unlink(path);
 
 	/* The configuration view: masked, typed, flagged. */

@@ -47,7 +47,7 @@ static void test_rconn(struct event_base *base)
 
 	/* Refused: every command accepted is answered NULL, then the
 	 * back-off refuses at once, and the error is there for /readyz. */
-	r = rconn_new(base, "redis://u:secret@127.0.0.1:1/0", 200, "test", err,
+	r = rconn_new(base, "redis://u:secret@127.0.0.1:1/0", NULL, 200, "test", err,
 		      sizeof(err));
 	CHECK(r != NULL, "%s", err);
 	CHECK(rconn_up(r), "not up before the first use");
@@ -64,7 +64,7 @@ static void test_rconn(struct event_base *base)
 	CHECK(!rconn_command(r, got_cb, &g, 1, ping, NULL),
 	      "sent in the back-off");
 	rconn_destroy(r);
-	CHECK(rconn_new(base, "http://x", 200, "test", err, sizeof(err)) ==
+	CHECK(rconn_new(base, "http://x", NULL, 200, "test", err, sizeof(err)) ==
 		  NULL,
 	      "non-redis url accepted");
 
@@ -73,7 +73,7 @@ static void test_rconn(struct event_base *base)
 	fd = mute_listener(&port);
 	CHECK(fd >= 0, "listener");
 	snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-	r = rconn_new(base, url, 100, "test", err, sizeof(err));
+	r = rconn_new(base, url, NULL, 100, "test", err, sizeof(err));
 	CHECK(r != NULL, "%s", err);
 	memset(&g, 0, sizeof(g));
 	CHECK(rconn_command(r, got_cb, &g, 1, ping, NULL), "refused");
@@ -150,9 +150,9 @@ int main(void)
 	}
 	base = event_base_new();
 	test_rconn(base);
-	c = cache_new(base, "redis://127.0.0.1:1/0", 50, err, sizeof(err));
+	c = cache_new(base, "redis://127.0.0.1:1/0", NULL, 50, err, sizeof(err));
 	CHECK(c != NULL, "%s", err);
-	CHECK(cache_new(base, "http://x", 50, err, sizeof(err)) == NULL,
+	CHECK(cache_new(base, "http://x", NULL, 50, err, sizeof(err)) == NULL,
 	      "non-redis url accepted");
 	/* Nothing listens on port 1: the invalidation fails (the caller
 	 * keeps the keys owed, in PostgreSQL), each key named once however

@@ -1,6 +1,7 @@
 /* Connection strings: the same database however it is spelled, the same
  * Redis, a password spotted, and where a side mode's DSN comes from. */
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../../worker/dsn.h"
@@ -57,7 +58,7 @@ static void pick(void)
 	char *v;
 
 	CHECK(fd >= 0, "mkstemp");
-	CHECK(write(fd, "dbname=fromfile\nsecond line\n", 28) == 28, "write");
+	CHECK(write(fd, "dbname=fromfile\n", 16) == 16, "write");
 	close(fd);
 	setenv("SLUICE_TEST_DSN", "dbname=fromenv", 1);
 	v = dsn_pick("--x", "dbname=fromarg", NULL, "SLUICE_TEST_DSN", err,
@@ -65,7 +66,7 @@ static void pick(void)
 	CHECK_STR(v, "dbname=fromarg", "the option first");
 	free(v);
 	v = dsn_pick("--x", NULL, path, "SLUICE_TEST_DSN", err, sizeof(err));
-	CHECK_STR(v, "dbname=fromfile", "then the file's first line");
+	CHECK_STR(v, "dbname=fromfile", "then the file's line");
 	free(v);
 	v = dsn_pick("--x", NULL, NULL, "SLUICE_TEST_DSN", err, sizeof(err));
 	CHECK_STR(v, "dbname=fromenv", "then the environment");
@@ -78,6 +79,12 @@ static void pick(void)
 	CHECK(!v && strstr(err, "SLUICE_TEST_DSN"), "none: %s", err);
 	v = dsn_pick("--x", NULL, "/nonexistent/dsn", NULL, err, sizeof(err));
 	CHECK(!v && strstr(err, "--x-file"), "unreadable: %s", err);
+	/* A connection string may hold a password: read as a secret. */
+	CHECK(chmod(path, 0644) == 0, "chmod");
+	v = dsn_pick("--x", NULL, path, NULL, err, sizeof(err));
+	CHECK(!v && strstr(err, "--x-file") && strstr(err, "too open") &&
+		  !strstr(err, "fromfile\n"),
+	      "readable by others: %s", err);
 	unlink(path);
 }
 

@@ -1,5 +1,6 @@
 /* Ids: the prefix and 32 hex digits, distinct call after call, cut to the
  * buffer; UTF-8 validity; secret files. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -142,6 +143,7 @@ int main(void)
 		    {"s3cret\n", 0600, "s3cret", NULL},
 		    {"s3cret\r\n", 0400, "s3cret", NULL},
 		    {"s3cret", 0600, "s3cret", NULL},
+		    {"s3cret \t\n", 0600, "s3cret", NULL},
 		    {"s3cret\n", 0640, NULL, "too open"},
 		    {"s3cret\n", 0604, NULL, "chmod 600"},
 		    {"\n", 0600, NULL, "not one secret"},
@@ -185,6 +187,53 @@ int main(void)
 					sizeof(err)) &&
 			  strstr(err, "/nonexistent/secret"),
 		      "missing file: \"%s\"", err);
+	}
+	{
+		/* A bare name is a systemd credential: in
+		 * $CREDENTIALS_DIRECTORY, whose group bits are systemd's ACL
+		 * mask; refused when that is not set. */
+		char dir[] = "/tmp/sluice-test-creds-XXXXXX", file[128];
+		char err[512], *got;
+		static const struct {
+			mode_t mode;
+			bool ok;
+		} modes[] = {{0400, true}, {0440, true}, {0404, false}};
+
+		CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+		snprintf(file, sizeof(file), "%s/tavus", dir);
+		for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
+			FILE *f = fopen(file, "w");
+
+			CHECK(f && fputs("whsec_x\n", f) >= 0 && fclose(f) == 0 &&
+				  chmod(file, modes[i].mode) == 0,
+			      "credential write");
+			unsetenv("CREDENTIALS_DIRECTORY");
+			got = util_read_secret("tavus", err, sizeof(err));
+			CHECK(!got && strstr(err, "tavus") &&
+				  strstr(err, "CREDENTIALS_DIRECTORY is not set"),
+			      "bare name, no directory: \"%s\"", err);
+			free(got);
+			setenv("CREDENTIALS_DIRECTORY", dir, 1);
+			got = util_read_secret("tavus", err, sizeof(err));
+			if (modes[i].ok)
+				CHECK(got && strcmp(got, "whsec_x") == 0,
+				      "credential %04o: %s", (unsigned)modes[i].mode,
+				      got ? got : err);
+			else
+				CHECK(!got && strstr(err, file) &&
+					  strstr(err, "too open"),
+				      "credential %04o: \"%s\"",
+				      (unsigned)modes[i].mode, err);
+			free(got);
+			/* Outside the directory, 0440 is too open. */
+			got = util_read_secret(file, err, sizeof(err));
+			CHECK(!got == (modes[i].mode != 0400),
+			      "by path %04o: %s", (unsigned)modes[i].mode, err);
+			free(got);
+			unlink(file);
+		}
+		unsetenv("CREDENTIALS_DIRECTORY");
+		rmdir(dir);
 	}
 	free(ids);
 	return check_done("test_util");
