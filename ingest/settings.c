@@ -341,7 +341,7 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			    util_read_secret(src->secret_file, err, sizeof(err));
 			if (!from_file) {
 				snprintf(errstr, errstr_size,
-					 "source %s: secret_file %s", src->name,
+					 "source.%s.secret_file %s", src->name,
 					 err);
 				return false;
 			}

@@ -15,6 +15,7 @@ def compose_settings(pipeline, stub, **over):
     file, as in production), with short back-offs; `over` wins."""
     keyfile = pipeline.tmp / "model.key"
     keyfile.write_text(KEY + "\n")
+    keyfile.chmod(0o600)  # a key others may read is refused
     s = {"composer__base_url": stub.base_url,
          "composer__api_key_file": str(keyfile),
          "composer__headers": "HTTP-Referer: https://sluice.example; "

@@ -672,6 +672,7 @@ def test_chat_source_configuration(pipeline, tmp_path):
     # secret_file works for meta.
     f = tmp_path / "app_secret"
     f.write_text(secret)
+    f.chmod(0o600)
     rc, out = _check_config(tmp_path, "file.conf", dict(
         ok, **{"source.w.secret": None, "source.w.secret_file": str(f)}))
     assert rc == 0, out

@@ -99,6 +99,7 @@ def test_check_config_prints_origins_and_hides_secrets(tmp_path):
     secret = "whsec_" + "c2VjcmV0LWJ5dGVzLWZvci10ZXN0aW5nLW9ubHk="
     sfile = tmp_path / "signing.secret"
     sfile.write_text(secret + "\n")
+    sfile.chmod(0o600)
     inline = "whsec_aW5saW5lLXNlY3JldC1mb3ItdGVzdGluZw=="
     conf = tmp_path / "ingest.conf"
     conf.write_text(INGEST_BASE +
@@ -183,6 +184,7 @@ def test_sighup_ingest_logs_the_diff_and_keeps_restart_only_keys(pipeline):
     file_new = "whsec_ZmlsZS1zZWNyZXQtdHdvLWZvci10ZXN0"
     sfile = pipeline.tmp / "filed.secret"
     sfile.write_text(file_old + "\n")
+    sfile.chmod(0o600)
     ingest = pipeline.start_ingest(source__signed__kind="transcript",
                                    source__signed__signature="standard-webhooks",
                                    source__signed__secret=old_secret,

@@ -561,6 +561,7 @@ def test_verify_names_a_changed_and_a_missing_row(pipeline, stack, dbs,
     # the DSN from a file (a password need not be in argv)
     f = tmp_path / "against.dsn"
     f.write_text(copy.dsn + "\n")
+    f.chmod(0o600)  # a DSN may hold a password: read as a secret
     v = verify(pipeline, live, None, "--against-file", str(f))
     assert v.returncode == 1 and f"  only here: {mid}" in v.stdout, \
         v.stdout + v.stderr

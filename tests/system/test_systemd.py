@@ -115,6 +115,38 @@ def test_unit_settings(installed):
     assert "EnvironmentFile=-/etc/sluice/worker-%i.env" in worker
 
 
+SECRET_KEY = re.compile(r"^#?\s*([\w.]*(?:secret_file|token_file|"
+                        r"api_key_file|password_file))\s*=\s*(\S+)", re.M)
+
+
+def test_secrets_come_as_credentials(installed):
+    """No secret in a unit's Environment= or ExecStart=: each unit loads
+    its own directory of secret files as systemd credentials
+    (docs/configuration.md#secrets), and the example configs name every
+    secret file by its credential's bare name, with that unit's prefix."""
+    unitdir = installed / "lib/systemd/system"
+    examples = installed / "share/doc/sluice/examples"
+    for u, who in (("sluice-ingest.service", "ingest"),
+                   ("sluice-worker@.service", "worker")):
+        lines = [ln for ln in (unitdir / u).read_text().splitlines()
+                 if not ln.startswith("#")]
+        creds = [ln for ln in lines if ln.startswith("LoadCredential")]
+        assert creds == [f"LoadCredential={who}:/etc/sluice/secrets/{who}"], \
+            f"{u}: {creds}"
+        for ln in lines:
+            if ln.startswith(("Environment=", "ExecStart=")):
+                assert not re.search(r"(?i)pass|secret|token|key|://[^/]*@",
+                                     ln), f"{u}: {ln}"
+        conf = (examples / f"{who}.conf").read_text()
+        keys = SECRET_KEY.findall(conf)
+        assert len(keys) >= 3, f"{who}.conf: {keys}"
+        for k, v in keys:
+            assert "/" not in v and v.startswith(f"{who}_"), \
+                f"{who}.conf: {k} = {v} is not one of {u}'s credentials"
+        env = (examples / f"{who}.env").read_text()
+        assert not re.search(r"://[^/@\s]*:[^/@\s]*@", env), env
+
+
 # ------------------------------------------------------------ notify ----
 
 class NotifySocket:
