@@ -724,6 +724,14 @@ static int replay_target(struct worker_config *cfg, const struct cli *cli)
 		cfg->postgres_dsn = into; /* owned by cfg now */
 	}
 	if (redis) {
+		/* redis_password_file is the password of redis_url's server:
+		 * another Redis takes the one its own URL holds, if any. */
+		if (!live_redis && cfg->redis_password) {
+			memset(cfg->redis_password, 0,
+			       strlen(cfg->redis_password));
+			free(cfg->redis_password);
+			cfg->redis_password = NULL;
+		}
 		free(cfg->redis_url);
 		cfg->redis_url = redis; /* owned by cfg now */
 	}
