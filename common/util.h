@@ -39,8 +39,8 @@ char *util_read_file(const char *path, size_t *len, char *errstr,
 /* The checked file open for reading (O_CLOEXEC), or -1. */
 int util_secret_open(const char *path, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
-/* The secret's one line (trailing blanks and newline dropped). NUL-terminated, caller
- * frees (and should wipe). */
+/* The secret's one line (trailing blanks and newline dropped). NUL-terminated,
+ * caller frees (and should wipe). */
 char *util_read_secret(const char *path, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 

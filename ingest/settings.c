@@ -337,8 +337,8 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 		char *from_file = NULL;
 
 		if (!secret && src->secret_file) {
-			from_file =
-			    util_read_secret(src->secret_file, err, sizeof(err));
+			from_file = util_read_secret(src->secret_file, err,
+						     sizeof(err));
 			if (!from_file) {
 				snprintf(errstr, errstr_size,
 					 "source.%s.secret_file %s", src->name,

@@ -1072,8 +1072,8 @@ struct contexts *contexts_new(struct event_base *base,
 	c->k = cfg->lc_concurrency;
 	util_random_id(c->token, sizeof(c->token), "lease_");
 	c->redis = rconn_new(base, cfg->redis_url, cfg->redis_password,
-			     cfg->redis_timeout_ms,
-			     "lead contexts", errstr, errstr_size);
+			     cfg->redis_timeout_ms, "lead contexts", errstr,
+			     errstr_size);
 	if (!c->redis) {
 		free(c);
 		return NULL;

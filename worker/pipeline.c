@@ -170,8 +170,7 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	if (strcmp(p->group, cfg->group_id) != 0)
 		pgsink_set_start_group(p->ps, cfg->group_id);
 	p->cache = cache_new(p->base, cfg->redis_url, cfg->redis_password,
-			     cfg->redis_timeout_ms,
-			     err, errsz);
+			     cfg->redis_timeout_ms, err, errsz);
 	if (!p->cache)
 		goto fail;
 	/* One HTTP client per pipeline, on its event_base: the services
@@ -189,9 +188,9 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	p->composer = composer_new(p->base, p->httpc, &p->cfg, err, errsz);
 	if (!p->composer)
 		goto fail;
-	p->redis = rconn_new(p->base, cfg->redis_url, cfg->redis_password,
-			     cfg->redis_timeout_ms,
-			     "campaign models", err, errsz);
+	p->redis =
+	    rconn_new(p->base, cfg->redis_url, cfg->redis_password,
+		      cfg->redis_timeout_ms, "campaign models", err, errsz);
 	if (!p->redis)
 		goto fail;
 	if (!pgsink_connect(p->ps, err, errsz))

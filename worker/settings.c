@@ -243,8 +243,8 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 				 "redis_password_file is set: keep one");
 			return false;
 		}
-		cfg->redis_password =
-		    util_read_secret(cfg->redis_password_file, err, sizeof(err));
+		cfg->redis_password = util_read_secret(cfg->redis_password_file,
+						       err, sizeof(err));
 		if (!cfg->redis_password) {
 			snprintf(errstr, errstr_size, "redis_password_file %s",
 				 err);

@@ -47,8 +47,8 @@ static void test_rconn(struct event_base *base)
 
 	/* Refused: every command accepted is answered NULL, then the
 	 * back-off refuses at once, and the error is there for /readyz. */
-	r = rconn_new(base, "redis://u:secret@127.0.0.1:1/0", NULL, 200, "test", err,
-		      sizeof(err));
+	r = rconn_new(base, "redis://u:secret@127.0.0.1:1/0", NULL, 200, "test",
+		      err, sizeof(err));
 	CHECK(r != NULL, "%s", err);
 	CHECK(rconn_up(r), "not up before the first use");
 	CHECK(rconn_command(r, got_cb, &g, 1, ping, NULL), "refused at once");
@@ -64,8 +64,8 @@ static void test_rconn(struct event_base *base)
 	CHECK(!rconn_command(r, got_cb, &g, 1, ping, NULL),
 	      "sent in the back-off");
 	rconn_destroy(r);
-	CHECK(rconn_new(base, "http://x", NULL, 200, "test", err, sizeof(err)) ==
-		  NULL,
+	CHECK(rconn_new(base, "http://x", NULL, 200, "test", err,
+			sizeof(err)) == NULL,
 	      "non-redis url accepted");
 
 	/* Overdue: the reply never comes; after timeout_ms the command is
@@ -150,7 +150,8 @@ int main(void)
 	}
 	base = event_base_new();
 	test_rconn(base);
-	c = cache_new(base, "redis://127.0.0.1:1/0", NULL, 50, err, sizeof(err));
+	c = cache_new(base, "redis://127.0.0.1:1/0", NULL, 50, err,
+		      sizeof(err));
 	CHECK(c != NULL, "%s", err);
 	CHECK(cache_new(base, "http://x", NULL, 50, err, sizeof(err)) == NULL,
 	      "non-redis url accepted");

@@ -204,21 +204,23 @@ int main(void)
 		for (size_t i = 0; i < sizeof(modes) / sizeof(*modes); i++) {
 			FILE *f = fopen(file, "w");
 
-			CHECK(f && fputs("whsec_x\n", f) >= 0 && fclose(f) == 0 &&
+			CHECK(f && fputs("whsec_x\n", f) >= 0 &&
+				  fclose(f) == 0 &&
 				  chmod(file, modes[i].mode) == 0,
 			      "credential write");
 			unsetenv("CREDENTIALS_DIRECTORY");
 			got = util_read_secret("tavus", err, sizeof(err));
-			CHECK(!got && strstr(err, "tavus") &&
-				  strstr(err, "CREDENTIALS_DIRECTORY is not set"),
-			      "bare name, no directory: \"%s\"", err);
+			CHECK(
+			    !got && strstr(err, "tavus") &&
+				strstr(err, "CREDENTIALS_DIRECTORY is not set"),
+			    "bare name, no directory: \"%s\"", err);
 			free(got);
 			setenv("CREDENTIALS_DIRECTORY", dir, 1);
 			got = util_read_secret("tavus", err, sizeof(err));
 			if (modes[i].ok)
 				CHECK(got && strcmp(got, "whsec_x") == 0,
-				      "credential %04o: %s", (unsigned)modes[i].mode,
-				      got ? got : err);
+				      "credential %04o: %s",
+				      (unsigned)modes[i].mode, got ? got : err);
 			else
 				CHECK(!got && strstr(err, file) &&
 					  strstr(err, "too open"),
