@@ -3,7 +3,7 @@
 # conftest.py), batches with a prompt, and the outbox rows with the model's
 # figures.
 
-from campaign_util import batch, msg, wait_run
+from campaign_util import add_inbox, batch, msg, post_batch, uid, wait_run
 
 KEY = "sk-test-0123456789abcdef"
 PROMPT = {"system": "You write short friendly messages.",
@@ -71,3 +71,15 @@ def wait_done(services, run, n, timeout=60, worker=None):
                     lambda r: r is not None and r["status"] == "finished",
                     timeout=timeout, what=f"run {run} ({n} messages) "
                     "finished", worker=worker)
+
+
+def composed_run(pipeline, services, ingest, n, worker=None):
+    """A fresh inbox and n leads, a prompt batch for them posted to
+    `ingest`, waited for until the run is finished; its run id."""
+    inbox = add_inbox(services, uid("inbox-"))
+    p = f"{pipeline.prefix}L"
+    leads(services, p, n)
+    run = uid("run-")
+    post_batch(ingest, prompt_batch(run, n, inbox, p))
+    wait_done(services, run, n, worker=worker)
+    return run

@@ -19,9 +19,8 @@ import pytest
 import redis
 from standardwebhooks.webhooks import Webhook
 
-from campaign_util import add_inbox, campaign_ingest, post_batch, uid
-from compose_util import (KEY, compose_settings, leads, outbox, prompt_batch,
-                          wait_done)
+from campaign_util import campaign_ingest
+from compose_util import KEY, compose_settings, composed_run, outbox
 from harness import (BUILD_DIR, existing_keys, free_port, http_request,
                      populate_keys, transcript, wait_until)
 
@@ -143,12 +142,7 @@ def test_no_secret_leaks_after_a_full_run(pipeline, services, llm,
                message="the keys invalidated through AUTH")
 
     # A campaign batch composed by the model, with the key from its file.
-    inbox = add_inbox(services, uid("inbox-"))
-    p = f"{pipeline.prefix}L"
-    leads(services, p, 2)
-    run_id = uid("run-")
-    post_batch(ingest, prompt_batch(run_id, 2, inbox, p))
-    wait_done(services, run_id, 2, worker=worker)
+    run_id = composed_run(pipeline, services, ingest, 2, worker=worker)
     assert all(v[0] == "ready" for v in outbox(services, run_id).values())
     assert llm.calls and all(c.headers["authorization"] == f"Bearer {KEY}"
                              for c in llm.calls)
