@@ -218,7 +218,11 @@ $(BUILD)/kproduce: bench/kproduce.c
 	@echo "  LD  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-bench: all $(BUILD)/loadgen $(BUILD)/kproduce
+$(BUILD)/evhttp202: bench/evhttp202.c
+	@echo "  LD  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+bench: all $(BUILD)/loadgen $(BUILD)/kproduce $(BUILD)/evhttp202
 	$(Q)bench/run.sh
 
 # ------------------------------------------------------------ install ----
