@@ -140,7 +140,16 @@ tunnel_port=$(cat "$sec/tunnel.port")
 kafka() { # principal
 	printf '%s\n' "kafka.security.protocol = SASL_SSL" "kafka.sasl.mechanisms = SCRAM-SHA-512" \
 		"kafka.sasl.username = $1" "kafka_sasl_password_file = $SLUICE_KAFKA_SECRETS/$1.password" \
-		"kafka.ssl.ca.location = $SLUICE_KAFKA_CA" "topic = sluice.events" "topic_partitions = 0"
+		"kafka.ssl.ca.location = $SLUICE_KAFKA_CA" "brokers = $SLUICE_KAFKA_BROKERS" \
+		"topic = sluice.events" "topic_partitions = 0"
+}
+# The daemons take their connection points from their configs alone: the
+# SLUICE_* variables of services.env (the owner's DSN among them) would
+# override them.
+daemon() { # binary config log
+	local unset=() v
+	for v in $(compgen -e); do [[ $v == SLUICE_* ]] && unset+=(-u "$v"); done
+	env "${unset[@]}" "$1" -c "$2" >>"$3" 2>&1 &
 }
 if ! alive "$sec/sluice-worker.pid"; then
 	worker_listen="127.0.0.1:$(free_port)"
@@ -156,7 +165,7 @@ if ! alive "$sec/sluice-worker.pid"; then
 		} >"$sec/worker.conf"
 	)
 	echo "$worker_listen" >"$sec/worker.listen"
-	"$bin/sluice-worker" -c "$sec/worker.conf" >>"$sec/sluice-worker.log" 2>&1 &
+	daemon "$bin/sluice-worker" "$sec/worker.conf" "$sec/sluice-worker.log"
 	echo $! >"$sec/sluice-worker.pid"
 	say "started sluice-worker as sluice_worker (log: .run/secure/sluice-worker.log)"
 fi
@@ -176,7 +185,7 @@ if ! alive "$sec/sluice-ingest.pid"; then
 		} >"$sec/ingest.conf"
 	)
 	echo "$listen" >"$sec/ingest.listen"
-	"$bin/sluice-ingest" -c "$sec/ingest.conf" >>"$sec/sluice-ingest.log" 2>&1 &
+	daemon "$bin/sluice-ingest" "$sec/ingest.conf" "$sec/sluice-ingest.log"
 	echo $! >"$sec/sluice-ingest.pid"
 	say "started sluice-ingest as sluice_ingest, HTTPS only (log: .run/secure/sluice-ingest.log)"
 fi
