@@ -26,7 +26,7 @@ from campaign_util import (add_inbox, add_lead, batch, campaign_ingest, msg,
 from chat_util import (CHAT_SOURCE, Agent, Listener, add_phone_lead,
                        business_number, post_chat, text_message, wa_id,
                        wait_turns, wamid, webhook)
-from harness import (PG_LOOKUP, PG_WORKER, Pipeline, Services,
+from harness import (PG_AGENT, PG_LOOKUP, PG_WORKER, Pipeline, Services,
                      _read_env_file, free_port, populate_keys, transcript,
                      wait_until)
 from secure_util import (STUNNEL, TESTCA, TOPIC, HttpsIngest, TlsRedis,
@@ -48,6 +48,7 @@ class Stack:
         self.redis = redis_admin
         self.ingest = ingest
         self.worker = worker
+        self.agent_session = None       # (user, ssl) of the agent
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,10 @@ def _scenario(st, ids, secrets):
         listener.wait(f"{ids['biz']}:{ids['sender']}", timeout=60)
         wait_turns(s, ids["biz"], ids["sender"], [("open", [ids["wamid"]])],
                    worker=st.worker)
+        # Who the agent is, and over what (compared per stack below).
+        st.agent_session = agent.conn.execute(
+            "SELECT current_user, ssl FROM pg_stat_ssl"
+            " WHERE pid = pg_backend_pid()").fetchone()
         claimed = agent.claim()
         assert claimed is not None, "the agent claimed nothing"
         assert agent.answer(claimed["id"]) is True
@@ -259,8 +264,9 @@ def test_secure_stack_ends_as_the_plain_one(request, pipeline, services,
                    describe=lambda: singest.request("GET", "/readyz"))
         assert _plain_https_refused(singest.port), \
             "plain HTTP was answered on the HTTPS-only listen"
-        secure = _scenario(Stack(ss, secure_stack["redis"].admin(), singest,
-                                 sworker), ids, secrets)
+        sst = Stack(ss, secure_stack["redis"].admin(), singest, sworker)
+        secure = _scenario(sst, ids, secrets)
+        assert sst.agent_session == (PG_AGENT, True), sst.agent_session
 
         # Every PostgreSQL session of the worker is TLS and a role's.
         roles = sessions_of(pg.query, sworker.pid)
