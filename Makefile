@@ -60,7 +60,7 @@ UNIT_TESTS := test_config test_transcript test_extract test_verify test_schema t
               test_chat test_replay test_util test_dsn test_admin test_prom
 UNIT_BINS  := $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
-.PHONY: all asan deps run stop test test-unit test-system test-asan format \
+.PHONY: all asan deps run run-secure stop test test-unit test-system test-asan format \
         lint bench clean fuzz fuzz-smoke install deb check-man
 
 all: $(BUILD)/sluice-ingest $(BUILD)/sluice-worker
@@ -148,8 +148,15 @@ run: deps
 	$(Q)$(MAKE) --no-print-directory all
 	$(Q)deploy/run.sh
 
+# The same stack secured (docs/security.md): TLS on every hop, each
+# daemon under its own least-privilege identity.
+run-secure: deps
+	$(Q)$(MAKE) --no-print-directory all
+	$(Q)deploy/run-secure.sh
+
 stop:
 	$(Q)deploy/run.sh stop
+	$(Q)deploy/run-secure.sh stop
 
 test-unit: $(UNIT_BINS)
 	$(Q)for t in $(UNIT_BINS); do $$t || exit 1; done
@@ -218,7 +225,11 @@ $(BUILD)/kproduce: bench/kproduce.c
 	@echo "  LD  $@"
 	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
 
-bench: all $(BUILD)/loadgen $(BUILD)/kproduce
+$(BUILD)/evhttp202: bench/evhttp202.c
+	@echo "  LD  $@"
+	$(Q)$(CC) $(CFLAGS) -o $@ $< $(LDLIBS)
+
+bench: all $(BUILD)/loadgen $(BUILD)/kproduce $(BUILD)/evhttp202
 	$(Q)bench/run.sh
 
 # ------------------------------------------------------------ install ----

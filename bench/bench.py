@@ -130,6 +130,17 @@ def bench_ingest(env, tmp, seconds):
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
+        # The ceiling of the mandated stack: a bare evhttp from the same
+        # libevent answering a static 202 (bench/evhttp202.c).
+        cport = free_port()
+        ceil = subprocess.Popen([os.path.join(BUILD, "evhttp202"), str(cport)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_http(f"http://127.0.0.1:{cport}/")
+            ceiling = wrk(f"http://127.0.0.1:{cport}{path}", seconds, 256)
+        finally:
+            ceil.terminate()
+            ceil.wait(timeout=10)
         i_rps, i_p99, i_bad = wrk(f"http://127.0.0.1:{iport}{path}", seconds, 256)
         sluice_half = loadgen(iport, half, seconds)
         sluice_own_half = loadgen(iport, i_rps / 2, seconds)
@@ -153,7 +164,10 @@ def bench_ingest(env, tmp, seconds):
     print("ingest: closed loop, wrk, 256 connections")
     for workers, (rps, p99, _) in results.items():
         print(f"  nginx static 202 ({workers:>4} workers) {rps:10.0f} req/s  p99 {p99:7.2f} ms")
+    print(f"  bare evhttp static 202       {ceiling[0]:10.0f} req/s  p99 {ceiling[1]:7.2f} ms"
+          "  (the same libevent, nothing else: the ceiling)")
     print(f"  sluice-ingest 202            {i_rps:10.0f} req/s  p99 {i_p99:7.2f} ms  (non-2xx: {i_bad})")
+    print(f"  ratio vs bare evhttp         {i_rps / ceiling[0]:10.2f}   (target >= 0.8)")
     print(f"  ratio vs nginx (auto)        {i_rps / nginx_rate:10.2f}   (target >= 0.5)")
     print(f"  ratio vs nginx (1 worker)    {i_rps / results['1'][0]:10.2f}")
     print("ingest: open loop (bench/loadgen), latency from the moment each request was due")
@@ -169,6 +183,10 @@ def bench_ingest(env, tmp, seconds):
     print(f"ingest: peak RSS {rss:.1f} MB (target < 64 MB)")
     row("ingest req/s", i_rps, "req/s", "nginx static 202", nginx_rate,
         i_rps / nginx_rate, ">= 0.5")
+    row("ingest req/s", i_rps, "req/s", "bare evhttp static 202 (ceiling)",
+        ceiling[0], i_rps / ceiling[0], ">= 0.8")
+    row("ingest p99 over the Kafka ack floor", sluice_own_half[1] - kp[1], "ms",
+        "producer alone p99 at that rate", kp[1], None, "<= 2 ms")
     row("ingest p99 at half its max", sluice_own_half[1], "ms",
         "nginx static 202 at that rate", nginx_own_half[1], None, "< 5 ms")
     row("Kafka ack p99, producer alone", kp[1], "ms", None, None, None,

@@ -67,7 +67,8 @@ static void reply_log(struct ingest *ing, struct evhttp_request *req,
 	char *addr = NULL, src[128];
 	ev_uint16_t port = 0;
 
-	if (ing->cfg.access_log == ACCESS_OFF)
+	/* Nothing to format when the line would not be written. */
+	if (ing->cfg.access_log == ACCESS_OFF || LOG_INFO < log_level_current)
 		return;
 	if (evcon)
 		evhttp_connection_get_peer(evcon, &addr, &port);

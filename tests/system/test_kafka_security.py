@@ -6,7 +6,6 @@
 # make /readyz 503 naming the cause, said once in the log, and land nothing.
 
 import copy
-import os
 import re
 import subprocess
 import time
@@ -14,10 +13,12 @@ import uuid
 
 import pytest
 
-from harness import (BUILD_DIR, REPO, SERVICES_SH, Pipeline, free_port,
-                     http_request, transcript, wait_until)
+from harness import (BUILD_DIR, REPO, Pipeline, free_port, http_request,
+                     transcript, wait_until)
+from secure_util import TOPIC
+from secure_util import kafka_client as client
+from secure_util import start_secure_kafka, stop_services
 
-TOPIC = "sluice.events"
 # Under the worker's PREFIXED group ACL `sluice-worker`, and new for each
 # run: offsets stored in a reused PostgreSQL never meet a fresh broker.
 GROUP = f"sluice-worker-t{uuid.uuid4().hex[:8]}"
@@ -28,58 +29,13 @@ WATCH_S = 12
 FLOOD = 12
 
 
-class SecureKafka:
-    def __init__(self, d, env, libs):
-        self.dir = d
-        self.brokers = env["SLUICE_KAFKA_BROKERS"]
-        self.ca = env["SLUICE_KAFKA_CA"]
-        self.secrets = env["SLUICE_KAFKA_SECRETS"]
-        self.admin_config = env["SLUICE_KAFKA_ADMIN_CONFIG"]
-        self.libs = libs
-
-    def password_file(self, user):
-        return os.path.join(self.secrets, f"{user}.password")
-
-    def acls(self, *args):
-        """kafka-acls.sh ARGS as the admin; its stdout."""
-        r = subprocess.run(
-            ["java", "-Xmx256m", "-XX:TieredStopAtLevel=1",
-             "-XX:+UseSerialGC", "-cp", f"{self.libs}/*",
-             "kafka.admin.AclCommand", "--bootstrap-server", self.brokers,
-             "--command-config", self.admin_config, *args],
-            capture_output=True, text=True, timeout=120)
-        assert r.returncode == 0, (
-            f"kafka-acls {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")
-        return r.stdout
-
-
-def _env(path):
-    env = {}
-    for line in open(path):
-        line = line.strip().removeprefix("export ")
-        if "=" in line and not line.startswith("#"):
-            k, _, v = line.partition("=")
-            env[k] = v.strip("'")
-    return env
-
-
 @pytest.fixture(scope="module")
 def secure(tmp_path_factory):
     d = tmp_path_factory.mktemp("securekafka")
-    env = dict(os.environ, SLUICE_KAFKA_SECURE="1")
-    r = subprocess.run([str(SERVICES_SH), "start-kafka", str(d)], env=env,
-                       capture_output=True, text=True, timeout=600)
     try:
-        assert r.returncode == 0, (
-            f"services.sh start-kafka (secure) failed:\n{r.stdout[-2000:]}"
-            f"\n{r.stderr[-4000:]}")
-        libs = subprocess.run(
-            [str(REPO / "deploy" / "kafka" / "fetch.sh"), "--print-dir"],
-            capture_output=True, text=True, check=True).stdout.strip()
-        yield SecureKafka(d, _env(d / "services.env"), libs)
+        yield start_secure_kafka(d)
     finally:
-        subprocess.run([str(SERVICES_SH), "stop", str(d)],
-                       capture_output=True, text=True, timeout=300)
+        stop_services(d)
 
 
 @pytest.fixture
@@ -96,18 +52,6 @@ def spipe(request, services, secure, tmp_path):
     if problems:
         pytest.fail("daemon teardown:\n\n" + "\n\n".join(problems),
                     pytrace=False)
-
-
-def client(secure, user, password_file=None, ca=None):
-    return {
-        "topic_partitions": 0,
-        "kafka__security.protocol": "SASL_SSL",
-        "kafka__sasl.mechanisms": "SCRAM-SHA-512",
-        "kafka__sasl.username": user,
-        "kafka_sasl_password_file": password_file or
-        secure.password_file(user),
-        "kafka__ssl.ca.location": ca or secure.ca,
-    }
 
 
 def start_worker(spipe, secure, wait=True, **kw):

@@ -4,89 +4,35 @@
 # test CA). The TLS cluster is this module's own; Kafka and Redis are the
 # session's.
 
-import os
 import subprocess
 import uuid
-from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
 from psycopg.conninfo import make_conninfo
 
-from harness import (PG_AGENT, PG_LOOKUP, PG_WORKER, REPO, SERVICES_SH,
-                     _read_env_file, dsn_as, free_port, http_request,
-                     transcript, wait_until)
+from harness import (PG_AGENT, PG_LOOKUP, PG_WORKER, REPO, dsn_as,
+                     free_port, http_request, transcript, wait_until)
+from secure_util import sessions_of, start_tls_postgres, stop_services
 
 MIGRATE = REPO / "deploy" / "migrate.sh"
 ROLES = REPO / "deploy" / "roles.sh"
 
 
-class TlsPostgres:
-    def __init__(self, directory, env):
-        self.dir = Path(directory)
-        self.owner_dsn = env["SLUICE_POSTGRES_DSN"]
-        self.worker_dsn = env["SLUICE_PG_WORKER_DSN"]
-        self.agent_dsn = env["SLUICE_PG_AGENT_DSN"]
-        self.lookup_dsn = env["SLUICE_PG_LOOKUP_DSN"]
-        self.ca = env["SLUICE_PG_CA"]
-        self.port = int(env["SLUICE_PG_PORT"])
-        self.owner = env["SLUICE_PG_USER"]
-        assert env["SLUICE_PG_TLS"] == "1", env
-
-    def query(self, sql, params=None, dsn=None):
-        with psycopg.connect(dsn or self.owner_dsn, autocommit=True,
-                             connect_timeout=10) as c:
-            cur = c.execute(sql, params)
-            return cur.fetchall() if cur.description else []
-
-
 @pytest.fixture(scope="module")
 def tls_pg(tmp_path_factory):
     d = tmp_path_factory.mktemp("pgtls")
-    env = dict(os.environ, SLUICE_PG_TLS="1")
-    r = subprocess.run([str(SERVICES_SH), "start-postgres", str(d)], env=env,
-                       capture_output=True, text=True, timeout=300)
     try:
-        assert r.returncode == 0, r.stderr[-4000:]
-        yield TlsPostgres(d, _read_env_file(d / "services.env"))
+        yield start_tls_postgres(d)
     finally:
-        subprocess.run([str(SERVICES_SH), "destroy", str(d)],
-                       capture_output=True, text=True, timeout=300)
+        stop_services(d, destroy=True)
 
 
 def _connect_error(dsn):
     with pytest.raises(psycopg.OperationalError) as exc:
         psycopg.connect(dsn, connect_timeout=10).close()
     return str(exc.value)
-
-
-def _worker_ports(pid):
-    """The local TCP ports of process pid's sockets (its connections)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            t = os.readlink(fd)
-        except OSError:
-            continue
-        if t.startswith("socket:["):
-            inodes.add(t[8:-1])
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            f = line.split()
-            if f[9] in inodes:
-                ports.add(int(f[1].rsplit(":", 1)[1], 16))
-    return ports
-
-
-def _sessions_of(query, pid):
-    """(user, ssl) of every PostgreSQL session the process pid holds."""
-    ports = sorted(_worker_ports(pid))
-    return query(
-        "SELECT a.usename, s.ssl FROM pg_stat_activity a"
-        " JOIN pg_stat_ssl s USING (pid) WHERE a.client_port = ANY(%s)",
-        (ports,))
 
 
 # ------------------------------------------------------------------ TLS --
@@ -110,7 +56,7 @@ def test_worker_writes_over_verify_full_as_sluice_worker(pipeline, tls_pg):
     # and every one TLS.
     wait_until(lambda: http_request(port, "GET", "/readyz").status == 200,
                30, 0.2, "the worker's /readyz")
-    sessions = _sessions_of(tls_pg.query, worker.pid)
+    sessions = sessions_of(tls_pg.query, worker.pid)
     assert sessions and set(sessions) == {(PG_WORKER, True)}, sessions
 
 
@@ -267,7 +213,7 @@ def test_suite_daemons_run_as_the_roles(pipeline, services):
     worker = pipeline.start_worker(listen=f"127.0.0.1:{port}")
     wait_until(lambda: http_request(port, "GET", "/readyz").status == 200,
                30, 0.2, "the worker's /readyz")
-    users = {u for u, _ in _sessions_of(services.query, worker.pid)}
+    users = {u for u, _ in sessions_of(services.query, worker.pid)}
     assert users == {PG_WORKER}, users
 
 

@@ -6,8 +6,6 @@
 # throwaway CA (deploy/testca.sh).
 
 import re
-import shlex
-import shutil
 import socket
 import subprocess
 import uuid
@@ -17,98 +15,9 @@ import redis
 
 from campaign_util import (add_inbox, batch, campaign_ingest, msg,
                            post_batch, post_lead_updated, uid, wait_rows)
-from harness import (REPO, free_port, http_request, populate_keys,
-                     transcript, wait_until)
-
-DOC = REPO / "docs" / "security.md"
-TESTCA = REPO / "deploy" / "testca.sh"
-STUNNEL = shutil.which("stunnel4") or shutil.which("stunnel")
-ADMIN_PASSWORD = "admin-" + uuid.uuid4().hex
-SLUICE_PASSWORD = "sluice-" + uuid.uuid4().hex
-
-
-def acl_line():
-    """The doc's one ACL SETUSER line, as it is written there."""
-    lines = [ln.strip() for ln in DOC.read_text().splitlines()
-             if ln.strip().startswith("ACL SETUSER sluice ")]
-    assert len(lines) == 1, f"docs/security.md: {len(lines)} ACL lines"
-    return lines[0]
-
-
-def wait_port(port, timeout=15.0):
-    def up():
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return True
-        except OSError:
-            return False
-    wait_until(up, timeout, message=f"127.0.0.1:{port} to listen")
-
-
-class TlsRedis:
-    """redis-server with TLS only, an admin password on the default user,
-    and the doc's user; stunnel tunnels (client mode) in front of it."""
-
-    def __init__(self, d):
-        self.dir = d
-        subprocess.run([str(TESTCA), str(d), "redis"], check=True)
-        self.ca = d / "ca.crt"
-        self.tls_port = free_port()
-        self.log = d / "redis.log"
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--tls-port", str(self.tls_port),
-             "--tls-cert-file", str(d / "redis.crt"),
-             "--tls-key-file", str(d / "redis.key"),
-             "--tls-ca-cert-file", str(self.ca),
-             "--tls-auth-clients", "no", "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", str(d),
-             "--requirepass", ADMIN_PASSWORD, "--logfile", str(self.log)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        self.tunnels = []
-        wait_port(self.tls_port)
-        admin = self.admin()
-        wait_until(lambda: admin.ping(), 10, message="redis over TLS")
-        line = acl_line().replace(">PASSWORD", ">" + SLUICE_PASSWORD)
-        assert admin.execute_command(*shlex.split(line)) in (b"OK", "OK",
-                                                                  True)
-
-    def admin(self):
-        return redis.Redis(host="127.0.0.1", port=self.tls_port, ssl=True,
-                           ssl_ca_certs=str(self.ca), ssl_check_hostname=True,
-                           password=ADMIN_PASSWORD, socket_timeout=5)
-
-    def tunnel(self, ca):
-        """A stunnel4 client tunnel to the TLS port that trusts `ca`;
-        returns its loopback port."""
-        port = free_port()
-        name = f"tunnel{len(self.tunnels)}"
-        conf = self.dir / f"{name}.conf"
-        conf.write_text(
-            "foreground = yes\n"
-            "pid =\n"
-            f"output = {self.dir / (name + '.log')}\n"
-            f"[{name}]\n"
-            "client = yes\n"
-            f"accept = 127.0.0.1:{port}\n"
-            f"connect = 127.0.0.1:{self.tls_port}\n"
-            "verifyChain = yes\n"
-            f"CAfile = {ca}\n"
-            "checkHost = localhost\n"
-            "sslVersionMin = TLSv1.2\n")
-        self.tunnels.append(subprocess.Popen(
-            [STUNNEL, str(conf)], stdout=subprocess.DEVNULL,
-            stderr=subprocess.STDOUT))
-        wait_port(port)
-        return port
-
-    def stop(self):
-        for p in self.tunnels + [self.proc]:
-            p.terminate()
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+from harness import free_port, http_request, populate_keys, transcript, \
+    wait_until
+from secure_util import SLUICE_PASSWORD, STUNNEL, TESTCA, TlsRedis
 
 
 @pytest.fixture(scope="module")
