@@ -80,6 +80,39 @@ def vm_hwm_mb(pid):
     return 0.0
 
 
+def loop_and_rest_cpu_s(pid):
+    """(the main thread's CPU seconds, the other threads' summed): for
+    sluice-ingest, its event loop and librdkafka's threads."""
+    loop = rest = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue                      # a thread that just ended
+        t = (int(fields[11]) + int(fields[12])) / tick
+        if int(tid) == pid:
+            loop += t
+        else:
+            rest += t
+    return loop, rest
+
+
+def cpu_per_request(run, pid, broker_pid):
+    """run() -> the wrk tuple, its text appended to a list given; returns
+    (that tuple, microseconds of CPU per request: main thread, other
+    threads, the Kafka broker)."""
+    text = []
+    l0, r0 = loop_and_rest_cpu_s(pid)
+    b0 = cpu_s(broker_pid) if broker_pid else 0.0
+    res = run(text)
+    l1, r1 = loop_and_rest_cpu_s(pid)
+    b1 = cpu_s(broker_pid) if broker_pid else 0.0
+    n = max(int(re.search(r"(\d+) requests in", text[0]).group(1)), 1)
+    return res, tuple(x * 1e6 / n for x in (l1 - l0, r1 - r0, b1 - b0))
+
+
 def start_nginx(tmp, workers):
     port = free_port()
     conf = os.path.join(tmp, f"nginx-{workers}.conf")
@@ -130,6 +163,9 @@ def bench_ingest(env, tmp, seconds):
             finally:
                 proc.terminate()
                 proc.wait(timeout=10)
+        # Where each answer's CPU goes, sluice next to the ceiling: the
+        # event loop, librdkafka's threads, and the broker on this box.
+        broker = int(env.get("SLUICE_KAFKA_PID") or 0) or None
         # The ceiling of the mandated stack: a bare evhttp from the same
         # libevent answering a static 202 (bench/evhttp202.c).
         cport = free_port()
@@ -137,11 +173,15 @@ def bench_ingest(env, tmp, seconds):
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             wait_http(f"http://127.0.0.1:{cport}/")
-            ceiling = wrk(f"http://127.0.0.1:{cport}{path}", seconds, 256)
+            ceiling, ceil_cpu = cpu_per_request(
+                lambda t: wrk(f"http://127.0.0.1:{cport}{path}", seconds, 256,
+                              out_text=t), ceil.pid, broker)
         finally:
             ceil.terminate()
             ceil.wait(timeout=10)
-        i_rps, i_p99, i_bad = wrk(f"http://127.0.0.1:{iport}{path}", seconds, 256)
+        (i_rps, i_p99, i_bad), i_cpu = cpu_per_request(
+            lambda t: wrk(f"http://127.0.0.1:{iport}{path}", seconds, 256,
+                          out_text=t), ingest.pid, broker)
         sluice_half = loadgen(iport, half, seconds)
         sluice_own_half = loadgen(iport, i_rps / 2, seconds)
         # The same open-loop run against nginx: what the box and loadgen
@@ -169,6 +209,11 @@ def bench_ingest(env, tmp, seconds):
     print(f"  sluice-ingest 202            {i_rps:10.0f} req/s  p99 {i_p99:7.2f} ms  (non-2xx: {i_bad})")
     print(f"  ratio vs bare evhttp         {i_rps / ceiling[0]:10.2f}   (target >= 0.8)")
     print(f"  ratio vs nginx (auto)        {i_rps / nginx_rate:10.2f}   (target >= 0.5)")
+    print("  CPU per request (us): event loop / librdkafka threads / Kafka broker")
+    print(f"    bare evhttp                {ceil_cpu[0]:6.1f} / {ceil_cpu[1]:5.1f} / {ceil_cpu[2]:5.1f}")
+    print(f"    sluice-ingest              {i_cpu[0]:6.1f} / {i_cpu[1]:5.1f} / {i_cpu[2]:5.1f}")
+    print("    (2 cores: the loop's share bounds req/s; bench/callgrind_requests.py"
+          " --stages splits it)")
     print(f"  ratio vs nginx (1 worker)    {i_rps / results['1'][0]:10.2f}")
     print("ingest: open loop (bench/loadgen), latency from the moment each request was due")
     for name, (p50, p99, ok, other, ach) in (
@@ -185,6 +230,11 @@ def bench_ingest(env, tmp, seconds):
         i_rps / nginx_rate, ">= 0.5")
     row("ingest req/s", i_rps, "req/s", "bare evhttp static 202 (ceiling)",
         ceiling[0], i_rps / ceiling[0], ">= 0.8")
+    row("ingest loop CPU per request", i_cpu[0], "us",
+        "bare evhttp loop CPU per request", ceil_cpu[0], ceil_cpu[0] / i_cpu[0],
+        None)
+    row("ingest CPU per request, librdkafka + broker", i_cpu[1] + i_cpu[2], "us",
+        None, None, None, None)
     row("ingest p99 over the Kafka ack floor", sluice_own_half[1] - kp[1], "ms",
         "producer alone p99 at that rate", kp[1], None, "<= 2 ms")
     row("ingest p99 at half its max", sluice_own_half[1], "ms",
@@ -192,6 +242,30 @@ def bench_ingest(env, tmp, seconds):
     row("Kafka ack p99, producer alone", kp[1], "ms", None, None, None,
         "floor of the p99")
     row("ingest peak RSS", rss, "MB", None, None, None, "< 64 MB")
+    ingest_profile(env, tmp)
+
+
+def ingest_profile(env, tmp):
+    """The loop's instructions per webhook, stage by stage, next to the
+    bare evhttp ceiling (bench/callgrind_requests.py --stages): where the
+    gap between the two goes. Skipped without valgrind."""
+    if not shutil.which("valgrind") or not shutil.which("callgrind_annotate"):
+        print("ingest profile: skipped (valgrind not installed)")
+        return
+    out = os.path.join(tmp, "ingest-profile.json")
+    subprocess.run([sys.executable, os.path.join(REPO, "bench", "callgrind_requests.py"),
+                    "--stages", os.path.join(BUILD, "sluice-ingest"),
+                    os.path.join(BUILD, "evhttp202"), "-n", "2000",
+                    "--brokers", env["SLUICE_KAFKA_BROKERS"], "--json", out],
+                   check=True, env=env)
+    with open(out) as f:
+        p = json.load(f)
+    row("ingest instructions per webhook (loop)", p["ingest"], "instr",
+        "bare evhttp static 202 (ceiling)", p["ceiling"],
+        p["ceiling"] / p["ingest"], ">= 0.8")
+    for stage in ("JSON parse (cJSON)", "schema (schemas/*.json)",
+                  "record to librdkafka", "delivery report to the answer"):
+        row(f"ingest loop: {stage}", p["stages"][stage], "instr")
 
 
 def cpu_s(pid):

@@ -54,7 +54,7 @@ int main(int argc, char **argv)
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char err[512], body[512], key[64];
 	rd_kafka_t *rk;
-	double t0, t1, until, rate = argc == 5 ? atof(argv[4]) : 0, next = 0;
+	double t0, t1, until, started = now_s(), rate = argc == 5 ? atof(argv[4]) : 0, next = 0;
 	long sent = 0, at_start;
 
 	if (argc != 4 && argc != 5) {
@@ -76,11 +76,10 @@ int main(int argc, char **argv)
 		fprintf(stderr, "%s\n", err);
 		return 1;
 	}
-	/* Warm-up: a second of records so leaders and the producer id are
-	 * known before measuring. */
-	until = now_s() + atof(argv[3]) + 1.0;
-	t0 = now_s() + 1.0;
-	measure_from = t0;
+	/* Warm-up: records until the first is acknowledged (the topic is new:
+	 * it is created, and its leader and the producer id found, which can
+	 * take seconds on a busy box), then a second more; measured after. */
+	t0 = until = measure_from = 1e18;
 	at_start = -1;
 	if (rate > 0) {
 		cap_lat = (long)(rate * atof(argv[3])) + 1000;
@@ -92,6 +91,14 @@ int main(int argc, char **argv)
 	while ((t1 = now_s()) < until) {
 		rd_kafka_headers_t *h;
 		int n;
+
+		if (delivered > 0 && t0 > 1e17) {
+			t0 = measure_from = t1 + 1.0;
+			until = t0 + atof(argv[3]);
+		} else if (t0 > 1e17 && t1 - started > 60.0) {
+			fprintf(stderr, "kproduce: nothing acknowledged in 60 s\n");
+			return 1;
+		}
 
 		if (rate > 0 && (double)sent >= (t1 - next) * rate) {
 			/* ahead of the rate: let a millisecond pass */
