@@ -146,9 +146,9 @@ static void templates_add(struct cache_templates *t, const char *list,
 	t->v = xrealloc(t->v, (t->n + n + 1) * sizeof(*t->v));
 	for (size_t i = 0; i < n; i++) {
 		t->v[t->n].tmpl = v[i]; /* owned by t now */
-		t->v[t->n].op = literal		     ? op
+		t->v[t->n].op = literal		       ? op
 				: strpbrk(v[i], "*?[") ? CACHE_PATTERN
-						     : CACHE_KEY;
+						       : CACHE_KEY;
 		t->n++;
 	}
 	free(v);
@@ -355,7 +355,7 @@ struct scan_job {
 struct idx_job {
 	struct run *run;
 	const char *set;
-	char cursor[32]; /* "" once the SSCAN is done */
+	char cursor[32];     /* "" once the SSCAN is done */
 	struct strvec found; /* this round's members */
 	struct strvec purge; /* last round's, SREMed and UNLINKed now */
 };
@@ -570,8 +570,8 @@ static void send_chunked(struct cache *c, struct run *r, rconn_reply_fn fn,
 	argv[0] = cmd;
 	argv[1] = arg;
 	for (size_t i = 0; i < keys->n; i += UNLINK_CHUNK) {
-		size_t n = keys->n - i < UNLINK_CHUNK ? keys->n - i
-						      : UNLINK_CHUNK;
+		size_t n =
+		    keys->n - i < UNLINK_CHUNK ? keys->n - i : UNLINK_CHUNK;
 
 		for (size_t k = 0; k < n; k++)
 			argv[lead + k] = keys->v[i + k];
@@ -730,8 +730,8 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 			strvec_free(&idx[i].purge);
 			idx[i].purge = idx[i].found;
 			memset(&idx[i].found, 0, sizeof(idx[i].found));
-			active = active || idx[i].cursor[0] ||
-				 idx[i].purge.n > 0;
+			active =
+			    active || idx[i].cursor[0] || idx[i].purge.n > 0;
 		}
 	}
 	strvec_free(&keys);

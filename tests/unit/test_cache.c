@@ -134,12 +134,17 @@ static const struct {
 		const char *mode;
 	} want[3];
 } loads[] = {
-    {"messages:{conversation_id}:*", "", "", 1,
+    {"messages:{conversation_id}:*",
+     "",
+     "",
+     1,
      {{"messages:a\\*:*", CACHE_PATTERN,
        "messages:{conversation_id}:* by SCAN (walks the keyspace per batch; "
        "see docs/caching.md)"}}},
-    {"conversation:{conversation_id}", "cache_gen:conversation:{conversation_id}",
-     "sluice:keys:conversation:{conversation_id}", 3,
+    {"conversation:{conversation_id}",
+     "cache_gen:conversation:{conversation_id}",
+     "sluice:keys:conversation:{conversation_id}",
+     3,
      {{"conversation:a*", CACHE_KEY,
        "conversation:{conversation_id} by UNLINK (one key)"},
       {"cache_gen:conversation:a*", CACHE_GEN,
@@ -147,7 +152,10 @@ static const struct {
       {"sluice:keys:conversation:a*", CACHE_INDEX,
        "sluice:keys:conversation:{conversation_id} by key index"}}},
     /* Taken literally: a generation key with a "*" is no pattern. */
-    {"", " g:{conversation_id}:* , ", NULL, 1,
+    {"",
+     " g:{conversation_id}:* , ",
+     NULL,
+     1,
      {{"g:a*:*", CACHE_GEN, "g:{conversation_id}:* by generation"}}},
     {"", "", "", 0, {{NULL, CACHE_KEY, NULL}}},
 };
