@@ -15,10 +15,11 @@
 
 #define SCAN_COUNT "1000"
 #define UNLINK_CHUNK 512
-/* Members read per SSCAN step of a key index: a set of up to 128 small
- * members (Redis's compact encoding) comes whole in one step whatever the
- * count; a huge one comes in steps of about this many, so no reply, and
- * no UNLINK or SREM after it, is unbounded. */
+/* Members read per SSCAN step of a key index: a set of up to about this
+ * many members comes whole in one step (a small set's table has fewer
+ * buckets than the count; a compactly encoded one comes whole anyway); a
+ * huge one comes in steps of about this many, so no reply, and no UNLINK
+ * or SREM after it, is unbounded. */
 #define SSCAN_COUNT "1000"
 #define BUMP_TTL_S "86400"
 
