@@ -8,6 +8,8 @@
 # Stops and starts Redis: run it without SLUICE_TEST_SERVICES_DIR (a private
 # stack).
 
+import os
+import signal
 import time
 
 from campaign_util import (Pair, add_inbox, add_lead, batch, msg, post_batch,
@@ -138,13 +140,15 @@ def test_index_removes_exactly_the_members(pipeline, services):
     r.delete(unindexed, _idx(other), *theirs)
 
 
-def _modes_worker(pipeline, **over):
+def _modes_worker(pipeline, redis_timeout_ms=200):
+    # Static membership: a restarted worker takes the killed one's place at
+    # once instead of waiting for its session to time out.
     return pipeline.start_worker(
         invalidate_keys="", invalidate_generation=GEN, invalidate_index=IDX,
-        redis_timeout_ms=200,
+        redis_timeout_ms=redis_timeout_ms,
         **{"kafka__group.instance.id": f"{pipeline.group}-w",
            "kafka__session.timeout.ms": 6000,
-           "kafka__heartbeat.interval.ms": 1000}, **over)
+           "kafka__heartbeat.interval.ms": 1000})
 
 
 def _seed(r, cids):
@@ -229,6 +233,46 @@ def test_owed_survive_kill_9(pipeline, services):
     assert not pipeline.duplicates()
     assert pipeline.message_count() == 2 * len(cids)
     r.delete(sentinel, *[_gen(c) for c in cids])
+
+
+def test_kill_9_between_commit_and_invalidation(pipeline, services):
+    """The batch has committed and its invalidation is on the wire to a
+    Redis that does not answer (stopped with SIGSTOP) when the worker is
+    killed -9. Whatever Redis did with the dead worker's commands once it
+    runs again, the restarted worker performs the row: the indexed keys go,
+    the generation has moved (at least once: twice is harmless)."""
+    worker = _modes_worker(pipeline, redis_timeout_ms=20000)
+    pipeline.start_ingest()
+    r = services.redis()
+    _post_and_land(pipeline, pipeline.cid("warm"))   # joined, caught up
+    cid = pipeline.cid("between")
+    stale = _seed(r, [cid])
+    pid = r.info("server")["process_id"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _post_and_land(pipeline, cid)
+        assert {_gen(cid), _idx(cid)} <= _owed_keys(pipeline)
+        time.sleep(0.3)
+        # Still waiting on Redis (20 s), not given up.
+        assert "invalidation not confirmed" not in worker.log_text()
+        worker.kill9()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    time.sleep(0.5)
+    # The dead worker never got the SSCAN's answer: no purge happened.
+    assert len(existing_keys(r, stale)) == len(stale)
+    assert {_idx(cid)} <= _owed_keys(pipeline)
+    pipeline.restart(worker)
+    wait_until(lambda: not existing_keys(r, stale), 30,
+               message="the dead worker's owed index purge",
+               describe=lambda: f"{len(existing_keys(r, stale))} left; worker "
+               f"log tail:\n{worker.log_tail(10)}")
+    wait_until(lambda: not _owed_keys(pipeline), 10,
+               message="the outbox to be empty")
+    assert int(r.get(_gen(cid))) >= 4, r.get(_gen(cid))
+    assert r.scard(_idx(cid)) == 0
+    assert not pipeline.duplicates()
+    r.delete(_gen(cid))
 
 
 def test_campaign_generation_and_index(pipeline, services):
