@@ -10,6 +10,7 @@
 
 import os
 import signal
+import threading
 import time
 
 from campaign_util import (Pair, add_inbox, add_lead, batch, msg, post_batch,
@@ -39,6 +40,31 @@ def _fill_indexed(r, cid, n=10):
             p.sadd(_idx(cid), *keys[i:i + 1000])
         p.execute()
     return keys
+
+
+class _Monitor:
+    """The commands Redis runs from now on (MONITOR, on a thread): what the
+    worker sent, in order, each as its list of words."""
+
+    def __init__(self, r):
+        self.m = r.monitor()
+        self.m.__enter__()
+        self.cmds = []
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        try:
+            while True:
+                self.cmds.append(self.m.next_command()["command"].split())
+        except Exception:   # the connection closed by stop()
+            pass
+
+    def stop(self):
+        time.sleep(0.2)     # the last replies' commands are echoed too
+        self.m.connection.disconnect()
+        self.t.join(5)
+        return self.cmds
 
 
 def _post_and_land(pipeline, cid):
@@ -125,13 +151,34 @@ def test_index_removes_exactly_the_members(pipeline, services):
     theirs = _fill_indexed(r, other)
     unindexed = f"page:{cid}:unindexed"
     r.set(unindexed, b"keep")
-    _post_and_land(pipeline, cid)
-    _post_and_land(pipeline, big)
-    for keys, c in ((mine, cid), (many, big)):
-        wait_until(lambda: not existing_keys(r, keys), 10,
-                   message=f"the indexed keys of {c} to be removed",
-                   describe=lambda: f"{len(existing_keys(r, keys))} left")
-        assert r.scard(_idx(c)) == 0, f"{r.scard(_idx(c))} members left"
+    mon = _Monitor(r)
+    try:
+        _post_and_land(pipeline, cid)
+        _post_and_land(pipeline, big)
+        for keys, c in ((mine, cid), (many, big)):
+            wait_until(lambda: not existing_keys(r, keys), 10,
+                       message=f"the indexed keys of {c} to be removed",
+                       describe=lambda: f"{len(existing_keys(r, keys))} left")
+            assert r.scard(_idx(c)) == 0, f"{r.scard(_idx(c))} members left"
+    finally:
+        cmds = mon.stop()
+    # Exactly the members read leave the set (never a DEL of the set: a key
+    # indexed meanwhile must stay indexed), SREM before UNLINK, no walk of
+    # the keyspace, no script, at most 512 keys a command.
+    words = [c[0].upper() for c in cmds]
+    assert not {"SCAN", "KEYS", "EVAL", "EVALSHA", "DEL"} & set(words), \
+        sorted(set(words))
+    for c in (cid, big):
+        srem = [i for i, w in enumerate(cmds)
+                if w[0].upper() == "SREM" and w[1] == _idx(c)]
+        unlink = [i for i, w in enumerate(cmds) if w[0].upper() == "UNLINK"
+                  and any(x.startswith(f"page:{c}:") for x in w[1:])]
+        assert srem and unlink, cmds[-20:]
+        assert srem[0] < unlink[0], "UNLINK before SREM"
+        assert not any(_idx(c) in cmds[i] for i in unlink), \
+            "the index set itself was unlinked"
+        assert unindexed not in sum((cmds[i] for i in unlink), [])
+        assert max(len(cmds[i]) - 1 for i in unlink) <= 512
     assert len(existing_keys(r, theirs)) == len(theirs), \
         "another conversation's keys were removed"
     assert r.scard(_idx(other)) == len(theirs), "another index was purged"
