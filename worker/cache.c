@@ -468,8 +468,8 @@ static void sscan_cb(void *priv, const redisReply *rep)
 	m = rep->element[1];
 	for (size_t k = 0; k < m->elements; k++)
 		if (m->element[k]->type == REDIS_REPLY_STRING)
-			strvec_push(&job->found, strndup(m->element[k]->str,
-							 m->element[k]->len));
+			strvec_push(&job->found, xstrndup(m->element[k]->str,
+							  m->element[k]->len));
 	if (strcmp(job->cursor, "0") == 0)
 		job->cursor[0] = '\0'; /* done */
 }
