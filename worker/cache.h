@@ -104,8 +104,9 @@ bool cache_ping(struct cache *c);
  * sluice_owed_invalidations of this worker's partitions): the gauge
  * sluice_worker_invalidations_owed. */
 size_t cache_pending(const struct cache *c);
-/* Invalidations carried out (keys, patterns, version bumps; deferred ones
- * when they finally ran) and the keys they removed, since start. */
+/* Invalidations carried out (keys, patterns, version and generation bumps,
+ * key-index purges; deferred ones when they finally ran) and the keys they
+ * removed, since start. */
 void cache_totals(const struct cache *c, unsigned long long *done,
 		  unsigned long long *removed);
 void cache_set_owed(struct cache *c, size_t n);
