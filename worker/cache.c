@@ -1,6 +1,7 @@
 /* Redis invalidation after commit: every key of the affected
- * conversations, in pipelined round trips (SCAN + UNLINK, never KEYS).
- * What Redis could not confirm stays owed in PostgreSQL (owed.c). */
+ * conversations, in pipelined round trips (UNLINK, generation INCRs,
+ * key-index purges, SCAN; never KEYS). What Redis could not confirm stays
+ * owed in PostgreSQL (owed.c). */
 #include "cache.h"
 
 #include <hiredis/hiredis.h>
@@ -14,6 +15,12 @@
 
 #define SCAN_COUNT "1000"
 #define UNLINK_CHUNK 512
+/* Members read per SSCAN step of a key index: a set of up to about this
+ * many members comes whole in one step (a small set's table has fewer
+ * buckets than the count; a compactly encoded one comes whole anyway); a
+ * huge one comes in steps of about this many, so no reply, and no UNLINK
+ * or SREM after it, is unbounded. */
+#define SSCAN_COUNT "1000"
 #define BUMP_TTL_S "86400"
 
 struct cache {
@@ -47,19 +54,20 @@ static void strvec_free(struct strvec *s)
 	s->n = s->cap = 0;
 }
 
-char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
-		   bool *is_pattern)
+/* Each placeholder of tmpl becomes id, glob characters of id escaped when
+ * escape says so. */
+static char *expand(const char *tmpl, const char *placeholder, const char *id,
+		    bool escape)
 {
 	struct buf b;
 	const char *p = tmpl;
 	const char *hit;
 
-	*is_pattern = strpbrk(tmpl, "*?[") != NULL;
 	buf_init(&b);
 	while ((hit = strstr(p, placeholder)) != NULL) {
 		buf_append(&b, p, (size_t)(hit - p));
 		for (const char *s = id; *s; s++) {
-			if (*is_pattern && strchr("*?[]\\", *s))
+			if (escape && strchr("*?[]\\", *s))
 				buf_append(&b, "\\", 1);
 			buf_append(&b, s, 1);
 		}
@@ -67,6 +75,13 @@ char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
 	}
 	buf_puts(&b, p);
 	return b.data;
+}
+
+char *cache_expand(const char *tmpl, const char *placeholder, const char *id,
+		   bool *is_pattern)
+{
+	*is_pattern = strpbrk(tmpl, "*?[") != NULL;
+	return expand(tmpl, placeholder, id, *is_pattern);
 }
 
 size_t cache_templates_parse(const char *list, char ***out)
@@ -100,6 +115,93 @@ void cache_templates_free(char **t, size_t n)
 	free(t);
 }
 
+const char *cache_op_name(enum cache_op op)
+{
+	switch (op) {
+	case CACHE_KEY: return "key";
+	case CACHE_PATTERN: return "pattern";
+	case CACHE_BUMP: return "bump";
+	case CACHE_GEN: return "gen";
+	case CACHE_INDEX: return "index";
+	}
+	return "key";
+}
+
+enum cache_op cache_op_parse(const char *name)
+{
+	static const enum cache_op ops[] = {CACHE_PATTERN, CACHE_BUMP,
+					    CACHE_GEN, CACHE_INDEX};
+
+	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
+		if (strcmp(name, cache_op_name(ops[i])) == 0)
+			return ops[i];
+	return CACHE_KEY;
+}
+
+static void templates_add(struct cache_templates *t, const char *list,
+			  bool literal, enum cache_op op)
+{
+	char **v;
+	size_t n = cache_templates_parse(list, &v);
+
+	t->v = xrealloc(t->v, (t->n + n + 1) * sizeof(*t->v));
+	for (size_t i = 0; i < n; i++) {
+		t->v[t->n].tmpl = v[i]; /* owned by t now */
+		t->v[t->n].op = literal		       ? op
+				: strpbrk(v[i], "*?[") ? CACHE_PATTERN
+						       : CACHE_KEY;
+		t->n++;
+	}
+	free(v);
+}
+
+void cache_templates_load(struct cache_templates *t, const char *scan,
+			  const char *gen, const char *index)
+{
+	memset(t, 0, sizeof(*t));
+	templates_add(t, scan ? scan : "", false, CACHE_KEY);
+	templates_add(t, gen ? gen : "", true, CACHE_GEN);
+	templates_add(t, index ? index : "", true, CACHE_INDEX);
+}
+
+void cache_templates_clear(struct cache_templates *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		free(t->v[i].tmpl);
+	free(t->v);
+	memset(t, 0, sizeof(*t));
+}
+
+char *cache_template_mode(const struct cache_template *t)
+{
+	const char *how = "";
+	struct buf b;
+
+	switch (t->op) {
+	case CACHE_KEY: how = "by UNLINK (one key)"; break;
+	case CACHE_PATTERN:
+		how = "by SCAN (walks the keyspace per batch; see "
+		      "docs/caching.md)";
+		break;
+	case CACHE_BUMP: how = "by version bump"; break;
+	case CACHE_GEN: how = "by generation"; break;
+	case CACHE_INDEX: how = "by key index"; break;
+	}
+	buf_init(&b);
+	buf_printf(&b, "%s %s", t->tmpl, how);
+	return b.data;
+}
+
+void cache_templates_log(const struct cache_templates *t)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		char *mode = cache_template_mode(&t->v[i]);
+
+		log_info("cache: %s", mode);
+		free(mode);
+	}
+}
+
 static void keys_push(struct cache_keys *k, char *key, enum cache_op op)
 {
 	if (k->n == k->cap) {
@@ -119,6 +221,24 @@ void cache_keys_add(struct cache_keys *k, char *const *templates,
 		char *key =
 		    cache_expand(templates[t], placeholder, id, &pattern);
 
+		keys_push(k, key, pattern ? CACHE_PATTERN : CACHE_KEY);
+	}
+}
+
+void cache_keys_expand(struct cache_keys *k, const struct cache_templates *t,
+		       const char *placeholder, const char *id)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		bool pattern;
+		char *key;
+
+		if (t->v[i].op == CACHE_GEN || t->v[i].op == CACHE_INDEX) {
+			/* A key, not a pattern: the id goes in unescaped. */
+			key = expand(t->v[i].tmpl, placeholder, id, false);
+			keys_push(k, key, t->v[i].op);
+			continue;
+		}
+		key = cache_expand(t->v[i].tmpl, placeholder, id, &pattern);
 		keys_push(k, key, pattern ? CACHE_PATTERN : CACHE_KEY);
 	}
 }
@@ -226,6 +346,21 @@ struct scan_job {
 	size_t n_prefixes;
 };
 
+/* A key index (a set the application SADDs each key it fills to): read in
+ * SSCAN steps; what a step found is SREMed from the set, then UNLINKed,
+ * in the next round trip. Only those members leave the set (never a DEL
+ * of it): a key indexed meanwhile stays indexed for the next
+ * invalidation. SREM goes first so that a fill landing between the two
+ * commands re-adds its member to the set rather than leaving a cached key
+ * nobody indexes. */
+struct idx_job {
+	struct run *run;
+	const char *set;
+	char cursor[32];     /* "" once the SSCAN is done */
+	struct strvec found; /* this round's members */
+	struct strvec purge; /* last round's, SREMed and UNLINKed now */
+};
+
 /* Every "literal*" pattern of a run at once: Redis walks its keyspace
  * once per invalidation instead of once per conversation (a SCAN costs
  * Redis 0.4-0.9 us a key whatever it matches), and UNLINKs what starts
@@ -280,7 +415,7 @@ static void unlink_cb(void *priv, const redisReply *rep)
 	}
 }
 
-/* hiredis, on the loop: INCR, EXPIRE or PING answered. */
+/* hiredis, on the loop: INCR, EXPIRE, SREM or PING answered. */
 static void bump_cb(void *priv, const redisReply *rep)
 {
 	struct run *r = priv;
@@ -309,6 +444,32 @@ static void scan_cb(void *priv, const redisReply *rep)
 		strvec_push(&r->found,
 			    strndup(rep->element[1]->element[k]->str,
 				    rep->element[1]->element[k]->len));
+	if (strcmp(job->cursor, "0") == 0)
+		job->cursor[0] = '\0'; /* done */
+}
+
+/* hiredis, on the loop: SSCAN of a key index answered {cursor, members}. */
+static void sscan_cb(void *priv, const redisReply *rep)
+{
+	struct idx_job *job = priv;
+	struct run *r = job->run;
+	const redisReply *m;
+
+	r->outstanding--;
+	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+	    rep->element[0]->type != REDIS_REPLY_STRING ||
+	    rep->element[1]->type != REDIS_REPLY_ARRAY) {
+		if (rep && rep->type == REDIS_REPLY_ERROR)
+			log_warn("redis: key index %s: %s", job->set, rep->str);
+		r->failed = true;
+		return;
+	}
+	snprintf(job->cursor, sizeof(job->cursor), "%s", rep->element[0]->str);
+	m = rep->element[1];
+	for (size_t k = 0; k < m->elements; k++)
+		if (m->element[k]->type == REDIS_REPLY_STRING)
+			strvec_push(&job->found, xstrndup(m->element[k]->str,
+							  m->element[k]->len));
 	if (strcmp(job->cursor, "0") == 0)
 		job->cursor[0] = '\0'; /* done */
 }
@@ -398,6 +559,27 @@ static void send_cmd(struct cache *c, struct run *r, rconn_reply_fn fn,
 	r->outstanding++;
 }
 
+/* cmd [arg] keys..., at most UNLINK_CHUNK keys a command (a huge key
+ * index must not become one command that blocks Redis). */
+static void send_chunked(struct cache *c, struct run *r, rconn_reply_fn fn,
+			 const char *cmd, const char *arg,
+			 const struct strvec *keys)
+{
+	const char *argv[UNLINK_CHUNK + 2];
+	int lead = arg ? 2 : 1;
+
+	argv[0] = cmd;
+	argv[1] = arg;
+	for (size_t i = 0; i < keys->n; i += UNLINK_CHUNK) {
+		size_t n =
+		    keys->n - i < UNLINK_CHUNK ? keys->n - i : UNLINK_CHUNK;
+
+		for (size_t k = 0; k < n; k++)
+			argv[lead + k] = keys->v[i + k];
+		send_cmd(c, r, fn, r, lead + (int)n, argv);
+	}
+}
+
 /* Runs the loop until every reply of the round trip is in: the connection
  * layer answers each command, with NULL when Redis is lost or a reply is
  * overdue by redis_timeout_ms (it then drops the connection and backs
@@ -434,12 +616,16 @@ static void send_merged(struct cache *c, struct run *r, struct scan_job *job)
 }
 
 /* One pipelined round trip per SCAN step: the first carries the exact keys'
- * UNLINK, the version bumps and every pattern's first SCAN; later ones carry
- * the UNLINK of what the previous SCANs found and their next steps. */
+ * UNLINK, the version and generation bumps, every key index's first SSCAN
+ * and every pattern's first SCAN; later ones carry the SREM and UNLINK of
+ * what the previous SSCANs found, the UNLINK of what the previous SCANs
+ * found, and their next steps. With generations only, that is one round
+ * trip; with key indexes of ordinary size, two. */
 static long long cache_run(struct cache *c, const struct cache_keys *in)
 {
 	struct scan_job *jobs = NULL;
-	size_t n_jobs = 0;
+	struct idx_job *idx = NULL;
+	size_t n_jobs = 0, n_idx = 0;
 	struct strvec keys = {0};
 	struct run r;
 	long long removed = 0;
@@ -452,6 +638,12 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 
 		if (in->v[i].op == CACHE_KEY) {
 			strvec_push(&keys, xstrdup(in->v[i].key));
+		} else if (in->v[i].op == CACHE_INDEX) {
+			idx = xrealloc(idx, (n_idx + 1) * sizeof(*idx));
+			memset(&idx[n_idx], 0, sizeof(*idx));
+			idx[n_idx].set = in->v[i].key; /* in outlives the run */
+			strcpy(idx[n_idx].cursor, "0");
+			n_idx++;
 		} else if (in->v[i].op == CACHE_PATTERN) {
 			lit =
 			    c->no_script ? NULL : cache_prefix_of(in->v[i].key);
@@ -479,30 +671,42 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 	}
 	while (ok && (active || keys.n > 0 || first)) {
 		memset(&r, 0, sizeof(r));
-		for (size_t i = 0; i < keys.n; i += UNLINK_CHUNK) {
-			const char *argv[UNLINK_CHUNK + 1];
-			size_t n = keys.n - i < UNLINK_CHUNK ? keys.n - i
-							     : UNLINK_CHUNK;
-
-			argv[0] = "UNLINK";
-			for (size_t k = 0; k < n; k++)
-				argv[k + 1] = keys.v[i + k];
-			send_cmd(c, &r, unlink_cb, &r, (int)n + 1, argv);
+		send_chunked(c, &r, unlink_cb, "UNLINK", NULL, &keys);
+		for (size_t i = 0; i < n_idx; i++) {
+			send_chunked(c, &r, bump_cb, "SREM", idx[i].set,
+				     &idx[i].purge);
+			send_chunked(c, &r, unlink_cb, "UNLINK", NULL,
+				     &idx[i].purge);
 		}
-		/* A version bump (INCR + EXPIRE) tells a fill that started
-		 * before this invalidation not to land. */
 		for (size_t i = 0; first && i < in->n; i++) {
 			const char *incr[2] = {"INCR", in->v[i].key};
 			const char *exp[3] = {"EXPIRE", in->v[i].key,
 					      BUMP_TTL_S};
 
-			if (in->v[i].op != CACHE_BUMP)
-				continue;
-			send_cmd(c, &r, bump_cb, &r, 2, incr);
-			send_cmd(c, &r, bump_cb, &r, 3, exp);
+			/* A version bump (INCR + EXPIRE) tells a fill that
+			 * started before this invalidation not to land. A
+			 * generation has no TTL: were it to expire, it would
+			 * count again from 1 and readers would find entries
+			 * filled under those numbers before. */
+			if (in->v[i].op == CACHE_GEN) {
+				send_cmd(c, &r, bump_cb, &r, 2, incr);
+			} else if (in->v[i].op == CACHE_BUMP) {
+				send_cmd(c, &r, bump_cb, &r, 2, incr);
+				send_cmd(c, &r, bump_cb, &r, 3, exp);
+			}
 		}
 		first = false;
 		active = false;
+		for (size_t i = 0; i < n_idx; i++) {
+			const char *argv[5] = {"SSCAN", idx[i].set,
+					       idx[i].cursor, "COUNT",
+					       SSCAN_COUNT};
+
+			if (!idx[i].cursor[0])
+				continue;
+			idx[i].run = &r;
+			send_cmd(c, &r, sscan_cb, &idx[i], 5, argv);
+		}
 		for (size_t j = 0; j < n_jobs; j++) {
 			const char *argv[6] = {"SCAN",	jobs[j].cursor,
 					       "MATCH", jobs[j].pattern,
@@ -523,11 +727,23 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 		keys = r.found;
 		for (size_t j = 0; j < n_jobs; j++)
 			active = active || jobs[j].cursor[0];
+		for (size_t i = 0; i < n_idx; i++) {
+			strvec_free(&idx[i].purge);
+			idx[i].purge = idx[i].found;
+			memset(&idx[i].found, 0, sizeof(idx[i].found));
+			active =
+			    active || idx[i].cursor[0] || idx[i].purge.n > 0;
+		}
 	}
 	strvec_free(&keys);
 	for (size_t j = 0; j < n_jobs; j++)
 		free(jobs[j].pattern);
 	free(jobs);
+	for (size_t i = 0; i < n_idx; i++) {
+		strvec_free(&idx[i].found);
+		strvec_free(&idx[i].purge);
+	}
+	free(idx);
 	strvec_free(&prefixes);
 	if (ok) {
 		c->done += in->n;

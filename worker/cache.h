@@ -1,6 +1,6 @@
 /* Redis invalidation after commit: every key the batch's handlers name, in
- * pipelined round trips (SCAN + UNLINK, never KEYS), on the worker's
- * event_base. */
+ * pipelined round trips (UNLINK, generation INCRs, key-index purges, SCAN;
+ * never KEYS), on the worker's event_base. */
 #ifndef SLUICE_CACHE_H
 #define SLUICE_CACHE_H
 
@@ -16,6 +16,8 @@ enum cache_op {
 	CACHE_KEY,     /* UNLINK the key */
 	CACHE_PATTERN, /* SCAN MATCH it, UNLINK what matches */
 	CACHE_BUMP,    /* INCR a version key (fills that began earlier lose) */
+	CACHE_GEN,     /* INCR a generation counter, which never expires */
+	CACHE_INDEX,   /* a key index: UNLINK its members, SREM exactly those */
 };
 
 struct cache_key {
@@ -28,6 +30,38 @@ struct cache_keys {
 	struct cache_key *v;
 	size_t n, cap;
 };
+
+/* The name an op is stored under in sluice_owed_invalidations.ops, and
+ * back (an unknown name is CACHE_KEY). */
+const char *cache_op_name(enum cache_op op);
+enum cache_op cache_op_parse(const char *name);
+
+/* One template of a kind's invalidation and how its keys go. */
+struct cache_template {
+	char *tmpl;
+	enum cache_op op; /* CACHE_KEY, CACHE_PATTERN, CACHE_GEN, CACHE_INDEX */
+};
+
+struct cache_templates {
+	struct cache_template *v;
+	size_t n;
+};
+
+/* A kind's three lists (comma-separated; any may be empty): scan is the
+ * classic list (a template with a glob character is a SCAN pattern, any
+ * other one key), gen the generation counters, index the key-index sets.
+ * Generation and index templates are keys, taken literally. */
+void cache_templates_load(struct cache_templates *t, const char *scan,
+			  const char *gen, const char *index);
+void cache_templates_clear(struct cache_templates *t);
+/* "messages:{conversation_id}:* by SCAN (...)": how a template's keys go,
+ * for the start-up log. malloc'd. */
+char *cache_template_mode(const struct cache_template *t);
+/* Logs each template's mode once (at start). */
+void cache_templates_log(const struct cache_templates *t);
+/* Adds every template of t expanded for id. */
+void cache_keys_expand(struct cache_keys *k, const struct cache_templates *t,
+		       const char *placeholder, const char *id);
 
 /* Adds each template expanded for id (see cache_expand). */
 void cache_keys_add(struct cache_keys *k, char *const *templates,
@@ -70,8 +104,9 @@ bool cache_ping(struct cache *c);
  * sluice_owed_invalidations of this worker's partitions): the gauge
  * sluice_worker_invalidations_owed. */
 size_t cache_pending(const struct cache *c);
-/* Invalidations carried out (keys, patterns, version bumps; deferred ones
- * when they finally ran) and the keys they removed, since start. */
+/* Invalidations carried out (keys, patterns, version and generation bumps,
+ * key-index purges; deferred ones when they finally ran) and the keys they
+ * removed, since start. */
 void cache_totals(const struct cache *c, unsigned long long *done,
 		  unsigned long long *removed);
 void cache_set_owed(struct cache *c, size_t n);

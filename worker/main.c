@@ -17,6 +17,7 @@
 #include "../common/sdnotify.h"
 #include "../common/util.h"
 #include "batch.h"
+#include "cache.h"
 #include "composer.h"
 #include "consume.h"
 #include "dlq.h"
@@ -380,6 +381,23 @@ static void handle_tick(evutil_socket_t fd, short what, void *arg)
 	event_base_loopexit(w->base, NULL);
 }
 
+/* How each invalidation template's keys go, told once at start: SCAN
+ * walks the whole keyspace, which an operator should know. */
+static void log_cache_modes(const struct worker_config *cfg)
+{
+	struct cache_templates t;
+
+	cache_templates_load(&t, cfg->invalidate_keys,
+			     cfg->invalidate_generation, cfg->invalidate_index);
+	cache_templates_log(&t);
+	cache_templates_clear(&t);
+	cache_templates_load(&t, cfg->campaign_invalidate_keys,
+			     cfg->campaign_invalidate_generation,
+			     cfg->campaign_invalidate_index);
+	cache_templates_log(&t);
+	cache_templates_clear(&t);
+}
+
 /* Mode "consume": every pipeline on its thread, until SIGTERM; the
  * launcher's loop serves HTTP and the watchdog meanwhile. */
 static int run_consume(struct worker *w)
@@ -392,6 +410,7 @@ static int run_consume(struct worker *w)
 	log_info("consuming %s as group %s on %s (%d pipeline%s)", w->cfg.topic,
 		 w->cfg.group_id, w->cfg.brokers, w->n_pipes,
 		 w->n_pipes == 1 ? "" : "s");
+	log_cache_modes(&w->cfg);
 	for (int i = 0; i < w->n_pipes; i++)
 		if (!pipeline_start(w->pipes[i], err, sizeof(err))) {
 			log_error("%s", err);

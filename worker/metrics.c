@@ -873,10 +873,12 @@ void metrics_render(struct buf *out)
 		   "sluice_worker_rebalances_total{type=\"revoke\"} %llu\n",
 		   (unsigned long long)a->assigns,
 		   (unsigned long long)a->revokes);
-	prom_counter(out, "sluice_worker_invalidations_total",
-		     "Invalidations carried out in Redis after commits (keys, "
-		     "patterns, version bumps), deferred ones included.",
-		     a->inv);
+	prom_counter(
+	    out, "sluice_worker_invalidations_total",
+	    "Invalidations carried out in Redis after commits (keys, "
+	    "patterns, version and generation bumps, key-index purges), "
+	    "deferred ones included.",
+	    a->inv);
 	prom_counter(out, "sluice_worker_cache_keys_removed_total",
 		     "Redis keys the invalidations removed.", a->removed);
 	prom_gauge(out, "sluice_worker_invalidations_owed",

@@ -101,25 +101,6 @@ static void partset_set(struct partset *s, const int32_t *v, int n)
 		partset_add(s, v[i]);
 }
 
-static const char *op_name(enum cache_op op)
-{
-	switch (op) {
-	case CACHE_KEY: return "key";
-	case CACHE_PATTERN: return "pattern";
-	case CACHE_BUMP: return "bump";
-	}
-	return "key";
-}
-
-static enum cache_op op_parse(const char *s)
-{
-	if (strcmp(s, "pattern") == 0)
-		return CACHE_PATTERN;
-	if (strcmp(s, "bump") == 0)
-		return CACHE_BUMP;
-	return CACHE_KEY;
-}
-
 static void owed_publish(struct owed *o)
 {
 	cache_set_owed(o->cache, o->n);
@@ -166,7 +147,7 @@ static void text_array(struct buf *b, const struct cache_keys *k, bool ops)
 	const char **v = xcalloc(k->n + 1, sizeof(*v));
 
 	for (size_t i = 0; i < k->n; i++)
-		v[i] = ops ? op_name(k->v[i].op) : k->v[i].key;
+		v[i] = ops ? cache_op_name(k->v[i].op) : k->v[i].key;
 	buf_pg_array(b, v, k->n);
 	free(v);
 }
@@ -432,7 +413,7 @@ static void owed_catch_up(struct owed *o, int max_pages)
 				batches++;
 			}
 			cache_keys_push(&k, PQgetvalue(res, i, 1),
-					op_parse(PQgetvalue(res, i, 2)));
+					cache_op_parse(PQgetvalue(res, i, 2)));
 		}
 		PQclear(res);
 		r = cache_invalidate(o->cache, &k);

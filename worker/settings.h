@@ -27,6 +27,8 @@ struct worker_config {
 	char *redis_password;	   /* NULL: the URL's, if any; not a key */
 	int redis_timeout_ms;
 	char *invalidate_keys;
+	char *invalidate_generation; /* CACHE_GEN templates */
+	char *invalidate_index;	     /* CACHE_INDEX templates */
 	int batch_max;
 	int batch_wait_ms;
 	int retry_backoff_min_ms;
@@ -38,6 +40,8 @@ struct worker_config {
 	int log_format;
 	/* campaigns and lead contexts */
 	char *campaign_invalidate_keys;
+	char *campaign_invalidate_generation;
+	char *campaign_invalidate_index;
 	int lc_source; /* enum lc_source */
 	char *lc_url;
 	char *lc_phone_url;

@@ -58,6 +58,12 @@ BAD = [
     ("sluice-worker", "campaign_invalidate_keys = run:{conversation_id}\n",
      "{f}:1: campaign_invalidate_keys: unknown placeholder "
      "{conversation_id} (known: {run_id})"),
+    ("sluice-worker", "invalidate_generation = gen:{conv_id}\n",
+     "{f}:1: invalidate_generation: unknown placeholder {conv_id} "
+     "(known: {conversation_id})"),
+    ("sluice-worker", "campaign_invalidate_index = keys:{conversation_id}\n",
+     "{f}:1: campaign_invalidate_index: unknown placeholder "
+     "{conversation_id} (known: {run_id})"),
     ("sluice-worker", "lead_context.url = http://crm/leads/{id}\n",
      "{f}:1: lead_context.url: unknown placeholder {id} (known: {lead_id})"),
     ("sluice-worker", 'group_id = g"\n',

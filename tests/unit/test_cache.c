@@ -123,6 +123,74 @@ static const struct {
     {"trailing\\", NULL},
 };
 
+/* A kind's three lists: which op each template gets, the key it makes
+ * for an id holding glob characters, and the mode the start-up log tells. */
+static const struct {
+	const char *scan, *gen, *index;
+	size_t n;
+	struct {
+		const char *key;
+		enum cache_op op;
+		const char *mode;
+	} want[3];
+} loads[] = {
+    {"messages:{conversation_id}:*",
+     "",
+     "",
+     1,
+     {{"messages:a\\*:*", CACHE_PATTERN,
+       "messages:{conversation_id}:* by SCAN (walks the keyspace per batch; "
+       "see docs/caching.md)"}}},
+    {"conversation:{conversation_id}",
+     "cache_gen:conversation:{conversation_id}",
+     "sluice:keys:conversation:{conversation_id}",
+     3,
+     {{"conversation:a*", CACHE_KEY,
+       "conversation:{conversation_id} by UNLINK (one key)"},
+      {"cache_gen:conversation:a*", CACHE_GEN,
+       "cache_gen:conversation:{conversation_id} by generation"},
+      {"sluice:keys:conversation:a*", CACHE_INDEX,
+       "sluice:keys:conversation:{conversation_id} by key index"}}},
+    /* Taken literally: a generation key with a "*" is no pattern. */
+    {"",
+     " g:{conversation_id}:* , ",
+     NULL,
+     1,
+     {{"g:a*:*", CACHE_GEN, "g:{conversation_id}:* by generation"}}},
+    {"", "", "", 0, {{NULL, CACHE_KEY, NULL}}},
+};
+
+static void test_templates(void)
+{
+	for (size_t i = 0; i < sizeof(loads) / sizeof(loads[0]); i++) {
+		struct cache_templates t;
+		struct cache_keys k = {0};
+
+		cache_templates_load(&t, loads[i].scan, loads[i].gen,
+				     loads[i].index);
+		CHECK(t.n == loads[i].n, "load %zu: %zu templates", i, t.n);
+		cache_keys_expand(&k, &t, "{conversation_id}", "a*");
+		CHECK(k.n == t.n, "load %zu: %zu keys", i, k.n);
+		for (size_t j = 0; j < t.n && j < loads[i].n; j++) {
+			char *mode = cache_template_mode(&t.v[j]);
+
+			CHECK_STR(k.v[j].key, loads[i].want[j].key, "key");
+			CHECK(k.v[j].op == loads[i].want[j].op,
+			      "load %zu/%zu: op %d", i, j, (int)k.v[j].op);
+			CHECK_STR(mode, loads[i].want[j].mode, "mode");
+			/* Stored in the outbox and read back as the same op. */
+			CHECK(cache_op_parse(cache_op_name(k.v[j].op)) ==
+				  k.v[j].op,
+			      "op %d round trip", (int)k.v[j].op);
+			free(mode);
+		}
+		cache_keys_free(&k);
+		cache_templates_clear(&t);
+	}
+	CHECK(cache_op_parse("bump") == CACHE_BUMP, "bump");
+	CHECK(cache_op_parse("nonsense") == CACHE_KEY, "unknown op");
+}
+
 int main(void)
 {
 	char err[128];
@@ -148,6 +216,7 @@ int main(void)
 			      got);
 		free(got);
 	}
+	test_templates();
 	base = event_base_new();
 	test_rconn(base);
 	c = cache_new(base, "redis://127.0.0.1:1/0", NULL, 50, err,

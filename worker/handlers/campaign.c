@@ -190,8 +190,7 @@ struct campaign_state {
 	size_t n_by_lead;
 	struct buf sys, user;
 	int64_t now_ms;
-	char **templates; /* campaign_invalidate_keys */
-	size_t n_templates;
+	struct cache_templates templates; /* campaign_invalidate_* */
 	struct buf stage_msgs, stage_runs;
 	struct rule_result res;
 	/* this attempt's figures, for the log line */
@@ -286,8 +285,9 @@ static void *campaign_create(const struct handler_env *env)
 	struct campaign_state *c = xcalloc(1, sizeof(*c));
 
 	c->env = *env;
-	c->n_templates = cache_templates_parse(
-	    env->cfg->campaign_invalidate_keys, &c->templates);
+	cache_templates_load(&c->templates, env->cfg->campaign_invalidate_keys,
+			     env->cfg->campaign_invalidate_generation,
+			     env->cfg->campaign_invalidate_index);
 	buf_init(&c->stage_msgs);
 	buf_init(&c->stage_runs);
 	buf_init(&c->sys);
@@ -332,7 +332,7 @@ static void campaign_destroy(void *st)
 
 	campaign_reset(c);
 	free(c->recs);
-	cache_templates_free(c->templates, c->n_templates);
+	cache_templates_clear(&c->templates);
 	buf_free(&c->stage_msgs);
 	buf_free(&c->stage_runs);
 	buf_free(&c->sys);
@@ -899,8 +899,8 @@ static void campaign_keys(void *st, struct cache_keys *out)
 	struct campaign_state *c = st;
 
 	for (size_t i = 0; i < c->n; i++)
-		cache_keys_add(out, c->templates, c->n_templates, "{run_id}",
-			       c->recs[i].b.run_id);
+		cache_keys_expand(out, &c->templates, "{run_id}",
+				  c->recs[i].b.run_id);
 }
 
 static void campaign_summary(void *st, struct buf *line)

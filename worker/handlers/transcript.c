@@ -338,8 +338,7 @@ struct strlist {
 
 struct transcript_state {
 	struct transcript_rows rows;
-	char **templates; /* invalidate_keys */
-	size_t n_templates;
+	struct cache_templates templates; /* invalidate_* */
 	struct strlist conv_ids;
 	struct strlist with_msgs; /* conv_ids' strings that brought messages */
 	int fast_pause;		  /* batches left before the fast path again */
@@ -355,8 +354,9 @@ static void *transcript_create(const struct handler_env *env)
 	struct transcript_state *t = xcalloc(1, sizeof(*t));
 
 	transcript_rows_init(&t->rows);
-	t->n_templates =
-	    cache_templates_parse(env->cfg->invalidate_keys, &t->templates);
+	cache_templates_load(&t->templates, env->cfg->invalidate_keys,
+			     env->cfg->invalidate_generation,
+			     env->cfg->invalidate_index);
 	return t;
 }
 
@@ -383,7 +383,7 @@ static void transcript_destroy(void *st)
 	free(t->conv_ids.v);
 	free(t->with_msgs.v);
 	transcript_rows_free(&t->rows);
-	cache_templates_free(t->templates, t->n_templates);
+	cache_templates_clear(&t->templates);
 	free(t);
 }
 
@@ -535,8 +535,8 @@ static void transcript_keys(void *st, struct cache_keys *out)
 	struct transcript_state *t = st;
 
 	for (size_t i = 0; i < t->conv_ids.n; i++)
-		cache_keys_add(out, t->templates, t->n_templates,
-			       "{conversation_id}", t->conv_ids.v[i]);
+		cache_keys_expand(out, &t->templates, "{conversation_id}",
+				  t->conv_ids.v[i]);
 }
 
 static void transcript_summary(void *st, struct buf *line)
