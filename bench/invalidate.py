@@ -246,6 +246,10 @@ def summary_rows(results, k):
     """The figures in bench/summary.py's shape: each mode against its goal
     and against SCAN in the same keyspace, and flatness between sizes."""
     by = {(x["mode"], x["keyspace"]): x["median_ms"] for x in results}
+    # Flatness on the means: a median of whole milliseconds reads 1 -> 2
+    # as twice the cost.
+    mean = {(x["mode"], x["keyspace"]): x.get("mean_ms", x["median_ms"])
+            for x in results}
     sizes = sorted({x["keyspace"] for x in results})
     rows = []
     for (mode, size), v in sorted(by.items()):
@@ -267,11 +271,11 @@ def summary_rows(results, k):
         lo, hi = sizes[0], sizes[-1]
         for mode in ("scan", "generation", "index"):
             if (mode, lo) in by and (mode, hi) in by:
-                rows.append({"figure": f"invalidate {mode} {hi // 1000}k keys",
-                             "value": by[(mode, hi)], "unit": "ms",
+                rows.append({"figure": f"invalidate {mode} {hi // 1000}k keys (mean)",
+                             "value": mean[(mode, hi)], "unit": "ms",
                              "baseline": f"{lo // 1000}k keys",
-                             "baseline_value": by[(mode, lo)],
-                             "ratio": round(max(by[(mode, hi)], 1) / max(by[(mode, lo)], 1), 2),
+                             "baseline_value": mean[(mode, lo)],
+                             "ratio": round(max(mean[(mode, hi)], 1) / max(mean[(mode, lo)], 1), 2),
                              "goal": "<= 1.5 (flat)" if mode in GOAL_MS else "report"})
     return rows
 
@@ -303,12 +307,16 @@ def main():
             fill(r, seed, filled, size)
             filled = size
             for mode in modes:
-                rounds = run_mode(env, tmp, mode, size, r, a.conversations, a.rounds)
+                # The worker logs whole milliseconds: the cheap modes get
+                # three times the rounds, and flatness is judged on means.
+                n = a.rounds if mode == "scan" else 3 * a.rounds
+                rounds = run_mode(env, tmp, mode, size, r, a.conversations, n)
                 ms = [x["cache_ms"] for x in rounds]
                 res = {"keyspace": size, "mode": mode, "median_ms": statistics.median(ms),
+                       "mean_ms": round(statistics.mean(ms), 2),
                        "rounds": rounds, "dbsize": r.dbsize()}
                 results.append(res)
-                print(f"  {mode:10} cache {res['median_ms']:7.1f} ms (median of {ms}; "
+                print(f"  {mode:10} cache {res['median_ms']:7.1f} ms, mean {res['mean_ms']:.2f} (median of {ms}; "
                       f"batches {[x['batches'] for x in rounds]}; resumed -> done "
                       f"{[x['wall_ms'] for x in rounds]} ms)", flush=True)
         kept = count_kept(r, seed, filled)
