@@ -378,14 +378,25 @@ def pg_state(db):
                         " FROM pg_stat_bgwriter").fetchone()
     wal = db.execute("SELECT wal_bytes, wal_fpi FROM pg_stat_wal").fetchone()
     av = db.execute(
-        "SELECT coalesce(sum(autovacuum_count), 0), coalesce(sum(autoanalyze_count), 0)"
+        "SELECT coalesce(sum(autovacuum_count), 0)::bigint,"
+        " coalesce(sum(autoanalyze_count), 0)::bigint"
         " FROM pg_stat_all_tables WHERE relname IN ('messages', 'bench_messages',"
         " 'conversations', 'sluice_offsets', 'sluice_owed_invalidations')").fetchone()
     running = db.execute("SELECT count(*) FROM pg_stat_activity"
                          " WHERE backend_type = 'autovacuum worker'").fetchone()[0]
     return {"checkpoints_timed": cp[0], "checkpoints_req": cp[1],
-            "checkpoint_buffers": cp[2], "wal_bytes": int(wal[0]), "wal_fpi": wal[1],
+            "checkpoint_buffers": cp[2], "wal_bytes": int(wal[0]), "wal_fpi": int(wal[1]),
             "autovacuum": av[0], "autoanalyze": av[1], "autovacuum_running": running}
+
+
+def pg_after(dsn):
+    """pg_state() once the measured session has ended: a backend reports
+    its WAL figures at most once a second while it runs, and in full when
+    it exits."""
+    import psycopg
+    time.sleep(0.5)
+    with psycopg.connect(dsn, autocommit=True) as db:
+        return pg_state(db)
 
 
 def pg_delta(before, after):
@@ -401,6 +412,18 @@ def pg_delta_text(d):
             f" {d['checkpoint_buffers']} buffers), WAL {d['wal_bytes'] / 1e6:.0f} MB"
             f" ({d['wal_fpi']} full pages), autovacuum {d['autovacuum']}"
             f" / autoanalyze {d['autoanalyze']} done, {d['autovacuum_running']} running")
+
+
+def autovacuum_log(env):
+    """The autovacuum and autoanalyze lines of the bench's PostgreSQL log
+    (log_autovacuum_min_duration = 0): each a timestamp and a table."""
+    path = os.path.join(env.get("SLUICE_SERVICES_DIR", ""), "pg", "postgres.log")
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip() for line in f
+                    if "automatic vacuum of table" in line or "automatic analyze of table" in line]
+    except OSError:
+        return []
 
 
 def median(v):
@@ -479,7 +502,7 @@ def bench_worker(env, tmp, rows):
                     for r in data:
                         cp.write_row(r + ("2025-05-01T12:00:00Z",))
             secs = time.perf_counter() - t
-            return len(data) / secs, pg_delta(before, pg_state(db))
+        return len(data) / secs, pg_delta(before, pg_after(dsn))
 
     def worker_rows_per_s(topic, pipelines):
         """Runs a worker with `pipelines` over topic: (its rows/s, its
@@ -522,16 +545,28 @@ def bench_worker(env, tmp, rows):
                         raise SystemExit(f"worker stalled at {done} of {convs} records")
                     time.sleep(0.02)
                 rate = (done - first[1]) * per / (time.perf_counter() - first[0])
-                return rate, wconf, pg_delta(before, pg_state(db))
         finally:
             worker.send_signal(signal.SIGTERM)
             worker.wait(timeout=60)
+        return rate, wconf, pg_delta(before, pg_after(dsn))
 
     # Every run's records are in Kafka before the first measurement.
     runs = []
     for i in range(WORKER_RUNS):
         prefix, topic = f"w{run}{i}", f"bench-w-{run}-{i}"
         runs.append({"prefix": prefix, "topic": topic, "bytes": produce(prefix, topic)})
+    # Unmeasured: a fresh cluster creates (writes out) each new 16 MB WAL
+    # segment before using it, and recycles old ones only after a
+    # checkpoint, so whichever side ran first paid for the cluster's WAL.
+    # One COPY of the first run's rows into a scratch table, then the
+    # CHECKPOINT before each phase, leave both sides segments to recycle.
+    with psycopg.connect(dsn, autocommit=True) as db:
+        db.execute("CREATE TABLE bench_warmup (LIKE messages INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)")
+        with db.cursor() as cur:
+            with cur.copy("COPY bench_warmup (conversation_id, external_event_id, position, role, content, created_at) FROM STDIN") as cp:
+                for r in rows_of(runs[0]["prefix"]):
+                    cp.write_row(r + ("2025-05-01T12:00:00Z",))
+        db.execute("DROP TABLE bench_warmup")
     same = ("SELECT count(*), md5(string_agg(concat_ws('|', conversation_id, external_event_id,"
             " position, role, content), ',' ORDER BY conversation_id, external_event_id)) FROM {}"
             " WHERE starts_with(conversation_id, %s)")
@@ -539,10 +574,12 @@ def bench_worker(env, tmp, rows):
         data = rows_of(r["prefix"])
         # C W, W C, C W: each side goes first as often as the other.
         for side in (("copy", "worker") if i % 2 == 0 else ("worker", "copy")):
+            t0 = time.strftime("%H:%M:%S", time.gmtime())
             if side == "copy":
                 r["copy_rate"], r["copy_pg"] = copy_rows_per_s(data)
             else:
                 r["rate"], r["wconf"], r["worker_pg"] = worker_rows_per_s(r["topic"], "per_kind")
+            r[f"{side}_utc"] = f"{t0}-{time.strftime('%H:%M:%S', time.gmtime())}"
         with psycopg.connect(dsn, autocommit=True) as db:
             # The baseline copied the very rows the worker wrote.
             ours = db.execute(same.format("messages"), (f"{r['prefix']}-",)).fetchone()
@@ -552,10 +589,12 @@ def bench_worker(env, tmp, rows):
         r["ratio"] = r["rate"] / r["copy_rate"]
         print(f"worker: run {i + 1}: raw COPY {r['copy_rate']:8.0f} rows/s, sluice-worker"
               f" {r['rate']:8.0f} rows/s, ratio {r['ratio']:.2f}")
-        print(f"          during the COPY:   {pg_delta_text(r['copy_pg'])}")
-        print(f"          during the worker: {pg_delta_text(r['worker_pg'])}")
+        print(f"          during the COPY   ({r['copy_utc']} UTC): {pg_delta_text(r['copy_pg'])}")
+        print(f"          during the worker ({r['worker_utc']} UTC): {pg_delta_text(r['worker_pg'])}")
     with psycopg.connect(dsn, autocommit=True) as db:
         db.execute("DROP TABLE bench_messages")
+    for line in autovacuum_log(env):
+        print(f"worker: postgres log: {line[:160]}")
     ratios = [r["ratio"] for r in runs]
     ratio, lo, hi = median(ratios), min(ratios), max(ratios)
     mid = next(r for r in runs if r["ratio"] == ratio)

@@ -440,6 +440,11 @@ static const char SQL_COPY_MSG[] =
  * overlapped. */
 #define STREAM_CHUNK (1024 * 1024)
 
+/* The first chunk is smaller: the server waits for it with nothing else
+ * to do, and a full chunk is about 15 ms of decoding; once it has rows,
+ * the next chunks are built while it writes them. */
+#define STREAM_FIRST (128 * 1024)
+
 static bool stream_send(struct transcript_state *t, struct pgsink *ps,
 			char *errstr, size_t errstr_size)
 {
@@ -462,7 +467,8 @@ static bool transcript_stream(void *st, struct pgsink *ps, char *errstr,
 {
 	struct transcript_state *t = st;
 
-	if (t->fast_pause > 0 || t->rows.messages.len - t->sent < STREAM_CHUNK)
+	if (t->fast_pause > 0 || t->rows.messages.len - t->sent <
+				     (t->streaming ? STREAM_CHUNK : STREAM_FIRST))
 		return true;
 	return stream_send(t, ps, errstr, errstr_size);
 }
