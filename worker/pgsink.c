@@ -231,9 +231,8 @@ struct pq_step {
  * transaction is then in its failed state, for pgsink_rollback(). A
  * connection that fails or answers out of turn is dropped, which rolls
  * back whatever it had open. */
-static bool pipeline_run(struct pgsink *ps, const struct pq_step *steps,
-			 int n, const char *what, char *errstr,
-			 size_t errstr_size)
+static bool pipeline_run(struct pgsink *ps, const struct pq_step *steps, int n,
+			 const char *what, char *errstr, size_t errstr_size)
 {
 	PGconn *c = ps->conn;
 	PGresult *res;
@@ -398,8 +397,7 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 		    {SQL_FENCE, 3, params, PGRES_TUPLES_OK, &res},
 		};
 
-		ok = pipeline_run(ps, steps, 3, "offsets", errstr,
-				  errstr_size);
+		ok = pipeline_run(ps, steps, 3, "offsets", errstr, errstr_size);
 	}
 	free(arr);
 	offsets_read(res, parts, n, fence);
