@@ -441,7 +441,7 @@ static const char SQL_COPY_MSG[] =
 #define STREAM_CHUNK (1024 * 1024)
 
 /* The first chunk is smaller: the server waits for it with nothing else
- * to do, and a full chunk is about 15 ms of decoding; once it has rows,
+ * to do, and a full chunk is about 12 ms of decoding; once it has rows,
  * the next chunks are built while it writes them. */
 #define STREAM_FIRST (128 * 1024)
 
@@ -467,8 +467,9 @@ static bool transcript_stream(void *st, struct pgsink *ps, char *errstr,
 {
 	struct transcript_state *t = st;
 
-	if (t->fast_pause > 0 || t->rows.messages.len - t->sent <
-				     (t->streaming ? STREAM_CHUNK : STREAM_FIRST))
+	if (t->fast_pause > 0 ||
+	    t->rows.messages.len - t->sent <
+		(t->streaming ? STREAM_CHUNK : STREAM_FIRST))
 		return true;
 	return stream_send(t, ps, errstr, errstr_size);
 }
