@@ -389,6 +389,34 @@ def pg_state(db):
             "autovacuum": av[0], "autoanalyze": av[1], "autovacuum_running": running}
 
 
+def cpu_state(env):
+    """Seconds of CPU: the whole box busy (every core, /proc/stat), the
+    Kafka broker's process, and the wall clock."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(v) - v[3] - v[4]   # less idle and iowait
+    broker = 0
+    try:
+        with open(f"/proc/{env.get('SLUICE_KAFKA_PID', '')}/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        broker = int(st[11]) + int(st[12])   # utime, stime
+    except (OSError, IndexError, ValueError):
+        pass
+    return {"box_busy_s": busy / tick, "broker_cpu_s": broker / tick,
+            "wall_s": time.monotonic()}
+
+
+def cpu_delta(before, after):
+    return {k: round(after[k] - before[k], 2) for k in before}
+
+
+def cpu_delta_text(d):
+    cores = os.cpu_count() or 1
+    return (f"box {d['box_busy_s'] / max(d['wall_s'], 1e-9) * 100 / cores:.0f}% busy"
+            f" ({cores} cores), Kafka broker {d['broker_cpu_s']:.1f} CPU s in {d['wall_s']:.1f} s")
+
+
 def pg_after(dsn):
     """pg_state() once the measured session has ended: a backend reports
     its WAL figures at most once a second while it runs, and in full when
@@ -420,8 +448,8 @@ def autovacuum_log(env):
     path = os.path.join(env.get("SLUICE_SERVICES_DIR", ""), "pg", "postgres.log")
     try:
         with open(path, errors="replace") as f:
-            return [line.rstrip() for line in f
-                    if "automatic vacuum of table" in line or "automatic analyze of table" in line]
+            return [line.rstrip() for line in f if "LOG:" in line and (
+                "automatic vacuum of table" in line or "automatic analyze of table" in line)]
     except OSError:
         return []
 
@@ -574,12 +602,13 @@ def bench_worker(env, tmp, rows):
         data = rows_of(r["prefix"])
         # C W, W C, C W: each side goes first as often as the other.
         for side in (("copy", "worker") if i % 2 == 0 else ("worker", "copy")):
-            t0 = time.strftime("%H:%M:%S", time.gmtime())
+            t0, cpu0 = time.strftime("%H:%M:%S", time.gmtime()), cpu_state(env)
             if side == "copy":
                 r["copy_rate"], r["copy_pg"] = copy_rows_per_s(data)
             else:
                 r["rate"], r["wconf"], r["worker_pg"] = worker_rows_per_s(r["topic"], "per_kind")
             r[f"{side}_utc"] = f"{t0}-{time.strftime('%H:%M:%S', time.gmtime())}"
+            r[f"{side}_cpu"] = cpu_delta(cpu0, cpu_state(env))
         with psycopg.connect(dsn, autocommit=True) as db:
             # The baseline copied the very rows the worker wrote.
             ours = db.execute(same.format("messages"), (f"{r['prefix']}-",)).fetchone()
@@ -589,8 +618,9 @@ def bench_worker(env, tmp, rows):
         r["ratio"] = r["rate"] / r["copy_rate"]
         print(f"worker: run {i + 1}: raw COPY {r['copy_rate']:8.0f} rows/s, sluice-worker"
               f" {r['rate']:8.0f} rows/s, ratio {r['ratio']:.2f}")
-        print(f"          during the COPY   ({r['copy_utc']} UTC): {pg_delta_text(r['copy_pg'])}")
-        print(f"          during the worker ({r['worker_utc']} UTC): {pg_delta_text(r['worker_pg'])}")
+        for side, name in (("copy", "COPY  "), ("worker", "worker")):
+            print(f"          {name} ({r[side + '_utc']} UTC): {pg_delta_text(r[side + '_pg'])};"
+                  f" {cpu_delta_text(r[side + '_cpu'])}")
     with psycopg.connect(dsn, autocommit=True) as db:
         db.execute("DROP TABLE bench_messages")
     for line in autovacuum_log(env):
@@ -611,7 +641,8 @@ def bench_worker(env, tmp, rows):
         ratio, ">= 0.85", ratio_min=round(lo, 3), ratio_max=round(hi, 3),
         runs=[{"rate": round(r["rate"], 2), "baseline_value": round(r["copy_rate"], 2),
                "ratio": round(r["ratio"], 3), "postgres": r["worker_pg"],
-               "baseline_postgres": r["copy_pg"]} for r in runs])
+               "baseline_postgres": r["copy_pg"], "cpu": r["worker_cpu"],
+               "baseline_cpu": r["copy_cpu"]} for r in runs])
     row("worker rows/s", worker_rate, "rows/s", "naive INSERT loop", naive_rate,
         worker_rate / naive_rate, ">= 30")
     bench_replay(env, tmp, mid["wconf"], convs, per, mid["rate"])
