@@ -645,7 +645,7 @@ def bench_worker(env, tmp, rows):
                "baseline_cpu": r["copy_cpu"]} for r in runs])
     row("worker rows/s", worker_rate, "rows/s", "naive INSERT loop", naive_rate,
         worker_rate / naive_rate, ">= 30")
-    bench_replay(env, tmp, mid["wconf"], convs, per, mid["rate"])
+    bench_replay(env, tmp, mid["wconf"], convs, per, worker_rate)
     # What bench/peers.py gives Kafka Connect: the rows of the median run.
     return {"prefix": f"{mid['prefix']}-", "rows": convs * per, "records": convs,
             "bytes": mid["bytes"], "rate": mid["rate"]}
