@@ -115,6 +115,14 @@ def compose_rows(comp):
     return out
 
 
+def spread(r):
+    """ " (lo-hi)" for a figure measured several times (bench.py's worker
+    figure: the median run's ratio, with ratio_min and ratio_max)."""
+    if r.get("ratio_min") is None or r.get("ratio_max") is None:
+        return ""
+    return f" ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+
+
 def main():
     table = rows()
     print(f"{'figure':36} {'value':>10} {'unit':6} {'baseline':26} {'baseline':>10} "
@@ -125,7 +133,8 @@ def main():
         v = verdict(r, goal_of(r))
         print(f"{r['figure'][:36]:36} {r['value']:10.1f} {r['unit']:6} "
               f"{(r['baseline'] or '')[:26]:26} {bv:>10} {ra:>8}  {r['goal'] or ''}"
-              f"{'  (' + v + ')' if v else ''}")
+              f"{'  (' + v + ')' if v else ''}"
+              f"{'  runs' + spread(r) if spread(r) else ''}")
     with open(os.path.join(OUT, "summary.json"), "w") as f:
         json.dump(table, f, indent=1)
     try:
@@ -146,14 +155,17 @@ def main():
     for y, g in zip(ys, judged):
         if g:  # the goal, a black tick across its bar
             ax.plot([g[1], g[1]], [y - 0.42, y + 0.42], color="black", lw=2)
+    for y, r in zip(ys, with_ratio):
+        if spread(r):  # the runs' spread, a thin line across the bar's end
+            ax.plot([r["ratio_min"], r["ratio_max"]], [y, y], color="black", lw=1)
     ax.set_yticks(list(ys))
     ax.set_yticklabels([label(r) for r in with_ratio])
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(
         matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("ratio to the baseline (black tick: the goal; green met, "
-                  "red short, grey no goal)")
+    ax.set_xlabel("ratio to the baseline (black tick: the goal; thin line: the "
+                  "spread of repeated runs; green met, red short, grey no goal)")
     ax.invert_yaxis()
     fig.tight_layout()
     fig.savefig(os.path.join(OUT, "summary.png"), dpi=100)

@@ -196,6 +196,101 @@ static char *bigint_array(const int64_t *v, int n)
 	return b.data;
 }
 
+/* (partition, next_offset) rows into out, in the order of parts; -1 for a
+ * partition without a row (or without res). */
+static void offsets_read(const PGresult *res, const int32_t *parts, int n,
+			 int64_t *out)
+{
+	for (int i = 0; i < n; i++)
+		out[i] = -1;
+	for (int r = 0; res && r < PQntuples(res); r++) {
+		int32_t p = (int32_t)atoi(PQgetvalue(res, r, 0));
+		int64_t o = atoll(PQgetvalue(res, r, 1));
+
+		for (int i = 0; i < n; i++)
+			if (parts[i] == p)
+				out[i] = o;
+	}
+}
+
+/* One statement of a pipeline_run(). */
+struct pq_step {
+	const char *sql;
+	int nparams;
+	const char *const *params;
+	ExecStatusType want;
+	PGresult **keep; /* its result, the caller's to PQclear(); or NULL */
+};
+
+/* Sends the statements at once in libpq's pipeline mode and reads their
+ * results: one round trip instead of one per statement, which on a busy
+ * box is also one wake-up of the server and of this thread instead of
+ * several. Like a run of PQexecParams(): the first refusal is kept (its
+ * SQLSTATE for pgsink_data_error(), its message in errstr) and the server
+ * skips the rest (PGRES_PIPELINE_ABORTED) up to the sync; an open
+ * transaction is then in its failed state, for pgsink_rollback(). A
+ * connection that fails or answers out of turn is dropped, which rolls
+ * back whatever it had open. */
+static bool pipeline_run(struct pgsink *ps, const struct pq_step *steps, int n,
+			 const char *what, char *errstr, size_t errstr_size)
+{
+	PGconn *c = ps->conn;
+	PGresult *res;
+	bool ok = true;
+
+	for (int i = 0; i < n; i++)
+		if (steps[i].keep)
+			*steps[i].keep = NULL;
+	if (PQenterPipelineMode(c) != 1)
+		goto broken;
+	for (int i = 0; i < n; i++)
+		if (PQsendQueryParams(c, steps[i].sql, steps[i].nparams, NULL,
+				      steps[i].params, NULL, NULL, 0) != 1)
+			goto broken;
+	if (PQpipelineSync(c) != 1)
+		goto broken;
+	for (int i = 0; i < n; i++) {
+		res = PQgetResult(c);
+		if (!res)
+			goto broken;
+		if (ok && PQresultStatus(res) != steps[i].want) {
+			const char *msg = PQresultErrorMessage(res);
+
+			ok = false;
+			note_state(ps, res);
+			snprintf(errstr, errstr_size, "%s: %.*s", what,
+				 (int)strcspn(msg, "\n"), msg);
+		}
+		if (ok && steps[i].keep)
+			*steps[i].keep = res;
+		else
+			PQclear(res);
+		if ((res = PQgetResult(c)) != NULL) { /* the step's end */
+			PQclear(res);
+			goto broken;
+		}
+	}
+	res = PQgetResult(c);
+	if (PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+		PQclear(res);
+		goto broken;
+	}
+	PQclear(res);
+	if (PQexitPipelineMode(c) != 1)
+		goto broken;
+	return ok;
+broken:
+	if (ok)
+		set_err(ps, what, errstr, errstr_size);
+	for (int i = 0; i < n; i++)
+		if (steps[i].keep) {
+			PQclear(*steps[i].keep);
+			*steps[i].keep = NULL;
+		}
+	drop_conn(ps);
+	return false;
+}
+
 static bool query_offsets(struct pgsink *ps, const char *sql,
 			  const int32_t *parts, int n, int64_t *out,
 			  char *errstr, size_t errstr_size)
@@ -205,24 +300,14 @@ static bool query_offsets(struct pgsink *ps, const char *sql,
 	PGresult *res;
 	bool ok;
 
-	for (int i = 0; i < n; i++)
-		out[i] = -1;
 	res = PQexecParams(ps->conn, sql, 3, NULL, params, NULL, NULL, 0);
 	free(arr);
 	ok = PQresultStatus(res) == PGRES_TUPLES_OK;
 	if (!ok) {
 		note_state(ps, res);
 		set_err(ps, "offsets", errstr, errstr_size);
-	} else {
-		for (int r = 0; r < PQntuples(res); r++) {
-			int32_t p = (int32_t)atoi(PQgetvalue(res, r, 0));
-			int64_t o = atoll(PQgetvalue(res, r, 1));
-
-			for (int i = 0; i < n; i++)
-				if (parts[i] == p)
-					out[i] = o;
-		}
 	}
+	offsets_read(ok ? res : NULL, parts, n, out);
 	PQclear(res);
 	return ok;
 }
@@ -293,27 +378,33 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 {
 	char *arr;
 	const char *params[3];
-	bool claimed;
+	PGresult *res = NULL;
+	bool ok;
 
 	if (!pgsink_connect(ps, errstr, errstr_size))
 		return false;
-	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size)) {
-		pgsink_rollback(ps);
-		return false;
-	}
 	arr = int_array(parts, n);
 	params[0] = ps->group_id;
 	params[1] = ps->topic;
 	params[2] = arr;
-	claimed = pgsink_exec(ps, SQL_CLAIM, 3, params, "offsets", errstr,
-			      errstr_size) >= 0;
-	free(arr);
-	if (!claimed || !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
-				       errstr_size)) {
-		pgsink_rollback(ps);
-		return false;
+	{
+		/* BEGIN, the placeholders and the fence in one round trip:
+		 * the server runs them in order, so the fence is still read
+		 * under the locks its own SELECT ... FOR UPDATE takes. */
+		const struct pq_step steps[] = {
+		    {"BEGIN", 0, NULL, PGRES_COMMAND_OK, NULL},
+		    {SQL_CLAIM, 3, params, PGRES_COMMAND_OK, NULL},
+		    {SQL_FENCE, 3, params, PGRES_TUPLES_OK, &res},
+		};
+
+		ok = pipeline_run(ps, steps, 3, "offsets", errstr, errstr_size);
 	}
-	return true;
+	free(arr);
+	offsets_read(res, parts, n, fence);
+	PQclear(res);
+	if (!ok)
+		pgsink_rollback(ps);
+	return ok;
 }
 
 static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
@@ -526,11 +617,16 @@ static bool store_and_commit(struct pgsink *ps, const int32_t *parts,
 	char *pa = int_array(parts, n);
 	char *oa = bigint_array(next_offsets, n);
 	const char *params[4] = {ps->group_id, ps->topic, pa, oa};
+	/* One round trip: a refused upsert makes the server skip the
+	 * COMMIT, and the transaction is rolled back by the caller. */
+	const struct pq_step steps[] = {
+	    {SQL_OFFSETS, 4, params, PGRES_COMMAND_OK, NULL},
+	    {"COMMIT", 0, NULL, PGRES_COMMAND_OK, NULL},
+	};
 	bool ok;
 
-	ok = pgsink_exec(ps, SQL_OFFSETS, 4, params, "offsets", errstr,
-			 errstr_size) >= 0 &&
-	     exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
+	ok = pipeline_run(ps, steps, 2, "offsets and commit", errstr,
+			  errstr_size);
 	free(pa);
 	free(oa);
 	return ok;

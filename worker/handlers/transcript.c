@@ -331,6 +331,21 @@ static const char SQL_INSERT_MSG[] =
  * FAST_PAUSE + 1 batches. */
 #define FAST_PAUSE 8
 
+/* The fast path, chunk by chunk: the batch has no repeated key, so its
+ * rows are sent as they are built, each chunk a COPY of its own. The
+ * first is small (128 KiB, about 50 transcripts of twenty entries): the
+ * server has nothing to do until it arrives. Each next one may be four
+ * times the last, up to 8 MiB: the server writes rows about four times
+ * slower than they are decoded, so a chunk four times larger is still
+ * built before the server is done with the previous one, and every
+ * chunk's end is a stop of the server while this thread collects its
+ * answer and opens the next COPY (on a busy box, a wait for this thread
+ * to be scheduled). A batch of 2,000 transcripts (10 MiB) goes in four
+ * chunks instead of about ten. */
+#define STREAM_FIRST (128 * 1024)
+#define STREAM_GROWTH 4
+#define STREAM_MAX (8 * 1024 * 1024)
+
 struct strlist {
 	char **v;
 	size_t n, cap;
@@ -344,6 +359,7 @@ struct transcript_state {
 	int fast_pause;		  /* batches left before the fast path again */
 	bool streaming;		  /* the fast path's chunks have begun */
 	size_t sent;		  /* bytes of rows.messages sent in them */
+	size_t chunk;		  /* bytes that make the next chunk */
 	long long inserted;
 	size_t records;
 	unsigned long long saved, skipped; /* totals */
@@ -353,6 +369,7 @@ static void *transcript_create(const struct handler_env *env)
 {
 	struct transcript_state *t = xcalloc(1, sizeof(*t));
 
+	t->chunk = STREAM_FIRST;
 	transcript_rows_init(&t->rows);
 	cache_templates_load(&t->templates, env->cfg->invalidate_keys,
 			     env->cfg->invalidate_generation,
@@ -371,6 +388,7 @@ static void transcript_reset(void *st)
 	t->with_msgs.n = 0;
 	t->streaming = false;
 	t->sent = 0;
+	t->chunk = STREAM_FIRST;
 	t->inserted = 0;
 	t->records = 0;
 }
@@ -433,13 +451,6 @@ static const char SQL_COPY_MSG[] =
     "COPY messages (conversation_id, external_event_id, position, role,"
     " content, created_at) FROM STDIN";
 
-/* The fast path, chunk by chunk: the batch has no repeated key, so its
- * rows are sent as they are built, STREAM_CHUNK bytes or more at a time
- * (about four hundred transcripts of twenty entries): fewer and each
- * COPY statement costs its start, more and less of the decoding is
- * overlapped. */
-#define STREAM_CHUNK (1024 * 1024)
-
 static bool stream_send(struct transcript_state *t, struct pgsink *ps,
 			char *errstr, size_t errstr_size)
 {
@@ -454,6 +465,8 @@ static bool stream_send(struct transcript_state *t, struct pgsink *ps,
 				 m->len - t->sent, errstr, errstr_size))
 		return false;
 	t->sent = m->len;
+	if (t->chunk < STREAM_MAX)
+		t->chunk *= STREAM_GROWTH;
 	return true;
 }
 
@@ -462,7 +475,7 @@ static bool transcript_stream(void *st, struct pgsink *ps, char *errstr,
 {
 	struct transcript_state *t = st;
 
-	if (t->fast_pause > 0 || t->rows.messages.len - t->sent < STREAM_CHUNK)
+	if (t->fast_pause > 0 || t->rows.messages.len - t->sent < t->chunk)
 		return true;
 	return stream_send(t, ps, errstr, errstr_size);
 }
