@@ -196,6 +196,23 @@ static char *bigint_array(const int64_t *v, int n)
 	return b.data;
 }
 
+/* out[i]: the next offset res (partition, next_offset) holds for
+ * parts[i], -1 where it has none. */
+static void offsets_of(const PGresult *res, const int32_t *parts, int n,
+		       int64_t *out)
+{
+	for (int i = 0; i < n; i++)
+		out[i] = -1;
+	for (int r = 0; r < PQntuples(res); r++) {
+		int32_t p = (int32_t)atoi(PQgetvalue(res, r, 0));
+		int64_t o = atoll(PQgetvalue(res, r, 1));
+
+		for (int i = 0; i < n; i++)
+			if (parts[i] == p)
+				out[i] = o;
+	}
+}
+
 static bool query_offsets(struct pgsink *ps, const char *sql,
 			  const int32_t *parts, int n, int64_t *out,
 			  char *errstr, size_t errstr_size)
@@ -214,17 +231,106 @@ static bool query_offsets(struct pgsink *ps, const char *sql,
 		note_state(ps, res);
 		set_err(ps, "offsets", errstr, errstr_size);
 	} else {
-		for (int r = 0; r < PQntuples(res); r++) {
-			int32_t p = (int32_t)atoi(PQgetvalue(res, r, 0));
-			int64_t o = atoll(PQgetvalue(res, r, 1));
-
-			for (int i = 0; i < n; i++)
-				if (parts[i] == p)
-					out[i] = o;
-		}
+		offsets_of(res, parts, n, out);
 	}
 	PQclear(res);
 	return ok;
+}
+
+struct stmt {
+	const char *sql;
+	int nparams;
+	const char *const *params;
+	const char *what;
+};
+
+/* One statement's result: true when it succeeded; *rows keeps a result
+ * with rows when rows is given (the caller clears it). */
+static bool stmt_result(struct pgsink *ps, PGresult *res, const char *what,
+			PGresult **rows, bool report, char *errstr,
+			size_t errstr_size)
+{
+	ExecStatusType st = PQresultStatus(res);
+
+	if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+		if (rows && st == PGRES_TUPLES_OK)
+			*rows = res;
+		else
+			PQclear(res);
+		return true;
+	}
+	if (report) {
+		const char *msg = PQresultErrorMessage(res);
+
+		note_state(ps, res);
+		snprintf(errstr, errstr_size, "%s: %.*s", what,
+			 (int)strcspn(msg, "\n"), msg);
+	}
+	PQclear(res);
+	return false;
+}
+
+/* The statements in one round trip (libpq's pipeline mode) instead of
+ * one each: the batch's BEGIN and fence, its offsets and COMMIT, are
+ * each a round trip that every batch, of any kind, waits for in turn,
+ * and a round trip is what a busy box makes slow. The first failure is
+ * reported; the statements after it are skipped by the server, as they
+ * would not have been sent one by one. rows[i], when rows is given,
+ * receives statement i's result if it returned rows (else NULL). */
+static bool exec_pipelined(struct pgsink *ps, const struct stmt *st, int n,
+			   PGresult **rows, char *errstr, size_t errstr_size)
+{
+	PGconn *conn = ps->conn;
+	PGresult *res;
+	bool ok = true;
+
+	for (int i = 0; rows && i < n; i++)
+		rows[i] = NULL;
+	if (PQenterPipelineMode(conn) != 1) {
+		/* Not idle (cannot happen between statements): one by one. */
+		for (int i = 0; ok && i < n; i++)
+			ok = stmt_result(
+			    ps,
+			    PQexecParams(conn, st[i].sql, st[i].nparams, NULL,
+					 st[i].params, NULL, NULL, 0),
+			    st[i].what, rows ? &rows[i] : NULL, true, errstr,
+			    errstr_size);
+		return ok;
+	}
+	for (int i = 0; i < n; i++)
+		if (PQsendQueryParams(conn, st[i].sql, st[i].nparams, NULL,
+				      st[i].params, NULL, NULL, 0) != 1)
+			goto broken;
+	if (PQpipelineSync(conn) != 1)
+		goto broken;
+	for (int i = 0; i < n; i++) {
+		res = PQgetResult(conn);
+		if (!res)
+			goto broken;
+		ok &= stmt_result(ps, res, st[i].what, rows ? &rows[i] : NULL,
+				  ok, errstr, errstr_size);
+		while ((res = PQgetResult(conn)) != NULL) /* ends statement i */
+			PQclear(res);
+	}
+	res = PQgetResult(conn);
+	if (PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+		PQclear(res);
+		goto broken;
+	}
+	PQclear(res);
+	if (PQexitPipelineMode(conn) != 1)
+		goto broken;
+	return ok;
+broken:
+	/* Lost midway: the connection is of no further use. */
+	if (ok)
+		set_err(ps, st[0].what, errstr, errstr_size);
+	for (int i = 0; rows && i < n; i++) {
+		PQclear(rows[i]);
+		rows[i] = NULL;
+	}
+	drop_conn(ps);
+	return false;
 }
 
 bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
@@ -293,23 +399,31 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 {
 	char *arr;
 	const char *params[3];
-	bool claimed;
+	PGresult *rows[3];
+	bool ok;
 
 	if (!pgsink_connect(ps, errstr, errstr_size))
 		return false;
-	if (!exec_ok(ps, "BEGIN", "begin", errstr, errstr_size)) {
-		pgsink_rollback(ps);
-		return false;
-	}
 	arr = int_array(parts, n);
 	params[0] = ps->group_id;
 	params[1] = ps->topic;
 	params[2] = arr;
-	claimed = pgsink_exec(ps, SQL_CLAIM, 3, params, "offsets", errstr,
-			      errstr_size) >= 0;
+	{
+		const struct stmt st[3] = {
+		    {"BEGIN", 0, NULL, "begin"},
+		    {SQL_CLAIM, 3, params, "offsets"},
+		    {SQL_FENCE, 3, params, "offsets"},
+		};
+
+		ok = exec_pipelined(ps, st, 3, rows, errstr, errstr_size);
+	}
 	free(arr);
-	if (!claimed || !query_offsets(ps, SQL_FENCE, parts, n, fence, errstr,
-				       errstr_size)) {
+	if (ok && rows[2])
+		offsets_of(rows[2], parts, n, fence);
+	ok = ok && rows[2];
+	for (int i = 0; i < 3; i++)
+		PQclear(rows[i]);
+	if (!ok) {
 		pgsink_rollback(ps);
 		return false;
 	}
@@ -526,11 +640,13 @@ static bool store_and_commit(struct pgsink *ps, const int32_t *parts,
 	char *pa = int_array(parts, n);
 	char *oa = bigint_array(next_offsets, n);
 	const char *params[4] = {ps->group_id, ps->topic, pa, oa};
+	const struct stmt st[2] = {
+	    {SQL_OFFSETS, 4, params, "offsets"},
+	    {"COMMIT", 0, NULL, "commit"},
+	};
 	bool ok;
 
-	ok = pgsink_exec(ps, SQL_OFFSETS, 4, params, "offsets", errstr,
-			 errstr_size) >= 0 &&
-	     exec_ok(ps, "COMMIT", "commit", errstr, errstr_size);
+	ok = exec_pipelined(ps, st, 2, NULL, errstr, errstr_size);
 	free(pa);
 	free(oa);
 	return ok;
