@@ -11,9 +11,20 @@ one text message each, posted by Python threads over keep-alive HTTP.
            to exactly one message). Measured per message: from its 202 to
            the NOTIFY on sluice_turns naming its conversation
            ("<business>:<sender>", received by a psycopg LISTEN in a thread
-           of this process). Next to it: the 10,000 ms the seed's buffer
-           waited by design before handing a message over, as a ratio. No
-           agent claims in this part: each conversation keeps one open turn.
+           of a process of its own). Next to it: the 10,000 ms the seed's
+           buffer waited by design before handing a message over, as a
+           ratio. No agent claims in this part: each conversation keeps one
+           open turn. Each message's 202 -> NOTIFY is cut into hops from the
+           worker's batch log lines (when each batch started, its lookups
+           ended, it committed) and its row's inserted_at (now(): when its
+           batch's transaction began): waiting for the worker to finish the
+           batch before; the fetch and poll until its own batch started;
+           the batch's lookups; its transaction to COMMIT; COMMIT to the
+           listener. The floor, in the same run: PostgreSQL alone, one-row
+           INSERT + pg_notify transactions at 50/s beside sluice's load,
+           then at RATE/s right after it, timed from the statement's start
+           and from COMMIT's return to the NOTIFY's arrival. The goal: p99
+           of 202 -> NOTIFY under 50 ms.
   agents   AGENTS simulated busy agents (each claims a turn with
            sluice_claim_turn, holds it HOLD ms, answers it with
            sluice_answer_turn, and waits on LISTEN when nothing is
@@ -259,30 +270,45 @@ HOPS = (
 
 def hops_of(msgs, rows, batches, off):
     """Per message, 202 -> NOTIFY cut where the worker's log and the row say:
-    rows is {mid: inserted_at} (now(), the batch transaction's start, which
-    also tells the batch: a message's batch is the one whose start..end
-    holds it). Milliseconds per hop, and how many messages were placed."""
+    rows is {mid: inserted_at}, now() in the batch's transaction, the same
+    for all its rows and after the batch's start, so the transactions in
+    time order are the logged batches in order (checked by their sizes;
+    else each goes to the last batch started by then). Milliseconds per
+    hop, and how many messages were placed."""
     import bisect
-    ends = [b["end"] for b in batches]
+    by_tx = {}
+    for m in msgs:
+        if rows.get(m.mid) is not None and m.t_notify is not None and m.t_202 is not None:
+            by_tx.setdefault(rows[m.mid], []).append(m)
+    txs = sorted(by_tx)
+    if len(txs) == len(batches) and all(len(by_tx[t]) == b["n"] for t, b in zip(txs, batches)):
+        batch_of = {t: i for i, t in enumerate(txs)}
+    else:
+        starts = [b["start"] for b in batches]
+        batch_of = {}
+        for t in txs:
+            i = bisect.bisect_right(starts, t + 0.001) - 1
+            if i >= 0 and t <= batches[i]["end"] + 0.001:
+                batch_of[t] = i
     out = {h[0]: [] for h in HOPS}
     placed = 0
-    for m in msgs:
-        ins = rows.get(m.mid)
-        if ins is None or m.t_notify is None or m.t_202 is None:
-            continue
-        i = bisect.bisect_left(ends, ins - 0.002)
-        if i >= len(batches) or not batches[i]["start"] - 0.002 <= ins <= batches[i]["end"] + 0.002:
+    for ins, ms in by_tx.items():
+        i = batch_of.get(ins)
+        if i is None:
             continue
         b = batches[i]
-        t202, tn = m.t_202 + off, m.t_notify + off
-        free = max(t202, min(b["start"], batches[i - 1]["end"] if i > 0 else t202))
+        prev_end = batches[i - 1]["end"] if i > 0 else None
+        # The log's figures are whole ms: keep BEGIN within its batch.
         begin = min(max(ins, b["start"]), b["commit"])
-        out["queued"].append((free - t202) * 1000.0)
-        out["fetch"].append((b["start"] - free) * 1000.0)
-        out["prepare"].append((begin - b["start"]) * 1000.0)
-        out["statement"].append((b["commit"] - begin) * 1000.0)
-        out["notify"].append((tn - b["commit"]) * 1000.0)
-        placed += 1
+        for m in ms:
+            t202, tn = m.t_202 + off, m.t_notify + off
+            free = t202 if prev_end is None else max(t202, min(b["start"], prev_end))
+            out["queued"].append((free - t202) * 1000.0)
+            out["fetch"].append((b["start"] - free) * 1000.0)
+            out["prepare"].append((begin - b["start"]) * 1000.0)
+            out["statement"].append((b["commit"] - begin) * 1000.0)
+            out["notify"].append((tn - b["commit"]) * 1000.0)
+            placed += 1
     return {k: summary(v) for k, v in out.items()}, placed
 
 
@@ -314,6 +340,9 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
             s.on_notify(t)
 
     listener = Listener(as_role(dsn, "sluice_agent"), "sluice_turns", on_notify)
+    # The floor under the same load: a few transactions/s of PostgreSQL
+    # alone, beside sluice's run, so both see the box in the same state.
+    probe = Floor(dsn, "bench_floor_probe")
 
     errors = []
     warmed = threading.Barrier(n_senders + 1)
@@ -376,6 +405,7 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
     if warm_missing:
         start.abort()
         listener.close()
+        probe.listener.close()
         raise SystemExit(f"latency: {warm_missing} of {n_senders} warm-up messages got no NOTIFY"
                          f" in 60 s (errors: {errors[:3]})")
     time.sleep(0.5)
@@ -385,10 +415,14 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
     for s in order:
         s.stray = 0
     clock["t0"] = time.perf_counter() + 0.2
+    pt = threading.Thread(target=probe.run, args=(PROBE_RATE, seconds, 1, clock["t0"]), daemon=True)
+    pt.start()
     start.wait()
     for t in threads:
         t.join()
+    pt.join()
     listener.close()
+    floor_in_run = probe.result()
 
     msgs = [m for s in order for m in s.msgs]
     ok = [m for m in msgs if m.status == 202]
@@ -438,6 +472,7 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         "post_to_202_ms": summary(post_202),
         "send_lag_ms": summary(start_lag),
         "hops_ms": hops, "hops_placed": placed,
+        "floor_in_run": floor_in_run,
         "hops": {k: d for k, _, d in HOPS},
         "seed_buffer_ms": SEED_BUFFER_MS,
         "seed_over_p50": round(SEED_BUFFER_MS / pct(lat, 50), 1) if lat and pct(lat, 50) > 0 else None,
@@ -461,6 +496,7 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         print(f"  seed buffer (by design)  {SEED_BUFFER_MS:7.0f} ms: {res['seed_over_p50']}x the p50,"
               f" {res['seed_over_p99']}x the p99 of 202 -> NOTIFY")
     print_hops(hops, placed, len(notified))
+    print_floor("  floor in the same run, PostgreSQL alone beside it", floor_in_run)
     print(f"  worker: {len(batches)} batches, {res['worker_records_per_batch']} records each on"
           f" average; NOTIFYs: {counts['notifies']} ({res['stray_notifies']} unmatched,"
           f" {res['notify_before_202']} before the client saw the 202)")
@@ -474,74 +510,92 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
 # ------------------------------------------------- the floor: PostgreSQL ----
 
 FLOOR_WRITERS = 4
+PROBE_RATE = 50               # the floor's transactions/s during sluice's run
 
 
-def bench_floor(dsn, rate, seconds):
-    """PostgreSQL's own commit-to-NOTIFY on this box at RATE transactions/s:
-    FLOOR_WRITERS connections, each an open loop of RATE/FLOOR_WRITERS
-    transactions/s, each transaction one INSERT that calls pg_notify with
-    its own id, then COMMIT; the NOTIFY arrives at the same kind of
-    listener process as sluice's. Timed: from the statement's start and
-    from COMMIT's return to the arrival."""
-    import psycopg
-    with psycopg.connect(dsn, autocommit=True) as db:
-        db.execute("CREATE TABLE IF NOT EXISTS bench_floor (id bigint PRIMARY KEY, payload text,"
-                   " at timestamptz NOT NULL DEFAULT now())")
-    arrived = {}
-    listener = Listener(dsn, "bench_floor", lambda t, payload: arrived.__setitem__(payload, t))
-    sent = {}          # id -> (t statement start, t COMMIT returned)
-    errors = []
-    go = threading.Barrier(FLOOR_WRITERS + 1)
-    clock = {}
+class Floor:
+    """PostgreSQL's own commit-to-NOTIFY on this box: transactions of one
+    INSERT that calls pg_notify with its own id, then COMMIT, from WRITERS
+    connections, each an open loop of RATE/WRITERS transactions/s; the
+    NOTIFY arrives at the same kind of listener process as sluice's. Timed:
+    from the statement's start and from COMMIT's return to the arrival.
+    Made before any sender thread starts (its listener is a fork)."""
 
-    def writer(w):
-        with psycopg.connect(dsn) as conn:
-            go.wait()
-            t0, k = clock["t0"], 0
-            while True:
-                due = t0 + (k * FLOOR_WRITERS + w) / rate
-                if due >= t0 + seconds:
-                    break
-                now = time.perf_counter()
-                if due > now:
-                    time.sleep(due - now)
-                i = k * FLOOR_WRITERS + w
-                try:
-                    t_stmt = time.perf_counter()
-                    conn.execute("WITH r AS (INSERT INTO bench_floor (id, payload) VALUES (%s, %s)"
-                                 " RETURNING payload) SELECT pg_notify('bench_floor', payload) FROM r",
-                                 (i, str(i)))
-                    conn.commit()
-                    sent[str(i)] = (t_stmt, time.perf_counter())
-                except psycopg.Error as e:
-                    errors.append(str(e))
-                    conn.rollback()
-                k += 1
+    def __init__(self, dsn, channel):
+        import psycopg
+        self.dsn, self.channel = dsn, channel
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {channel} (id bigint PRIMARY KEY,"
+                       " payload text, at timestamptz NOT NULL DEFAULT now())")
+        self.arrived = {}
+        self.listener = Listener(dsn, channel,
+                                 lambda t, payload: self.arrived.__setitem__(payload, t))
+        self.sent = {}          # payload -> (t statement start, t COMMIT returned)
+        self.errors = []
 
-    threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(FLOOR_WRITERS)]
-    for t in threads:
-        t.start()
-    clock["t0"] = time.perf_counter() + 0.2
-    go.wait()
-    for t in threads:
-        t.join()
-    end = time.time() + 5
-    while time.time() < end and len(arrived) < len(sent):
-        time.sleep(0.05)
-    listener.close()
-    got = [(sent[k], arrived[k]) for k in sent if k in arrived]
-    res = {"rate_target": rate, "seconds": seconds, "writers": FLOOR_WRITERS,
-           "committed": len(sent), "notified": len(got), "errors": len(errors),
-           "commit_to_notify_ms": summary([(a - c) * 1000.0 for (_, c), a in got]),
-           "statement_to_notify_ms": summary([(a - st) * 1000.0 for (st, _), a in got])}
+    def run(self, rate, seconds, writers, t0, first_id=0):
+        import psycopg
+
+        def writer(w):
+            with psycopg.connect(self.dsn) as conn:
+                k = 0
+                while True:
+                    due = t0 + (k * writers + w) / rate
+                    if due >= t0 + seconds:
+                        break
+                    now = time.perf_counter()
+                    if due > now:
+                        time.sleep(due - now)
+                    i = first_id + k * writers + w
+                    try:
+                        t_stmt = time.perf_counter()
+                        conn.execute(f"WITH r AS (INSERT INTO {self.channel} (id, payload)"
+                                     " VALUES (%s, %s) RETURNING payload)"
+                                     f" SELECT pg_notify('{self.channel}', payload) FROM r",
+                                     (i, str(i)))
+                        conn.commit()
+                        self.sent[str(i)] = (t_stmt, time.perf_counter())
+                    except psycopg.Error as e:
+                        self.errors.append(str(e))
+                        conn.rollback()
+                    k += 1
+
+        threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.rate, self.seconds, self.writers = rate, seconds, writers
+
+    def result(self):
+        end = time.time() + 5
+        while time.time() < end and len(self.arrived) < len(self.sent):
+            time.sleep(0.05)
+        self.listener.close()
+        got = [(self.sent[k], self.arrived[k]) for k in self.sent if k in self.arrived]
+        return {"rate_target": self.rate, "seconds": self.seconds, "writers": self.writers,
+                "committed": len(self.sent), "notified": len(got), "errors": len(self.errors),
+                "commit_to_notify_ms": summary([(a - c) * 1000.0 for (_, c), a in got]),
+                "statement_to_notify_ms": summary([(a - st) * 1000.0 for (st, _), a in got])}
+
+
+def print_floor(title, res):
     C, S = res["commit_to_notify_ms"], res["statement_to_notify_ms"]
-    print(f"floor (PostgreSQL alone): {len(sent)} INSERT + pg_notify transactions in {seconds} s"
-          f" on {FLOOR_WRITERS} connections (target {rate}/s), {len(got)} notified,"
-          f" {len(errors)} errors")
+    print(f"{title}: {res['committed']} INSERT + pg_notify transactions in {res['seconds']:g} s"
+          f" on {res['writers']} connections (target {res['rate_target']}/s), {res['notified']}"
+          f" notified, {res['errors']} errors")
     print("                       p50 ms   p99 ms   max ms")
     for name, v in (("COMMIT -> NOTIFY", C), ("statement -> NOTIFY", S)):
         if v["n"]:
             print(f"  {name:20s}{v['p50']:7.1f}  {v['p99']:7.1f}  {v['max']:7.1f}")
+
+
+def bench_floor(dsn, rate, seconds):
+    """The floor alone, at sluice's rate, right after sluice's run."""
+    f = Floor(dsn, "bench_floor")
+    f.run(rate, seconds, FLOOR_WRITERS, time.perf_counter() + 0.2)
+    res = f.result()
+    print_floor("floor, PostgreSQL alone at the same rate, right after", res)
     return res
 
 
@@ -826,12 +880,13 @@ def main():
             # does at the same rate, the floor of 202 -> NOTIFY.
             results["floor"] = bench_floor(dsn, a.rate, min(a.seconds, 10))
             lat = results["latency"]["latency_202_to_notify_ms"]
-            fl = results["floor"]["statement_to_notify_ms"]
-            if lat["n"] and fl["n"]:
+            fr = results["latency"]["floor_in_run"]["statement_to_notify_ms"]
+            fa = results["floor"]["statement_to_notify_ms"]
+            if lat["n"] and fr["n"] and fa["n"]:
                 print(f"chat 202 -> NOTIFY p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
                       f" (goal p99 < {GOAL_P99_MS:.0f} ms: {'met' if lat['p99'] < GOAL_P99_MS else 'short'});"
-                      f" floor, PostgreSQL's statement -> NOTIFY: p50 {fl['p50']:.1f} ms,"
-                      f" p99 {fl['p99']:.1f} ms")
+                      f" floor, PostgreSQL's statement -> NOTIFY: p50 {fr['p50']:.1f} / p99"
+                      f" {fr['p99']:.1f} ms beside the run, {fa['p50']:.1f} / {fa['p99']:.1f} ms alone")
         if a.only in (None, "agents"):
             results["agents"] = bench_agents(env, iport, dsn, a.agents, a.hold_ms,
                                              a.burst_senders, a.seconds, tag)
@@ -849,7 +904,8 @@ def main():
     if results:
         os.makedirs(os.path.dirname(OUT), exist_ok=True)
         with open(OUT, "w") as f:
-            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, "cpus": os.cpu_count(),
+            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, "goal_p99_ms": GOAL_P99_MS,
+                       "cpus": os.cpu_count(),
                        "loadavg_before": load, **results}, f, indent=2)
             f.write("\n")
         print(f"chat: wrote {os.path.relpath(OUT, REPO)}")
