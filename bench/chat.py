@@ -11,9 +11,20 @@ one text message each, posted by Python threads over keep-alive HTTP.
            to exactly one message). Measured per message: from its 202 to
            the NOTIFY on sluice_turns naming its conversation
            ("<business>:<sender>", received by a psycopg LISTEN in a thread
-           of this process). Next to it: the 10,000 ms the seed's buffer
-           waited by design before handing a message over, as a ratio. No
-           agent claims in this part: each conversation keeps one open turn.
+           of a process of its own). Next to it: the 10,000 ms the seed's
+           buffer waited by design before handing a message over, as a
+           ratio. No agent claims in this part: each conversation keeps one
+           open turn. Each message's 202 -> NOTIFY is cut into hops from the
+           worker's batch log lines (when each batch started, its lookups
+           ended, it committed) and its row's inserted_at (now(): when its
+           batch's transaction began): waiting for the worker to finish the
+           batch before; the fetch and poll until its own batch started;
+           the batch's lookups; its transaction to COMMIT; COMMIT to the
+           listener. The floor, in the same run: PostgreSQL alone, one-row
+           INSERT + pg_notify transactions at 50/s beside sluice's load,
+           then at RATE/s right after it, timed from the statement's start
+           and from COMMIT's return to the NOTIFY's arrival. The goal: p99
+           of 202 -> NOTIFY under 50 ms.
   agents   AGENTS simulated busy agents (each claims a turn with
            sluice_claim_turn, holds it HOLD ms, answers it with
            sluice_answer_turn, and waits on LISTEN when nothing is
@@ -38,6 +49,7 @@ Usage: bench/chat.py [--rate 1000] [--senders 200] [--seconds 10]
                    temporary directory and destroy them afterwards.
 """
 import argparse
+import datetime
 import http.client
 import json
 import math
@@ -60,12 +72,17 @@ OUT = os.path.join(REPO, "bench", "out", "chat.json")
 
 SEED = 20261123
 SEED_BUFFER_MS = 10000.0      # what the seed's buffer waited, by design
+GOAL_P99_MS = 50.0            # 202 -> NOTIFY at 1,000 messages/s (the brief)
 BUSINESS = "15550009999"
 PHONE_NUMBER_ID = "900000000000001"
 BURST_LEN = (2, 4)            # messages per burst, inclusive
 BURST_GAP = (0.100, 0.400)    # seconds between a burst's messages
 BURST_PAUSE = (1.0, 3.0)      # seconds of quiet between bursts
 BATCH_RE = re.compile(r"batch of (\d+) records in (\d+) ms")
+# The worker's one line per batch: when it was written (after the commit and
+# the cache step), the batch's time and its split.
+BATCH_LINE_RE = re.compile(r"^(\S+Z) \S+ \w+: batch of (\d+) records in (\d+) ms \(lookups (\d+) ms,"
+                           r" database (\d+) ms, cache (\d+) ms\): chat: ")
 
 
 def pct(values, p):
@@ -166,20 +183,142 @@ class Sender:
                 self.stray += 1
 
 
-def listen(dsn, senders, stop, ready, counts):
+def listener_process(dsn, channel, wfd):
+    """A process of its own LISTENing on channel: one line "t payload" per
+    NOTIFY to wfd, t its perf_counter() on arrival (CLOCK_MONOTONIC, the
+    same clock as the senders'), away from the 200 sender threads' GIL so
+    the stamp is the arrival, not the next time the thread got to run.
+    The first line, "ready", once the LISTEN is in place."""
     import psycopg
-    with psycopg.connect(as_role(dsn, "sluice_agent"), autocommit=True) as conn:
-        conn.execute("LISTEN sluice_turns")
-        ready.set()
-        while not stop.is_set():
-            for n in conn.notifies(timeout=0.2):
-                t = time.perf_counter()
-                counts["notifies"] += 1
-                s = senders.get(n.payload.rsplit(":", 1)[-1])
-                if s is None:
-                    counts["foreign"] += 1
-                else:
-                    s.on_notify(t)
+    out = os.fdopen(wfd, "w", buffering=1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"LISTEN {channel}")
+        out.write("ready\n")
+        for n in conn.notifies():
+            t = time.perf_counter()
+            out.write(f"{t!r} {n.payload}\n")
+
+
+class Listener:
+    """listener_process() and the thread that hands its lines to on_notify."""
+
+    def __init__(self, dsn, channel, on_notify):
+        import multiprocessing
+        r, w = os.pipe()
+        self.proc = multiprocessing.get_context("fork").Process(
+            target=listener_process, args=(dsn, channel, w), daemon=True)
+        self.proc.start()
+        os.close(w)
+        self.rf = os.fdopen(r)
+        if self.rf.readline().strip() != "ready":
+            raise SystemExit(f"the LISTEN on {channel} did not come up")
+        self.thread = threading.Thread(target=self.run, args=(on_notify,), daemon=True)
+        self.thread.start()
+
+    def run(self, on_notify):
+        for line in self.rf:
+            t, payload = line.rstrip("\n").split(" ", 1)
+            on_notify(float(t), payload)
+
+    def close(self):
+        self.proc.terminate()
+        self.proc.join(5)
+        self.thread.join(5)
+
+
+def wall_offset():
+    """time.time() - time.perf_counter(), from the closest of a few reads:
+    turns the clients' perf_counter stamps into the wall clock that
+    PostgreSQL's and the worker log's timestamps are in (same host)."""
+    best = None
+    for _ in range(50):
+        a = time.perf_counter()
+        w = time.time()
+        b = time.perf_counter()
+        if best is None or b - a < best[0]:
+            best = (b - a, w - (a + b) / 2)
+    return best[1]
+
+
+def chat_batches(log, mark):
+    """The chat batches the worker logged after byte mark, in order:
+    dicts of start, begin (its lookups done), commit and end, wall-clock
+    seconds. The line is written at end; its figures are whole ms."""
+    out = []
+    with open(log) as f:
+        f.seek(mark)
+        for ln in f:
+            m = BATCH_LINE_RE.match(ln)
+            if not m:
+                continue
+            end = datetime.datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+                tzinfo=datetime.timezone.utc).timestamp()
+            total, lookups, _db, cache = (int(m.group(i)) / 1000.0 for i in (3, 4, 5, 6))
+            out.append({"n": int(m.group(2)), "start": end - total, "prepared": end - total + lookups,
+                        "commit": end - cache, "end": end})
+    return out
+
+
+HOPS = (
+    ("queued", "202 -> worker free", "202 until the worker finished the batch before"),
+    ("fetch", "worker free -> batch", "then until the record's batch started (the fetch, the poll)"),
+    ("prepare", "batch -> BEGIN", "batch start until its transaction began (lookups, staging)"),
+    ("statement", "BEGIN -> COMMIT", "the transaction: fence, COPY, the statement, offsets, COMMIT"),
+    ("notify", "COMMIT -> NOTIFY", "COMMIT done until the listener had the NOTIFY"),
+)
+
+
+def hops_of(msgs, rows, batches, off):
+    """Per message, 202 -> NOTIFY cut where the worker's log and the row say:
+    rows is {mid: inserted_at}, now() in the batch's transaction, the same
+    for all its rows and after the batch's start, so the transactions in
+    time order are the logged batches in order (checked by their sizes;
+    else each goes to the last batch started by then). Milliseconds per
+    hop, and how many messages were placed."""
+    import bisect
+    by_tx = {}
+    for m in msgs:
+        if rows.get(m.mid) is not None and m.t_notify is not None and m.t_202 is not None:
+            by_tx.setdefault(rows[m.mid], []).append(m)
+    txs = sorted(by_tx)
+    if len(txs) == len(batches) and all(len(by_tx[t]) == b["n"] for t, b in zip(txs, batches)):
+        batch_of = {t: i for i, t in enumerate(txs)}
+    else:
+        starts = [b["start"] for b in batches]
+        batch_of = {}
+        for t in txs:
+            i = bisect.bisect_right(starts, t + 0.001) - 1
+            if i >= 0 and t <= batches[i]["end"] + 0.001:
+                batch_of[t] = i
+    out = {h[0]: [] for h in HOPS}
+    placed = 0
+    for ins, ms in by_tx.items():
+        i = batch_of.get(ins)
+        if i is None:
+            continue
+        b = batches[i]
+        prev_end = batches[i - 1]["end"] if i > 0 else None
+        # The log's figures are whole ms: keep BEGIN within its batch.
+        begin = min(max(ins, b["start"]), b["commit"])
+        for m in ms:
+            t202, tn = m.t_202 + off, m.t_notify + off
+            free = t202 if prev_end is None else max(t202, min(b["start"], prev_end))
+            out["queued"].append((free - t202) * 1000.0)
+            out["fetch"].append((b["start"] - free) * 1000.0)
+            out["prepare"].append((begin - b["start"]) * 1000.0)
+            out["statement"].append((b["commit"] - begin) * 1000.0)
+            out["notify"].append((tn - b["commit"]) * 1000.0)
+            placed += 1
+    return {k: summary(v) for k, v in out.items()}, placed
+
+
+def print_hops(hops, placed, total):
+    print(f"  per hop ({placed} of {total} messages placed in their batch; worker log in whole ms)")
+    print("                       p50 ms   p99 ms   max ms")
+    for key, name, _ in HOPS:
+        v = hops[key]
+        if v["n"]:
+            print(f"  {name:20s}{v['p50']:7.1f}  {v['p99']:7.1f}  {v['max']:7.1f}")
 
 
 def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
@@ -190,12 +329,20 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         s = Sender(f"1{tag}{i:04d}")
         senders[s.wa_id] = s
         order.append(s)
-    stop, ready = threading.Event(), threading.Event()
     counts = {"notifies": 0, "foreign": 0}
-    lt = threading.Thread(target=listen, args=(dsn, senders, stop, ready, counts), daemon=True)
-    lt.start()
-    if not ready.wait(30):
-        raise SystemExit("latency: the LISTEN connection did not come up")
+
+    def on_notify(t, payload):
+        counts["notifies"] += 1
+        s = senders.get(payload.rsplit(":", 1)[-1])
+        if s is None:
+            counts["foreign"] += 1
+        else:
+            s.on_notify(t)
+
+    listener = Listener(as_role(dsn, "sluice_agent"), "sluice_turns", on_notify)
+    # The floor under the same load: a few transactions/s of PostgreSQL
+    # alone, beside sluice's run, so both see the box in the same state.
+    probe = Floor(dsn, "bench_floor_probe")
 
     errors = []
     warmed = threading.Barrier(n_senders + 1)
@@ -257,20 +404,25 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
     warm_missing = sum(1 for s in order if not s.notified.is_set())
     if warm_missing:
         start.abort()
-        stop.set()
+        listener.close()
+        probe.listener.close()
         raise SystemExit(f"latency: {warm_missing} of {n_senders} warm-up messages got no NOTIFY"
                          f" in 60 s (errors: {errors[:3]})")
     time.sleep(0.5)
     mark = os.path.getsize(log)
+    off = wall_offset()
     counts["notifies"] = counts["foreign"] = 0
     for s in order:
         s.stray = 0
     clock["t0"] = time.perf_counter() + 0.2
+    pt = threading.Thread(target=probe.run, args=(PROBE_RATE, seconds, 1, clock["t0"]), daemon=True)
+    pt.start()
     start.wait()
     for t in threads:
         t.join()
-    stop.set()
-    lt.join(5)
+    pt.join()
+    listener.close()
+    floor_in_run = probe.result()
 
     msgs = [m for s in order for m in s.msgs]
     ok = [m for m in msgs if m.status == 202]
@@ -294,6 +446,9 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         wa = [s.wa_id for s in order]
         stored = db.execute("SELECT count(*) FROM chat_messages WHERE sender = ANY(%s)",
                             (wa,)).fetchone()[0]
+        inserted = dict(db.execute(
+            "SELECT provider_message_id, extract(epoch FROM inserted_at)::float8"
+            " FROM chat_messages WHERE sender = ANY(%s)", (wa,)).fetchall())
         turns, in_turns = db.execute(
             "SELECT count(*), coalesce(sum(cardinality(message_ids)), 0) FROM chat_turns"
             " WHERE sender = ANY(%s)", (wa,)).fetchone()
@@ -302,6 +457,7 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         db.execute("UPDATE chat_turns SET status = 'answered', answered_at = now()"
                    " WHERE sender = ANY(%s) AND status <> 'answered'", (wa,))
 
+    hops, placed = hops_of(notified, inserted, chat_batches(log, mark), off)
     res = {
         "rate_target": rate, "senders": n_senders, "seconds": seconds,
         "sent": len(msgs), "accepted": len(ok), "notified": len(notified),
@@ -315,6 +471,9 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
         "post_to_notify_ms": summary(post_notify),
         "post_to_202_ms": summary(post_202),
         "send_lag_ms": summary(start_lag),
+        "hops_ms": hops, "hops_placed": placed,
+        "floor_in_run": floor_in_run,
+        "hops": {k: d for k, _, d in HOPS},
         "seed_buffer_ms": SEED_BUFFER_MS,
         "seed_over_p50": round(SEED_BUFFER_MS / pct(lat, 50), 1) if lat and pct(lat, 50) > 0 else None,
         "seed_over_p99": round(SEED_BUFFER_MS / pct(lat, 99), 1) if lat and pct(lat, 99) > 0 else None,
@@ -336,6 +495,8 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
     if L["n"]:
         print(f"  seed buffer (by design)  {SEED_BUFFER_MS:7.0f} ms: {res['seed_over_p50']}x the p50,"
               f" {res['seed_over_p99']}x the p99 of 202 -> NOTIFY")
+    print_hops(hops, placed, len(notified))
+    print_floor("  floor in the same run, PostgreSQL alone beside it", floor_in_run)
     print(f"  worker: {len(batches)} batches, {res['worker_records_per_batch']} records each on"
           f" average; NOTIFYs: {counts['notifies']} ({res['stray_notifies']} unmatched,"
           f" {res['notify_before_202']} before the client saw the 202)")
@@ -343,6 +504,98 @@ def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
           f" {in_turns} in {turns} open turns (no agent: one turn per conversation)")
     if len(notified) != len(ok):
         print(f"  {len(ok) - len(notified)} accepted messages got no NOTIFY")
+    return res
+
+
+# ------------------------------------------------- the floor: PostgreSQL ----
+
+FLOOR_WRITERS = 4
+PROBE_RATE = 50               # the floor's transactions/s during sluice's run
+
+
+class Floor:
+    """PostgreSQL's own commit-to-NOTIFY on this box: transactions of one
+    INSERT that calls pg_notify with its own id, then COMMIT, from WRITERS
+    connections, each an open loop of RATE/WRITERS transactions/s; the
+    NOTIFY arrives at the same kind of listener process as sluice's. Timed:
+    from the statement's start and from COMMIT's return to the arrival.
+    Made before any sender thread starts (its listener is a fork)."""
+
+    def __init__(self, dsn, channel):
+        import psycopg
+        self.dsn, self.channel = dsn, channel
+        with psycopg.connect(dsn, autocommit=True) as db:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {channel} (id bigint PRIMARY KEY,"
+                       " payload text, at timestamptz NOT NULL DEFAULT now())")
+        self.arrived = {}
+        self.listener = Listener(dsn, channel,
+                                 lambda t, payload: self.arrived.__setitem__(payload, t))
+        self.sent = {}          # payload -> (t statement start, t COMMIT returned)
+        self.errors = []
+
+    def run(self, rate, seconds, writers, t0, first_id=0):
+        import psycopg
+
+        def writer(w):
+            with psycopg.connect(self.dsn) as conn:
+                k = 0
+                while True:
+                    due = t0 + (k * writers + w) / rate
+                    if due >= t0 + seconds:
+                        break
+                    now = time.perf_counter()
+                    if due > now:
+                        time.sleep(due - now)
+                    i = first_id + k * writers + w
+                    try:
+                        t_stmt = time.perf_counter()
+                        conn.execute(f"WITH r AS (INSERT INTO {self.channel} (id, payload)"
+                                     " VALUES (%s, %s) RETURNING payload)"
+                                     f" SELECT pg_notify('{self.channel}', payload) FROM r",
+                                     (i, str(i)))
+                        conn.commit()
+                        self.sent[str(i)] = (t_stmt, time.perf_counter())
+                    except psycopg.Error as e:
+                        self.errors.append(str(e))
+                        conn.rollback()
+                    k += 1
+
+        threads = [threading.Thread(target=writer, args=(w,), daemon=True) for w in range(writers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.rate, self.seconds, self.writers = rate, seconds, writers
+
+    def result(self):
+        end = time.time() + 5
+        while time.time() < end and len(self.arrived) < len(self.sent):
+            time.sleep(0.05)
+        self.listener.close()
+        got = [(self.sent[k], self.arrived[k]) for k in self.sent if k in self.arrived]
+        return {"rate_target": self.rate, "seconds": self.seconds, "writers": self.writers,
+                "committed": len(self.sent), "notified": len(got), "errors": len(self.errors),
+                "commit_to_notify_ms": summary([(a - c) * 1000.0 for (_, c), a in got]),
+                "statement_to_notify_ms": summary([(a - st) * 1000.0 for (st, _), a in got])}
+
+
+def print_floor(title, res):
+    C, S = res["commit_to_notify_ms"], res["statement_to_notify_ms"]
+    print(f"{title}: {res['committed']} INSERT + pg_notify transactions in {res['seconds']:g} s"
+          f" on {res['writers']} connections (target {res['rate_target']}/s), {res['notified']}"
+          f" notified, {res['errors']} errors")
+    print("                       p50 ms   p99 ms   max ms")
+    for name, v in (("COMMIT -> NOTIFY", C), ("statement -> NOTIFY", S)):
+        if v["n"]:
+            print(f"  {name:20s}{v['p50']:7.1f}  {v['p99']:7.1f}  {v['max']:7.1f}")
+
+
+def bench_floor(dsn, rate, seconds):
+    """The floor alone, at sluice's rate, right after sluice's run."""
+    f = Floor(dsn, "bench_floor")
+    f.run(rate, seconds, FLOOR_WRITERS, time.perf_counter() + 0.2)
+    res = f.result()
+    print_floor("floor, PostgreSQL alone at the same rate, right after", res)
     return res
 
 
@@ -622,6 +875,18 @@ def main():
         if a.only in (None, "latency"):
             results["latency"] = bench_latency(env, iport, dsn, wlog, a.rate, a.senders,
                                                a.seconds, tag)
+        if a.only in (None, "latency"):
+            # Right after, on the same services: what PostgreSQL alone
+            # does at the same rate, the floor of 202 -> NOTIFY.
+            results["floor"] = bench_floor(dsn, a.rate, min(a.seconds, 10))
+            lat = results["latency"]["latency_202_to_notify_ms"]
+            fr = results["latency"]["floor_in_run"]["statement_to_notify_ms"]
+            fa = results["floor"]["statement_to_notify_ms"]
+            if lat["n"] and fr["n"] and fa["n"]:
+                print(f"chat 202 -> NOTIFY p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms"
+                      f" (goal p99 < {GOAL_P99_MS:.0f} ms: {'met' if lat['p99'] < GOAL_P99_MS else 'short'});"
+                      f" floor, PostgreSQL's statement -> NOTIFY: p50 {fr['p50']:.1f} / p99"
+                      f" {fr['p99']:.1f} ms beside the run, {fa['p50']:.1f} / {fa['p99']:.1f} ms alone")
         if a.only in (None, "agents"):
             results["agents"] = bench_agents(env, iport, dsn, a.agents, a.hold_ms,
                                              a.burst_senders, a.seconds, tag)
@@ -639,7 +904,8 @@ def main():
     if results:
         os.makedirs(os.path.dirname(OUT), exist_ok=True)
         with open(OUT, "w") as f:
-            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, "cpus": os.cpu_count(),
+            json.dump({"seed": SEED, "seed_buffer_ms": SEED_BUFFER_MS, "goal_p99_ms": GOAL_P99_MS,
+                       "cpus": os.cpu_count(),
                        "loadavg_before": load, **results}, f, indent=2)
             f.write("\n")
         print(f"chat: wrote {os.path.relpath(OUT, REPO)}")

@@ -71,6 +71,19 @@ def rows():
                         "baseline_value": chat["seed_buffer_ms"],
                         "ratio": round(chat["seed_buffer_ms"] / lat[q], 1),
                         "goal": "(baseline/sluice)"})
+        goal = chat.get("goal_p99_ms")
+        if goal and lat["p99"] is not None:
+            out.append({"figure": "chat 202 -> NOTIFY p99", "value": lat["p99"], "unit": "ms",
+                        "baseline": "goal", "baseline_value": goal,
+                        "ratio": round(lat["p99"] / goal, 3),
+                        "goal": f"< 1.0 (p99/{goal:g} ms)"})
+        floor = (chat["latency"].get("floor_in_run") or {}).get("statement_to_notify_ms") or {}
+        if floor.get("p99"):
+            out.append({"figure": "chat 202 -> NOTIFY p99", "value": lat["p99"], "unit": "ms",
+                        "baseline": "PostgreSQL's NOTIFY beside it",
+                        "baseline_value": floor["p99"],
+                        "ratio": round(lat["p99"] / floor["p99"], 2),
+                        "goal": "report (sluice/floor)"})
     # bench/invalidate.py writes its rows in this shape already: each mode
     # against its goal and SCAN, and each mode's flatness between sizes.
     out.extend((load("invalidate.json") or {}).get("rows", []))

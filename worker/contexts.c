@@ -285,15 +285,29 @@ static bool ctx_usable(const char *s, size_t len, const cJSON *doc, char *why,
 /* A context read from Redis: NULL when absent or unusable. An unusable one
  * (cached by an older sluice) counts as a miss and is deleted, unless it
  * was replaced meanwhile; the fill that follows never writes a bad one. */
-static cJSON *cached_ctx(struct lead *l, const redisReply *v)
+/* What lead_store() caches for a lead the source does not know: unknown
+ * senders are most of a chat pipeline's lookups, and asking the source
+ * again for each of their messages holds every turn back by a round of K
+ * lookups. A context is always a JSON object, so this cannot be one. */
+static const char UNKNOWN_MARK[] = "null";
+
+/* The context cached in v, or NULL; *unknown when v says the source did
+ * not know the lead (UNKNOWN_MARK). */
+static cJSON *cached_ctx(struct lead *l, const redisReply *v, bool *unknown)
 {
 	struct contexts *c = l->c;
 	cJSON *ctx;
 	char why[300];
 	char *key;
 
+	*unknown = false;
 	if (!v || v->type != REDIS_REPLY_STRING)
 		return NULL;
+	if (v->len == sizeof(UNKNOWN_MARK) - 1 &&
+	    memcmp(v->str, UNKNOWN_MARK, v->len) == 0) {
+		*unknown = true;
+		return NULL;
+	}
 	ctx = parse_ctx(v->str, v->len);
 	if (ctx && ctx_usable(v->str, v->len, ctx, why, sizeof(why)))
 		return ctx;
@@ -362,11 +376,12 @@ static void read_cb(struct lead *l, const redisReply *r)
 		return;
 	if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
 		redisReply *v = r->element[0], *ver = r->element[1];
-		cJSON *ctx = cached_ctx(l, v);
+		bool unknown;
+		cJSON *ctx = cached_ctx(l, v, &unknown);
 
-		if (ctx) {
+		if (ctx || unknown) {
 			l->c->st.hits++;
-			lead_finish(l, CTX_FOUND, ctx);
+			lead_finish(l, ctx ? CTX_FOUND : CTX_NOT_FOUND, ctx);
 			return;
 		}
 		l->c->st.misses++;
@@ -414,11 +429,12 @@ static void poll_cb(struct lead *l, const redisReply *r)
 	    r->element[0]->type == REDIS_REPLY_INTEGER) {
 		long long what = r->element[0]->integer;
 		cJSON *ctx = NULL;
+		bool unknown = false;
 
 		if (what == 1 && r->elements == 2)
-			ctx = cached_ctx(l, r->element[1]);
-		if (ctx) {
-			lead_finish(l, CTX_FOUND, ctx);
+			ctx = cached_ctx(l, r->element[1], &unknown);
+		if (ctx || unknown) {
+			lead_finish(l, ctx ? CTX_FOUND : CTX_NOT_FOUND, ctx);
 			return;
 		}
 		if (what == 2) {
@@ -468,8 +484,9 @@ static void lead_wait(struct lead *l)
 	evtimer_add(l->timer, &tv);
 }
 
-/* After the source answered: cache the context (unless an invalidation
- * came in between), let the lease go. Nobody waits for these replies. */
+/* After the source answered: cache the context, or UNKNOWN_MARK for a
+ * lead it does not know (unless an invalidation came in between), let the
+ * lease go. Nobody waits for these replies. */
 static void lead_store(struct lead *l, const char *json)
 {
 	struct contexts *c = l->c;
@@ -477,9 +494,12 @@ static void lead_store(struct lead *l, const char *json)
 	     *k2 = key_of(ns_defs[l->ns].ver, l->id),
 	     *k3 = key_of(ns_defs[l->ns].lock, l->id);
 	char ttl[24];
+	int ttl_s = json == UNKNOWN_MARK ? c->cfg->lc_not_found_ttl_s
+					 : c->cfg->lc_cache_ttl_s;
 
-	snprintf(ttl, sizeof(ttl), "%lld",
-		 (long long)c->cfg->lc_cache_ttl_s * 1000LL);
+	if (ttl_s <= 0)
+		json = NULL; /* unknown leads are not cached */
+	snprintf(ttl, sizeof(ttl), "%lld", (long long)ttl_s * 1000LL);
 	if (json && l->version_known) {
 		const char *argv[10] = {"EVAL",
 					LUA_FILL,
@@ -625,7 +645,7 @@ static void lookup_done(struct slot *s, bool ok, bool found, const char *json,
 			lead_finish(l, CTX_UNAVAILABLE, NULL);
 		}
 	} else if (!found) {
-		lead_store(l, NULL);
+		lead_store(l, UNKNOWN_MARK);
 		lead_finish(l, CTX_NOT_FOUND, NULL);
 	} else {
 		char *text = strndup(json, len);

@@ -26,7 +26,10 @@ const char *pgsink_topic(const struct pgsink *ps);
 /* (Re)connects when needed; false while the database is unreachable. */
 bool pgsink_connect(struct pgsink *ps, char *errstr, size_t errstr_size);
 
-/* next_offset of each partition, -1 where none is stored. */
+/* next_offset of each partition, -1 where none is stored: what this
+ * session's last commit stored when it covered every one of them and
+ * nothing was rolled back or (re)assigned since (a first guess that
+ * pgsink_begin()'s fence confirms), else read from the table. */
 bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
 			 int64_t *out, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));

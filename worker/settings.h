@@ -50,6 +50,7 @@ struct worker_config {
 	int lc_timeout_ms;
 	int lc_retries;
 	int lc_cache_ttl_s;
+	int lc_not_found_ttl_s;
 	int lc_lease_ms;
 	int lc_lease_wait_ms;
 	int lc_batch_budget_ms;

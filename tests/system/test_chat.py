@@ -720,3 +720,75 @@ def test_lead_update_naming_the_phone_drops_its_context(pipeline, services):
             2, [("answered", ids[:1]), ("answered", ids[1:2]),
                 ("open", ids[2:3])]) == (lead, "After"), \
             "a lead update naming the phone left the old context cached"
+
+
+def test_unknown_sender_is_cached_until_a_lead_update_names_it(
+        pipeline, services, phonestub):
+    """A phone the source does not know is cached as unknown
+    (lead_context.not_found_ttl_s), so the person's next turns ask nobody;
+    a lead update naming the phone drops it, and the next turn carries the
+    lead the source knows by then."""
+    biz = business_number()
+    who = wa_id()
+    lead = f"{pipeline.prefix}newlead"
+    ctx = {"lead": {"id": lead, "name": "New", "phone": "+" + who}}
+    worker = pipeline.start_worker(lead_context__source="http",
+                                   lead_context__url=phonestub.url,
+                                   lead_context__phone_url=phonestub.phone_url)
+    ingest = chat_ingest(pipeline, **{"source__leadupd__kind": "lead_updated",
+                                      "source__leadupd__signature": "none"})
+    ids = [wamid() for _ in range(3)]
+
+    def lead_of_new_turn(i):
+        post_chat(ingest, webhook(biz, [text_message(ids[i], who, f"m{i}")]))
+        want = [("answered", [m]) for m in ids[:i]] + [("open", [ids[i]])]
+        got = wait_turns(services, biz, who, want, worker=worker)[-1]
+        return got["lead_id"], got["lead_context"]
+
+    with Agent(services, biz) as agent:
+        def done():
+            c = agent.claim()
+            assert c is not None and agent.answer(c["id"]) is True, c
+
+        assert lead_of_new_turn(0) == (None, None)
+        assert phonestub.calls_for(who) == 1, phonestub.snapshot()
+        done()
+        # The CRM learns the person, but says so to nobody: the cached
+        # "unknown" stands and the source is not asked again.
+        phonestub.set(who, ctx)
+        assert lead_of_new_turn(1) == (None, None)
+        assert phonestub.calls_for(who) == 1, \
+            f"an unknown phone was asked again: {phonestub.snapshot()}"
+        ttl = services.redis().pttl(f"lead_phone_ctx:{who}")
+        assert 0 < ttl <= 30000, ttl
+        done()
+
+        r = ingest.post({"lead_id": lead, "phone": "+" + who},
+                        source="leadupd")
+        assert r.status == 202, r
+        pipeline.wait_caught_up()
+        assert lead_of_new_turn(2) == (lead, ctx)
+        assert phonestub.calls_for(who) == 2, phonestub.snapshot()
+
+
+def test_unknown_sender_not_cached_with_ttl_0(pipeline, services, phonestub):
+    """lead_context.not_found_ttl_s = 0: an unknown phone is asked of the
+    source again for each of the person's turns."""
+    biz = business_number()
+    who = wa_id()
+    worker = pipeline.start_worker(lead_context__source="http",
+                                   lead_context__url=phonestub.url,
+                                   lead_context__phone_url=phonestub.phone_url,
+                                   lead_context__not_found_ttl_s=0)
+    ingest = chat_ingest(pipeline)
+    ids = [wamid(), wamid()]
+    with Agent(services, biz) as agent:
+        post_chat(ingest, webhook(biz, [text_message(ids[0], who, "one")]))
+        wait_turns(services, biz, who, [("open", ids[:1])], worker=worker)
+        c = agent.claim()
+        assert c is not None and agent.answer(c["id"]) is True, c
+        post_chat(ingest, webhook(biz, [text_message(ids[1], who, "two")]))
+        wait_turns(services, biz, who,
+                   [("answered", ids[:1]), ("open", ids[1:])], worker=worker)
+    assert phonestub.calls_for(who) == 2, phonestub.snapshot()
+    assert services.redis().get(f"lead_phone_ctx:{who}") is None
