@@ -25,6 +25,17 @@ struct pgsink {
 	char stream_state[6]; /* the SQLSTATE that refused a chunk, or "" */
 	char last_state[6];   /* of the last statement refused, or "" */
 	char stream_err[256];
+	/* The partitions' stored offsets as this session's last commit left
+	 * them, so the next batch's read before its lookups (step 1) costs
+	 * no round trip. Only a first guess: the fence read under the locks
+	 * decides, and any difference rolls back, which forgets them all. */
+	int32_t *known_part;
+	int64_t *known_next;
+	int n_known, cap_known;
+	/* What pgsink_begin() read under the locks, for the commit. */
+	int32_t *locked_part;
+	int64_t *locked_next;
+	int n_locked, cap_locked;
 };
 
 static const char SQL_LOAD_OFFSETS[] =
@@ -85,7 +96,60 @@ void pgsink_destroy(struct pgsink *ps)
 	free(ps->topic);
 	free(ps->staging_sql);
 	free(ps->start_group);
+	free(ps->known_part);
+	free(ps->known_next);
+	free(ps->locked_part);
+	free(ps->locked_next);
 	free(ps);
+}
+
+static void known_forget(struct pgsink *ps)
+{
+	ps->n_known = 0;
+	ps->n_locked = 0;
+}
+
+static int known_index(const struct pgsink *ps, int32_t part)
+{
+	for (int i = 0; i < ps->n_known; i++)
+		if (ps->known_part[i] == part)
+			return i;
+	return -1;
+}
+
+/* After a commit: the offset stored now is the greater of the one locked
+ * and the one written (the upsert keeps the greatest). */
+static void known_committed(struct pgsink *ps, const int32_t *parts,
+			    const int64_t *next_offsets, int n)
+{
+	for (int i = 0; i < n; i++) {
+		int64_t v = next_offsets[i];
+		int k;
+
+		for (int j = 0; j < ps->n_locked; j++)
+			if (ps->locked_part[j] == parts[i] &&
+			    ps->locked_next[j] > v)
+				v = ps->locked_next[j];
+		k = known_index(ps, parts[i]);
+		if (k < 0) {
+			if (ps->n_known == ps->cap_known) {
+				ps->cap_known =
+				    ps->cap_known ? 2 * ps->cap_known : 16;
+				ps->known_part =
+				    xrealloc(ps->known_part,
+					     (size_t)ps->cap_known *
+						 sizeof(*ps->known_part));
+				ps->known_next =
+				    xrealloc(ps->known_next,
+					     (size_t)ps->cap_known *
+						 sizeof(*ps->known_next));
+			}
+			k = ps->n_known++;
+			ps->known_part[k] = parts[i];
+		}
+		ps->known_next[k] = v;
+	}
+	ps->n_locked = 0;
 }
 
 const char *pgsink_group_id(const struct pgsink *ps)
@@ -120,6 +184,7 @@ static void drop_conn(struct pgsink *ps)
 	if (ps->conn)
 		PQfinish(ps->conn);
 	ps->conn = NULL;
+	known_forget(ps);
 	ps->prepared = false;
 	ps->copying = false;
 	ps->pending = false;
@@ -315,8 +380,19 @@ static bool query_offsets(struct pgsink *ps, const char *sql,
 bool pgsink_load_offsets(struct pgsink *ps, const int32_t *parts, int n,
 			 int64_t *out, char *errstr, size_t errstr_size)
 {
+	int i;
+
 	if (!pgsink_connect(ps, errstr, errstr_size))
 		return false;
+	for (i = 0; i < n; i++) {
+		int k = known_index(ps, parts[i]);
+
+		if (k < 0)
+			break;
+		out[i] = ps->known_next[k];
+	}
+	if (i == n)
+		return true;
 	if (query_offsets(ps, SQL_LOAD_OFFSETS, parts, n, out, errstr,
 			  errstr_size))
 		return true;
@@ -337,6 +413,8 @@ bool pgsink_load_start(struct pgsink *ps, const int32_t *parts, int n,
 	char *own;
 	bool missing = false, ok;
 
+	/* Partitions (re)assigned: an earlier owner may have moved them. */
+	known_forget(ps);
 	if (!pgsink_load_offsets(ps, parts, n, out, errstr, errstr_size))
 		return false;
 	for (int i = 0; i < n; i++)
@@ -402,6 +480,18 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 	free(arr);
 	offsets_read(res, parts, n, fence);
 	PQclear(res);
+	if (ok) {
+		if (n > ps->cap_locked) {
+			ps->cap_locked = n;
+			ps->locked_part = xrealloc(ps->locked_part,
+						   (size_t)n * sizeof(*parts));
+			ps->locked_next = xrealloc(ps->locked_next,
+						   (size_t)n * sizeof(*fence));
+		}
+		memcpy(ps->locked_part, parts, (size_t)n * sizeof(*parts));
+		memcpy(ps->locked_next, fence, (size_t)n * sizeof(*fence));
+		ps->n_locked = n;
+	}
 	if (!ok)
 		pgsink_rollback(ps);
 	return ok;
@@ -640,8 +730,10 @@ bool pgsink_commit(struct pgsink *ps, const int32_t *parts,
 		pgsink_rollback(ps);
 		return true;
 	}
-	if (store_and_commit(ps, parts, next_offsets, n, errstr, errstr_size))
+	if (store_and_commit(ps, parts, next_offsets, n, errstr, errstr_size)) {
+		known_committed(ps, parts, next_offsets, n);
 		return true;
+	}
 	pgsink_rollback(ps);
 	return false;
 }
@@ -650,6 +742,7 @@ void pgsink_rollback(struct pgsink *ps)
 {
 	PGresult *res;
 
+	known_forget(ps); /* a fence that moved comes this way too */
 	if (!ps->conn)
 		return;
 	if (PQstatus(ps->conn) != CONNECTION_OK) {
