@@ -4,6 +4,7 @@
  * owed in PostgreSQL (owed.c). */
 #include "cache.h"
 
+#include <fnmatch.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -127,15 +128,17 @@ const char *cache_op_name(enum cache_op op)
 	return "key";
 }
 
-enum cache_op cache_op_parse(const char *name)
+bool cache_op_parse(const char *name, enum cache_op *op)
 {
-	static const enum cache_op ops[] = {CACHE_PATTERN, CACHE_BUMP,
-					    CACHE_GEN, CACHE_INDEX};
+	static const enum cache_op ops[] = {CACHE_KEY, CACHE_PATTERN,
+					    CACHE_BUMP, CACHE_GEN, CACHE_INDEX};
 
 	for (size_t i = 0; i < sizeof(ops) / sizeof(ops[0]); i++)
-		if (strcmp(name, cache_op_name(ops[i])) == 0)
-			return ops[i];
-	return CACHE_KEY;
+		if (strcmp(name, cache_op_name(ops[i])) == 0) {
+			*op = ops[i];
+			return true;
+		}
+	return false;
 }
 
 static void templates_add(struct cache_templates *t, const char *list,
@@ -162,6 +165,51 @@ void cache_templates_load(struct cache_templates *t, const char *scan,
 	templates_add(t, scan ? scan : "", false, CACHE_KEY);
 	templates_add(t, gen ? gen : "", true, CACHE_GEN);
 	templates_add(t, index ? index : "", true, CACHE_INDEX);
+}
+
+bool cache_templates_check(const struct cache_templates *t,
+			   const char *placeholder, const char *what,
+			   char *errstr, size_t errstr_size)
+{
+	for (size_t i = 0; i < t->n; i++) {
+		char *pat;
+		bool glob;
+
+		if (t->v[i].op != CACHE_PATTERN)
+			continue;
+
+		pat = cache_expand(t->v[i].tmpl, placeholder, "id", &glob);
+		for (size_t j = 0; j < t->n; j++) {
+			char *key;
+			bool hit;
+
+			if (t->v[j].op != CACHE_GEN &&
+			    t->v[j].op != CACHE_INDEX)
+				continue;
+			key = cache_expand(t->v[j].tmpl, placeholder, "id",
+					   &glob);
+			hit = fnmatch(pat, key, 0) == 0;
+			free(key);
+			if (hit) {
+				snprintf(errstr, errstr_size,
+					 "%sinvalidate_keys: \"%s\" also "
+					 "matches the %s \"%s\", which its "
+					 "walk would delete%s",
+					 what, t->v[i].tmpl,
+					 t->v[j].op == CACHE_GEN
+					     ? "generation counter"
+					     : "key index",
+					 t->v[j].tmpl,
+					 t->v[j].op == CACHE_GEN
+					     ? " (it would count again from 1)"
+					     : "");
+				free(pat);
+				return false;
+			}
+		}
+		free(pat);
+	}
+	return true;
 }
 
 void cache_templates_clear(struct cache_templates *t)
@@ -347,18 +395,20 @@ struct scan_job {
 };
 
 /* A key index (a set the application SADDs each key it fills to): read in
- * SSCAN steps; what a step found is SREMed from the set, then UNLINKed,
- * in the next round trip. Only those members leave the set (never a DEL
- * of it): a key indexed meanwhile stays indexed for the next
- * invalidation. SREM goes first so that a fill landing between the two
- * commands re-adds its member to the set rather than leaving a cached key
- * nobody indexes. */
+ * SSCAN steps; what a step found is SREMed from the set and UNLINKed in
+ * the next round trip, the two in one MULTI/EXEC. Only those members
+ * leave the set (never a DEL of it): a key indexed meanwhile stays
+ * indexed for the next invalidation. The transaction keeps the two
+ * together: a connection lost between them could otherwise leave keys
+ * cached but out of the set, where no later invalidation (the owed one
+ * replayed included) would find them, and no fill lands between them. */
 struct idx_job {
 	struct run *run;
 	const char *set;
 	char cursor[32];     /* "" once the SSCAN is done */
 	struct strvec found; /* this round's members */
 	struct strvec purge; /* last round's, SREMed and UNLINKed now */
+	size_t unlinks;      /* UNLINK commands at the head of the EXEC */
 };
 
 /* Every "literal*" pattern of a run at once: Redis walks its keyspace
@@ -423,6 +473,47 @@ static void bump_cb(void *priv, const redisReply *rep)
 	r->outstanding--;
 	if (!rep || rep->type == REDIS_REPLY_ERROR)
 		r->failed = true;
+}
+
+/* hiredis, on the loop: MULTI's +OK, or a command queued in it. */
+static void queued_cb(void *priv, const redisReply *rep)
+{
+	struct run *r = priv;
+
+	r->outstanding--;
+	if (!rep || rep->type == REDIS_REPLY_ERROR) {
+		if (rep)
+			log_warn("redis: %s", rep->str);
+		r->failed = true;
+	}
+}
+
+/* hiredis, on the loop: EXEC of a key index's purge answered: its
+ * UNLINKs first (the keys removed), then its SREMs. A nil EXEC (the
+ * transaction discarded) or any error in it leaves the purge owed. */
+static void idx_exec_cb(void *priv, const redisReply *rep)
+{
+	struct idx_job *job = priv;
+	struct run *r = job->run;
+
+	r->outstanding--;
+	if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+		if (rep && rep->type == REDIS_REPLY_ERROR)
+			log_warn("redis: %s", rep->str);
+		r->failed = true;
+		return;
+	}
+	for (size_t i = 0; i < rep->elements; i++) {
+		const redisReply *e = rep->element[i];
+
+		if (e->type == REDIS_REPLY_ERROR) {
+			log_warn("redis: %s", e->str);
+			r->failed = true;
+		} else if (i < job->unlinks &&
+			   e->type == REDIS_REPLY_INTEGER) {
+			r->removed += e->integer;
+		}
+	}
 }
 
 /* hiredis, on the loop: SCAN answered. */
@@ -673,10 +764,19 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 		memset(&r, 0, sizeof(r));
 		send_chunked(c, &r, unlink_cb, "UNLINK", NULL, &keys);
 		for (size_t i = 0; i < n_idx; i++) {
-			send_chunked(c, &r, bump_cb, "SREM", idx[i].set,
+			const char *multi[1] = {"MULTI"}, *exec[1] = {"EXEC"};
+
+			if (idx[i].purge.n == 0)
+				continue;
+			idx[i].run = &r;
+			idx[i].unlinks = (idx[i].purge.n + UNLINK_CHUNK - 1) /
+					 UNLINK_CHUNK;
+			send_cmd(c, &r, queued_cb, &r, 1, multi);
+			send_chunked(c, &r, queued_cb, "UNLINK", NULL,
 				     &idx[i].purge);
-			send_chunked(c, &r, unlink_cb, "UNLINK", NULL,
+			send_chunked(c, &r, queued_cb, "SREM", idx[i].set,
 				     &idx[i].purge);
+			send_cmd(c, &r, idx_exec_cb, &idx[i], 1, exec);
 		}
 		for (size_t i = 0; first && i < in->n; i++) {
 			const char *incr[2] = {"INCR", in->v[i].key};

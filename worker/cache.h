@@ -32,9 +32,10 @@ struct cache_keys {
 };
 
 /* The name an op is stored under in sluice_owed_invalidations.ops, and
- * back (an unknown name is CACHE_KEY). */
+ * back: false for a name this worker does not know (written by a newer
+ * one), which must stay owed rather than be guessed at. */
 const char *cache_op_name(enum cache_op op);
-enum cache_op cache_op_parse(const char *name);
+bool cache_op_parse(const char *name, enum cache_op *op);
 
 /* One template of a kind's invalidation and how its keys go. */
 struct cache_template {
@@ -54,6 +55,13 @@ struct cache_templates {
 void cache_templates_load(struct cache_templates *t, const char *scan,
 			  const char *gen, const char *index);
 void cache_templates_clear(struct cache_templates *t);
+/* False, with why in errstr, when a SCAN template of t also matches one of
+ * its generation counters or key indexes (expanded for the same id):
+ * the walk would delete the counter or the index. what prefixes the key
+ * names ("" or "campaign_"). */
+bool cache_templates_check(const struct cache_templates *t,
+			   const char *placeholder, const char *what,
+			   char *errstr, size_t errstr_size);
 /* "messages:{conversation_id}:* by SCAN (...)": how a template's keys go,
  * for the start-up log. malloc'd. */
 char *cache_template_mode(const struct cache_template *t);

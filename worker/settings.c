@@ -6,6 +6,7 @@
 #include "../common/access.h"
 #include "../common/log.h"
 #include "../common/util.h"
+#include "cache.h"
 #include "dsn.h"
 
 #include <stdio.h>
@@ -245,6 +246,25 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 			    cfg->lc_url);
 			return false;
 		}
+	}
+	{
+		struct cache_templates t;
+		bool ok;
+
+		cache_templates_load(&t, cfg->invalidate_keys,
+				     cfg->invalidate_generation,
+				     cfg->invalidate_index);
+		ok = cache_templates_check(&t, "{conversation_id}", "", errstr,
+					   errstr_size);
+		cache_templates_clear(&t);
+		cache_templates_load(&t, cfg->campaign_invalidate_keys,
+				     cfg->campaign_invalidate_generation,
+				     cfg->campaign_invalidate_index);
+		ok = ok && cache_templates_check(&t, "{run_id}", "campaign_",
+						 errstr, errstr_size);
+		cache_templates_clear(&t);
+		if (!ok)
+			return false;
 	}
 	if (cfg->listen[0] && !strchr(cfg->listen, ':')) {
 		snprintf(errstr, errstr_size, "listen: \"%s\" is not host:port",

@@ -163,7 +163,7 @@ def test_index_removes_exactly_the_members(pipeline, services):
     finally:
         cmds = mon.stop()
     # Exactly the members read leave the set (never a DEL of the set: a key
-    # indexed meanwhile must stay indexed), SREM before UNLINK, no walk of
+    # indexed meanwhile must stay indexed), in one MULTI/EXEC, no walk of
     # the keyspace, no script, at most 512 keys a command.
     words = [c[0].upper() for c in cmds]
     assert not {"SCAN", "KEYS", "EVAL", "EVALSHA", "DEL"} & set(words), \
@@ -174,7 +174,15 @@ def test_index_removes_exactly_the_members(pipeline, services):
         unlink = [i for i, w in enumerate(cmds) if w[0].upper() == "UNLINK"
                   and any(x.startswith(f"page:{c}:") for x in w[1:])]
         assert srem and unlink, cmds[-20:]
-        assert srem[0] < unlink[0], "UNLINK before SREM"
+        # The two in one MULTI/EXEC: a connection lost between them must
+        # not leave keys cached but out of the set.
+        first, last = min(srem + unlink), max(srem + unlink)
+        multi = [i for i, w in enumerate(cmds[:first]) if w[0].upper() == "MULTI"]
+        execs = [i for i, w in enumerate(cmds) if w[0].upper() == "EXEC"]
+        assert multi, "SREM and UNLINK outside a transaction"
+        between = [i for i in execs if multi[-1] < i < first]
+        assert not between and any(i > last for i in execs), \
+            "SREM and UNLINK not in one MULTI/EXEC"
         assert not any(_idx(c) in cmds[i] for i in unlink), \
             "the index set itself was unlinked"
         assert unindexed not in sum((cmds[i] for i in unlink), [])

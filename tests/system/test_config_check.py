@@ -64,6 +64,15 @@ BAD = [
     ("sluice-worker", "campaign_invalidate_index = keys:{conversation_id}\n",
      "{f}:1: campaign_invalidate_index: unknown placeholder "
      "{conversation_id} (known: {run_id})"),
+    # A SCAN template whose walk would delete a generation counter or a
+    # key index of the same kind.
+    ("sluice-worker", "invalidate_generation = messages:{conversation_id}:gen\n",
+     'invalidate_keys: "messages:{conversation_id}:*" also matches the '
+     'generation counter "messages:{conversation_id}:gen"'),
+    ("sluice-worker", "campaign_invalidate_keys = run:*\n"
+     "campaign_invalidate_index = run:{run_id}:keys\n",
+     'campaign_invalidate_keys: "run:*" also matches the key index '
+     '"run:{run_id}:keys"'),
     ("sluice-worker", "lead_context.url = http://crm/leads/{id}\n",
      "{f}:1: lead_context.url: unknown placeholder {id} (known: {lead_id})"),
     ("sluice-worker", 'group_id = g"\n',
