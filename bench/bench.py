@@ -802,7 +802,7 @@ def bench_e2e(env, tmp, seconds, rate=2000, probes=300):
         f.write(f"listen = 127.0.0.1:{iport}\ntopic = {topic}\nschema_dir = {REPO}/schemas\n"
                 "log_level = warn\nsource.tavus.kind = transcript\nsource.tavus.signature = none\n")
     with open(os.path.join(tmp, "e2e-worker.conf"), "w") as f:
-        f.write(f"topic = {topic}\ngroup_id = e2e-{run}\nlog_level = info\n" + os.environ.get("E2E_EXTRA", ""))
+        f.write(f"topic = {topic}\ngroup_id = e2e-{run}\nlog_level = info\n")
     worker = daemon("sluice-worker", os.path.join(tmp, "e2e-worker.conf"), env,
                     os.path.join(tmp, "e2e-worker.log"))
     ingest = daemon("sluice-ingest", os.path.join(tmp, "e2e-ingest.conf"), env,
