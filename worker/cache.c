@@ -408,7 +408,7 @@ struct idx_job {
 	char cursor[32];     /* "" once the SSCAN is done */
 	struct strvec found; /* this round's members */
 	struct strvec purge; /* last round's, SREMed and UNLINKed now */
-	size_t unlinks;      /* UNLINK commands at the head of the EXEC */
+	size_t unlinks;	     /* UNLINK commands at the head of the EXEC */
 };
 
 /* Every "literal*" pattern of a run at once: Redis walks its keyspace
@@ -509,8 +509,7 @@ static void idx_exec_cb(void *priv, const redisReply *rep)
 		if (e->type == REDIS_REPLY_ERROR) {
 			log_warn("redis: %s", e->str);
 			r->failed = true;
-		} else if (i < job->unlinks &&
-			   e->type == REDIS_REPLY_INTEGER) {
+		} else if (i < job->unlinks && e->type == REDIS_REPLY_INTEGER) {
 			r->removed += e->integer;
 		}
 	}
@@ -769,8 +768,8 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 			if (idx[i].purge.n == 0)
 				continue;
 			idx[i].run = &r;
-			idx[i].unlinks = (idx[i].purge.n + UNLINK_CHUNK - 1) /
-					 UNLINK_CHUNK;
+			idx[i].unlinks =
+			    (idx[i].purge.n + UNLINK_CHUNK - 1) / UNLINK_CHUNK;
 			send_cmd(c, &r, queued_cb, &r, 1, multi);
 			send_chunked(c, &r, queued_cb, "UNLINK", NULL,
 				     &idx[i].purge);

@@ -343,8 +343,8 @@ static void consumer_spec(const struct worker_config *cfg,
 	    "group.id", NULL, /* filled below */
 	    "enable.auto.commit", "false", "enable.auto.offset.store", "false",
 	    "auto.offset.reset", "earliest", "partition.assignment.strategy",
-	    "cooperative-sticky", "fetch.wait.max.ms", "10",
-	    "fetch.min.bytes", "16384",
+	    "cooperative-sticky", "fetch.wait.max.ms", "10", "fetch.min.bytes",
+	    "16384",
 	    /* broker states for /readyz */
 	    "statistics.interval.ms", "1000", NULL};
 	enum { N_SETTINGS = sizeof(settings) / sizeof(settings[0]) };

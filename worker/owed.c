@@ -253,7 +253,9 @@ bool owed_write(struct owed *o, const int32_t *parts, int n,
 		 * the batch would find no record to blame and start over
 		 * for ever; it is retried as any database failure is. */
 		if (pgsink_data_error(o->ps)) {
-			log_error("owed invalidations: the outbox refused this batch's invalidations (%s); generation and key-index modes need migration 007_cache_modes.sql (deploy/migrate.sh)", errstr);
+			log_error(
+			    "owed invalidations: the outbox refused this batch's invalidations (%s); generation and key-index modes need migration 007_cache_modes.sql (deploy/migrate.sh)",
+			    errstr);
 			pgsink_clear_error(o->ps);
 		}
 		return false;
@@ -421,7 +423,10 @@ static void owed_catch_up(struct owed *o, int max_pages)
 				/* A newer worker's kind of invalidation:
 				 * guessed at, a generation counter could be
 				 * deleted and count again from 1. */
-				log_warn("owed invalidations: \"%s\" of %s is of a kind this sluice-worker does not know (\"%s\", written by a newer one); left owed until a newer worker takes the partition", PQgetvalue(res, i, 1), id, PQgetvalue(res, i, 2));
+				log_warn(
+				    "owed invalidations: \"%s\" of %s is of a kind this sluice-worker does not know (\"%s\", written by a newer one); left owed until a newer worker takes the partition",
+				    PQgetvalue(res, i, 1), id,
+				    PQgetvalue(res, i, 2));
 				PQclear(res);
 				cache_keys_free(&k);
 				buf_free(&ids);
