@@ -757,16 +757,15 @@ void batch_process(void *arg, rd_kafka_message_t **msgs, size_t n)
 	b->t.dead += dead;
 	metrics_committed(pm.parts, pm.next, pm.n);
 	metrics_batch(own, t_end - t0, contexts_stats(env->contexts));
-	log_at(env->quiet ? LOG_DEBUG : LOG_INFO, NULL,
-	       "%sbatch of %zu records in %lld ms (lookups %lld ms, database "
-	       "%lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already "
-	       "applied, %s%lld cache keys removed",
-	       env->dry_run ? "dry run (rolled back): " : "", own,
-	       (long long)(t_end - t0), (long long)prepare_ms,
-	       (long long)(t_commit - t0 - prepare_ms),
-	       (long long)(t_end - t_commit), b->line.data,
-	       b->line.len ? "; " : "", dead, fenced,
-	       removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
+	log_at(
+	    env->quiet ? LOG_DEBUG : LOG_INFO, NULL,
+	    "%sbatch of %zu records in %lld ms (lookups %lld ms, database %lld ms, cache %lld ms): %s%s%zu dead-lettered, %zu already applied, %s%lld cache keys removed",
+	    env->dry_run ? "dry run (rolled back): " : "", own,
+	    (long long)(t_end - t0), (long long)prepare_ms,
+	    (long long)(t_commit - t0 - prepare_ms),
+	    (long long)(t_end - t_commit), b->line.data,
+	    b->line.len ? "; " : "", dead, fenced,
+	    removed < 0 ? "redis down: " : "", removed < 0 ? 0 : removed);
 	/* Redis answers again, or partitions came with an earlier owner's
 	 * debts: perform what is owed (only then; nothing on the usual
 	 * path). */
