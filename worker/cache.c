@@ -450,42 +450,33 @@ struct run {
 	struct strvec found;
 };
 
+/* Counts a reply of the round trip in; true when it failed (Redis lost,
+ * overdue, or an error, which is logged). */
+static bool reply_failed(struct run *r, const redisReply *rep)
+{
+	r->outstanding--;
+	if (rep && rep->type != REDIS_REPLY_ERROR)
+		return false;
+	if (rep)
+		log_warn("redis: %s", rep->str);
+	r->failed = true;
+	return true;
+}
+
 /* hiredis, on the loop: UNLINK answered. */
 static void unlink_cb(void *priv, const redisReply *rep)
 {
 	struct run *r = priv;
 
-	r->outstanding--;
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		if (rep)
-			log_warn("redis: %s", rep->str);
-		r->failed = true;
-	} else if (rep->type == REDIS_REPLY_INTEGER) {
+	if (!reply_failed(r, rep) && rep->type == REDIS_REPLY_INTEGER)
 		r->removed += rep->integer;
-	}
 }
 
-/* hiredis, on the loop: INCR, EXPIRE, SREM or PING answered. */
+/* hiredis, on the loop: INCR, EXPIRE, SREM or PING answered; or MULTI's
+ * +OK, or a command queued in it. */
 static void bump_cb(void *priv, const redisReply *rep)
 {
-	struct run *r = priv;
-
-	r->outstanding--;
-	if (!rep || rep->type == REDIS_REPLY_ERROR)
-		r->failed = true;
-}
-
-/* hiredis, on the loop: MULTI's +OK, or a command queued in it. */
-static void queued_cb(void *priv, const redisReply *rep)
-{
-	struct run *r = priv;
-
-	r->outstanding--;
-	if (!rep || rep->type == REDIS_REPLY_ERROR) {
-		if (rep)
-			log_warn("redis: %s", rep->str);
-		r->failed = true;
-	}
+	(void)reply_failed(priv, rep);
 }
 
 /* hiredis, on the loop: EXEC of a key index's purge answered: its
@@ -496,11 +487,8 @@ static void idx_exec_cb(void *priv, const redisReply *rep)
 	struct idx_job *job = priv;
 	struct run *r = job->run;
 
-	r->outstanding--;
-	if (!rep || rep->type != REDIS_REPLY_ARRAY) {
-		if (rep && rep->type == REDIS_REPLY_ERROR)
-			log_warn("redis: %s", rep->str);
-		r->failed = true;
+	if (reply_failed(r, rep) || rep->type != REDIS_REPLY_ARRAY) {
+		r->failed = true; /* a nil EXEC: the transaction discarded */
 		return;
 	}
 	for (size_t i = 0; i < rep->elements; i++) {
@@ -521,10 +509,8 @@ static void scan_cb(void *priv, const redisReply *rep)
 	struct scan_job *job = priv;
 	struct run *r = job->run;
 
-	r->outstanding--;
-	if (!rep || rep->type != REDIS_REPLY_ARRAY || rep->elements != 2) {
-		if (rep && rep->type == REDIS_REPLY_ERROR)
-			log_warn("redis: %s", rep->str);
+	if (reply_failed(r, rep) || rep->type != REDIS_REPLY_ARRAY ||
+	    rep->elements != 2) {
 		r->failed = true;
 		return;
 	}
@@ -532,8 +518,8 @@ static void scan_cb(void *priv, const redisReply *rep)
 		 rep->element[0]->str ? rep->element[0]->str : "0");
 	for (size_t k = 0; k < rep->element[1]->elements; k++)
 		strvec_push(&r->found,
-			    strndup(rep->element[1]->element[k]->str,
-				    rep->element[1]->element[k]->len));
+			    xstrndup(rep->element[1]->element[k]->str,
+				     rep->element[1]->element[k]->len));
 	if (strcmp(job->cursor, "0") == 0)
 		job->cursor[0] = '\0'; /* done */
 }
@@ -770,10 +756,10 @@ static long long cache_run(struct cache *c, const struct cache_keys *in)
 			idx[i].run = &r;
 			idx[i].unlinks =
 			    (idx[i].purge.n + UNLINK_CHUNK - 1) / UNLINK_CHUNK;
-			send_cmd(c, &r, queued_cb, &r, 1, multi);
-			send_chunked(c, &r, queued_cb, "UNLINK", NULL,
+			send_cmd(c, &r, bump_cb, &r, 1, multi);
+			send_chunked(c, &r, bump_cb, "UNLINK", NULL,
 				     &idx[i].purge);
-			send_chunked(c, &r, queued_cb, "SREM", idx[i].set,
+			send_chunked(c, &r, bump_cb, "SREM", idx[i].set,
 				     &idx[i].purge);
 			send_cmd(c, &r, idx_exec_cb, &idx[i], 1, exec);
 		}

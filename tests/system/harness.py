@@ -313,6 +313,17 @@ def populate_keys(r, cid, pages=10, extra=0):
     return keys
 
 
+def post_and_land(pipeline, cid):
+    """A two-message transcript of cid posted and its rows landed."""
+    r = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
+                                              ("assistant", "Hello!")]))
+    assert r.status == 202, r
+    wait_until(lambda: pipeline.message_count(cid) == 2, 30,
+               message=f"2 messages of {cid} in PostgreSQL",
+               describe=lambda: f"{pipeline.message_count(cid)} rows; worker "
+               f"log tail:\n{pipeline.worker.log_tail(10)}")
+
+
 def existing_keys(r, keys):
     """Those of keys that Redis still holds."""
     with r.pipeline(transaction=False) as p:

@@ -15,7 +15,7 @@ import time
 
 from campaign_util import (Pair, add_inbox, add_lead, batch, msg, post_batch,
                            uid, wait_rows)
-from harness import existing_keys, populate_keys, transcript, wait_until
+from harness import existing_keys, populate_keys, post_and_land, wait_until
 
 GEN = "cache_gen:conversation:{conversation_id}"
 IDX = "sluice:keys:conversation:{conversation_id}"
@@ -67,16 +67,6 @@ class _Monitor:
         return self.cmds
 
 
-def _post_and_land(pipeline, cid):
-    r = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
-                                              ("assistant", "Hello!")]))
-    assert r.status == 202, r
-    wait_until(lambda: pipeline.message_count(cid) == 2, 30,
-               message=f"2 messages of {cid} in PostgreSQL",
-               describe=lambda: f"{pipeline.message_count(cid)} rows; worker "
-               f"log tail:\n{pipeline.worker.log_tail(10)}")
-
-
 def _owed_ops(pipeline):
     return {op for (op,) in pipeline.services.query(
         "SELECT DISTINCT u.o FROM sluice_owed_invalidations,"
@@ -115,8 +105,8 @@ def test_generation_bumped_and_modes_logged(pipeline, services):
     r.set(_gen(other), 7)
     pages = populate_keys(r, cid, pages=3)
     scanned = [k for k in pages if k.startswith("messages:")]
-    _post_and_land(pipeline, cid)
-    _post_and_land(pipeline, fresh)
+    post_and_land(pipeline, cid)
+    post_and_land(pipeline, fresh)
     wait_until(lambda: r.get(_gen(fresh)) == b"1", 10,
                message=f"{_gen(fresh)} to be created at 1",
                describe=lambda: f"it is {r.get(_gen(fresh))}")
@@ -153,8 +143,8 @@ def test_index_removes_exactly_the_members(pipeline, services):
     r.set(unindexed, b"keep")
     mon = _Monitor(r)
     try:
-        _post_and_land(pipeline, cid)
-        _post_and_land(pipeline, big)
+        post_and_land(pipeline, cid)
+        post_and_land(pipeline, big)
         for keys, c in ((mine, cid), (many, big)):
             wait_until(lambda: not existing_keys(r, keys), 10,
                        message=f"the indexed keys of {c} to be removed",
@@ -229,7 +219,7 @@ def test_owed_when_redis_returns(pipeline, services):
     sentinel = _stop_redis_keeping(services, r, cids[0])
     try:
         for c in cids:
-            _post_and_land(pipeline, c)
+            post_and_land(pipeline, c)
         assert _owed_ops(pipeline) == {"gen", "index"}
         assert {_gen(c) for c in cids} | {_idx(c) for c in cids} <= \
             _owed_keys(pipeline)
@@ -263,7 +253,7 @@ def test_owed_survive_kill_9(pipeline, services):
     sentinel = _stop_redis_keeping(services, r, cids[0])
     try:
         for c in cids:
-            _post_and_land(pipeline, c)
+            post_and_land(pipeline, c)
         pipeline.wait_caught_up()
         assert {_gen(c) for c in cids} <= _owed_keys(pipeline)
         worker.kill9()
@@ -299,13 +289,13 @@ def test_kill_9_between_commit_and_invalidation(pipeline, services):
     worker = _modes_worker(pipeline, redis_timeout_ms=20000)
     pipeline.start_ingest()
     r = services.redis()
-    _post_and_land(pipeline, pipeline.cid("warm"))   # joined, caught up
+    post_and_land(pipeline, pipeline.cid("warm"))   # joined, caught up
     cid = pipeline.cid("between")
     stale = _seed(r, [cid])
     pid = r.info("server")["process_id"]
     os.kill(pid, signal.SIGSTOP)
     try:
-        _post_and_land(pipeline, cid)
+        post_and_land(pipeline, cid)
         assert {_gen(cid), _idx(cid)} <= _owed_keys(pipeline)
         time.sleep(0.3)
         # Still waiting on Redis (20 s), not given up.

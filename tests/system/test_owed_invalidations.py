@@ -11,7 +11,7 @@ import re
 import time
 
 from harness import existing_keys as _existing
-from harness import populate_keys, transcript, wait_until
+from harness import populate_keys, post_and_land, transcript, wait_until
 
 # Static membership: a restarted worker takes the killed one's place at
 # once instead of waiting for its session to time out.
@@ -42,16 +42,6 @@ def _owed_ids_issued(pipeline):
         " FROM sluice_owed_invalidations_id_seq")
 
 
-def _post_and_land(pipeline, cid):
-    r = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
-                                              ("assistant", "Hello!")]))
-    assert r.status == 202, r
-    wait_until(lambda: pipeline.message_count(cid) == 2, 30,
-               message=f"2 messages of {cid} in PostgreSQL",
-               describe=lambda: f"{pipeline.message_count(cid)} rows; worker "
-               f"log tail:\n{pipeline.worker.log_tail(10)}")
-
-
 def _wait_outbox_empty(pipeline, timeout=10):
     wait_until(lambda: not _owed(pipeline), timeout,
                message="the outbox of the group to be empty",
@@ -79,7 +69,7 @@ def test_outbox_empty_with_redis_up(pipeline, services):
     cids = [pipeline.cid(f"up{i}") for i in range(5)]
     for cid in cids:            # one batch each
         keys = _populate(r, cid)
-        _post_and_land(pipeline, cid)
+        post_and_land(pipeline, cid)
         wait_until(lambda: not _existing(r, keys), 10,
                    message=f"the cached keys of {cid} to be deleted")
         _wait_outbox_empty(pipeline, 5)
@@ -114,7 +104,7 @@ def test_owed_performed_when_redis_returns(pipeline, services):
     sentinel = _stop_redis_keeping(services, r, stale)
     try:
         for cid in during:
-            _post_and_land(pipeline, cid)
+            post_and_land(pipeline, cid)
         owed = _owed(pipeline)
         assert {k for k, _, _ in owed} >= {
             f"conversation:{c}" for c in during}, owed
@@ -132,7 +122,7 @@ def test_owed_performed_when_redis_returns(pipeline, services):
     # And it goes on as usual.
     after = pipeline.cid("after")
     keys = _populate(r, after)
-    _post_and_land(pipeline, after)
+    post_and_land(pipeline, after)
     wait_until(lambda: not _existing(r, keys), 10,
                message=f"the cached keys of {after} to be deleted")
     _wait_outbox_empty(pipeline, 5)
@@ -154,7 +144,7 @@ def test_owed_survive_kill_9(pipeline, services):
     sentinel = _stop_redis_keeping(services, r, stale)
     try:
         for cid in cids:
-            _post_and_land(pipeline, cid)
+            post_and_land(pipeline, cid)
         pipeline.wait_caught_up()
         owed = _owed(pipeline)
         assert {f"conversation:{c}" for c in cids} <= {
@@ -192,7 +182,7 @@ def test_replay_owes_while_redis_is_down(pipeline, services):
     pipeline.start_ingest()
     cids = [pipeline.cid(f"rp{i}") for i in range(4)]
     for cid in cids:
-        _post_and_land(pipeline, cid)
+        post_and_land(pipeline, cid)
     pipeline.wait_caught_up()
     group = f"{pipeline.group}-rp"
     cfg = pipeline._write("replay.conf", pipeline.worker_settings(
