@@ -2,8 +2,7 @@
 """sluice benchmark: inbound chat, messages to turns (docs/chat.md).
 
 Real sluice-ingest (a `chat` source) and sluice-worker, WhatsApp webhooks of
-one text message each, posted over keep-alive HTTP by coroutines on one
-asyncio loop (part 1) or by Python threads (part 2).
+one text message each, posted by Python threads over keep-alive HTTP.
 
   latency  RATE messages/s from SENDERS people for SECONDS (open loop: the
            k-th message of sender i is due at t0 + (k * SENDERS + i) / RATE;
@@ -241,8 +240,8 @@ class AsyncPoster:
 def listener_process(dsn, channel, wfd):
     """A process of its own LISTENing on channel: one line "t payload" per
     NOTIFY to wfd, t its perf_counter() on arrival (CLOCK_MONOTONIC, the
-    same clock as the senders'), away from the senders' GIL so the stamp
-    is the arrival, not the next time a thread got to run.
+    same clock as the senders'), away from the 200 sender threads' GIL so
+    the stamp is the arrival, not the next time the thread got to run.
     The first line, "ready", once the LISTEN is in place."""
     import psycopg
     out = os.fdopen(wfd, "w", buffering=1)
