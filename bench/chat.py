@@ -49,7 +49,6 @@ Usage: bench/chat.py [--rate 1000] [--senders 200] [--seconds 10]
                    temporary directory and destroy them afterwards.
 """
 import argparse
-import asyncio
 import datetime
 import http.client
 import json
@@ -157,84 +156,31 @@ class Msg:
 
 
 class Sender:
-    """One person: at most one message between its POST and its NOTIFY.
-    Lives on the senders' event loop (one thread): no lock."""
+    """One person: at most one message between its POST and its NOTIFY."""
 
     def __init__(self, wa_id):
         self.wa_id = wa_id
+        self.lock = threading.Lock()
         self.cur = None            # the Msg waiting for its NOTIFY
-        self.notified = None       # an asyncio.Event, made on the loop
+        self.notified = threading.Event()
+        self.notified.set()
         self.stray = 0             # NOTIFYs with no message waiting
         self.msgs = []
 
     def start(self, msg):
-        self.cur = msg
-        self.notified.clear()
-        msg.t_sent = time.perf_counter()   # refined by the POST itself
+        with self.lock:
+            self.cur = msg
+            self.notified.clear()
+            msg.t_sent = time.perf_counter()   # refined by the POST itself
 
     def on_notify(self, t):
-        if self.cur is not None and self.cur.t_notify is None:
-            self.cur.t_notify = t
-            self.cur = None
-            self.notified.set()
-        else:
-            self.stray += 1
-
-
-class AsyncPoster:
-    """A keep-alive HTTP/1.1 connection to sluice-ingest on the senders'
-    asyncio loop, h11 speaking the protocol. One thread carries all the
-    senders: 200 threads fighting over the GIL stamped their 202s late and
-    took more of the box than sluice did."""
-
-    def __init__(self, port, path):
-        self.port, self.path = port, path
-        self.r = self.w = self.h = None
-
-    async def post(self, body):
-        """(status, t_sent, t_answer): t_answer when the answer's first
-        bytes arrived."""
-        import h11
-        for attempt in (0, 1):
-            try:
-                if self.w is None:
-                    self.r, self.w = await asyncio.open_connection("127.0.0.1", self.port)
-                    self.h = h11.Connection(h11.CLIENT)
-                req = h11.Request(method="POST", target=self.path, headers=[
-                    ("Host", "127.0.0.1"), ("Content-Type", "application/json"),
-                    ("Content-Length", str(len(body)))])
-                t_sent = time.perf_counter()
-                self.w.write(self.h.send(req) + self.h.send(h11.Data(data=body))
-                             + self.h.send(h11.EndOfMessage()))
-                status = t_answer = None
-                while True:
-                    ev = self.h.next_event()
-                    if ev is h11.NEED_DATA:
-                        data = await self.r.read(65536)
-                        if t_answer is None:
-                            t_answer = time.perf_counter()
-                        self.h.receive_data(data)
-                    elif isinstance(ev, h11.Response):
-                        status = ev.status_code
-                    elif isinstance(ev, h11.EndOfMessage):
-                        break
-                    elif isinstance(ev, h11.ConnectionClosed):
-                        raise ConnectionError("closed before the answer")
-                if h11.MUST_CLOSE in (self.h.our_state, self.h.their_state):
-                    self.close()
-                else:
-                    self.h.start_next_cycle()
-                return status, t_sent, t_answer
-            except (OSError, ConnectionError, h11.ProtocolError):
-                self.close()
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
-
-    def close(self):
-        if self.w is not None:
-            self.w.close()
-        self.r = self.w = self.h = None
+        with self.lock:
+            if self.cur is not None and self.cur.t_notify is None:
+                self.cur.t_notify = t
+                self.cur = None
+                self.notified.set()
+            else:
+                self.stray += 1
 
 
 def listener_process(dsn, channel, wfd):
@@ -266,14 +212,13 @@ class Listener:
         self.rf = os.fdopen(r)
         if self.rf.readline().strip() != "ready":
             raise SystemExit(f"the LISTEN on {channel} did not come up")
-        self.handler = on_notify   # the senders replace it with their loop's
-        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread = threading.Thread(target=self.run, args=(on_notify,), daemon=True)
         self.thread.start()
 
-    def run(self):
+    def run(self, on_notify):
         for line in self.rf:
             t, payload = line.rstrip("\n").split(" ", 1)
-            self.handler(float(t), payload)
+            on_notify(float(t), payload)
 
     def close(self):
         self.proc.terminate()
@@ -376,16 +321,15 @@ def print_hops(hops, placed, total):
             print(f"  {name:20s}{v['p50']:7.1f}  {v['p99']:7.1f}  {v['max']:7.1f}")
 
 
-async def run_senders(iport, order, senders, listener, probe, rate, seconds,
-                      tag, log, errors, counts, clock):
-    """The senders, one coroutine each on this thread's loop: a warm-up
-    message each, then the open-loop schedule. NOTIFYs come from the
-    listener's thread through the loop. Returns an error text, or None."""
-    loop = asyncio.get_running_loop()
-    n_senders = len(order)
-    for s in order:
-        s.notified = asyncio.Event()
-        s.notified.set()
+def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
+    import psycopg
+    senders = {}
+    order = []
+    for i in range(n_senders):
+        s = Sender(f"1{tag}{i:04d}")
+        senders[s.wa_id] = s
+        order.append(s)
+    counts = {"notifies": 0, "foreign": 0}
 
     def on_notify(t, payload):
         counts["notifies"] += 1
@@ -394,13 +338,21 @@ async def run_senders(iport, order, senders, listener, probe, rate, seconds,
             counts["foreign"] += 1
         else:
             s.on_notify(t)
-    listener.handler = lambda t, payload: loop.call_soon_threadsafe(on_notify, t, payload)
 
-    async def send(s, msg, poster):
+    listener = Listener(as_role(dsn, "sluice_agent"), "sluice_turns", on_notify)
+    # The floor under the same load: a few transactions/s of PostgreSQL
+    # alone, beside sluice's run, so both see the box in the same state.
+    probe = Floor(dsn, "bench_floor_probe")
+
+    errors = []
+    warmed = threading.Barrier(n_senders + 1)
+    start = threading.Barrier(n_senders + 1)
+    clock = {}
+
+    def send(s, msg, poster):
         s.start(msg)
         try:
-            code, t_sent, t_answer = await poster.post(
-                webhook(s.wa_id, msg.mid, f"message {msg.mid[-6:]}"))
+            code, t_sent, t_answer = poster.post(webhook(s.wa_id, msg.mid, f"message {msg.mid[-6:]}"))
         except Exception as e:   # noqa: BLE001 - counted and reported
             errors.append(f"{s.wa_id}: {e}")
             s.on_notify(None)    # release the sender
@@ -411,88 +363,65 @@ async def run_senders(iport, order, senders, listener, probe, rate, seconds,
             errors.append(f"{s.wa_id}: HTTP {code}")
             s.on_notify(None)
 
-    async def wait(ev, timeout):
+    def run(i, s):
+        poster = Poster(iport, "/v1/webhooks/wa")
         try:
-            await asyncio.wait_for(ev.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+            # Warm-up: one message each, so the worker owns its partitions
+            # and has its connections (and Redis its lookups) before t0.
+            send(s, Msg(f"wamid.bench-{tag}-{s.wa_id}-w", 0.0), poster)
+            s.notified.wait(60)
+            try:
+                warmed.wait()
+                start.wait()
+            except threading.BrokenBarrierError:
+                return
+            t0, end = clock["t0"], clock["t0"] + seconds
+            k = 0
+            while True:
+                due = t0 + (k * n_senders + i) / rate
+                if due >= end:
+                    break
+                now = time.perf_counter()
+                if due > now:
+                    time.sleep(due - now)
+                msg = Msg(f"wamid.bench-{tag}-{s.wa_id}-{k}", due)
+                if not s.notified.is_set():
+                    msg.held = True
+                    if not s.notified.wait(30):
+                        errors.append(f"{s.wa_id}: no NOTIFY for the previous message in 30 s")
+                        break
+                s.msgs.append(msg)
+                send(s, msg, poster)
+                k += 1
+            s.notified.wait(30)
+        finally:
+            poster.close()
 
-    posters = [AsyncPoster(iport, "/v1/webhooks/wa") for _ in order]
-    # Warm-up: one message each, so the worker owns its partitions and has
-    # its connections (and Redis its lookups) before t0.
-    await asyncio.gather(*(send(s, Msg(f"wamid.bench-{tag}-{s.wa_id}-w", 0.0), p)
-                           for s, p in zip(order, posters)))
-    await asyncio.gather(*(wait(s.notified, 60) for s in order))
+    threads = [threading.Thread(target=run, args=(i, s), daemon=True) for i, s in enumerate(order)]
+    for t in threads:
+        t.start()
+    warmed.wait()
     warm_missing = sum(1 for s in order if not s.notified.is_set())
     if warm_missing:
-        for p in posters:
-            p.close()
-        return (f"latency: {warm_missing} of {n_senders} warm-up messages got no NOTIFY"
-                f" in 60 s (errors: {errors[:3]})")
-    await asyncio.sleep(0.5)
-    clock["mark"] = os.path.getsize(log)
-    clock["off"] = wall_offset()
+        start.abort()
+        listener.close()
+        probe.listener.close()
+        raise SystemExit(f"latency: {warm_missing} of {n_senders} warm-up messages got no NOTIFY"
+                         f" in 60 s (errors: {errors[:3]})")
+    time.sleep(0.5)
+    mark = os.path.getsize(log)
+    off = wall_offset()
     counts["notifies"] = counts["foreign"] = 0
     for s in order:
         s.stray = 0
-    t0 = clock["t0"] = time.perf_counter() + 0.2
-    end = t0 + seconds
-    pt = threading.Thread(target=probe.run, args=(PROBE_RATE, seconds, 1, t0), daemon=True)
+    clock["t0"] = time.perf_counter() + 0.2
+    pt = threading.Thread(target=probe.run, args=(PROBE_RATE, seconds, 1, clock["t0"]), daemon=True)
     pt.start()
-
-    async def run(i, s, poster):
-        k = 0
-        while True:
-            due = t0 + (k * n_senders + i) / rate
-            if due >= end:
-                break
-            now = time.perf_counter()
-            if due > now:
-                await asyncio.sleep(due - now)
-            msg = Msg(f"wamid.bench-{tag}-{s.wa_id}-{k}", due)
-            if not s.notified.is_set():
-                msg.held = True
-                if not await wait(s.notified, 30):
-                    errors.append(f"{s.wa_id}: no NOTIFY for the previous message in 30 s")
-                    break
-            s.msgs.append(msg)
-            await send(s, msg, poster)
-            k += 1
-        await wait(s.notified, 30)
-        poster.close()
-
-    await asyncio.gather(*(run(i, s, p) for i, (s, p) in enumerate(zip(order, posters))))
-    await loop.run_in_executor(None, pt.join)
+    start.wait()
+    for t in threads:
+        t.join()
+    pt.join()
     listener.close()
-    return None
-
-
-def bench_latency(env, iport, dsn, log, rate, n_senders, seconds, tag):
-    import psycopg
-    senders = {}
-    order = []
-    for i in range(n_senders):
-        s = Sender(f"1{tag}{i:04d}")
-        senders[s.wa_id] = s
-        order.append(s)
-    counts = {"notifies": 0, "foreign": 0}
-    # Its handler becomes the senders' loop's once that runs (run_senders).
-    listener = Listener(as_role(dsn, "sluice_agent"), "sluice_turns",
-                        lambda t, payload: None)
-    # The floor under the same load: a few transactions/s of PostgreSQL
-    # alone, beside sluice's run, so both see the box in the same state.
-    probe = Floor(dsn, "bench_floor_probe")
-
-    errors = []
-    clock = {}
-    res = asyncio.run(run_senders(iport, order, senders, listener, probe, rate, seconds,
-                                  tag, log, errors, counts, clock))
-    if res is not None:
-        listener.close()
-        probe.listener.close()
-        raise SystemExit(res)
-    mark, off = clock["mark"], clock["off"]
     floor_in_run = probe.result()
 
     msgs = [m for s in order for m in s.msgs]
