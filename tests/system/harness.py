@@ -324,6 +324,17 @@ def post_and_land(pipeline, cid):
                f"log tail:\n{pipeline.worker.log_tail(10)}")
 
 
+def stop_redis_keeping(services, r, tag):
+    """Stops Redis after a SAVE, so what the test set comes back with it, as
+    in a real restart; returns a sentinel key that tells the dump was
+    reloaded."""
+    sentinel = f"sentinel:{tag}"
+    r.set(sentinel, b"1")
+    r.save()
+    services.stop_redis()
+    return sentinel
+
+
 def existing_keys(r, keys):
     """Those of keys that Redis still holds."""
     with r.pipeline(transaction=False) as p:

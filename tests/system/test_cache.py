@@ -5,7 +5,7 @@ import socket
 
 from harness import existing_keys as _existing
 from harness import populate_keys as _populate
-from harness import transcript, wait_until
+from harness import post_and_land, stop_redis_keeping, transcript, wait_until
 
 
 def _check_invalidation(pipeline, services, cid, other, extra=0):
@@ -108,19 +108,10 @@ def test_redis_restart(pipeline, services):
     pipeline.start_worker(redis_timeout_ms=200)
     pipeline.start_ingest()
 
-    def post_and_land(cid):
-        r = pipeline.ingest.post(transcript(cid, [("user", "Hi"),
-                                                  ("assistant", "Hello!")]))
-        assert r.status == 202, r
-        wait_until(lambda: pipeline.message_count(cid) == 2, 30,
-                   message=f"2 messages of {cid} in PostgreSQL",
-                   describe=lambda: f"{pipeline.message_count(cid)} rows; "
-                   f"worker log tail:\n{pipeline.worker.log_tail(10)}")
-
     def check_gone(cid):
         r = services.redis()
         keys = _populate(r, cid)
-        post_and_land(cid)
+        post_and_land(pipeline, cid)
         wait_until(lambda: not _existing(r, keys), 10,
                    message=f"the cached keys of {cid} to be deleted",
                    describe=lambda: f"still there: {_existing(r, keys)[:5]}")
@@ -133,13 +124,10 @@ def test_redis_restart(pipeline, services):
     during = [pipeline.cid("during"), pipeline.cid("during2")]
     r = services.redis()
     stale = [k for c in during for k in _populate(r, c)]
-    sentinel = f"sentinel:{pipeline.prefix}"
-    r.set(sentinel, b"1")
-    r.save()
+    sentinel = stop_redis_keeping(services, r, pipeline.prefix)
     try:
-        services.stop_redis()
         for c in during:
-            post_and_land(c)
+            post_and_land(pipeline, c)
     finally:
         services.start_redis()
     r = services.redis()

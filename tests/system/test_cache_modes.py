@@ -15,7 +15,8 @@ import time
 
 from campaign_util import (Pair, add_inbox, add_lead, batch, msg, post_batch,
                            uid, wait_rows)
-from harness import existing_keys, populate_keys, post_and_land, wait_until
+from harness import (existing_keys, populate_keys, post_and_land, stop_redis_keeping,
+                     wait_until)
 
 GEN = "cache_gen:conversation:{conversation_id}"
 IDX = "sluice:keys:conversation:{conversation_id}"
@@ -79,16 +80,6 @@ def _owed_keys(pipeline):
         "SELECT u.k FROM sluice_owed_invalidations, unnest(keys) AS u(k)"
         " WHERE group_id = ANY(%s) AND topic = %s",
         (pipeline.worker_groups(), pipeline.topic))}
-
-
-def _stop_redis_keeping(services, r, tag):
-    """SAVE first so what the test set comes back with Redis, as in a real
-    restart; a sentinel tells the dump was reloaded."""
-    sentinel = f"sentinel:{tag}"
-    r.set(sentinel, b"1")
-    r.save()
-    services.stop_redis()
-    return sentinel
 
 
 def test_generation_bumped_and_modes_logged(pipeline, services):
@@ -216,7 +207,7 @@ def test_owed_when_redis_returns(pipeline, services):
     stale = _seed(r, cids)
     bystander = pipeline.cid("d-other")
     theirs = _seed(r, [bystander])
-    sentinel = _stop_redis_keeping(services, r, cids[0])
+    sentinel = stop_redis_keeping(services, r, cids[0])
     try:
         for c in cids:
             post_and_land(pipeline, c)
@@ -250,7 +241,7 @@ def test_owed_survive_kill_9(pipeline, services):
     r = services.redis()
     cids = [pipeline.cid(f"k{i}") for i in range(3)]
     stale = _seed(r, cids)
-    sentinel = _stop_redis_keeping(services, r, cids[0])
+    sentinel = stop_redis_keeping(services, r, cids[0])
     try:
         for c in cids:
             post_and_land(pipeline, c)

@@ -11,7 +11,8 @@ import re
 import time
 
 from harness import existing_keys as _existing
-from harness import populate_keys, post_and_land, transcript, wait_until
+from harness import (populate_keys, post_and_land, stop_redis_keeping, transcript,
+                     wait_until)
 
 # Static membership: a restarted worker takes the killed one's place at
 # once instead of waiting for its session to time out.
@@ -47,16 +48,6 @@ def _wait_outbox_empty(pipeline, timeout=10):
                message="the outbox of the group to be empty",
                describe=lambda: f"{len(_owed(pipeline))} rows left, e.g. "
                f"{_owed(pipeline)[:3]}")
-
-
-def _stop_redis_keeping(services, r, keys):
-    """SAVE first so the keys come back with Redis, as in a real restart;
-    a sentinel tells the dump was reloaded."""
-    sentinel = f"sentinel:{keys[0]}"
-    r.set(sentinel, b"1")
-    r.save()
-    services.stop_redis()
-    return sentinel
 
 
 def test_outbox_empty_with_redis_up(pipeline, services):
@@ -101,7 +92,7 @@ def test_owed_performed_when_redis_returns(pipeline, services):
     # One batch each: more than one page (ten batches) of the catch-up.
     during = [pipeline.cid(f"d{i}") for i in range(12)]
     stale = [k for c in during for k in _populate(r, c)]
-    sentinel = _stop_redis_keeping(services, r, stale)
+    sentinel = stop_redis_keeping(services, r, stale[0])
     try:
         for cid in during:
             post_and_land(pipeline, cid)
@@ -141,7 +132,7 @@ def test_owed_survive_kill_9(pipeline, services):
     stale = [k for c in cids for k in _populate(r, c)]
     bystander = f"messages:{pipeline.prefix}other:1:50"
     r.set(bystander, b"keep")
-    sentinel = _stop_redis_keeping(services, r, stale)
+    sentinel = stop_redis_keeping(services, r, stale[0])
     try:
         for cid in cids:
             post_and_land(pipeline, cid)
@@ -202,7 +193,7 @@ def test_replay_owes_while_redis_is_down(pipeline, services):
 
     r = services.redis()
     stale = [k for c in cids for k in _populate(r, c)]
-    sentinel = _stop_redis_keeping(services, r, stale)
+    sentinel = stop_redis_keeping(services, r, stale[0])
     try:
         first = replay()
         assert first.returncode == 0, first.stderr[-3000:]
