@@ -854,7 +854,8 @@ def main():
         iconf = os.path.join(tmp, "chat-ingest.conf")
         with open(iconf, "w") as f:
             f.write(f"listen = 127.0.0.1:{iport}\nbrokers = {env['SLUICE_KAFKA_BROKERS']}\n"
-                    f"topic = {topic}\nschema_dir = {REPO}/schemas\nlog_level = warn\n"
+                    f"topic = {topic}\ntopics = per_kind\nschema_dir = {REPO}/schemas\n"
+                    "log_level = warn\n"
                     "max_inflight = 100000\n"
                     "source.wa.kind = chat\nsource.wa.signature = none\n")
         chk = subprocess.run([os.path.join(BUILD, "sluice-ingest"), "-c", iconf, "--check-config"],
@@ -864,7 +865,8 @@ def main():
                              + chk.stderr.strip())
         wconf = os.path.join(tmp, "chat-worker.conf")
         with open(wconf, "w") as f:
-            f.write(f"brokers = {env['SLUICE_KAFKA_BROKERS']}\ntopic = {topic}\ngroup_id = {group}\n"
+            f.write(f"brokers = {env['SLUICE_KAFKA_BROKERS']}\ntopic = {topic}\ntopics = per_kind\n"
+                    f"group_id = {group}\n"
                     f"postgres_dsn = {dsn}\nredis_url = {env['SLUICE_REDIS_URL']}\n"
                     "log_level = info\n")
         wlog = os.path.join(tmp, "chat-worker.log")

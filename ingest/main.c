@@ -398,11 +398,12 @@ int main(int argc, char **argv)
 		event_add(wd, &tv);
 	}
 	log_info(
-	    "listening on %s%s%s%s, publishing to %s on %s (delivery deadline %d ms)",
+	    "listening on %s%s%s%s, publishing to %s%s on %s (delivery deadline %d ms)",
 	    ing.cfg.listen,
 	    ing.tls_ctx && !ing.cfg.tls_listen[0] ? " (HTTPS)" : "",
 	    ing.cfg.tls_listen[0] ? " and HTTPS on " : "", ing.cfg.tls_listen,
-	    ing.cfg.topic, ing.cfg.brokers, ing.cfg.delivery_timeout_ms);
+	    ing.cfg.topic, ing.cfg.topics == TOPICS_PER_KIND ? ".<kind>" : "",
+	    ing.cfg.brokers, ing.cfg.delivery_timeout_ms);
 	sdnotify("READY=1");
 
 	event_base_dispatch(ing.base);

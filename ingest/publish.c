@@ -22,7 +22,7 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 
 	(void)rk;
 	if (m->err && kafka_notice_take(&ing->kafka_denied, m->err, "write",
-					ing->cfg.topic, NULL)) {
+					rd_kafka_topic_name(m->rkt), NULL)) {
 		/* Every request would fail alike: one line per cause. */
 		ing->m.delivery_failed++;
 		if (kafka_notice_due(&ing->kafka_denied, &ing->kafka_said))
@@ -114,7 +114,7 @@ static void handle_probe(evutil_socket_t fd, short what, void *arg)
 	if (!ing->probe_q) {
 		if (!ing->kafka_up && ing->rk)
 			ing->probe_q = kafka_topic_config_ask(
-			    ing->rk, ing->cfg.topic, PROBE_TIMEOUT_MS);
+			    ing->rk, ing->cfg.sources->topic, PROBE_TIMEOUT_MS);
 		return;
 	}
 	ev = rd_kafka_queue_poll(ing->probe_q, 0);
@@ -158,7 +158,8 @@ static void record_limit_set(struct ingest *ing, long max, const char *whose)
 }
 
 /* Loop timer: the topic's own limit, asked at start without blocking the
- * loop; asked again every few seconds until the broker answers. */
+ * loop; asked again every few seconds until the broker answers. With a
+ * topic per kind it is the first source's: sluice creates them alike. */
 static void handle_topic_limit(evutil_socket_t fd, short what, void *arg)
 {
 	struct ingest *ing = arg;
@@ -169,8 +170,8 @@ static void handle_topic_limit(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	if (!ing->limit_q) {
-		ing->limit_q =
-		    kafka_topic_config_ask(ing->rk, ing->cfg.topic, 5000);
+		ing->limit_q = kafka_topic_config_ask(
+		    ing->rk, ing->cfg.sources->topic, 5000);
 		evtimer_add(ing->limit_ev, &again);
 		return;
 	}
@@ -356,13 +357,23 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		    event_new(ing->base, -1, EV_PERSIST, handle_probe, ing);
 		event_add(ing->probe_ev, &every);
 	}
-	if (!kafka_ensure_topic(ing->rk, ing->cfg.topic,
-				ing->cfg.topic_partitions, 5000, err,
-				sizeof(err))) {
-		/* Not fatal: requests get 503 until the broker is back. */
-		log_warn("could not ensure topic: %s", err);
-	} else {
-		ing->kafka_up = true;
+	ing->kafka_up = true;
+	for (const struct source *s = ing->cfg.sources; s; s = s->next) {
+		const struct source *o = ing->cfg.sources;
+
+		while (o != s && strcmp(o->topic, s->topic) != 0)
+			o = o->next;
+		if (o != s)
+			continue; /* an earlier source's topic: ensured */
+		if (!kafka_ensure_topic(ing->rk, s->topic,
+					ing->cfg.topic_partitions, 5000, err,
+					sizeof(err))) {
+			/* Not fatal: requests get 503 until the broker is
+			 * back. */
+			log_warn("could not ensure topic: %s", err);
+			ing->kafka_up = false;
+			break;
+		}
 	}
 	record_limit(ing);
 	return true;
@@ -395,7 +406,7 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 	if (p->key_header)
 		add_header(h, p->key_header, p->key);
 
-	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(ing->cfg.topic),
+	err = rd_kafka_producev(ing->rk, RD_KAFKA_V_TOPIC(src->topic),
 				RD_KAFKA_V_KEY(p->key, strlen(p->key)),
 				RD_KAFKA_V_VALUE((void *)body, len),
 				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),

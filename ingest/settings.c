@@ -16,6 +16,8 @@
 static const char *const signature_values[] = {"none", "standard-webhooks",
 					       "meta", NULL};
 
+static const char *const topics_names[] = {"shared", "per_kind", NULL};
+
 #define F(x) offsetof(struct ingest_config, x)
 const struct cfg_setting ingest_settings[] = {
     {"listen", CFG_STR, F(listen), "127.0.0.1:8080", 0, 0, NULL,
@@ -38,7 +40,13 @@ const struct cfg_setting ingest_settings[] = {
      NULL, NULL, "file holding the Kafka SASL password (mode 0600)",
      CFG_RESTART, NULL},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
-     "topic accepted requests go to", CFG_RESTART, NULL},
+     "topic accepted requests go to (with topics = per_kind, the prefix "
+     "of each kind's)",
+     CFG_RESTART, NULL},
+    {"topics", CFG_ENUM, F(topics), "shared", 0, 0, topics_names, NULL,
+     "shared: every kind to topic; per_kind: each kind to <topic>.<kind>, "
+     "read by sluice-worker's pipeline of that kind alone",
+     CFG_RESTART, NULL},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
      "partitions when the topic is created at start-up", CFG_RESTART, NULL},
     {"delivery_timeout_ms", CFG_INT, F(delivery_timeout_ms), "5000", 100,
@@ -318,6 +326,14 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			 src->name);
 		return false;
 	}
+	if (cfg->topics == TOPICS_PER_KIND) {
+		size_t n = strlen(cfg->topic) + strlen(src->kind->name) + 2;
+
+		src->topic = xmalloc(n);
+		snprintf(src->topic, n, "%s.%s", cfg->topic, src->kind->name);
+	} else {
+		src->topic = xstrdup(cfg->topic);
+	}
 	/* The bucket holds one period's worth unless burst says otherwise:
 	 * "100/min" lets 100 through at once, then one every 0.6 s. */
 	if (src->rate_per_s > 0 && src->burst <= 0)
@@ -442,6 +458,7 @@ void ingest_config_free(struct ingest_config *cfg)
 		struct source *next = s->next;
 
 		free(s->name);
+		free(s->topic);
 		if (s->secret)
 			OPENSSL_cleanse(s->secret, strlen(s->secret));
 		free(s->secret);

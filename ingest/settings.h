@@ -16,11 +16,15 @@ enum signature_mode {
 	SIG_META, /* X-Hub-Signature-256 */
 };
 
+/* Where records go: one topic for every kind, or <topic>.<kind>. */
+enum topics { TOPICS_SHARED = 0, TOPICS_PER_KIND };
+
 struct source {
 	char *name;
 	/* Served at POST /v1/webhooks/{source}, except campaigns at
 	 * POST /v1/campaigns/{id}/batches; NULL until set. */
 	const struct kind *kind;
+	char *topic;   /* where its records go: topic, or <topic>.<kind> */
 	int signature; /* enum signature_mode */
 	char *secret;  /* whsec_... as configured; never logged */
 	char *secret_file;
@@ -49,6 +53,7 @@ struct ingest_config {
 	char *brokers;
 	char *kafka_sasl_password_file; /* read into kafka.sasl.password */
 	char *topic;
+	int topics; /* enum topics */
 	int topic_partitions;
 	int delivery_timeout_ms;
 	int retry_after_s;

@@ -57,6 +57,7 @@ static void usage(FILE *out)
 	    out,
 	    "usage: sluice-worker [consume] -c FILE [--check-config]\n"
 	    "       sluice-worker replay -c FILE --from TIME|PARTITION:OFFSET\n"
+	    "                     [--kind KIND]\n"
 	    "                     [--to TIME|PARTITION:OFFSET] [--group NAME]\n"
 	    "                     [--dry-run] [--rate N]\n"
 	    "                     [--into DSN | --into-file FILE]\n"
@@ -105,6 +106,10 @@ static void usage(FILE *out)
 	    "                      PARTITION:OFFSET[,PARTITION:OFFSET...]\n"
 	    "      --to POS        where to stop (exclusive; default: the end\n"
 	    "                      of each partition when the replay starts)\n"
+	    "      --kind KIND     replay this kind only; needed with "
+	    "topics =\n"
+	    "                      per_kind, where it names the topic "
+	    "read\n"
 	    "      --group NAME    the replay's group (default "
 	    "GROUP_ID-replay);\n"
 	    "                      run again with it to resume\n"
@@ -204,6 +209,17 @@ static uint32_t all_kinds(void)
 	return all;
 }
 
+/* The topic a kind's records are in: <topic>.<kind> with topics =
+ * per_kind, else the one topic. */
+static void kind_topic(const struct worker_config *cfg, const char *kind,
+		       char *out, size_t outsz)
+{
+	if (cfg->topics == TOPICS_PER_KIND)
+		snprintf(out, outsz, "%s.%s", cfg->topic, kind);
+	else
+		snprintf(out, outsz, "%s", cfg->topic);
+}
+
 /* The pipelines of a consume: one per kind of `kinds`, each under the
  * consumer group <group_id>.<kind> (pipelines = per_kind), or one for
  * every kind under group_id (pipelines = shared). Records of a kind no
@@ -232,14 +248,16 @@ static bool worker_pipelines(struct worker *w, bool consumer, char *err,
 		return w->pipes[w->n_pipes++] != NULL;
 	}
 	for (int i = 0; handlers[i]; i++) {
-		char group[512];
+		char group[512], topic[512];
 
 		if (!kind_listed(w->cfg.kinds, handlers[i]->kind))
 			continue;
 		snprintf(group, sizeof(group), "%s.%s", w->cfg.group_id,
 			 handlers[i]->kind);
+		kind_topic(&w->cfg, handlers[i]->kind, topic, sizeof(topic));
 		spec.name = handlers[i]->kind;
 		spec.group = group;
+		spec.topic = topic;
 		spec.kinds = 1u << i;
 		spec.owns_unknown = i == 0;
 		w->pipes[w->n_pipes] = pipeline_new(&w->cfg, &spec, err, errsz);
@@ -407,9 +425,10 @@ static int run_consume(struct worker *w)
 	char err[512];
 	int rc = 0;
 
-	log_info("consuming %s as group %s on %s (%d pipeline%s)", w->cfg.topic,
-		 w->cfg.group_id, w->cfg.brokers, w->n_pipes,
-		 w->n_pipes == 1 ? "" : "s");
+	log_info(
+	    "consuming %s%s as group %s on %s (%d pipeline%s)", w->cfg.topic,
+	    w->cfg.topics == TOPICS_PER_KIND ? ".<kind>" : "", w->cfg.group_id,
+	    w->cfg.brokers, w->n_pipes, w->n_pipes == 1 ? "" : "s");
 	log_cache_modes(&w->cfg);
 	for (int i = 0; i < w->n_pipes; i++)
 		if (!pipeline_start(w->pipes[i], err, sizeof(err))) {
@@ -461,6 +480,8 @@ struct cli {
 	bool json, limit_set;
 	/* replay's target and cache; verify's other database */
 	const char *into, *into_file, *redis_url;
+	const char
+	    *kind; /* replay: one kind (its topic with topics = per_kind) */
 	bool no_invalidate;
 	const char *against, *against_file;
 };
@@ -484,7 +505,8 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		OPT_REDIS_URL,
 		OPT_NO_INVALIDATE,
 		OPT_AGAINST,
-		OPT_AGAINST_FILE
+		OPT_AGAINST_FILE,
+		OPT_KIND
 	};
 	static const struct option opts[] = {
 	    {"config", required_argument, NULL, 'c'},
@@ -495,6 +517,7 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 	    {"from", required_argument, NULL, OPT_FROM},
 	    {"to", required_argument, NULL, OPT_TO},
 	    {"group", required_argument, NULL, OPT_GROUP},
+	    {"kind", required_argument, NULL, OPT_KIND},
 	    {"dry-run", no_argument, NULL, OPT_DRY},
 	    {"rate", required_argument, NULL, OPT_RATE},
 	    {"max-attempts", required_argument, NULL, OPT_MAX},
@@ -568,6 +591,7 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		case OPT_FROM: cli->from = optarg; break;
 		case OPT_TO: cli->to = optarg; break;
 		case OPT_GROUP: cli->group = optarg; break;
+		case OPT_KIND: cli->kind = optarg; break;
 		case OPT_DRY: cli->dry_run = true; break;
 		case OPT_RATE:
 			cli->rate = strtod(optarg, &end);
@@ -600,10 +624,12 @@ static int parse_cli(int argc, char **argv, struct cli *cli)
 		}
 	}
 	if (!bad && cli->mode != MODE_REPLAY &&
-	    (cli->from || cli->to || cli->group || cli->rate > 0 || cli->into ||
-	     cli->into_file || cli->redis_url || cli->no_invalidate))
-		bad = "--from, --to, --group, --rate, --into, --into-file, "
-		      "--redis-url and --no-invalidate belong to replay";
+	    (cli->from || cli->to || cli->group || cli->kind || cli->rate > 0 ||
+	     cli->into || cli->into_file || cli->redis_url ||
+	     cli->no_invalidate))
+		bad = "--from, --to, --group, --kind, --rate, --into, "
+		      "--into-file, --redis-url and --no-invalidate belong to "
+		      "replay";
 	if (!bad && cli->mode != MODE_VERIFY &&
 	    (cli->against || cli->against_file))
 		bad = "--against and --against-file belong to verify";
@@ -677,6 +703,37 @@ static void side_group(struct worker_config *cfg, const char *group,
 	}
 	free(cfg->group_id);
 	cfg->group_id = g;
+}
+
+/* Replay's --kind: that kind alone, read from its own topic when each
+ * kind has one (there the topic is only known with the kind). */
+static bool replay_kind(struct worker_config *cfg, const char *kind, char *err,
+			size_t errsz)
+{
+	char topic[512];
+
+	if (!kind) {
+		if (cfg->topics == TOPICS_PER_KIND) {
+			snprintf(err, errsz,
+				 "replay needs --kind KIND with topics = "
+				 "per_kind: each kind is in %s.<kind>",
+				 cfg->topic);
+			return false;
+		}
+		return true;
+	}
+	if (!kinds_check(kind, err, errsz))
+		return false;
+	if (!*kind || strchr(kind, ',')) {
+		snprintf(err, errsz, "--kind takes one kind");
+		return false;
+	}
+	kind_topic(cfg, kind, topic, sizeof(topic));
+	free(cfg->topic);
+	cfg->topic = xstrdup(topic);
+	free(cfg->kinds);
+	cfg->kinds = xstrdup(kind);
+	return true;
 }
 
 /* A replay writes into --into (else postgres_dsn) and removes cache keys
@@ -792,6 +849,12 @@ int main(int argc, char **argv)
 		return cli.mode == MODE_VERIFY ? 2 : 1;
 	}
 	metrics_config_loaded();
+	if (cli.mode == MODE_REPLAY &&
+	    !replay_kind(&w.cfg, cli.kind, err, sizeof(err))) {
+		fprintf(stderr, "sluice-worker: %s\n", err);
+		worker_config_free(&w.cfg);
+		return 2;
+	}
 	if (cli.mode == MODE_REPLAY)
 		side_group(&w.cfg, cli.group, "replay");
 	else if (cli.mode == MODE_REDRIVE)

@@ -34,6 +34,7 @@ struct pipeline {
 	 * copy, whose strings belong to the worker's (group_id to group). */
 	struct worker_config cfg;
 	char *group;
+	char *topic; /* cfg.topic when the spec named one */
 	char name[32];
 	volatile int *stopping;
 	struct event_base *base;
@@ -154,6 +155,10 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	p->cfg = *cfg;
 	p->group = xstrdup(spec->group);
 	p->cfg.group_id = p->group;
+	if (spec->topic) {
+		p->topic = xstrdup(spec->topic);
+		p->cfg.topic = p->topic;
+	}
 	snprintf(p->name, sizeof(p->name), "%s", spec->name);
 	p->stopping = spec->stopping;
 	atomic_store(&p->beat_ms, util_mono_ms());
@@ -164,7 +169,7 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 		snprintf(err, errsz, "event_base_new failed");
 		goto fail;
 	}
-	p->ps = pgsink_new(cfg->postgres_dsn, p->group, cfg->topic, staging);
+	p->ps = pgsink_new(cfg->postgres_dsn, p->group, p->cfg.topic, staging);
 	pgsink_set_idle_tx_timeout(p->ps, cfg->pg_idle_tx_timeout_ms);
 	/* A kind's own group starts where the shared one stopped. */
 	if (strcmp(p->group, cfg->group_id) != 0)
@@ -366,6 +371,7 @@ void pipeline_destroy(struct pipeline *p)
 	if (p->base)
 		event_base_free(p->base);
 	free(p->group);
+	free(p->topic);
 	free(p);
 }
 

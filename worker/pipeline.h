@@ -18,6 +18,7 @@ struct pipeline;
 struct pipeline_spec {
 	const char *name;  /* a kind, or "all" */
 	const char *group; /* its consumer group and offsets' key */
+	const char *topic; /* what it reads; NULL: the configured topic */
 	uint32_t kinds;	   /* batch_env.kinds */
 	bool owns_unknown; /* batch_env.owns_unknown */
 	bool consumer;	   /* join the group (consume); replay brings its own */

@@ -15,6 +15,7 @@
 
 static const char *const lc_source_names[] = {"postgres", "http", NULL};
 static const char *const pipelines_names[] = {"per_kind", "shared", NULL};
+static const char *const topics_names[] = {"shared", "per_kind", NULL};
 
 #define F(x) offsetof(struct worker_config, x)
 const struct cfg_setting worker_settings[] = {
@@ -24,7 +25,12 @@ const struct cfg_setting worker_settings[] = {
      NULL, NULL, "file holding the Kafka SASL password (mode 0600)",
      CFG_RESTART, NULL},
     {"topic", CFG_STR, F(topic), "sluice.events", 0, 0, NULL, "SLUICE_TOPIC",
-     "topic consumed", CFG_RESTART, NULL},
+     "topic consumed (with topics = per_kind, the prefix of each kind's)",
+     CFG_RESTART, NULL},
+    {"topics", CFG_ENUM, F(topics), "shared", 0, 0, topics_names, NULL,
+     "shared: every kind in topic; per_kind: each kind's pipeline reads "
+     "<topic>.<kind> only (as sluice-ingest's topics = per_kind writes)",
+     CFG_RESTART, NULL},
     {"topic_partitions", CFG_INT, F(topic_partitions), "4", 0, 1024, NULL, NULL,
      "partitions when the topic is created at start-up", CFG_RESTART, NULL},
     {"group_id", CFG_STR, F(group_id), "sluice-worker", 0, 0, NULL, NULL,
@@ -216,6 +222,14 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 		free(cfg->dlq_topic);
 		cfg->dlq_topic = xmalloc(n);
 		snprintf(cfg->dlq_topic, n, "%s.dlq", cfg->topic);
+	}
+	if (cfg->topics == TOPICS_PER_KIND &&
+	    cfg->pipelines != PIPELINES_PER_KIND) {
+		/* A shared pipeline would read every kind's topic: one
+		 * consumer over all of them is what per-kind topics end. */
+		snprintf(errstr, errstr_size,
+			 "topics = per_kind needs pipelines = per_kind");
+		return false;
 	}
 	if (strcmp(cfg->dlq_topic, cfg->topic) == 0) {
 		snprintf(errstr, errstr_size,

@@ -9,11 +9,14 @@
 
 enum lc_source { LC_SOURCE_POSTGRES = 0, LC_SOURCE_HTTP };
 enum pipelines { PIPELINES_PER_KIND = 0, PIPELINES_SHARED };
+/* Where records are read: one topic for every kind, or <topic>.<kind>. */
+enum topics { TOPICS_SHARED = 0, TOPICS_PER_KIND };
 
 struct worker_config {
 	char *brokers;
 	char *kafka_sasl_password_file; /* read into kafka.sasl.password */
 	char *topic;
+	int topics; /* enum topics */
 	int topic_partitions;
 	char *group_id;
 	char *group_instance_id; /* "" = dynamic membership */
