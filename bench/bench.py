@@ -629,9 +629,9 @@ def bench_worker(env, tmp, rows):
         wconf = os.path.join(tmp, f"worker-{topic}.conf")
         with open(wconf, "w") as f:
             f.write(f"topic = {topic}\ngroup_id = {group}\nlog_level = info\n"
-                    f"pipelines = {pipelines}\n")
-        # The transcript pipeline writes the rows; with per-kind pipelines
-        # the others pass over the same records meanwhile, as they do in
+                    f"pipelines = {pipelines}\ntopics = per_kind\n")
+        # The transcript pipeline writes the rows from its own topic; the
+        # other kinds' pipelines run beside it on theirs, as in
         # production.
         offsets_of = f"{group}.transcript" if pipelines == "per_kind" else group
         with psycopg.connect(dsn, autocommit=True) as db:
@@ -654,7 +654,7 @@ def bench_worker(env, tmp, rows):
                             " FROM sluice_offsets WHERE group_id = %s AND topic = %s")
                 first = None
                 while True:
-                    done = db.execute(progress, (offsets_of, topic)).fetchone()[0]
+                    done = db.execute(progress, (offsets_of, f"{topic}.transcript")).fetchone()[0]
                     if done > 0 and first is None:
                         first = (time.perf_counter(), done)
                     if done >= convs:
@@ -672,7 +672,8 @@ def bench_worker(env, tmp, rows):
     runs = []
     for i in range(WORKER_RUNS):
         prefix, topic = f"w{run}{i}", f"bench-w-{run}-{i}"
-        runs.append({"prefix": prefix, "topic": topic, "bytes": produce(prefix, topic)})
+        runs.append({"prefix": prefix, "topic": topic,
+                     "bytes": produce(prefix, f"{topic}.transcript")})
     # Unmeasured: a fresh cluster creates (writes out) each new 16 MB WAL
     # segment before using it, and recycles old ones only after a
     # checkpoint, so whichever side ran first paid for the cluster's WAL.
@@ -764,7 +765,7 @@ def bench_replay(env, tmp, wconf, records, per, live_rate):
             g.write(f'postgres_dsn = "{as_role(rdsn, "sluice_worker")}"\nlog_level = warn\n')
         t = time.perf_counter()
         subprocess.run([os.path.join(BUILD, "sluice-worker"), "replay", "-c", conf,
-                        "--from", "1970-01-01T00:00:00Z"], check=True,
+                        "--kind", "transcript", "--from", "1970-01-01T00:00:00Z"], check=True,
                        stdin=subprocess.DEVNULL, capture_output=True,
                        env={k: v for k, v in os.environ.items()
                             if not k.startswith("SLUICE_")} | {
@@ -799,10 +800,11 @@ def bench_e2e(env, tmp, seconds, rate=2000, probes=300):
     topic = f"bench-e2e-{run}"
     iport = free_port()
     with open(os.path.join(tmp, "e2e-ingest.conf"), "w") as f:
-        f.write(f"listen = 127.0.0.1:{iport}\ntopic = {topic}\nschema_dir = {REPO}/schemas\n"
+        f.write(f"listen = 127.0.0.1:{iport}\ntopic = {topic}\ntopics = per_kind\n"
+                f"schema_dir = {REPO}/schemas\n"
                 "log_level = warn\nsource.tavus.kind = transcript\nsource.tavus.signature = none\n")
     with open(os.path.join(tmp, "e2e-worker.conf"), "w") as f:
-        f.write(f"topic = {topic}\ngroup_id = e2e-{run}\nlog_level = info\n")
+        f.write(f"topic = {topic}\ntopics = per_kind\ngroup_id = e2e-{run}\nlog_level = info\n")
     worker = daemon("sluice-worker", os.path.join(tmp, "e2e-worker.conf"), env,
                     os.path.join(tmp, "e2e-worker.log"))
     ingest = daemon("sluice-ingest", os.path.join(tmp, "e2e-ingest.conf"), env,
