@@ -243,6 +243,48 @@ def test_lifecycle_events(pipeline):
     assert pipeline.message_count(cid) == 2
 
 
+def test_stored_conversation_updated(pipeline, services):
+    """A conversation already stored is updated in place by each later
+    batch: a status only by an event that sets one, the last event type
+    always, the transcript flag and its first time kept."""
+    pipeline.start_worker()
+    pipeline.start_ingest()
+    cid = pipeline.cid("stored")
+
+    def row():
+        return services.query(
+            "SELECT status, last_event_type, transcript_received,"
+            " transcript_received_at, created_at FROM conversations"
+            " WHERE id = %s", (cid,))[0]
+
+    steps = [(event(cid, "system.replica_joined"), "system.replica_joined",
+              ("active", "system.replica_joined", False)),
+             (event(cid, "system.shutdown"), "system.shutdown",
+              ("ended", "system.shutdown", False)),
+             (event(cid, "application.recording_ready"),
+              "application.recording_ready",
+              ("ended", "application.recording_ready", False)),
+             (transcript(cid, [("user", "Hi")]), TRANSCRIPT_READY,
+              ("ended", TRANSCRIPT_READY, True))]
+    created = None
+    for body, et, want in steps:
+        _accepted(pipeline.ingest.post(body), cid, et)
+        pipeline.wait_caught_up()  # each in a batch of its own
+        got = row()
+        assert got[:3] == want, (et, got)
+        created = created or got[4]
+        assert got[4] == created, "created_at moved"
+    first_at = row()[3]
+    assert first_at is not None
+    _accepted(pipeline.ingest.post(transcript(cid, [("user", "Hi")])), cid)
+    _accepted(pipeline.ingest.post(event(cid, "system.replica_joined")), cid,
+              "system.replica_joined")
+    pipeline.wait_caught_up()
+    got = row()
+    assert got[:4] == ("active", "system.replica_joined", True, first_at), got
+    assert pipeline.message_count(cid) == 1
+
+
 def test_kafka_record(pipeline, services):
     pipeline.start_ingest()
     cid = pipeline.cid("record")

@@ -286,7 +286,14 @@ static const char SQL_STAGING[] =
     " ON COMMIT DELETE ROWS;";
 
 /* One row per conversation of the batch: the last event wins, a status is
- * taken from the last event that sets one, the transcript flag sticks. */
+ * taken from the last event that sets one, the transcript flag sticks.
+ * Conversations already stored are UPDATEd by a join and only the others
+ * INSERTed: the ON CONFLICT arm must tell "no status in the batch" from
+ * the default 'active' it inserts, which takes a lookup in s per row, a
+ * scan of s each time (s has no index), so a batch of N stored
+ * conversations cost N^2 (2,000 of them: 200 ms against 14 ms for new
+ * ones). Now that arm only meets a row another transaction inserted
+ * after this statement's snapshot (a replay beside the live worker). */
 static const char SQL_UPSERT_CONV[] =
     "WITH s AS ("
     "  SELECT id,"
@@ -298,11 +305,21 @@ static const char SQL_UPSERT_CONV[] =
     "   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
     "     AS transcript_at,"
     "   to_timestamp(min(received_ms) / 1000.0) AS first_at"
-    "  FROM sluice_stage_conv GROUP BY id)"
+    "  FROM sluice_stage_conv GROUP BY id),"
+    " u AS ("
+    "  UPDATE conversations AS c SET"
+    "   status = COALESCE(s.status, c.status),"
+    "   last_event_type = s.event_type,"
+    "   transcript_received = c.transcript_received OR s.transcript,"
+    "   transcript_received_at = COALESCE(c.transcript_received_at,"
+    "                                     s.transcript_at),"
+    "   updated_at = now()"
+    "  FROM s WHERE c.id = s.id RETURNING c.id)"
     " INSERT INTO conversations AS c (id, source, status, last_event_type,"
     "   transcript_received, transcript_received_at, created_at, updated_at)"
     " SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
     "   transcript_at, first_at, now() FROM s"
+    " WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = s.id)"
     " ON CONFLICT (id) DO UPDATE SET"
     "   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
     "                     c.status),"
