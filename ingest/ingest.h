@@ -139,7 +139,8 @@ struct ingest {
 	struct event *limit_ev;	      /* asks the topic's own limit */
 	rd_kafka_queue_t *limit_q;    /* its answer, while awaited */
 	int limit_asks;		      /* failed asks so far */
-	struct event *accept_retry;   /* re-enables accepting after an error */
+	int limit_at; /* the source whose topic is asked (each topic once) */
+	struct event *accept_retry; /* re-enables accepting after an error */
 	struct backoff accept_backoff;
 	int64_t accept_logged_ms;
 	int spare_fd; /* closed to shed a connection when out of fds */

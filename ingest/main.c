@@ -194,6 +194,20 @@ static void handle_reload(evutil_socket_t sig, short what, void *arg)
 			s->refilled_ms = old->refilled_ms;
 		}
 	}
+	/* topic and topics need a restart: the new sources publish where
+	 * the running ones did. A source whose kind is new here publishes
+	 * to a topic this process did not create at start. */
+	for (struct source *s = next.sources; s; s = s->next) {
+		bool known = false;
+
+		ingest_source_route(&ing.cfg, s);
+		for (old = ing.cfg.sources; old && !known; old = old->next)
+			known = strcmp(old->topic, s->topic) == 0;
+		if (!known)
+			log_warn(
+			    "source %s: its records go to %s, which was not created at start (topic_partitions); create it or restart",
+			    s->name, s->topic);
+	}
 	old = ing.cfg.sources;
 	ing.cfg.sources = next.sources;
 	next.sources = old; /* freed with next */

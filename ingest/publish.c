@@ -39,9 +39,17 @@ static void dr_msg_cb(rd_kafka_t *rk, const rd_kafka_message_t *m, void *opaque)
 	} else {
 		ing->m.delivered++;
 		ing->kafka_up = true;
-		if (ing->kafka_denied.cause[0])
+		/* With a topic per kind, a write to one topic does not
+		 * prove the right to write to another. */
+		if (ing->kafka_denied.cause[0] &&
+		    (ing->kafka_denied.err !=
+			 RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED ||
+		     strncmp(ing->kafka_denied.subject,
+			     rd_kafka_topic_name(m->rkt),
+			     sizeof(ing->kafka_denied.subject) - 1) == 0)) {
 			log_info("kafka: writes succeed again");
-		kafka_notice_clear(&ing->kafka_denied);
+			kafka_notice_clear(&ing->kafka_denied);
+		}
 	}
 	if (p)
 		ing->delivered(p, m->err);
@@ -59,7 +67,7 @@ static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 		log_error("kafka fatal error: %s", reason);
 		event_active(ing->rebuild_ev, EV_TIMEOUT, 0);
 	} else if (kafka_notice_take(&ing->kafka_denied, err, "write",
-				     ing->cfg.topic, reason)) {
+				     ing->cfg.sources->topic, reason)) {
 		/* librdkafka retries at each reconnect; retrying cannot cure
 		 * this, so it is said once per cause, not at every attempt. */
 		if (ing->kafka_denied.kind == KAFKA_DENIAL_AUTH)
@@ -157,21 +165,45 @@ static void record_limit_set(struct ingest *ing, long max, const char *whose)
 		    ing->cfg.max_body_bytes, whose, max, ing->max_record_bytes);
 }
 
-/* Loop timer: the topic's own limit, asked at start without blocking the
- * loop; asked again every few seconds until the broker answers. With a
- * topic per kind it is the first source's: sluice creates them alike. */
+/* The first source from limit_at on whose topic no earlier source has:
+ * each topic is asked once. */
+static const struct source *limit_source(struct ingest *ing)
+{
+	int i = 0;
+
+	for (const struct source *s = ing->cfg.sources; s; s = s->next, i++) {
+		const struct source *o = ing->cfg.sources;
+
+		if (i < ing->limit_at)
+			continue;
+		while (o != s && strcmp(o->topic, s->topic) != 0)
+			o = o->next;
+		if (o == s) {
+			ing->limit_at = i;
+			return s;
+		}
+	}
+	return NULL;
+}
+
+/* Loop timer: the topics' own limit (the smallest, with a topic per
+ * kind), asked at start without blocking the loop; each asked again
+ * every few seconds until the broker answers. */
 static void handle_topic_limit(evutil_socket_t fd, short what, void *arg)
 {
 	struct ingest *ing = arg;
-	struct timeval again = {0, 200 * 1000};
+	struct timeval again = {0, 200 * 1000}, now = {0, 0};
+	const struct source *s;
 	long max = -1;
 	int r;
 
 	(void)fd;
 	(void)what;
 	if (!ing->limit_q) {
-		ing->limit_q = kafka_topic_config_ask(
-		    ing->rk, ing->cfg.sources->topic, 5000);
+		s = limit_source(ing);
+		if (!s)
+			return; /* every topic answered, or was given up */
+		ing->limit_q = kafka_topic_config_ask(ing->rk, s->topic, 5000);
 		evtimer_add(ing->limit_ev, &again);
 		return;
 	}
@@ -187,12 +219,16 @@ static void handle_topic_limit(evutil_socket_t fd, short what, void *arg)
 
 		/* A broker that never answers (no DescribeConfigs right, a
 		 * mock cluster) leaves the producer's limit in force. */
-		if (++ing->limit_asks < 12)
+		if (++ing->limit_asks < 12) {
 			evtimer_add(ing->limit_ev, &later);
-		return;
-	}
-	if (max > 0 && max - RECORD_OVERHEAD < ing->max_record_bytes)
+			return;
+		}
+	} else if (max > 0 && max - RECORD_OVERHEAD < ing->max_record_bytes) {
 		record_limit_set(ing, max, "the topic's max.message.bytes");
+	}
+	ing->limit_asks = 0;
+	ing->limit_at++;
+	evtimer_add(ing->limit_ev, &now); /* the next topic */
 }
 
 /* The producer's limit now; the topic's when the broker tells it. */
@@ -372,7 +408,6 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 			 * back. */
 			log_warn("could not ensure topic: %s", err);
 			ing->kafka_up = false;
-			break;
 		}
 	}
 	record_limit(ing);

@@ -315,6 +315,19 @@ static bool source_decode_secret(struct source *src, const char *secret,
 	return true;
 }
 
+void ingest_source_route(const struct ingest_config *cfg, struct source *src)
+{
+	free(src->topic);
+	if (cfg->topics == TOPICS_PER_KIND) {
+		size_t n = strlen(cfg->topic) + strlen(src->kind->name) + 2;
+
+		src->topic = xmalloc(n);
+		snprintf(src->topic, n, "%s.%s", cfg->topic, src->kind->name);
+	} else {
+		src->topic = xstrdup(cfg->topic);
+	}
+}
+
 static bool source_finish(struct ingest_config *cfg, struct source *src,
 			  char *errstr, size_t errstr_size)
 {
@@ -326,14 +339,7 @@ static bool source_finish(struct ingest_config *cfg, struct source *src,
 			 src->name);
 		return false;
 	}
-	if (cfg->topics == TOPICS_PER_KIND) {
-		size_t n = strlen(cfg->topic) + strlen(src->kind->name) + 2;
-
-		src->topic = xmalloc(n);
-		snprintf(src->topic, n, "%s.%s", cfg->topic, src->kind->name);
-	} else {
-		src->topic = xstrdup(cfg->topic);
-	}
+	ingest_source_route(cfg, src);
 	/* The bucket holds one period's worth unless burst says otherwise:
 	 * "100/min" lets 100 through at once, then one every 0.6 s. */
 	if (src->rate_per_s > 0 && src->burst <= 0)

@@ -88,6 +88,9 @@ bool source_take(struct source *src, int64_t now_ms, int *retry_after_s);
 /* Prints the effective configuration with each value's origin, secrets
  * hidden (--check-config). */
 void ingest_config_dump(const struct ingest_config *cfg);
+/* Sets src->topic from cfg's topic and topics: at load, and again at a
+ * reload from the running values, which a reload does not change. */
+void ingest_source_route(const struct ingest_config *cfg, struct source *src);
 struct source *ingest_source_find(const struct ingest_config *cfg,
 				  const char *name, size_t len);
 /* The first source of the kind called kind, or NULL. */

@@ -111,7 +111,8 @@ static void usage(FILE *out)
 	    "                      per_kind, where it names the topic "
 	    "read\n"
 	    "      --group NAME    the replay's group (default "
-	    "GROUP_ID-replay);\n"
+	    "GROUP_ID-replay,\n"
+	    "                      GROUP_ID-replay.KIND with --kind);\n"
 	    "                      run again with it to resume\n"
 	    "      --dry-run       count what would change, write nothing\n"
 	    "      --rate N        apply at most N records per second\n"
@@ -707,13 +708,14 @@ static void side_group(struct worker_config *cfg, const char *group,
 
 /* Replay's --kind: that kind alone, read from its own topic when each
  * kind has one (there the topic is only known with the kind). */
-static bool replay_kind(struct worker_config *cfg, const char *kind, char *err,
-			size_t errsz)
+static bool replay_kind(struct worker_config *cfg, const char *kind,
+			bool check_only, char *err, size_t errsz)
 {
 	char topic[512];
+	bool known = false;
 
 	if (!kind) {
-		if (cfg->topics == TOPICS_PER_KIND) {
+		if (cfg->topics == TOPICS_PER_KIND && !check_only) {
 			snprintf(err, errsz,
 				 "replay needs --kind KIND with topics = "
 				 "per_kind: each kind is in %s.<kind>",
@@ -722,10 +724,17 @@ static bool replay_kind(struct worker_config *cfg, const char *kind, char *err,
 		}
 		return true;
 	}
-	if (!kinds_check(kind, err, errsz))
-		return false;
-	if (!*kind || strchr(kind, ',')) {
-		snprintf(err, errsz, "--kind takes one kind");
+	for (int i = 0; handlers[i]; i++)
+		known |= strcmp(handlers[i]->kind, kind) == 0;
+	if (!known) {
+		char names[256] = "";
+
+		for (int i = 0; handlers[i]; i++)
+			snprintf(names + strlen(names),
+				 sizeof(names) - strlen(names), "%s%s",
+				 i ? ", " : "", handlers[i]->kind);
+		snprintf(err, errsz, "--kind: \"%s\" is not a kind (%s)", kind,
+			 names);
 		return false;
 	}
 	kind_topic(cfg, kind, topic, sizeof(topic));
@@ -850,14 +859,22 @@ int main(int argc, char **argv)
 	}
 	metrics_config_loaded();
 	if (cli.mode == MODE_REPLAY &&
-	    !replay_kind(&w.cfg, cli.kind, err, sizeof(err))) {
+	    !replay_kind(&w.cfg, cli.kind, cli.check_only, err, sizeof(err))) {
 		fprintf(stderr, "sluice-worker: %s\n", err);
 		worker_config_free(&w.cfg);
 		return 2;
 	}
-	if (cli.mode == MODE_REPLAY)
-		side_group(&w.cfg, cli.group, "replay");
-	else if (cli.mode == MODE_REDRIVE)
+	if (cli.mode == MODE_REPLAY) {
+		/* A replay of one kind passes over the others' records of a
+		 * shared topic and stores its position past them: a group
+		 * of its own per kind, so that a later replay of another
+		 * kind over the same range does not resume there. */
+		char suffix[64];
+
+		snprintf(suffix, sizeof(suffix), "replay%s%s",
+			 cli.kind ? "." : "", cli.kind ? cli.kind : "");
+		side_group(&w.cfg, cli.group, suffix);
+	} else if (cli.mode == MODE_REDRIVE)
 		side_group(&w.cfg, NULL, "redrive");
 	if (cli.check_only) {
 		/* The start's own checks, minus the sockets: the consumer's

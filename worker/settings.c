@@ -4,6 +4,7 @@
 #include <event2/http.h>
 
 #include "../common/access.h"
+#include "../common/kinds.h"
 #include "../common/log.h"
 #include "../common/util.h"
 #include "cache.h"
@@ -230,6 +231,21 @@ bool worker_config_load(struct worker_config *cfg, const char *path,
 		snprintf(errstr, errstr_size,
 			 "topics = per_kind needs pipelines = per_kind");
 		return false;
+	}
+	for (int i = 0; cfg->topics == TOPICS_PER_KIND && kinds[i]; i++) {
+		size_t n = strlen(cfg->topic);
+
+		/* A pipeline reading its own dead letters would apply them
+		 * again, for ever. */
+		if (strncmp(cfg->dlq_topic, cfg->topic, n) == 0 &&
+		    cfg->dlq_topic[n] == '.' &&
+		    strcmp(cfg->dlq_topic + n + 1, kinds[i]->name) == 0) {
+			snprintf(errstr, errstr_size,
+				 "dlq_topic must differ from the kinds' topics "
+				 "(%s is %s's)",
+				 cfg->dlq_topic, kinds[i]->name);
+			return false;
+		}
 	}
 	if (strcmp(cfg->dlq_topic, cfg->topic) == 0) {
 		snprintf(errstr, errstr_size,
