@@ -53,7 +53,9 @@ static rd_kafka_resp_err_t send_one(const struct source *src)
 int main(void)
 {
 	struct cfg_kv *kafka = NULL;
-	struct source src = {.name = (char *)"t", .kind = &transcript_kind};
+	struct source src = {.name = (char *)"t",
+			     .kind = &transcript_kind,
+			     .topic = (char *)"sluice.test"};
 	char err[512];
 	rd_kafka_t *first;
 	rd_kafka_mock_cluster_t *mc;
@@ -65,6 +67,7 @@ int main(void)
 	ing.cfg.delivery_timeout_ms = 5000;
 	ing.cfg.max_body_bytes = 1048576;
 	ing.cfg.kafka = kafka;
+	ing.cfg.sources = &src;
 	ing.base = event_base_new();
 	ing.delivered = delivered;
 	CHECK(publish_setup(&ing, err, sizeof(err)), "setup: %s", err);
