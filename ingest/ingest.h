@@ -123,6 +123,7 @@ struct ingest {
 	int wake_fds[2];
 	struct event *wake_ev;
 	struct event *poll_ev;
+	bool poll_fast; /* poll_ev armed at POLL_FAST_MS: records in flight */
 	struct event *rebuild_ev; /* after a fatal producer error */
 	struct pending *pending;  /* list of requests awaiting delivery */
 	int inflight;

@@ -94,11 +94,26 @@ static void handle_wake(evutil_socket_t fd, short what, void *arg)
 	rd_kafka_poll(ing->rk, 0);
 }
 
+/* The wake-up byte does not cover every delivery report: at 8,000 to
+ * 15,000 requests/s about 0.2 % of them were found by this timer instead
+ * (librdkafka 2.0.2 writes one byte per period between polls), and with
+ * a 100 ms backstop alone each of those answers waited up to 100 ms. So
+ * while records are in flight the queue is also polled every
+ * POLL_FAST_MS; an idle ingest wakes every POLL_IDLE_MS. */
+#define POLL_FAST_MS 1
+#define POLL_IDLE_MS 100
+
 static void handle_poll_timer(evutil_socket_t fd, short what, void *arg)
 {
+	struct ingest *ing = arg;
+	struct timeval tv;
+
 	(void)fd;
 	(void)what;
-	handle_wake(((struct ingest *)arg)->wake_fds[0], 0, arg);
+	handle_wake(ing->wake_fds[0], 0, ing);
+	ing->poll_fast = ing->rk && rd_kafka_outq_len(ing->rk) > 0;
+	tv = util_ms_tv(ing->poll_fast ? POLL_FAST_MS : POLL_IDLE_MS);
+	evtimer_add(ing->poll_ev, &tv);
 }
 
 /* Loop timer, every PROBE_MS: while Kafka is thought down, ask a broker
@@ -381,9 +396,8 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 	ing->wake_ev = event_new(ing->base, ing->wake_fds[0],
 				 EV_READ | EV_PERSIST, handle_wake, ing);
 	event_add(ing->wake_ev, NULL);
-	/* Backstop in case a wake-up byte is ever missed. */
-	ing->poll_ev =
-	    event_new(ing->base, -1, EV_PERSIST, handle_poll_timer, ing);
+	/* Backstop for a wake-up byte librdkafka did not write. */
+	ing->poll_ev = evtimer_new(ing->base, handle_poll_timer, ing);
 	event_add(ing->poll_ev, &tv);
 
 	{
@@ -447,8 +461,14 @@ rd_kafka_resp_err_t publish_record(struct ingest *ing, struct pending *p,
 				RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 				RD_KAFKA_V_HEADERS(h), RD_KAFKA_V_OPAQUE(p),
 				RD_KAFKA_V_END);
-	if (err)
+	if (err) {
 		rd_kafka_headers_destroy(h); /* not taken on failure */
+	} else if (!ing->poll_fast) {
+		struct timeval tv = util_ms_tv(POLL_FAST_MS);
+
+		ing->poll_fast = true;
+		evtimer_add(ing->poll_ev, &tv);
+	}
 	return err;
 }
 
