@@ -15,6 +15,18 @@ CAMPAIGN_SOURCE = "camp"
 LEADS_SOURCE = "leadupd"
 
 
+def every_kind_sources():
+    """start_ingest() settings for a source of each kind beside the
+    transcript one: campaign, lead_updated and chat, all unsigned."""
+    from chat_util import CHAT_SOURCE
+    return {f"source__{CAMPAIGN_SOURCE}__kind": "campaign",
+            f"source__{CAMPAIGN_SOURCE}__signature": "none",
+            f"source__{LEADS_SOURCE}__kind": "lead_updated",
+            f"source__{LEADS_SOURCE}__signature": "none",
+            f"source__{CHAT_SOURCE}__kind": "chat",
+            f"source__{CHAT_SOURCE}__signature": "none"}
+
+
 def uid(tag=""):
     return f"{tag}{uuid.uuid4().hex[:12]}"
 

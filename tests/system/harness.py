@@ -924,3 +924,28 @@ def run_threads(n, target, *args):
         t.join()
     if errors:
         raise errors[0]
+
+
+def produce_record(brokers, topic, key, value, headers):
+    """One record straight into topic, around the front door: key a str,
+    value bytes, headers (name, str) pairs."""
+    from confluent_kafka import Producer
+    p = Producer({"bootstrap.servers": brokers})
+    p.produce(topic, key=key.encode(), value=value,
+              headers=[(k, v.encode()) for k, v in headers])
+    assert p.flush(30) == 0
+
+
+def worker_cmd(pipeline, mode, *args, timeout=120, **over):
+    """`sluice-worker MODE -c CFG ARGS` with the pipeline's worker
+    settings (and overrides), checked for sanitizer reports; the
+    CompletedProcess."""
+    cfg = pipeline._write(f"{mode}-{uuid.uuid4().hex[:6]}.conf",
+                          pipeline.worker_settings(**over))
+    r = subprocess.run([str(BUILD_DIR / "sluice-worker"), mode, "-c",
+                        str(cfg), *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout,
+                       env=pipeline.env)
+    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        assert marker not in r.stderr, r.stderr[-4000:]
+    return r

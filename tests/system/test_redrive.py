@@ -4,31 +4,12 @@
 
 import json
 import re
-import subprocess
-import uuid
 
-from confluent_kafka import Producer
-
-from harness import BUILD_DIR, SOURCE, transcript, wait_until
+from harness import SOURCE, produce_record, transcript, wait_until, worker_cmd
 
 
 def redrive(pipeline, *args, timeout=120):
-    cfg = pipeline._write(f"redrive-{uuid.uuid4().hex[:6]}.conf",
-                          pipeline.worker_settings())
-    r = subprocess.run([str(BUILD_DIR / "sluice-worker"), "redrive", "-c",
-                        str(cfg), *args], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=timeout,
-                       env=pipeline.env)
-    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
-        assert marker not in r.stderr, r.stderr[-4000:]
-    return r
-
-
-def produce(brokers, topic, key, value, headers):
-    p = Producer({"bootstrap.servers": brokers})
-    p.produce(topic, key=key.encode(), value=value,
-              headers=[(k, v.encode()) for k, v in headers])
-    assert p.flush(30) == 0
+    return worker_cmd(pipeline, "redrive", *args, timeout=timeout)
 
 
 def summary(out):
@@ -46,14 +27,14 @@ def test_redrive_sends_back_counts_attempts_and_keeps_the_hopeless(pipeline):
     cid_fixed = pipeline.cid("fixed")
 
     # 1. a record the worker can never take: dead-lettered with its origin
-    produce(s.brokers, pipeline.topic, cid_bad, b"not json",
+    produce_record(s.brokers, pipeline.topic, cid_bad, b"not json",
             [("kind", "transcript"), ("source", SOURCE)])
     wait_until(lambda: s.dlq_count(pipeline.topic) == 1, 60, 0.2,
                "the bad record in the dead-letter topic")
     # 2. one an older worker dead-lettered for a reason fixed since: a
     # valid transcript, as the dead-letter topic holds it
     body = json.dumps(transcript(cid_fixed, [("e1", "user", "back again")]))
-    produce(s.brokers, dlq, cid_fixed, body.encode(),
+    produce_record(s.brokers, dlq, cid_fixed, body.encode(),
             [("kind", "transcript"), ("source", SOURCE),
              ("dlq-reason", "unknown kind \"transcript\""),
              ("dlq-origin", f"{pipeline.topic}/0@0")])
@@ -132,7 +113,7 @@ def test_max_attempts_zero_means_no_limit(pipeline):
     pipeline.start_worker()
     cid = pipeline.cid("tenacious")
     body = json.dumps(transcript(cid, [("e1", "user", "seventh time")]))
-    produce(s.brokers, dlq, cid, body.encode(),
+    produce_record(s.brokers, dlq, cid, body.encode(),
             [("kind", "transcript"), ("source", SOURCE),
              ("dlq-reason", "database was down"),
              ("dlq-origin", f"{pipeline.topic}/0@0"),

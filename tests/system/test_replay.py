@@ -15,9 +15,8 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
-from campaign_util import (CAMPAIGN_SOURCE, LEADS_SOURCE, batch, msg,
-                           post_batch, when)
-from chat_util import CHAT_SOURCE, post_chat, status, text_message, webhook
+from campaign_util import batch, every_kind_sources, msg, post_batch, when
+from chat_util import post_chat, status, text_message, webhook
 from confluent_kafka import Producer
 
 from harness import (BUILD_DIR, PG_WORKER, REPO, SOURCE, dsn_as, event,
@@ -190,13 +189,7 @@ def stack(pipeline, dbs):
     leads = [(f"rl-{tag}-{i}", f"Lead {i}", i == 3) for i in range(5)]
     inbox = f"rin-{tag}"
     seed(live, leads, inbox)
-    ingest = pipeline.start_ingest(**{
-        f"source__{CAMPAIGN_SOURCE}__kind": "campaign",
-        f"source__{CAMPAIGN_SOURCE}__signature": "none",
-        f"source__{LEADS_SOURCE}__kind": "lead_updated",
-        f"source__{LEADS_SOURCE}__signature": "none",
-        f"source__{CHAT_SOURCE}__kind": "chat",
-        f"source__{CHAT_SOURCE}__signature": "none"})
+    ingest = pipeline.start_ingest(**every_kind_sources())
     worker = pipeline.start_worker(postgres_dsn=live.worker_dsn)
     return {"live": live, "leads": leads, "inbox": inbox, "tag": tag,
             "ingest": ingest, "worker": worker}

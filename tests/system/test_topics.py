@@ -16,39 +16,22 @@ import re
 import signal
 import subprocess
 import time
-import uuid
 
 import pytest
-from confluent_kafka import Producer
 
-from campaign_util import (CAMPAIGN_SOURCE, LEADS_SOURCE, add_inbox, add_lead,
-                           batch, msg, post_batch, post_lead_updated, uid,
-                           wait_rows)
+from campaign_util import (add_inbox, add_lead, batch, every_kind_sources, msg,
+                           post_batch, post_lead_updated, uid, wait_rows)
 from chat_util import (CHAT_SOURCE, business_number, post_chat, text_message,
                        wa_id, wait_messages, wamid, webhook)
 from harness import (BUILD_DIR, SCHEMA_DIR, SOURCE, TRANSCRIPT_READY,
-                     transcript, wait_until)
+                     produce_record, transcript, wait_until, worker_cmd)
 
 PER_KIND = {"topics": "per_kind"}
 
 
 def per_kind_ingest(pipeline):
     """An ingest with a source of every kind, each kind to its topic."""
-    return pipeline.start_ingest(**PER_KIND, **{
-        f"source__{CAMPAIGN_SOURCE}__kind": "campaign",
-        f"source__{CAMPAIGN_SOURCE}__signature": "none",
-        f"source__{LEADS_SOURCE}__kind": "lead_updated",
-        f"source__{LEADS_SOURCE}__signature": "none",
-        f"source__{CHAT_SOURCE}__kind": "chat",
-        f"source__{CHAT_SOURCE}__signature": "none"})
-
-
-def produce(brokers, topic, key, value, headers):
-    """One record straight into topic, around the front door."""
-    p = Producer({"bootstrap.servers": brokers})
-    p.produce(topic, key=key.encode(), value=value,
-              headers=[(k, v.encode()) for k, v in headers])
-    assert p.flush(30) == 0
+    return pipeline.start_ingest(**PER_KIND, **every_kind_sources())
 
 
 def ingest_headers(cid):
@@ -87,20 +70,6 @@ def caught_up(pipeline, kind):
                describe=lambda: "stored "
                f"{offsets(pipeline.services, group, topic)}, watermarks "
                f"{pipeline.services.watermarks(topic)}")
-
-
-def worker_cmd(pipeline, mode, *args, timeout=120, **over):
-    """`sluice-worker MODE -c CFG ARGS` with the pipeline's worker
-    settings (and overrides); the CompletedProcess."""
-    cfg = pipeline._write(f"{mode}-{uuid.uuid4().hex[:6]}.conf",
-                          pipeline.worker_settings(**over))
-    r = subprocess.run([str(BUILD_DIR / "sluice-worker"), mode, "-c",
-                        str(cfg), *args], stdin=subprocess.DEVNULL,
-                       capture_output=True, text=True, timeout=timeout,
-                       env=pipeline.env)
-    for marker in ("AddressSanitizer", "runtime error:", "LeakSanitizer"):
-        assert marker not in r.stderr, r.stderr[-4000:]
-    return r
 
 
 # --------------------------------------------------------------- 1. end to end
@@ -175,7 +144,7 @@ def test_per_kind_worker_leaves_the_shared_topic_alone(pipeline, services):
     for topic, cid in ((pipeline.topic, shared),
                        (f"{pipeline.topic}.transcript", own)):
         body = json.dumps(transcript(cid, [("e1", "user", "x")])).encode()
-        produce(s.brokers, topic, cid, body, ingest_headers(cid))
+        produce_record(s.brokers, topic, cid, body, ingest_headers(cid))
     assert ingest.post(transcript(posted, [("e1", "user", "y")])).status \
         == 202
     for cid in (own, posted):
@@ -294,7 +263,7 @@ def test_dead_letter_goes_back_to_its_kinds_topic(pipeline, services):
     own, dlq = f"{pipeline.topic}.transcript", f"{pipeline.topic}.dlq"
     worker = pipeline.start_worker(**PER_KIND)
     bad, fixed = pipeline.cid("bad"), pipeline.cid("fixed")
-    produce(s.brokers, own, bad, b"not json", ingest_headers(bad))
+    produce_record(s.brokers, own, bad, b"not json", ingest_headers(bad))
     wait_until(lambda: count(s, dlq) == 1, 60, 0.2,
                "the refused record in the dead-letter topic",
                describe=lambda: worker.log_tail(15))
@@ -303,7 +272,7 @@ def test_dead_letter_goes_back_to_its_kinds_topic(pipeline, services):
     assert re.fullmatch(rf"{re.escape(own)}/\d+@0", origin), dead[0]
     # one dead-lettered by an earlier run, valid now
     body = json.dumps(transcript(fixed, [("e1", "user", "back")])).encode()
-    produce(s.brokers, dlq, fixed, body,
+    produce_record(s.brokers, dlq, fixed, body,
             ingest_headers(fixed) + [("dlq-reason", "database was down"),
                                      ("dlq-origin", f"{own}/0@0")])
     before = s.topic_count(own)
