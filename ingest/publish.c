@@ -183,24 +183,26 @@ static void record_limit_set(struct ingest *ing, long max, const char *whose)
 		    ing->cfg.max_body_bytes, whose, max, ing->max_record_bytes);
 }
 
-/* The first source from limit_at on whose topic no earlier source has:
- * each topic is asked once. */
+/* Whether no source before s in the list publishes to s's topic: each
+ * topic is ensured and asked once. */
+static bool topic_first(const struct source *list, const struct source *s)
+{
+	for (const struct source *o = list; o != s; o = o->next)
+		if (strcmp(o->topic, s->topic) == 0)
+			return false;
+	return true;
+}
+
+/* The first source from limit_at on with a topic of its own. */
 static const struct source *limit_source(struct ingest *ing)
 {
 	int i = 0;
 
-	for (const struct source *s = ing->cfg.sources; s; s = s->next, i++) {
-		const struct source *o = ing->cfg.sources;
-
-		if (i < ing->limit_at)
-			continue;
-		while (o != s && strcmp(o->topic, s->topic) != 0)
-			o = o->next;
-		if (o == s) {
+	for (const struct source *s = ing->cfg.sources; s; s = s->next, i++)
+		if (i >= ing->limit_at && topic_first(ing->cfg.sources, s)) {
 			ing->limit_at = i;
 			return s;
 		}
-	}
 	return NULL;
 }
 
@@ -411,18 +413,17 @@ bool publish_setup(struct ingest *ing, char *errstr, size_t errstr_size)
 		event_add(ing->probe_ev, &every);
 	}
 	ing->kafka_up = true;
-	for (const struct source *s = ing->cfg.sources; s; s = s->next) {
-		const struct source *o = ing->cfg.sources;
-
-		while (o != s && strcmp(o->topic, s->topic) != 0)
-			o = o->next;
-		if (o != s)
-			continue; /* an earlier source's topic: ensured */
+	for (const struct source *s = ing->cfg.sources; s && ing->kafka_up;
+	     s = s->next) {
+		if (!topic_first(ing->cfg.sources, s))
+			continue; /* ensured already */
 		if (!kafka_ensure_topic(ing->rk, s->topic,
 					ing->cfg.topic_partitions, 5000, err,
 					sizeof(err))) {
 			/* Not fatal: requests get 503 until the broker is
-			 * back. */
+			 * back. Nor are the other kinds' topics asked for:
+			 * a broker that did not answer in 5 s would hold
+			 * the start 5 s per topic. */
 			log_warn("could not ensure topic: %s", err);
 			ing->kafka_up = false;
 		}
