@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "../common/kafka.h"
+#include "../common/kinds.h"
 #include "../common/log.h"
 #include "../common/sdnotify.h"
 #include "../common/util.h"
@@ -727,12 +728,9 @@ static bool replay_kind(struct worker_config *cfg, const char *kind,
 	for (int i = 0; handlers[i]; i++)
 		known |= strcmp(handlers[i]->kind, kind) == 0;
 	if (!known) {
-		char names[256] = "";
+		char names[256];
 
-		for (int i = 0; handlers[i]; i++)
-			snprintf(names + strlen(names),
-				 sizeof(names) - strlen(names), "%s%s",
-				 i ? ", " : "", handlers[i]->kind);
+		kind_names(names, sizeof(names));
 		snprintf(err, errsz, "--kind: \"%s\" is not a kind (%s)", kind,
 			 names);
 		return false;
