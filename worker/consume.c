@@ -333,18 +333,22 @@ static void consumer_spec(const struct worker_config *cfg,
 			  struct consumer_settings *cs,
 			  struct kafka_client_spec *spec)
 {
-	/* A fetch answers once 16 KiB are there or after 10 ms. Under load
-	 * that is a fetch per 16 KiB instead of one per produced batch, for
-	 * each pipeline (each reads the whole topic), and batches of a few
-	 * records rather than one: at 2,000 transcripts/s on two cores the
-	 * p99 from 202 to row and key gone halved (docs/operations.md,
-	 * "Latency"). A quiet topic pays at most the 10 ms. */
+	/* How a fetch waits (docs/operations.md, "Fetching"). Gathered: it
+	 * answers once 16 KiB are there or after 10 ms, so a topic of small
+	 * records under load (chat at 1,000 messages/s, or a topic every
+	 * kind shares) costs a fetch per 16 KiB rather than one per record,
+	 * and a quiet one waits at most the 10 ms; but an idle topic is
+	 * asked a hundred times a second. Otherwise it answers at the first
+	 * byte and an idle topic is asked twice a second: three idle kinds'
+	 * consumers gathering took half a core of the broker beside a
+	 * transcript backlog on two cores. */
 	static const char *const settings[] = {
-	    "group.id", NULL, /* filled below */
+	    "group.id", NULL,	       /* filled below */
+	    "fetch.wait.max.ms", NULL, /* filled below */
+	    "fetch.min.bytes", NULL,   /* filled below */
 	    "enable.auto.commit", "false", "enable.auto.offset.store", "false",
 	    "auto.offset.reset", "earliest", "partition.assignment.strategy",
-	    "cooperative-sticky", "fetch.wait.max.ms", "10", "fetch.min.bytes",
-	    "16384",
+	    "cooperative-sticky",
 	    /* broker states for /readyz */
 	    "statistics.interval.ms", "1000", NULL};
 	enum { N_SETTINGS = sizeof(settings) / sizeof(settings[0]) };
@@ -353,6 +357,8 @@ static void consumer_spec(const struct worker_config *cfg,
 
 	memcpy(cs->kv, settings, sizeof(settings));
 	cs->kv[1] = cfg->group_id;
+	cs->kv[3] = cfg->gather_fetches ? "10" : "500";
+	cs->kv[5] = cfg->gather_fetches ? "16384" : "1";
 	/* Static membership (KIP-345): a worker restarted under the same id
 	 * takes its member's place, and its partitions, without waiting for
 	 * the old session to time out. librdkafka then sends no LeaveGroup

@@ -240,6 +240,7 @@ static bool worker_pipelines(struct worker *w, bool consumer, char *err,
 
 	if (shared) {
 		spec.name = "all";
+		spec.gather_fetches = true; /* its topic holds every kind */
 		spec.group = w->cfg.group_id;
 		for (int i = 0; handlers[i]; i++)
 			if (kind_listed(w->cfg.kinds, handlers[i]->kind))
@@ -262,6 +263,9 @@ static bool worker_pipelines(struct worker *w, bool consumer, char *err,
 		spec.topic = topic;
 		spec.kinds = 1u << i;
 		spec.owns_unknown = i == 0;
+		/* A shared topic brings every kind's records to each. */
+		spec.gather_fetches = handlers[i]->gather_fetches ||
+				      w->cfg.topics == TOPICS_SHARED;
 		w->pipes[w->n_pipes] = pipeline_new(&w->cfg, &spec, err, errsz);
 		if (!w->pipes[w->n_pipes++])
 			return false;

@@ -159,6 +159,7 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 		p->topic = xstrdup(spec->topic);
 		p->cfg.topic = p->topic;
 	}
+	p->cfg.gather_fetches = spec->gather_fetches;
 	snprintf(p->name, sizeof(p->name), "%s", spec->name);
 	p->stopping = spec->stopping;
 	atomic_store(&p->beat_ms, util_mono_ms());

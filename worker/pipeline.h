@@ -16,12 +16,13 @@
 struct pipeline;
 
 struct pipeline_spec {
-	const char *name;  /* a kind, or "all" */
-	const char *group; /* its consumer group and offsets' key */
-	const char *topic; /* what it reads; NULL: the configured topic */
-	uint32_t kinds;	   /* batch_env.kinds */
-	bool owns_unknown; /* batch_env.owns_unknown */
-	bool consumer;	   /* join the group (consume); replay brings its own */
+	const char *name;    /* a kind, or "all" */
+	const char *group;   /* its consumer group and offsets' key */
+	const char *topic;   /* what it reads; NULL: the configured topic */
+	uint32_t kinds;	     /* batch_env.kinds */
+	bool owns_unknown;   /* batch_env.owns_unknown */
+	bool gather_fetches; /* worker_config.gather_fetches */
+	bool consumer; /* join the group (consume); replay brings its own */
 	/* batch_env.record_clock (replay): set before the handlers are made,
 	 * since they keep a copy of it */
 	bool record_clock;

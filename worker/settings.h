@@ -22,6 +22,9 @@ struct worker_config {
 	char *group_instance_id; /* "" = dynamic membership */
 	int pipelines;		 /* enum pipelines */
 	char *kinds;		 /* "" = every kind */
+	/* Not a key: set for each pipeline's consumer (struct handler's
+	 * gather_fetches, or a topic every kind shares). */
+	bool gather_fetches;
 	int stall_alert_s;
 	char *dlq_topic;
 	char *postgres_dsn;

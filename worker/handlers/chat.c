@@ -328,6 +328,7 @@ static void chat_totals(void *st, unsigned long long *saved,
 
 const struct handler chat_handler = {
     .kind = KIND_CHAT,
+    .gather_fetches = true,
     .staging_sql = SQL_STAGING,
     .create = chat_create,
     .destroy = chat_destroy,

@@ -47,6 +47,13 @@ struct handler_env {
 
 struct handler {
 	const char *kind; /* KIND_* of common/kinds.h */
+	/* Its records come small and steady (a chat message each): its
+	 * topic's consumer gathers them into fetches of 16 KiB or 10 ms, so
+	 * a busy topic costs the broker a fetch per 16 KiB rather than one
+	 * per record. Otherwise a fetch answers at the first record and an
+	 * idle topic is asked twice a second (worker_config.gather_fetches,
+	 * docs/operations.md, "Fetching"). */
+	bool gather_fetches;
 	/* CREATE TEMP TABLE ... ON COMMIT DELETE ROWS, run on each new
 	 * connection; NULL for none. */
 	const char *staging_sql;

@@ -294,6 +294,31 @@ static const char SQL_STAGING[] =
  * conversations cost N^2 (2,000 of them: 200 ms against 14 ms for new
  * ones). Now that arm only meets a row another transaction inserted
  * after this statement's snapshot (a replay beside the live worker). */
+#define UPSERT_CONV_FROM_S                                                        \
+	" u AS ("                                                                 \
+	"  UPDATE conversations AS c SET"                                         \
+	"   status = COALESCE(s.status, c.status),"                               \
+	"   last_event_type = s.event_type,"                                      \
+	"   transcript_received = c.transcript_received OR s.transcript,"         \
+	"   transcript_received_at = COALESCE(c.transcript_received_at,"          \
+	"                                     s.transcript_at),"                  \
+	"   updated_at = now()"                                                   \
+	"  FROM s WHERE c.id = s.id RETURNING c.id)"                              \
+	" INSERT INTO conversations AS c (id, source, status, last_event_type,"   \
+	"   transcript_received, transcript_received_at, created_at, updated_at)" \
+	" SELECT id, source, COALESCE(status, 'active'), event_type, transcript," \
+	"   transcript_at, first_at, now() FROM s"                                \
+	" WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = s.id)"                   \
+	" ON CONFLICT (id) DO UPDATE SET"                                         \
+	"   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id)," \
+	"                     c.status),"                                         \
+	"   last_event_type = EXCLUDED.last_event_type,"                          \
+	"   transcript_received = c.transcript_received"                          \
+	"                         OR EXCLUDED.transcript_received,"               \
+	"   transcript_received_at = COALESCE(c.transcript_received_at,"          \
+	"                                     EXCLUDED.transcript_received_at),"  \
+	"   updated_at = now()"
+
 static const char SQL_UPSERT_CONV[] =
     "WITH s AS ("
     "  SELECT id,"
@@ -305,30 +330,19 @@ static const char SQL_UPSERT_CONV[] =
     "   to_timestamp(min(received_ms) FILTER (WHERE transcript) / 1000.0)"
     "     AS transcript_at,"
     "   to_timestamp(min(received_ms) / 1000.0) AS first_at"
-    "  FROM sluice_stage_conv GROUP BY id),"
-    " u AS ("
-    "  UPDATE conversations AS c SET"
-    "   status = COALESCE(s.status, c.status),"
-    "   last_event_type = s.event_type,"
-    "   transcript_received = c.transcript_received OR s.transcript,"
-    "   transcript_received_at = COALESCE(c.transcript_received_at,"
-    "                                     s.transcript_at),"
-    "   updated_at = now()"
-    "  FROM s WHERE c.id = s.id RETURNING c.id)"
-    " INSERT INTO conversations AS c (id, source, status, last_event_type,"
-    "   transcript_received, transcript_received_at, created_at, updated_at)"
-    " SELECT id, source, COALESCE(status, 'active'), event_type, transcript,"
-    "   transcript_at, first_at, now() FROM s"
-    " WHERE NOT EXISTS (SELECT 1 FROM u WHERE u.id = s.id)"
-    " ON CONFLICT (id) DO UPDATE SET"
-    "   status = COALESCE((SELECT s.status FROM s WHERE s.id = EXCLUDED.id),"
-    "                     c.status),"
-    "   last_event_type = EXCLUDED.last_event_type,"
-    "   transcript_received = c.transcript_received"
-    "                         OR EXCLUDED.transcript_received,"
-    "   transcript_received_at = COALESCE(c.transcript_received_at,"
-    "                                     EXCLUDED.transcript_received_at),"
-    "   updated_at = now()";
+    "  FROM sluice_stage_conv GROUP BY id)," UPSERT_CONV_FROM_S;
+
+/* The same when each conversation came once in the batch (the usual
+ * case: a call's events are minutes apart): its one event is the row,
+ * with no sort and no aggregate (a tenth of the statement's time for a
+ * batch of 2,000). */
+static const char SQL_UPSERT_CONV_ONCE[] =
+    "WITH s AS ("
+    "  SELECT id, source, status, event_type, transcript,"
+    "   CASE WHEN transcript THEN to_timestamp(received_ms / 1000.0) END"
+    "     AS transcript_at,"
+    "   to_timestamp(received_ms / 1000.0) AS first_at"
+    "  FROM sluice_stage_conv)," UPSERT_CONV_FROM_S;
 
 static const char SQL_INSERT_MSG[] =
     "INSERT INTO messages (conversation_id, external_event_id, position,"
@@ -537,7 +551,7 @@ static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 			     size_t errstr_size)
 {
 	struct transcript_state *t = st;
-	bool copied, failed;
+	bool copied, failed, once;
 
 	if (t->rows.n_conversations == 0)
 		return true;
@@ -546,10 +560,11 @@ static bool transcript_write(void *st, struct pgsink *ps, char *errstr,
 		 messages_fast(t, ps, &failed, errstr, errstr_size);
 	if (t->rows.n_messages > 0 && !copied && failed)
 		return false;
+	once = distinct(t->conv_ids.v, t->conv_ids.n) == t->conv_ids.n;
 	if (!pgsink_copy(ps, "COPY sluice_stage_conv FROM STDIN",
 			 &t->rows.conversations, errstr, errstr_size) ||
-	    pgsink_exec(ps, SQL_UPSERT_CONV, 0, NULL, "conversations", errstr,
-			errstr_size) < 0)
+	    pgsink_exec(ps, once ? SQL_UPSERT_CONV_ONCE : SQL_UPSERT_CONV, 0,
+			NULL, "conversations", errstr, errstr_size) < 0)
 		return false;
 	if (t->rows.n_messages == 0 || copied)
 		return true;
