@@ -333,7 +333,7 @@ static void consumer_spec(const struct worker_config *cfg,
 			  struct consumer_settings *cs,
 			  struct kafka_client_spec *spec)
 {
-	/* How a fetch waits (docs/operations.md, "Fetching"). Gathered: it
+	/* How a fetch waits (docs/operations.md, "Latency"). Gathered: it
 	 * answers once 16 KiB are there or after 10 ms, so a topic of small
 	 * records under load (chat at 1,000 messages/s, or a topic every
 	 * kind shares) costs a fetch per 16 KiB rather than one per record,

@@ -52,7 +52,7 @@ struct handler {
 	 * a busy topic costs the broker a fetch per 16 KiB rather than one
 	 * per record. Otherwise a fetch answers at the first record and an
 	 * idle topic is asked twice a second (worker_config.gather_fetches,
-	 * docs/operations.md, "Fetching"). */
+	 * docs/operations.md, "Latency"). */
 	bool gather_fetches;
 	/* CREATE TEMP TABLE ... ON COMMIT DELETE ROWS, run on each new
 	 * connection; NULL for none. */
