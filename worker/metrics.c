@@ -47,6 +47,7 @@ struct metrics_pipe {
 	pthread_mutex_t lock;
 	char kind[32];
 	char group[256];	  /* "": not shown by /status (replay) */
+	char topic[256];	  /* what its partitions are of */
 	size_t batch_records;	  /* 0: no batch open */
 	int64_t batch_started_ms; /* monotonic */
 	int64_t committed_ms;	  /* wall clock; 0: none since start */
@@ -101,7 +102,8 @@ void metrics_config_loaded(void)
 	pthread_mutex_unlock(&pipes_lock);
 }
 
-struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group)
+struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group,
+				      const char *topic)
 {
 	struct metrics_pipe *p = xcalloc(1, sizeof(*p));
 	struct metrics_pipe **tail;
@@ -109,6 +111,7 @@ struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group)
 	pthread_mutex_init(&p->lock, NULL);
 	snprintf(p->kind, sizeof(p->kind), "%s", kind);
 	snprintf(p->group, sizeof(p->group), "%s", group ? group : "");
+	snprintf(p->topic, sizeof(p->topic), "%s", topic);
 	p->brokers_up = -1;
 	/* Before its first commit, "no commit for N minutes" counts from
 	 * the pipeline's start. */
@@ -492,9 +495,13 @@ void metrics_totals(struct metrics_totals *out)
 
 /* The figures of every pipeline added up (histograms bucket by bucket),
  * and each partition's lag as the largest any pipeline has. */
+/* Partitions are told apart by topic too: with a topic per kind each
+ * pipeline has a partition 0 of its own; on a shared topic every pipeline
+ * reads the same ones, and the one furthest behind is shown. */
 struct sum {
 	struct metrics_pipe all;
 	struct part parts[1024];
+	const char *part_topic[1024]; /* parts[i]'s, a pipe's topic */
 	int n_parts;
 };
 
@@ -546,12 +553,14 @@ static void sum_pipe(struct sum *s, const struct metrics_pipe *m)
 		if (p->lag < 0)
 			continue;
 		for (j = 0; j < s->n_parts; j++)
-			if (s->parts[j].partition == p->partition)
+			if (s->parts[j].partition == p->partition &&
+			    strcmp(s->part_topic[j], m->topic) == 0)
 				break;
 		if (j == s->n_parts) {
 			if (s->n_parts ==
 			    (int)(sizeof(s->parts) / sizeof(s->parts[0])))
 				continue;
+			s->part_topic[s->n_parts] = m->topic;
 			s->parts[s->n_parts++] = *p;
 		} else if (p->lag > s->parts[j].lag) {
 			s->parts[j].lag = p->lag;
@@ -565,12 +574,13 @@ static void put_lag(struct buf *out, const struct sum *s)
 		      "assigned partition not yet committed to PostgreSQL "
 		      "(by the pipeline furthest behind).\n"
 		      "# TYPE sluice_worker_partition_lag gauge\n");
-	for (int i = 0; i < s->n_parts; i++)
-		buf_printf(out,
-			   "sluice_worker_partition_lag{partition=\"%d\"} "
-			   "%lld\n",
+	for (int i = 0; i < s->n_parts; i++) {
+		buf_puts(out, "sluice_worker_partition_lag{topic=\"");
+		prom_label(out, s->part_topic[i]);
+		buf_printf(out, "\",partition=\"%d\"} %lld\n",
 			   (int)s->parts[i].partition,
 			   (long long)s->parts[i].lag);
+	}
 }
 
 /* Each pipeline's own lag and how long its oldest uncommitted record has
@@ -1029,6 +1039,7 @@ static void render_pipe(struct metrics_pipe *s, cJSON *arr, int64_t mono,
 
 	cJSON_AddStringToObject(o, "name", s->kind);
 	cJSON_AddStringToObject(o, "group", s->group);
+	cJSON_AddStringToObject(o, "topic", s->topic);
 	cJSON_AddBoolToObject(o, "paused", s->held);
 	if (s->n_parts > 1) /* none yet: parts is NULL */
 		qsort(s->parts, (size_t)s->n_parts, sizeof(*s->parts),

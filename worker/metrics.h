@@ -90,8 +90,10 @@ typedef void (*metrics_offsets_fn)(void *arg, int32_t partition, int64_t *low,
 
 /* A pipeline's figures, registered for the endpoint; kind names it in
  * the per-pipeline series, group (its consumer group; NULL for a pipeline
- * without one, as in replay) in /status. Freed by metrics_cleanup(). */
-struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group);
+ * without one, as in replay) in /status, topic (what it reads) in the
+ * partitions' series and /status. Freed by metrics_cleanup(). */
+struct metrics_pipe *metrics_pipe_new(const char *kind, const char *group,
+				      const char *topic);
 /* The hooks called on this thread from now on count into p. */
 void metrics_pipe_enter(struct metrics_pipe *p);
 /* On the pipeline's thread, between batches and while a batch waits: what

@@ -164,7 +164,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	p->stopping = spec->stopping;
 	atomic_store(&p->beat_ms, util_mono_ms());
 	p->metrics =
-	    metrics_pipe_new(spec->name, spec->consumer ? spec->group : NULL);
+	    metrics_pipe_new(spec->name, spec->consumer ? spec->group : NULL,
+			     p->cfg.topic);
 	p->base = event_base_new();
 	if (!p->base) {
 		snprintf(err, errsz, "event_base_new failed");

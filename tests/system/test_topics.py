@@ -24,7 +24,9 @@ from campaign_util import (add_inbox, add_lead, batch, every_kind_sources, msg,
 from chat_util import (CHAT_SOURCE, business_number, post_chat, text_message,
                        wa_id, wait_messages, wamid, webhook)
 from harness import (BUILD_DIR, SCHEMA_DIR, SOURCE, TRANSCRIPT_READY,
-                     produce_record, transcript, wait_until, worker_cmd)
+                     free_port, http_request, produce_record, transcript,
+                     wait_until, worker_cmd)
+from prometheus_client.parser import text_string_to_metric_families
 
 PER_KIND = {"topics": "per_kind"}
 
@@ -74,10 +76,20 @@ def caught_up(pipeline, kind):
 
 # --------------------------------------------------------------- 1. end to end
 
+def partition_lags(port):
+    """{(topic, partition): lag} from the worker's /metrics."""
+    r = http_request(port, "GET", "/metrics", timeout=5)
+    assert r.status == 200, r
+    return {(s.labels["topic"], s.labels["partition"]): s.value
+            for f in text_string_to_metric_families(r.body.decode())
+            for s in f.samples if s.name == "sluice_worker_partition_lag"}
+
+
 def test_each_kind_lands_from_its_own_topic(pipeline, services):
     s = services
     ingest = per_kind_ingest(pipeline)
-    worker = pipeline.start_worker(**PER_KIND)
+    port = free_port()
+    worker = pipeline.start_worker(**PER_KIND, listen=f"127.0.0.1:{port}")
 
     cid = pipeline.cid("t")
     r = ingest.post(transcript(cid, [("user", "Hi"), ("assistant", "Hello")]))
@@ -129,6 +141,20 @@ def test_each_kind_lands_from_its_own_topic(pipeline, services):
         assert re.search(rf"assigned {re.escape(pipeline.topic)}\.{kind} "
                          rf"\[\d+\].*\(group {re.escape(pipeline.group)}"
                          rf"\.{kind}\)", log), log[-3000:]
+
+    # Lag is per topic and partition: each kind's partition 0 is a series
+    # of its own, not the four merged into one; /status names the topic.
+    kinds = ("transcript", "chat", "campaign", "lead_updated")
+    want = {(f"{pipeline.topic}.{k}", str(p)) for k in kinds
+            for p in s.watermarks(f"{pipeline.topic}.{k}")}
+    lags = wait_until(lambda: (lambda g: g if set(g) == want and
+                               all(v == 0 for v in g.values()) else None)(
+        partition_lags(port)), 15, 0.2, "lag 0 for every kind's partitions",
+        describe=lambda: partition_lags(port))
+    assert len(lags) == len(want) > 4, lags
+    status = json.loads(http_request(port, "GET", "/status").body)
+    assert {(p["name"], p["topic"]) for p in status["pipelines"]} == {
+        (k, f"{pipeline.topic}.{k}") for k in kinds}, status["pipelines"]
 
 
 # ------------------------------------------------------ 2. shared topic unread
