@@ -117,7 +117,8 @@ def test_probes_and_metrics_match_postgres(pipeline, services):
         # Caught up: every partition's lag is 0, the empty ones included.
         wait_until(lambda p=p: val(scrape(port)[0],
                                    "sluice_worker_partition_lag",
-                                   partition=p) == 0, 10, 0.2,
+                                   topic=pipeline.topic, partition=p) == 0,
+                   10, 0.2,
                    f"partition {p}'s lag to be 0 (high watermark {hi})")
 
     # The same transcripts again: nothing new lands, all are duplicates.
