@@ -529,14 +529,19 @@ class Floor:
         with psycopg.connect(dsn, autocommit=True) as db:
             db.execute(f"CREATE TABLE IF NOT EXISTS {channel} (id bigint PRIMARY KEY,"
                        " payload text, at timestamptz NOT NULL DEFAULT now())")
+            # The warm-up's probe wrote to the same table: ids go on after
+            # its rows instead of colliding with them.
+            self.first_id = db.execute(f"SELECT coalesce(max(id) + 1, 0) FROM {channel}"
+                                       ).fetchone()[0]
         self.arrived = {}
         self.listener = Listener(dsn, channel,
                                  lambda t, payload: self.arrived.__setitem__(payload, t))
         self.sent = {}          # payload -> (t statement start, t COMMIT returned)
         self.errors = []
 
-    def run(self, rate, seconds, writers, t0, first_id=0):
+    def run(self, rate, seconds, writers, t0):
         import psycopg
+        first_id = self.first_id
 
         def writer(w):
             with psycopg.connect(self.dsn) as conn:
@@ -577,6 +582,7 @@ class Floor:
         got = [(self.sent[k], self.arrived[k]) for k in self.sent if k in self.arrived]
         return {"rate_target": self.rate, "seconds": self.seconds, "writers": self.writers,
                 "committed": len(self.sent), "notified": len(got), "errors": len(self.errors),
+                "error_examples": self.errors[:3],
                 "commit_to_notify_ms": summary([(a - c) * 1000.0 for (_, c), a in got]),
                 "statement_to_notify_ms": summary([(a - st) * 1000.0 for (st, _), a in got])}
 
@@ -585,7 +591,8 @@ def print_floor(title, res):
     C, S = res["commit_to_notify_ms"], res["statement_to_notify_ms"]
     print(f"{title}: {res['committed']} INSERT + pg_notify transactions in {res['seconds']:g} s"
           f" on {res['writers']} connections (target {res['rate_target']}/s), {res['notified']}"
-          f" notified, {res['errors']} errors")
+          f" notified, {res['errors']} errors{': ' if res['errors'] else ''}"
+          f"{'; '.join(res['error_examples'])}")
     print("                       p50 ms   p99 ms   max ms")
     for name, v in (("COMMIT -> NOTIFY", C), ("statement -> NOTIFY", S)):
         if v["n"]:
@@ -884,7 +891,8 @@ def main():
             # the worker's groups settle. Runs on a broker that had been
             # running for a while gave p99 26 ms; on a fresh one, after
             # this warm-up, 52-59 ms; in a full `make bench` without it,
-            # 139 ms.
+            # 139 ms. (Since idle kinds' consumers ask their topics twice
+            # a second, fresh ones give 27-35 ms, a full run 28.7 ms.)
             print(f"chat: warm-up, {a.warmup:.0f} s at {a.rate}/s from other senders, not measured")
             with contextlib.redirect_stdout(io.StringIO()):
                 bench_latency(env, iport, dsn, wlog, a.rate, a.senders, a.warmup,
