@@ -163,9 +163,8 @@ struct pipeline *pipeline_new(const struct worker_config *cfg,
 	snprintf(p->name, sizeof(p->name), "%s", spec->name);
 	p->stopping = spec->stopping;
 	atomic_store(&p->beat_ms, util_mono_ms());
-	p->metrics =
-	    metrics_pipe_new(spec->name, spec->consumer ? spec->group : NULL,
-			     p->cfg.topic);
+	p->metrics = metrics_pipe_new(
+	    spec->name, spec->consumer ? spec->group : NULL, p->cfg.topic);
 	p->base = event_base_new();
 	if (!p->base) {
 		snprintf(err, errsz, "event_base_new failed");
