@@ -494,10 +494,10 @@ void metrics_totals(struct metrics_totals *out)
 }
 
 /* The figures of every pipeline added up (histograms bucket by bucket),
- * and each partition's lag as the largest any pipeline has. */
-/* Partitions are told apart by topic too: with a topic per kind each
- * pipeline has a partition 0 of its own; on a shared topic every pipeline
- * reads the same ones, and the one furthest behind is shown. */
+ * and each partition's lag as the largest any pipeline has. Partitions
+ * are told apart by topic too: with a topic per kind each pipeline has a
+ * partition 0 of its own; on a shared topic every pipeline reads the same
+ * ones, and the one furthest behind is shown. */
 struct sum {
 	struct metrics_pipe all;
 	struct part parts[1024];

@@ -334,8 +334,8 @@ static const char SQL_UPSERT_CONV[] =
 
 /* The same when each conversation came once in the batch (the usual
  * case: a call's events are minutes apart): its one event is the row,
- * with no sort and no aggregate (a tenth of the statement's time for a
- * batch of 2,000). */
+ * with no sort and no aggregate. 2,000 new conversations: 12-13 ms
+ * against 17-19 ms grouped. */
 static const char SQL_UPSERT_CONV_ONCE[] =
     "WITH s AS ("
     "  SELECT id, source, status, event_type, transcript,"
