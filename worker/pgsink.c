@@ -21,6 +21,7 @@ struct pgsink {
 	bool prepared;
 	bool dry_run;
 	bool copying;	      /* a COPY is open */
+	bool copy_binary;     /* in the binary format: framed by pgsink */
 	bool pending;	      /* a COPY ended; its result is not read yet */
 	char stream_state[6]; /* the SQLSTATE that refused a chunk, or "" */
 	char last_state[6];   /* of the last statement refused, or "" */
@@ -497,6 +498,15 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 	return ok;
 }
 
+/* A COPY in the binary format opens with this header (signature, no
+ * flags, no extension) and ends with a field count of -1; the caller's
+ * buffer holds only the tuples, so that any run of whole tuples can be a
+ * COPY of its own. */
+static const char COPY_BINARY_HEADER[19] = "PGCOPY\n\377\r\n\0"
+					   "\0\0\0\0"
+					   "\0\0\0\0";
+static const char COPY_BINARY_TRAILER[2] = "\377\377";
+
 static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
 		      size_t errstr_size)
 {
@@ -508,8 +518,15 @@ static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
 		set_err(ps, "copy", errstr, errstr_size);
 		return false;
 	}
+	ps->copy_binary = PQbinaryTuples(res) == 1;
 	PQclear(res);
 	ps->copying = true;
+	if (ps->copy_binary &&
+	    PQputCopyData(ps->conn, COPY_BINARY_HEADER,
+			  (int)sizeof(COPY_BINARY_HEADER)) != 1) {
+		set_err(ps, "copy", errstr, errstr_size);
+		return false;
+	}
 	return true;
 }
 
@@ -538,6 +555,12 @@ static bool copy_end(struct pgsink *ps, const char *abandon, char *errstr,
 {
 	ps->copying = false;
 	ps->pending = true;
+	if (!abandon && ps->copy_binary &&
+	    PQputCopyData(ps->conn, COPY_BINARY_TRAILER,
+			  (int)sizeof(COPY_BINARY_TRAILER)) != 1) {
+		set_err(ps, "copy", errstr, errstr_size);
+		return false;
+	}
 	if (PQputCopyEnd(ps->conn, abandon) == 1)
 		return true;
 	set_err(ps, "copy", errstr, errstr_size);

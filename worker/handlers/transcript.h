@@ -1,4 +1,5 @@
-/* Transcript source events → conversation and message rows (COPY text). */
+/* Transcript source events → conversation rows (COPY text) and message
+ * rows (COPY binary). */
 #ifndef SLUICE_TRANSCRIPT_H
 #define SLUICE_TRANSCRIPT_H
 
@@ -12,7 +13,9 @@
 
 #define TRANSCRIPT_ID_LEN 37 /* "gen-" + 32 hex + NUL */
 
-/* Rows one batch accumulates, in COPY text format. */
+/* Rows one batch accumulates: conversations in COPY's text format,
+ * messages as COPY binary tuples (no header or trailer: pgsink frames each
+ * COPY). */
 struct transcript_rows {
 	struct buf conversations; /* seq, id, source, event_type, status,
 				     transcript, received_ms */
