@@ -501,11 +501,11 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 /* A COPY in the binary format opens with this header (signature, no
  * flags, no extension) and ends with a field count of -1; the caller's
  * buffer holds only the tuples, so that any run of whole tuples can be a
- * COPY of its own. */
-static const char COPY_BINARY_HEADER[19] = "PGCOPY\n\377\r\n\0"
-					   "\0\0\0\0"
-					   "\0\0\0\0";
-static const char COPY_BINARY_TRAILER[2] = "\377\377";
+ * COPY of its own. Sent without the literals' terminating NUL. */
+static const char COPY_BINARY_HEADER[] = "PGCOPY\n\377\r\n\0"
+					 "\0\0\0\0"
+					 "\0\0\0\0";
+static const char COPY_BINARY_TRAILER[] = "\377\377";
 
 static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
 		      size_t errstr_size)
@@ -523,7 +523,7 @@ static bool copy_open(struct pgsink *ps, const char *sql, char *errstr,
 	ps->copying = true;
 	if (ps->copy_binary &&
 	    PQputCopyData(ps->conn, COPY_BINARY_HEADER,
-			  (int)sizeof(COPY_BINARY_HEADER)) != 1) {
+			  (int)sizeof(COPY_BINARY_HEADER) - 1) != 1) {
 		set_err(ps, "copy", errstr, errstr_size);
 		return false;
 	}
@@ -549,21 +549,24 @@ static bool copy_put(struct pgsink *ps, const char *data, size_t len,
 	return true;
 }
 
-/* Ends the open COPY (abandon: error it out); its result is pending. */
+/* Ends the open COPY (abandon: error it out); its result is pending. A
+ * COPY that cannot be ended may still be open on the wire, where nothing
+ * else can run: the connection is dropped (the transaction with it). */
 static bool copy_end(struct pgsink *ps, const char *abandon, char *errstr,
 		     size_t errstr_size)
 {
+	bool ok = (abandon || !ps->copy_binary ||
+		   PQputCopyData(ps->conn, COPY_BINARY_TRAILER,
+				 (int)sizeof(COPY_BINARY_TRAILER) - 1) == 1) &&
+		  PQputCopyEnd(ps->conn, abandon) == 1;
+
 	ps->copying = false;
-	ps->pending = true;
-	if (!abandon && ps->copy_binary &&
-	    PQputCopyData(ps->conn, COPY_BINARY_TRAILER,
-			  (int)sizeof(COPY_BINARY_TRAILER)) != 1) {
-		set_err(ps, "copy", errstr, errstr_size);
-		return false;
-	}
-	if (PQputCopyEnd(ps->conn, abandon) == 1)
+	if (ok) {
+		ps->pending = true;
 		return true;
+	}
 	set_err(ps, "copy", errstr, errstr_size);
+	drop_conn(ps);
 	return false;
 }
 
@@ -775,7 +778,8 @@ void pgsink_rollback(struct pgsink *ps)
 	if (ps->copying) {
 		char err[64];
 
-		(void)copy_end(ps, "the batch is abandoned", err, sizeof(err));
+		if (!copy_end(ps, "the batch is abandoned", err, sizeof(err)))
+			return; /* dropped */
 	}
 	while ((res = PQgetResult(ps->conn)) != NULL) /* a pending COPY's */
 		PQclear(res);

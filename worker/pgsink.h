@@ -49,7 +49,9 @@ bool pgsink_begin(struct pgsink *ps, const int32_t *parts, int n,
 		  int64_t *fence, char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));
 
-/* Inside the transaction. COPY text-format rows into a table. */
+/* Inside the transaction. COPY rows into a table. For a COPY in the
+ * binary format (the statement says FORMAT binary), b holds whole tuples
+ * only: pgsink sends the header before them and the trailer after. */
 bool pgsink_copy(struct pgsink *ps, const char *sql, const struct buf *b,
 		 char *errstr, size_t errstr_size)
     __attribute__((warn_unused_result));

@@ -57,6 +57,15 @@ static const struct {
      "ready\","
      "\"properties\":{\"transcript\":{}}}",
      false, 0, NULL, NULL},
+    /* Refused by the entry loop (the schema sets no length on role), so
+     * the first entry's row was built already and must be taken back. */
+    {"second entry's role over 64 bytes, after a good one",
+     "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_"
+     "ready\","
+     "\"properties\":{\"transcript\":[{\"role\":\"user\",\"content\":\"x\"},"
+     "{\"role\":\"r123456789r123456789r123456789r123456789r123456789r123456789"
+     "r1234\",\"content\":\"y\"}]}}",
+     false, 0, NULL, NULL},
     {"object id",
      "{\"conversation_id\":\"c\",\"event_type\":\"application.transcription_"
      "ready\","
@@ -220,8 +229,8 @@ int main(void)
 		free(c1);
 		free(c2);
 	}
-	/* created_at: the receipt time as a UTC literal, ms kept; a time
-	 * PostgreSQL cannot store is refused, not left to fail the COPY. */
+	/* created_at: the receipt time, ms kept; a time outside the years
+	 * 1-9999 is refused, not written. */
 	{
 		static const struct {
 			long long ms;
@@ -231,6 +240,7 @@ int main(void)
 		    {0, "\t1970-01-01 00:00:00.000+00\n"},
 		    {-1, "\t1969-12-31 23:59:59.999+00\n"},
 		    {253402300799999LL, "\t9999-12-31 23:59:59.999+00\n"},
+		    {-62135596800000LL, "\t0001-01-01 00:00:00.000+00\n"},
 		    {253402300800000LL, NULL},
 		    {-62135596800001LL, NULL},
 		};

@@ -85,7 +85,8 @@ struct handler {
 	 * transient failure (errstr); the batch is retried whole. */
 	bool (*write)(void *st, struct pgsink *ps, char *errstr,
 		      size_t errstr_size);
-	/* After the commit: the Redis keys to remove. */
+	/* The Redis keys to remove after the commit. Called before write(),
+	 * so it reads only what add() and prepare() set. */
 	void (*keys)(void *st, struct cache_keys *out);
 	/* Its part of the batch's log line, "" when it had no record. */
 	void (*summary)(void *st, struct buf *line);

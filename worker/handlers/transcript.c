@@ -173,9 +173,9 @@ bool transcript_handle(const char *value, size_t len, const char *source,
 		goto fail;
 	}
 	is_ready = strcmp(event_type, TRANSCRIPT_EVENT_READY) == 0;
-	/* A time PostgreSQL cannot store would fail the batch's COPY on
-	 * every retry (sluice-ingest stamps its own clock; another producer
-	 * might not). */
+	/* A receipt time outside the years 1-9999 is a producer's mistake
+	 * (sluice-ingest stamps its own clock; another producer might not):
+	 * refused here, not written. */
 	if (received_ms < -62135596800000LL ||
 	    received_ms > 253402300799999LL) {
 		snprintf(errstr, errstr_size,
